@@ -1,0 +1,198 @@
+//! The [`EventBus`] trait: the contract every module is written against.
+//!
+//! Two methods are the spec's and never change:
+//! [`publish`](EventBus::publish) and [`subscribe`](EventBus::subscribe).
+//! Everything else is an extension point with a default implementation, so a
+//! backend written against this version keeps compiling when later versions
+//! add capabilities, and a caller asking a backend for something it cannot do
+//! gets an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error
+//! naming the feature, never a silent `Ok`.
+
+use crate::consumer::{ConsumerConfig, ConsumerStream};
+use crate::error::BusError;
+use crate::message::{BusMessage, Envelope, PublishAck};
+use async_trait::async_trait;
+use futures::Stream;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// An object-safe, thread-safe event bus. Use it as `Arc<dyn EventBus>`.
+///
+/// ```
+/// use event_bus::{EventBus, InMemoryBus};
+/// use futures::StreamExt;
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), event_bus::BusError> {
+/// let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+/// let mut events = bus.subscribe("auth.events.>").await?;
+/// bus.publish("auth.events.user.created", b"{}".to_vec()).await?;
+/// let msg = events.next().await.expect("delivered");
+/// assert_eq!(msg.subject, "auth.events.user.created");
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// Publishes `payload` on the literal `subject`.
+    ///
+    /// `Ok` means the backend has taken the message: the in-memory bus has
+    /// queued it for every current matching subscriber, NATS has stored it in
+    /// a stream and acknowledged it. An invalid subject is an
+    /// [`InvalidSubject`](crate::ErrorKind::InvalidSubject) error naming it.
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError>;
+
+    /// Subscribes to every message published after this call on a subject
+    /// matching `pattern` (NATS wildcards `*` and `>` allowed).
+    ///
+    /// The subscription is a `Stream` of [`BusMessage`]; dropping it
+    /// unsubscribes. It ends (`None`) when the bus is closed.
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError>;
+
+    /// Publishes an [`Envelope`]: payload plus headers and an optional message
+    /// id, and reports what the backend did with it.
+    ///
+    /// The default publishes envelopes without headers or id through
+    /// [`publish`](EventBus::publish) and refuses the others as
+    /// `Unsupported`: a backend that cannot carry headers must not drop them
+    /// silently.
+    async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
+        if !envelope.headers.is_empty() || envelope.id.is_some() {
+            return Err(BusError::unsupported(
+                "publishing headers or a message id",
+                self.backend_name(),
+            ));
+        }
+        self.publish(&envelope.subject, envelope.payload.to_vec())
+            .await?;
+        Ok(PublishAck::default())
+    }
+
+    /// Publishes many envelopes, letting the backend pipeline them; returns
+    /// one result per envelope, in order. Envelopes are published in order;
+    /// one failure does not stop the others.
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<PublishAck, BusError>> {
+        let mut out = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            out.push(self.publish_envelope(envelope).await);
+        }
+        out
+    }
+
+    /// Opens (or joins) the named durable consumer described by `config`:
+    /// explicit ack, nack with delay, term, delivery counts, bounded
+    /// redelivery and a dead-letter subject. Instances sharing a name share
+    /// the work.
+    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        let _ = config;
+        Err(BusError::unsupported(
+            "durable consumers",
+            self.backend_name(),
+        ))
+    }
+
+    /// Reports whether the backend can currently do its job.
+    async fn health(&self) -> HealthReport {
+        HealthReport::healthy(self.backend_name(), "no health check implemented")
+    }
+
+    /// A short, stable name of the backend (`"memory"`, `"nats"`, ...), used in
+    /// errors, logs and metrics labels.
+    fn backend_name(&self) -> &'static str {
+        "custom"
+    }
+}
+
+/// A live subscription: a `Stream` of [`BusMessage`] that is `Send + Unpin + 'static`.
+///
+/// Dropping it unsubscribes promptly. Backends build one from any stream with
+/// [`Subscription::new`].
+pub struct Subscription {
+    pattern: String,
+    inner: Pin<Box<dyn Stream<Item = BusMessage> + Send + 'static>>,
+}
+
+impl Subscription {
+    /// Wraps a backend's message stream.
+    pub fn new(
+        pattern: impl Into<String>,
+        stream: impl Stream<Item = BusMessage> + Send + 'static,
+    ) -> Self {
+        Subscription {
+            pattern: pattern.into(),
+            inner: Box::pin(stream),
+        }
+    }
+
+    /// The pattern this subscription was made with.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl Stream for Subscription {
+    type Item = BusMessage;
+
+    #[inline]
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Health of a backend, for readiness probes and monitoring endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Fully working.
+    Healthy,
+    /// Working with reduced guarantees or capacity (e.g. reconnecting).
+    Degraded,
+    /// Not able to publish or deliver.
+    Unhealthy,
+}
+
+/// The result of [`EventBus::health`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Overall status.
+    pub status: HealthStatus,
+    /// A human-readable explanation (server version, connection state, ...).
+    pub detail: String,
+}
+
+impl HealthReport {
+    /// A report with any status.
+    pub fn new(backend: &'static str, status: HealthStatus, detail: impl Into<String>) -> Self {
+        HealthReport {
+            backend,
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    /// A healthy report.
+    pub fn healthy(backend: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(backend, HealthStatus::Healthy, detail)
+    }
+
+    /// Whether the status is [`HealthStatus::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        self.status == HealthStatus::Healthy
+    }
+}

@@ -1,0 +1,511 @@
+//! Config-driven backend selection: [`BusConfig`] and [`connect`].
+//!
+//! The spec's "config-driven swap": the same code runs on the in-memory bus in
+//! development and tests and on NATS JetStream in production; only the
+//! configuration changes.
+//!
+//! ```
+//! use event_bus::config::{connect, BusConfig, BusType};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), event_bus::BusError> {
+//! let config = BusConfig::from_toml_str(r#"
+//!     type = "memory"
+//!     [memory]
+//!     capacity = 4096
+//! "#)?;
+//! assert_eq!(config.bus_type, BusType::Memory);
+//! let bus = connect(&config).await?; // Arc<dyn EventBus>
+//! assert_eq!(bus.backend_name(), "memory");
+//! # Ok(()) }
+//! ```
+//!
+//! # Environment variables
+//!
+//! | variable | field | example |
+//! |---|---|---|
+//! | `EVENT_BUS_CONFIG` | a TOML or JSON file read first ([`BusConfig::load`]) | `/etc/app/bus.toml` |
+//! | `EVENT_BUS_TYPE` | `type` | `memory` or `nats` |
+//! | `EVENT_BUS_MEMORY_CAPACITY` | `memory.capacity` | `1024` |
+//! | `EVENT_BUS_MEMORY_OVERFLOW` | `memory.overflow` | `block`, `drop_newest`, `drop_oldest` |
+//! | `EVENT_BUS_MEMORY_MAX_PAYLOAD` | `memory.max_payload` | `1048576` |
+//! | `EVENT_BUS_NATS_URL` | `nats.urls` (comma-separated) | `nats://10.0.0.1:4222,nats://10.0.0.2:4222` |
+//! | `EVENT_BUS_NATS_TOKEN` | `nats.token` | |
+//! | `EVENT_BUS_NATS_USER`, `EVENT_BUS_NATS_PASSWORD` | `nats.user`, `nats.password` | |
+//! | `EVENT_BUS_NATS_CREDENTIALS` | `nats.credentials_file` | `/run/secrets/app.creds` |
+//! | `EVENT_BUS_NATS_TLS_REQUIRED` | `nats.tls.required` | `true` |
+//! | `EVENT_BUS_NATS_TLS_CA` | `nats.tls.ca_file` | |
+//! | `EVENT_BUS_NATS_TLS_CERT`, `EVENT_BUS_NATS_TLS_KEY` | `nats.tls.cert_file`, `nats.tls.key_file` | |
+//! | `EVENT_BUS_NATS_CONNECT_TIMEOUT` | `nats.connect_timeout` | `5s` |
+//! | `EVENT_BUS_NATS_PUBLISH_TIMEOUT` | `nats.publish_timeout` | `5s` |
+//! | `EVENT_BUS_NATS_TENANT` | `nats.tenant` | `acme` |
+//!
+//! Durations are written like `250ms`, `5s`, `2m`, `1h 30m`.
+
+use crate::error::{BusError, ErrorKind};
+use crate::memory::{InMemoryBus, MemoryConfig, Overflow};
+use crate::EventBus;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which backend to build.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusType {
+    /// [`InMemoryBus`]: in-process, no dependencies (the default).
+    #[default]
+    #[serde(alias = "inmemory", alias = "in_memory")]
+    Memory,
+    /// `NatsBus`: NATS JetStream.
+    Nats,
+}
+
+impl std::str::FromStr for BusType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "memory" | "inmemory" | "in_memory" | "in-memory" => Ok(BusType::Memory),
+            "nats" | "jetstream" => Ok(BusType::Nats),
+            _ => Err("expected `memory` or `nats`".into()),
+        }
+    }
+}
+
+/// TLS settings of the NATS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// Refuse to connect without TLS.
+    pub required: bool,
+    /// PEM file of the CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (for mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM client key (for mutual TLS).
+    pub key_file: Option<PathBuf>,
+}
+
+/// Settings of the NATS backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Server URLs; the client picks one and fails over to the others.
+    pub urls: Vec<String>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// A `.creds` file (JWT + NKey).
+    pub credentials_file: Option<PathBuf>,
+    /// TLS settings.
+    pub tls: Option<TlsConfig>,
+    /// How long connecting may take.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// How long a publish may wait for the server's acknowledgement.
+    #[serde(with = "duration_str")]
+    pub publish_timeout: Duration,
+    /// Confine the bus to this tenant's subjects and streams.
+    pub tenant: Option<String>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            token: None,
+            user: None,
+            password: None,
+            credentials_file: None,
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(5),
+            tenant: None,
+        }
+    }
+}
+
+/// Which backend to use and how to set it up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// The backend.
+    #[serde(rename = "type")]
+    pub bus_type: BusType,
+    /// In-memory settings (used when `type = "memory"`).
+    pub memory: MemoryConfig,
+    /// NATS settings (used when `type = "nats"`).
+    pub nats: NatsConfig,
+}
+
+impl BusConfig {
+    /// The in-memory default.
+    pub fn memory() -> Self {
+        BusConfig::default()
+    }
+
+    /// NATS at `url`, other settings default.
+    pub fn nats(url: impl Into<String>) -> Self {
+        BusConfig {
+            bus_type: BusType::Nats,
+            nats: NatsConfig {
+                urls: vec![url.into()],
+                ..NatsConfig::default()
+            },
+            ..BusConfig::default()
+        }
+    }
+
+    /// Parses TOML; the error names the bad field.
+    pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
+        toml::from_str(text).map_err(|e| {
+            BusError::new(
+                ErrorKind::Config,
+                format!("invalid event-bus configuration: {}", e.to_string().trim()),
+            )
+        })
+    }
+
+    /// Parses JSON; the error names the bad field.
+    pub fn from_json_str(text: &str) -> Result<Self, BusError> {
+        serde_json::from_str(text).map_err(|e| {
+            BusError::new(
+                ErrorKind::Config,
+                format!("invalid event-bus configuration: {e}"),
+            )
+        })
+    }
+
+    /// Reads a `.toml` or `.json` file (by extension; TOML otherwise).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BusError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BusError::with_source(
+                ErrorKind::Config,
+                format!(
+                    "cannot read event-bus configuration file {}",
+                    path.display()
+                ),
+                e,
+            )
+        })?;
+        let parsed = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json_str(&text)
+        } else {
+            Self::from_toml_str(&text)
+        };
+        parsed.map_err(|e| {
+            BusError::new(
+                ErrorKind::Config,
+                format!("{}: {}", path.display(), e.message()),
+            )
+        })
+    }
+
+    /// Defaults overridden by the `EVENT_BUS_*` environment variables.
+    pub fn from_env() -> Result<Self, BusError> {
+        let mut c = BusConfig::default();
+        c.apply_env(|k| std::env::var(k).ok())?;
+        Ok(c)
+    }
+
+    /// `EVENT_BUS_CONFIG`'s file if set (else defaults), then the other
+    /// `EVENT_BUS_*` variables on top. The usual way for a service to load its bus.
+    pub fn load() -> Result<Self, BusError> {
+        let mut c = match std::env::var("EVENT_BUS_CONFIG") {
+            Ok(path) if !path.is_empty() => Self::from_file(path)?,
+            _ => BusConfig::default(),
+        };
+        c.apply_env(|k| std::env::var(k).ok())?;
+        Ok(c)
+    }
+
+    /// Applies `EVENT_BUS_*` variables read through `get` (testable without
+    /// touching the process environment). A bad value is an error naming the
+    /// variable and the value.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), BusError> {
+        fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, BusError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim()
+                .parse::<T>()
+                .map_err(|e| BusError::config(var, v, e))
+        }
+        let dur = |var: &str, v: &str| {
+            humantime::parse_duration(v.trim()).map_err(|e| BusError::config(var, v, e))
+        };
+        let path = |v: String| Some(PathBuf::from(v));
+        if let Some(v) = get("EVENT_BUS_TYPE") {
+            self.bus_type = parse("EVENT_BUS_TYPE", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_CAPACITY") {
+            self.memory.capacity = parse("EVENT_BUS_MEMORY_CAPACITY", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_OVERFLOW") {
+            self.memory.overflow = match v.trim() {
+                "block" => Overflow::Block,
+                "drop_newest" => Overflow::DropNewest,
+                "drop_oldest" => Overflow::DropOldest,
+                _ => {
+                    return Err(BusError::config(
+                        "EVENT_BUS_MEMORY_OVERFLOW",
+                        &v,
+                        "expected `block`, `drop_newest` or `drop_oldest`",
+                    ))
+                }
+            };
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_MAX_PAYLOAD") {
+            self.memory.max_payload = parse("EVENT_BUS_MEMORY_MAX_PAYLOAD", &v)?;
+        }
+        let n = &mut self.nats;
+        if let Some(v) = get("EVENT_BUS_NATS_URL") {
+            n.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TOKEN") {
+            n.token = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_USER") {
+            n.user = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_PASSWORD") {
+            n.password = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_CREDENTIALS") {
+            n.credentials_file = path(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TLS_REQUIRED") {
+            n.tls.get_or_insert_with(Default::default).required =
+                parse("EVENT_BUS_NATS_TLS_REQUIRED", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TLS_CA") {
+            n.tls.get_or_insert_with(Default::default).ca_file = path(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TLS_CERT") {
+            n.tls.get_or_insert_with(Default::default).cert_file = path(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TLS_KEY") {
+            n.tls.get_or_insert_with(Default::default).key_file = path(v);
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_CONNECT_TIMEOUT") {
+            n.connect_timeout = dur("EVENT_BUS_NATS_CONNECT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_PUBLISH_TIMEOUT") {
+            n.publish_timeout = dur("EVENT_BUS_NATS_PUBLISH_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_NATS_TENANT") {
+            n.tenant = Some(v);
+        }
+        self.validate()
+    }
+
+    /// Checks values that parse but make no sense; the error names the field.
+    pub fn validate(&self) -> Result<(), BusError> {
+        if self.memory.capacity == 0 {
+            return Err(BusError::config(
+                "memory.capacity",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if self.memory.max_payload == 0 {
+            return Err(BusError::config(
+                "memory.max_payload",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if self.bus_type == BusType::Nats {
+            let n = &self.nats;
+            if n.urls.is_empty() {
+                return Err(BusError::config(
+                    "nats.urls",
+                    "",
+                    "at least one server URL is needed",
+                ));
+            }
+            for url in &n.urls {
+                let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .any(|s| url.starts_with(s))
+                    || !url.contains("://");
+                if !scheme_ok || url.trim().is_empty() {
+                    return Err(BusError::config(
+                        "nats.urls",
+                        url,
+                        "expected nats://host:port (or tls://, ws://, wss://, or host:port)",
+                    ));
+                }
+            }
+            if n.user.is_some() != n.password.is_some() {
+                return Err(BusError::config(
+                    "nats.user/nats.password",
+                    n.user.as_deref().unwrap_or(""),
+                    "user and password must be given together",
+                ));
+            }
+            if n.connect_timeout.is_zero() {
+                return Err(BusError::config(
+                    "nats.connect_timeout",
+                    "0s",
+                    "must be positive",
+                ));
+            }
+            if n.publish_timeout.is_zero() {
+                return Err(BusError::config(
+                    "nats.publish_timeout",
+                    "0s",
+                    "must be positive",
+                ));
+            }
+            if let Some(t) = &n.tenant {
+                crate::subject::validate_subject(t).map_err(|_| {
+                    BusError::config("nats.tenant", t, "must be a valid literal subject prefix")
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds the configured backend as an `Arc<dyn EventBus>`.
+///
+/// For NATS this connects (bounded by `nats.connect_timeout`).
+pub async fn connect(config: &BusConfig) -> Result<Arc<dyn EventBus>, BusError> {
+    config.validate()?;
+    match config.bus_type {
+        BusType::Memory => Ok(Arc::new(InMemoryBus::with_config(config.memory.clone()))),
+        BusType::Nats => connect_nats(&config.nats).await,
+    }
+}
+
+#[cfg(feature = "nats")]
+async fn connect_nats(config: &NatsConfig) -> Result<Arc<dyn EventBus>, BusError> {
+    Ok(Arc::new(crate::nats::NatsBus::connect(config).await?))
+}
+
+#[cfg(not(feature = "nats"))]
+async fn connect_nats(_config: &NatsConfig) -> Result<Arc<dyn EventBus>, BusError> {
+    Err(BusError::config(
+        "type",
+        "nats",
+        "this build of event-bus has no NATS backend (enable the `nats` feature)",
+    ))
+}
+
+/// Serde helpers for durations written as `"5s"`, `"250ms"`, `"1h 30m"`.
+pub(crate) mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write e.g. \"250ms\", \"5s\", \"2m\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_and_names_bad_values() {
+        let mut c = BusConfig::default();
+        c.apply_env(env(&[
+            ("EVENT_BUS_TYPE", "nats"),
+            ("EVENT_BUS_NATS_URL", "nats://a:4222, nats://b:4222"),
+            ("EVENT_BUS_NATS_CONNECT_TIMEOUT", "250ms"),
+            ("EVENT_BUS_NATS_TENANT", "acme"),
+        ]))
+        .unwrap();
+        assert_eq!(c.bus_type, BusType::Nats);
+        assert_eq!(c.nats.urls, vec!["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(c.nats.connect_timeout, Duration::from_millis(250));
+
+        for (var, val) in [
+            ("EVENT_BUS_TYPE", "kafka"),
+            ("EVENT_BUS_MEMORY_CAPACITY", "lots"),
+            ("EVENT_BUS_MEMORY_OVERFLOW", "explode"),
+            ("EVENT_BUS_NATS_CONNECT_TIMEOUT", "soon"),
+        ] {
+            let err = BusConfig::default()
+                .apply_env(env(&[(var, val)]))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            let text = err.to_string();
+            assert!(text.contains(var) && text.contains(val), "{text}");
+        }
+        let err = BusConfig::default()
+            .apply_env(env(&[
+                ("EVENT_BUS_TYPE", "nats"),
+                ("EVENT_BUS_NATS_URL", "http://x"),
+            ]))
+            .unwrap_err();
+        assert!(err.to_string().contains("nats.urls") && err.to_string().contains("http://x"));
+    }
+
+    #[test]
+    fn files_in_toml_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("bus.toml");
+        std::fs::write(
+            &toml_path,
+            "type = \"nats\"\n[nats]\nurls = [\"nats://x:1\"]\npublish_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let c = BusConfig::from_file(&toml_path).unwrap();
+        assert_eq!(c.nats.publish_timeout, Duration::from_secs(2));
+        let json_path = dir.path().join("bus.json");
+        std::fs::write(&json_path, r#"{"type":"memory","memory":{"capacity":7}}"#).unwrap();
+        assert_eq!(BusConfig::from_file(&json_path).unwrap().memory.capacity, 7);
+
+        std::fs::write(&toml_path, "type = \"memory\"\n[memory]\ncapasity = 3\n").unwrap();
+        let err = BusConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(
+            err.contains("capasity") && err.contains("bus.toml"),
+            "{err}"
+        );
+        std::fs::write(&toml_path, "[nats]\nconnect_timeout = \"forever\"\n").unwrap();
+        let err = BusConfig::from_file(&toml_path).unwrap_err().to_string();
+        assert!(err.contains("forever"), "{err}");
+        let err = BusConfig::from_file(dir.path().join("missing.toml")).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"));
+    }
+
+    #[tokio::test]
+    async fn connect_builds_memory() {
+        let bus = connect(&BusConfig::memory()).await.unwrap();
+        assert_eq!(bus.backend_name(), "memory");
+        assert!(bus.health().await.is_healthy());
+    }
+}

@@ -1,0 +1,259 @@
+//! Durable consumption: the types of [`EventBus::consume`](crate::EventBus::consume).
+//!
+//! `subscribe` is a live view: what is published while nobody listens is not
+//! delivered to that subscription. Services that must not miss or
+//! half-process an event open a named durable consumer instead and
+//! acknowledge each [`Delivery`] explicitly:
+//!
+//! * [`Delivery::ack`]: done; never delivered again.
+//! * [`Delivery::nack`]: failed; deliver again (after an optional delay).
+//! * [`Delivery::term`]: never deliver again, without processing it.
+//! * [`Delivery::in_progress`]: still working; restart the ack timer.
+//! * no answer within [`ConsumerConfig::ack_wait`]: delivered again.
+//!
+//! Each delivery carries its delivery count. After
+//! [`ConsumerConfig::max_deliver`] deliveries a message that is still not
+//! acknowledged goes to [`ConsumerConfig::dead_letter_subject`] with headers
+//! naming its origin (see [`dlq`]), and is terminated.
+
+use crate::error::BusError;
+use crate::message::BusMessage;
+use async_trait::async_trait;
+use futures::Stream;
+use std::fmt;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// Headers set on a dead letter.
+pub mod dlq {
+    /// The subject the message was originally published to.
+    pub const ORIGINAL_SUBJECT: &str = "Bus-Dlq-Original-Subject";
+    /// Its sequence in the original stream or bus.
+    pub const ORIGINAL_SEQUENCE: &str = "Bus-Dlq-Original-Sequence";
+    /// Its message id.
+    pub const ORIGINAL_ID: &str = "Bus-Dlq-Original-Id";
+    /// The consumer that gave up on it.
+    pub const CONSUMER: &str = "Bus-Dlq-Consumer";
+    /// How many times it was delivered.
+    pub const DELIVERY_COUNT: &str = "Bus-Dlq-Delivery-Count";
+    /// The last error (the reason given to the last nack or term).
+    pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
+}
+
+/// Where a new durable consumer starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartPosition {
+    /// With messages published after the consumer is first created.
+    #[default]
+    New,
+    /// With the oldest message the backend still holds.
+    All,
+    /// With the message at this sequence.
+    Sequence(u64),
+}
+
+/// Configuration of a named durable consumer.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct ConsumerConfig {
+    /// The durable name; instances sharing it share the work.
+    pub name: String,
+    /// The subject pattern to consume (wildcards allowed).
+    pub filter: String,
+    /// How long a delivery may stay unanswered before it is delivered again.
+    pub ack_wait: Duration,
+    /// Deliveries after which an unacknowledged message is dead-lettered (at least 1).
+    pub max_deliver: u32,
+    /// Redelivery delays after the 1st, 2nd, ... failed delivery; the last
+    /// one repeats. Empty: redeliver after `ack_wait` or the nack's delay.
+    pub backoff: Vec<Duration>,
+    /// Where dead letters go; `None` terminates them without a copy.
+    pub dead_letter_subject: Option<String>,
+    /// Most deliveries in flight (unacknowledged) at once, across instances.
+    pub max_ack_pending: usize,
+    /// Where a newly created consumer starts.
+    pub start: StartPosition,
+}
+
+impl ConsumerConfig {
+    /// A consumer named `name` on `filter`, with defaults: 30 s ack wait,
+    /// 5 deliveries, no backoff, dead letters to `dlq.<name>`, 1,000 in flight,
+    /// starting with new messages.
+    pub fn new(name: impl Into<String>, filter: impl Into<String>) -> Self {
+        let name = name.into();
+        ConsumerConfig {
+            dead_letter_subject: Some(format!("dlq.{name}")),
+            name,
+            filter: filter.into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            backoff: Vec::new(),
+            max_ack_pending: 1000,
+            start: StartPosition::New,
+        }
+    }
+
+    /// Sets [`ack_wait`](Self::ack_wait).
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = d;
+        self
+    }
+
+    /// Sets [`max_deliver`](Self::max_deliver).
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.max_deliver = n;
+        self
+    }
+
+    /// Sets [`backoff`](Self::backoff).
+    pub fn backoff(mut self, delays: Vec<Duration>) -> Self {
+        self.backoff = delays;
+        self
+    }
+
+    /// Sets [`dead_letter_subject`](Self::dead_letter_subject).
+    pub fn dead_letter_subject(mut self, subject: Option<String>) -> Self {
+        self.dead_letter_subject = subject;
+        self
+    }
+
+    /// Sets [`max_ack_pending`](Self::max_ack_pending).
+    pub fn max_ack_pending(mut self, n: usize) -> Self {
+        self.max_ack_pending = n;
+        self
+    }
+
+    /// Sets [`start`](Self::start).
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+}
+
+/// An answer to a delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AckKind {
+    /// Processed; never deliver again.
+    Ack,
+    /// Not processed; deliver again, after the delay if one is given.
+    Nack {
+        /// Earliest redelivery.
+        delay: Option<Duration>,
+        /// Why, recorded as the last error if the message is dead-lettered.
+        reason: Option<String>,
+    },
+    /// Never deliver again, unprocessed.
+    Term {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// Still working; restart the ack timer.
+    InProgress,
+}
+
+/// The backend side of a [`Delivery`]: carries an answer back to the backend.
+#[async_trait]
+pub trait Acker: Send + Sync {
+    /// Sends `kind` for the delivery this acker belongs to.
+    async fn answer(&self, kind: AckKind) -> Result<(), BusError>;
+}
+
+/// One delivery of a message to a durable consumer.
+///
+/// Dereferences to the [`BusMessage`]. Dropping it without an answer is like
+/// not answering: the message is delivered again after the ack wait.
+pub struct Delivery {
+    message: BusMessage,
+    delivery_count: u32,
+    acker: Box<dyn Acker>,
+}
+
+impl Delivery {
+    /// A delivery, for backends.
+    pub fn new(message: BusMessage, delivery_count: u32, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            message,
+            delivery_count,
+            acker,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &BusMessage {
+        &self.message
+    }
+
+    /// How many times this message has been delivered to this consumer, this time included (1 = first).
+    pub fn delivery_count(&self) -> u32 {
+        self.delivery_count
+    }
+
+    /// Acknowledges: the message is processed and never delivered again.
+    pub async fn ack(self) -> Result<(), BusError> {
+        self.acker.answer(AckKind::Ack).await
+    }
+
+    /// Negative acknowledgement: deliver again, not before `delay` if given.
+    pub async fn nack(self, delay: Option<Duration>) -> Result<(), BusError> {
+        self.acker
+            .answer(AckKind::Nack {
+                delay,
+                reason: None,
+            })
+            .await
+    }
+
+    /// Like [`nack`](Self::nack), recording `reason` as the last error.
+    pub async fn nack_with_reason(
+        self,
+        delay: Option<Duration>,
+        reason: impl Into<String>,
+    ) -> Result<(), BusError> {
+        self.acker
+            .answer(AckKind::Nack {
+                delay,
+                reason: Some(reason.into()),
+            })
+            .await
+    }
+
+    /// Terminates: never delivered again.
+    pub async fn term(self, reason: Option<String>) -> Result<(), BusError> {
+        self.acker.answer(AckKind::Term { reason }).await
+    }
+
+    /// Signals work in progress: restarts the ack timer.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.acker.answer(AckKind::InProgress).await
+    }
+
+    /// Splits the delivery into its message and its acker.
+    pub fn into_parts(self) -> (BusMessage, u32, Box<dyn Acker>) {
+        (self.message, self.delivery_count, self.acker)
+    }
+}
+
+impl Deref for Delivery {
+    type Target = BusMessage;
+    fn deref(&self) -> &BusMessage {
+        &self.message
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("delivery_count", &self.delivery_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream of deliveries of a durable consumer.
+///
+/// An `Err` item reports a problem the consumer recovers from (e.g. a lost
+/// connection); the stream ends when the consumer is closed.
+pub type ConsumerStream = Pin<Box<dyn Stream<Item = Result<Delivery, BusError>> + Send + 'static>>;

@@ -1,0 +1,171 @@
+//! # event-bus
+//!
+//! Platform-level messaging: one object-safe [`EventBus`] trait that every
+//! module publishes and subscribes through, and two backends swapped by
+//! configuration with zero code change:
+//!
+//! * [`InMemoryBus`]: in-process, no external dependencies, deterministic,
+//!   sub-microsecond; for development and tests.
+//! * `NatsBus` (feature `nats`, on by default): NATS JetStream; durable,
+//!   at-least-once, multi-tenant by stream isolation; for production.
+//!
+//! ## Publishing
+//!
+//! ```
+//! use event_bus::{EventBus, InMemoryBus};
+//! use std::sync::Arc;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Development: In-Memory
+//!     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+//!
+//!     // Production: NATS
+//!     // let nats_client = async_nats::connect("nats://localhost:4222").await?;
+//!     // let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(nats_client));
+//!
+//!     let payload = serde_json::to_vec(&serde_json::json!({
+//!         "event_type": "user.created",
+//!         "user_id": "usr_123",
+//!         "timestamp": "2026-02-11T23:00:00Z"
+//!     }))?;
+//!
+//!     bus.publish("auth.events.user.created", payload).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Subscribing
+//!
+//! `subscribe` takes a pattern with NATS wildcards and returns a `Stream` of
+//! [`BusMessage`] (`Send + Unpin + 'static`):
+//!
+//! ```
+//! use event_bus::{EventBus, InMemoryBus};
+//! use futures::StreamExt;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let bus = InMemoryBus::new();
+//!
+//!     // Subscribe to all auth events
+//!     let mut stream = bus.subscribe("auth.events.>").await?;
+//! #   bus.publish("auth.events.user.created", br#"{"user_id":"usr_123"}"#.to_vec()).await?;
+//! #   bus.close(); // so that this example ends
+//!
+//!     // Process events as they arrive
+//!     while let Some(msg) = stream.next().await {
+//!         println!("Received event on {}: {} bytes", msg.subject, msg.payload.len());
+//!
+//!         let event: serde_json::Value = serde_json::from_slice(&msg.payload)?;
+//!         println!("Event: {:?}", event);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Subjects
+//!
+//! Exactly the NATS rules (see [`subject`]): `.`-separated non-empty tokens
+//! without whitespace; `*` matches one token, `>` one or more trailing tokens.
+//! Publishing needs a literal subject; bad input is an error naming it:
+//!
+//! ```
+//! # use event_bus::{EventBus, InMemoryBus, ErrorKind};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let bus = InMemoryBus::new();
+//! let err = bus.publish("auth.*.created", vec![]).await.unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::InvalidSubject);
+//! assert!(err.to_string().contains("auth.*.created"));
+//! # }
+//! ```
+//!
+//! ## Config-driven swap
+//!
+//! [`config::connect`] turns a [`BusConfig`] (from a file and/or `EVENT_BUS_*`
+//! environment variables) into an `Arc<dyn EventBus>`:
+//!
+//! ```
+//! use event_bus::{BusConfig, EventBus};
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), event_bus::BusError> {
+//! let config = BusConfig::load()?; // EVENT_BUS_CONFIG file, then EVENT_BUS_* variables
+//! let bus: Arc<dyn EventBus> = event_bus::connect(&config).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Semantics per backend
+//!
+//! | | `InMemoryBus` | `NatsBus` |
+//! |---|---|---|
+//! | `publish` returns `Ok` when | queued for every current matching subscriber | stored in a JetStream stream and acknowledged by the server |
+//! | ordering | publish order per publisher, for every subscriber | stream order (one total order per stream) |
+//! | delivery to `subscribe` | every message published after `subscribe` returns, exactly once | every message stored after `subscribe` returns, resumed without gaps across reconnects |
+//! | overflow (slow subscriber) | lossless by default: publishers of matching subjects wait; `drop_newest`/`drop_oldest` count every drop | the stream holds the backlog (bounded by its limits) |
+//! | durability | none: gone with the process | file or memory storage, replicated as configured |
+//! | de-duplication by message id | within a window (default 2 min) | within the stream's duplicate window |
+//! | max payload | `memory.max_payload` (default 1 MiB) | the server's `max_payload` (default 1 MiB) |
+//!
+//! ## Why the trait looks like this
+//!
+//! * **Object safety first.** Modules hold an `Arc<dyn EventBus>`
+//!   (the spec's "Why Trait Object Instead of Generic?"), so every method is
+//!   dyn-compatible: `async` methods via `async_trait`, results are concrete
+//!   types ([`Subscription`], [`ConsumerStream`]) rather than associated types.
+//! * **The spec's two methods never change.** `publish(&str, Vec<u8>)` and
+//!   `subscribe(&str)` are the whole of what a module needs for fire-and-forget
+//!   events and live views.
+//! * **Extensions are defaulted methods, not new traits.** A backend that
+//!   predates a capability keeps compiling and answers `Unsupported` (an
+//!   error naming the feature) instead of silently doing less:
+//!   * [`EventBus::publish_envelope`]: headers (trace context, schema version,
+//!     ...) and a message id; NATS de-duplicates on it (`Nats-Msg-Id`) and the
+//!     [`PublishAck`] says whether it was a duplicate.
+//!   * [`EventBus::publish_batch`]: lets backends pipeline bulk publishes.
+//!   * [`EventBus::consume`]: named durable consumers with explicit
+//!     [`Delivery::ack`], [`Delivery::nack`] (with delay), [`Delivery::term`],
+//!     [`Delivery::in_progress`], delivery counts, bounded redelivery and a
+//!     dead-letter subject ([`ConsumerConfig`]).
+//!   * [`EventBus::health`]: a [`HealthReport`] for readiness probes.
+//! * **Metrics and tracing wrap the trait instead of widening it.** Because
+//!   every call goes through `dyn EventBus`, an observing decorator
+//!   (`Arc<dyn EventBus>` in, `Arc<dyn EventBus>` out) can count and time every
+//!   operation for any backend; trace context travels in [`Headers`]
+//!   ([`message::header::TRACEPARENT`]), which every backend carries unchanged.
+//! * **Messages are cheap to fan out.** [`BusMessage::payload`] is
+//!   [`bytes::Bytes`] and the subject a shared [`Subject`], so ten subscribers
+//!   share one buffer.
+//! * **Errors are values to match on.** [`BusError::kind`] gives an
+//!   [`ErrorKind`]; the message names the subject, field or limit at fault.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod memory;
+pub mod message;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod subject;
+
+pub use bus::{EventBus, HealthReport, HealthStatus, Subscription};
+pub use config::{connect, BusConfig, BusType};
+pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
+pub use error::{BusError, ErrorKind};
+pub use memory::{InMemoryBus, MemoryConfig, MemorySubscription, Overflow, SubscribeOptions};
+pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
+#[cfg(feature = "nats")]
+pub use nats::NatsBus;
+pub use subject::Subject;
+
+/// The async-nats version this crate is built against (for `NatsBus::new(client)`).
+#[cfg(feature = "nats")]
+pub use async_nats;
+/// Re-exported so that payloads can be built without adding `bytes`.
+pub use bytes::Bytes;

@@ -1,0 +1,461 @@
+//! [`InMemoryBus`]: the in-process backend for development and tests.
+//!
+//! * **Routing**: a subject trie with a match cache ([`Sublist`]); publishing
+//!   to a cached subject is one hash lookup under a read lock, whatever the
+//!   number of unrelated subscriptions, and publishing to a subject nobody
+//!   listens to stops there.
+//! * **Delivery**: every subscription has its own bounded queue (see
+//!   [`Overflow`] and the `queue` module docs for why not `tokio::sync::broadcast`).
+//!   Every subscriber gets every matching message, in publish order per publisher.
+//! * **Lossless by default**: a full queue makes publishers of the subjects it
+//!   listens to wait ([`Overflow::Block`]); publishers and subscribers of other
+//!   subjects go on. Lossy policies count every dropped message
+//!   ([`MemorySubscription::dropped`], [`InMemoryBus::stats`]) and log it.
+//! * **De-duplication**: an [`Envelope`] with a message id already published
+//!   within the de-duplication window (2 minutes, as JetStream's default) is
+//!   reported as a duplicate and not delivered again, as on NATS.
+//! * **No durability**: messages live in memory only.
+//!
+//! ```
+//! use event_bus::{EventBus, InMemoryBus};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), event_bus::BusError> {
+//! let bus = InMemoryBus::new();
+//! let mut created = bus.subscribe("auth.*.created").await?;
+//! bus.publish("auth.user.created", b"hi".to_vec()).await?;
+//! bus.publish("auth.user.profile.created", b"not for *".to_vec()).await?;
+//! assert_eq!(created.next().await.unwrap().payload, "hi".as_bytes());
+//! # Ok(()) }
+//! ```
+
+mod queue;
+
+pub use queue::{MemorySubscription, Overflow};
+
+use crate::bus::{EventBus, HealthReport, HealthStatus, Subscription};
+use crate::error::{BusError, ErrorKind};
+use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
+use crate::subject::{validate_pattern, validate_subject, Match, SubId, Subject, Sublist};
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use queue::{Push, SubQueue, Unregister};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// Settings of an [`InMemoryBus`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Messages each subscription may queue before its overflow policy applies.
+    pub capacity: usize,
+    /// What a full subscription does.
+    pub overflow: Overflow,
+    /// Largest payload plus headers accepted, in bytes (NATS' default: 1 MiB).
+    pub max_payload: usize,
+    /// Literal subjects whose routes are cached.
+    pub cache_size: usize,
+    /// How long a message id is remembered for de-duplication.
+    #[serde(with = "crate::config::duration_str")]
+    pub dedup_window: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            capacity: 1024,
+            overflow: Overflow::Block,
+            max_payload: 1024 * 1024,
+            cache_size: crate::subject::DEFAULT_CACHE_SIZE,
+            dedup_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Per-subscription settings for [`InMemoryBus::subscribe_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Messages the subscription may queue.
+    pub capacity: usize,
+    /// What happens when the queue is full.
+    pub overflow: Overflow,
+}
+
+/// A snapshot of one subscription, from [`InMemoryBus::stats`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SubscriptionStats {
+    /// The pattern.
+    pub pattern: String,
+    /// Messages waiting in its queue.
+    pub queued: usize,
+    /// Its capacity.
+    pub capacity: usize,
+    /// Its overflow policy.
+    pub overflow: Overflow,
+    /// Messages dropped by its overflow policy.
+    pub dropped: u64,
+}
+
+/// A snapshot of the bus, from [`InMemoryBus::stats`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// Messages delivered to at least one subscriber so far (their sequence numbers).
+    pub published: u64,
+    /// Messages dropped across all subscriptions.
+    pub dropped: u64,
+    /// Literal subjects in the route cache.
+    pub cached_subjects: usize,
+    /// One entry per live subscription.
+    pub subscriptions: Vec<SubscriptionStats>,
+}
+
+/// The in-process event bus. Cheap to clone: clones share one bus.
+///
+/// See the [module docs](self) for its semantics.
+#[derive(Clone)]
+pub struct InMemoryBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: RwLock<Sublist<Arc<SubQueue>>>,
+    subs: Mutex<FxHashMap<SubId, Arc<SubQueue>>>,
+    next_sub: AtomicU64,
+    seq: AtomicU64,
+    origin: u64,
+    closed: AtomicBool,
+    dedup: Mutex<DedupWindow>,
+    config: MemoryConfig,
+}
+
+impl Default for InMemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryBus {
+    /// A bus with the default [`MemoryConfig`]. Synchronous and infallible.
+    pub fn new() -> Self {
+        Self::with_config(MemoryConfig::default())
+    }
+
+    /// A bus with `config`. A zero capacity or cache size is raised to 1.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        let origin = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        InMemoryBus {
+            inner: Arc::new(Inner {
+                routes: RwLock::new(Sublist::with_cache_size(config.cache_size.max(1))),
+                subs: Mutex::new(FxHashMap::default()),
+                next_sub: AtomicU64::new(1),
+                seq: AtomicU64::new(0),
+                origin,
+                closed: AtomicBool::new(false),
+                dedup: Mutex::new(DedupWindow::default()),
+                config,
+            }),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &MemoryConfig {
+        &self.inner.config
+    }
+
+    /// Publishes `payload` on `subject` (the same as the trait method, without
+    /// the boxing of a trait-object call).
+    #[inline]
+    pub async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        let payload = Bytes::from(payload);
+        self.check_size(subject, payload.len(), 0)?;
+        let route = self.route(subject)?;
+        if route.subs.is_empty() {
+            return Ok(());
+        }
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let msg = BusMessage::new(
+            Subject::from_trusted(route.subject.clone()),
+            payload,
+            Headers::new(),
+            MessageId::local(self.inner.origin, seq),
+            seq,
+        );
+        deliver(&route.subs, msg).await;
+        Ok(())
+    }
+
+    /// Subscribes with the bus's default capacity and overflow policy.
+    pub async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
+        let sub = self.subscribe_with(
+            pattern,
+            SubscribeOptions {
+                capacity: self.inner.config.capacity,
+                overflow: self.inner.config.overflow,
+            },
+        )?;
+        Ok(Subscription::new(pattern, sub))
+    }
+
+    /// Subscribes with its own queue capacity and overflow policy; returns the
+    /// concrete subscription, which reports its dropped-message count.
+    pub fn subscribe_with(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+    ) -> Result<MemorySubscription, BusError> {
+        validate_pattern(pattern)?;
+        self.ensure_open()?;
+        let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::new(SubQueue::new(
+            id,
+            pattern,
+            options.capacity,
+            options.overflow,
+        ));
+        self.inner.subs.lock().insert(id, queue.clone());
+        self.inner.routes.write().insert(pattern, id, queue.clone());
+        let weak: Weak<dyn Unregister> = Arc::downgrade(&self.inner) as Weak<dyn Unregister>;
+        Ok(MemorySubscription::new(queue, weak))
+    }
+
+    /// Closes the bus: every subscription ends, later calls fail with
+    /// [`ErrorKind::Closed`]. Dropping the last handle closes it too.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Number of live subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.inner.subs.lock().len()
+    }
+
+    /// A snapshot of the bus and its subscriptions, dropped-message counts included.
+    pub fn stats(&self) -> MemoryStats {
+        let subs: Vec<SubscriptionStats> = {
+            let subs = self.inner.subs.lock();
+            let mut v: Vec<_> = subs.values().cloned().collect();
+            v.sort_by_key(|q| q.id);
+            v.iter()
+                .map(|q| SubscriptionStats {
+                    pattern: q.pattern.to_string(),
+                    queued: q.queued(),
+                    capacity: q.capacity(),
+                    overflow: q.overflow(),
+                    dropped: q.dropped(),
+                })
+                .collect()
+        };
+        MemoryStats {
+            published: self.inner.seq.load(Ordering::Relaxed),
+            dropped: subs.iter().map(|s| s.dropped).sum(),
+            cached_subjects: self.inner.routes.read().cache_len(),
+            subscriptions: subs,
+        }
+    }
+
+    fn ensure_open(&self) -> Result<(), BusError> {
+        if self.is_closed() {
+            return Err(BusError::closed("the in-memory bus is closed"));
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn check_size(&self, subject: &str, payload: usize, headers: usize) -> Result<(), BusError> {
+        let max = self.inner.config.max_payload;
+        if payload + headers > max {
+            return Err(BusError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "message on {subject:?} is {} bytes (payload {payload} + headers {headers}), over the limit of {max} bytes",
+                    payload + headers
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The route of a literal subject: from the cache (valid by construction)
+    /// or validated and computed.
+    #[inline]
+    fn route(&self, subject: &str) -> Result<Arc<Match<Arc<SubQueue>>>, BusError> {
+        if let Some(hit) = self.inner.routes.read().cached(subject) {
+            return Ok(hit.clone());
+        }
+        validate_subject(subject)?;
+        self.ensure_open()?;
+        Ok(self.inner.routes.write().matches(subject))
+    }
+
+    async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
+        if !env.headers.is_empty() {
+            env.headers.validate()?;
+        }
+        let id_len = env
+            .id
+            .as_ref()
+            .and_then(|i| i.given())
+            .map_or(0, |i| i.len() + 4);
+        self.check_size(
+            &env.subject,
+            env.payload.len(),
+            env.headers.wire_len() + id_len,
+        )?;
+        let route = self.route(&env.subject)?;
+        if let Some(id) = env.id.as_ref().and_then(|i| i.given()) {
+            if !self
+                .inner
+                .dedup
+                .lock()
+                .first_seen(id, self.inner.config.dedup_window)
+            {
+                return Ok(PublishAck::new(None, 0, true));
+            }
+        }
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if route.subs.is_empty() {
+            return Ok(PublishAck::new(None, seq, false));
+        }
+        let id = env
+            .id
+            .unwrap_or_else(|| MessageId::local(self.inner.origin, seq));
+        let msg = BusMessage::new(
+            Subject::from_trusted(route.subject.clone()),
+            env.payload,
+            env.headers,
+            id,
+            seq,
+        );
+        deliver(&route.subs, msg).await;
+        Ok(PublishAck::new(None, seq, false))
+    }
+}
+
+/// Queues `msg` for every subscriber, waiting where a lossless queue is full.
+#[inline]
+async fn deliver(subs: &[Arc<SubQueue>], msg: BusMessage) {
+    let (last, rest) = subs.split_last().expect("caller checked non-empty");
+    for q in rest {
+        if let Push::Full(m) = q.try_push(msg.clone()) {
+            q.push_wait(m).await;
+        }
+    }
+    if let Push::Full(m) = last.try_push(msg) {
+        last.push_wait(m).await;
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let subs: Vec<Arc<SubQueue>> = self.subs.lock().drain().map(|(_, q)| q).collect();
+        {
+            let mut routes = self.routes.write();
+            for q in &subs {
+                routes.remove(&q.pattern, q.id);
+            }
+        }
+        for q in subs {
+            q.close();
+        }
+    }
+}
+
+impl Unregister for Inner {
+    fn unregister(&self, id: SubId, pattern: &str) {
+        if self.subs.lock().remove(&id).is_some() {
+            self.routes.write().remove(pattern, id);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait]
+impl EventBus for InMemoryBus {
+    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
+        InMemoryBus::publish(self, subject, payload).await
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
+        InMemoryBus::subscribe(self, pattern).await
+    }
+
+    async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
+        self.publish_envelope_inner(envelope).await
+    }
+
+    async fn health(&self) -> HealthReport {
+        if self.is_closed() {
+            HealthReport::new("memory", HealthStatus::Unhealthy, "the bus is closed")
+        } else {
+            HealthReport::healthy(
+                "memory",
+                format!("{} subscriptions", self.subscription_count()),
+            )
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+impl std::fmt::Debug for InMemoryBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryBus")
+            .field("subscriptions", &self.subscription_count())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Message ids seen within the de-duplication window.
+#[derive(Default)]
+struct DedupWindow {
+    seen: FxHashMap<Arc<str>, Instant>,
+    order: VecDeque<(Instant, Arc<str>)>,
+}
+
+impl DedupWindow {
+    /// Records `id`; false if it was already seen within `window`.
+    fn first_seen(&mut self, id: &str, window: Duration) -> bool {
+        let now = Instant::now();
+        while let Some((at, old)) = self.order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            if self.seen.get(old) == Some(at) {
+                self.seen.remove(old);
+            }
+            self.order.pop_front();
+        }
+        if self.seen.contains_key(id) {
+            return false;
+        }
+        let id: Arc<str> = id.into();
+        self.seen.insert(id.clone(), now);
+        self.order.push_back((now, id));
+        true
+    }
+}

@@ -1,0 +1,453 @@
+//! The types that travel on the bus: [`BusMessage`] (what subscribers get),
+//! [`Envelope`] (what publishers send when they need more than a payload),
+//! [`Headers`], [`MessageId`] and [`PublishAck`].
+
+use crate::error::{BusError, ErrorKind};
+use crate::subject::Subject;
+use bytes::Bytes;
+use std::fmt;
+use std::sync::Arc;
+
+/// Header names the bus itself reads or writes.
+pub mod header {
+    /// The message id header; NATS JetStream de-duplicates on it. Set it with
+    /// [`Envelope::id`](super::Envelope::id), not as a plain header.
+    pub const MESSAGE_ID: &str = "Nats-Msg-Id";
+    /// W3C trace-context header, propagated unchanged by every backend.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace-context vendor state.
+    pub const TRACESTATE: &str = "tracestate";
+}
+
+/// The longest header name accepted, in bytes.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+
+/// Message headers: an ordered list of `name: value` pairs.
+///
+/// Names are case-sensitive (as in NATS), printable ASCII without `:` or
+/// spaces; values are UTF-8 without CR or LF. A name may repeat
+/// ([`append`](Headers::append)). An empty `Headers` does not allocate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(Box<str>, Box<str>)>,
+}
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Sets `name` to `value`, replacing earlier values of `name`.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        let name = name.into();
+        self.entries.retain(|(n, _)| **n != *name);
+        self.entries.push((name.into(), value.into().into()));
+        self
+    }
+
+    /// Adds a value for `name`, keeping earlier ones.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.entries.push((name.into().into(), value.into().into()));
+        self
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries
+            .iter()
+            .filter(move |(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Removes every value of `name`; returns whether any was present.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|(n, _)| &**n != name);
+        before != self.entries.len()
+    }
+
+    /// All `(name, value)` pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (&**n, &**v))
+    }
+
+    /// Number of `(name, value)` pairs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Size of the headers on the wire (names, values and separators), in bytes.
+    pub fn wire_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum()
+    }
+
+    /// Checks every name and value; the error names the offending header.
+    pub fn validate(&self) -> Result<(), BusError> {
+        for (name, value) in &self.entries {
+            validate_header(name, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks one header; the error names the header and what is wrong with it.
+pub fn validate_header(name: &str, value: &str) -> Result<(), BusError> {
+    let bad = |why: &str| {
+        BusError::new(
+            ErrorKind::InvalidHeader,
+            format!("invalid header {name:?}: {why}"),
+        )
+    };
+    if name.is_empty() {
+        return Err(bad("the name is empty"));
+    }
+    if name.len() > MAX_HEADER_NAME_LEN {
+        return Err(bad(&format!(
+            "the name is longer than {MAX_HEADER_NAME_LEN} bytes"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic() || *c == ':') {
+        return Err(bad(&format!(
+            "the name contains {c:?}; names are printable ASCII without ':' or spaces"
+        )));
+    }
+    if name.eq_ignore_ascii_case(header::MESSAGE_ID) {
+        return Err(bad(
+            "the message id is set with Envelope::id, not as a header",
+        ));
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(bad(&format!("the value {value:?} contains a line break")));
+    }
+    Ok(())
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut h = Headers::new();
+        for (n, v) in iter {
+            h.append(n, v);
+        }
+        h
+    }
+}
+
+/// The identity of one event, stable across redeliveries.
+///
+/// Either given by the publisher ([`Envelope::id`]; NATS de-duplicates on it
+/// within the stream's duplicate window) or assigned by the bus: the
+/// in-memory bus numbers its messages, NATS uses the stream and its
+/// sequence. Consumers key idempotency on it.
+#[derive(Clone)]
+pub struct MessageId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    Given(Arc<str>),
+    Local { origin: u64, seq: u64 },
+    Stream { stream: Arc<str>, seq: u64 },
+}
+
+impl MessageId {
+    /// An id chosen by the publisher.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        MessageId(IdRepr::Given(id.into()))
+    }
+
+    /// An id assigned by an in-process bus: `origin` tells buses apart.
+    pub fn local(origin: u64, seq: u64) -> Self {
+        MessageId(IdRepr::Local { origin, seq })
+    }
+
+    /// An id derived from a stream position (`<stream>:<sequence>`).
+    pub fn stream_position(stream: impl Into<Arc<str>>, seq: u64) -> Self {
+        MessageId(IdRepr::Stream {
+            stream: stream.into(),
+            seq,
+        })
+    }
+
+    /// Whether the publisher chose this id (rather than the bus).
+    pub fn is_given(&self) -> bool {
+        matches!(self.0, IdRepr::Given(_))
+    }
+
+    /// The publisher's id, if it gave one (no allocation).
+    pub fn given(&self) -> Option<&str> {
+        match &self.0 {
+            IdRepr::Given(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            IdRepr::Given(s) => f.write_str(s),
+            IdRepr::Local { origin, seq } => write!(f, "mem-{origin:016x}-{seq}"),
+            IdRepr::Stream { stream, seq } => write!(f, "{stream}:{seq}"),
+        }
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (IdRepr::Given(a), IdRepr::Given(b)) => a == b,
+            (IdRepr::Local { origin: a, seq: x }, IdRepr::Local { origin: b, seq: y }) => {
+                a == b && x == y
+            }
+            _ => self.to_string() == other.to_string(),
+        }
+    }
+}
+
+impl Eq for MessageId {}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.to_string().hash(state)
+    }
+}
+
+impl PartialEq<&str> for MessageId {
+    fn eq(&self, other: &&str) -> bool {
+        match &self.0 {
+            IdRepr::Given(s) => &**s == *other,
+            _ => self.to_string() == *other,
+        }
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(s: &str) -> Self {
+        MessageId::new(s)
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(s: String) -> Self {
+        MessageId::new(s)
+    }
+}
+
+/// A message as a subscriber receives it.
+///
+/// `subject` and `payload` are public fields, as in the spec
+/// (`msg.subject`, `msg.payload.len()`, `serde_json::from_slice(&msg.payload)`).
+/// The payload is [`Bytes`]: fan-out to many subscribers shares one buffer.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BusMessage {
+    /// The literal subject it was published to.
+    pub subject: Subject,
+    /// The payload bytes, exactly as published.
+    pub payload: Bytes,
+    /// Headers, as published (the message id is in [`BusMessage::id`], not here).
+    pub headers: Headers,
+    /// The message id (given by the publisher or assigned by the bus).
+    pub id: MessageId,
+    /// The position in the backend's log: the JetStream stream sequence, or
+    /// the in-memory bus's publish counter.
+    pub sequence: u64,
+}
+
+impl BusMessage {
+    /// A message, for backends and tests. `subject` must be a valid literal subject.
+    pub fn new(
+        subject: Subject,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+        id: MessageId,
+        sequence: u64,
+    ) -> Self {
+        BusMessage {
+            subject,
+            payload: payload.into(),
+            headers,
+            id,
+            sequence,
+        }
+    }
+
+    /// Decodes the JSON payload into `T`; the error names the subject and the message id.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, BusError> {
+        serde_json::from_slice(&self.payload).map_err(|e| {
+            BusError::with_source(
+                ErrorKind::Codec,
+                format!(
+                    "cannot decode the JSON payload of message {} on {:?} as {}",
+                    self.id,
+                    self.subject.as_str(),
+                    std::any::type_name::<T>()
+                ),
+                e,
+            )
+        })
+    }
+}
+
+/// An event to publish with headers and/or a message id.
+///
+/// ```
+/// use event_bus::{Envelope, EventBus, InMemoryBus};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), event_bus::BusError> {
+/// let bus = InMemoryBus::new();
+/// let ack = bus
+///     .publish_envelope(
+///         Envelope::new("orders.created", br#"{"id":1}"#.to_vec())
+///             .id("order-1-created")
+///             .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+///     )
+///     .await?;
+/// assert!(!ack.duplicate);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// The literal subject to publish to.
+    pub subject: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Headers to carry.
+    pub headers: Headers,
+    /// The message id; backends de-duplicate on it where they can.
+    pub id: Option<MessageId>,
+}
+
+impl Envelope {
+    /// An envelope with no headers and no id.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Envelope {
+            subject: subject.into(),
+            payload: payload.into(),
+            headers: Headers::new(),
+            id: None,
+        }
+    }
+
+    /// Sets the message id.
+    pub fn id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Adds a header (replacing an earlier value of the same name).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces all headers.
+    pub fn headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+}
+
+/// What a backend reports for a stored (or delivered) publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishAck {
+    /// The stream that stored the message (NATS), if any.
+    pub stream: Option<String>,
+    /// The message's sequence in its stream or bus.
+    pub sequence: u64,
+    /// True when the message id was seen before within the de-duplication
+    /// window, so the message was not stored (or delivered) again.
+    pub duplicate: bool,
+}
+
+impl PublishAck {
+    /// An acknowledgement, for backends.
+    pub fn new(stream: Option<String>, sequence: u64, duplicate: bool) -> Self {
+        PublishAck {
+            stream,
+            sequence,
+            duplicate,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_replace_append_remove() {
+        let mut h = Headers::new();
+        h.insert("a", "1").append("a", "2").insert("b", "3");
+        assert_eq!(h.get_all("a").collect::<Vec<_>>(), vec!["1", "2"]);
+        h.insert("a", "9");
+        assert_eq!(h.get("a"), Some("9"));
+        assert_eq!(h.len(), 2);
+        assert!(h.remove("b"));
+        assert!(!h.remove("b"));
+        assert!(h.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_headers_are_named() {
+        for (n, v) in [
+            ("", "x"),
+            ("a b", "x"),
+            ("a:b", "x"),
+            ("ok", "x\r\ny"),
+            ("nats-msg-id", "1"),
+        ] {
+            let err = validate_header(n, v).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidHeader);
+            assert!(err.to_string().contains(&format!("{n:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn ids_display_and_compare() {
+        assert_eq!(MessageId::new("abc").to_string(), "abc");
+        assert_eq!(
+            MessageId::stream_position("ORDERS", 7).to_string(),
+            "ORDERS:7"
+        );
+        assert_eq!(MessageId::local(1, 2), MessageId::local(1, 2));
+        assert_ne!(MessageId::local(1, 2), MessageId::local(1, 3));
+        assert_eq!(
+            MessageId::new("ORDERS:7"),
+            MessageId::stream_position("ORDERS", 7)
+        );
+        assert_eq!(MessageId::new("x"), "x");
+    }
+}

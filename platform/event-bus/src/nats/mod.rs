@@ -1,0 +1,1 @@
+//! `NatsBus`: the NATS JetStream backend (in progress).
