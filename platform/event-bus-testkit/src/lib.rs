@@ -2,7 +2,10 @@
 //!
 //! * [`conformance`]: the behavioural suite every [`EventBus`](event_bus::EventBus)
 //!   backend must pass, runnable against any factory of `Arc<dyn EventBus>`.
+//! * [`nats_server`]: real `nats-server` processes (single node and clusters)
+//!   on random loopback ports with temporary store directories.
 
 #![warn(missing_docs)]
 
 pub mod conformance;
+pub mod nats_server;

@@ -246,7 +246,7 @@ impl PartialEq<&str> for MessageId {
     fn eq(&self, other: &&str) -> bool {
         match &self.0 {
             IdRepr::Given(s) => &**s == *other,
-            _ => self.to_string() == *other,
+            _ => *other == self.to_string(),
         }
     }
 }

