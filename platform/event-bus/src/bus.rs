@@ -14,6 +14,7 @@ use crate::message::{BusMessage, Envelope, PublishAck};
 use async_trait::async_trait;
 use futures::Stream;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -41,7 +42,13 @@ pub trait EventBus: Send + Sync {
     /// queued it for every current matching subscriber, NATS has stored it in
     /// a stream and acknowledged it. An invalid subject is an
     /// [`InvalidSubject`](crate::ErrorKind::InvalidSubject) error naming it.
-    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError>;
+    ///
+    /// Called as `bus.publish(subject, payload).await?`. The method returns a
+    /// [`PublishFuture`] rather than being an `async fn` so that a backend that
+    /// finishes at once (the in-memory bus, when no subscriber queue is full)
+    /// answers without allocating a boxed future per call; implement it with
+    /// [`PublishFuture::new`]`(async move { ... })` otherwise.
+    fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a>;
 
     /// Subscribes to every message published after this call on a subject
     /// matching `pattern` (NATS wildcards `*` and `>` allowed).
@@ -101,6 +108,50 @@ pub trait EventBus: Send + Sync {
     /// errors, logs and metrics labels.
     fn backend_name(&self) -> &'static str {
         "custom"
+    }
+}
+
+/// The future returned by [`EventBus::publish`]: either already complete or a
+/// boxed future. `Send`, resolves to `Result<(), BusError>`.
+#[must_use = "a publish does nothing unless awaited"]
+pub struct PublishFuture<'a>(PublishState<'a>);
+
+enum PublishState<'a> {
+    Ready(Option<Result<(), BusError>>),
+    Boxed(Pin<Box<dyn Future<Output = Result<(), BusError>> + Send + 'a>>),
+}
+
+impl<'a> PublishFuture<'a> {
+    /// A publish that has already finished with `result`.
+    #[inline]
+    pub fn ready(result: Result<(), BusError>) -> Self {
+        PublishFuture(PublishState::Ready(Some(result)))
+    }
+
+    /// A publish that finishes when `future` does.
+    pub fn new(future: impl Future<Output = Result<(), BusError>> + Send + 'a) -> Self {
+        PublishFuture(PublishState::Boxed(Box::pin(future)))
+    }
+}
+
+impl Future for PublishFuture<'_> {
+    type Output = Result<(), BusError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            PublishState::Ready(r) => Poll::Ready(r.take().expect("PublishFuture polled after completion")),
+            PublishState::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for PublishFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            PublishState::Ready(_) => "PublishFuture(ready)",
+            PublishState::Boxed(_) => "PublishFuture(pending)",
+        })
     }
 }
 

@@ -154,7 +154,7 @@ pub mod message;
 pub mod nats;
 pub mod subject;
 
-pub use bus::{EventBus, HealthReport, HealthStatus, Subscription};
+pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 pub use config::{connect, BusConfig, BusType};
 pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 pub use error::{BusError, ErrorKind};

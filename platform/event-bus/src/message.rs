@@ -222,14 +222,44 @@ impl fmt::Debug for MessageId {
     }
 }
 
+impl MessageId {
+    /// Compares the display form with `other` without allocating.
+    fn display_eq(&self, other: &str) -> bool {
+        struct Cmp<'a> {
+            rest: &'a str,
+            ok: bool,
+        }
+        impl fmt::Write for Cmp<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                match self.rest.strip_prefix(s) {
+                    Some(rest) if self.ok => self.rest = rest,
+                    _ => self.ok = false,
+                }
+                Ok(())
+            }
+        }
+        let mut cmp = Cmp {
+            rest: other,
+            ok: true,
+        };
+        let _ = fmt::write(&mut cmp, format_args!("{self}"));
+        cmp.ok && cmp.rest.is_empty()
+    }
+}
+
 impl PartialEq for MessageId {
     fn eq(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (IdRepr::Given(a), IdRepr::Given(b)) => a == b,
+            (IdRepr::Given(a), _) => other.display_eq(a),
+            (_, IdRepr::Given(b)) => self.display_eq(b),
             (IdRepr::Local { origin: a, seq: x }, IdRepr::Local { origin: b, seq: y }) => {
                 a == b && x == y
             }
-            _ => self.to_string() == other.to_string(),
+            (IdRepr::Stream { stream: a, seq: x }, IdRepr::Stream { stream: b, seq: y }) => {
+                a == b && x == y
+            }
+            _ => false,
         }
     }
 }
@@ -238,16 +268,23 @@ impl Eq for MessageId {}
 
 impl std::hash::Hash for MessageId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.to_string().hash(state)
+        // Hash the display form (consistent with `Eq` across representations)
+        // without allocating.
+        struct W<'a, H>(&'a mut H);
+        impl<H: std::hash::Hasher> fmt::Write for W<'_, H> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                self.0.write(s.as_bytes());
+                Ok(())
+            }
+        }
+        let _ = fmt::write(&mut W(state), format_args!("{self}"));
+        state.write_u8(0xff);
     }
 }
 
 impl PartialEq<&str> for MessageId {
     fn eq(&self, other: &&str) -> bool {
-        match &self.0 {
-            IdRepr::Given(s) => &**s == *other,
-            _ => *other == self.to_string(),
-        }
+        self.display_eq(other)
     }
 }
 
@@ -449,5 +486,11 @@ mod tests {
             MessageId::stream_position("ORDERS", 7)
         );
         assert_eq!(MessageId::new("x"), "x");
+        assert_eq!(MessageId::local(255, 3), "mem-00000000000000ff-3");
+        assert_ne!(MessageId::stream_position("S", 1), "S:10");
+        use std::collections::HashSet;
+        let set: HashSet<MessageId> =
+            [MessageId::new("S:1"), MessageId::stream_position("S", 1)].into();
+        assert_eq!(set.len(), 1);
     }
 }

@@ -34,7 +34,7 @@ mod queue;
 
 pub use queue::{MemorySubscription, Overflow};
 
-use crate::bus::{EventBus, HealthReport, HealthStatus, Subscription};
+use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 use crate::subject::{validate_pattern, validate_subject, Match, SubId, Subject, Sublist};
@@ -173,26 +173,49 @@ impl InMemoryBus {
         &self.inner.config
     }
 
-    /// Publishes `payload` on `subject` (the same as the trait method, without
-    /// the boxing of a trait-object call).
+    /// Publishes `payload` on `subject`. Completes without allocating unless a
+    /// subscriber's queue is full and the publish has to wait for room.
     #[inline]
-    pub async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        let payload = Bytes::from(payload);
+    pub fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
+        match self.start_publish(subject, payload) {
+            Ok(None) => PublishFuture::ready(Ok(())),
+            Ok(Some(rest)) => PublishFuture::new(async move {
+                rest.finish().await;
+                Ok(())
+            }),
+            Err(e) => PublishFuture::ready(Err(e)),
+        }
+    }
+
+    #[inline]
+    fn start_publish(&self, subject: &str, payload: Vec<u8>) -> Result<Option<Remaining>, BusError> {
         self.check_size(subject, payload.len(), 0)?;
+        {
+            // Fast path: a cached route, delivered under the read lock without
+            // touching the route's reference count.
+            let routes = self.inner.routes.read();
+            if let Some(route) = routes.cached(subject) {
+                return Ok(self.deliver_cached(route, payload));
+            }
+        }
         let route = self.route(subject)?;
+        Ok(self.deliver_cached(&route, payload))
+    }
+
+    #[inline]
+    fn deliver_cached(&self, route: &Arc<Match<Arc<SubQueue>>>, payload: Vec<u8>) -> Option<Remaining> {
         if route.subs.is_empty() {
-            return Ok(());
+            return None;
         }
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let msg = BusMessage::new(
             Subject::from_trusted(route.subject.clone()),
-            payload,
+            Bytes::from(payload),
             Headers::new(),
             MessageId::local(self.inner.origin, seq),
             seq,
         );
-        deliver(&route.subs, msg).await;
-        Ok(())
+        deliver_now(route, msg)
     }
 
     /// Subscribes with the bus's default capacity and overflow policy.
@@ -342,22 +365,64 @@ impl InMemoryBus {
             id,
             seq,
         );
-        deliver(&route.subs, msg).await;
+        if let Some(rest) = deliver_now(&route, msg) {
+            rest.finish().await;
+        }
         Ok(PublishAck::new(None, seq, false))
     }
 }
 
-/// Queues `msg` for every subscriber, waiting where a lossless queue is full.
+/// Queues `msg` for every subscriber without waiting; if a lossless queue is
+/// full, returns the rest of the work.
 #[inline]
-async fn deliver(subs: &[Arc<SubQueue>], msg: BusMessage) {
-    let (last, rest) = subs.split_last().expect("caller checked non-empty");
-    for q in rest {
-        if let Push::Full(m) = q.try_push(msg.clone()) {
-            q.push_wait(m).await;
+fn deliver_now(route: &Arc<Match<Arc<SubQueue>>>, msg: BusMessage) -> Option<Remaining> {
+    let n = route.subs.len();
+    for i in 0..n - 1 {
+        if let Push::Full(m) = route.subs[i].try_push(msg.clone()) {
+            return Some(Remaining {
+                route: route.clone(),
+                index: i,
+                pending: m,
+                template: Some(msg),
+            });
         }
     }
-    if let Push::Full(m) = last.try_push(msg) {
-        last.push_wait(m).await;
+    match route.subs[n - 1].try_push(msg) {
+        Push::Done => None,
+        Push::Full(m) => Some(Remaining {
+            route: route.clone(),
+            index: n - 1,
+            pending: m,
+            template: None,
+        }),
+    }
+}
+
+/// A publish that found a full subscriber queue: `pending` waits for room in
+/// `route.subs[index]`, then the subscribers after it get `template`.
+struct Remaining {
+    route: Arc<Match<Arc<SubQueue>>>,
+    index: usize,
+    pending: BusMessage,
+    template: Option<BusMessage>,
+}
+
+impl Remaining {
+    async fn finish(self) {
+        let Remaining {
+            route,
+            index,
+            pending,
+            template,
+        } = self;
+        route.subs[index].push_wait(pending).await;
+        if let Some(msg) = template {
+            for q in &route.subs[index + 1..] {
+                if let Push::Full(m) = q.try_push(msg.clone()) {
+                    q.push_wait(m).await;
+                }
+            }
+        }
     }
 }
 
@@ -393,8 +458,8 @@ impl Drop for Inner {
 
 #[async_trait]
 impl EventBus for InMemoryBus {
-    async fn publish(&self, subject: &str, payload: Vec<u8>) -> Result<(), BusError> {
-        InMemoryBus::publish(self, subject, payload).await
+    fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
+        InMemoryBus::publish(self, subject, payload)
     }
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -46,6 +46,9 @@ pub(crate) struct SubQueue {
     capacity: usize,
     overflow: Overflow,
     state: Mutex<State>,
+    /// Messages in `state.buf`, readable without the lock (a spinning
+    /// subscriber checks it instead of contending for the mutex).
+    len: AtomicUsize,
     dropped: AtomicU64,
 }
 
@@ -74,6 +77,7 @@ impl SubQueue {
                 tx_waiters: Vec::new(),
                 closed: false,
             }),
+            len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
         }
     }
@@ -112,6 +116,7 @@ impl SubQueue {
                 Overflow::DropOldest => {
                     let old = st.buf.pop_front();
                     st.buf.push_back(msg);
+                    self.len.store(st.buf.len(), Ordering::Release);
                     let waker = st.rx_waker.take();
                     drop(st);
                     if let Some(old) = old {
@@ -125,6 +130,7 @@ impl SubQueue {
             }
         }
         st.buf.push_back(msg);
+        self.len.store(st.buf.len(), Ordering::Release);
         let waker = st.rx_waker.take();
         drop(st);
         if let Some(w) = waker {
@@ -161,6 +167,7 @@ impl SubQueue {
             let mut st = self.state.lock();
             st.closed = true;
             st.buf.clear();
+            self.len.store(0, Ordering::Release);
             (st.rx_waker.take(), std::mem::take(&mut st.tx_waiters))
         };
         if let Some(w) = rx {
@@ -169,6 +176,27 @@ impl SubQueue {
         for w in txs {
             w.wake();
         }
+    }
+
+    /// Like `poll_drain` but without registering a waker when empty.
+    fn poll_take(&self, local: &mut VecDeque<BusMessage>) -> Poll<bool> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return Poll::Pending;
+        }
+        let txs;
+        {
+            let mut st = self.state.lock();
+            if st.buf.is_empty() {
+                return if st.closed { Poll::Ready(false) } else { Poll::Pending };
+            }
+            std::mem::swap(local, &mut st.buf);
+            self.len.store(0, Ordering::Release);
+            txs = std::mem::take(&mut st.tx_waiters);
+        }
+        for w in txs {
+            w.wake();
+        }
+        Poll::Ready(true)
     }
 
     /// Moves every queued message into `local` (which must be empty).
@@ -187,6 +215,7 @@ impl SubQueue {
                 return Poll::Pending;
             }
             std::mem::swap(local, &mut st.buf);
+            self.len.store(0, Ordering::Release);
             txs = std::mem::take(&mut st.tx_waiters);
         }
         for w in txs {
@@ -216,6 +245,7 @@ impl Future for PushWait {
         }
         if st.buf.len() < this.queue.capacity {
             st.buf.push_back(msg);
+            this.queue.len.store(st.buf.len(), Ordering::Release);
             let waker = st.rx_waker.take();
             drop(st);
             if let Some(w) = waker {
@@ -245,7 +275,15 @@ pub struct MemorySubscription {
     queue: Arc<SubQueue>,
     local: VecDeque<BusMessage>,
     bus: Weak<dyn Unregister>,
+    /// Re-polls left before parking on an empty queue (see `poll_next`).
+    spins: u32,
 }
+
+/// How many times an active subscriber re-schedules itself on an empty queue
+/// before it registers its waker and parks. While messages keep coming this
+/// spares the publisher the cost of waking a parked task on another thread
+/// (a futex call); an idle subscriber parks after this many empty polls.
+const SPIN_POLLS: u32 = 32;
 
 impl MemorySubscription {
     pub(crate) fn new(queue: Arc<SubQueue>, bus: Weak<dyn Unregister>) -> Self {
@@ -253,6 +291,7 @@ impl MemorySubscription {
             queue,
             local: VecDeque::new(),
             bus,
+            spins: 0,
         }
     }
 
@@ -277,8 +316,20 @@ impl Stream for MemorySubscription {
         if let Some(msg) = this.local.pop_front() {
             return Poll::Ready(Some(msg));
         }
+        if this.spins > 0 {
+            this.spins -= 1;
+            if let Poll::Ready(more) = this.queue.poll_take(&mut this.local) {
+                this.spins = SPIN_POLLS;
+                return Poll::Ready(if more { this.local.pop_front() } else { None });
+            }
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         match this.queue.poll_drain(&mut this.local, cx) {
-            Poll::Ready(true) => Poll::Ready(this.local.pop_front()),
+            Poll::Ready(true) => {
+                this.spins = SPIN_POLLS;
+                Poll::Ready(this.local.pop_front())
+            }
             Poll::Ready(false) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
