@@ -96,7 +96,11 @@ impl fmt::Display for ErrorKind {
 /// assert!(err.to_string().contains("orders..created"));
 /// # }
 /// ```
-pub struct BusError {
+pub struct BusError(Box<ErrorInner>);
+
+// Boxed so that `Result<(), BusError>` is one pointer wide: publish results
+// travel through hot paths.
+struct ErrorInner {
     kind: ErrorKind,
     message: String,
     source: Option<BoxError>,
@@ -105,11 +109,11 @@ pub struct BusError {
 impl BusError {
     /// A new error of `kind` with a message that names the problem.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        BusError {
+        BusError(Box::new(ErrorInner {
             kind,
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// A new error of `kind` caused by `source`.
@@ -118,21 +122,21 @@ impl BusError {
         message: impl Into<String>,
         source: impl Into<BoxError>,
     ) -> Self {
-        BusError {
+        BusError(Box::new(ErrorInner {
             kind,
             message: message.into(),
             source: Some(source.into()),
-        }
+        }))
     }
 
     /// The kind, to match on.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The human-readable message, without the source chain.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// Shorthand for [`ErrorKind::Closed`].
@@ -160,8 +164,8 @@ impl BusError {
 impl fmt::Debug for BusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("BusError");
-        d.field("kind", &self.kind).field("message", &self.message);
-        if let Some(source) = &self.source {
+        d.field("kind", &self.0.kind).field("message", &self.0.message);
+        if let Some(source) = &self.0.source {
             d.field("source", source);
         }
         d.finish()
@@ -170,8 +174,8 @@ impl fmt::Debug for BusError {
 
 impl fmt::Display for BusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.kind, self.message)?;
-        if let Some(source) = &self.source {
+        write!(f, "{}: {}", self.0.kind, self.0.message)?;
+        if let Some(source) = &self.0.source {
             write!(f, ": {source}")?;
         }
         Ok(())
@@ -180,7 +184,8 @@ impl fmt::Display for BusError {
 
 impl std::error::Error for BusError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
@@ -194,6 +199,7 @@ mod tests {
     fn error_is_send_sync_static_and_names_the_problem() {
         fn assert_bounds<T: std::error::Error + Send + Sync + 'static>() {}
         assert_bounds::<BusError>();
+        assert_eq!(std::mem::size_of::<Result<(), BusError>>(), std::mem::size_of::<usize>());
         let e = BusError::config("EVENT_BUS_TYPE", "kafka", "expected `memory` or `nats`");
         assert_eq!(e.kind(), ErrorKind::Config);
         let text = e.to_string();
