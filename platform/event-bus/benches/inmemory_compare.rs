@@ -71,13 +71,23 @@ fn main() {
             || rt.block_on(bus_one_to_one(dyn_bus(), "perf.data", "perf.data", n)),
             || rt.block_on(mpsc_one_to_one(n)),
         );
-        row(&format!("1:1 exact subject, Arc<dyn EventBus>, {label}"), bus, raw, n);
+        row(
+            &format!("1:1 exact subject, Arc<dyn EventBus>, {label}"),
+            bus,
+            raw,
+            n,
+        );
         let (concrete, raw) = measure_pair(
             reps,
             || rt.block_on(concrete_one_to_one(n)),
             || rt.block_on(mpsc_one_to_one(n)),
         );
-        row(&format!("1:1 exact subject, InMemoryBus (concrete), {label}"), concrete, raw, n);
+        row(
+            &format!("1:1 exact subject, InMemoryBus (concrete), {label}"),
+            concrete,
+            raw,
+            n,
+        );
         let (with_noise, raw) = measure_pair(
             reps,
             || {
@@ -89,7 +99,12 @@ fn main() {
             },
             || rt.block_on(mpsc_one_to_one(n)),
         );
-        row(&format!("1:1 on perf.> + 1,000 unrelated subs, {label}"), with_noise, raw, n);
+        row(
+            &format!("1:1 on perf.> + 1,000 unrelated subs, {label}"),
+            with_noise,
+            raw,
+            n,
+        );
     }
     {
         let label = "cross-thread";
@@ -98,7 +113,12 @@ fn main() {
             || bus_one_to_one_cross_thread(dyn_bus(), "perf.data", "perf.data", n),
             || mpsc_one_to_one_cross_thread(n),
         );
-        row(&format!("1:1 exact subject, Arc<dyn EventBus>, {label}"), bus, raw, n);
+        row(
+            &format!("1:1 exact subject, Arc<dyn EventBus>, {label}"),
+            bus,
+            raw,
+            n,
+        );
         let (with_noise, raw) = measure_pair(
             reps,
             || {
@@ -108,7 +128,12 @@ fn main() {
             },
             || mpsc_one_to_one_cross_thread(n),
         );
-        row(&format!("1:1 on perf.> + 1,000 unrelated subs, {label}"), with_noise, raw, n);
+        row(
+            &format!("1:1 on perf.> + 1,000 unrelated subs, {label}"),
+            with_noise,
+            raw,
+            n,
+        );
     }
     for (threads, label) in [(1usize, "same thread"), (2, "2 worker threads")] {
         let rt = runtime(threads);
@@ -118,7 +143,12 @@ fn main() {
             || rt.block_on(bus_fan_out(10, fan_n)),
             || rt.block_on(mpsc_fan_out(10, fan_n)),
         );
-        row(&format!("fan-out 1 -> 10 (deliveries/s), {label}"), bus_fan, raw_fan, fan_n * 10);
+        row(
+            &format!("fan-out 1 -> 10 (deliveries/s), {label}"),
+            bus_fan,
+            raw_fan,
+            fan_n * 10,
+        );
     }
     {
         let rt = runtime(1);

@@ -140,7 +140,9 @@ impl Future for PublishFuture<'_> {
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            PublishState::Ready(r) => Poll::Ready(r.take().expect("PublishFuture polled after completion")),
+            PublishState::Ready(r) => {
+                Poll::Ready(r.take().expect("PublishFuture polled after completion"))
+            }
             PublishState::Boxed(f) => f.as_mut().poll(cx),
         }
     }

@@ -113,6 +113,212 @@ pub struct NatsConfig {
     pub publish_timeout: Duration,
     /// Confine the bus to this tenant's subjects and streams.
     pub tenant: Option<String>,
+    /// Create a stream for a subject's first token when nothing stores it
+    /// yet (see the `nats` module docs). Off: publishing to an undeclared
+    /// subject is an error.
+    pub auto_create_streams: bool,
+    /// Streams to create or reconcile at start-up.
+    pub streams: Vec<StreamSpec>,
+}
+
+/// Storage of a declared stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStorage {
+    /// On disk (survives restarts).
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// Retention policy of a declared stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamRetention {
+    /// Keep messages until a limit (age, bytes, count) removes them.
+    #[default]
+    Limits,
+    /// Keep messages while some consumer has not acknowledged them.
+    Interest,
+    /// Remove each message once a consumer acknowledges it.
+    WorkQueue,
+}
+
+/// What a full stream discards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamDiscard {
+    /// The oldest messages.
+    #[default]
+    Old,
+    /// The new message (the publish fails).
+    New,
+}
+
+/// A stream declared in configuration and applied idempotently at start-up
+/// (created if missing, updated and reported if it drifted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct StreamSpec {
+    /// Stream name (no `.`, `*`, `>`, `/`, `\\` or whitespace).
+    pub name: String,
+    /// Subjects (patterns) it stores.
+    pub subjects: Vec<String>,
+    /// File or memory.
+    pub storage: StreamStorage,
+    /// Replicas (1 on a single server; up to 5 in a cluster).
+    pub replicas: usize,
+    /// Retention policy.
+    pub retention: StreamRetention,
+    /// Oldest message kept (`0s` = no limit).
+    #[serde(with = "duration_str")]
+    pub max_age: Duration,
+    /// Most bytes kept (-1 = no limit).
+    pub max_bytes: i64,
+    /// Most messages kept (-1 = no limit).
+    pub max_messages: i64,
+    /// Window in which a repeated message id is a duplicate.
+    #[serde(with = "duration_str")]
+    pub duplicate_window: Duration,
+    /// What a full stream discards.
+    pub discard: StreamDiscard,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        StreamSpec {
+            name: String::new(),
+            subjects: Vec::new(),
+            storage: StreamStorage::File,
+            replicas: 1,
+            retention: StreamRetention::Limits,
+            max_age: Duration::ZERO,
+            max_bytes: -1,
+            max_messages: -1,
+            duplicate_window: Duration::from_secs(120),
+            discard: StreamDiscard::Old,
+        }
+    }
+}
+
+impl StreamSpec {
+    /// A file-backed, single-replica stream `name` over `subjects`, no limits.
+    pub fn new(
+        name: impl Into<String>,
+        subjects: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        StreamSpec {
+            name: name.into(),
+            subjects: subjects.into_iter().map(Into::into).collect(),
+            ..StreamSpec::default()
+        }
+    }
+
+    /// Sets the storage.
+    pub fn storage(mut self, storage: StreamStorage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the number of replicas.
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// Sets the retention policy.
+    pub fn retention(mut self, r: StreamRetention) -> Self {
+        self.retention = r;
+        self
+    }
+
+    /// Sets the maximum age.
+    pub fn max_age(mut self, d: Duration) -> Self {
+        self.max_age = d;
+        self
+    }
+
+    /// Sets the maximum size in bytes.
+    pub fn max_bytes(mut self, n: i64) -> Self {
+        self.max_bytes = n;
+        self
+    }
+
+    /// Sets the maximum number of messages.
+    pub fn max_messages(mut self, n: i64) -> Self {
+        self.max_messages = n;
+        self
+    }
+
+    /// Sets the de-duplication window.
+    pub fn duplicate_window(mut self, d: Duration) -> Self {
+        self.duplicate_window = d;
+        self
+    }
+
+    /// Sets the discard policy.
+    pub fn discard(mut self, d: StreamDiscard) -> Self {
+        self.discard = d;
+        self
+    }
+
+    /// Checks the spec; the error names the stream and the field.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let bad = |field: &str, value: &str, why: &str| {
+            BusError::config(&format!("streams[{}].{field}", self.name), value, why)
+        };
+        if self.name.is_empty()
+            || self.name.chars().any(|c| {
+                matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+            })
+        {
+            return Err(bad(
+                "name",
+                &self.name,
+                "a stream name is non-empty without `.`, `*`, `>`, slashes or whitespace",
+            ));
+        }
+        if self.subjects.is_empty() {
+            return Err(bad("subjects", "[]", "a stream needs at least one subject"));
+        }
+        for s in &self.subjects {
+            crate::subject::validate_pattern(s).map_err(|e| bad("subjects", s, e.message()))?;
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(bad(
+                "replicas",
+                &self.replicas.to_string(),
+                "must be 1 to 5",
+            ));
+        }
+        if self.max_bytes == 0 || self.max_bytes < -1 {
+            return Err(bad(
+                "max_bytes",
+                &self.max_bytes.to_string(),
+                "must be positive or -1 (no limit)",
+            ));
+        }
+        if self.max_messages == 0 || self.max_messages < -1 {
+            return Err(bad(
+                "max_messages",
+                &self.max_messages.to_string(),
+                "must be positive or -1 (no limit)",
+            ));
+        }
+        if self.duplicate_window.is_zero() {
+            return Err(bad("duplicate_window", "0s", "must be positive"));
+        }
+        if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
+            return Err(bad(
+                "duplicate_window",
+                &humantime::format_duration(self.duplicate_window).to_string(),
+                "must not be longer than max_age",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for NatsConfig {
@@ -127,6 +333,8 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(5),
             tenant: None,
+            auto_create_streams: true,
+            streams: Vec::new(),
         }
     }
 }
@@ -370,6 +578,9 @@ impl BusConfig {
                     "0s",
                     "must be positive",
                 ));
+            }
+            for spec in &n.streams {
+                spec.validate()?;
             }
             if let Some(t) = &n.tenant {
                 crate::subject::validate_subject(t).map_err(|_| {

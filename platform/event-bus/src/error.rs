@@ -164,7 +164,8 @@ impl BusError {
 impl fmt::Debug for BusError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("BusError");
-        d.field("kind", &self.0.kind).field("message", &self.0.message);
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
         if let Some(source) = &self.0.source {
             d.field("source", source);
         }
@@ -199,7 +200,10 @@ mod tests {
     fn error_is_send_sync_static_and_names_the_problem() {
         fn assert_bounds<T: std::error::Error + Send + Sync + 'static>() {}
         assert_bounds::<BusError>();
-        assert_eq!(std::mem::size_of::<Result<(), BusError>>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Result<(), BusError>>(),
+            std::mem::size_of::<usize>()
+        );
         let e = BusError::config("EVENT_BUS_TYPE", "kafka", "expected `memory` or `nats`");
         assert_eq!(e.kind(), ErrorKind::Config);
         let text = e.to_string();

@@ -270,7 +270,12 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 
 /// 1 publisher → 1 subscriber with the two pinned to two OS threads (each its
 /// own single-threaded runtime), through `Arc<dyn EventBus>`.
-pub fn bus_one_to_one_cross_thread(bus: Arc<dyn EventBus>, pattern: &str, subject: &'static str, n: usize) -> Duration {
+pub fn bus_one_to_one_cross_thread(
+    bus: Arc<dyn EventBus>,
+    pattern: &str,
+    subject: &'static str,
+    n: usize,
+) -> Duration {
     let rt = runtime(1);
     let mut sub = rt.block_on(bus.subscribe(pattern)).unwrap();
     let start = Instant::now();

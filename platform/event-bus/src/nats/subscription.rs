@@ -1,0 +1,255 @@
+//! Gap-free, resumable live subscriptions on JetStream.
+//!
+//! For each stream that can hold matching subjects, a follower task reads
+//! through an ephemeral ordered pull consumer (no acks, memory storage) that
+//! starts at the stream's next sequence when `subscribe` is called. The
+//! follower remembers the stream sequence after the last message it
+//! delivered; on any error, missed heartbeat, gap in the consumer sequence or
+//! server restart it creates a new consumer starting exactly there (retrying
+//! with backoff while the server is away). So a subscription sees every
+//! message stored after it was made, in stream order, once.
+//!
+//! async-nats' own ordered consumer is not used because it restarts from the
+//! beginning of the stream (`DeliverPolicy::All`) when it must recreate itself
+//! before delivering its first message.
+//!
+//! Back-pressure: the follower hands messages to the subscription through a
+//! bounded channel; while the subscriber does not read, the follower stops
+//! pulling and the messages wait in the stream (never dropped).
+
+use super::convert::{api_error, from_header_map};
+use crate::bus::Subscription;
+use crate::error::BusError;
+use crate::message::{BusMessage, MessageId};
+use crate::subject::{matches, Subject};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, stream::Stream as JsStream};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Messages buffered between a follower and its subscription.
+const CHANNEL: usize = 1024;
+/// Messages requested per pull.
+const BATCH: usize = 512;
+/// Idle heartbeat asked of the server; two missed ones mean the consumer is gone.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Lifetime of one pull request.
+const EXPIRES: Duration = Duration::from_secs(10);
+/// An unread consumer is removed by the server after this long (and re-created
+/// at the right position when the subscriber reads again).
+const INACTIVE: Duration = Duration::from_secs(120);
+
+/// Subscribes to `wire_pattern` on `streams`; returns once every follower's
+/// first consumer exists (so everything published afterwards is seen).
+pub(crate) async fn subscribe(
+    js: jetstream::Context,
+    streams: Vec<String>,
+    wire_pattern: String,
+    user_pattern: String,
+    tenant: Option<String>,
+) -> Result<Subscription, BusError> {
+    let (tx, mut rx) = mpsc::channel(CHANNEL);
+    let strip = tenant.map(|t| format!("{t}."));
+    for name in streams {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| api_error(&format!("opening stream {name} for {user_pattern:?}"), e))?;
+        let next = stream
+            .info()
+            .await
+            .map_err(|e| api_error(&format!("reading stream {name}"), e))?
+            .state
+            .last_sequence
+            + 1;
+        let mut follower = Follower {
+            stream,
+            name,
+            pattern: wire_pattern.clone(),
+            use_filter: true,
+            strip: strip.clone(),
+            next,
+            tx: tx.clone(),
+        };
+        let consumer = follower.create().await?;
+        tokio::spawn(follower.run(consumer));
+    }
+    drop(tx);
+    let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok(Subscription::new(user_pattern, messages))
+}
+
+struct Follower {
+    stream: JsStream,
+    name: String,
+    pattern: String,
+    /// Whether the server-side filter is used (else only client-side matching).
+    use_filter: bool,
+    strip: Option<String>,
+    /// The stream sequence after the last message delivered (or skipped).
+    next: u64,
+    tx: mpsc::Sender<BusMessage>,
+}
+
+type Consumer = jetstream::consumer::Consumer<pull::Config>;
+
+impl Follower {
+    async fn create(&mut self) -> Result<Consumer, BusError> {
+        let config = |filter: String, next: u64| pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ack_policy: AckPolicy::None,
+            filter_subject: filter,
+            inactive_threshold: INACTIVE,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        let filter = if self.use_filter {
+            self.pattern.clone()
+        } else {
+            String::new()
+        };
+        match self.stream.create_consumer(config(filter, self.next)).await {
+            Ok(c) => Ok(c),
+            Err(e) if self.use_filter && e.to_string().to_lowercase().contains("filter") => {
+                // The pattern is broader than the stream's subjects: read the
+                // whole stream and match on this side.
+                self.use_filter = false;
+                self.stream
+                    .create_consumer(config(String::new(), self.next))
+                    .await
+                    .map_err(|e| {
+                        api_error(
+                            &format!(
+                                "creating a consumer on {} for {:?}",
+                                self.name, self.pattern
+                            ),
+                            e,
+                        )
+                    })
+            }
+            Err(e) => Err(api_error(
+                &format!(
+                    "creating a consumer on {} for {:?}",
+                    self.name, self.pattern
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// Re-creates the consumer at `next`, retrying until it works or the
+    /// subscription is dropped (`None`).
+    async fn recreate(&mut self) -> Option<Consumer> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let tx = self.tx.clone();
+            tokio::select! {
+                _ = tx.closed() => return None,
+                created = self.create() => match created {
+                    Ok(c) => {
+                        tracing::debug!(stream = %self.name, next = self.next, "subscription consumer re-created");
+                        return Some(c);
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream = %self.name, error = %e, "re-creating subscription consumer failed; retrying");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.tx.closed() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn run(mut self, mut consumer: Consumer) {
+        loop {
+            let consumer_name = consumer.cached_info().name.clone();
+            self.follow(&consumer).await;
+            let _ = self.stream.delete_consumer(&consumer_name).await;
+            if self.tx.is_closed() {
+                return;
+            }
+            match self.recreate().await {
+                Some(c) => consumer = c,
+                None => return,
+            }
+        }
+    }
+
+    /// Delivers from one consumer until it fails or the subscription is dropped.
+    async fn follow(&mut self, consumer: &Consumer) {
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .heartbeat(HEARTBEAT)
+            .expires(EXPIRES)
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(stream = %self.name, error = %e, "pull failed");
+                return;
+            }
+        };
+        let mut expected_consumer_seq = 1;
+        loop {
+            let item = tokio::select! {
+                _ = self.tx.closed() => return,
+                item = messages.next() => item,
+            };
+            let msg = match item {
+                None => return,
+                Some(Err(e)) => {
+                    tracing::debug!(stream = %self.name, error = %e, "subscription consumer error; resuming from sequence {}", self.next);
+                    return;
+                }
+                Some(Ok(m)) => m,
+            };
+            let Ok(info) = msg.info() else {
+                return;
+            };
+            let (stream_seq, consumer_seq) = (info.stream_sequence, info.consumer_sequence);
+            if consumer_seq != expected_consumer_seq {
+                tracing::debug!(stream = %self.name, expected_consumer_seq, consumer_seq, "gap in the consumer sequence; resuming from sequence {}", self.next);
+                return;
+            }
+            expected_consumer_seq += 1;
+            if stream_seq < self.next {
+                continue; // already delivered
+            }
+            self.next = stream_seq + 1;
+            let wire_subject = msg.subject.as_str();
+            if !matches(&self.pattern, wire_subject) {
+                continue;
+            }
+            let subject = match &self.strip {
+                Some(prefix) => wire_subject
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(wire_subject),
+                None => wire_subject,
+            };
+            let (headers, id) = from_header_map(msg.headers.as_ref());
+            let id = match id {
+                Some(id) => MessageId::new(id),
+                None => MessageId::stream_position(self.name.as_str(), stream_seq),
+            };
+            let bus_msg = BusMessage::new(
+                Subject::from_trusted(subject),
+                msg.payload.clone(),
+                headers,
+                id,
+                stream_seq,
+            );
+            if self.tx.send(bus_msg).await.is_err() {
+                return;
+            }
+        }
+    }
+}
