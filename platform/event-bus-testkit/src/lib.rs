@@ -4,8 +4,10 @@
 //!   backend must pass, runnable against any factory of `Arc<dyn EventBus>`.
 //! * [`nats_server`]: real `nats-server` processes (single node and clusters)
 //!   on random loopback ports with temporary store directories.
+//! * [`wait`]: waiting for a condition with a deadline.
 
 #![warn(missing_docs)]
 
 pub mod conformance;
 pub mod nats_server;
+pub mod wait;

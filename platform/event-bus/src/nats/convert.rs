@@ -7,10 +7,82 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::HeaderMap;
 use std::time::Duration;
 
+/// Permission violations the server reported on this connection (it reports
+/// them asynchronously, so a denied publish otherwise looks like a timeout).
+#[derive(Default)]
+pub(crate) struct Violations {
+    recent: parking_lot::Mutex<std::collections::VecDeque<(std::time::Instant, String)>>,
+}
+
+impl Violations {
+    fn record(&self, text: String) {
+        let mut recent = self.recent.lock();
+        if recent.len() >= 64 {
+            recent.pop_front();
+        }
+        recent.push_back((std::time::Instant::now(), text));
+    }
+
+    /// A violation reported since `since` that mentions `subject` (or any, if `subject` is empty).
+    pub(crate) fn find(&self, since: std::time::Instant, subject: &str) -> Option<String> {
+        let quoted = format!("\"{subject}\"");
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .take_while(|(at, _)| *at >= since)
+            .find(|(_, text)| subject.is_empty() || text.contains(&quoted))
+            .map(|(_, text)| text.clone())
+    }
+}
+
+/// Turns a timeout into a permission error when the server reported a
+/// violation for `subject` meanwhile.
+pub(crate) fn explain(
+    err: BusError,
+    violations: Option<&Violations>,
+    since: std::time::Instant,
+    subject: &str,
+    what: &str,
+) -> BusError {
+    if err.kind() != ErrorKind::Timeout && err.kind() != ErrorKind::Backend {
+        return err;
+    }
+    match violations.and_then(|v| v.find(since, subject)) {
+        Some(text) => BusError::new(
+            ErrorKind::PermissionDenied,
+            format!("{what} was denied by the server: {text}"),
+        ),
+        None => err,
+    }
+}
+
 /// Connects with every option of `config`; errors name the URL and the cause.
-pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client, BusError> {
+pub(crate) async fn connect(
+    config: &NatsConfig,
+) -> Result<(async_nats::Client, std::sync::Arc<Violations>), BusError> {
+    let violations = std::sync::Arc::new(Violations::default());
+    let seen = violations.clone();
     let mut opts = async_nats::ConnectOptions::new()
         .name("event-bus")
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                match event {
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                        if text.to_lowercase().contains("permissions violation") =>
+                    {
+                        tracing::warn!(error = %text, "NATS permission violation");
+                        seen.record(text);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.publish_timeout.max(Duration::from_secs(1))))
         .max_reconnects(None);
@@ -76,7 +148,7 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client, B
                 e,
             ))
         }
-        Ok(Ok(client)) => Ok(client),
+        Ok(Ok(client)) => Ok((client, violations)),
     }
 }
 

@@ -91,12 +91,14 @@ struct Inner {
     /// Serialises default-stream creation per bus (rare path only).
     create_lock: tokio::sync::Mutex<()>,
     version_ok: OnceLock<Result<(), String>>,
+    /// Permission violations reported by the server (only for connections made by `connect`).
+    violations: Option<Arc<convert::Violations>>,
 }
 
 impl NatsBus {
     /// A bus over an existing connection, with default options. Synchronous and infallible.
     pub fn new(client: async_nats::Client) -> Self {
-        Self::with_options(client, DEFAULT_PUBLISH_TIMEOUT, None, true)
+        Self::with_options(client, DEFAULT_PUBLISH_TIMEOUT, None, true, None)
     }
 
     fn with_options(
@@ -104,6 +106,7 @@ impl NatsBus {
         publish_timeout: Duration,
         tenant: Option<String>,
         auto_create: bool,
+        violations: Option<Arc<convert::Violations>>,
     ) -> Self {
         let js = jetstream::context::ContextBuilder::new()
             .timeout(publish_timeout)
@@ -120,6 +123,7 @@ impl NatsBus {
                 known_streams: Mutex::new(FxHashSet::default()),
                 create_lock: tokio::sync::Mutex::new(()),
                 version_ok: OnceLock::new(),
+                violations,
             }),
         }
     }
@@ -127,12 +131,13 @@ impl NatsBus {
     /// Connects as `config` says, checks the server version, and applies the
     /// declared streams. Bounded by `config.connect_timeout`.
     pub async fn connect(config: &NatsConfig) -> Result<Self, BusError> {
-        let client = convert::connect(config).await?;
+        let (client, violations) = convert::connect(config).await?;
         let bus = Self::with_options(
             client,
             config.publish_timeout,
             config.tenant.clone(),
             config.auto_create_streams,
+            Some(violations),
         );
         bus.check_version()?;
         if !config.streams.is_empty() {
@@ -157,6 +162,7 @@ impl NatsBus {
             self.inner.publish_timeout,
             Some(full),
             self.inner.auto_create,
+            self.inner.violations.clone(),
         ))
     }
 
@@ -167,6 +173,7 @@ impl NatsBus {
             timeout,
             self.inner.tenant.clone(),
             self.inner.auto_create,
+            self.inner.violations.clone(),
         )
     }
 
@@ -177,6 +184,7 @@ impl NatsBus {
             self.inner.publish_timeout,
             self.inner.tenant.clone(),
             on,
+            self.inner.violations.clone(),
         )
     }
 
@@ -271,8 +279,20 @@ impl NatsBus {
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
         let (wire, msg) = self.prepare(subject, payload, headers, id)?;
-        let fut = self.send(subject, &wire, msg).await?;
-        self.await_ack(subject, fut).await
+        let started = std::time::Instant::now();
+        let result = match self.send(subject, &wire, msg).await {
+            Ok(fut) => self.await_ack(subject, fut).await,
+            Err(e) => Err(e),
+        };
+        result.map_err(|e| {
+            convert::explain(
+                e,
+                self.inner.violations.as_deref(),
+                started,
+                &wire,
+                &format!("publish to {subject:?}"),
+            )
+        })
     }
 
     /// Validates and builds the wire message.
@@ -407,7 +427,19 @@ impl EventBus for NatsBus {
         validate_pattern(pattern)?;
         self.check_version()?;
         let wire = self.wire(pattern).into_owned();
-        let mut names = streams::streams_for(&self.inner.js, &wire).await?;
+        let started = std::time::Instant::now();
+        let explain = |e: BusError| {
+            convert::explain(
+                e,
+                self.inner.violations.as_deref(),
+                started,
+                "",
+                &format!("subscribe to {pattern:?}"),
+            )
+        };
+        let mut names = streams::streams_for(&self.inner.js, &wire)
+            .await
+            .map_err(explain)?;
         let first = pattern.split('.').next().unwrap_or_default();
         if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
             // Nothing stores these subjects yet: create the default stream so
@@ -431,6 +463,7 @@ impl EventBus for NatsBus {
             self.inner.tenant.clone(),
         )
         .await
+        .map_err(explain)
     }
 
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {

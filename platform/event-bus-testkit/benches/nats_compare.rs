@@ -1,0 +1,559 @@
+//! `NatsBus` side by side with raw async-nats on the same real nats-server,
+//! in one run.
+//!
+//! `cargo bench -p event-bus-testkit --bench nats_compare`
+//!
+//! The bench starts its own JetStream `nats-server` (see
+//! [`event_bus_testkit::nats_server`]) and measures three scenarios, each
+//! against the strongest equivalent written directly with async-nats:
+//!
+//! 1. 64 concurrent publishers sharing one `Arc<dyn EventBus>`, each awaiting
+//!    every publish, vs raw JetStream with 64 acks in flight (both 64 tasks
+//!    doing `js.publish(..).await?.await?` and one task keeping a sliding
+//!    window of 64 `PublishAckFuture`s; the ratio uses the faster raw one).
+//! 2. `publish_batch` (windows of 512, then await the acks) vs raw async-nats
+//!    sending 512 publishes, then awaiting the 512 acks, repeatedly.
+//! 3. `subscribe` keeping up with a pipelined publisher: time from the first
+//!    publish until the subscriber has received all N, checking count, order
+//!    and the absence of extra deliveries, vs a raw ordered pull consumer
+//!    (`DeliverPolicy::New`) fed by a raw pipelined publisher.
+//!
+//! Every figure is the median of several runs in which bus and raw alternate
+//! (and swap who goes first); the ratio column is bus throughput / raw
+//! throughput, so higher is better. Each run uses a fresh stream (file
+//! storage, subjects `<token>` and `<token>.>`) that is deleted afterwards.
+//!
+//! Environment: `NATS_BENCH_MESSAGES` (messages per measurement, default
+//! 25 000) and `NATS_BENCH_REPS` (runs per figure, default 5).
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
+use bytes::Bytes;
+use event_bus::{Envelope, EventBus, NatsBus};
+use event_bus_testkit::nats_server::NatsServer;
+use futures::StreamExt;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// Payload size of every message.
+const PAYLOAD: usize = 128;
+/// Concurrent publishers (and acks in flight) in scenario 1.
+const PUBLISHERS: usize = 64;
+/// The bus's batch window, used for the raw pipelined publisher too.
+const WINDOW: usize = event_bus::nats::BATCH_WINDOW;
+/// How long a subscriber may wait for one message before the run fails.
+const RECV_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for an unexpected extra delivery after the last message.
+const EXTRA_WAIT: Duration = Duration::from_millis(150);
+
+static TOKENS: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh first subject token (so a fresh stream) per run.
+fn token(kind: &str) -> String {
+    format!("{kind}{}", TOKENS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A payload of `PAYLOAD` bytes starting with `index` (little endian).
+fn payload(index: u64) -> Bytes {
+    let mut v = vec![0xA5u8; PAYLOAD];
+    v[..8].copy_from_slice(&index.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn index_of(payload: &[u8]) -> Res<u64> {
+    let head: [u8; 8] = payload
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or("payload shorter than 8 bytes")?;
+    Ok(u64::from_le_bytes(head))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+struct Ctx {
+    /// The bus as every module sees it.
+    bus: Arc<dyn EventBus>,
+    /// The same bus, for its stream naming.
+    nats_bus: NatsBus,
+    /// A JetStream context on the raw connection.
+    js: jetstream::Context,
+    /// Messages per measurement.
+    n: usize,
+}
+
+impl Ctx {
+    /// A fresh default stream for the bus, created through the bus itself
+    /// (outside the timed part). Returns the first token and the stream name.
+    async fn bus_stream(&self, kind: &str) -> Res<(String, String)> {
+        let token = token(kind);
+        self.bus
+            .publish(&format!("{token}.warmup"), payload(u64::MAX).to_vec())
+            .await?;
+        let name = self.nats_bus.default_stream_name(&token);
+        Ok((token, name))
+    }
+
+    /// A fresh stream for raw async-nats with the bus's default config.
+    async fn raw_stream(&self, kind: &str) -> Res<(String, stream::Stream)> {
+        let token = token(kind);
+        let stream = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: format!("RAW_{}", token.to_uppercase()),
+                subjects: vec![token.clone(), format!("{token}.>")],
+                storage: stream::StorageType::File,
+                num_replicas: 1,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await?;
+        Ok((token, stream))
+    }
+
+    /// Checks that `name` holds `expected` messages, then deletes it.
+    async fn finish(&self, name: &str, expected: u64) -> Res<()> {
+        let stored = self.js.get_stream(name).await?.info().await?.state.messages;
+        if stored != expected {
+            return Err(
+                format!("stream {name} holds {stored} messages, expected {expected}").into(),
+            );
+        }
+        self.js.delete_stream(name).await?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. 64 concurrent publishers, each awaiting every publish
+// ---------------------------------------------------------------------------
+
+async fn bus_concurrent(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+    let (token, name) = ctx.bus_stream("bc").await?;
+    let body = payload(0);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|t| {
+            let bus = ctx.bus.clone();
+            let subject = format!("{token}.p{t}");
+            let body = body.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    bus.publish(&subject, body.to_vec()).await?;
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    ctx.finish(&name, (PUBLISHERS * per_task) as u64 + 1)
+        .await?;
+    Ok(elapsed)
+}
+
+async fn raw_concurrent_tasks(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+    let (token, stream) = ctx.raw_stream("rc").await?;
+    let body = payload(0);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|t| {
+            let js = ctx.js.clone();
+            let subject = async_nats::Subject::from(format!("{token}.p{t}"));
+            let body = body.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    js.publish(subject.clone(), body.clone()).await?.await?;
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    ctx.finish(
+        &stream.cached_info().config.name,
+        (PUBLISHERS * per_task) as u64,
+    )
+    .await?;
+    Ok(elapsed)
+}
+
+async fn raw_concurrent_window(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+    let (token, stream) = ctx.raw_stream("rw").await?;
+    let body = payload(0);
+    let subjects: Vec<async_nats::Subject> = (0..PUBLISHERS)
+        .map(|t| format!("{token}.p{t}").into())
+        .collect();
+    let total = PUBLISHERS * per_task;
+    let start = Instant::now();
+    let mut in_flight = VecDeque::with_capacity(PUBLISHERS);
+    for i in 0..total {
+        if in_flight.len() == PUBLISHERS {
+            let ack: jetstream::context::PublishAckFuture =
+                in_flight.pop_front().ok_or("empty window")?;
+            ack.await?;
+        }
+        let subject = subjects[i % PUBLISHERS].clone();
+        in_flight.push_back(ctx.js.publish(subject, body.clone()).await?);
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    let elapsed = start.elapsed();
+    ctx.finish(&stream.cached_info().config.name, total as u64)
+        .await?;
+    Ok(elapsed)
+}
+
+// ---------------------------------------------------------------------------
+// 2. Pipelined (batch) publishing, windows of 512
+// ---------------------------------------------------------------------------
+
+async fn bus_batch(ctx: &Ctx) -> Res<Duration> {
+    let (token, name) = ctx.bus_stream("bb").await?;
+    let subject = format!("{token}.batch");
+    let body = payload(0);
+    let envelopes: Vec<Envelope> = (0..ctx.n)
+        .map(|_| Envelope::new(subject.clone(), body.clone()))
+        .collect();
+    let start = Instant::now();
+    let results = ctx.bus.publish_batch(envelopes).await;
+    let elapsed = start.elapsed();
+    if results.len() != ctx.n {
+        return Err(format!("{} results for {} envelopes", results.len(), ctx.n).into());
+    }
+    for r in results {
+        r?;
+    }
+    ctx.finish(&name, ctx.n as u64 + 1).await?;
+    Ok(elapsed)
+}
+
+/// Raw pipelined publishing: send `WINDOW` publishes, await their acks, repeat.
+async fn raw_pipelined(js: &jetstream::Context, subject: &str, bodies: &[Bytes]) -> Res<()> {
+    let subject = async_nats::Subject::from(subject);
+    let mut window = Vec::with_capacity(WINDOW);
+    for chunk in bodies.chunks(WINDOW) {
+        for body in chunk {
+            window.push(js.publish(subject.clone(), body.clone()).await?);
+        }
+        for ack in window.drain(..) {
+            ack.await?;
+        }
+    }
+    Ok(())
+}
+
+async fn raw_batch(ctx: &Ctx) -> Res<Duration> {
+    let (token, stream) = ctx.raw_stream("rb").await?;
+    let body = payload(0);
+    let bodies: Vec<Bytes> = (0..ctx.n).map(|_| body.clone()).collect();
+    let start = Instant::now();
+    raw_pipelined(&ctx.js, &format!("{token}.batch"), &bodies).await?;
+    let elapsed = start.elapsed();
+    ctx.finish(&stream.cached_info().config.name, ctx.n as u64)
+        .await?;
+    Ok(elapsed)
+}
+
+// ---------------------------------------------------------------------------
+// 3. A subscriber keeping up with a pipelined publisher
+// ---------------------------------------------------------------------------
+
+async fn bus_subscribe(ctx: &Ctx) -> Res<Duration> {
+    let token = token("bs");
+    let name = ctx.nats_bus.default_stream_name(&token);
+    // Creates the default stream (nothing published to it yet).
+    let mut sub = ctx.bus.subscribe(&format!("{token}.>")).await?;
+    let subject = format!("{token}.sub");
+    let envelopes: Vec<Envelope> = (0..ctx.n as u64)
+        .map(|i| Envelope::new(subject.clone(), payload(i)))
+        .collect();
+    let bus = ctx.bus.clone();
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move { bus.publish_batch(envelopes).await });
+    let mut last_seq = 0;
+    for expected in 0..ctx.n as u64 {
+        let msg = tokio::time::timeout(RECV_TIMEOUT, sub.next())
+            .await
+            .map_err(|_| format!("bus subscriber: message {expected} not received in time"))?
+            .ok_or("bus subscription ended")?;
+        let got = index_of(&msg.payload)?;
+        if got != expected || msg.sequence <= last_seq {
+            return Err(format!(
+                "bus subscriber: expected message {expected}, got {got} (stream seq {} after {last_seq})",
+                msg.sequence
+            )
+            .into());
+        }
+        last_seq = msg.sequence;
+    }
+    let elapsed = start.elapsed();
+    for r in publisher.await? {
+        r?;
+    }
+    if let Ok(extra) = tokio::time::timeout(EXTRA_WAIT, sub.next()).await {
+        return Err(format!("bus subscriber: unexpected extra delivery {extra:?}").into());
+    }
+    drop(sub);
+    ctx.finish(&name, ctx.n as u64).await?;
+    Ok(elapsed)
+}
+
+async fn raw_subscribe(ctx: &Ctx) -> Res<Duration> {
+    let (token, stream) = ctx.raw_stream("rs").await?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{token}.>"),
+            deliver_policy: DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let bodies: Vec<Bytes> = (0..ctx.n as u64).map(payload).collect();
+    let js = ctx.js.clone();
+    let subject = format!("{token}.sub");
+    let start = Instant::now();
+    let publisher = tokio::spawn(async move { raw_pipelined(&js, &subject, &bodies).await });
+    let mut expected = 0;
+    let mut errors = 0;
+    while expected < ctx.n as u64 {
+        let item = tokio::time::timeout(RECV_TIMEOUT, messages.next())
+            .await
+            .map_err(|_| format!("raw subscriber: message {expected} not received in time"))?
+            .ok_or("raw ordered consumer ended")?;
+        let msg = match item {
+            Ok(m) => m,
+            Err(e) => {
+                // The ordered consumer recovers by itself; keep polling.
+                errors += 1;
+                eprintln!("raw ordered consumer error (continuing): {e}");
+                if errors > 10 {
+                    return Err("raw ordered consumer: too many errors".into());
+                }
+                continue;
+            }
+        };
+        let got = index_of(&msg.payload)?;
+        if got != expected {
+            return Err(format!("raw subscriber: expected message {expected}, got {got}").into());
+        }
+        expected += 1;
+    }
+    let elapsed = start.elapsed();
+    publisher.await??;
+    if let Ok(extra) = tokio::time::timeout(EXTRA_WAIT, messages.next()).await {
+        let what = extra.map(|r| r.map(|m| m.subject.to_string()));
+        return Err(format!("raw subscriber: unexpected extra delivery {what:?}").into());
+    }
+    drop(messages);
+    ctx.finish(&stream.cached_info().config.name, ctx.n as u64)
+        .await?;
+    Ok(elapsed)
+}
+
+// ---------------------------------------------------------------------------
+
+/// Runs the closures alternately `reps` times (swapping who goes first each
+/// time, so drift hits all alike) and returns each one's median.
+async fn alternate(ctx: &Ctx, reps: usize, scenario: Scenario) -> Res<Vec<Duration>> {
+    let variants = scenario.variants();
+    let mut times = vec![Vec::with_capacity(reps); variants];
+    for rep in 0..reps {
+        for k in 0..variants {
+            let v = if rep % 2 == 0 { k } else { variants - 1 - k };
+            times[v].push(scenario.run(ctx, v).await?);
+        }
+    }
+    Ok(times.into_iter().map(median).collect())
+}
+
+#[derive(Clone, Copy)]
+enum Scenario {
+    Concurrent { per_task: usize },
+    Batch,
+    Subscribe,
+}
+
+impl Scenario {
+    fn variants(self) -> usize {
+        match self {
+            Scenario::Concurrent { .. } => 3,
+            Scenario::Batch | Scenario::Subscribe => 2,
+        }
+    }
+
+    async fn run(self, ctx: &Ctx, variant: usize) -> Res<Duration> {
+        match (self, variant) {
+            (Scenario::Concurrent { per_task }, 0) => bus_concurrent(ctx, per_task).await,
+            (Scenario::Concurrent { per_task }, 1) => raw_concurrent_tasks(ctx, per_task).await,
+            (Scenario::Concurrent { per_task }, _) => raw_concurrent_window(ctx, per_task).await,
+            (Scenario::Batch, 0) => bus_batch(ctx).await,
+            (Scenario::Batch, _) => raw_batch(ctx).await,
+            (Scenario::Subscribe, 0) => bus_subscribe(ctx).await,
+            (Scenario::Subscribe, _) => raw_subscribe(ctx).await,
+        }
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+async fn run() -> Res<()> {
+    let n = env_usize("NATS_BENCH_MESSAGES", 25_000);
+    let reps = env_usize("NATS_BENCH_REPS", 5);
+    let per_task = n.div_ceil(PUBLISHERS);
+    let n1 = per_task * PUBLISHERS;
+
+    let server = NatsServer::start().await?;
+    let bus_client = async_nats::connect(server.url()).await?;
+    let raw_client = async_nats::connect(server.url()).await?;
+    let version = raw_client.server_info().version;
+    let nats_bus = NatsBus::new(bus_client);
+    let ctx = Ctx {
+        bus: Arc::new(nats_bus.clone()),
+        nats_bus,
+        js: jetstream::new(raw_client),
+        n,
+    };
+
+    println!(
+        "NatsBus (Arc<dyn EventBus>) vs raw async-nats 0.51, nats-server {version} at {} (JetStream, file storage, 1 replica)",
+        server.url()
+    );
+    println!(
+        "{PAYLOAD}-byte payloads; messages per measurement: scenario 1 {n1} ({PUBLISHERS} publishers x {per_task}), scenarios 2-3 {n}; median of {reps} alternated runs; fresh stream per run; {} cores; separate connections for bus and raw",
+        std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(0)
+    );
+
+    // Warm-up (not reported): every variant once, at a reduced size.
+    let warm = Ctx {
+        n: (n / 5).max(WINDOW),
+        bus: ctx.bus.clone(),
+        nats_bus: ctx.nats_bus.clone(),
+        js: ctx.js.clone(),
+    };
+    let warm_per_task = (per_task / 5).max(1);
+    for scenario in [
+        Scenario::Concurrent {
+            per_task: warm_per_task,
+        },
+        Scenario::Batch,
+        Scenario::Subscribe,
+    ] {
+        for v in 0..scenario.variants() {
+            scenario.run(&warm, v).await?;
+        }
+    }
+
+    println!();
+    println!(
+        "{:<66} {:>13} {:>13} {:>7} {:>8}",
+        "scenario (throughput, msg/s)", "NatsBus", "raw", "ratio", "target"
+    );
+    let row = |name: &str, bus: Duration, raw: Duration, n: usize, target: Option<f64>| {
+        let (b, r) = (rate(n, bus), rate(n, raw));
+        let ratio = b / r;
+        let target = match target {
+            Some(t) => format!(">={t:.2}x {}", if ratio >= t { "ok" } else { "MISSED" }),
+            None => String::new(),
+        };
+        println!("{name:<66} {b:>13.0} {r:>13.0} {ratio:>6.2}x  {target}");
+    };
+
+    let started = Instant::now();
+    let t = alternate(&ctx, reps, Scenario::Concurrent { per_task }).await?;
+    let (bus, tasks, window) = (t[0], t[1], t[2]);
+    let (strong, strong_name) = if tasks <= window {
+        (tasks, "64 tasks")
+    } else {
+        (window, "1-task window of 64")
+    };
+    row(
+        &format!("1. {PUBLISHERS} publishers, await each (raw: stronger = {strong_name})"),
+        bus,
+        strong,
+        n1,
+        Some(0.90),
+    );
+    row(
+        "   1a. vs raw 64 tasks: js.publish(..).await?.await?",
+        bus,
+        tasks,
+        n1,
+        None,
+    );
+    row(
+        "   1b. vs raw 1 task, sliding window of 64 PublishAckFutures",
+        bus,
+        window,
+        n1,
+        None,
+    );
+
+    let t = alternate(&ctx, reps, Scenario::Batch).await?;
+    row(
+        &format!("2. publish_batch vs raw send {WINDOW} / await {WINDOW} acks"),
+        t[0],
+        t[1],
+        n,
+        Some(0.95),
+    );
+
+    let t = alternate(&ctx, reps, Scenario::Subscribe).await?;
+    row(
+        "3. subscribe + publish_batch vs raw ordered pull + raw pipelined",
+        t[0],
+        t[1],
+        n,
+        None,
+    );
+    println!(
+        "   3. time to receive all {n}: NatsBus {:.1} ms, raw {:.1} ms; every run checked: count, in-order payload index, increasing stream seq, no extra delivery",
+        t[0].as_secs_f64() * 1e3,
+        t[1].as_secs_f64() * 1e3
+    );
+    println!();
+    println!(
+        "medians, scenario 1: bus {:.1} ms, raw 64 tasks {:.1} ms, raw window {:.1} ms; total measured section {:.1} s",
+        bus.as_secs_f64() * 1e3,
+        tasks.as_secs_f64() * 1e3,
+        window.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64()
+    );
+    drop(server);
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let workers = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(2);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}

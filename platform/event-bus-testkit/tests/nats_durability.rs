@@ -1,0 +1,249 @@
+//! Crash tests against real nats-server processes: kill -9 of a single node
+//! mid-publish, and of the stream leader of a 3-node cluster.
+//!
+//! Each test prints its counts (acknowledged, failed, stored, delivered,
+//! duplicates) so that CI logs record them.
+
+use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
+use event_bus::config::StreamSpec;
+use event_bus::{Envelope, EventBus, NatsBus, Subscription};
+use event_bus_testkit::nats_server::{NatsCluster, NatsServer, NatsServerOptions};
+use event_bus_testkit::wait;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Publishes `<prefix>.e` events numbered from 0 until stopped, recording
+/// which were acknowledged and how many failed.
+struct Publisher {
+    acked: Arc<Mutex<Vec<u64>>>,
+    failed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    fn start(bus: Arc<dyn EventBus>, subject: &'static str) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (acked, failed, stop) = (acked.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let env = Envelope::new(subject, i.to_string().into_bytes())
+                        .id(format!("{subject}-{i}"));
+                    match bus.publish_envelope(env).await {
+                        Ok(_) => acked.lock().push(i),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        };
+        Publisher {
+            acked,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().len()
+    }
+
+    async fn finish(self) -> (Vec<u64>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("publisher task");
+        let acked = self.acked.lock().clone();
+        (acked, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Every message in `stream`, as payload numbers (read with a raw ordered consumer).
+async fn stored(js: &jetstream::Context, stream: &str) -> Vec<u64> {
+    let mut s = js.get_stream(stream).await.expect("stream exists");
+    let total = s.info().await.expect("stream info").state.messages as usize;
+    let consumer = s
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut msgs = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(30), msgs.next())
+            .await
+            .expect("reading the stream back")
+            .expect("stream open");
+        if let Ok(m) = m {
+            out.push(std::str::from_utf8(&m.payload).unwrap().parse().unwrap());
+        }
+    }
+    out
+}
+
+/// Receives from `sub` until every number in `want` was seen; returns how
+/// many deliveries were duplicates and how many were extra (stored but not acknowledged).
+async fn receive_all(sub: &mut Subscription, want: &BTreeSet<u64>) -> (usize, usize) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    let mut missing = want.len();
+    while missing > 0 {
+        let m = tokio::time::timeout(Duration::from_secs(60), sub.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("subscription stalled with {missing} acknowledged events missing")
+            })
+            .expect("subscription open");
+        let n: u64 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        let c = seen.entry(n).or_insert(0);
+        *c += 1;
+        if *c == 1 && want.contains(&n) {
+            missing -= 1;
+        }
+    }
+    let duplicates = seen.values().map(|c| c - 1).sum();
+    let extra = seen.keys().filter(|n| !want.contains(n)).count();
+    (duplicates, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_publish_loses_nothing_acknowledged() {
+    let mut server = NatsServer::start_with(NatsServerOptions::default())
+        .await
+        .expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client.clone());
+    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(1));
+    let bus: Arc<dyn EventBus> = Arc::new(bus);
+    let mut sub = bus
+        .subscribe("dur.>")
+        .await
+        .expect("subscribe before the kill");
+
+    let publisher = Publisher::start(bus.clone(), "dur.e");
+    wait::until(
+        Duration::from_secs(30),
+        "300 acknowledged publishes",
+        || publisher.acked() >= 300,
+    )
+    .await;
+    server.kill();
+    let acked_at_kill = publisher.acked();
+    wait::until(
+        Duration::from_secs(30),
+        "a publish to fail while the server is down",
+        || publisher.failed.load(Ordering::Relaxed) >= 1,
+    )
+    .await;
+    server.restart().await.expect("restart on the same store");
+    wait::until(
+        Duration::from_secs(60),
+        "300 more acknowledged publishes after the restart",
+        || publisher.acked() >= acked_at_kill + 300,
+    )
+    .await;
+    let (acked, failed) = publisher.finish().await;
+
+    let stored = stored(&js, "BUS_DUR").await;
+    let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
+    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
+    let lost: Vec<_> = acked_set.difference(&stored_set).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not stored after kill -9: {lost:?}"
+    );
+    assert_eq!(
+        stored.len(),
+        stored_set.len(),
+        "the stream holds duplicates"
+    );
+
+    let (duplicates, extra) = receive_all(&mut sub, &acked_set).await;
+    println!(
+        "kill -9 single node: acknowledged {}, failed {failed}, stored {}, acknowledged lost 0, \
+         subscription duplicates {duplicates}, delivered-but-unacknowledged {extra}",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(duplicates, 0, "the subscription delivered duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_stream_leader_killed_mid_stream() {
+    let mut cluster = NatsCluster::start(3).await.expect("start a 3-node cluster");
+    let client = async_nats::ConnectOptions::new()
+        .connect(cluster.urls())
+        .await
+        .expect("connect to the cluster");
+    let js = jetstream::new(client.clone());
+    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(2));
+    let reports = bus
+        .ensure_streams(&[StreamSpec::new("CLU", ["clu.>"]).replicas(3)])
+        .await
+        .expect("declare a 3-replica stream");
+    assert_eq!(reports.len(), 1);
+    let bus: Arc<dyn EventBus> = Arc::new(bus);
+    let mut sub = bus
+        .subscribe("clu.>")
+        .await
+        .expect("subscribe before the kill");
+
+    let publisher = Publisher::start(bus.clone(), "clu.e");
+    wait::until(
+        Duration::from_secs(30),
+        "300 acknowledged publishes",
+        || publisher.acked() >= 300,
+    )
+    .await;
+    let leader = js
+        .get_stream("CLU")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("the stream has a leader");
+    let idx = cluster
+        .node_index_by_name(&leader)
+        .expect("leader is a node");
+    cluster.kill(idx);
+    let acked_at_kill = publisher.acked();
+    wait::until(
+        Duration::from_secs(90),
+        "300 more acknowledged publishes after the leader was killed",
+        || publisher.acked() >= acked_at_kill + 300,
+    )
+    .await;
+    let (acked, failed) = publisher.finish().await;
+
+    let stored = stored(&js, "CLU").await;
+    let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
+    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
+    let lost: Vec<_> = acked_set.difference(&stored_set).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after the leader was killed: {lost:?}"
+    );
+    let (duplicates, extra) = receive_all(&mut sub, &acked_set).await;
+    println!(
+        "3-node cluster, leader {leader} killed: acknowledged {}, failed {failed}, stored {} \
+         (stream duplicates {}), acknowledged lost 0, subscription duplicates {duplicates}, \
+         delivered-but-unacknowledged {extra}",
+        acked.len(),
+        stored.len(),
+        stored.len() - stored_set.len()
+    );
+}
