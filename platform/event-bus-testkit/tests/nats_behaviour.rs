@@ -1,0 +1,459 @@
+//! NatsBus behaviour beyond the conformance suite, each against its own real
+//! nats-server: multi-tenancy (accounts and tenant prefixes), declared
+//! streams and drift, errors (server down, payload limit, permissions, old
+//! servers), config-driven construction, and the spec's integration example.
+
+use async_nats::jetstream;
+use event_bus::config::{BusConfig, NatsConfig, StreamSpec, StreamStorage};
+use event_bus::nats::streams::StreamAction;
+use event_bus::{Envelope, ErrorKind, EventBus, NatsBus, Subscription};
+use event_bus_testkit::nats_server::{NatsServer, NatsServerOptions};
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn next_text(sub: &mut Subscription) -> String {
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("subscription open");
+    String::from_utf8(m.payload.to_vec()).unwrap()
+}
+
+fn nats_config(url: &str, user: Option<(&str, &str)>) -> NatsConfig {
+    let mut c = BusConfig::nats(url).nats;
+    if let Some((u, p)) = user {
+        c.user = Some(u.into());
+        c.password = Some(p.into());
+    }
+    c
+}
+
+const ACCOUNTS: &str = r#"
+accounts {
+  ACME: { jetstream: enabled, users: [ { user: acme, password: acme-pw } ] }
+  GLOBEX: { jetstream: enabled, users: [ { user: globex, password: globex-pw } ] }
+}
+"#;
+
+/// Two accounts, one tenant each: what tenant A publishes, tenant B's
+/// subscribers and streams never see, and B cannot reach into A's subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_in_separate_accounts_are_isolated() {
+    let server = NatsServer::start_with(NatsServerOptions::default().extra_config(ACCOUNTS))
+        .await
+        .expect("start nats-server with two accounts");
+    let mut ca = nats_config(&server.url(), Some(("acme", "acme-pw")));
+    ca.tenant = Some("acme".into());
+    let mut cb = nats_config(&server.url(), Some(("globex", "globex-pw")));
+    cb.tenant = Some("globex".into());
+    let a = NatsBus::connect(&ca).await.expect("tenant A connects");
+    let b = NatsBus::connect(&cb).await.expect("tenant B connects");
+    // B, without its tenant prefix, tries to read A's subjects directly.
+    let b_raw = NatsBus::connect(&nats_config(&server.url(), Some(("globex", "globex-pw"))))
+        .await
+        .unwrap();
+
+    let mut a_sub = a.subscribe("orders.>").await.unwrap();
+    let mut b_sub = b.subscribe("orders.>").await.unwrap();
+    let mut b_into_a = b_raw.subscribe("acme.orders.>").await.unwrap();
+
+    a.publish("orders.created", b"a-secret".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut a_sub).await, "a-secret");
+    // Sentinels published after A's message: each B subscription's first
+    // message must be its own sentinel, so A's message never reached it.
+    b.publish("orders.created", b"b-own".to_vec())
+        .await
+        .unwrap();
+    b_raw
+        .publish("acme.orders.created", b"b-sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut b_sub).await, "b-own");
+    assert_eq!(next_text(&mut b_into_a).await, "b-sentinel");
+
+    let names = |bus: &NatsBus| {
+        let js = bus.jetstream().clone();
+        async move {
+            js.stream_names()
+                .try_collect::<Vec<String>>()
+                .await
+                .unwrap()
+        }
+    };
+    let (a_streams, b_streams) = (names(&a).await, names(&b).await);
+    assert!(
+        a_streams.contains(&"BUS_ACME_ORDERS".to_string()),
+        "{a_streams:?}"
+    );
+    assert!(
+        !b_streams.iter().any(|s| s.contains("BUS_ACME_ORDERS")),
+        "B sees A's stream: {b_streams:?}"
+    );
+    // In B's account, the stream B created for "acme.orders" holds only B's sentinel.
+    let mut b_acme = b_raw.jetstream().get_stream("BUS_ACME").await.unwrap();
+    assert_eq!(b_acme.info().await.unwrap().state.messages, 1);
+    // Subjects delivered to a tenant bus carry no prefix.
+    assert!(a_streams.iter().all(|s| !s.starts_with("BUS_GLOBEX")));
+}
+
+/// Tenant buses on one connection: subjects and default streams are confined per tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_prefixes_confine_subjects_and_streams() {
+    let server = NatsServer::start().await.unwrap();
+    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let t1 = root.for_tenant("t1").unwrap();
+    let t2 = root.for_tenant("t2").unwrap();
+    let mut s1 = t1.subscribe("orders.*").await.unwrap();
+    let mut s2 = t2.subscribe("orders.*").await.unwrap();
+    t1.publish("orders.created", b"one".to_vec()).await.unwrap();
+    t2.publish("orders.created", b"two".to_vec()).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), s1.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.subject.as_str(), &m.payload[..]),
+        ("orders.created", &b"one"[..])
+    );
+    assert_eq!(next_text(&mut s2).await, "two");
+    t1.publish("orders.updated", b"one-b".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_text(&mut s1).await,
+        "one-b",
+        "t1 never sees t2's event"
+    );
+    assert_eq!(t1.default_stream_name("orders.created"), "BUS_T1_ORDERS");
+    let js = root.jetstream();
+    let mut st = js.get_stream("BUS_T1_ORDERS").await.unwrap();
+    assert_eq!(
+        st.info().await.unwrap().config.subjects,
+        vec!["t1.orders", "t1.orders.>"]
+    );
+    assert!(root.for_tenant("bad tenant").is_err());
+}
+
+/// Declared streams are created, left alone, updated with drift reported, and
+/// refused changes are a Conflict naming the stream and the fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_streams_are_reconciled() {
+    let server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let spec = StreamSpec::new("ORDERS", ["orders.>"]).max_age(Duration::from_secs(3600));
+    let r = bus
+        .ensure_streams(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(r[0].action, StreamAction::Created);
+    let r = bus
+        .ensure_streams(std::slice::from_ref(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        r[0].action,
+        StreamAction::Unchanged,
+        "applying the same declaration is a no-op"
+    );
+
+    let changed = spec
+        .clone()
+        .max_age(Duration::from_secs(600))
+        .max_messages(1000);
+    let r = bus.ensure_streams(&[changed]).await.unwrap();
+    match &r[0].action {
+        StreamAction::Updated(drift) => {
+            assert!(drift.iter().any(|d| d.starts_with("max_age")), "{drift:?}");
+            assert!(
+                drift.iter().any(|d| d.starts_with("max_messages")),
+                "{drift:?}"
+            );
+        }
+        other => panic!("expected Updated, got {other:?}"),
+    }
+    let info = bus
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(600));
+
+    let storage_change = spec.clone().storage(StreamStorage::Memory);
+    let err = bus.ensure_streams(&[storage_change]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(
+        err.to_string().contains("ORDERS") && err.to_string().contains("storage"),
+        "{err}"
+    );
+
+    let overlapping = StreamSpec::new("ORDERS_EU", ["orders.eu.>"]);
+    let err = bus.ensure_streams(&[overlapping]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("overlap"), "{err}");
+
+    let bad = StreamSpec::new("bad.name", ["x.>"]);
+    let err = bus.ensure_streams(&[bad]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("bad.name"), "{err}");
+
+    // A publish into the declared stream's subjects uses it (no default stream).
+    let mut sub = bus.subscribe("orders.>").await.unwrap();
+    let ack = bus
+        .publish_envelope(Envelope::new("orders.created", &b"x"[..]))
+        .await
+        .unwrap();
+    assert_eq!(ack.stream.as_deref(), Some("ORDERS"));
+    assert_eq!(next_text(&mut sub).await, "x");
+}
+
+/// Declared streams and every NATS setting come from a config file; the same
+/// code path as the in-memory bus (`event_bus::connect`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_builds_a_nats_bus_with_declared_streams() {
+    let server = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bus.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+type = "nats"
+[nats]
+urls = ["{}"]
+publish_timeout = "3s"
+connect_timeout = "2s"
+[[nats.streams]]
+name = "PAYMENTS"
+subjects = ["payments.>"]
+storage = "memory"
+max_age = "1h"
+duplicate_window = "30s"
+"#,
+            server.url()
+        ),
+    )
+    .unwrap();
+    let config = BusConfig::from_file(&path).unwrap();
+    let bus: Arc<dyn EventBus> = event_bus::connect(&config).await.unwrap();
+    assert_eq!(bus.backend_name(), "nats");
+    let health = bus.health().await;
+    assert!(health.is_healthy(), "{health:?}");
+    assert!(health.detail.contains("2."), "{health:?}");
+    let mut sub = bus.subscribe("payments.*").await.unwrap();
+    let ack = bus
+        .publish_envelope(Envelope::new("payments.settled", &b"ok"[..]).id("pay-1"))
+        .await
+        .unwrap();
+    assert_eq!(ack.stream.as_deref(), Some("PAYMENTS"));
+    assert_eq!(next_text(&mut sub).await, "ok");
+
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let info = js
+        .get_stream("PAYMENTS")
+        .await
+        .unwrap()
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
+    assert_eq!(info.config.storage, jetstream::stream::StorageType::Memory);
+}
+
+/// With the server gone, publish fails within the configured bound (never Ok, never a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_publish_fails_within_the_timeout() {
+    let mut server = NatsServer::start().await.unwrap();
+    let mut config = nats_config(&server.url(), None);
+    config.publish_timeout = Duration::from_millis(800);
+    let bus = NatsBus::connect(&config).await.unwrap();
+    bus.publish("down.x", b"before".to_vec()).await.unwrap();
+    server.kill();
+    for i in 0..3 {
+        let started = Instant::now();
+        let err = bus
+            .publish("down.x", format!("while down {i}").into_bytes())
+            .await
+            .expect_err("publish with the server down must fail");
+        let took = started.elapsed();
+        assert!(
+            matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+            "{err}"
+        );
+        assert!(err.to_string().contains("down.x"), "{err}");
+        assert!(
+            took < Duration::from_secs(3),
+            "publish took {took:?} with an 800 ms bound"
+        );
+    }
+    let health = bus.health().await;
+    assert!(!health.is_healthy(), "{health:?}");
+
+    let err = NatsBus::connect(&{
+        let mut c = nats_config(&server.url(), None);
+        c.connect_timeout = Duration::from_millis(500);
+        c
+    })
+    .await
+    .expect_err("connecting to a dead server fails");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+}
+
+/// A payload over the server's max_payload is refused before sending, naming the sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_over_server_max_is_refused() {
+    let server = NatsServer::start_with(NatsServerOptions::default().max_payload(64 * 1024))
+        .await
+        .unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    bus.publish("big.ok", vec![1; 60 * 1024]).await.unwrap();
+    let err = bus
+        .publish("big.no", vec![1; 100 * 1024])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    let text = err.to_string();
+    assert!(
+        text.contains("big.no") && text.contains("65536") && text.contains("102400"),
+        "{text}"
+    );
+}
+
+const PERMISSIONS: &str = r#"
+authorization {
+  users: [
+    { user: limited, password: pw, permissions: {
+        publish: { allow: ["allowed.>", "$JS.API.>"] },
+        subscribe: { allow: ["_INBOX.>", "allowed.>"] } } }
+  ]
+}
+"#;
+
+/// A publish the server's permissions forbid is a PermissionDenied error naming the subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_violation_is_a_clear_error() {
+    let server = NatsServer::start_with(NatsServerOptions::default().extra_config(PERMISSIONS))
+        .await
+        .unwrap();
+    let mut config = nats_config(&server.url(), Some(("limited", "pw")));
+    config.publish_timeout = Duration::from_secs(1);
+    let bus = NatsBus::connect(&config).await.unwrap();
+    bus.ensure_streams(&[StreamSpec::new("DENIED", ["denied.>"])])
+        .await
+        .unwrap();
+    bus.publish("allowed.x", b"fine".to_vec()).await.unwrap();
+    let err = bus.publish("denied.x", b"no".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("denied.x"), "{err}");
+}
+
+/// nats-server older than 2.10 is refused with a message naming the version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_older_than_2_10_are_refused() {
+    let legacy =
+        std::env::var("NATS_SERVER_LEGACY_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let version = std::process::Command::new(&legacy).arg("--version").output().unwrap_or_else(|e| {
+        panic!(
+            "this test needs Debian's nats-server 2.9 at {legacy} (or NATS_SERVER_LEGACY_BIN): {e}; \
+             run ./scripts/install-test-deps.sh (apt-get install nats-server)"
+        )
+    });
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(
+        version.contains("v2.9"),
+        "{legacy} is {version}, expected a 2.9 server"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(&legacy)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    let url = format!("nats://127.0.0.1:{port}");
+    event_bus_testkit::wait::until_async(
+        Duration::from_secs(20),
+        "the 2.9 server to accept connections",
+        || {
+            let url = url.clone();
+            async move { async_nats::connect(url.as_str()).await.is_ok() }
+        },
+    )
+    .await;
+    let err = NatsBus::connect(&nats_config(&url, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.to_string().contains("2.9.10") && err.to_string().contains("2.10"),
+        "{err}"
+    );
+    let bus = NatsBus::new(async_nats::connect(url.as_str()).await.unwrap());
+    let err = bus.subscribe("old.>").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(!bus.health().await.is_healthy());
+}
+
+/// The spec's "Integration Tests with NATS" example, against a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_with_real_nats() {
+    let server = NatsServer::start().await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = Arc::new(NatsBus::new(client));
+
+    let mut stream = bus.subscribe("auth.events.>").await.unwrap();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "event_type": "user.created",
+        "user_id": "usr_123",
+        "timestamp": "2026-02-11T23:00:00Z"
+    }))
+    .unwrap();
+    bus.publish("auth.events.user.created", payload)
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(event["user_id"], "usr_123");
+    assert_eq!(msg.subject, "auth.events.user.created");
+    assert!(msg.sequence >= 1);
+}
+
+/// Subjects invalid for the bus are refused before reaching the server (async-nats alone would store `p.*`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_publish_is_refused_before_the_server() {
+    let server = NatsServer::start().await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client.clone());
+    bus.publish("p.ok", b"x".to_vec()).await.unwrap();
+    let err = bus.publish("p.*", b"x".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSubject);
+    let mut st = jetstream::new(client).get_stream("BUS_P").await.unwrap();
+    assert_eq!(
+        st.info().await.unwrap().state.messages,
+        1,
+        "only the valid publish is stored"
+    );
+}
