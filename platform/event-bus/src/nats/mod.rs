@@ -45,11 +45,13 @@
 //! operation with [`ErrorKind::Unsupported`], naming the version found.
 
 mod convert;
+mod durable;
 pub mod streams;
 mod subscription;
 
 use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 use crate::config::{NatsConfig, StreamSpec};
+use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, MessageId, PublishAck};
 use crate::subject::{validate_pattern, validate_subject};
@@ -524,6 +526,40 @@ impl EventBus for NatsBus {
             }
         }
         results
+    }
+
+    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        crate::consumer::validate_config(&config)?;
+        self.check_version()?;
+        let pattern = config.filter.as_str();
+        let wire = self.wire(pattern).into_owned();
+        let mut names = streams::streams_for(&self.inner.js, &wire).await?;
+        let first = pattern.split('.').next().unwrap_or_default();
+        if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
+            self.ensure_default_stream(first).await?;
+            names = streams::streams_for(&self.inner.js, &wire).await?;
+        }
+        let stream = match names.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!("no JetStream stream stores subjects matching {pattern:?} for consumer {:?}", config.name),
+                ))
+            }
+            many => {
+                return Err(BusError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "consumer {:?}: filter {pattern:?} spans several streams ({}); a durable consumer reads one stream, narrow the filter",
+                        config.name,
+                        many.join(", ")
+                    ),
+                ))
+            }
+        };
+        let raw = durable::open(self, stream, wire, &config).await?;
+        Ok(crate::consumer::with_dead_letters(raw, Arc::new(self.clone()), &config))
     }
 
     async fn health(&self) -> HealthReport {

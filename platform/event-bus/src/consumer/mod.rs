@@ -16,7 +16,11 @@
 //! acknowledged goes to [`ConsumerConfig::dead_letter_subject`] with headers
 //! naming its origin (see [`dlq`]), and is terminated.
 
-use crate::error::BusError;
+mod dead_letter;
+
+pub(crate) use dead_letter::{with_dead_letters, DLQ_SPARE_DELIVERIES};
+
+use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
 use async_trait::async_trait;
 use futures::Stream;
@@ -54,6 +58,49 @@ pub enum StartPosition {
     Sequence(u64),
 }
 
+/// Checks a consumer configuration; the error names the field and the value.
+pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
+    let bad = |field: &str, value: String, why: &str| {
+        BusError::new(
+            ErrorKind::Config,
+            format!("invalid consumer configuration `{field}` = {value:?} for consumer {:?}: {why}", config.name),
+        )
+    };
+    if config.name.is_empty()
+        || config
+            .name
+            .chars()
+            .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            "name",
+            config.name.clone(),
+            "a consumer name is non-empty without `.`, `*`, `>`, slashes or whitespace",
+        ));
+    }
+    crate::subject::validate_pattern(&config.filter)?;
+    if config.max_deliver == 0 {
+        return Err(bad("max_deliver", "0".into(), "must be at least 1"));
+    }
+    if config.ack_wait < std::time::Duration::from_millis(10) {
+        return Err(bad("ack_wait", format!("{:?}", config.ack_wait), "must be at least 10ms"));
+    }
+    if config.max_ack_pending == 0 {
+        return Err(bad("max_ack_pending", "0".into(), "must be at least 1"));
+    }
+    if let Some(dlq) = &config.dead_letter_subject {
+        crate::subject::validate_subject(dlq)?;
+        if crate::subject::matches(&config.filter, dlq) {
+            return Err(bad(
+                "dead_letter_subject",
+                dlq.clone(),
+                "must not match the consumer's own filter (dead letters would be consumed again)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Configuration of a named durable consumer.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -66,8 +113,10 @@ pub struct ConsumerConfig {
     pub ack_wait: Duration,
     /// Deliveries after which an unacknowledged message is dead-lettered (at least 1).
     pub max_deliver: u32,
-    /// Redelivery delays after the 1st, 2nd, ... failed delivery; the last
-    /// one repeats. Empty: redeliver after `ack_wait` or the nack's delay.
+    /// Redelivery delays applied to a [`Delivery::nack`] without a delay,
+    /// after the 1st, 2nd, ... delivery; the last one repeats. Empty: a nack
+    /// without a delay is redelivered at once. (A delivery that is not
+    /// answered is redelivered after `ack_wait`.)
     pub backoff: Vec<Duration>,
     /// Where dead letters go; `None` terminates them without a copy.
     pub dead_letter_subject: Option<String>,
@@ -152,6 +201,11 @@ pub enum AckKind {
     },
     /// Still working; restart the ack timer.
     InProgress,
+    /// Send to the dead-letter subject now, then terminate.
+    DeadLetter {
+        /// Why (recorded as the last error).
+        reason: String,
+    },
 }
 
 /// The backend side of a [`Delivery`]: carries an answer back to the backend.
@@ -223,6 +277,16 @@ impl Delivery {
     /// Terminates: never delivered again.
     pub async fn term(self, reason: Option<String>) -> Result<(), BusError> {
         self.acker.answer(AckKind::Term { reason }).await
+    }
+
+    /// Sends the message to the consumer's dead-letter subject with `reason`
+    /// as its last error, then terminates it.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), BusError> {
+        self.acker
+            .answer(AckKind::DeadLetter {
+                reason: reason.into(),
+            })
+            .await
     }
 
     /// Signals work in progress: restarts the ack timer.

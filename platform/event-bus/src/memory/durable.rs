@@ -1,0 +1,314 @@
+//! Durable consumers of the in-memory bus: the same semantics as on NATS
+//! (named, shared by instances, explicit ack, nack with delay, term, in
+//! progress, ack wait, bounded deliveries), in process and not durable across
+//! restarts.
+//!
+//! A named consumer is created by the first `consume` with its name and
+//! lives as long as the bus (or until [`InMemoryBus::delete_consumer`]): it
+//! keeps collecting matching messages while no instance is open, so dropping
+//! and re-opening resumes where it was. Its backlog is bounded
+//! ([`DURABLE_CAPACITY`]); beyond it, publishers of matching subjects wait, as
+//! for any lossless subscriber.
+
+use super::{InMemoryBus, MemorySubscription, Overflow, SubscribeOptions};
+use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES};
+use crate::error::{BusError, ErrorKind};
+use crate::message::BusMessage;
+use async_trait::async_trait;
+use futures::task::ArcWake;
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Messages a durable consumer holds (queued, delayed or in flight) before
+/// publishers of matching subjects wait.
+pub const DURABLE_CAPACITY: usize = 1 << 20;
+
+pub(crate) struct Durable {
+    name: String,
+    filter: String,
+    state: Mutex<State>,
+    wake_all: Arc<WakeAll>,
+}
+
+struct Settings {
+    ack_wait: Duration,
+    /// Deliveries after which a message is no longer delivered (max_deliver + spares).
+    limit: u32,
+    max_ack_pending: usize,
+}
+
+struct Entry {
+    msg: BusMessage,
+    deliveries: u32,
+    not_before: Option<Instant>,
+}
+
+struct InFlight {
+    entry: Entry,
+    deadline: Instant,
+}
+
+struct State {
+    feed: MemorySubscription,
+    feed_closed: bool,
+    settings: Settings,
+    /// Waiting for (re)delivery, by sequence.
+    pending: BTreeMap<u64, Entry>,
+    /// Delivered, not yet answered, by sequence.
+    in_flight: BTreeMap<u64, InFlight>,
+}
+
+/// Wakes every instance waiting on the consumer.
+#[derive(Default)]
+struct WakeAll {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl WakeAll {
+    fn register(&self, w: &Waker) {
+        let mut ws = self.wakers.lock();
+        if !ws.iter().any(|x| x.will_wake(w)) {
+            ws.push(w.clone());
+        }
+    }
+
+    fn wake_waiters(&self) {
+        let ws = std::mem::take(&mut *self.wakers.lock());
+        for w in ws {
+            w.wake();
+        }
+    }
+}
+
+impl ArcWake for WakeAll {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.wake_waiters();
+    }
+}
+
+fn settings(config: &ConsumerConfig) -> Settings {
+    Settings {
+        ack_wait: config.ack_wait,
+        limit: config.max_deliver + DLQ_SPARE_DELIVERIES,
+        max_ack_pending: config.max_ack_pending,
+    }
+}
+
+impl InMemoryBus {
+    pub(crate) async fn consume_inner(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        crate::consumer::validate_config(&config)?;
+        if let StartPosition::Sequence(_) = config.start {
+            return Err(BusError::unsupported(
+                "starting a durable consumer at a sequence (the in-memory bus keeps no log)",
+                "memory",
+            ));
+        }
+        self.ensure_open()?;
+        let durable = {
+            let mut durables = self.inner.durables.lock();
+            match durables.get(&config.name) {
+                Some(d) if d.filter != config.filter => {
+                    return Err(BusError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "consumer {:?} already exists with filter {:?}, not {:?}; use another name or delete it",
+                            config.name, d.filter, config.filter
+                        ),
+                    ))
+                }
+                Some(d) => {
+                    d.state.lock().settings = settings(&config);
+                    d.clone()
+                }
+                None => {
+                    let feed = self.subscribe_with(
+                        &config.filter,
+                        SubscribeOptions {
+                            capacity: DURABLE_CAPACITY,
+                            overflow: Overflow::Block,
+                        },
+                    )?;
+                    let d = Arc::new(Durable {
+                        name: config.name.clone(),
+                        filter: config.filter.clone(),
+                        state: Mutex::new(State {
+                            feed,
+                            feed_closed: false,
+                            settings: settings(&config),
+                            pending: BTreeMap::new(),
+                            in_flight: BTreeMap::new(),
+                        }),
+                        wake_all: Arc::new(WakeAll::default()),
+                    });
+                    durables.insert(config.name.clone(), d.clone());
+                    d
+                }
+            }
+        };
+        let raw: ConsumerStream = Box::pin(Instance {
+            durable,
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        });
+        Ok(crate::consumer::with_dead_letters(raw, Arc::new(self.clone()), &config))
+    }
+
+    /// Deletes the named durable consumer and what it holds; open instances end.
+    /// Returns whether it existed.
+    pub fn delete_consumer(&self, name: &str) -> bool {
+        let removed = self.inner.durables.lock().remove(name);
+        match removed {
+            Some(d) => {
+                d.state.lock().feed_closed = true;
+                d.wake_all.wake_waiters();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One open instance of a durable consumer.
+struct Instance {
+    durable: Arc<Durable>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stream for Instance {
+    type Item = Result<Delivery, BusError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let durable = self.durable.clone();
+        let now = Instant::now();
+        let mut st = durable.state.lock();
+        // Take new messages from the feed (waking every instance when more come).
+        let feed_waker = futures::task::waker(durable.wake_all.clone());
+        let mut feed_cx = Context::from_waker(&feed_waker);
+        while !st.feed_closed && st.pending.len() + st.in_flight.len() < DURABLE_CAPACITY {
+            match st.feed.poll_next_unpin(&mut feed_cx) {
+                Poll::Ready(Some(msg)) => {
+                    st.pending.insert(
+                        msg.sequence,
+                        Entry {
+                            msg,
+                            deliveries: 0,
+                            not_before: None,
+                        },
+                    );
+                }
+                Poll::Ready(None) => st.feed_closed = true,
+                Poll::Pending => break,
+            }
+        }
+        // Deliveries whose ack wait ran out go back to pending.
+        let expired: Vec<u64> = st
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            if let Some(f) = st.in_flight.remove(&seq) {
+                st.pending.insert(seq, f.entry);
+            }
+        }
+        if st.feed_closed && st.pending.is_empty() && st.in_flight.is_empty() {
+            return Poll::Ready(None);
+        }
+        // The first message that may be delivered now.
+        let mut next_wake: Option<Instant> = st.in_flight.values().map(|f| f.deadline).min();
+        let mut chosen = None;
+        if st.in_flight.len() < st.settings.max_ack_pending {
+            for (seq, e) in &st.pending {
+                match e.not_before {
+                    Some(t) if t > now => next_wake = Some(next_wake.map_or(t, |w| w.min(t))),
+                    _ => {
+                        chosen = Some(*seq);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(seq) = chosen {
+            let mut entry = st.pending.remove(&seq).expect("chosen from pending");
+            entry.deliveries += 1;
+            entry.not_before = None;
+            let deliveries = entry.deliveries;
+            let msg = entry.msg.clone();
+            if deliveries <= st.settings.limit {
+                let deadline = now + st.settings.ack_wait;
+                st.in_flight.insert(seq, InFlight { entry, deadline });
+            }
+            drop(st);
+            let acker = MemoryAcker {
+                durable,
+                seq,
+                deliveries,
+            };
+            return Poll::Ready(Some(Ok(Delivery::new(msg, deliveries, Box::new(acker)))));
+        }
+        durable.wake_all.register(cx.waker());
+        drop(st);
+        if let Some(at) = next_wake {
+            self.sleep.as_mut().reset(at);
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+use std::future::Future;
+
+struct MemoryAcker {
+    durable: Arc<Durable>,
+    seq: u64,
+    deliveries: u32,
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
+        let d = &self.durable;
+        let mut st = d.state.lock();
+        let current = st
+            .in_flight
+            .get(&self.seq)
+            .is_some_and(|f| f.entry.deliveries == self.deliveries);
+        match kind {
+            AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
+                st.in_flight.remove(&self.seq);
+                st.pending.remove(&self.seq);
+            }
+            AckKind::Nack { delay, .. } if current => {
+                if let Some(mut f) = st.in_flight.remove(&self.seq) {
+                    f.entry.not_before = delay.map(|d| Instant::now() + d);
+                    st.pending.insert(self.seq, f.entry);
+                }
+            }
+            AckKind::InProgress if current => {
+                let ack_wait = st.settings.ack_wait;
+                if let Some(f) = st.in_flight.get_mut(&self.seq) {
+                    f.deadline = Instant::now() + ack_wait;
+                }
+            }
+            // A stale answer (the message was redelivered since) is ignored, as on NATS.
+            _ => {}
+        }
+        drop(st);
+        d.wake_all.wake_waiters();
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("name", &self.name).field("filter", &self.filter).finish_non_exhaustive()
+    }
+}
