@@ -24,7 +24,9 @@
 //! storage, subjects `<token>` and `<token>.>`) that is deleted afterwards.
 //!
 //! Environment: `NATS_BENCH_MESSAGES` (messages per measurement, default
-//! 25 000) and `NATS_BENCH_REPS` (runs per figure, default 5).
+//! 50 000), `NATS_BENCH_REPS` (runs per figure, default 7) and
+//! `NATS_BENCH_ABLATION=1` (adds diagnostic rows for scenario 1: raw
+//! async-nats with the bus's per-publish work added step by step).
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use bytes::Bytes;
@@ -77,6 +79,67 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// On-CPU time of every thread of process `pid` ("self" for this one), from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds; Linux only, zero elsewhere).
+fn cpu_time(pid: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// One timed run: wall time plus CPU used by this process (bus or raw
+/// client, publisher and subscriber) and by nats-server meanwhile.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: Duration,
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+/// The medians of several [`Sample`]s, each metric on its own.
+fn median_sample(v: Vec<Sample>) -> Sample {
+    Sample {
+        wall: median(v.iter().map(|s| s.wall).collect()),
+        client_cpu: median(v.iter().map(|s| s.client_cpu).collect()),
+        server_cpu: median(v.iter().map(|s| s.server_cpu).collect()),
+    }
+}
+
+struct Meter {
+    server_pid: String,
+    start: Instant,
+    client: Duration,
+    server: Duration,
+}
+
+impl Meter {
+    fn start(ctx: &Ctx) -> Self {
+        let server_pid = ctx.server_pid.clone();
+        let (client, server) = (cpu_time("self"), cpu_time(&server_pid));
+        Meter {
+            server_pid,
+            start: Instant::now(),
+            client,
+            server,
+        }
+    }
+
+    fn stop(self) -> Sample {
+        let wall = self.start.elapsed();
+        Sample {
+            wall,
+            client_cpu: cpu_time("self").saturating_sub(self.client),
+            server_cpu: cpu_time(&self.server_pid).saturating_sub(self.server),
+        }
+    }
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -90,6 +153,8 @@ struct Ctx {
     js: jetstream::Context,
     /// Messages per measurement.
     n: usize,
+    /// The nats-server process id, for its CPU time.
+    server_pid: String,
 }
 
 impl Ctx {
@@ -138,10 +203,10 @@ impl Ctx {
 // 1. 64 concurrent publishers, each awaiting every publish
 // ---------------------------------------------------------------------------
 
-async fn bus_concurrent(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+async fn bus_concurrent(ctx: &Ctx, per_task: usize) -> Res<Sample> {
     let (token, name) = ctx.bus_stream("bc").await?;
     let body = payload(0);
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|t| {
             let bus = ctx.bus.clone();
@@ -158,16 +223,16 @@ async fn bus_concurrent(ctx: &Ctx, per_task: usize) -> Res<Duration> {
     for t in tasks {
         t.await??;
     }
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     ctx.finish(&name, (PUBLISHERS * per_task) as u64 + 1)
         .await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
-async fn raw_concurrent_tasks(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+async fn raw_concurrent_tasks(ctx: &Ctx, per_task: usize) -> Res<Sample> {
     let (token, stream) = ctx.raw_stream("rc").await?;
     let body = payload(0);
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let tasks: Vec<_> = (0..PUBLISHERS)
         .map(|t| {
             let js = ctx.js.clone();
@@ -184,23 +249,23 @@ async fn raw_concurrent_tasks(ctx: &Ctx, per_task: usize) -> Res<Duration> {
     for t in tasks {
         t.await??;
     }
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     ctx.finish(
         &stream.cached_info().config.name,
         (PUBLISHERS * per_task) as u64,
     )
     .await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
-async fn raw_concurrent_window(ctx: &Ctx, per_task: usize) -> Res<Duration> {
+async fn raw_concurrent_window(ctx: &Ctx, per_task: usize) -> Res<Sample> {
     let (token, stream) = ctx.raw_stream("rw").await?;
     let body = payload(0);
     let subjects: Vec<async_nats::Subject> = (0..PUBLISHERS)
         .map(|t| format!("{token}.p{t}").into())
         .collect();
     let total = PUBLISHERS * per_task;
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let mut in_flight = VecDeque::with_capacity(PUBLISHERS);
     for i in 0..total {
         if in_flight.len() == PUBLISHERS {
@@ -214,26 +279,94 @@ async fn raw_concurrent_window(ctx: &Ctx, per_task: usize) -> Res<Duration> {
     for ack in in_flight {
         ack.await?;
     }
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     ctx.finish(&stream.cached_info().config.name, total as u64)
         .await?;
-    Ok(elapsed)
+    Ok(sample)
+}
+
+/// Diagnostics for scenario 1 (`NATS_BENCH_ABLATION=1`): raw 64 tasks with
+/// the bus's per-publish work added step by step (cumulative):
+/// 1 = the bus's allocations (`Vec<u8>` payload turned into `Bytes` and cloned
+/// for the retry, the subject copied into a `String` twice);
+/// 2 = plus the bus's outer `tokio::time::timeout`s around the send and
+/// around the ack future;
+/// 3 = plus one boxed `dyn Future` per publish (as `PublishFuture::new`).
+async fn raw_concurrent_ablation(ctx: &Ctx, per_task: usize, level: u8) -> Res<Sample> {
+    let (token, stream) = ctx.raw_stream("ra").await?;
+    let body = payload(0);
+    let timeout = event_bus::nats::DEFAULT_PUBLISH_TIMEOUT;
+    let meter = Meter::start(ctx);
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|t| {
+            let js = ctx.js.clone();
+            let subject = format!("{token}.p{t}");
+            let body = body.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let one = async {
+                        let vec = body.to_vec();
+                        let payload = Bytes::from(vec);
+                        let retry_copy = payload.clone();
+                        let wire = subject.as_str().to_owned();
+                        if level >= 2 {
+                            let fut = tokio::time::timeout(
+                                timeout,
+                                js.publish(wire.to_string(), payload),
+                            )
+                            .await
+                            .map_err(|_| "send timed out")??;
+                            tokio::time::timeout(
+                                timeout + Duration::from_millis(100),
+                                std::future::IntoFuture::into_future(fut),
+                            )
+                            .await
+                            .map_err(|_| "ack timed out")??;
+                        } else {
+                            js.publish(wire.to_string(), payload).await?.await?;
+                        }
+                        drop(retry_copy);
+                        Ok::<_, BoxError>(())
+                    };
+                    if level >= 3 {
+                        let boxed: std::pin::Pin<
+                            Box<dyn std::future::Future<Output = Res<()>> + Send + '_>,
+                        > = Box::pin(one);
+                        boxed.await?;
+                    } else {
+                        one.await?;
+                    }
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let sample = meter.stop();
+    ctx.finish(
+        &stream.cached_info().config.name,
+        (PUBLISHERS * per_task) as u64,
+    )
+    .await?;
+    Ok(sample)
 }
 
 // ---------------------------------------------------------------------------
 // 2. Pipelined (batch) publishing, windows of 512
 // ---------------------------------------------------------------------------
 
-async fn bus_batch(ctx: &Ctx) -> Res<Duration> {
+async fn bus_batch(ctx: &Ctx) -> Res<Sample> {
     let (token, name) = ctx.bus_stream("bb").await?;
     let subject = format!("{token}.batch");
     let body = payload(0);
     let envelopes: Vec<Envelope> = (0..ctx.n)
         .map(|_| Envelope::new(subject.clone(), body.clone()))
         .collect();
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let results = ctx.bus.publish_batch(envelopes).await;
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     if results.len() != ctx.n {
         return Err(format!("{} results for {} envelopes", results.len(), ctx.n).into());
     }
@@ -241,7 +374,7 @@ async fn bus_batch(ctx: &Ctx) -> Res<Duration> {
         r?;
     }
     ctx.finish(&name, ctx.n as u64 + 1).await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
 /// Raw pipelined publishing: send `WINDOW` publishes, await their acks, repeat.
@@ -259,23 +392,23 @@ async fn raw_pipelined(js: &jetstream::Context, subject: &str, bodies: &[Bytes])
     Ok(())
 }
 
-async fn raw_batch(ctx: &Ctx) -> Res<Duration> {
+async fn raw_batch(ctx: &Ctx) -> Res<Sample> {
     let (token, stream) = ctx.raw_stream("rb").await?;
     let body = payload(0);
     let bodies: Vec<Bytes> = (0..ctx.n).map(|_| body.clone()).collect();
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     raw_pipelined(&ctx.js, &format!("{token}.batch"), &bodies).await?;
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     ctx.finish(&stream.cached_info().config.name, ctx.n as u64)
         .await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
 // ---------------------------------------------------------------------------
 // 3. A subscriber keeping up with a pipelined publisher
 // ---------------------------------------------------------------------------
 
-async fn bus_subscribe(ctx: &Ctx) -> Res<Duration> {
+async fn bus_subscribe(ctx: &Ctx) -> Res<Sample> {
     let token = token("bs");
     let name = ctx.nats_bus.default_stream_name(&token);
     // Creates the default stream (nothing published to it yet).
@@ -285,7 +418,7 @@ async fn bus_subscribe(ctx: &Ctx) -> Res<Duration> {
         .map(|i| Envelope::new(subject.clone(), payload(i)))
         .collect();
     let bus = ctx.bus.clone();
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let publisher = tokio::spawn(async move { bus.publish_batch(envelopes).await });
     let mut last_seq = 0;
     for expected in 0..ctx.n as u64 {
@@ -303,7 +436,7 @@ async fn bus_subscribe(ctx: &Ctx) -> Res<Duration> {
         }
         last_seq = msg.sequence;
     }
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     for r in publisher.await? {
         r?;
     }
@@ -312,10 +445,10 @@ async fn bus_subscribe(ctx: &Ctx) -> Res<Duration> {
     }
     drop(sub);
     ctx.finish(&name, ctx.n as u64).await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
-async fn raw_subscribe(ctx: &Ctx) -> Res<Duration> {
+async fn raw_subscribe(ctx: &Ctx) -> Res<Sample> {
     let (token, stream) = ctx.raw_stream("rs").await?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
@@ -328,7 +461,7 @@ async fn raw_subscribe(ctx: &Ctx) -> Res<Duration> {
     let bodies: Vec<Bytes> = (0..ctx.n as u64).map(payload).collect();
     let js = ctx.js.clone();
     let subject = format!("{token}.sub");
-    let start = Instant::now();
+    let meter = Meter::start(ctx);
     let publisher = tokio::spawn(async move { raw_pipelined(&js, &subject, &bodies).await });
     let mut expected = 0;
     let mut errors = 0;
@@ -355,7 +488,7 @@ async fn raw_subscribe(ctx: &Ctx) -> Res<Duration> {
         }
         expected += 1;
     }
-    let elapsed = start.elapsed();
+    let sample = meter.stop();
     publisher.await??;
     if let Ok(extra) = tokio::time::timeout(EXTRA_WAIT, messages.next()).await {
         let what = extra.map(|r| r.map(|m| m.subject.to_string()));
@@ -364,14 +497,14 @@ async fn raw_subscribe(ctx: &Ctx) -> Res<Duration> {
     drop(messages);
     ctx.finish(&stream.cached_info().config.name, ctx.n as u64)
         .await?;
-    Ok(elapsed)
+    Ok(sample)
 }
 
 // ---------------------------------------------------------------------------
 
 /// Runs the closures alternately `reps` times (swapping who goes first each
 /// time, so drift hits all alike) and returns each one's median.
-async fn alternate(ctx: &Ctx, reps: usize, scenario: Scenario) -> Res<Vec<Duration>> {
+async fn alternate(ctx: &Ctx, reps: usize, scenario: Scenario) -> Res<Vec<Sample>> {
     let variants = scenario.variants();
     let mut times = vec![Vec::with_capacity(reps); variants];
     for rep in 0..reps {
@@ -380,12 +513,13 @@ async fn alternate(ctx: &Ctx, reps: usize, scenario: Scenario) -> Res<Vec<Durati
             times[v].push(scenario.run(ctx, v).await?);
         }
     }
-    Ok(times.into_iter().map(median).collect())
+    Ok(times.into_iter().map(median_sample).collect())
 }
 
 #[derive(Clone, Copy)]
 enum Scenario {
     Concurrent { per_task: usize },
+    Ablation { per_task: usize },
     Batch,
     Subscribe,
 }
@@ -394,15 +528,21 @@ impl Scenario {
     fn variants(self) -> usize {
         match self {
             Scenario::Concurrent { .. } => 3,
+            Scenario::Ablation { .. } => 5,
             Scenario::Batch | Scenario::Subscribe => 2,
         }
     }
 
-    async fn run(self, ctx: &Ctx, variant: usize) -> Res<Duration> {
+    async fn run(self, ctx: &Ctx, variant: usize) -> Res<Sample> {
         match (self, variant) {
             (Scenario::Concurrent { per_task }, 0) => bus_concurrent(ctx, per_task).await,
             (Scenario::Concurrent { per_task }, 1) => raw_concurrent_tasks(ctx, per_task).await,
             (Scenario::Concurrent { per_task }, _) => raw_concurrent_window(ctx, per_task).await,
+            (Scenario::Ablation { per_task }, 0) => bus_concurrent(ctx, per_task).await,
+            (Scenario::Ablation { per_task }, 1) => raw_concurrent_tasks(ctx, per_task).await,
+            (Scenario::Ablation { per_task }, v) => {
+                raw_concurrent_ablation(ctx, per_task, v as u8 - 1).await
+            }
             (Scenario::Batch, 0) => bus_batch(ctx).await,
             (Scenario::Batch, _) => raw_batch(ctx).await,
             (Scenario::Subscribe, 0) => bus_subscribe(ctx).await,
@@ -420,8 +560,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 async fn run() -> Res<()> {
-    let n = env_usize("NATS_BENCH_MESSAGES", 25_000);
-    let reps = env_usize("NATS_BENCH_REPS", 5);
+    let n = env_usize("NATS_BENCH_MESSAGES", 50_000);
+    let reps = env_usize("NATS_BENCH_REPS", 7);
     let per_task = n.div_ceil(PUBLISHERS);
     let n1 = per_task * PUBLISHERS;
 
@@ -435,6 +575,7 @@ async fn run() -> Res<()> {
         nats_bus,
         js: jetstream::new(raw_client),
         n,
+        server_pid: server.pid().map(|p| p.to_string()).unwrap_or_default(),
     };
 
     println!(
@@ -442,10 +583,13 @@ async fn run() -> Res<()> {
         server.url()
     );
     println!(
-        "{PAYLOAD}-byte payloads; messages per measurement: scenario 1 {n1} ({PUBLISHERS} publishers x {per_task}), scenarios 2-3 {n}; median of {reps} alternated runs; fresh stream per run; {} cores; separate connections for bus and raw",
+        "{PAYLOAD}-byte payloads; messages per measurement: scenario 1 {n1} ({PUBLISHERS} publishers x {per_task}), scenarios 2-3 {n}; median of {reps} alternated runs; fresh stream per run; {} cores (load avg at start: {}); separate connections for bus and raw",
         std::thread::available_parallelism()
             .map(|c| c.get())
-            .unwrap_or(0)
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
     );
 
     // Warm-up (not reported): every variant once, at a reduced size.
@@ -454,6 +598,7 @@ async fn run() -> Res<()> {
         bus: ctx.bus.clone(),
         nats_bus: ctx.nats_bus.clone(),
         js: ctx.js.clone(),
+        server_pid: ctx.server_pid.clone(),
     };
     let warm_per_task = (per_task / 5).max(1);
     for scenario in [
@@ -470,36 +615,49 @@ async fn run() -> Res<()> {
 
     println!();
     println!(
-        "{:<66} {:>13} {:>13} {:>7} {:>8}",
-        "scenario (throughput, msg/s)", "NatsBus", "raw", "ratio", "target"
+        "{:<64} {:>9} {:>9} {:>6}  {:>11} {:>11}  target",
+        "scenario (throughput, msg/s; CPU us/msg client/server)",
+        "NatsBus",
+        "raw",
+        "ratio",
+        "bus CPU",
+        "raw CPU"
     );
-    let row = |name: &str, bus: Duration, raw: Duration, n: usize, target: Option<f64>| {
-        let (b, r) = (rate(n, bus), rate(n, raw));
+    let cpu = |s: Sample, n: usize| {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        format!("{:.1}/{:.1}", per(s.client_cpu), per(s.server_cpu))
+    };
+    let row = |name: &str, bus: Sample, raw: Sample, n: usize, target: Option<f64>| {
+        let (b, r) = (rate(n, bus.wall), rate(n, raw.wall));
         let ratio = b / r;
         let target = match target {
             Some(t) => format!(">={t:.2}x {}", if ratio >= t { "ok" } else { "MISSED" }),
             None => String::new(),
         };
-        println!("{name:<66} {b:>13.0} {r:>13.0} {ratio:>6.2}x  {target}");
+        println!(
+            "{name:<64} {b:>9.0} {r:>9.0} {ratio:>5.2}x  {:>11} {:>11}  {target}",
+            cpu(bus, n),
+            cpu(raw, n)
+        );
     };
 
     let started = Instant::now();
     let t = alternate(&ctx, reps, Scenario::Concurrent { per_task }).await?;
     let (bus, tasks, window) = (t[0], t[1], t[2]);
-    let (strong, strong_name) = if tasks <= window {
+    let (strong, strong_name) = if tasks.wall <= window.wall {
         (tasks, "64 tasks")
     } else {
-        (window, "1-task window of 64")
+        (window, "1-task window")
     };
     row(
-        &format!("1. {PUBLISHERS} publishers, await each (raw: stronger = {strong_name})"),
+        &format!("1. {PUBLISHERS} publishers, await each (raw = faster: {strong_name})"),
         bus,
         strong,
         n1,
         Some(0.90),
     );
     row(
-        "   1a. vs raw 64 tasks: js.publish(..).await?.await?",
+        "   1a. vs raw 64 tasks, js.publish(..).await?.await?",
         bus,
         tasks,
         n1,
@@ -513,36 +671,62 @@ async fn run() -> Res<()> {
         None,
     );
 
-    let t = alternate(&ctx, reps, Scenario::Batch).await?;
+    let b = alternate(&ctx, reps, Scenario::Batch).await?;
     row(
         &format!("2. publish_batch vs raw send {WINDOW} / await {WINDOW} acks"),
-        t[0],
-        t[1],
+        b[0],
+        b[1],
         n,
         Some(0.95),
     );
 
-    let t = alternate(&ctx, reps, Scenario::Subscribe).await?;
+    let s = alternate(&ctx, reps, Scenario::Subscribe).await?;
     row(
-        "3. subscribe + publish_batch vs raw ordered pull + raw pipelined",
-        t[0],
-        t[1],
+        "3. subscribe+publish_batch vs raw ordered pull+pipelined pub",
+        s[0],
+        s[1],
         n,
         None,
     );
-    println!(
-        "   3. time to receive all {n}: NatsBus {:.1} ms, raw {:.1} ms; every run checked: count, in-order payload index, increasing stream seq, no extra delivery",
-        t[0].as_secs_f64() * 1e3,
-        t[1].as_secs_f64() * 1e3
-    );
     println!();
     println!(
-        "medians, scenario 1: bus {:.1} ms, raw 64 tasks {:.1} ms, raw window {:.1} ms; total measured section {:.1} s",
-        bus.as_secs_f64() * 1e3,
-        tasks.as_secs_f64() * 1e3,
-        window.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64()
+        "wall medians (ms): 1. bus {:.1}, raw 64 tasks {:.1}, raw window {:.1} | 2. bus {:.1}, raw {:.1} | 3. time until all {n} received: bus {:.1}, raw {:.1}",
+        bus.wall.as_secs_f64() * 1e3,
+        tasks.wall.as_secs_f64() * 1e3,
+        window.wall.as_secs_f64() * 1e3,
+        b[0].wall.as_secs_f64() * 1e3,
+        b[1].wall.as_secs_f64() * 1e3,
+        s[0].wall.as_secs_f64() * 1e3,
+        s[1].wall.as_secs_f64() * 1e3,
     );
+    println!(
+        "3. every run checked: all {n} received, in publish order (payload index), stream seq increasing, no extra delivery within {} ms; all acks Ok; every stream's message count verified",
+        EXTRA_WAIT.as_millis()
+    );
+    println!("measured section: {:.1} s", started.elapsed().as_secs_f64());
+
+    if std::env::var_os("NATS_BENCH_ABLATION").is_some_and(|v| v == "1") {
+        let t = alternate(&ctx, reps, Scenario::Ablation { per_task }).await?;
+        println!();
+        println!(
+            "diagnostics for 1. (NATS_BENCH_ABLATION=1): raw 64 tasks with the bus's per-publish work added, cumulative; ratio = variant / plain raw"
+        );
+        row(
+            "   NatsBus vs raw 64 tasks (this round)",
+            t[0],
+            t[1],
+            n1,
+            None,
+        );
+        let labels = [
+            "   raw +bus allocations (Vec->Bytes+clone, 2 subject Strings)",
+            "   raw +allocations +outer timeouts on send and ack",
+            "   raw +allocations +timeouts +boxed dyn Future per publish",
+        ];
+        for (i, label) in labels.iter().enumerate() {
+            row(label, t[i + 2], t[1], n1, None);
+        }
+    }
     drop(server);
     Ok(())
 }

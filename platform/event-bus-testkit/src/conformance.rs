@@ -23,7 +23,11 @@
 //! or all at once with [`run_all`], which reports every failure instead of
 //! stopping at the first.
 
-use event_bus::{BusMessage, Envelope, ErrorKind, EventBus, Headers, Subscription};
+use event_bus::consumer::dlq;
+use event_bus::{
+    BusMessage, ConsumerConfig, ConsumerStream, Delivery, Envelope, ErrorKind, EventBus, Headers,
+    Subscription,
+};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
@@ -597,6 +601,395 @@ pub async fn health(f: &dyn BusFactory) {
     assert_eq!(report.backend, c.bus.backend_name());
 }
 
+// ---------------------------------------------------------------- durable consumers
+
+/// The next delivery, or a panic naming what was awaited.
+pub async fn next_delivery(c: &mut ConsumerStream, what: &str) -> Delivery {
+    loop {
+        match tokio::time::timeout(RECV_TIMEOUT, c.next()).await {
+            Ok(Some(Ok(d))) => return d,
+            Ok(Some(Err(e))) if e.kind().is_transient() => continue,
+            Ok(Some(Err(e))) => panic!("consumer error while waiting for {what}: {e}"),
+            Ok(None) => panic!("consumer ended while waiting for {what}"),
+            Err(_) => panic!("no delivery within {RECV_TIMEOUT:?} while waiting for {what}"),
+        }
+    }
+}
+
+/// Asserts that nothing is delivered within `window` (used after the last
+/// expected delivery, with `window` longer than the ack wait).
+pub async fn assert_no_delivery(c: &mut ConsumerStream, window: Duration, why: &str) {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match tokio::time::timeout_at(deadline, c.next()).await {
+            Err(_) => return,
+            Ok(Some(Err(e))) if e.kind().is_transient() => continue,
+            Ok(Some(Ok(d))) => panic!(
+                "unexpected delivery {:?} (count {}): {why}",
+                text(d.message()),
+                d.delivery_count()
+            ),
+            Ok(other) => panic!("consumer failed or ended: {other:?}"),
+        }
+    }
+}
+
+impl Ctx {
+    /// A consumer config named after this scenario on `suffix` (a pattern),
+    /// dead letters to `<prefix>.dlq.<name>`.
+    pub fn consumer_config(&self, name: &str, suffix: &str) -> ConsumerConfig {
+        let name = format!("{}-{name}", self.prefix);
+        ConsumerConfig::new(name.clone(), self.subject(suffix))
+            .dead_letter_subject(Some(self.subject(&format!("dlq.{name}"))))
+            .ack_wait(Duration::from_millis(800))
+    }
+
+    /// Opens a durable consumer; panics on error.
+    pub async fn consume(&self, config: ConsumerConfig) -> ConsumerStream {
+        let name = config.name.clone();
+        self.bus
+            .consume(config)
+            .await
+            .unwrap_or_else(|e| panic!("consume({name:?}) failed: {e}"))
+    }
+}
+
+/// An acked event is never delivered again, also after the consumer is re-opened.
+pub async fn consumer_ack(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cack").await;
+    let config = c.consumer_config("ack", "jobs.*");
+    let mut consumer = c.consume(config.clone()).await;
+    for i in 0..5 {
+        c.publish("jobs.a", i.to_string()).await;
+    }
+    for i in 0..5 {
+        let d = next_delivery(&mut consumer, "a new job").await;
+        assert_eq!(text(d.message()), i.to_string());
+        assert_eq!(d.delivery_count(), 1);
+        d.ack().await.expect("ack");
+    }
+    drop(consumer);
+    let mut consumer = c.consume(config).await;
+    c.publish("jobs.a", "after-reopen").await;
+    let d = next_delivery(&mut consumer, "the job published after re-opening").await;
+    assert_eq!(
+        text(d.message()),
+        "after-reopen",
+        "an acked job was delivered again"
+    );
+    d.ack().await.unwrap();
+    assert_no_delivery(
+        &mut consumer,
+        Duration::from_millis(1500),
+        "everything was acked",
+    )
+    .await;
+}
+
+/// A nack redelivers with the count increased; a delayed nack not before its delay.
+pub async fn consumer_nack(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cnack").await;
+    let mut consumer = c.consume(c.consumer_config("nack", "n")).await;
+    c.publish("n", "job").await;
+    let d = next_delivery(&mut consumer, "first delivery").await;
+    assert_eq!(d.delivery_count(), 1);
+    let id = d.id.clone();
+    d.nack(None).await.unwrap();
+    let d = next_delivery(&mut consumer, "redelivery after nack").await;
+    assert_eq!(d.id, id);
+    assert_eq!(d.delivery_count(), 2);
+    let delay = Duration::from_millis(600);
+    let nacked_at = std::time::Instant::now();
+    d.nack(Some(delay)).await.unwrap();
+    let d = next_delivery(&mut consumer, "redelivery after a delayed nack").await;
+    let waited = nacked_at.elapsed();
+    assert!(
+        waited >= delay,
+        "redelivered after {waited:?}, before the {delay:?} delay"
+    );
+    assert_eq!(d.delivery_count(), 3);
+    d.ack().await.unwrap();
+}
+
+/// A delivery not answered within the ack wait is delivered again.
+pub async fn consumer_ack_wait(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cwait").await;
+    let config = c
+        .consumer_config("wait", "w")
+        .ack_wait(Duration::from_millis(500));
+    let mut consumer = c.consume(config).await;
+    c.publish("w", "slow").await;
+    let d = next_delivery(&mut consumer, "first delivery").await;
+    let at = std::time::Instant::now();
+    drop(d); // no answer
+    let d = next_delivery(&mut consumer, "redelivery after the ack wait").await;
+    assert!(
+        at.elapsed() >= Duration::from_millis(400),
+        "redelivered after {:?}",
+        at.elapsed()
+    );
+    assert_eq!(d.delivery_count(), 2);
+    d.in_progress().await.unwrap();
+    d.ack().await.unwrap();
+}
+
+/// A terminated event is never delivered again.
+pub async fn consumer_term(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cterm").await;
+    let config = c
+        .consumer_config("term", "t")
+        .ack_wait(Duration::from_millis(400));
+    let mut consumer = c.consume(config).await;
+    c.publish("t", "poison").await;
+    let d = next_delivery(&mut consumer, "the poison message").await;
+    d.term(Some("unprocessable".into())).await.unwrap();
+    assert_no_delivery(
+        &mut consumer,
+        Duration::from_millis(1200),
+        "a terminated message must not come back",
+    )
+    .await;
+}
+
+fn assert_dead_letter(m: &BusMessage, c: &Ctx, consumer: &str, count: u32, error_part: &str) {
+    assert_eq!(
+        m.headers.get(dlq::ORIGINAL_SUBJECT),
+        Some(c.subject("d").as_str()),
+        "{m:?}"
+    );
+    assert_eq!(m.headers.get(dlq::CONSUMER), Some(consumer), "{m:?}");
+    assert_eq!(
+        m.headers.get(dlq::DELIVERY_COUNT),
+        Some(count.to_string().as_str()),
+        "{m:?}"
+    );
+    let seq: u64 = m
+        .headers
+        .get(dlq::ORIGINAL_SEQUENCE)
+        .expect("sequence header")
+        .parse()
+        .expect("a number");
+    assert!(seq >= 1);
+    assert!(m.headers.get(dlq::ORIGINAL_ID).is_some());
+    let last = m.headers.get(dlq::LAST_ERROR).expect("last error header");
+    assert!(
+        last.contains(error_part),
+        "last error {last:?} should mention {error_part:?}"
+    );
+    assert_eq!(text(m), "doomed");
+}
+
+/// After the last allowed delivery, exactly one dead letter with the origin headers, and no more deliveries.
+pub async fn consumer_max_deliver_dead_letters(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cdlq").await;
+    let config = c.consumer_config("dlq", "d").max_deliver(3);
+    let dlq_subject = config.dead_letter_subject.clone().unwrap();
+    let dlq_suffix = dlq_subject
+        .strip_prefix(&format!("{}.", c.prefix()))
+        .unwrap()
+        .to_string();
+    let mut dead = c.sub(&dlq_suffix).await;
+    let mut consumer = c.consume(config.clone()).await;
+    c.publish("d", "doomed").await;
+    for attempt in 1..=3 {
+        let d = next_delivery(&mut consumer, "a failing delivery").await;
+        assert_eq!(d.delivery_count(), attempt);
+        d.nack_with_reason(None, format!("boom {attempt}"))
+            .await
+            .unwrap();
+    }
+    let m = recv(&mut dead, "the dead letter").await;
+    assert_dead_letter(&m, &c, &config.name, 3, "boom 3");
+    c.publish(&dlq_suffix, "sentinel").await;
+    assert_eq!(
+        text(&recv(&mut dead, "sentinel").await),
+        "sentinel",
+        "exactly one dead letter"
+    );
+    assert_no_delivery(
+        &mut consumer,
+        Duration::from_millis(1500),
+        "a dead-lettered message is not delivered again",
+    )
+    .await;
+}
+
+/// A last delivery left unanswered (ack wait ran out) is dead-lettered too.
+pub async fn consumer_unanswered_last_delivery_dead_letters(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cdlqwait").await;
+    let config = c
+        .consumer_config("dlqwait", "d")
+        .max_deliver(2)
+        .ack_wait(Duration::from_millis(400));
+    let dlq_subject = config.dead_letter_subject.clone().unwrap();
+    let dlq_suffix = dlq_subject
+        .strip_prefix(&format!("{}.", c.prefix()))
+        .unwrap()
+        .to_string();
+    let mut dead = c.sub(&dlq_suffix).await;
+    let mut consumer = c.consume(config.clone()).await;
+    c.publish("d", "doomed").await;
+    let d = next_delivery(&mut consumer, "delivery 1").await;
+    d.nack_with_reason(None, "first failure").await.unwrap();
+    let d = next_delivery(&mut consumer, "delivery 2").await;
+    assert_eq!(d.delivery_count(), 2);
+    drop(d); // the handler "crashed": no answer
+             // The consumer must keep being polled for the spare delivery to be dead-lettered.
+    let poll = async {
+        assert_no_delivery(
+            &mut consumer,
+            Duration::from_millis(2500),
+            "max_deliver is 2",
+        )
+        .await;
+    };
+    let (_, m) = futures::future::join(poll, recv(&mut dead, "the dead letter")).await;
+    assert_dead_letter(&m, &c, &config.name, 2, "first failure");
+}
+
+/// Instances sharing a name share the work: each event to exactly one of them;
+/// what one leaves unanswered goes to the other.
+pub async fn consumer_work_sharing(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cshare").await;
+    let config = c
+        .consumer_config("share", "s.*")
+        .ack_wait(Duration::from_millis(700));
+    let mut a = c.consume(config.clone()).await;
+    let mut b = c.consume(config.clone()).await;
+    let n = 200usize;
+    for i in 0..n {
+        c.publish("s.x", i.to_string()).await;
+    }
+    let seen = Arc::new(parking_lot_free::Counts::default());
+    let worker = |mut cons: ConsumerStream, seen: Arc<parking_lot_free::Counts>| async move {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(2500), cons.next()).await {
+                Ok(Some(Ok(d))) => {
+                    seen.add(text(d.message()));
+                    d.ack().await.unwrap();
+                }
+                Ok(Some(Err(e))) if e.kind().is_transient() => continue,
+                Ok(other) => panic!("consumer failed: {other:?}"),
+                Err(_) => return cons,
+            }
+        }
+    };
+    let (a2, b2) = futures::future::join(worker(a, seen.clone()), worker(b, seen.clone())).await;
+    a = a2;
+    b = b2;
+    let counts = seen.snapshot();
+    assert_eq!(counts.len(), n, "every event processed");
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "an acked event was processed twice"
+    );
+
+    // A takes one and stops without answering: it goes to B after the ack wait.
+    c.publish("s.x", "orphan").await;
+    let d = next_delivery(&mut a, "orphan for A (or B)").await;
+    let first_count = d.delivery_count();
+    drop(d);
+    drop(a);
+    let d = next_delivery(&mut b, "the orphan, redelivered to B").await;
+    assert_eq!(text(d.message()), "orphan");
+    assert_eq!(d.delivery_count(), first_count + 1);
+    d.ack().await.unwrap();
+}
+
+/// A consumer re-opened mid-stream resumes: nothing lost, duplicates only for unacked events.
+pub async fn consumer_resumes_mid_stream(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cresume").await;
+    let config = c
+        .consumer_config("resume", "r")
+        .ack_wait(Duration::from_millis(600));
+    let mut consumer = c.consume(config.clone()).await;
+    let n = 100usize;
+    for i in 0..n {
+        c.publish("r", i.to_string()).await;
+    }
+    let mut processed = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..50 {
+        let d = next_delivery(&mut consumer, "first half").await;
+        *processed.entry(text(d.message())).or_default() += 1;
+        d.ack().await.unwrap();
+    }
+    // One more taken but not acked when the consumer stops.
+    let unacked = next_delivery(&mut consumer, "the unacked one").await;
+    let unacked_text = text(unacked.message());
+    drop(unacked);
+    drop(consumer);
+    let mut consumer = c.consume(config).await;
+    let mut duplicates = 0;
+    while processed.len() < n {
+        let d = next_delivery(&mut consumer, "the rest after re-opening").await;
+        let t = text(d.message());
+        let e = processed.entry(t.clone()).or_default();
+        *e += 1;
+        if *e > 1 {
+            duplicates += 1;
+            assert_eq!(t, unacked_text, "only the unacked event may come twice");
+        }
+        d.ack().await.unwrap();
+    }
+    assert!(duplicates <= 1);
+}
+
+/// Bad consumer configuration is an error naming the field.
+pub async fn consumer_invalid_config(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cbad").await;
+    let bad_name = ConsumerConfig::new("has space", c.subject("x"));
+    let err = c
+        .bus
+        .consume(bad_name)
+        .await
+        .err()
+        .expect("a name with a space must fail");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.to_string().contains("has space"), "{err}");
+    let loops = c
+        .consumer_config("loop", "x.>")
+        .dead_letter_subject(Some(c.subject("x.dlq")));
+    let err = c
+        .bus
+        .consume(loops)
+        .await
+        .err()
+        .expect("a dead-letter subject inside the filter must fail");
+    assert!(err.to_string().contains("dead_letter_subject"), "{err}");
+    let zero = c.consumer_config("zero", "x").max_deliver(0);
+    let err = c
+        .bus
+        .consume(zero)
+        .await
+        .err()
+        .expect("max_deliver 0 must fail");
+    assert!(err.to_string().contains("max_deliver"), "{err}");
+    let err = c
+        .bus
+        .consume(c.consumer_config("pattern", "x..y"))
+        .await
+        .err()
+        .expect("a bad filter must fail");
+    assert_eq!(err.kind(), ErrorKind::InvalidPattern);
+}
+
+mod parking_lot_free {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct Counts(Mutex<HashMap<String, usize>>);
+
+    impl Counts {
+        pub fn add(&self, k: String) {
+            *self.0.lock().unwrap().entry(k).or_default() += 1;
+        }
+        pub fn snapshot(&self) -> HashMap<String, usize> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+}
+
 type Scenario = for<'a> fn(&'a dyn BusFactory) -> BoxFuture<'a, ()>;
 
 macro_rules! scenario_table {
@@ -641,6 +1034,15 @@ scenario_table!(
     large_payload,
     unicode_subjects,
     health,
+    consumer_ack,
+    consumer_nack,
+    consumer_ack_wait,
+    consumer_term,
+    consumer_max_deliver_dead_letters,
+    consumer_unanswered_last_delivery_dead_letters,
+    consumer_work_sharing,
+    consumer_resumes_mid_stream,
+    consumer_invalid_config,
 );
 
 /// Runs every scenario in turn; returns the names of those that failed, with

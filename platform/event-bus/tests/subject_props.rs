@@ -24,7 +24,7 @@ fn ref_matches(pattern: &[&str], subject: &[&str]) -> bool {
     let one = |p: &str, s: &str| p == "*" || p == s;
     match pattern.split_last() {
         Some((&">", head)) => {
-            subject.len() >= head.len() && head.iter().zip(subject).all(|(p, s)| one(p, s))
+            subject.len() > head.len() && head.iter().zip(subject).all(|(p, s)| one(p, s))
         }
         _ => pattern.len() == subject.len() && pattern.iter().zip(subject).all(|(p, s)| one(p, s)),
     }
@@ -36,7 +36,7 @@ fn toks(s: &str) -> Vec<&str> {
 
 /// The characters the docs forbid anywhere in a subject: space, tab, CR, LF,
 /// form feed and NUL. (Other whitespace, e.g. vertical tab or U+00A0, is allowed.)
-const FORBIDDEN: [char; 5] = [' ', '\t', '\r', '\n', '\0'];
+const FORBIDDEN: [char; 6] = [' ', '\t', '\r', '\n', '\x0c', '\0'];
 
 /// Reference validator, phrased differently from the implementation (string
 /// predicates rather than a token walk):

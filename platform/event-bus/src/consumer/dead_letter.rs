@@ -69,7 +69,12 @@ impl Shared {
     }
 
     /// Publishes the dead letter (if a subject is configured).
-    async fn dead_letter(&self, msg: &BusMessage, count: u32, reason: &str) -> Result<(), BusError> {
+    async fn dead_letter(
+        &self,
+        msg: &BusMessage,
+        count: u32,
+        reason: &str,
+    ) -> Result<(), BusError> {
         let Some(subject) = &self.dead_letter_subject else {
             return Ok(());
         };
@@ -109,7 +114,11 @@ fn sanitize(reason: &str) -> String {
 
 /// Wraps a backend's raw deliveries with bounded redelivery and dead letters.
 /// `bus` publishes the dead letters.
-pub(crate) fn with_dead_letters(raw: ConsumerStream, bus: Arc<dyn EventBus>, config: &ConsumerConfig) -> ConsumerStream {
+pub(crate) fn with_dead_letters(
+    raw: ConsumerStream,
+    bus: Arc<dyn EventBus>,
+    config: &ConsumerConfig,
+) -> ConsumerStream {
     let shared = Arc::new(Shared {
         bus,
         consumer: config.name.clone(),
@@ -119,46 +128,56 @@ pub(crate) fn with_dead_letters(raw: ConsumerStream, bus: Arc<dyn EventBus>, con
         backoff: config.backoff.clone(),
         last_errors: Mutex::new(FxHashMap::default()),
     });
-    Box::pin(futures::stream::unfold((raw, shared), |(mut raw, shared)| async move {
-        loop {
-            let delivery = match raw.next().await? {
-                Ok(d) => d,
-                Err(e) => return Some((Err(e), (raw, shared))),
-            };
-            let (msg, count, acker) = delivery.into_parts();
-            if count > shared.max_deliver {
-                // The last allowed delivery went unanswered: dead-letter it here.
-                let reason = shared.last_error(&msg).unwrap_or_else(|| {
-                    format!(
-                        "not acknowledged within the ack wait ({:?}) after {} deliveries",
-                        shared.ack_wait, shared.max_deliver
-                    )
-                });
-                match shared.dead_letter(&msg, shared.max_deliver, &reason).await {
-                    Ok(()) => {
-                        let _ = acker.answer(AckKind::Term { reason: Some(reason) }).await;
-                        continue;
-                    }
-                    Err(e) => {
-                        let _ = acker
-                            .answer(AckKind::Nack {
-                                delay: Some(DLQ_RETRY_DELAY),
-                                reason: None,
-                            })
-                            .await;
-                        return Some((Err(e), (raw, shared)));
+    Box::pin(futures::stream::unfold(
+        (raw, shared),
+        |(mut raw, shared)| async move {
+            loop {
+                let delivery = match raw.next().await? {
+                    Ok(d) => d,
+                    Err(e) => return Some((Err(e), (raw, shared))),
+                };
+                let (msg, count, acker) = delivery.into_parts();
+                if count > shared.max_deliver {
+                    // The last allowed delivery went unanswered: dead-letter it here.
+                    let reason = shared.last_error(&msg).unwrap_or_else(|| {
+                        format!(
+                            "not acknowledged within the ack wait ({:?}) after {} deliveries",
+                            shared.ack_wait, shared.max_deliver
+                        )
+                    });
+                    match shared.dead_letter(&msg, shared.max_deliver, &reason).await {
+                        Ok(()) => {
+                            let _ = acker
+                                .answer(AckKind::Term {
+                                    reason: Some(reason),
+                                })
+                                .await;
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = acker
+                                .answer(AckKind::Nack {
+                                    delay: Some(DLQ_RETRY_DELAY),
+                                    reason: None,
+                                })
+                                .await;
+                            return Some((Err(e), (raw, shared)));
+                        }
                     }
                 }
+                let wrapped = DeadLetterAcker {
+                    inner: acker,
+                    msg: msg.clone(),
+                    count,
+                    shared: shared.clone(),
+                };
+                return Some((
+                    Ok(Delivery::new(msg, count, Box::new(wrapped))),
+                    (raw, shared),
+                ));
             }
-            let wrapped = DeadLetterAcker {
-                inner: acker,
-                msg: msg.clone(),
-                count,
-                shared: shared.clone(),
-            };
-            return Some((Ok(Delivery::new(msg, count, Box::new(wrapped))), (raw, shared)));
-        }
-    }))
+        },
+    ))
 }
 
 struct DeadLetterAcker {
@@ -190,7 +209,9 @@ impl Acker for DeadLetterAcker {
 impl DeadLetterAcker {
     async fn dead_letter(&self, reason: &str) -> Result<(), BusError> {
         self.shared.last_error(&self.msg);
-        self.shared.dead_letter(&self.msg, self.count, reason).await?;
+        self.shared
+            .dead_letter(&self.msg, self.count, reason)
+            .await?;
         self.inner
             .answer(AckKind::Term {
                 reason: Some(reason.to_string()),

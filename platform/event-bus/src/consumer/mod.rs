@@ -63,14 +63,16 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
     let bad = |field: &str, value: String, why: &str| {
         BusError::new(
             ErrorKind::Config,
-            format!("invalid consumer configuration `{field}` = {value:?} for consumer {:?}: {why}", config.name),
+            format!(
+                "invalid consumer configuration `{field}` = {value:?} for consumer {:?}: {why}",
+                config.name
+            ),
         )
     };
     if config.name.is_empty()
-        || config
-            .name
-            .chars()
-            .any(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+        || config.name.chars().any(|c| {
+            matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control()
+        })
     {
         return Err(bad(
             "name",
@@ -83,7 +85,11 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
         return Err(bad("max_deliver", "0".into(), "must be at least 1"));
     }
     if config.ack_wait < std::time::Duration::from_millis(10) {
-        return Err(bad("ack_wait", format!("{:?}", config.ack_wait), "must be at least 10ms"));
+        return Err(bad(
+            "ack_wait",
+            format!("{:?}", config.ack_wait),
+            "must be at least 10ms",
+        ));
     }
     if config.max_ack_pending == 0 {
         return Err(bad("max_ack_pending", "0".into(), "must be at least 1"));

@@ -11,7 +11,9 @@
 //! for any lossless subscriber.
 
 use super::{InMemoryBus, MemorySubscription, Overflow, SubscribeOptions};
-use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES};
+use crate::consumer::{
+    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
+};
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
 use async_trait::async_trait;
@@ -101,7 +103,10 @@ fn settings(config: &ConsumerConfig) -> Settings {
 }
 
 impl InMemoryBus {
-    pub(crate) async fn consume_inner(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+    pub(crate) async fn consume_inner(
+        &self,
+        config: ConsumerConfig,
+    ) -> Result<ConsumerStream, BusError> {
         crate::consumer::validate_config(&config)?;
         if let StartPosition::Sequence(_) = config.start {
             return Err(BusError::unsupported(
@@ -155,7 +160,11 @@ impl InMemoryBus {
             durable,
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         });
-        Ok(crate::consumer::with_dead_letters(raw, Arc::new(self.clone()), &config))
+        Ok(crate::consumer::with_dead_letters(
+            raw,
+            Arc::new(self.clone()),
+            &config,
+        ))
     }
 
     /// Deletes the named durable consumer and what it holds; open instances end.
@@ -309,6 +318,9 @@ impl Acker for MemoryAcker {
 
 impl std::fmt::Debug for Durable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Durable").field("name", &self.name).field("filter", &self.filter).finish_non_exhaustive()
+        f.debug_struct("Durable")
+            .field("name", &self.name)
+            .field("filter", &self.filter)
+            .finish_non_exhaustive()
     }
 }

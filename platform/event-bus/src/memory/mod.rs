@@ -200,6 +200,11 @@ impl InMemoryBus {
         payload: Vec<u8>,
     ) -> Result<Option<Remaining>, BusError> {
         self.check_size(subject, payload.len(), 0)?;
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(BusError::closed(format!(
+                "publish to {subject:?}: the in-memory bus is closed"
+            )));
+        }
         {
             // Fast path: a cached route, delivered under the read lock without
             // touching the route's reference count.
@@ -266,8 +271,9 @@ impl InMemoryBus {
         Ok(MemorySubscription::new(queue, weak))
     }
 
-    /// Closes the bus: every subscription ends, later calls fail with
-    /// [`ErrorKind::Closed`]. Dropping the last handle closes it too.
+    /// Closes the bus: later publishes and subscribes fail with
+    /// [`ErrorKind::Closed`]; every subscription still yields what was queued
+    /// for it, then ends. Dropping the last handle closes it too.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -341,6 +347,7 @@ impl InMemoryBus {
     }
 
     async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
+        self.ensure_open()?;
         if !env.headers.is_empty() {
             env.headers.validate()?;
         }
@@ -451,7 +458,7 @@ impl Inner {
             }
         }
         for q in subs {
-            q.close();
+            q.close(false);
         }
     }
 }

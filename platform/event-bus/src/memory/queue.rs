@@ -162,12 +162,17 @@ impl SubQueue {
         }
     }
 
-    pub(crate) fn close(&self) {
+    /// Closes the queue: no more pushes; the subscriber still receives what
+    /// is queued, then the end of the stream. With `discard`, what is queued
+    /// is dropped too (the subscriber itself is going away).
+    pub(crate) fn close(&self, discard: bool) {
         let (rx, txs) = {
             let mut st = self.state.lock();
             st.closed = true;
-            st.buf.clear();
-            self.len.store(0, Ordering::Release);
+            if discard {
+                st.buf.clear();
+                self.len.store(0, Ordering::Release);
+            }
             (st.rx_waker.take(), std::mem::take(&mut st.tx_waiters))
         };
         if let Some(w) = rx {
@@ -342,7 +347,7 @@ impl Stream for MemorySubscription {
 
 impl Drop for MemorySubscription {
     fn drop(&mut self) {
-        self.queue.close();
+        self.queue.close(true);
         if let Some(bus) = self.bus.upgrade() {
             bus.unregister(self.queue.id, &self.queue.pattern);
         }

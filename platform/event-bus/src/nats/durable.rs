@@ -10,7 +10,9 @@
 
 use super::convert::{api_error, from_header_map};
 use super::NatsBus;
-use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES};
+use crate::consumer::{
+    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
+};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, MessageId};
 use crate::subject::Subject;
@@ -35,10 +37,15 @@ pub(crate) async fn open(
     config: &ConsumerConfig,
 ) -> Result<ConsumerStream, BusError> {
     let js = bus.jetstream().clone();
-    let stream = js
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| api_error(&format!("opening stream {stream_name} for consumer {:?}", config.name), e))?;
+    let stream = js.get_stream(&stream_name).await.map_err(|e| {
+        api_error(
+            &format!(
+                "opening stream {stream_name} for consumer {:?}",
+                config.name
+            ),
+            e,
+        )
+    })?;
     let mut desired = pull::Config {
         durable_name: Some(config.name.clone()),
         filter_subject: wire_filter.clone(),
@@ -49,7 +56,9 @@ pub(crate) async fn open(
         deliver_policy: match config.start {
             StartPosition::New => DeliverPolicy::New,
             StartPosition::All => DeliverPolicy::All,
-            StartPosition::Sequence(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence },
+            StartPosition::Sequence(start_sequence) => {
+                DeliverPolicy::ByStartSequence { start_sequence }
+            }
         },
         ..Default::default()
     };
@@ -72,16 +81,21 @@ pub(crate) async fn open(
                 || current.max_ack_pending != desired.max_ack_pending
             {
                 stream.create_consumer(desired).await.map_err(|e| {
-                    api_error(&format!("updating consumer {:?} on {stream_name}", config.name), e)
+                    api_error(
+                        &format!("updating consumer {:?} on {stream_name}", config.name),
+                        e,
+                    )
                 })?
             } else {
                 existing
             }
         }
-        Err(_) => stream
-            .create_consumer(desired)
-            .await
-            .map_err(|e| api_error(&format!("creating consumer {:?} on {stream_name}", config.name), e))?,
+        Err(_) => stream.create_consumer(desired).await.map_err(|e| {
+            api_error(
+                &format!("creating consumer {:?} on {stream_name}", config.name),
+                e,
+            )
+        })?,
     };
     let batch = config.max_ack_pending.clamp(1, MAX_BATCH);
     let (tx, rx) = mpsc::channel(batch);
@@ -93,7 +107,9 @@ pub(crate) async fn open(
         bus.tenant().map(|t| format!("{t}.")),
     ));
     let mut rx = rx;
-    Ok(Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx))))
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })))
 }
 
 /// Pulls deliveries into `tx` until the receiver is dropped, re-opening the
@@ -144,8 +160,13 @@ async fn pump(
                         e.kind(),
                         K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
                     );
-                    let kind = if fatal { ErrorKind::NotFound } else { ErrorKind::Unavailable };
-                    let err = BusError::with_source(kind, "durable consumer: pulling messages failed", e);
+                    let kind = if fatal {
+                        ErrorKind::NotFound
+                    } else {
+                        ErrorKind::Unavailable
+                    };
+                    let err =
+                        BusError::with_source(kind, "durable consumer: pulling messages failed", e);
                     if tx.send(Err(err)).await.is_err() {
                         return;
                     }
@@ -170,7 +191,10 @@ fn to_delivery(
 ) -> Result<Delivery, BusError> {
     let (seq, delivered) = {
         let info = m.info().map_err(|e| {
-            BusError::new(ErrorKind::Backend, format!("unparsable JetStream delivery metadata: {e}"))
+            BusError::new(
+                ErrorKind::Backend,
+                format!("unparsable JetStream delivery metadata: {e}"),
+            )
         })?;
         (info.stream_sequence, info.delivered)
     };
@@ -185,7 +209,13 @@ fn to_delivery(
         Some(id) => MessageId::new(id),
         None => MessageId::stream_position(stream_name, seq),
     };
-    let msg = BusMessage::new(Subject::from_trusted(subject), message.payload, headers, id, seq);
+    let msg = BusMessage::new(
+        Subject::from_trusted(subject),
+        message.payload,
+        headers,
+        id,
+        seq,
+    );
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,
@@ -204,9 +234,12 @@ impl Acker for JsAcker {
             AckKind::Term { .. } | AckKind::DeadLetter { .. } => NatsAck::Term,
             AckKind::InProgress => NatsAck::Progress,
         };
-        self.0
-            .ack_with(kind)
-            .await
-            .map_err(|e| BusError::with_source(ErrorKind::Unavailable, "sending an acknowledgement failed", e))
+        self.0.ack_with(kind).await.map_err(|e| {
+            BusError::with_source(
+                ErrorKind::Unavailable,
+                "sending an acknowledgement failed",
+                e,
+            )
+        })
     }
 }

@@ -231,7 +231,7 @@ impl NatsBus {
             None => spec.clone(),
             Some(t) => {
                 let mut s = spec.clone();
-                s.name = format!("{}_{}", streams::sanitize(t), spec.name);
+                s.name = format!("{}_{}", streams::name_part(t), spec.name);
                 s.subjects = spec.subjects.iter().map(|x| format!("{t}.{x}")).collect();
                 s
             }
@@ -559,7 +559,11 @@ impl EventBus for NatsBus {
             }
         };
         let raw = durable::open(self, stream, wire, &config).await?;
-        Ok(crate::consumer::with_dead_letters(raw, Arc::new(self.clone()), &config))
+        Ok(crate::consumer::with_dead_letters(
+            raw,
+            Arc::new(self.clone()),
+            &config,
+        ))
     }
 
     async fn health(&self) -> HealthReport {

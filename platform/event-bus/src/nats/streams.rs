@@ -62,11 +62,31 @@ pub fn sanitize(token: &str) -> String {
         .collect()
 }
 
+/// `token` as a stream-name part: upper-cased when that loses nothing
+/// (lower-case ASCII letters, digits, `-`, `_`), else sanitised with a stable
+/// hash of the original appended, so that distinct tokens (subjects are
+/// case-sensitive) never share a stream name.
+pub(crate) fn name_part(token: &str) -> String {
+    let lossless = token
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if lossless {
+        return token.to_ascii_uppercase();
+    }
+    // FNV-1a, 64 bit: stable across processes and versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in token.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}_{:08x}", sanitize(token), h as u32)
+}
+
 /// The default stream's name for a first token (and tenant).
 pub fn default_stream_name(tenant: Option<&str>, first_token: &str) -> String {
     match tenant {
-        None => format!("BUS_{}", sanitize(first_token)),
-        Some(t) => format!("BUS_{}_{}", sanitize(t), sanitize(first_token)),
+        None => format!("BUS_{}", name_part(first_token)),
+        Some(t) => format!("BUS_{}_{}", name_part(t), name_part(first_token)),
     }
 }
 
@@ -326,7 +346,21 @@ mod tests {
     #[test]
     fn default_names() {
         assert_eq!(default_stream_name(None, "auth"), "BUS_AUTH");
-        assert_eq!(default_stream_name(Some("acme"), "Ωmega"), "BUS_ACME__");
+        assert_eq!(
+            default_stream_name(Some("acme"), "orders"),
+            "BUS_ACME_ORDERS"
+        );
+        let omega = default_stream_name(None, "Ωmega");
+        assert!(omega.starts_with("BUS__MEGA_"), "{omega}");
+        assert_ne!(omega, default_stream_name(None, "Σmega"));
+        assert_ne!(
+            default_stream_name(None, "Orders"),
+            default_stream_name(None, "orders")
+        );
+        assert_eq!(
+            default_stream_name(None, "Orders"),
+            default_stream_name(None, "Orders")
+        );
         assert_eq!(sanitize("a-b_c$d"), "A-B_C_D");
     }
 
