@@ -152,6 +152,22 @@ fn main() {
     }
     {
         let rt = runtime(1);
+        let cn = n / 5;
+        let (consume, subscribe) = measure_pair(
+            reps,
+            || rt.block_on(bus_consume_ack(cn)),
+            || rt.block_on(bus_one_to_one(dyn_bus(), "work.>", "work.item", cn)),
+        );
+        println!(
+            "{:<58} {:>14.0} {:>14.0} {:>6.2}x   (vs plain subscribe on the same bus)",
+            "durable consume + ack (same thread)",
+            rate(cn, consume),
+            rate(cn, subscribe),
+            rate(cn, consume) / rate(cn, subscribe)
+        );
+    }
+    {
+        let rt = runtime(1);
         let d = measure(reps, || rt.block_on(bus_no_subscriber(n)));
         println!(
             "{:<58} {:>14.0} {:>14} {:>7}",

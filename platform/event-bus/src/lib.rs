@@ -152,6 +152,7 @@ pub mod memory;
 pub mod message;
 #[cfg(feature = "nats")]
 pub mod nats;
+pub mod runner;
 pub mod subject;
 
 pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};

@@ -314,3 +314,26 @@ pub fn mpsc_one_to_one_cross_thread(n: usize) -> Duration {
     reader.join().unwrap();
     start.elapsed()
 }
+
+/// A durable consumer on `work.>`: the publisher publishes `n` messages while
+/// the consumer takes and acknowledges each.
+pub async fn bus_consume_ack(n: usize) -> Duration {
+    let bus = dyn_bus();
+    let config = event_bus::ConsumerConfig::new("bench", "work.>").max_ack_pending(usize::MAX / 2);
+    let mut consumer = bus.consume(config).await.unwrap();
+    let start = Instant::now();
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for _ in 0..n {
+                bus.publish("work.item", payload()).await.unwrap();
+            }
+        })
+    };
+    for _ in 0..n {
+        let d = consumer.next().await.unwrap().unwrap();
+        d.ack().await.unwrap();
+    }
+    publisher.await.unwrap();
+    start.elapsed()
+}

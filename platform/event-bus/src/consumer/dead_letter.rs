@@ -21,7 +21,7 @@
 use super::{dlq, AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery};
 use crate::bus::EventBus;
 use crate::error::BusError;
-use crate::message::{BusMessage, Envelope};
+use crate::message::{BusMessage, Envelope, Headers};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -74,11 +74,15 @@ impl Shared {
         msg: &BusMessage,
         count: u32,
         reason: &str,
+        extra: &Headers,
     ) -> Result<(), BusError> {
         let Some(subject) = &self.dead_letter_subject else {
             return Ok(());
         };
         let mut headers = msg.headers.clone();
+        for (n, v) in extra.iter() {
+            headers.insert(n, v);
+        }
         headers
             .insert(dlq::ORIGINAL_SUBJECT, msg.subject.as_str())
             .insert(dlq::ORIGINAL_SEQUENCE, msg.sequence.to_string())
@@ -145,7 +149,10 @@ pub(crate) fn with_dead_letters(
                             shared.ack_wait, shared.max_deliver
                         )
                     });
-                    match shared.dead_letter(&msg, shared.max_deliver, &reason).await {
+                    match shared
+                    .dead_letter(&msg, shared.max_deliver, &reason, &Headers::new())
+                    .await
+                {
                         Ok(()) => {
                             let _ = acker
                                 .answer(AckKind::Term {
@@ -194,23 +201,23 @@ impl Acker for DeadLetterAcker {
             AckKind::Nack { delay, reason } => {
                 let reason_text = reason.clone().unwrap_or_else(|| "nacked".to_string());
                 if self.count >= self.shared.max_deliver {
-                    return self.dead_letter(&reason_text).await;
+                    return self.dead_letter(&reason_text, &Headers::new()).await;
                 }
                 self.shared.remember(&self.msg, &reason_text);
                 let delay = delay.or_else(|| self.shared.backoff_for(self.count));
                 self.inner.answer(AckKind::Nack { delay, reason }).await
             }
-            AckKind::DeadLetter { reason } => self.dead_letter(&reason).await,
+            AckKind::DeadLetter { reason, headers } => self.dead_letter(&reason, &headers).await,
             other => self.inner.answer(other).await,
         }
     }
 }
 
 impl DeadLetterAcker {
-    async fn dead_letter(&self, reason: &str) -> Result<(), BusError> {
+    async fn dead_letter(&self, reason: &str, extra: &Headers) -> Result<(), BusError> {
         self.shared.last_error(&self.msg);
         self.shared
-            .dead_letter(&self.msg, self.count, reason)
+            .dead_letter(&self.msg, self.count, reason, extra)
             .await?;
         self.inner
             .answer(AckKind::Term {

@@ -43,6 +43,10 @@ pub mod dlq {
     pub const DELIVERY_COUNT: &str = "Bus-Dlq-Delivery-Count";
     /// The last error (the reason given to the last nack or term).
     pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
+    /// The handler that gave up on it (set by the event runner).
+    pub const HANDLER: &str = "Bus-Dlq-Handler";
+    /// Prefix shared by every dead-letter header.
+    pub const PREFIX: &str = "Bus-Dlq-";
 }
 
 /// Where a new durable consumer starts.
@@ -211,6 +215,8 @@ pub enum AckKind {
     DeadLetter {
         /// Why (recorded as the last error).
         reason: String,
+        /// Extra headers for the dead letter (e.g. the handler's name).
+        headers: crate::message::Headers,
     },
 }
 
@@ -288,9 +294,20 @@ impl Delivery {
     /// Sends the message to the consumer's dead-letter subject with `reason`
     /// as its last error, then terminates it.
     pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), BusError> {
+        self.dead_letter_with(reason, crate::message::Headers::new())
+            .await
+    }
+
+    /// Like [`dead_letter`](Self::dead_letter), adding `headers` to the dead letter.
+    pub async fn dead_letter_with(
+        self,
+        reason: impl Into<String>,
+        headers: crate::message::Headers,
+    ) -> Result<(), BusError> {
         self.acker
             .answer(AckKind::DeadLetter {
                 reason: reason.into(),
+                headers,
             })
             .await
     }

@@ -1,0 +1,162 @@
+//! Listing, inspecting and replaying dead letters.
+
+use crate::bus::EventBus;
+use crate::consumer::{dlq, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
+use crate::error::BusError;
+use crate::message::{BusMessage, Envelope, Headers, PublishAck};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The dead letters on one subject, read through a durable consumer (so
+/// that several operators see each dead letter once, and nothing is lost
+/// while nobody looks).
+pub struct DeadLetterQueue {
+    bus: Arc<dyn EventBus>,
+    consumer: ConsumerStream,
+}
+
+impl DeadLetterQueue {
+    /// Opens (or creates) the reader `reader` on `subject`. On the in-memory
+    /// bus, dead letters published before the first open are not kept.
+    pub async fn open(bus: Arc<dyn EventBus>, subject: &str, reader: &str) -> Result<Self, BusError> {
+        let config = ConsumerConfig::new(reader, subject)
+            .dead_letter_subject(None)
+            .max_deliver(1_000_000)
+            .ack_wait(Duration::from_secs(300))
+            .start(StartPosition::All);
+        let consumer = bus.consume(config).await?;
+        Ok(DeadLetterQueue { bus, consumer })
+    }
+
+    /// The next dead letter, waiting up to `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.consumer.next()).await {
+                Err(_) | Ok(None) => return Ok(None),
+                Ok(Some(Ok(d))) => {
+                    return Ok(Some(DeadLetter {
+                        delivery: d,
+                        bus: self.bus.clone(),
+                    }))
+                }
+                Ok(Some(Err(e))) if e.kind().is_transient() => continue,
+                Ok(Some(Err(e))) => return Err(e),
+            }
+        }
+    }
+
+    /// Up to `max` dead letters, waiting at most `idle` for each.
+    pub async fn list(&mut self, max: usize, idle: Duration) -> Result<Vec<DeadLetter>, BusError> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.next(idle).await? {
+                Some(d) => out.push(d),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One dead letter: inspect it, then [`replay`](Self::replay),
+/// [`discard`](Self::discard) or [`keep`](Self::keep) it.
+pub struct DeadLetter {
+    delivery: Delivery,
+    bus: Arc<dyn EventBus>,
+}
+
+impl DeadLetter {
+    /// The dead-letter message (payload and headers as dead-lettered).
+    pub fn message(&self) -> &BusMessage {
+        self.delivery.message()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.delivery.message().headers.get(name)
+    }
+
+    /// The subject the event was originally published to.
+    pub fn original_subject(&self) -> Option<&str> {
+        self.header(dlq::ORIGINAL_SUBJECT)
+    }
+
+    /// The original message id.
+    pub fn original_id(&self) -> Option<&str> {
+        self.header(dlq::ORIGINAL_ID)
+    }
+
+    /// Why it was dead-lettered.
+    pub fn reason(&self) -> Option<&str> {
+        self.header(dlq::LAST_ERROR)
+    }
+
+    /// The handler that gave up (runner dead letters).
+    pub fn handler(&self) -> Option<&str> {
+        self.header(dlq::HANDLER)
+    }
+
+    /// The consumer that gave up.
+    pub fn consumer(&self) -> Option<&str> {
+        self.header(dlq::CONSUMER)
+    }
+
+    /// How many times it had been delivered.
+    pub fn delivery_count(&self) -> Option<u32> {
+        self.header(dlq::DELIVERY_COUNT).and_then(|v| v.parse().ok())
+    }
+
+    /// Publishes the original event again on its original subject (original
+    /// headers, a new message id derived from the original), then removes the
+    /// dead letter.
+    pub async fn replay(self) -> Result<PublishAck, BusError> {
+        let msg = self.delivery.message();
+        let subject = self
+            .original_subject()
+            .ok_or_else(|| {
+                BusError::new(
+                    crate::ErrorKind::InvalidHeader,
+                    format!("dead letter {} has no {} header", msg.id, dlq::ORIGINAL_SUBJECT),
+                )
+            })?
+            .to_string();
+        let headers: Headers = msg
+            .headers
+            .iter()
+            .filter(|(n, _)| !n.starts_with(dlq::PREFIX))
+            .collect();
+        let id = format!(
+            "{}-replay-{}",
+            self.original_id().unwrap_or("event"),
+            msg.sequence
+        );
+        let ack = self
+            .bus
+            .publish_envelope(Envelope::new(subject, msg.payload.clone()).headers(headers).id(id))
+            .await?;
+        self.delivery.ack().await?;
+        Ok(ack)
+    }
+
+    /// Removes the dead letter without replaying it.
+    pub async fn discard(self) -> Result<(), BusError> {
+        self.delivery.ack().await
+    }
+
+    /// Leaves the dead letter in the queue (it is listed again later).
+    pub async fn keep(self) -> Result<(), BusError> {
+        self.delivery.nack(Some(Duration::from_secs(1))).await
+    }
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("original_subject", &self.original_subject())
+            .field("reason", &self.reason())
+            .field("handler", &self.handler())
+            .field("delivery_count", &self.delivery_count())
+            .finish()
+    }
+}

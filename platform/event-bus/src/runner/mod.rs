@@ -1,0 +1,793 @@
+//! The event runner: typed handlers on durable consumers, with retries, dead
+//! letters, idempotent exactly-once effects and graceful shutdown.
+//!
+//! It replaces the hand-written loop of the spec's *Module Integration*
+//! (`while let Some(msg) = stream.next().await { match handle_event(&msg) ... }`),
+//! which loses events on errors and processes duplicates twice.
+//!
+//! ```
+//! use event_bus::runner::{Event, Handler, Outcome, Runner};
+//! use event_bus::{EventBus, InMemoryBus};
+//! use std::sync::Arc;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct UserCreated { user_id: String }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), event_bus::BusError> {
+//! let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+//! let runner = Runner::builder(bus.clone(), "welcome-mails")
+//!     .handler(Handler::new("send-welcome", "auth.events.user.created",
+//!         |e: Event<'_, UserCreated>, _tx| Box::pin(async move {
+//!             println!("welcome {}", e.data.user_id);
+//!             Outcome::Ack
+//!         })))
+//!     .build();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn(runner.run(async { let _ = stopped.await; }));
+//! # let _ = stop.send(());
+//! # let _report = running.await.unwrap()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Stages, in this fixed order
+//!
+//! 1. **Decode** the payload (serde JSON) into the handler's type. A payload
+//!    that cannot be decoded goes straight to the dead letters with the
+//!    decode error; it never enters a retry loop.
+//! 2. **De-duplicate** through the [`Inbox`]: claim `(consumer, message id)`;
+//!    an event whose effects were already committed is acknowledged without
+//!    running the handler.
+//! 3. **Handle**, with retries: the handler returns an [`Outcome`]. `Ack`
+//!    commits the inbox unit of work (with the handler's own writes) and then
+//!    acknowledges; `Retry` (and any error, and a caught panic) rolls back and
+//!    tries again in process after an exponential backoff with jitter
+//!    ([`RetryPolicy`]), keeping the delivery alive meanwhile; `Drop`
+//!    acknowledges without effects; `DeadLetter` gives up at once.
+//! 4. **Dead-letter** when attempts run out (or on `DeadLetter`): the event
+//!    goes to the dead-letter subject with headers for the reason, the
+//!    handler, the original subject and the delivery count
+//!    ([`dlq`](crate::consumer::dlq)); [`DeadLetterQueue`] lists, inspects
+//!    and replays them.
+//!
+//! Retries run in process (not by redelivery) so that per-key order holds
+//! under retries; redelivery by the backend (after a crash) is the backstop,
+//! bounded by [`RunnerOptions::max_deliver`].
+//!
+//! # Concurrency and order
+//!
+//! Up to [`RunnerOptions::concurrency`] events are in flight per runner. With
+//! [`Handler::key`], events with the same key are handled one at a time in
+//! arrival order, others in parallel.
+//!
+//! # Shutdown
+//!
+//! [`Runner::run`] takes a shutdown future. When it completes, the runner
+//! stops taking events, lets those in flight finish within
+//! [`RunnerOptions::shutdown_timeout`], then cancels the rest (their unit of
+//! work rolls back) and hands them back with a nack, and returns a
+//! [`RunReport`].
+
+mod dead_letters;
+pub mod inbox;
+
+pub use dead_letters::{DeadLetter, DeadLetterQueue};
+pub use inbox::{Inbox, MemoryInbox, NoInbox};
+
+use crate::bus::EventBus;
+use crate::consumer::{dlq, ConsumerConfig, Delivery, StartPosition};
+use crate::error::BusError;
+use crate::message::{BusMessage, Headers};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+/// What a handler decided about an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: commit the effects and acknowledge.
+    Ack,
+    /// Failed: roll back and try again (after `after`, or the policy's backoff).
+    Retry {
+        /// Wait at least this long before the next attempt.
+        after: Option<Duration>,
+        /// Why (the dead letter's last error if attempts run out).
+        reason: String,
+    },
+    /// Give up now: roll back and send to the dead letters.
+    DeadLetter(String),
+    /// Ignore the event: roll back and acknowledge.
+    Drop,
+}
+
+impl Outcome {
+    /// A retry with the policy's backoff.
+    pub fn retry(reason: impl fmt::Display) -> Self {
+        Outcome::Retry {
+            after: None,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl<E: fmt::Display> From<Result<(), E>> for Outcome {
+    fn from(r: Result<(), E>) -> Self {
+        match r {
+            Ok(()) => Outcome::Ack,
+            Err(e) => Outcome::retry(e),
+        }
+    }
+}
+
+/// Bounded retries with exponential backoff and jitter.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in all (the first included); at least 1.
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt.
+    pub initial_backoff: Duration,
+    /// Upper bound of a delay.
+    pub max_backoff: Duration,
+    /// Growth factor per attempt.
+    pub multiplier: f64,
+    /// Random spread, as a fraction of the delay (0.2 = ±20 %).
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// `max_attempts` attempts with backoff starting at `initial`.
+    pub fn new(max_attempts: u32, initial: Duration) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            initial_backoff: initial,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// Sets the upper bound of a delay.
+    pub fn max_backoff(mut self, d: Duration) -> Self {
+        self.max_backoff = d;
+        self
+    }
+
+    /// Sets the jitter fraction (0 to 1).
+    pub fn jitter(mut self, j: f64) -> Self {
+        self.jitter = j.clamp(0.0, 1.0);
+        self
+    }
+
+    /// The delay after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
+        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
+        Duration::from_secs_f64((base * spread).max(0.0))
+    }
+}
+
+/// An event as a handler sees it.
+pub struct Event<'a, T> {
+    /// The decoded payload.
+    pub data: &'a T,
+    /// The message (subject, id, headers, raw payload).
+    pub message: &'a BusMessage,
+    /// This attempt's number (1 = first).
+    pub attempt: u32,
+    /// How often the backend has delivered the event (> 1 after a crash or redelivery).
+    pub delivery_count: u32,
+}
+
+type HandlerFn<T, Tx> = dyn for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync;
+type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
+
+/// A typed handler: a name, a subject pattern and an async function.
+pub struct Handler<T, Tx> {
+    name: String,
+    pattern: String,
+    retry: RetryPolicy,
+    f: Arc<HandlerFn<T, Tx>>,
+    key: Option<Arc<KeyFn<T>>>,
+}
+
+impl<T, Tx> Handler<T, Tx>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    Tx: Send + 'static,
+{
+    /// A handler named `name` (it names the durable consumer
+    /// `<runner>-<name>` and appears in dead letters) for `pattern`. `f` gets
+    /// the decoded event and the inbox's unit of work (`&mut Transaction` with
+    /// the PostgreSQL inbox) and returns an [`Outcome`]; write it as
+    /// `|e, tx| Box::pin(async move { ... })`.
+    pub fn new<F>(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self
+    where
+        F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync + 'static,
+    {
+        Handler {
+            name: name.into(),
+            pattern: pattern.into(),
+            retry: RetryPolicy::default(),
+            f: Arc::new(f),
+            key: None,
+        }
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Handles events with equal keys one at a time, in arrival order.
+    pub fn key(mut self, key: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+}
+
+type Decoded = Box<dyn Any + Send + Sync>;
+
+/// A handler with its event type erased.
+trait Erased<Tx>: Send + Sync {
+    fn decode(&self, msg: &BusMessage) -> Result<Decoded, String>;
+    fn key(&self, decoded: &Decoded) -> Option<String>;
+    fn handle<'a>(
+        &'a self,
+        decoded: &'a Decoded,
+        msg: &'a BusMessage,
+        attempt: u32,
+        delivery_count: u32,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+impl<T, Tx> Erased<Tx> for Handler<T, Tx>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    Tx: Send + 'static,
+{
+    fn decode(&self, msg: &BusMessage) -> Result<Decoded, String> {
+        serde_json::from_slice::<T>(&msg.payload)
+            .map(|t| Box::new(t) as Decoded)
+            .map_err(|e| format!("cannot decode the payload as {}: {e}", std::any::type_name::<T>()))
+    }
+
+    fn key(&self, decoded: &Decoded) -> Option<String> {
+        let k = self.key.as_ref()?;
+        decoded.downcast_ref::<T>().map(|t| k(t))
+    }
+
+    fn handle<'a>(
+        &'a self,
+        decoded: &'a Decoded,
+        msg: &'a BusMessage,
+        attempt: u32,
+        delivery_count: u32,
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Outcome> {
+        let data = decoded
+            .downcast_ref::<T>()
+            .expect("decoded by the same handler");
+        (self.f)(
+            Event {
+                data,
+                message: msg,
+                attempt,
+                delivery_count,
+            },
+            tx,
+        )
+    }
+}
+
+struct Registered<Tx> {
+    name: String,
+    pattern: String,
+    retry: RetryPolicy,
+    handler: Arc<dyn Erased<Tx>>,
+}
+
+/// Settings of a [`Runner`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RunnerOptions {
+    /// Events in flight at once (across handlers).
+    pub concurrency: usize,
+    /// How long shutdown waits for events in flight before cancelling them.
+    pub shutdown_timeout: Duration,
+    /// The consumers' ack wait (the runner keeps long handlers alive).
+    pub ack_wait: Duration,
+    /// Backend deliveries of one event before it is dead-lettered (the
+    /// backstop for crashes; retries run in process).
+    pub max_deliver: u32,
+    /// Where dead letters go (default `dlq.<runner name>`).
+    pub dead_letter_subject: String,
+    /// Where new consumers start.
+    pub start: StartPosition,
+}
+
+/// Counts of what a run did, returned by [`Runner::run`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// Events whose handler returned `Ack` (effects committed).
+    pub processed: u64,
+    /// Deliveries skipped because their effects were already committed.
+    pub duplicates: u64,
+    /// Failed attempts that were retried.
+    pub retries: u64,
+    /// Events sent to the dead letters.
+    pub dead_lettered: u64,
+    /// Events the handler chose to drop.
+    pub dropped: u64,
+    /// Events in flight at shutdown that were handed back (nacked).
+    pub handed_back: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    processed: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    dropped: AtomicU64,
+    handed_back: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> RunReport {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RunReport {
+            processed: g(&self.processed),
+            duplicates: g(&self.duplicates),
+            retries: g(&self.retries),
+            dead_lettered: g(&self.dead_lettered),
+            dropped: g(&self.dropped),
+            handed_back: g(&self.handed_back),
+        }
+    }
+}
+
+/// Builds a [`Runner`].
+pub struct RunnerBuilder<I: Inbox> {
+    bus: Arc<dyn EventBus>,
+    name: String,
+    inbox: Arc<I>,
+    handlers: Vec<Registered<I::Tx>>,
+    options: RunnerOptions,
+}
+
+/// Typed handlers on durable consumers; see the [module docs](self).
+pub struct Runner<I: Inbox = NoInbox> {
+    bus: Arc<dyn EventBus>,
+    name: String,
+    inbox: Arc<I>,
+    handlers: Vec<Registered<I::Tx>>,
+    options: RunnerOptions,
+    counters: Arc<Counters>,
+}
+
+impl Runner<NoInbox> {
+    /// A runner named `name` (several instances with the same name share the
+    /// work) on `bus`, without de-duplication until [`RunnerBuilder::inbox`].
+    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder<NoInbox> {
+        let name = name.into();
+        RunnerBuilder {
+            bus,
+            options: RunnerOptions {
+                concurrency: 16,
+                shutdown_timeout: Duration::from_secs(10),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 10,
+                dead_letter_subject: format!("dlq.{name}"),
+                start: StartPosition::New,
+            },
+            name,
+            inbox: Arc::new(NoInbox),
+            handlers: Vec::new(),
+        }
+    }
+}
+
+impl<I: Inbox> RunnerBuilder<I> {
+    /// Uses `inbox` for de-duplication. Call before adding handlers (their
+    /// unit-of-work type is the inbox's).
+    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J> {
+        assert!(
+            self.handlers.is_empty(),
+            "RunnerBuilder::inbox must be called before handlers are added"
+        );
+        RunnerBuilder {
+            bus: self.bus,
+            name: self.name,
+            inbox: Arc::new(inbox),
+            handlers: Vec::new(),
+            options: self.options,
+        }
+    }
+
+    /// Adds a handler.
+    pub fn handler<T>(mut self, h: Handler<T, I::Tx>) -> Self
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        self.handlers.push(Registered {
+            name: h.name.clone(),
+            pattern: h.pattern.clone(),
+            retry: h.retry.clone(),
+            handler: Arc::new(h),
+        });
+        self
+    }
+
+    /// Events in flight at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.options.concurrency = n.max(1);
+        self
+    }
+
+    /// Shutdown deadline for events in flight.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.options.shutdown_timeout = d;
+        self
+    }
+
+    /// The consumers' ack wait.
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.options.ack_wait = d;
+        self
+    }
+
+    /// Backend deliveries before an event is dead-lettered.
+    pub fn max_deliver(mut self, n: u32) -> Self {
+        self.options.max_deliver = n.max(1);
+        self
+    }
+
+    /// Where dead letters go.
+    pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
+        self.options.dead_letter_subject = subject.into();
+        self
+    }
+
+    /// Where new consumers start.
+    pub fn start(mut self, start: StartPosition) -> Self {
+        self.options.start = start;
+        self
+    }
+
+    /// The runner.
+    pub fn build(self) -> Runner<I> {
+        Runner {
+            bus: self.bus,
+            name: self.name,
+            inbox: self.inbox,
+            handlers: self.handlers,
+            options: self.options,
+            counters: Arc::new(Counters::default()),
+        }
+    }
+}
+
+/// Per-key chains: the completion of the last event queued for each key.
+type Chains = Arc<Mutex<FxHashMap<String, Shared<oneshot::Receiver<()>>>>>;
+
+impl<I: Inbox> Runner<I> {
+    /// The durable consumer name of handler `handler`.
+    pub fn consumer_name(&self, handler: &str) -> String {
+        format!("{}-{handler}", self.name)
+    }
+
+    /// The dead letters of this runner.
+    pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
+        DeadLetterQueue::open(
+            self.bus.clone(),
+            &self.options.dead_letter_subject,
+            &format!("{}-dlq-reader", self.name),
+        )
+        .await
+    }
+
+    fn consumer_config(&self, h: &Registered<I::Tx>) -> ConsumerConfig {
+        ConsumerConfig::new(self.consumer_name(&h.name), h.pattern.clone())
+            .ack_wait(self.options.ack_wait)
+            .max_deliver(self.options.max_deliver)
+            .dead_letter_subject(Some(self.options.dead_letter_subject.clone()))
+            .max_ack_pending(self.options.concurrency.max(1) * 2)
+            .start(self.options.start)
+    }
+
+    /// Opens the consumers (so that events published from now on are
+    /// handled) and runs until `shutdown` completes; see the module docs.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport, BusError> {
+        let mut streams = Vec::with_capacity(self.handlers.len());
+        for (i, h) in self.handlers.iter().enumerate() {
+            let s = self.bus.consume(self.consumer_config(h)).await?;
+            streams.push(s.map(move |item| (i, item)));
+        }
+        let mut merged = futures::stream::select_all(streams);
+        let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let chains: Chains = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        let handlers: Vec<Arc<Registered<I::Tx>>> = self.handlers.into_iter().map(Arc::new).collect();
+        let ctx = Arc::new(TaskCtx {
+            inbox: self.inbox.clone(),
+            counters: self.counters.clone(),
+            ack_wait: self.options.ack_wait,
+            runner: self.name.clone(),
+        });
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = semaphore.clone().acquire_owned() => p.expect("semaphore open"),
+            };
+            let (i, item) = tokio::select! {
+                _ = &mut shutdown => break,
+                next = merged.next() => match next {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            let delivery = match item {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(runner = %self.name, error = %e, "consumer error; continuing");
+                    continue;
+                }
+            };
+            // Reap finished tasks as we go.
+            while tasks.try_join_next().is_some() {}
+            let h = handlers[i].clone();
+            let decoded = h.handler.decode(delivery.message());
+            let (prev, done) = match decoded.as_ref().ok().and_then(|d| h.handler.key(d)) {
+                Some(key) => {
+                    let (done_tx, done_rx) = oneshot::channel::<()>();
+                    let shared = done_rx.shared();
+                    let prev = chains.lock().insert(key.clone(), shared.clone());
+                    (prev, Some((done_tx, key, shared)))
+                }
+                None => (None, None),
+            };
+            let ctx = ctx.clone();
+            let cancel = cancel_rx.clone();
+            let chains = chains.clone();
+            tasks.spawn(async move {
+                if let Some(prev) = prev {
+                    let _ = prev.await;
+                }
+                process(&ctx, &h, delivery, decoded, cancel).await;
+                if let Some((done_tx, key, mine)) = done {
+                    let _ = done_tx.send(());
+                    let mut map = chains.lock();
+                    if map.get(&key).is_some_and(|cur| cur.ptr_eq(&mine)) {
+                        map.remove(&key);
+                    }
+                }
+                drop(permit);
+            });
+        }
+        // Stop taking events; deliveries buffered by the backend and not yet
+        // taken are redelivered after the ack wait.
+        drop(merged);
+        let finished = tokio::time::timeout(self.options.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            let _ = cancel_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+        }
+        Ok(self.counters.report())
+    }
+}
+
+struct TaskCtx<I> {
+    inbox: Arc<I>,
+    counters: Arc<Counters>,
+    ack_wait: Duration,
+    runner: String,
+}
+
+enum Attempt {
+    Acked,
+    Duplicate,
+    Dropped,
+    DeadLetter(String),
+    Failed { after: Option<Duration>, reason: String },
+}
+
+async fn cancelled(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn dlq_headers(handler: &str) -> Headers {
+    let mut h = Headers::new();
+    h.insert(dlq::HANDLER, handler);
+    h
+}
+
+async fn process<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<I::Tx>,
+    delivery: Delivery,
+    decoded: Result<Decoded, String>,
+    cancel: watch::Receiver<bool>,
+) {
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(reason) => {
+            ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = delivery.dead_letter_with(reason, dlq_headers(&h.name)).await {
+                tracing::error!(handler = %h.name, error = %e, "dead-lettering an undecodable event failed");
+            }
+            return;
+        }
+    };
+    let consumer = format!("{}-{}", ctx.runner, h.name);
+    let id = delivery.id.to_string();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let work = run_attempt(ctx, h, &delivery, &decoded, &consumer, &id, attempt);
+        let alive = keep_alive(&delivery, ctx.ack_wait);
+        let result = tokio::select! {
+            _ = cancelled(cancel.clone()) => None,
+            r = work => Some(r),
+            _ = alive => unreachable!("keep_alive never completes"),
+        };
+        let Some(result) = result else {
+            // Shutdown deadline passed: the unit of work was dropped (rolled back).
+            ctx.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+            let _ = delivery.nack(None).await;
+            return;
+        };
+        let answered = match result {
+            Attempt::Acked => {
+                ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            Attempt::Duplicate => {
+                ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            Attempt::Dropped => {
+                ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                delivery.ack().await
+            }
+            Attempt::DeadLetter(reason) => {
+                ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                delivery.dead_letter_with(reason, dlq_headers(&h.name)).await
+            }
+            Attempt::Failed { after, reason } => {
+                if attempt >= h.retry.max_attempts {
+                    ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("{reason} (after {attempt} attempts)");
+                    delivery.dead_letter_with(reason, dlq_headers(&h.name)).await
+                } else {
+                    ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    let wait = after.unwrap_or_else(|| h.retry.delay(attempt));
+                    tracing::debug!(handler = %h.name, attempt, ?wait, reason, "handler failed; retrying");
+                    let waited = tokio::select! {
+                        _ = cancelled(cancel.clone()) => false,
+                        _ = tokio::time::sleep(wait) => true,
+                        _ = keep_alive(&delivery, ctx.ack_wait) => unreachable!(),
+                    };
+                    if !waited {
+                        ctx.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+                        let _ = delivery.nack(None).await;
+                        return;
+                    }
+                    continue;
+                }
+            }
+        };
+        if let Err(e) = answered {
+            tracing::warn!(handler = %h.name, error = %e, "answering a delivery failed; it will be redelivered");
+        }
+        return;
+    }
+}
+
+/// Sends "in progress" periodically so that a long handler keeps its delivery.
+async fn keep_alive(delivery: &Delivery, ack_wait: Duration) {
+    let every = (ack_wait / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let _ = delivery.in_progress().await;
+    }
+}
+
+async fn run_attempt<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<I::Tx>,
+    delivery: &Delivery,
+    decoded: &Decoded,
+    consumer: &str,
+    id: &str,
+    attempt: u32,
+) -> Attempt {
+    let mut tx = match ctx.inbox.begin(consumer, id).await {
+        Ok(Some(tx)) => tx,
+        Ok(None) => return Attempt::Duplicate,
+        Err(e) => {
+            return Attempt::Failed {
+                after: None,
+                reason: format!("inbox: {e}"),
+            }
+        }
+    };
+    let outcome = AssertUnwindSafe(h.handler.handle(
+        decoded,
+        delivery.message(),
+        attempt,
+        delivery.delivery_count(),
+        &mut tx,
+    ))
+    .catch_unwind()
+    .await;
+    match outcome {
+        Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
+            Ok(()) => Attempt::Acked,
+            Err(e) => Attempt::Failed {
+                after: None,
+                reason: format!("committing: {e}"),
+            },
+        },
+        Ok(Outcome::Retry { after, reason }) => {
+            ctx.inbox.rollback(tx).await;
+            Attempt::Failed { after, reason }
+        }
+        Ok(Outcome::DeadLetter(reason)) => {
+            ctx.inbox.rollback(tx).await;
+            Attempt::DeadLetter(reason)
+        }
+        Ok(Outcome::Drop) => {
+            ctx.inbox.rollback(tx).await;
+            Attempt::Dropped
+        }
+        Err(panic) => {
+            ctx.inbox.rollback(tx).await;
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a non-string panic".into());
+            Attempt::Failed {
+                after: None,
+                reason: format!("handler panicked: {what}"),
+            }
+        }
+    }
+}
