@@ -135,7 +135,11 @@ impl PgInbox {
 
     /// Runs [`purge_older_than`](Inbox::purge_older_than) every `every`,
     /// until the returned handle is aborted or dropped with the runtime.
-    pub fn spawn_cleanup(&self, every: Duration, older_than: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_cleanup(
+        &self,
+        every: Duration,
+        older_than: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let inbox = self.clone();
         tokio::spawn(async move {
             loop {

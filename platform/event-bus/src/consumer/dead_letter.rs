@@ -150,9 +150,9 @@ pub(crate) fn with_dead_letters(
                         )
                     });
                     match shared
-                    .dead_letter(&msg, shared.max_deliver, &reason, &Headers::new())
-                    .await
-                {
+                        .dead_letter(&msg, shared.max_deliver, &reason, &Headers::new())
+                        .await
+                    {
                         Ok(()) => {
                             let _ = acker
                                 .answer(AckKind::Term {

@@ -194,6 +194,9 @@ impl Stream for Instance {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let durable = self.durable.clone();
         let now = Instant::now();
+        // Register first: polling the feed may wake the waiters right away
+        // (an active subscription re-polls itself instead of parking).
+        durable.wake_all.register(cx.waker());
         let mut st = durable.state.lock();
         // Take new messages from the feed (waking every instance when more come).
         let feed_waker = futures::task::waker(durable.wake_all.clone());
@@ -261,7 +264,6 @@ impl Stream for Instance {
             };
             return Poll::Ready(Some(Ok(Delivery::new(msg, deliveries, Box::new(acker)))));
         }
-        durable.wake_all.register(cx.waker());
         drop(st);
         if let Some(at) = next_wake {
             self.sleep.as_mut().reset(at);

@@ -19,7 +19,11 @@ pub struct DeadLetterQueue {
 impl DeadLetterQueue {
     /// Opens (or creates) the reader `reader` on `subject`. On the in-memory
     /// bus, dead letters published before the first open are not kept.
-    pub async fn open(bus: Arc<dyn EventBus>, subject: &str, reader: &str) -> Result<Self, BusError> {
+    pub async fn open(
+        bus: Arc<dyn EventBus>,
+        subject: &str,
+        reader: &str,
+    ) -> Result<Self, BusError> {
         let config = ConsumerConfig::new(reader, subject)
             .dead_letter_subject(None)
             .max_deliver(1_000_000)
@@ -104,7 +108,8 @@ impl DeadLetter {
 
     /// How many times it had been delivered.
     pub fn delivery_count(&self) -> Option<u32> {
-        self.header(dlq::DELIVERY_COUNT).and_then(|v| v.parse().ok())
+        self.header(dlq::DELIVERY_COUNT)
+            .and_then(|v| v.parse().ok())
     }
 
     /// Publishes the original event again on its original subject (original
@@ -117,7 +122,11 @@ impl DeadLetter {
             .ok_or_else(|| {
                 BusError::new(
                     crate::ErrorKind::InvalidHeader,
-                    format!("dead letter {} has no {} header", msg.id, dlq::ORIGINAL_SUBJECT),
+                    format!(
+                        "dead letter {} has no {} header",
+                        msg.id,
+                        dlq::ORIGINAL_SUBJECT
+                    ),
                 )
             })?
             .to_string();
@@ -133,7 +142,11 @@ impl DeadLetter {
         );
         let ack = self
             .bus
-            .publish_envelope(Envelope::new(subject, msg.payload.clone()).headers(headers).id(id))
+            .publish_envelope(
+                Envelope::new(subject, msg.payload.clone())
+                    .headers(headers)
+                    .id(id),
+            )
             .await?;
         self.delivery.ack().await?;
         Ok(ack)

@@ -146,7 +146,11 @@ impl MemoryInbox {
 impl Inbox for MemoryInbox {
     type Tx = MemoryClaim;
 
-    async fn begin(&self, consumer: &str, message_id: &str) -> Result<Option<MemoryClaim>, BusError> {
+    async fn begin(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<Option<MemoryClaim>, BusError> {
         let key = (consumer.to_string(), message_id.to_string());
         let now = Instant::now();
         let mut st = self.state.lock();
@@ -201,15 +205,31 @@ mod tests {
     async fn claims_commit_and_duplicates() {
         let inbox = MemoryInbox::default();
         let tx = inbox.begin("c", "m1").await.unwrap().expect("first claim");
-        assert_eq!(inbox.begin("c", "m1").await.unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(
+            inbox.begin("c", "m1").await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
         inbox.commit(tx).await.unwrap();
-        assert!(inbox.begin("c", "m1").await.unwrap().is_none(), "committed: a duplicate");
-        assert!(inbox.begin("other", "m1").await.unwrap().is_some(), "per consumer");
+        assert!(
+            inbox.begin("c", "m1").await.unwrap().is_none(),
+            "committed: a duplicate"
+        );
+        assert!(
+            inbox.begin("other", "m1").await.unwrap().is_some(),
+            "per consumer"
+        );
         let tx = inbox.begin("c", "m2").await.unwrap().unwrap();
         inbox.rollback(tx).await;
-        let tx = inbox.begin("c", "m2").await.unwrap().expect("rolled back: claimable again");
+        let tx = inbox
+            .begin("c", "m2")
+            .await
+            .unwrap()
+            .expect("rolled back: claimable again");
         drop(tx);
-        assert!(inbox.begin("c", "m2").await.unwrap().is_some(), "dropped: claimable again");
+        assert!(
+            inbox.begin("c", "m2").await.unwrap().is_some(),
+            "dropped: claimable again"
+        );
     }
 
     #[tokio::test]
@@ -223,7 +243,16 @@ mod tests {
         let short = MemoryInbox::new(10, Duration::ZERO);
         let tx = short.begin("c", "x").await.unwrap().unwrap();
         short.commit(tx).await.unwrap();
-        assert!(short.begin("c", "x").await.unwrap().is_some(), "expired claims are forgotten");
-        assert_eq!(MemoryInbox::default().purge_older_than(Duration::ZERO).await.unwrap(), 0);
+        assert!(
+            short.begin("c", "x").await.unwrap().is_some(),
+            "expired claims are forgotten"
+        );
+        assert_eq!(
+            MemoryInbox::default()
+                .purge_older_than(Duration::ZERO)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

@@ -182,9 +182,14 @@ impl RetryPolicy {
 
     /// The delay after failed attempt number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let base = (self.initial_backoff.as_secs_f64() * exp).min(self.max_backoff.as_secs_f64());
-        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
         let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
         Duration::from_secs_f64((base * spread).max(0.0))
@@ -203,7 +208,8 @@ pub struct Event<'a, T> {
     pub delivery_count: u32,
 }
 
-type HandlerFn<T, Tx> = dyn for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync;
+type HandlerFn<T, Tx> =
+    dyn for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync;
 type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
 
 /// A typed handler: a name, a subject pattern and an async function.
@@ -275,7 +281,12 @@ where
     fn decode(&self, msg: &BusMessage) -> Result<Decoded, String> {
         serde_json::from_slice::<T>(&msg.payload)
             .map(|t| Box::new(t) as Decoded)
-            .map_err(|e| format!("cannot decode the payload as {}: {e}", std::any::type_name::<T>()))
+            .map_err(|e| {
+                format!(
+                    "cannot decode the payload as {}: {e}",
+                    std::any::type_name::<T>()
+                )
+            })
     }
 
     fn key(&self, decoded: &Decoded) -> Option<String> {
@@ -523,20 +534,53 @@ impl<I: Inbox> Runner<I> {
             .start(self.options.start)
     }
 
-    /// Opens the consumers (so that events published from now on are
-    /// handled) and runs until `shutdown` completes; see the module docs.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<RunReport, BusError> {
+    async fn open(&self) -> Result<Vec<Tagged>, BusError> {
         let mut streams = Vec::with_capacity(self.handlers.len());
         for (i, h) in self.handlers.iter().enumerate() {
             let s = self.bus.consume(self.consumer_config(h)).await?;
-            streams.push(s.map(move |item| (i, item)));
+            streams.push(Box::pin(s.map(move |item| (i, item))) as Tagged);
         }
+        Ok(streams)
+    }
+
+    /// Opens the consumers (so that events published from now on are
+    /// handled) and runs until `shutdown` completes; see the module docs.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunReport, BusError> {
+        let streams = self.open().await?;
+        Ok(self.drive(streams, shutdown).await)
+    }
+
+    /// Opens the consumers, then runs in a background task; events published
+    /// after this returns are handled. Stop it with [`RunnerHandle::shutdown`].
+    pub async fn spawn(self) -> Result<RunnerHandle, BusError> {
+        let streams = self.open().await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let counters = self.counters.clone();
+        let task = tokio::spawn(self.drive(streams, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunnerHandle {
+            stop: Some(stop),
+            task,
+            counters,
+        })
+    }
+
+    async fn drive(
+        self,
+        streams: Vec<Tagged>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> RunReport {
         let mut merged = futures::stream::select_all(streams);
         let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let chains: Chains = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
-        let handlers: Vec<Arc<Registered<I::Tx>>> = self.handlers.into_iter().map(Arc::new).collect();
+        let handlers: Vec<Arc<Registered<I::Tx>>> =
+            self.handlers.into_iter().map(Arc::new).collect();
         let ctx = Arc::new(TaskCtx {
             inbox: self.inbox.clone(),
             counters: self.counters.clone(),
@@ -605,7 +649,45 @@ impl<I: Inbox> Runner<I> {
             let _ = cancel_tx.send(true);
             while tasks.join_next().await.is_some() {}
         }
-        Ok(self.counters.report())
+        self.counters.report()
+    }
+}
+
+type Tagged =
+    std::pin::Pin<Box<dyn futures::Stream<Item = (usize, Result<Delivery, BusError>)> + Send>>;
+
+/// A runner running in the background ([`Runner::spawn`]).
+pub struct RunnerHandle {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<RunReport>,
+    counters: Arc<Counters>,
+}
+
+impl RunnerHandle {
+    /// What the runner has done so far.
+    pub fn report(&self) -> RunReport {
+        self.counters.report()
+    }
+
+    /// Graceful shutdown (see the module docs); returns the final report.
+    pub async fn shutdown(mut self) -> RunReport {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::error!(error = %e, "runner task failed");
+                self.counters.report()
+            }
+        }
+    }
+
+    /// Stops the runner at once, as a crash would: events in flight are
+    /// neither acknowledged nor handed back (the backend redelivers them after
+    /// the ack wait). For tests of crash recovery.
+    pub fn abort(self) {
+        self.task.abort();
     }
 }
 
@@ -621,7 +703,10 @@ enum Attempt {
     Duplicate,
     Dropped,
     DeadLetter(String),
-    Failed { after: Option<Duration>, reason: String },
+    Failed {
+        after: Option<Duration>,
+        reason: String,
+    },
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -649,7 +734,10 @@ async fn process<I: Inbox>(
         Ok(d) => d,
         Err(reason) => {
             ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = delivery.dead_letter_with(reason, dlq_headers(&h.name)).await {
+            if let Err(e) = delivery
+                .dead_letter_with(reason, dlq_headers(&h.name))
+                .await
+            {
                 tracing::error!(handler = %h.name, error = %e, "dead-lettering an undecodable event failed");
             }
             return;
@@ -688,13 +776,17 @@ async fn process<I: Inbox>(
             }
             Attempt::DeadLetter(reason) => {
                 ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                delivery.dead_letter_with(reason, dlq_headers(&h.name)).await
+                delivery
+                    .dead_letter_with(reason, dlq_headers(&h.name))
+                    .await
             }
             Attempt::Failed { after, reason } => {
                 if attempt >= h.retry.max_attempts {
                     ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("{reason} (after {attempt} attempts)");
-                    delivery.dead_letter_with(reason, dlq_headers(&h.name)).await
+                    delivery
+                        .dead_letter_with(reason, dlq_headers(&h.name))
+                        .await
                 } else {
                     ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
                     let wait = after.unwrap_or_else(|| h.retry.delay(attempt));
