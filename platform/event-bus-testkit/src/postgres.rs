@@ -1399,6 +1399,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn port_in_use_is_detected_for_retry() {
+        within(async {
+            let blocker = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let mut server = Server::init(pg_bin_dir().unwrap()).await.expect("initdb");
+            server.port = blocker.local_addr().unwrap().port();
+            let err = server.spawn_and_wait().await.unwrap_err();
+            assert!(err.is_address_in_use(), "{err}");
+            assert!(server.child.is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn database_url_mode_creates_and_drops_a_fresh_database() {
         within(async {
             // Use a throwaway server as the "DATABASE_URL" server.

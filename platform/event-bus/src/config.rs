@@ -307,8 +307,12 @@ impl StreamSpec {
                 "must be positive or -1 (no limit)",
             ));
         }
-        if self.duplicate_window.is_zero() {
-            return Err(bad("duplicate_window", "0s", "must be positive"));
+        if self.duplicate_window < Duration::from_millis(100) {
+            return Err(bad(
+                "duplicate_window",
+                &humantime::format_duration(self.duplicate_window).to_string(),
+                "must be at least 100ms (JetStream's minimum)",
+            ));
         }
         if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
             return Err(bad(

@@ -1,0 +1,372 @@
+//! The event runner with the PostgreSQL inbox, on both backends: exactly one
+//! effect per event under duplicates, crashes between commit and ack, random
+//! failures and restarts. PostgreSQL: `DATABASE_URL`, else a throwaway server
+//! started from the installed binaries.
+
+use async_trait::async_trait;
+use event_bus::config::StreamSpec;
+use event_bus::runner::{Event, Handler, Inbox, Outcome, RetryPolicy, Runner};
+use event_bus::{BusError, Envelope, EventBus, InMemoryBus, MemoryConfig, NatsBus};
+use event_bus_postgres::PgInbox;
+use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::postgres::TestPostgres;
+use event_bus_testkit::wait;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Serialize, Deserialize)]
+struct Job {
+    id: i64,
+    poison: bool,
+}
+
+fn job(id: i64, poison: bool) -> Vec<u8> {
+    serde_json::to_vec(&Job { id, poison }).unwrap()
+}
+
+struct Env {
+    bus: Arc<dyn EventBus>,
+    pool: PgPool,
+    _pg: TestPostgres,
+    _nats: Option<NatsServer>,
+}
+
+async fn pg() -> (TestPostgres, PgPool) {
+    let pg = TestPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(12)
+        .connect(&pg.url())
+        .await
+        .expect("connect to the test database");
+    sqlx::raw_sql(
+        "CREATE TABLE effects (event_id BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    (pg, pool)
+}
+
+async fn memory() -> Env {
+    let (pg, pool) = pg().await;
+    // A tiny de-duplication window, so that a re-published id reaches the consumer.
+    let mut config = MemoryConfig::default();
+    config.dedup_window = Duration::from_millis(1);
+    Env {
+        bus: Arc::new(InMemoryBus::with_config(config)),
+        pool,
+        _pg: pg,
+        _nats: None,
+    }
+}
+
+async fn nats() -> Env {
+    let (pg, pool) = pg().await;
+    let server = NatsServer::start().await.expect("start nats-server");
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    bus.ensure_streams(&[
+        StreamSpec::new("WORK", ["work.>"]).duplicate_window(Duration::from_millis(100))
+    ])
+    .await
+    .unwrap();
+    Env {
+        bus: Arc::new(bus),
+        pool,
+        _pg: pg,
+        _nats: Some(server),
+    }
+}
+
+async fn effect_counts(pool: &PgPool) -> Vec<(i64, i64)> {
+    sqlx::query_as("SELECT event_id, count(*) FROM effects GROUP BY event_id ORDER BY event_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+fn handler(fail_rate: f64) -> Handler<Job, sqlx::Transaction<'static, sqlx::Postgres>> {
+    Handler::new(
+        "record",
+        "work.*",
+        move |e: Event<'_, Job>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+            Box::pin(async move {
+                if e.data.poison {
+                    return Outcome::retry("poison event");
+                }
+                let written = sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                    .bind(e.data.id)
+                    .execute(&mut **tx)
+                    .await;
+                if let Err(err) = written {
+                    return Outcome::retry(err);
+                }
+                // Fail after the write: the rollback must undo it.
+                if fail_rate > 0.0 && rand_unit() < fail_rate {
+                    return Outcome::retry("random failure");
+                }
+                Outcome::Ack
+            })
+        },
+    )
+    .retry(RetryPolicy::new(20, Duration::from_millis(1)).max_backoff(Duration::from_millis(20)))
+}
+
+fn rand_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (r >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A PgInbox that, once armed, commits and then hangs instead of returning:
+/// the process "dies" between the commit and the ack.
+struct CrashAfterCommit {
+    inner: PgInbox,
+    armed: Arc<AtomicBool>,
+    committed: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl Inbox for CrashAfterCommit {
+    type Tx = <PgInbox as Inbox>::Tx;
+
+    async fn begin(&self, consumer: &str, id: &str) -> Result<Option<Self::Tx>, BusError> {
+        self.inner.begin(consumer, id).await
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), BusError> {
+        self.inner.commit(tx).await?;
+        if self.armed.load(Ordering::SeqCst) {
+            self.committed.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        self.inner.rollback(tx).await
+    }
+
+    async fn purge_older_than(&self, age: Duration) -> Result<u64, BusError> {
+        self.inner.purge_older_than(age).await
+    }
+}
+
+async fn inbox(pool: &PgPool) -> PgInbox {
+    let inbox = PgInbox::new(pool.clone());
+    inbox.migrate().await.expect("create the inbox table");
+    inbox
+}
+
+fn runner<I: Inbox<Tx = sqlx::Transaction<'static, sqlx::Postgres>>>(
+    bus: &Arc<dyn EventBus>,
+    inbox: I,
+    fail_rate: f64,
+) -> Runner<I> {
+    Runner::builder(bus.clone(), "pg")
+        .inbox(inbox)
+        .concurrency(8)
+        .ack_wait(Duration::from_millis(1500))
+        .shutdown_timeout(Duration::from_millis(200))
+        .handler(handler(fail_rate))
+        .build()
+}
+
+/// The same message id published twice, and a redelivery forced after the
+/// effect committed (the consumer dies between commit and ack): one effect.
+async fn duplicates_have_one_effect(env: Env) {
+    let armed = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicBool::new(false));
+    let crashy = CrashAfterCommit {
+        inner: inbox(&env.pool).await,
+        armed: armed.clone(),
+        committed: committed.clone(),
+    };
+    let first = runner(&env.bus, crashy, 0.0).spawn().await.unwrap();
+
+    // 1. The same id twice (after the bus's own de-duplication window).
+    env.bus
+        .publish_envelope(Envelope::new("work.a", job(1, false)).id("evt-1"))
+        .await
+        .unwrap();
+    wait::until_async(
+        Duration::from_secs(10),
+        "the first copy's effect",
+        || async { effect_counts(&env.pool).await.len() == 1 },
+    )
+    .await;
+    wait::until_async(
+        Duration::from_secs(10),
+        "a second copy accepted by the bus",
+        || async {
+            let ack = env
+                .bus
+                .publish_envelope(Envelope::new("work.a", job(1, false)).id("evt-1"))
+                .await
+                .unwrap();
+            !ack.duplicate
+        },
+    )
+    .await;
+
+    // 2. Die between commit and ack.
+    armed.store(true, Ordering::SeqCst);
+    env.bus
+        .publish_envelope(Envelope::new("work.a", job(2, false)).id("evt-2"))
+        .await
+        .unwrap();
+    wait::until(
+        Duration::from_secs(10),
+        "the commit before the crash",
+        || committed.load(Ordering::SeqCst),
+    )
+    .await;
+    let before = first.report();
+    first.abort();
+    let second = runner(&env.bus, inbox(&env.pool).await, 0.0)
+        .spawn()
+        .await
+        .unwrap();
+    wait::until(
+        Duration::from_secs(20),
+        "the redelivery of the committed event to be skipped",
+        || second.report().duplicates >= 1,
+    )
+    .await;
+    let report = second.shutdown().await;
+    let counts = effect_counts(&env.pool).await;
+    println!("duplicates: first run {before:?}, after the crash {report:?}, effects {counts:?}");
+    assert_eq!(counts, vec![(1, 1), (2, 1)], "exactly one effect per event");
+    assert!(
+        before.duplicates + report.duplicates >= 2,
+        "both duplicates were recognised"
+    );
+}
+
+/// 10,000 events, 30 % random failures, two restarts (one a crash, one
+/// graceful): every event has exactly one effect; the dead letters hold the
+/// poison events and nothing else.
+async fn chaos(env: Env) {
+    let total = 10_000i64;
+    let poison: BTreeSet<i64> = (1..=total).filter(|i| i % 1000 == 0).collect();
+    let mut dead = Runner::builder(env.bus.clone(), "pg")
+        .build()
+        .dead_letters()
+        .await
+        .unwrap();
+    let pg_inbox = inbox(&env.pool).await;
+    let mut running = runner(&env.bus, pg_inbox.clone(), 0.3)
+        .spawn()
+        .await
+        .unwrap();
+    let envs: Vec<Envelope> = (1..=total)
+        .map(|i| Envelope::new("work.chaos", job(i, poison.contains(&i))).id(format!("chaos-{i}")))
+        .collect();
+    for r in env.bus.publish_batch(envs).await {
+        r.expect("publish");
+    }
+    let processed = || async { effect_counts(&env.pool).await.len() as i64 };
+    wait::until_async(Duration::from_secs(60), "a third processed", || async {
+        processed().await >= total / 3
+    })
+    .await;
+    running.abort(); // crash
+    running = runner(&env.bus, pg_inbox.clone(), 0.3)
+        .spawn()
+        .await
+        .unwrap();
+    wait::until_async(Duration::from_secs(60), "two thirds processed", || async {
+        processed().await >= 2 * total / 3
+    })
+    .await;
+    let graceful = running.shutdown().await; // graceful restart
+    running = runner(&env.bus, pg_inbox, 0.3).spawn().await.unwrap();
+    wait::until_async(
+        Duration::from_secs(120),
+        "every good event processed",
+        || async { processed().await == total - poison.len() as i64 },
+    )
+    .await;
+    let mut dead_ids = BTreeSet::new();
+    while dead_ids.len() < poison.len() {
+        let d = dead
+            .next(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .expect("a dead letter for every poison event");
+        let j: Job = serde_json::from_slice(&d.message().payload).unwrap();
+        assert!(j.poison, "a good event was dead-lettered: {}", j.id);
+        assert!(
+            dead_ids.insert(j.id),
+            "poison event {} dead-lettered twice",
+            j.id
+        );
+        d.discard().await.unwrap();
+    }
+    let last = running.shutdown().await;
+    assert!(
+        dead.next(Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing else in the dead letters"
+    );
+    let counts = effect_counts(&env.pool).await;
+    assert_eq!(counts.len() as i64, total - poison.len() as i64);
+    assert!(
+        counts.iter().all(|(_, n)| *n == 1),
+        "an event has more than one effect"
+    );
+    assert_eq!(dead_ids, poison);
+    println!(
+        "chaos: {total} events, {} effects (each exactly once), {} dead letters (all poison); graceful restart report {graceful:?}; last run {last:?}",
+        counts.len(),
+        dead_ids.len()
+    );
+}
+
+/// Old inbox rows are removed.
+async fn cleanup(env: Env) {
+    let inbox = inbox(&env.pool).await;
+    let tx = inbox.begin("c", "old").await.unwrap().unwrap();
+    inbox.commit(tx).await.unwrap();
+    assert!(inbox.contains("c", "old").await.unwrap());
+    assert_eq!(
+        inbox
+            .purge_older_than(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(inbox.purge_older_than(Duration::ZERO).await.unwrap(), 1);
+    assert!(!inbox.contains("c", "old").await.unwrap());
+    assert!(PgInbox::with_table(env.pool.clone(), "bad; drop table x").is_err());
+}
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod memory_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(memory().await).await }
+            )*
+        }
+        mod nats_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(nats().await).await }
+            )*
+        }
+    };
+}
+
+on_both!(duplicates_have_one_effect, chaos, cleanup);
