@@ -39,7 +39,7 @@
 
 use async_trait::async_trait;
 use event_bus::runner::Inbox;
-use event_bus::{BusError, ErrorKind};
+use event_bus::{BusError, ErrorKind, MessageId};
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Transaction};
 use std::time::Duration;
@@ -158,7 +158,12 @@ impl PgInbox {
 impl Inbox for PgInbox {
     type Tx = Transaction<'static, Postgres>;
 
-    async fn begin(&self, consumer: &str, message_id: &str) -> Result<Option<Self::Tx>, BusError> {
+    async fn begin(
+        &self,
+        consumer: &str,
+        message_id: &MessageId,
+    ) -> Result<Option<Self::Tx>, BusError> {
+        let message_id = message_id.to_string();
         let mut tx = self
             .pool
             .begin()
@@ -172,7 +177,7 @@ impl Inbox for PgInbox {
             self.table
         )))
         .bind(consumer)
-        .bind(message_id)
+        .bind(&message_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| db_error("claiming the message", e))?

@@ -137,7 +137,11 @@ struct CrashAfterCommit {
 impl Inbox for CrashAfterCommit {
     type Tx = <PgInbox as Inbox>::Tx;
 
-    async fn begin(&self, consumer: &str, id: &str) -> Result<Option<Self::Tx>, BusError> {
+    async fn begin(
+        &self,
+        consumer: &str,
+        id: &event_bus::MessageId,
+    ) -> Result<Option<Self::Tx>, BusError> {
         self.inner.begin(consumer, id).await
     }
 
@@ -335,7 +339,7 @@ async fn chaos(env: Env) {
 /// Old inbox rows are removed.
 async fn cleanup(env: Env) {
     let inbox = inbox(&env.pool).await;
-    let tx = inbox.begin("c", "old").await.unwrap().unwrap();
+    let tx = inbox.begin("c", &"old".into()).await.unwrap().unwrap();
     inbox.commit(tx).await.unwrap();
     assert!(inbox.contains("c", "old").await.unwrap());
     assert_eq!(

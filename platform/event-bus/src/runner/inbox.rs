@@ -15,6 +15,7 @@
 //! * [`NoInbox`]: no de-duplication.
 
 use crate::error::{BusError, ErrorKind};
+use crate::message::MessageId;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -32,7 +33,11 @@ pub trait Inbox: Send + Sync + 'static {
     /// already committed (a duplicate), else a unit of work. A claim held by
     /// another worker at the same moment is an [`ErrorKind::Conflict`]
     /// error (the runner retries).
-    async fn begin(&self, consumer: &str, message_id: &str) -> Result<Option<Self::Tx>, BusError>;
+    async fn begin(
+        &self,
+        consumer: &str,
+        message_id: &MessageId,
+    ) -> Result<Option<Self::Tx>, BusError>;
 
     /// Commits the claim together with the handler's writes.
     async fn commit(&self, tx: Self::Tx) -> Result<(), BusError>;
@@ -52,7 +57,11 @@ pub struct NoInbox;
 impl Inbox for NoInbox {
     type Tx = ();
 
-    async fn begin(&self, _consumer: &str, _message_id: &str) -> Result<Option<()>, BusError> {
+    async fn begin(
+        &self,
+        _consumer: &str,
+        _message_id: &MessageId,
+    ) -> Result<Option<()>, BusError> {
         Ok(Some(()))
     }
 
@@ -149,7 +158,7 @@ impl Inbox for MemoryInbox {
     async fn begin(
         &self,
         consumer: &str,
-        message_id: &str,
+        message_id: &MessageId,
     ) -> Result<Option<MemoryClaim>, BusError> {
         let key = (consumer.to_string(), message_id.to_string());
         let now = Instant::now();
@@ -159,7 +168,7 @@ impl Inbox for MemoryInbox {
             Some((true, _)) => Ok(None),
             Some((false, _)) => Err(BusError::new(
                 ErrorKind::Conflict,
-                format!("message {message_id:?} is being processed by another worker of consumer {consumer:?}"),
+                format!("message {message_id} is being processed by another worker of consumer {consumer:?}"),
             )),
             None => {
                 st.entries.insert(key.clone(), (false, now));
@@ -204,30 +213,34 @@ mod tests {
     #[tokio::test]
     async fn claims_commit_and_duplicates() {
         let inbox = MemoryInbox::default();
-        let tx = inbox.begin("c", "m1").await.unwrap().expect("first claim");
+        let tx = inbox
+            .begin("c", &"m1".into())
+            .await
+            .unwrap()
+            .expect("first claim");
         assert_eq!(
-            inbox.begin("c", "m1").await.unwrap_err().kind(),
+            inbox.begin("c", &"m1".into()).await.unwrap_err().kind(),
             ErrorKind::Conflict
         );
         inbox.commit(tx).await.unwrap();
         assert!(
-            inbox.begin("c", "m1").await.unwrap().is_none(),
+            inbox.begin("c", &"m1".into()).await.unwrap().is_none(),
             "committed: a duplicate"
         );
         assert!(
-            inbox.begin("other", "m1").await.unwrap().is_some(),
+            inbox.begin("other", &"m1".into()).await.unwrap().is_some(),
             "per consumer"
         );
-        let tx = inbox.begin("c", "m2").await.unwrap().unwrap();
+        let tx = inbox.begin("c", &"m2".into()).await.unwrap().unwrap();
         inbox.rollback(tx).await;
         let tx = inbox
-            .begin("c", "m2")
+            .begin("c", &"m2".into())
             .await
             .unwrap()
             .expect("rolled back: claimable again");
         drop(tx);
         assert!(
-            inbox.begin("c", "m2").await.unwrap().is_some(),
+            inbox.begin("c", &"m2".into()).await.unwrap().is_some(),
             "dropped: claimable again"
         );
     }
@@ -236,15 +249,19 @@ mod tests {
     async fn bounded_by_capacity_and_ttl() {
         let inbox = MemoryInbox::new(10, Duration::from_secs(3600));
         for i in 0..100 {
-            let tx = inbox.begin("c", &i.to_string()).await.unwrap().unwrap();
+            let tx = inbox
+                .begin("c", &i.to_string().into())
+                .await
+                .unwrap()
+                .unwrap();
             inbox.commit(tx).await.unwrap();
         }
         assert!(inbox.len() <= 11, "{}", inbox.len());
         let short = MemoryInbox::new(10, Duration::ZERO);
-        let tx = short.begin("c", "x").await.unwrap().unwrap();
+        let tx = short.begin("c", &"x".into()).await.unwrap().unwrap();
         short.commit(tx).await.unwrap();
         assert!(
-            short.begin("c", "x").await.unwrap().is_some(),
+            short.begin("c", &"x".into()).await.unwrap().is_some(),
             "expired claims are forgotten"
         );
         assert_eq!(

@@ -77,7 +77,7 @@ pub use inbox::{Inbox, MemoryInbox, NoInbox};
 use crate::bus::EventBus;
 use crate::consumer::{dlq, ConsumerConfig, Delivery, StartPosition};
 use crate::error::BusError;
-use crate::message::{BusMessage, Headers};
+use crate::message::{BusMessage, Headers, MessageId};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -319,6 +319,8 @@ where
 
 struct Registered<Tx> {
     name: String,
+    /// `<runner>-<name>`, the durable consumer and inbox key.
+    consumer: String,
     pattern: String,
     retry: RetryPolicy,
     handler: Arc<dyn Erased<Tx>>,
@@ -449,6 +451,7 @@ impl<I: Inbox> RunnerBuilder<I> {
         T: DeserializeOwned + Send + Sync + 'static,
     {
         self.handlers.push(Registered {
+            consumer: format!("{}-{}", self.name, h.name),
             name: h.name.clone(),
             pattern: h.pattern.clone(),
             retry: h.retry.clone(),
@@ -585,7 +588,6 @@ impl<I: Inbox> Runner<I> {
             inbox: self.inbox.clone(),
             counters: self.counters.clone(),
             ack_wait: self.options.ack_wait,
-            runner: self.name.clone(),
         });
         tokio::pin!(shutdown);
         loop {
@@ -623,7 +625,7 @@ impl<I: Inbox> Runner<I> {
             let ctx = ctx.clone();
             let cancel = cancel_rx.clone();
             let chains = chains.clone();
-            tasks.spawn(async move {
+            let mut work: BoxFuture<'static, ()> = Box::pin(async move {
                 if let Some(prev) = prev {
                     let _ = prev.await;
                 }
@@ -637,6 +639,11 @@ impl<I: Inbox> Runner<I> {
                 }
                 drop(permit);
             });
+            // An event whose handling completes at once is done here; only
+            // those that wait (I/O, retries, a busy key) get a task.
+            if futures::poll!(work.as_mut()).is_pending() {
+                tasks.spawn(work);
+            }
         }
         // Stop taking events; deliveries buffered by the backend and not yet
         // taken are redelivered after the ack wait.
@@ -695,7 +702,6 @@ struct TaskCtx<I> {
     inbox: Arc<I>,
     counters: Arc<Counters>,
     ack_wait: Duration,
-    runner: String,
 }
 
 enum Attempt {
@@ -743,17 +749,27 @@ async fn process<I: Inbox>(
             return;
         }
     };
-    let consumer = format!("{}-{}", ctx.runner, h.name);
-    let id = delivery.id.to_string();
+    let consumer = h.consumer.as_str();
+    let id = &delivery.id;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let work = run_attempt(ctx, h, &delivery, &decoded, &consumer, &id, attempt);
-        let alive = keep_alive(&delivery, ctx.ack_wait);
-        let result = tokio::select! {
-            _ = cancelled(cancel.clone()) => None,
-            r = work => Some(r),
-            _ = alive => unreachable!("keep_alive never completes"),
+        let result = {
+            let work = run_attempt(ctx, h, &delivery, &decoded, consumer, id, attempt);
+            tokio::pin!(work);
+            // Most handlers finish at once: only set up the cancellation watch
+            // and the keep-alive timer for those that do not.
+            match futures::poll!(work.as_mut()) {
+                std::task::Poll::Ready(r) => Some(r),
+                std::task::Poll::Pending => {
+                    let alive = keep_alive(&delivery, ctx.ack_wait);
+                    tokio::select! {
+                        _ = cancelled(cancel.clone()) => None,
+                        r = work => Some(r),
+                        _ = alive => unreachable!("keep_alive never completes"),
+                    }
+                }
+            }
         };
         let Some(result) = result else {
             // Shutdown deadline passed: the unit of work was dropped (rolled back).
@@ -827,7 +843,7 @@ async fn run_attempt<I: Inbox>(
     delivery: &Delivery,
     decoded: &Decoded,
     consumer: &str,
-    id: &str,
+    id: &MessageId,
     attempt: u32,
 ) -> Attempt {
     let mut tx = match ctx.inbox.begin(consumer, id).await {
