@@ -15,12 +15,13 @@
 //! let runner = Runner::builder(bus, "billing")
 //!     .inbox(inbox)
 //!     .handler(Handler::new("record-revenue", "orders.placed",
-//!         |e: Event<'_, OrderPlaced>, tx| Box::pin(async move {
+//!         |e: Event<'_, OrderPlaced>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
 //!             sqlx::query("INSERT INTO revenue (order_id, cents) VALUES ($1, $2)")
 //!                 .bind(&e.data.order_id)
 //!                 .bind(e.data.cents)
 //!                 .execute(&mut **tx)
 //!                 .await
+//!                 .map(|_| ())
 //!                 .into()
 //!         })))
 //!     .build();
