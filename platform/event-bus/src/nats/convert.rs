@@ -239,3 +239,30 @@ pub(crate) fn api_error(what: &str, e: impl std::error::Error + Send + Sync + 's
     };
     BusError::with_source(kind, what.to_string(), e)
 }
+
+/// A JetStream message as the bus's message: the tenant prefix removed from
+/// the subject, the message id from `Nats-Msg-Id` or else the stream position.
+pub(crate) fn to_bus_message(
+    message: &async_nats::Message,
+    stream: &str,
+    stream_seq: u64,
+    strip: Option<&str>,
+) -> crate::message::BusMessage {
+    let wire_subject = message.subject.as_str();
+    let subject = match strip {
+        Some(prefix) => wire_subject.strip_prefix(prefix).unwrap_or(wire_subject),
+        None => wire_subject,
+    };
+    let (headers, id) = from_header_map(message.headers.as_ref());
+    let id = match id {
+        Some(id) => crate::message::MessageId::new(id),
+        None => crate::message::MessageId::stream_position(stream, stream_seq),
+    };
+    crate::message::BusMessage::new(
+        crate::subject::Subject::from_trusted(subject),
+        message.payload.clone(),
+        headers,
+        id,
+        stream_seq,
+    )
+}

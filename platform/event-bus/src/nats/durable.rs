@@ -8,14 +8,12 @@
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
 
-use super::convert::{api_error, from_header_map};
+use super::convert::{api_error, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
     AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
 };
 use crate::error::{BusError, ErrorKind};
-use crate::message::{BusMessage, MessageId};
-use crate::subject::Subject;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::message::{AckKind as NatsAck, Acker as NatsAcker};
 use async_trait::async_trait;
@@ -199,23 +197,7 @@ fn to_delivery(
         (info.stream_sequence, info.delivered)
     };
     let (message, acker) = m.split();
-    let wire_subject = message.subject.as_str();
-    let subject = match strip {
-        Some(prefix) => wire_subject.strip_prefix(prefix).unwrap_or(wire_subject),
-        None => wire_subject,
-    };
-    let (headers, id) = from_header_map(message.headers.as_ref());
-    let id = match id {
-        Some(id) => MessageId::new(id),
-        None => MessageId::stream_position(stream_name, seq),
-    };
-    let msg = BusMessage::new(
-        Subject::from_trusted(subject),
-        message.payload,
-        headers,
-        id,
-        seq,
-    );
+    let msg = to_bus_message(&message, stream_name, seq, strip);
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,

@@ -391,6 +391,24 @@ impl NatsBus {
         }
     }
 
+    /// The streams that can hold subjects matching `pattern` (`wire` on the
+    /// wire); when none does and the first token is literal, the default
+    /// stream is created first, so that what is published from now on is
+    /// stored and seen.
+    async fn streams_for_pattern(
+        &self,
+        pattern: &str,
+        wire: &str,
+    ) -> Result<Vec<String>, BusError> {
+        let names = streams::streams_for(&self.inner.js, wire).await?;
+        let first = pattern.split('.').next().unwrap_or_default();
+        if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
+            self.ensure_default_stream(first).await?;
+            return streams::streams_for(&self.inner.js, wire).await;
+        }
+        Ok(names)
+    }
+
     /// Makes sure the default stream for `subject`'s first token exists.
     async fn ensure_default_stream(&self, subject: &str) -> Result<(), BusError> {
         self.check_version()?;
@@ -439,16 +457,10 @@ impl EventBus for NatsBus {
                 &format!("subscribe to {pattern:?}"),
             )
         };
-        let mut names = streams::streams_for(&self.inner.js, &wire)
+        let names = self
+            .streams_for_pattern(pattern, &wire)
             .await
             .map_err(explain)?;
-        let first = pattern.split('.').next().unwrap_or_default();
-        if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
-            // Nothing stores these subjects yet: create the default stream so
-            // that what is published from now on is stored and seen.
-            self.ensure_default_stream(first).await?;
-            names = streams::streams_for(&self.inner.js, &wire).await?;
-        }
         if names.is_empty() {
             return Err(BusError::new(
                 ErrorKind::NotFound,
@@ -533,12 +545,7 @@ impl EventBus for NatsBus {
         self.check_version()?;
         let pattern = config.filter.as_str();
         let wire = self.wire(pattern).into_owned();
-        let mut names = streams::streams_for(&self.inner.js, &wire).await?;
-        let first = pattern.split('.').next().unwrap_or_default();
-        if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
-            self.ensure_default_stream(first).await?;
-            names = streams::streams_for(&self.inner.js, &wire).await?;
-        }
+        let names = self.streams_for_pattern(pattern, &wire).await?;
         let stream = match names.as_slice() {
             [one] => one.clone(),
             [] => {

@@ -17,11 +17,11 @@
 //! bounded channel; while the subscriber does not read, the follower stops
 //! pulling and the messages wait in the stream (never dropped).
 
-use super::convert::{api_error, from_header_map};
+use super::convert::{api_error, to_bus_message};
 use crate::bus::Subscription;
 use crate::error::BusError;
-use crate::message::{BusMessage, MessageId};
-use crate::subject::{matches, Subject};
+use crate::message::BusMessage;
+use crate::subject::matches;
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use futures::StreamExt;
@@ -225,28 +225,10 @@ impl Follower {
                 continue; // already delivered
             }
             self.next = stream_seq + 1;
-            let wire_subject = msg.subject.as_str();
-            if !matches(&self.pattern, wire_subject) {
+            if !matches(&self.pattern, msg.subject.as_str()) {
                 continue;
             }
-            let subject = match &self.strip {
-                Some(prefix) => wire_subject
-                    .strip_prefix(prefix.as_str())
-                    .unwrap_or(wire_subject),
-                None => wire_subject,
-            };
-            let (headers, id) = from_header_map(msg.headers.as_ref());
-            let id = match id {
-                Some(id) => MessageId::new(id),
-                None => MessageId::stream_position(self.name.as_str(), stream_seq),
-            };
-            let bus_msg = BusMessage::new(
-                Subject::from_trusted(subject),
-                msg.payload.clone(),
-                headers,
-                id,
-                stream_seq,
-            );
+            let bus_msg = to_bus_message(&msg, &self.name, stream_seq, self.strip.as_deref());
             if self.tx.send(bus_msg).await.is_err() {
                 return;
             }
