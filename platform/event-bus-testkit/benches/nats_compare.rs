@@ -20,8 +20,13 @@
 //!
 //! Every figure is the median of several runs in which bus and raw alternate
 //! (and swap who goes first); the ratio column is bus throughput / raw
-//! throughput, so higher is better. Each run uses a fresh stream (file
-//! storage, subjects `<token>` and `<token>.>`) that is deleted afterwards.
+//! throughput, so higher is better. The CPU columns are on-CPU time per
+//! message (microseconds) of this process (the client side: publishers,
+//! subscriber and the async-nats connection task) and of nats-server during
+//! the timed part, from `/proc/*/task/*/schedstat`; they are steadier than
+//! wall time when other work shares the machine. Each run uses a fresh
+//! stream (file storage, subjects `<token>` and `<token>.>`) that is checked
+//! for the expected message count and deleted afterwards.
 //!
 //! Environment: `NATS_BENCH_MESSAGES` (messages per measurement, default
 //! 50 000), `NATS_BENCH_REPS` (runs per figure, default 7) and

@@ -1,0 +1,127 @@
+//! A durable consumer with ack through the bus, side by side with a raw
+//! async-nats durable pull consumer with ack, on the same real nats-server
+//! and the same backlog, in one run.
+//!
+//! `cargo bench -p event-bus-testkit --bench nats_consumer_compare`
+//!
+//! Each run fills a fresh stream with N 128-byte messages, then measures the
+//! time to receive and acknowledge all N. Figures are medians of runs in
+//! which bus and raw alternate. `NATS_BENCH_MESSAGES` (default 50 000),
+//! `NATS_BENCH_REPS` (default 5).
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
+use bytes::Bytes;
+use event_bus::{ConsumerConfig, EventBus, NatsBus, StartPosition};
+use event_bus_testkit::nats_server::NatsServer;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+async fn fill(js: &jetstream::Context, token: &str, n: usize) -> Res<()> {
+    js.create_stream(jetstream::stream::Config {
+        name: format!("BUS_{}", token.to_ascii_uppercase()),
+        subjects: vec![token.to_string(), format!("{token}.>")],
+        ..Default::default()
+    })
+    .await?;
+    let body = Bytes::from(vec![0xAB; 128]);
+    let subject = format!("{token}.job");
+    let mut pending = Vec::with_capacity(512);
+    for _ in 0..n {
+        pending.push(js.publish(subject.clone(), body.clone()).await?);
+        if pending.len() == 512 {
+            for p in pending.drain(..) {
+                p.await?;
+            }
+        }
+    }
+    for p in pending {
+        p.await?;
+    }
+    Ok(())
+}
+
+async fn bus_consume(bus: &Arc<dyn EventBus>, token: &str, n: usize) -> Res<Duration> {
+    let start = Instant::now();
+    let mut consumer = bus
+        .consume(
+            ConsumerConfig::new(format!("{token}-bus"), format!("{token}.>"))
+                .start(StartPosition::All)
+                .max_ack_pending(10_000),
+        )
+        .await?;
+    for _ in 0..n {
+        let d = consumer.next().await.ok_or("consumer ended")??;
+        d.ack().await?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn raw_consume(js: &jetstream::Context, token: &str, n: usize) -> Res<Duration> {
+    let start = Instant::now();
+    let stream = js.get_stream(format!("BUS_{}", token.to_ascii_uppercase())).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(format!("{token}-raw")),
+            filter_subject: format!("{token}.>"),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?;
+    for _ in 0..n {
+        let m = messages.next().await.ok_or("ended")??;
+        m.ack().await?;
+    }
+    Ok(start.elapsed())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() -> Res<()> {
+    let n: usize = std::env::var("NATS_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let reps: usize = std::env::var("NATS_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let server = NatsServer::start().await?;
+        let client = async_nats::connect(server.url()).await?;
+        let js = jetstream::new(client.clone());
+        let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(client.clone()));
+        println!(
+            "durable consume + ack, NatsBus vs raw async-nats pull consumer, nats-server {}, {n} messages of 128 bytes, median of {reps}",
+            client.server_info().version
+        );
+        let (mut b, mut r) = (Vec::new(), Vec::new());
+        for i in 0..reps {
+            let tb = format!("cb{i}");
+            let tr = format!("cr{i}");
+            fill(&js, &tb, n).await?;
+            fill(&js, &tr, n).await?;
+            if i % 2 == 0 {
+                b.push(bus_consume(&bus, &tb, n).await?);
+                r.push(raw_consume(&js, &tr, n).await?);
+            } else {
+                r.push(raw_consume(&js, &tr, n).await?);
+                b.push(bus_consume(&bus, &tb, n).await?);
+            }
+            js.delete_stream(format!("BUS_{}", tb.to_ascii_uppercase())).await?;
+            js.delete_stream(format!("BUS_{}", tr.to_ascii_uppercase())).await?;
+        }
+        let (b, r) = (median(b), median(r));
+        let (rb, rr) = (n as f64 / b.as_secs_f64(), n as f64 / r.as_secs_f64());
+        println!("{:<44} {:>12} {:>12} {:>7}", "msg/s", "NatsBus", "raw", "ratio");
+        println!("{:<44} {rb:>12.0} {rr:>12.0} {:>6.2}x", "durable consume + ack", rb / rr);
+        Ok(())
+    })
+}
