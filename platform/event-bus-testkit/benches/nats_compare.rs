@@ -620,7 +620,7 @@ async fn run() -> Res<()> {
 
     println!();
     println!(
-        "{:<64} {:>9} {:>9} {:>6}  {:>11} {:>11}  target",
+        "{:<64} {:>9} {:>9} {:>7}  {:>11} {:>11}  target",
         "scenario (throughput, msg/s; CPU us/msg client/server)",
         "NatsBus",
         "raw",
@@ -640,7 +640,7 @@ async fn run() -> Res<()> {
             None => String::new(),
         };
         println!(
-            "{name:<64} {b:>9.0} {r:>9.0} {ratio:>5.2}x  {:>11} {:>11}  {target}",
+            "{name:<64} {b:>9.0} {r:>9.0} {ratio:>6.3}x  {:>11} {:>11}  {target}",
             cpu(bus, n),
             cpu(raw, n)
         );

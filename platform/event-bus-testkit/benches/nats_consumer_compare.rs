@@ -61,7 +61,9 @@ async fn bus_consume(bus: &Arc<dyn EventBus>, token: &str, n: usize) -> Res<Dura
 
 async fn raw_consume(js: &jetstream::Context, token: &str, n: usize) -> Res<Duration> {
     let start = Instant::now();
-    let stream = js.get_stream(format!("BUS_{}", token.to_ascii_uppercase())).await?;
+    let stream = js
+        .get_stream(format!("BUS_{}", token.to_ascii_uppercase()))
+        .await?;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some(format!("{token}-raw")),
@@ -90,9 +92,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Res<()> {
-    let n: usize = std::env::var("NATS_BENCH_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
-    let reps: usize = std::env::var("NATS_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let n: usize = std::env::var("NATS_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let reps: usize = std::env::var("NATS_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let server = NatsServer::start().await?;
         let client = async_nats::connect(server.url()).await?;

@@ -69,15 +69,31 @@ impl Publisher {
 
 /// Every message in `stream`, as payload numbers (read with a raw ordered consumer).
 async fn stored(js: &jetstream::Context, stream: &str) -> Vec<u64> {
-    let mut s = js.get_stream(stream).await.expect("stream exists");
-    let total = s.info().await.expect("stream info").state.messages as usize;
-    let consumer = s
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer");
+    // Right after a node was killed the cluster may still be electing a
+    // leader: retry the API calls until they answer (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (total, consumer) = loop {
+        let attempt = async {
+            let mut s = js.get_stream(stream).await.ok()?;
+            let total = s.info().await.ok()?.state.messages as usize;
+            let c = s
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            Some((total, c))
+        };
+        if let Some(found) = attempt.await {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream {stream} did not answer within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut msgs = consumer.messages().await.expect("messages");
     let mut out = Vec::with_capacity(total);
     while out.len() < total {
@@ -249,7 +265,7 @@ async fn cluster_stream_leader_killed_mid_stream() {
 }
 
 /// Processes deliveries (acking each) until `total` distinct payloads were
-/// seen or `stop_after` new ones were processed; returns the counts map.
+/// seen or `stop_after` new ones were processed; updates the counts map.
 async fn process(
     consumer: &mut event_bus::ConsumerStream,
     seen: &mut HashMap<u64, usize>,
@@ -302,6 +318,7 @@ async fn durable_consumer_resumes_across_kill_9() {
     }
     let mut seen = HashMap::new();
     process(&mut consumer, &mut seen, total, 300).await;
+    let before_kill: BTreeSet<u64> = seen.keys().copied().collect();
     server.kill();
     drop(consumer);
     server.restart().await.expect("restart on the same store");
@@ -311,10 +328,22 @@ async fn durable_consumer_resumes_across_kill_9() {
         .expect("re-open after the restart");
     process(&mut consumer, &mut seen, total, usize::MAX).await;
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!("durable consumer across kill -9: {total} events, all processed, duplicates {duplicates} (acks lost to the crash)");
-    assert_eq!(seen.len(), total);
-    // Only acks in flight at the kill can be lost: at most one pull batch.
-    assert!(duplicates <= 256, "{duplicates} duplicates");
+    println!(
+        "durable consumer across kill -9: {total} events, all processed, {} handled before the kill, duplicates {duplicates} (acks the server had not persisted)",
+        before_kill.len()
+    );
+    assert_eq!(seen.len(), total, "nothing lost");
+    // Only events handled before the crash (whose acks died with the server)
+    // may come again; nothing first handled after the restart is repeated.
+    let unexpected: Vec<u64> = seen
+        .iter()
+        .filter(|(n, c)| **c > 1 && !before_kill.contains(n))
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "duplicates of events first handled after the restart: {unexpected:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,6 +373,7 @@ async fn durable_consumer_survives_cluster_leader_kill() {
     }
     let mut seen = HashMap::new();
     process(&mut consumer, &mut seen, total, 300).await;
+    let before_kill: BTreeSet<u64> = seen.keys().copied().collect();
     let leader = js
         .get_stream("JOBS")
         .await
@@ -362,6 +392,13 @@ async fn durable_consumer_survives_cluster_leader_kill() {
     );
     process(&mut consumer, &mut seen, total, usize::MAX).await;
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!("durable consumer, 3-node cluster, stream leader {leader} killed: {total} events, all processed, duplicates {duplicates}");
-    assert_eq!(seen.len(), total);
+    println!(
+        "durable consumer, 3-node cluster, stream leader {leader} killed: {total} events, all processed, {} handled before the kill, duplicates {duplicates}",
+        before_kill.len()
+    );
+    // Acks sent while the consumer's leader fails over can be lost, so
+    // duplicates are reported, not bounded; nothing may be lost.
+    assert_eq!(seen.len(), total, "nothing lost");
+}"
+    );
 }

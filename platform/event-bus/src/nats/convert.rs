@@ -185,16 +185,6 @@ pub(crate) fn from_header_map(map: Option<&HeaderMap>) -> (Headers, Option<Strin
     (headers, id)
 }
 
-pub(crate) fn publish_timeout(subject: &str, timeout: Duration) -> BusError {
-    BusError::new(
-        ErrorKind::Timeout,
-        format!(
-            "publish to {subject:?} was not acknowledged within {timeout:?} (server unreachable or overloaded); \
-             it may still be stored: publish again with the same message id to be sure it is stored once"
-        ),
-    )
-}
-
 pub(crate) fn publish_error(subject: &str, e: PublishError) -> BusError {
     let kind = match e.kind() {
         PublishErrorKind::StreamNotFound => {

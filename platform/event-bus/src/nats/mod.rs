@@ -90,6 +90,9 @@ struct Inner {
     auto_create: bool,
     /// First tokens whose default stream this bus has created or found.
     known_streams: Mutex<FxHashSet<String>>,
+    /// First tokens that a publish has reached a stream with: their publishes
+    /// skip the retry bookkeeping (no copy of the payload).
+    published: parking_lot::RwLock<FxHashSet<String>>,
     /// Serialises default-stream creation per bus (rare path only).
     create_lock: tokio::sync::Mutex<()>,
     version_ok: OnceLock<Result<(), String>>,
@@ -123,6 +126,7 @@ impl NatsBus {
                 tenant,
                 auto_create,
                 known_streams: Mutex::new(FxHashSet::default()),
+                published: parking_lot::RwLock::new(FxHashSet::default()),
                 create_lock: tokio::sync::Mutex::new(()),
                 version_ok: OnceLock::new(),
                 violations,
@@ -346,11 +350,13 @@ impl NatsBus {
         wire: &str,
         msg: PublishMessage,
     ) -> Result<PublishAckFuture, BusError> {
-        let timeout = self.inner.publish_timeout;
-        let sent = tokio::time::timeout(timeout, self.inner.js.send_publish(wire.to_string(), msg))
+        // The JetStream context bounds the send (and, in `await_ack`, the
+        // acknowledgement) by `publish_timeout`: no timer of our own per publish.
+        self.inner
+            .js
+            .send_publish(wire.to_string(), msg)
             .await
-            .map_err(|_| convert::publish_timeout(subject, timeout))?;
-        sent.map_err(|e| convert::publish_error(subject, e))
+            .map_err(|e| convert::publish_error(subject, e))
     }
 
     async fn await_ack(
@@ -358,15 +364,13 @@ impl NatsBus {
         subject: &str,
         fut: PublishAckFuture,
     ) -> Result<PublishAck, BusError> {
-        let timeout = self.inner.publish_timeout;
-        match tokio::time::timeout(timeout + Duration::from_millis(100), fut).await {
-            Err(_) => Err(convert::publish_timeout(subject, timeout)),
-            Ok(Ok(ack)) => Ok(PublishAck::new(
+        match fut.await {
+            Ok(ack) => Ok(PublishAck::new(
                 Some(ack.stream),
                 ack.sequence,
                 ack.duplicate,
             )),
-            Ok(Err(e)) => Err(convert::publish_error(subject, e)),
+            Err(e) => Err(convert::publish_error(subject, e)),
         }
     }
 
@@ -379,16 +383,29 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
-        match self
+        let first = subject.split('.').next().unwrap_or_default();
+        if !self.inner.auto_create || self.inner.published.read().contains(first) {
+            let result = self.publish_one(subject, payload, headers, id).await;
+            if matches!(&result, Err(e) if e.kind() == ErrorKind::NotFound) {
+                // The stream went away: take the slow path next time.
+                self.inner.published.write().remove(first);
+            }
+            return result;
+        }
+        let result = match self
             .publish_one(subject, payload.clone(), headers, id)
             .await
         {
-            Err(e) if e.kind() == ErrorKind::NotFound && self.inner.auto_create => {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.ensure_default_stream(subject).await?;
                 self.publish_one(subject, payload, headers, id).await
             }
             other => other,
+        };
+        if result.is_ok() && validate_subject(subject).is_ok() {
+            self.inner.published.write().insert(first.to_string());
         }
+        result
     }
 
     /// The streams that can hold subjects matching `pattern` (`wire` on the
