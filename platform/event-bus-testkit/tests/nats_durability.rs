@@ -399,6 +399,4 @@ async fn durable_consumer_survives_cluster_leader_kill() {
     // Acks sent while the consumer's leader fails over can be lost, so
     // duplicates are reported, not bounded; nothing may be lost.
     assert_eq!(seen.len(), total, "nothing lost");
-}"
-    );
 }
