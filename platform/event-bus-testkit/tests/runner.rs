@@ -93,6 +93,39 @@ async fn fails_twice_then_succeeds(b: Backend) {
     assert_eq!(report.dead_lettered, 0);
 }
 
+async fn a_panic_is_caught_and_retried(b: Backend) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let runner = Runner::builder(b.bus.clone(), "panicky")
+        .handler(
+            Handler::new("h", "panic.x", move |_ev: Event<'_, Job>, _tx| {
+                let a = a.clone();
+                Box::pin(async move {
+                    if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                        panic!("handler bug on the first attempt");
+                    }
+                    Outcome::Ack
+                })
+            })
+            .retry(fast_retries(3)),
+        )
+        .build();
+    let handle = start(runner).await;
+    b.bus.publish("panic.x", job(1, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the retry after the panic", || {
+        handle.report().processed == 1
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        2,
+        "the panic counted as one failed attempt"
+    );
+    assert_eq!(report.retries, 1);
+    assert_eq!(report.dead_lettered, 0);
+}
+
 async fn always_fails_is_dead_lettered_and_replayable(b: Backend) {
     let attempts = Arc::new(AtomicU32::new(0));
     let healed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -315,6 +348,7 @@ macro_rules! on_both {
 
 on_both!(
     fails_twice_then_succeeds,
+    a_panic_is_caught_and_retried,
     always_fails_is_dead_lettered_and_replayable,
     undecodable_is_dead_lettered_at_once,
     per_key_order_with_concurrency_8,
