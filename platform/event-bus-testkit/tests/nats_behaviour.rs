@@ -457,3 +457,32 @@ async fn wildcard_publish_is_refused_before_the_server() {
         "only the valid publish is stored"
     );
 }
+
+/// A subscription whose first token is a wildcard also sees streams created
+/// after it was made (each read from its start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_first_token_follows_new_streams() {
+    let server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    bus.publish("old.events.x", b"before".to_vec())
+        .await
+        .unwrap();
+    let mut all = bus.subscribe(">").await.unwrap();
+    let mut events = bus.subscribe("*.events.created").await.unwrap();
+    bus.publish("old.events.created", b"on an old stream".to_vec())
+        .await
+        .unwrap();
+    bus.publish("fresh.events.created", b"on a new stream".to_vec())
+        .await
+        .unwrap();
+    let mut got = vec![next_text(&mut events).await, next_text(&mut events).await];
+    got.sort();
+    assert_eq!(got, ["on a new stream", "on an old stream"]);
+    let mut got = vec![next_text(&mut all).await, next_text(&mut all).await];
+    got.sort();
+    assert_eq!(
+        got,
+        ["on a new stream", "on an old stream"],
+        "`>` never sees what was stored before it"
+    );
+}

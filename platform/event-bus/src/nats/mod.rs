@@ -478,7 +478,8 @@ impl EventBus for NatsBus {
             .streams_for_pattern(pattern, &wire)
             .await
             .map_err(explain)?;
-        if names.is_empty() {
+        let first = pattern.split('.').next().unwrap_or_default();
+        if names.is_empty() && first != "*" && first != ">" {
             return Err(BusError::new(
                 ErrorKind::NotFound,
                 format!(

@@ -51,6 +51,7 @@ pub(crate) async fn subscribe(
 ) -> Result<Subscription, BusError> {
     let (tx, mut rx) = mpsc::channel(CHANNEL);
     let strip = tenant.map(|t| format!("{t}."));
+    let mut attached = std::collections::HashSet::new();
     for name in streams {
         let mut stream = js
             .get_stream(&name)
@@ -63,6 +64,7 @@ pub(crate) async fn subscribe(
             .state
             .last_sequence
             + 1;
+        attached.insert(name.clone());
         let mut follower = Follower {
             stream,
             name,
@@ -75,9 +77,60 @@ pub(crate) async fn subscribe(
         let consumer = follower.create().await?;
         tokio::spawn(follower.run(consumer));
     }
-    drop(tx);
+    let first = user_pattern.split('.').next().unwrap_or_default();
+    if first == "*" || first == ">" {
+        // The pattern can match streams created later (one per first token):
+        // watch for them and read each new one from its start, since all of
+        // it was stored after this subscription was made.
+        tokio::spawn(watch_new_streams(js, wire_pattern, strip, attached, tx));
+    } else {
+        drop(tx);
+    }
     let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     Ok(Subscription::new(user_pattern, messages))
+}
+
+/// How often a wildcard subscription looks for new streams.
+const RESCAN: Duration = Duration::from_secs(1);
+
+async fn watch_new_streams(
+    js: jetstream::Context,
+    pattern: String,
+    strip: Option<String>,
+    mut attached: std::collections::HashSet<String>,
+    tx: mpsc::Sender<BusMessage>,
+) {
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+        let Ok(names) = super::streams::streams_for(&js, &pattern).await else {
+            continue;
+        };
+        for name in names {
+            if attached.contains(&name) {
+                continue;
+            }
+            let Ok(stream) = js.get_stream(&name).await else {
+                continue;
+            };
+            let mut follower = Follower {
+                stream,
+                name: name.clone(),
+                pattern: pattern.clone(),
+                use_filter: true,
+                strip: strip.clone(),
+                next: 1,
+                tx: tx.clone(),
+            };
+            if let Ok(consumer) = follower.create().await {
+                tracing::debug!(stream = %name, %pattern, "wildcard subscription attached to a new stream");
+                attached.insert(name);
+                tokio::spawn(follower.run(consumer));
+            }
+        }
+    }
 }
 
 struct Follower {
