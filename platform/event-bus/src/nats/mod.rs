@@ -285,20 +285,25 @@ impl NatsBus {
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
         let (wire, msg) = self.prepare(subject, payload, headers, id)?;
-        let started = std::time::Instant::now();
-        let result = match self.send(subject, &wire, msg).await {
+        let started = self
+            .inner
+            .violations
+            .as_ref()
+            .map(|_| std::time::Instant::now());
+        let result = match self.send(subject, wire, msg).await {
             Ok(fut) => self.await_ack(subject, fut).await,
             Err(e) => Err(e),
         };
-        result.map_err(|e| {
-            convert::explain(
+        match (result, started) {
+            (Err(e), Some(started)) => Err(convert::explain(
                 e,
                 self.inner.violations.as_deref(),
                 started,
-                &wire,
+                &self.wire(subject),
                 &format!("publish to {subject:?}"),
-            )
-        })
+            )),
+            (result, _) => result,
+        }
     }
 
     /// Validates and builds the wire message.
@@ -347,14 +352,14 @@ impl NatsBus {
     async fn send(
         &self,
         subject: &str,
-        wire: &str,
+        wire: String,
         msg: PublishMessage,
     ) -> Result<PublishAckFuture, BusError> {
         // The JetStream context bounds the send (and, in `await_ack`, the
         // acknowledgement) by `publish_timeout`: no timer of our own per publish.
         self.inner
             .js
-            .send_publish(wire.to_string(), msg)
+            .send_publish(wire, msg)
             .await
             .map_err(|e| convert::publish_error(subject, e))
     }
@@ -511,29 +516,58 @@ impl EventBus for NatsBus {
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<PublishAck, BusError>> {
         let mut results: Vec<Result<PublishAck, BusError>> = Vec::with_capacity(envelopes.len());
         let mut envelopes = envelopes.into_iter().peekable();
+        // The last first token found published to: its envelopes need no copy
+        // kept for a retry.
+        let mut known_first: Option<String> = None;
         while envelopes.peek().is_some() {
-            // Send a window, then await its acknowledgements (in order).
-            let mut window: Vec<(Envelope, Result<PublishAckFuture, BusError>)> =
+            // Send a window, then await its acknowledgements (in order). An
+            // envelope whose subject may have no stream yet is kept for a retry.
+            let mut window: Vec<(String, Option<Envelope>, Result<PublishAckFuture, BusError>)> =
                 Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
-                let sent = match self.prepare(
-                    &env.subject,
-                    env.payload.clone(),
-                    &env.headers,
-                    env.id.as_ref(),
-                ) {
-                    Ok((wire, msg)) => self.send(&env.subject, &wire, msg).await,
-                    Err(e) => Err(e),
+                let first = env.subject.split('.').next().unwrap_or_default();
+                let known = !self.inner.auto_create
+                    || known_first.as_deref() == Some(first)
+                    || self.inner.published.read().contains(first);
+                if known && known_first.as_deref() != Some(first) {
+                    known_first = Some(first.to_string());
+                }
+                let (subject, keep, sent) = if known {
+                    let Envelope {
+                        subject,
+                        payload,
+                        headers,
+                        id,
+                        ..
+                    } = env;
+                    let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
+                        Ok((wire, msg)) => self.send(&subject, wire, msg).await,
+                        Err(e) => Err(e),
+                    };
+                    (subject, None, sent)
+                } else {
+                    let sent = match self.prepare(
+                        &env.subject,
+                        env.payload.clone(),
+                        &env.headers,
+                        env.id.as_ref(),
+                    ) {
+                        Ok((wire, msg)) => self.send(&env.subject, wire, msg).await,
+                        Err(e) => Err(e),
+                    };
+                    (env.subject.clone(), Some(env), sent)
                 };
-                window.push((env, sent));
+                window.push((subject, keep, sent));
             }
-            for (env, sent) in window {
+            for (subject, keep, sent) in window {
                 let result = match sent {
-                    Ok(fut) => self.await_ack(&env.subject, fut).await,
+                    Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
                 };
-                let result = match result {
-                    Err(e) if e.kind() == ErrorKind::NotFound && self.inner.auto_create => {
+                let result = match (result, keep) {
+                    (Err(e), Some(env))
+                        if e.kind() == ErrorKind::NotFound && self.inner.auto_create =>
+                    {
                         // No stream yet: create it and publish this one again
                         // (the rest of the window may also have missed it, and
                         // is retried the same way, in order).
@@ -550,7 +584,13 @@ impl EventBus for NatsBus {
                             Err(e) => Err(e),
                         }
                     }
-                    other => other,
+                    (result, keep) => {
+                        if let (Ok(_), Some(env)) = (&result, keep) {
+                            let first = env.subject.split('.').next().unwrap_or_default();
+                            self.inner.published.write().insert(first.to_string());
+                        }
+                        result
+                    }
                 };
                 results.push(result);
             }
