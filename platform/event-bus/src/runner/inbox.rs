@@ -47,6 +47,12 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Removes claims older than `age`; returns how many.
     async fn purge_older_than(&self, age: Duration) -> Result<u64, BusError>;
+
+    /// For an inbox that does not de-duplicate: a unit of work to use without
+    /// calling `begin`/`commit`/`rollback` (saves their cost per event).
+    fn trivial_tx(&self) -> Option<Self::Tx> {
+        None
+    }
 }
 
 /// No de-duplication: every delivery runs the handler.
@@ -73,6 +79,10 @@ impl Inbox for NoInbox {
 
     async fn purge_older_than(&self, _age: Duration) -> Result<u64, BusError> {
         Ok(0)
+    }
+
+    fn trivial_tx(&self) -> Option<()> {
+        Some(())
     }
 }
 

@@ -577,7 +577,14 @@ impl<I: Inbox> Runner<I> {
         streams: Vec<Tagged>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> RunReport {
-        let mut merged = futures::stream::select_all(streams);
+        // One handler (the common case) reads its stream directly; several
+        // are merged.
+        let mut streams = streams;
+        let mut merged: Tagged = if streams.len() == 1 {
+            streams.pop().expect("one stream")
+        } else {
+            Box::pin(futures::stream::select_all(streams))
+        };
         let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let chains: Chains = Arc::default();
@@ -591,11 +598,16 @@ impl<I: Inbox> Runner<I> {
         });
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                p = semaphore.clone().acquire_owned() => p.expect("semaphore open"),
+            let permit = match semaphore.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    p = semaphore.clone().acquire_owned() => p.expect("semaphore open"),
+                },
             };
             let (i, item) = tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
                 next = merged.next() => match next {
                     Some(x) => x,
@@ -846,7 +858,13 @@ async fn run_attempt<I: Inbox>(
     id: &MessageId,
     attempt: u32,
 ) -> Attempt {
-    let mut tx = match ctx.inbox.begin(consumer, id).await {
+    let trivial = ctx.inbox.trivial_tx();
+    let skip_inbox = trivial.is_some();
+    let begun = match trivial {
+        Some(tx) => Ok(Some(tx)),
+        None => ctx.inbox.begin(consumer, id).await,
+    };
+    let mut tx = match begun {
         Ok(Some(tx)) => tx,
         Ok(None) => return Attempt::Duplicate,
         Err(e) => {
@@ -866,6 +884,7 @@ async fn run_attempt<I: Inbox>(
     .catch_unwind()
     .await;
     match outcome {
+        Ok(Outcome::Ack) if skip_inbox => Attempt::Acked,
         Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
             Ok(()) => Attempt::Acked,
             Err(e) => Attempt::Failed {
