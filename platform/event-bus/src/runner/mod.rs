@@ -918,3 +918,53 @@ async fn run_attempt<I: Inbox>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumer::{AckKind, Acker};
+    use crate::subject::Subject;
+
+    struct NoAck;
+
+    #[async_trait::async_trait]
+    impl Acker for NoAck {
+        async fn answer(&self, _kind: AckKind) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    /// Each event's processing future is boxed: keep it small.
+    #[test]
+    fn process_future_size() {
+        let ctx = TaskCtx {
+            inbox: Arc::new(NoInbox),
+            counters: Arc::new(Counters::default()),
+            ack_wait: Duration::from_secs(30),
+        };
+        let h: Registered<()> = Registered {
+            name: "h".into(),
+            consumer: "r-h".into(),
+            pattern: "x".into(),
+            retry: RetryPolicy::default(),
+            handler: Arc::new(Handler::new(
+                "h",
+                "x",
+                |_e: Event<'_, u64>, _tx: &mut ()| Box::pin(async { Outcome::Ack }),
+            )),
+        };
+        let msg = BusMessage::new(
+            Subject::new("x").unwrap(),
+            &b"1"[..],
+            Headers::new(),
+            MessageId::new("m"),
+            1,
+        );
+        let delivery = Delivery::new(msg, 1, Box::new(NoAck));
+        let (_tx, rx) = watch::channel(false);
+        let fut = process(&ctx, &h, delivery, Ok(Box::new(1u64)), rx);
+        let size = std::mem::size_of_val(&fut);
+        println!("process future: {size} bytes");
+        assert!(size <= 4096, "{size} bytes");
+    }
+}
