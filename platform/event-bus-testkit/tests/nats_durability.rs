@@ -67,6 +67,30 @@ impl Publisher {
     }
 }
 
+/// Kills (SIGKILL) the node leading `stream`; returns its name.
+async fn kill_stream_leader(
+    js: &jetstream::Context,
+    cluster: &mut NatsCluster,
+    stream: &str,
+) -> String {
+    let leader = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("the stream has a leader");
+    let idx = cluster
+        .node_index_by_name(&leader)
+        .expect("leader is a node");
+    cluster.kill(idx);
+    leader
+}
+
 /// Every message in `stream`, as payload numbers (read with a raw ordered consumer).
 async fn stored(js: &jetstream::Context, stream: &str) -> Vec<u64> {
     // Right after a node was killed the cluster may still be electing a
@@ -221,21 +245,7 @@ async fn cluster_stream_leader_killed_mid_stream() {
         || publisher.acked() >= 300,
     )
     .await;
-    let leader = js
-        .get_stream("CLU")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .cluster
-        .clone()
-        .and_then(|c| c.leader)
-        .expect("the stream has a leader");
-    let idx = cluster
-        .node_index_by_name(&leader)
-        .expect("leader is a node");
-    cluster.kill(idx);
+    let leader = kill_stream_leader(&js, &mut cluster, "CLU").await;
     let acked_at_kill = publisher.acked();
     wait::until(
         Duration::from_secs(90),
@@ -374,22 +384,7 @@ async fn durable_consumer_survives_cluster_leader_kill() {
     let mut seen = HashMap::new();
     process(&mut consumer, &mut seen, total, 300).await;
     let before_kill: BTreeSet<u64> = seen.keys().copied().collect();
-    let leader = js
-        .get_stream("JOBS")
-        .await
-        .expect("stream")
-        .info()
-        .await
-        .expect("info")
-        .cluster
-        .clone()
-        .and_then(|c| c.leader)
-        .expect("the stream has a leader");
-    cluster.kill(
-        cluster
-            .node_index_by_name(&leader)
-            .expect("leader is a node"),
-    );
+    let leader = kill_stream_leader(&js, &mut cluster, "JOBS").await;
     process(&mut consumer, &mut seen, total, usize::MAX).await;
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
     println!(

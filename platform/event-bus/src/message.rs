@@ -422,7 +422,8 @@ impl Envelope {
 pub struct PublishAck {
     /// The stream that stored the message (NATS), if any.
     pub stream: Option<String>,
-    /// The message's sequence in its stream or bus.
+    /// The message's sequence in its stream or bus; 0 when nothing took it
+    /// (a duplicate, or an in-memory publish that no subscriber matched).
     pub sequence: u64,
     /// True when the message id was seen before within the de-duplication
     /// window, so the message was not stored (or delivered) again.

@@ -226,15 +226,29 @@ impl InMemoryBus {
         if route.subs.is_empty() {
             return None;
         }
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let msg = BusMessage::new(
-            Subject::from_trusted(route.subject.clone()),
-            Bytes::from(payload),
-            Headers::new(),
-            MessageId::local(self.inner.origin, seq),
-            seq,
-        );
+        let msg = self.message(route, Bytes::from(payload), Headers::new(), None);
         deliver_now(route, msg)
+    }
+
+    /// The next message on `route`: numbered by the bus, with the given id or
+    /// one derived from its number.
+    #[inline]
+    fn message(
+        &self,
+        route: &Match<Arc<SubQueue>>,
+        payload: Bytes,
+        headers: Headers,
+        id: Option<MessageId>,
+    ) -> BusMessage {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = id.unwrap_or_else(|| MessageId::local(self.inner.origin, seq));
+        BusMessage::new(
+            Subject::from_trusted(route.subject.clone()),
+            payload,
+            headers,
+            id,
+            seq,
+        )
     }
 
     /// Subscribes with the bus's default capacity and overflow policy.
@@ -351,18 +365,15 @@ impl InMemoryBus {
         if !env.headers.is_empty() {
             env.headers.validate()?;
         }
-        let id_len = env
-            .id
-            .as_ref()
-            .and_then(|i| i.given())
-            .map_or(0, |i| i.len() + 4);
+        let given = env.id.as_ref().and_then(|i| i.given());
+        let id_len = given.map_or(0, |i| i.len() + 4);
         self.check_size(
             &env.subject,
             env.payload.len(),
             env.headers.wire_len() + id_len,
         )?;
         let route = self.route(&env.subject)?;
-        if let Some(id) = env.id.as_ref().and_then(|i| i.given()) {
+        if let Some(id) = given {
             if !self
                 .inner
                 .dedup
@@ -372,20 +383,11 @@ impl InMemoryBus {
                 return Ok(PublishAck::new(None, 0, true));
             }
         }
-        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
         if route.subs.is_empty() {
-            return Ok(PublishAck::new(None, seq, false));
+            return Ok(PublishAck::new(None, 0, false));
         }
-        let id = env
-            .id
-            .unwrap_or_else(|| MessageId::local(self.inner.origin, seq));
-        let msg = BusMessage::new(
-            Subject::from_trusted(route.subject.clone()),
-            env.payload,
-            env.headers,
-            id,
-            seq,
-        );
+        let msg = self.message(&route, env.payload, env.headers, env.id);
+        let seq = msg.sequence;
         if let Some(rest) = deliver_now(&route, msg) {
             rest.finish().await;
         }

@@ -416,15 +416,36 @@ impl NatsBus {
             .await
         {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.ensure_default_stream(subject).await?;
-                self.publish_one(subject, payload, headers, id).await
+                self.republish_creating_stream(subject, payload, headers, id)
+                    .await
             }
             other => other,
         };
-        if result.is_ok() && validate_subject(subject).is_ok() {
-            self.inner.published.write().insert(first.to_string());
+        if result.is_ok() {
+            self.mark_published(first);
         }
         result
+    }
+
+    /// After a publish found no stream: creates the default stream for the
+    /// subject's first token and publishes once more.
+    async fn republish_creating_stream(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &Headers,
+        id: Option<&MessageId>,
+    ) -> Result<PublishAck, BusError> {
+        self.ensure_default_stream(subject).await?;
+        self.publish_one(subject, payload, headers, id).await
+    }
+
+    /// Records that a stream takes publishes to `first` (a valid first token,
+    /// since a publish to it was acknowledged).
+    fn mark_published(&self, first: &str) {
+        if !self.inner.published.read().contains(first) {
+            self.inner.published.write().insert(first.to_string());
+        }
     }
 
     /// Sends a prepared message to a token known to have a stream and waits for
@@ -646,23 +667,17 @@ impl EventBus for NatsBus {
                         // No stream yet: create it and publish this one again
                         // (the rest of the window may also have missed it, and
                         // is retried the same way, in order).
-                        match self.ensure_default_stream(&env.subject).await {
-                            Ok(()) => {
-                                self.publish_one(
-                                    &env.subject,
-                                    env.payload,
-                                    &env.headers,
-                                    env.id.as_ref(),
-                                )
-                                .await
-                            }
-                            Err(e) => Err(e),
-                        }
+                        self.republish_creating_stream(
+                            &env.subject,
+                            env.payload,
+                            &env.headers,
+                            env.id.as_ref(),
+                        )
+                        .await
                     }
                     (result, keep) => {
                         if let (Ok(_), Some(env)) = (&result, keep) {
-                            let first = env.subject.split('.').next().unwrap_or_default();
-                            self.inner.published.write().insert(first.to_string());
+                            self.mark_published(env.subject.split('.').next().unwrap_or_default());
                         }
                         result
                     }

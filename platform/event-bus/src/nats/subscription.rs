@@ -278,7 +278,9 @@ impl Follower {
                 continue; // already delivered
             }
             self.next = stream_seq + 1;
-            if !matches(&self.pattern, msg.subject.as_str()) {
+            // The server filters by the pattern unless it had to be dropped
+            // (pattern broader than the stream): only then match here.
+            if !self.use_filter && !matches(&self.pattern, msg.subject.as_str()) {
                 continue;
             }
             let bus_msg = to_bus_message(&msg, &self.name, stream_seq, self.strip.as_deref());

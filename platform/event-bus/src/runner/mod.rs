@@ -529,7 +529,7 @@ impl<I: Inbox> Runner<I> {
     }
 
     fn consumer_config(&self, h: &Registered<I::Tx>) -> ConsumerConfig {
-        ConsumerConfig::new(self.consumer_name(&h.name), h.pattern.clone())
+        ConsumerConfig::new(h.consumer.clone(), h.pattern.clone())
             .ack_wait(self.options.ack_wait)
             .max_deliver(self.options.max_deliver)
             .dead_letter_subject(Some(self.options.dead_letter_subject.clone()))
