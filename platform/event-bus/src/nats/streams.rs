@@ -230,11 +230,41 @@ fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
     matches!(e.kind(), GetStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
+/// How long a newly created clustered stream may take to elect its leader.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Creates a stream and returns once it can take publishes: in a cluster the
+/// create call answers before the stream has elected a leader, and a publish
+/// in between finds no responder (it would look like a missing stream).
 async fn create(js: &jetstream::Context, config: Config) -> Result<(), BusError> {
     let name = config.name.clone();
     let subjects = config.subjects.join(", ");
     match js.create_stream(config).await {
-        Ok(_) => Ok(()),
+        Ok(stream) => {
+            let has_leader = |info: &async_nats::jetstream::stream::Info| {
+                info.cluster
+                    .as_ref()
+                    .is_none_or(|c| c.leader.as_deref().is_some_and(|l| !l.is_empty()))
+            };
+            if has_leader(stream.cached_info()) {
+                return Ok(());
+            }
+            let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+            let mut pause = Duration::from_millis(10);
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+                if let Ok(mut s) = js.get_stream(&name).await {
+                    if s.info().await.is_ok_and(&has_leader) {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(BusError::new(
+                ErrorKind::Timeout,
+                format!("stream {name} was created but elected no leader within {LEADER_WAIT:?}"),
+            ))
+        }
         Err(e) => {
             let (kind, why) = match e.kind() {
                 CreateStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => (
