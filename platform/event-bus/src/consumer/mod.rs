@@ -25,6 +25,7 @@ use crate::message::BusMessage;
 use async_trait::async_trait;
 use futures::Stream;
 use std::fmt;
+use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::time::Duration;
@@ -258,58 +259,70 @@ impl Delivery {
     }
 
     /// Acknowledges: the message is processed and never delivered again.
-    pub async fn ack(self) -> Result<(), BusError> {
-        self.acker.answer(AckKind::Ack).await
+    pub fn ack(self) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        self.answer(AckKind::Ack)
     }
 
     /// Negative acknowledgement: deliver again, not before `delay` if given.
-    pub async fn nack(self, delay: Option<Duration>) -> Result<(), BusError> {
-        self.acker
-            .answer(AckKind::Nack {
-                delay,
-                reason: None,
-            })
-            .await
+    pub fn nack(
+        self,
+        delay: Option<Duration>,
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        self.answer(AckKind::Nack {
+            delay,
+            reason: None,
+        })
     }
 
     /// Like [`nack`](Self::nack), recording `reason` as the last error.
-    pub async fn nack_with_reason(
+    pub fn nack_with_reason(
         self,
         delay: Option<Duration>,
         reason: impl Into<String>,
-    ) -> Result<(), BusError> {
-        self.acker
-            .answer(AckKind::Nack {
-                delay,
-                reason: Some(reason.into()),
-            })
-            .await
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        self.answer(AckKind::Nack {
+            delay,
+            reason: Some(reason.into()),
+        })
     }
 
     /// Terminates: never delivered again.
-    pub async fn term(self, reason: Option<String>) -> Result<(), BusError> {
-        self.acker.answer(AckKind::Term { reason }).await
+    pub fn term(
+        self,
+        reason: Option<String>,
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        self.answer(AckKind::Term { reason })
     }
 
     /// Sends the message to the consumer's dead-letter subject with `reason`
     /// as its last error, then terminates it.
-    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), BusError> {
+    pub fn dead_letter(
+        self,
+        reason: impl Into<String>,
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
         self.dead_letter_with(reason, crate::message::Headers::new())
-            .await
     }
 
     /// Like [`dead_letter`](Self::dead_letter), adding `headers` to the dead letter.
-    pub async fn dead_letter_with(
+    pub fn dead_letter_with(
         self,
         reason: impl Into<String>,
         headers: crate::message::Headers,
-    ) -> Result<(), BusError> {
-        self.acker
-            .answer(AckKind::DeadLetter {
-                reason: reason.into(),
-                headers,
-            })
-            .await
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        self.answer(AckKind::DeadLetter {
+            reason: reason.into(),
+            headers,
+        })
+    }
+
+    /// Sends `kind`, consuming the delivery. The future holds only the acker
+    /// (it is small, and `'static`: it can be spawned).
+    pub(crate) fn answer(
+        self,
+        kind: AckKind,
+    ) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        let acker = self.acker;
+        async move { acker.answer(kind).await }
     }
 
     /// Signals work in progress: restarts the ack timer.
