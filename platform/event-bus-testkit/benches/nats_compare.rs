@@ -31,7 +31,8 @@
 //! Environment: `NATS_BENCH_MESSAGES` (messages per measurement, default
 //! 50 000), `NATS_BENCH_REPS` (runs per figure, default 7) and
 //! `NATS_BENCH_ABLATION=1` (adds diagnostic rows for scenario 1: raw
-//! async-nats with the bus's per-publish overheads added step by step).
+//! async-nats with the bus's per-publish overheads added step by step);
+//! `NATS_BENCH_ONLY=bus|raw` runs only scenario 1 of one side, for a profiler.
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use bytes::Bytes;
@@ -583,6 +584,18 @@ async fn run() -> Res<()> {
         server_pid: server.pid().map(|p| p.to_string()).unwrap_or_default(),
     };
 
+    // For a profiler: scenario 1 of the bus or of raw 64 tasks, `reps` times.
+    if let Ok(only) = std::env::var("NATS_BENCH_ONLY") {
+        for _ in 0..reps {
+            let s = match only.as_str() {
+                "bus" => bus_concurrent(&ctx, per_task).await?,
+                "raw" => raw_concurrent_tasks(&ctx, per_task).await?,
+                other => return Err(format!("NATS_BENCH_ONLY={other:?}: expected bus or raw").into()),
+            };
+            println!("{only}: {:.0} msg/s", rate(n1, s.wall));
+        }
+        return Ok(());
+    }
     println!(
         "NatsBus (Arc<dyn EventBus>) vs raw async-nats 0.51, nats-server {version} at {} (JetStream, file storage, 1 replica)",
         server.url()
