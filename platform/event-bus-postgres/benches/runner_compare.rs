@@ -14,7 +14,8 @@
 //! to) and with a live publisher task.
 //!
 //! `cargo bench -p event-bus-postgres --bench runner_compare`
-//! (`RUNNER_BENCH_ONLY=hand|runner` runs one backlog case once, for a profiler).
+//! (`RUNNER_BENCH_EVENTS`, default 100 000, and `RUNNER_BENCH_REPS`, default 7;
+//! `RUNNER_BENCH_ONLY_FIRST=1` stops after the first backlog case, for a profiler).
 
 use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
@@ -39,90 +40,33 @@ async fn publish_all(bus: &Arc<dyn EventBus>, n: u64) {
     }
 }
 
-/// How the events arrive during the measurement.
-#[derive(Clone, Copy, PartialEq)]
-enum Feed {
-    /// All `n` events are published before the clock starts: the figure is
-    /// the consuming side alone (the runner's overhead per event).
-    Backlog,
-    /// A publisher task runs while the clock runs: the figure includes how
-    /// the two tasks interleave on the 2 worker threads.
-    Live,
-}
+/// Events per chunk in [`backlog_pair`]: small enough to stay in the caches.
+const CHUNK: u64 = 1000;
 
-/// Publishes `n` events now (`Backlog`) or from a task (`Live`, returned).
-async fn feed(bus: &Arc<dyn EventBus>, n: u64, mode: Feed) -> Option<tokio::task::JoinHandle<()>> {
-    match mode {
-        Feed::Backlog => {
-            publish_all(bus, n).await;
-            None
-        }
-        Feed::Live => {
-            let bus = bus.clone();
-            Some(tokio::spawn(async move { publish_all(&bus, n).await }))
-        }
-    }
-}
-
-/// The hand-written loop runs in a task of its own, as a module would run it
-/// (and as the runner runs).
-async fn hand_loop(n: u64, mode: Feed) -> Duration {
-    tokio::spawn(hand_loop_task(n, mode)).await.unwrap()
-}
-
-async fn hand_loop_task(n: u64, mode: Feed) -> Duration {
-    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let mut consumer = bus
-        .consume(ConsumerConfig::new("hand", "bench.*").max_ack_pending(1 << 20))
-        .await
-        .unwrap();
-    let backlog = mode == Feed::Backlog;
-    if backlog {
-        feed(&bus, n, mode).await;
-    }
-    let start = Instant::now();
-    let publisher = if backlog {
-        None
-    } else {
-        feed(&bus, n, mode).await
-    };
+async fn handle_by_hand(consumer: &mut event_bus::ConsumerStream, count: u64) -> u64 {
     let mut sum = 0u64;
-    for _ in 0..n {
+    for _ in 0..count {
         let d = consumer.next().await.unwrap().unwrap();
         let job: Job = serde_json::from_slice(&d.payload).unwrap();
         sum = sum.wrapping_add(job.id);
         d.ack().await.unwrap();
     }
-    let took = start.elapsed();
-    if let Some(p) = publisher {
-        p.await.unwrap();
-    }
-    std::hint::black_box(sum);
-    took
+    sum
 }
 
-async fn with_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+/// A runner with one handler for `bench.*` that counts what it handled and
+/// signals after every `step` events.
+async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+    bus: &Arc<dyn EventBus>,
     inbox: I,
-    n: u64,
     concurrency: usize,
-    mode: Feed,
-) -> Duration {
-    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    // The runner's durable consumer (`<runner>-<handler>`) exists before the
-    // backlog is published, and the runner attaches to it.
-    drop(
-        bus.consume(ConsumerConfig::new("bench-h", "bench.*"))
-            .await
-            .unwrap(),
-    );
-    let backlog = mode == Feed::Backlog;
-    if backlog {
-        feed(&bus, n, mode).await;
-    }
-    // Handled events, and a signal when all are.
+    step: u64,
+) -> (
+    event_bus::runner::RunnerHandle,
+    Arc<(AtomicU64, tokio::sync::Notify)>,
+) {
     let done = Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
     let d = done.clone();
-    let start = Instant::now();
     let runner = Runner::builder(bus.clone(), "bench")
         .inbox(inbox)
         .concurrency(concurrency)
@@ -133,7 +77,7 @@ async fn with_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
                 let d = d.clone();
                 Box::pin(async move {
                     std::hint::black_box(e.data.id);
-                    if d.0.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    if (d.0.fetch_add(1, Ordering::Relaxed) + 1) % step == 0 {
                         d.1.notify_one();
                     }
                     Outcome::Ack
@@ -144,16 +88,105 @@ async fn with_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
         .spawn()
         .await
         .unwrap();
-    let publisher = if backlog {
-        None
-    } else {
-        feed(&bus, n, mode).await
-    };
+    (runner, done)
+}
+
+/// The consuming side alone, runner and loop interleaved chunk by chunk (on
+/// a current-thread runtime): each chunk of [`CHUNK`] events is published
+/// (untimed) to one bus, where the loop's consumer and the runner's both get
+/// it; then the loop handles it, then the runner (or the other way round,
+/// alternating), each timed. Interleaving at this scale cancels the machine's
+/// drift, which moved whole runs by up to 2x. Returns (loop, runner) times.
+async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+    inbox: I,
+    n: u64,
+    concurrency: usize,
+) -> (Duration, Duration) {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("hand", "bench.*").max_ack_pending(1 << 20))
+        .await
+        .unwrap();
+    let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK).await;
+    let (mut hand, mut run) = (Duration::ZERO, Duration::ZERO);
+    let mut sum = 0;
+    for chunk in 0..n / CHUNK {
+        publish_all(&bus, CHUNK).await;
+        let time_hand = async |consumer: &mut event_bus::ConsumerStream| {
+            // The runner must not run meanwhile (the loop never waits).
+            let before = done.0.load(Ordering::Relaxed);
+            let start = Instant::now();
+            let s = handle_by_hand(consumer, CHUNK).await;
+            let took = start.elapsed();
+            assert_eq!(
+                done.0.load(Ordering::Relaxed),
+                before,
+                "the runner ran inside the loop's timing"
+            );
+            (s, took)
+        };
+        let time_runner = async || {
+            let start = Instant::now();
+            done.1.notified().await;
+            start.elapsed()
+        };
+        if chunk % 2 == 0 {
+            let (s, h) = time_hand(&mut consumer).await;
+            sum += s;
+            hand += h;
+            run += time_runner().await;
+        } else {
+            run += time_runner().await;
+            let (s, h) = time_hand(&mut consumer).await;
+            sum += s;
+            hand += h;
+        }
+    }
+    std::hint::black_box(sum);
+    assert_eq!(done.0.load(Ordering::Relaxed), n / CHUNK * CHUNK);
+    runner.shutdown().await;
+    (hand, run)
+}
+
+/// Publishes `n` events from a task.
+fn spawn_publisher(bus: &Arc<dyn EventBus>, n: u64) -> tokio::task::JoinHandle<()> {
+    let bus = bus.clone();
+    tokio::spawn(async move { publish_all(&bus, n).await })
+}
+
+/// With a publisher task running: the loop in a task of its own, as a module
+/// would run it (and as the runner runs).
+async fn live_hand(n: u64) -> Duration {
+    tokio::spawn(async move {
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+        let mut consumer = bus
+            .consume(ConsumerConfig::new("hand", "bench.*").max_ack_pending(1 << 20))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let publisher = spawn_publisher(&bus, n);
+        std::hint::black_box(handle_by_hand(&mut consumer, n).await);
+        let took = start.elapsed();
+        publisher.await.unwrap();
+        took
+    })
+    .await
+    .unwrap()
+}
+
+/// With a publisher task running: the runner.
+async fn live_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+    inbox: I,
+    n: u64,
+    concurrency: usize,
+) -> Duration {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let (runner, done) = start_runner(&bus, inbox, concurrency, n).await;
+    let start = Instant::now();
+    let publisher = spawn_publisher(&bus, n);
     done.1.notified().await;
     let took = start.elapsed();
-    if let Some(p) = publisher {
-        p.await.unwrap();
-    }
+    publisher.await.unwrap();
     runner.shutdown().await;
     took
 }
@@ -241,6 +274,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -255,61 +293,71 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    // For profiling (e.g. under callgrind): one backlog run of one case.
-    if let Ok(only) = std::env::var("RUNNER_BENCH_ONLY") {
-        let d = match only.as_str() {
-            "hand" => rt.block_on(hand_loop(n, Feed::Backlog)),
-            "runner" => rt.block_on(with_runner(
-                event_bus::runner::NoInbox,
-                n,
-                16,
-                Feed::Backlog,
-            )),
-            other => panic!("RUNNER_BENCH_ONLY={other:?}: expected \"hand\" or \"runner\""),
-        };
-        println!("{only}: {n} events in {d:?} ({:.0}/s)", rate(n, d));
-        return;
-    }
-    let reps = 5;
-    println!("event runner vs a hand-written consume+decode+ack loop, InMemoryBus, {n} events, median of {reps} alternated runs, 2 worker threads");
-    println!(
-        "backlog: the events are published before the clock starts (the consuming side alone);"
-    );
-    println!(
-        "live: a publisher task runs meanwhile (includes how the two tasks share the 2 threads)"
-    );
+    let reps: usize = std::env::var("RUNNER_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("event runner vs a hand-written consume+decode+ack loop, InMemoryBus, {n} events per run, {reps} runs");
+    println!("backlog: the consuming side alone; chunks of {CHUNK} events published untimed, then handled by the loop and by the runner in turn (current-thread runtime)");
+    println!("live: a publisher task runs meanwhile; loop and runner each in a task, runs alternated (multi-threaded runtime, 2 workers; varies more)");
+    println!("ratio: median of the per-run ratios");
     println!();
     println!(
         "{:<52} {:>12} {:>12} {:>7}",
-        "events/s", "runner", "hand loop", "ratio"
+        "events/s (medians)", "runner", "hand loop", "ratio"
     );
-    for mode in [Feed::Backlog, Feed::Live] {
-        let label = if mode == Feed::Backlog {
-            "backlog"
-        } else {
-            "live"
-        };
-        let (mut hand, mut plain, mut mem, mut plain1) = (vec![], vec![], vec![], vec![]);
+    let report = |name: &str, hand: Vec<Duration>, runner: Vec<Duration>| {
+        // A larger duration is a lower rate: loop time / runner time.
+        let ratios: Vec<f64> = hand
+            .iter()
+            .zip(&runner)
+            .map(|(h, r)| h.as_secs_f64() / r.as_secs_f64())
+            .collect();
+        println!(
+            "{name:<52} {:>12.0} {:>12.0} {:>6.2}x",
+            rate(n, median(runner)),
+            rate(n, median(hand)),
+            median_f64(ratios)
+        );
+    };
+    type Case = (&'static str, usize, bool);
+    let cases: [Case; 3] = [
+        ("no inbox, concurrency 16", 16, false),
+        ("no inbox, concurrency 1", 1, false),
+        ("in-memory inbox, concurrency 16", 16, true),
+    ];
+    for (name, concurrency, mem) in cases {
+        let (mut hand, mut runner) = (vec![], vec![]);
         for _ in 0..reps {
-            hand.push(rt.block_on(hand_loop(n, mode)));
-            plain.push(rt.block_on(with_runner(event_bus::runner::NoInbox, n, 16, mode)));
-            plain1.push(rt.block_on(with_runner(event_bus::runner::NoInbox, n, 1, mode)));
-            mem.push(rt.block_on(with_runner(MemoryInbox::default(), n, 16, mode)));
+            let (h, r) = if mem {
+                single.block_on(backlog_pair(MemoryInbox::default(), n, concurrency))
+            } else {
+                single.block_on(backlog_pair(event_bus::runner::NoInbox, n, concurrency))
+            };
+            hand.push(h);
+            runner.push(r);
         }
-        let hand = median(hand);
-        for (name, d) in [
-            ("no inbox, concurrency 16", median(plain)),
-            ("no inbox, concurrency 1", median(plain1)),
-            ("in-memory inbox, concurrency 16", median(mem)),
-        ] {
-            let name = format!("{label}: runner, {name}");
-            println!(
-                "{name:<52} {:>12.0} {:>12.0} {:>6.2}x",
-                rate(n, d),
-                rate(n, hand),
-                rate(n, d) / rate(n, hand)
-            );
+        report(&format!("backlog: runner, {name}"), hand, runner);
+        if std::env::var_os("RUNNER_BENCH_ONLY_FIRST").is_some() {
+            // For a profiler: the first backlog case only.
+            return;
         }
+    }
+    for (name, concurrency, mem) in cases {
+        let (mut hand, mut runner) = (vec![], vec![]);
+        for _ in 0..reps {
+            hand.push(rt.block_on(live_hand(n)));
+            runner.push(if mem {
+                rt.block_on(live_runner(MemoryInbox::default(), n, concurrency))
+            } else {
+                rt.block_on(live_runner(event_bus::runner::NoInbox, n, concurrency))
+            });
+        }
+        report(&format!("live: runner, {name}"), hand, runner);
     }
 
     let pg_n = (n / 20).max(1000);

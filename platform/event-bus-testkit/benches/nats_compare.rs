@@ -590,7 +590,9 @@ async fn run() -> Res<()> {
             let s = match only.as_str() {
                 "bus" => bus_concurrent(&ctx, per_task).await?,
                 "raw" => raw_concurrent_tasks(&ctx, per_task).await?,
-                other => return Err(format!("NATS_BENCH_ONLY={other:?}: expected bus or raw").into()),
+                other => {
+                    return Err(format!("NATS_BENCH_ONLY={other:?}: expected bus or raw").into())
+                }
             };
             println!("{only}: {:.0} msg/s", rate(n1, s.wall));
         }

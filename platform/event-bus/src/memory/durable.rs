@@ -17,13 +17,13 @@ use crate::consumer::{
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
 use async_trait::async_trait;
-use futures::task::ArcWake;
+use futures::task::{ArcWake, AtomicWaker};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -67,22 +67,29 @@ struct State {
 }
 
 /// Wakes every instance waiting on the consumer.
+///
+/// Each open instance has its own [`AtomicWaker`], registered on every poll
+/// (which replaces, rather than adds, its waker: a task's waker may not
+/// compare equal to its own clone, so a plain list of wakers kept growing
+/// between wakes).
 #[derive(Default)]
 struct WakeAll {
-    wakers: Mutex<Vec<Waker>>,
+    instances: Mutex<Vec<Arc<AtomicWaker>>>,
 }
 
 impl WakeAll {
-    fn register(&self, w: &Waker) {
-        let mut ws = self.wakers.lock();
-        if !ws.iter().any(|x| x.will_wake(w)) {
-            ws.push(w.clone());
-        }
+    fn add(&self) -> Arc<AtomicWaker> {
+        let w = Arc::new(AtomicWaker::new());
+        self.instances.lock().push(w.clone());
+        w
+    }
+
+    fn remove(&self, w: &Arc<AtomicWaker>) {
+        self.instances.lock().retain(|x| !Arc::ptr_eq(x, w));
     }
 
     fn wake_waiters(&self) {
-        let ws = std::mem::take(&mut *self.wakers.lock());
-        for w in ws {
+        for w in self.instances.lock().iter() {
             w.wake();
         }
     }
@@ -157,6 +164,7 @@ impl InMemoryBus {
             }
         };
         let raw: ConsumerStream = Box::pin(Instance {
+            waker: durable.wake_all.add(),
             durable,
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         });
@@ -185,6 +193,8 @@ impl InMemoryBus {
 /// One open instance of a durable consumer.
 struct Instance {
     durable: Arc<Durable>,
+    /// Where this instance's task waits (see [`WakeAll`]).
+    waker: Arc<AtomicWaker>,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -196,7 +206,7 @@ impl Stream for Instance {
         let now = Instant::now();
         // Register first: polling the feed may wake the waiters right away
         // (an active subscription re-polls itself instead of parking).
-        durable.wake_all.register(cx.waker());
+        self.waker.register(cx.waker());
         let mut st = durable.state.lock();
         // Take new messages from the feed (waking every instance when more come).
         let feed_waker = futures::task::waker(durable.wake_all.clone());
@@ -275,6 +285,12 @@ impl Stream for Instance {
     }
 }
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.durable.wake_all.remove(&self.waker);
+    }
+}
+
 use std::future::Future;
 
 struct MemoryAcker {
@@ -292,28 +308,40 @@ impl Acker for MemoryAcker {
             .in_flight
             .get(&self.seq)
             .is_some_and(|f| f.entry.deliveries == self.deliveries);
-        match kind {
+        // Whether an instance may be waiting for what this answer frees: a
+        // delivery slot (max ack pending reached) or backlog room (capacity
+        // reached), or a message to deliver again.
+        let full = st.in_flight.len() >= st.settings.max_ack_pending
+            || st.pending.len() + st.in_flight.len() >= DURABLE_CAPACITY;
+        let wake = match kind {
             AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
-                st.in_flight.remove(&self.seq);
-                st.pending.remove(&self.seq);
+                let in_flight = st.in_flight.remove(&self.seq).is_some();
+                let pending = st.pending.remove(&self.seq).is_some();
+                (in_flight || pending) && full
             }
             AckKind::Nack { delay, .. } if current => {
                 if let Some(mut f) = st.in_flight.remove(&self.seq) {
                     f.entry.not_before = delay.map(|d| Instant::now() + d);
                     st.pending.insert(self.seq, f.entry);
                 }
+                true
             }
             AckKind::InProgress if current => {
                 let ack_wait = st.settings.ack_wait;
                 if let Some(f) = st.in_flight.get_mut(&self.seq) {
                     f.deadline = Instant::now() + ack_wait;
                 }
+                // An instance sleeping until the old deadline wakes, finds
+                // nothing expired and sleeps until the new one.
+                false
             }
             // A stale answer (the message was redelivered since) is ignored, as on NATS.
-            _ => {}
-        }
+            _ => false,
+        };
         drop(st);
-        d.wake_all.wake_waiters();
+        if wake {
+            d.wake_all.wake_waiters();
+        }
         Ok(())
     }
 }
@@ -324,5 +352,32 @@ impl std::fmt::Debug for Durable {
             .field("name", &self.name)
             .field("filter", &self.filter)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::EventBus;
+
+    /// Every poll registers the task's waker; the consumer keeps one per
+    /// open instance however long it runs without a wake, and forgets it
+    /// when the instance is dropped.
+    #[tokio::test]
+    async fn one_registered_waker_per_instance() {
+        let bus = InMemoryBus::new();
+        let mut a = bus.consume(ConsumerConfig::new("c", "t.>")).await.unwrap();
+        let b = bus.consume(ConsumerConfig::new("c", "t.>")).await.unwrap();
+        let durable = bus.inner.durables.lock().get("c").cloned().unwrap();
+        for i in 0..100u32 {
+            bus.publish("t.x", i.to_be_bytes().to_vec()).await.unwrap();
+            let d = a.next().await.unwrap().unwrap();
+            d.ack().await.unwrap();
+        }
+        assert_eq!(durable.wake_all.instances.lock().len(), 2);
+        drop(b);
+        assert_eq!(durable.wake_all.instances.lock().len(), 1);
+        drop(a);
+        assert!(durable.wake_all.instances.lock().is_empty());
     }
 }

@@ -65,9 +65,7 @@ impl TokenSet {
     pub(crate) fn contains(&self, token: &str) -> bool {
         match self.slot(token) {
             Some(s) => s.present.load(Ordering::Acquire),
-            None => {
-                self.overflowed.load(Ordering::Acquire) && self.overflow.read().contains(token)
-            }
+            None => self.overflowed.load(Ordering::Acquire) && self.overflow.read().contains(token),
         }
     }
 
