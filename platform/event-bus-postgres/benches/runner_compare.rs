@@ -66,15 +66,14 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     Arc<(AtomicU64, tokio::sync::Notify)>,
 ) {
     let done = Arc::new((AtomicU64::new(0), tokio::sync::Notify::new()));
-    let d = done.clone();
     let runner = Runner::builder(bus.clone(), "bench")
         .inbox(inbox)
         .concurrency(concurrency)
-        .handler(Handler::new(
+        .handler(Handler::with_state(
             "h",
             "bench.*",
-            move |e: Event<'_, Job>, _tx: &mut T| {
-                let d = d.clone();
+            done.clone(),
+            move |d: &Arc<(AtomicU64, tokio::sync::Notify)>, e: Event<'_, Job>, _tx: &mut T| {
                 Box::pin(async move {
                     std::hint::black_box(e.data.id);
                     if (d.0.fetch_add(1, Ordering::Relaxed) + 1) % step == 0 {

@@ -208,16 +208,47 @@ pub struct Event<'a, T> {
     pub delivery_count: u32,
 }
 
-type HandlerFn<T, Tx> =
-    dyn for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync;
 type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
+
+/// A handler function with its state, if any: what the runner calls.
+trait CallHandler<T, Tx>: Send + Sync {
+    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> BoxFuture<'a, Outcome>;
+}
+
+/// A function of the event alone ([`Handler::new`]).
+struct Plain<F>(F);
+
+impl<T, Tx, F> CallHandler<T, Tx> for Plain<F>
+where
+    F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync,
+{
+    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> BoxFuture<'a, Outcome> {
+        (self.0)(e, tx)
+    }
+}
+
+/// A function that borrows state the handler owns ([`Handler::with_state`]).
+struct Stateful<S, F> {
+    state: S,
+    f: F,
+}
+
+impl<T, Tx, S, F> CallHandler<T, Tx> for Stateful<S, F>
+where
+    S: Send + Sync,
+    F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync,
+{
+    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> BoxFuture<'a, Outcome> {
+        (self.f)(&self.state, e, tx)
+    }
+}
 
 /// A typed handler: a name, a subject pattern and an async function.
 pub struct Handler<T, Tx> {
     name: String,
     pattern: String,
     retry: RetryPolicy,
-    f: Arc<HandlerFn<T, Tx>>,
+    f: Arc<dyn CallHandler<T, Tx>>,
     key: Option<Arc<KeyFn<T>>>,
 }
 
@@ -235,11 +266,52 @@ where
     where
         F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync + 'static,
     {
+        Self::from_call(name.into(), pattern.into(), Arc::new(Plain(f)))
+    }
+
+    /// Like [`new`](Self::new), for a handler with state (a connection
+    /// pool, a client, counters): `f` borrows `state` for the whole event,
+    /// so nothing has to be cloned per event.
+    ///
+    /// ```
+    /// use event_bus::runner::{Event, Handler, Outcome};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Paid { cents: u64 }
+    ///
+    /// let h: Handler<Paid, ()> = Handler::with_state(
+    ///     "revenue",
+    ///     "billing.paid",
+    ///     AtomicU64::new(0),
+    ///     |total: &AtomicU64, e: Event<'_, Paid>, _tx| Box::pin(async move {
+    ///         total.fetch_add(e.data.cents, Ordering::Relaxed);
+    ///         Outcome::Ack
+    ///     }),
+    /// );
+    /// ```
+    pub fn with_state<S, F>(
+        name: impl Into<String>,
+        pattern: impl Into<String>,
+        state: S,
+        f: F,
+    ) -> Self
+    where
+        S: Send + Sync + 'static,
+        F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome>
+            + Send
+            + Sync
+            + 'static,
+    {
+        Self::from_call(name.into(), pattern.into(), Arc::new(Stateful { state, f }))
+    }
+
+    fn from_call(name: String, pattern: String, f: Arc<dyn CallHandler<T, Tx>>) -> Self {
         Handler {
-            name: name.into(),
-            pattern: pattern.into(),
+            name,
+            pattern,
             retry: RetryPolicy::default(),
-            f: Arc::new(f),
+            f,
             key: None,
         }
     }
@@ -1001,7 +1073,7 @@ async fn run_attempt<T, I: Inbox>(
             }
         }
     };
-    let outcome = AssertUnwindSafe((h.handler.f)(
+    let outcome = AssertUnwindSafe(h.handler.f.call(
         Event {
             data: decoded,
             message: delivery.message(),
