@@ -18,7 +18,7 @@ use crate::error::{BusError, ErrorKind};
 use crate::message::MessageId;
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,18 +94,61 @@ pub struct MemoryInbox {
     ttl: Duration,
 }
 
+/// `(consumer, message id)`, with its hash computed once (a message id
+/// hashes its display form, which costs some formatting). The consumer name
+/// is shared (see `MemState::consumers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ClaimKey {
+    hash: u64,
+    consumer: Arc<str>,
+    id: MessageId,
+}
+
+impl ClaimKey {
+    fn new(consumer: Arc<str>, id: MessageId) -> Self {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = rustc_hash::FxBuildHasher.build_hasher();
+        consumer.hash(&mut h);
+        id.hash(&mut h);
+        ClaimKey {
+            hash: h.finish(),
+            consumer,
+            id,
+        }
+    }
+}
+
+impl std::hash::Hash for ClaimKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
 #[derive(Debug, Default)]
 struct MemState {
     /// `true` = committed, `false` = claimed (in progress).
-    entries: FxHashMap<(String, String), (bool, Instant)>,
-    order: VecDeque<((String, String), Instant)>,
+    entries: FxHashMap<ClaimKey, (bool, Instant)>,
+    order: VecDeque<(ClaimKey, Instant)>,
+    /// Consumer names, one allocation each.
+    consumers: FxHashSet<Arc<str>>,
+}
+
+impl MemState {
+    fn consumer(&mut self, name: &str) -> Arc<str> {
+        if let Some(c) = self.consumers.get(name) {
+            return c.clone();
+        }
+        let c: Arc<str> = Arc::from(name);
+        self.consumers.insert(c.clone());
+        c
+    }
 }
 
 /// The claim token of a [`MemoryInbox`]. Dropping it without a commit
 /// releases the claim (like a rolled-back transaction).
 #[derive(Debug)]
 pub struct MemoryClaim {
-    key: (String, String),
+    key: ClaimKey,
     state: Arc<Mutex<MemState>>,
     settled: bool,
 }
@@ -170,10 +213,10 @@ impl Inbox for MemoryInbox {
         consumer: &str,
         message_id: &MessageId,
     ) -> Result<Option<MemoryClaim>, BusError> {
-        let key = (consumer.to_string(), message_id.to_string());
         let now = Instant::now();
         let mut st = self.state.lock();
         self.evict(&mut st, now);
+        let key = ClaimKey::new(st.consumer(consumer), message_id.clone());
         match st.entries.get(&key) {
             Some((true, _)) => Ok(None),
             Some((false, _)) => Err(BusError::new(
