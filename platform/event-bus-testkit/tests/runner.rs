@@ -327,6 +327,75 @@ async fn graceful_shutdown_loses_nothing(b: Backend) {
     assert!((1..=n).all(|i| effects.lock().contains_key(&i)));
 }
 
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct User {
+    name: String,
+}
+
+/// Two handlers with different event types in one runner: each gets exactly
+/// its own events. One of them waits (so events queue behind it as tasks);
+/// both carry state with `Handler::with_state`.
+async fn several_handlers_each_get_their_events(b: Backend) {
+    type Seen = Mutex<HashMap<String, u32>>;
+    let jobs: Arc<Seen> = Arc::default();
+    let users: Arc<Seen> = Arc::default();
+    let runner = Runner::builder(b.bus.clone(), "multi")
+        .concurrency(4)
+        .handler(Handler::with_state(
+            "jobs",
+            "multi.jobs",
+            jobs.clone(),
+            |seen: &Arc<Seen>, ev: Event<'_, Job>, _tx| {
+                Box::pin(async move {
+                    // Waits, so that this handler's events run as tasks.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    *seen.lock().entry(ev.data.id.to_string()).or_default() += 1;
+                    Outcome::Ack
+                })
+            },
+        ))
+        .handler(Handler::with_state(
+            "users",
+            "multi.users.*",
+            users.clone(),
+            |seen: &Arc<Seen>, ev: Event<'_, User>, _tx| {
+                Box::pin(async move {
+                    *seen.lock().entry(ev.data.name.clone()).or_default() += 1;
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    let n = 20u64;
+    for i in 0..n {
+        b.bus.publish("multi.jobs", job(i, "k")).await.unwrap();
+        let user = serde_json::to_vec(&User {
+            name: format!("u{i}"),
+        })
+        .unwrap();
+        b.bus.publish("multi.users.created", user).await.unwrap();
+    }
+    wait::until(Duration::from_secs(20), "both handlers done", || {
+        jobs.lock().len() == n as usize && users.lock().len() == n as usize
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.processed, 2 * n);
+    assert_eq!(
+        report.dead_lettered, 0,
+        "no event reached the wrong handler"
+    );
+    for (what, seen) in [("jobs", &jobs), ("users", &users)] {
+        let seen = seen.lock();
+        assert!(
+            seen.values().all(|&c| c == 1),
+            "{what} handled once each: {seen:?}"
+        );
+    }
+    assert!((0..n).all(|i| users.lock().contains_key(&format!("u{i}"))));
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod memory_backend {
@@ -352,5 +421,6 @@ on_both!(
     always_fails_is_dead_lettered_and_replayable,
     undecodable_is_dead_lettered_at_once,
     per_key_order_with_concurrency_8,
-    graceful_shutdown_loses_nothing
+    graceful_shutdown_loses_nothing,
+    several_handlers_each_get_their_events
 );
