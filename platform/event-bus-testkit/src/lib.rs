@@ -12,5 +12,6 @@
 
 pub mod conformance;
 pub mod nats_server;
+mod orphans;
 pub mod postgres;
 pub mod wait;

@@ -21,7 +21,8 @@
 //! `./scripts/install-test-deps.sh` to get one.
 //!
 //! Dropping a [`NatsServer`] or [`NatsCluster`] SIGKILLs the processes and
-//! deletes their temporary directories.
+//! deletes their temporary directories. Servers of a test process that was
+//! itself SIGKILLed are killed by the next harness start (see `orphans.rs`).
 //!
 //! # Example
 //!
@@ -657,6 +658,7 @@ impl NatsServer {
     /// port turns out to be taken, the start is retried (up to 3 attempts) on
     /// fresh ports.
     pub async fn start_with(opts: NatsServerOptions) -> Result<Self, HarnessError> {
+        crate::orphans::reap_once();
         let binary = nats_server_binary()?;
         let mut attempt = 0;
         loop {
@@ -783,6 +785,7 @@ impl NatsServer {
             .stderr(err)
             .spawn()
             .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
+        crate::orphans::record(child.id(), &self.config_path);
         self.child = Some(child);
         Ok(())
     }
@@ -798,7 +801,9 @@ impl NatsServer {
         let mut backoff = INITIAL_BACKOFF;
         loop {
             if let Some(status) = self.try_exit_status()? {
-                self.child = None;
+                if let Some(child) = self.child.take() {
+                    crate::orphans::forget(child.id());
+                }
                 return Err(HarnessError::Exited {
                     server: self.name.clone(),
                     status: status.to_string(),
@@ -925,6 +930,7 @@ impl NatsServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            crate::orphans::forget(child.id());
         }
     }
 
@@ -940,6 +946,7 @@ impl NatsServer {
             .map_err(|e| HarnessError::io("polling nats-server process", e))?
             .is_some()
         {
+            crate::orphans::forget(child.id());
             self.child = None;
             return Ok(());
         }
@@ -962,7 +969,9 @@ impl NatsServer {
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             if self.try_exit_status()?.is_some() {
-                self.child = None;
+                if let Some(child) = self.child.take() {
+                    crate::orphans::forget(child.id());
+                }
                 return Ok(());
             }
             if !sent || Instant::now() >= deadline {
@@ -1041,6 +1050,7 @@ impl NatsCluster {
     /// is ignored, `jetstream` is forced on). Retries on fresh ports (up to 3
     /// attempts) if a chosen port turns out to be taken.
     pub async fn start_with(n: usize, opts: NatsServerOptions) -> Result<Self, HarnessError> {
+        crate::orphans::reap_once();
         if n == 0 {
             return Err(HarnessError::InvalidArgument(
                 "a cluster needs at least one node".into(),
