@@ -718,47 +718,53 @@ impl<I: Inbox> Runner<I> {
             self.handlers.iter().map(|h| h.clone().slot()).collect();
         let mut polls = 0u32;
         loop {
-            // Drive the events in flight in this task, reap finished tasks,
-            // then take the next event if fewer than `concurrency` are in
-            // flight. The shutdown signal is polled whenever no event is
-            // ready, and every 32 polls while they keep coming.
+            // Drive the events in flight in this task and reap finished
+            // tasks; then, while fewer than `concurrency` are in flight, take
+            // events: one that an idle slot handles at once is done right
+            // here (the common case, kept tight), any other is returned to
+            // the loop below. The shutdown signal is polled whenever no event
+            // is ready, and every 32 events while they keep coming; after
+            // `YIELD_EVERY` events in one go the task yields to others.
             let next = std::future::poll_fn(|cx| {
-                let in_flight = drive_in_flight(&mut slots, &mut tasks, name, cx);
-                polls = polls.wrapping_add(1);
-                if polls % 32 == 0 && shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                if in_flight >= concurrency {
-                    return shutdown.as_mut().poll(cx).map(|()| None);
-                }
-                match source.poll_next(cx) {
-                    Poll::Ready(Some(next)) => Poll::Ready(Some(next)),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => shutdown.as_mut().poll(cx).map(|()| None),
-                }
-            })
-            .await;
-            let Some((i, item)) = next else { break };
-            let delivery = match item {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(runner = %name, error = %e, "consumer error; continuing");
-                    continue;
-                }
-            };
-            match &mut slots[i] {
-                // Polled first thing in the next round: an event whose
-                // handling completes at once is done before the next is taken.
-                Some(slot) if !slot.busy() => slot.start(&ctx, delivery),
-                _ => {
-                    // The first poll runs here, in arrival order (a keyed
-                    // event queues behind its key before the next is taken);
-                    // only an event that has to wait becomes a task.
-                    let mut work = self.handlers[i].clone().start(&ctx, delivery);
-                    if futures::poll!(work.as_mut()).is_pending() {
-                        tasks.spawn(work);
+                let mut in_flight = drive_in_flight(&mut slots, &mut tasks, name, cx);
+                for _ in 0..YIELD_EVERY {
+                    polls = polls.wrapping_add(1);
+                    if polls % 32 == 0 && shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if in_flight >= concurrency {
+                        return shutdown.as_mut().poll(cx).map(|()| None);
+                    }
+                    let (i, delivery) = match source.poll_next(cx) {
+                        Poll::Ready(Some((i, Ok(delivery)))) => (i, delivery),
+                        Poll::Ready(Some((_, Err(e)))) => {
+                            tracing::warn!(runner = %name, error = %e, "consumer error; continuing");
+                            continue;
+                        }
+                        Poll::Ready(None) => return Poll::Ready(None),
+                        Poll::Pending => return shutdown.as_mut().poll(cx).map(|()| None),
+                    };
+                    match &mut slots[i] {
+                        Some(slot) if !slot.busy() => {
+                            slot.start(&ctx, delivery);
+                            if slot.poll(cx).is_pending() {
+                                in_flight += 1;
+                            }
+                        }
+                        _ => return Poll::Ready(Some((i, delivery))),
                     }
                 }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            let Some((i, delivery)) = next else { break };
+            // The first poll runs here, in arrival order (a keyed event
+            // queues behind its key before the next is taken); only an event
+            // that has to wait becomes a task.
+            let mut work = self.handlers[i].clone().start(&ctx, delivery);
+            if futures::poll!(work.as_mut()).is_pending() {
+                tasks.spawn(work);
             }
         }
         // Stop taking events; deliveries buffered by the backend and not yet
@@ -776,6 +782,9 @@ impl<I: Inbox> Runner<I> {
         self.counters.report()
     }
 }
+
+/// Events the runner takes in one go before it yields to other tasks.
+const YIELD_EVERY: usize = 256;
 
 /// Polls the events in progress in `slots` and reaps finished tasks; returns
 /// how many events are still in flight.
