@@ -751,6 +751,8 @@ struct Server {
     /// whose only child is `postgres` (when running as root).
     child: Option<Child>,
     wrapped: bool,
+    /// The postmaster pid recorded for orphan reaping (see `orphans.rs`).
+    recorded: Option<u32>,
     bin_dir: PathBuf,
     port: u16,
     root: PathBuf,
@@ -769,6 +771,7 @@ impl Server {
         let server = Server {
             child: None,
             wrapped: running_as_root(),
+            recorded: None,
             data_dir: root.join("data"),
             log_path: root.join("postgres.log"),
             root,
@@ -874,6 +877,11 @@ impl Server {
                 }
             }
             if tcp_accepts(self.port).await && pg_isready(self.port).await {
+                // The postmaster has the data directory on its command line.
+                if let Some(pid) = self.postmaster_pid() {
+                    crate::orphans::record(pid, &self.data_dir);
+                    self.recorded = Some(pid);
+                }
                 return Ok(());
             }
             let now = Instant::now();
@@ -909,6 +917,7 @@ impl Server {
         };
         if !matches!(child.try_wait(), Ok(None)) {
             self.child = None;
+            self.forget();
             return true;
         }
         if !*signalled {
@@ -917,6 +926,12 @@ impl Server {
             }
         }
         false
+    }
+
+    fn forget(&mut self) {
+        if let Some(pid) = self.recorded.take() {
+            crate::orphans::forget(pid);
+        }
     }
 
     /// SIGKILLs the postmaster, its children and the wrapper, then reaps.
@@ -932,6 +947,7 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.forget();
     }
 
     /// Shuts down and waits (async); SIGKILL after the mode's timeout.
@@ -1043,6 +1059,7 @@ impl TestPostgres {
     /// If the chosen port turns out to be taken, the start is retried on a new
     /// port (3 attempts in all).
     pub async fn start_throwaway() -> Result<Self, PgHarnessError> {
+        crate::orphans::reap_once();
         let bin_dir = pg_bin_dir()?;
         let mut server = Server::init(bin_dir).await?;
         let mut attempt = 0;
