@@ -83,6 +83,7 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -957,14 +958,27 @@ async fn process<T, I>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = {
-            let work = run_attempt(ctx, h, &delivery, &decoded, consumer, id, attempt);
-            tokio::pin!(work);
-            // Most handlers finish at once: only set up the cancellation watch
-            // and the keep-alive timer for those that do not.
-            match futures::poll!(work.as_mut()) {
-                std::task::Poll::Ready(r) => Some(r),
-                std::task::Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work)).await,
+        // Most handlers finish at once: only set up the cancellation watch
+        // and the keep-alive timer for those that do not. Without an inbox
+        // the attempt is the handler alone (a small state, kept inline);
+        // with one, its begin/commit state is boxed apart.
+        let result = match ctx.inbox.trivial_tx() {
+            Some(tx) => {
+                let work = attempt_without_inbox(h, &delivery, &decoded, attempt, tx);
+                tokio::pin!(work);
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work)).await,
+                }
+            }
+            None => {
+                let mut work = Box::pin(run_attempt(
+                    ctx, h, &delivery, &decoded, consumer, id, attempt,
+                ));
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work.as_mut())).await,
+                }
             }
         };
         let Some(result) = result else {
@@ -1057,6 +1071,58 @@ async fn keep_alive(delivery: &Delivery, ack_wait: Duration) {
     }
 }
 
+/// One attempt when the inbox does not de-duplicate: the handler alone.
+async fn attempt_without_inbox<T, I: Inbox>(
+    h: &Registered<T, I>,
+    delivery: &Delivery,
+    decoded: &T,
+    attempt: u32,
+    mut tx: I::Tx,
+) -> Attempt {
+    let outcome = AssertUnwindSafe(h.handler.f.call(
+        Event {
+            data: decoded,
+            message: delivery.message(),
+            attempt,
+            delivery_count: delivery.delivery_count(),
+        },
+        &mut tx,
+    ))
+    .catch_unwind()
+    .await;
+    match outcome {
+        Ok(outcome) => settle(outcome),
+        Err(panic) => panicked(panic),
+    }
+}
+
+/// The attempt's result for a handler's outcome (once the unit of work is
+/// settled).
+fn settle(outcome: Outcome) -> Attempt {
+    match outcome {
+        Outcome::Ack => Attempt::Acked,
+        Outcome::Retry { after, reason } => Attempt::Failed { after, reason },
+        Outcome::DeadLetter(reason) => Attempt::DeadLetter(reason),
+        Outcome::Drop => Attempt::Dropped,
+    }
+}
+
+/// A caught panic as a failed attempt.
+#[cold]
+fn panicked(panic: Box<dyn Any + Send>) -> Attempt {
+    let what = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a non-string panic".into());
+    Attempt::Failed {
+        after: None,
+        reason: format!("handler panicked: {what}"),
+    }
+}
+
+/// One attempt through a de-duplicating inbox: claim, handle, then commit
+/// the claim with the handler's writes, or roll both back.
 async fn run_attempt<T, I: Inbox>(
     ctx: &TaskCtx<I>,
     h: &Registered<T, I>,
@@ -1066,13 +1132,7 @@ async fn run_attempt<T, I: Inbox>(
     id: &MessageId,
     attempt: u32,
 ) -> Attempt {
-    let trivial = ctx.inbox.trivial_tx();
-    let skip_inbox = trivial.is_some();
-    let begun = match trivial {
-        Some(tx) => Ok(Some(tx)),
-        None => ctx.inbox.begin(consumer, id).await,
-    };
-    let mut tx = match begun {
+    let mut tx = match ctx.inbox.begin(consumer, id).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Attempt::Duplicate,
         Err(e) => {
@@ -1094,7 +1154,6 @@ async fn run_attempt<T, I: Inbox>(
     .catch_unwind()
     .await;
     match outcome {
-        Ok(Outcome::Ack) if skip_inbox => Attempt::Acked,
         Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
             Ok(()) => Attempt::Acked,
             Err(e) => Attempt::Failed {
@@ -1102,29 +1161,13 @@ async fn run_attempt<T, I: Inbox>(
                 reason: format!("committing: {e}"),
             },
         },
-        Ok(Outcome::Retry { after, reason }) => {
+        Ok(outcome) => {
             ctx.inbox.rollback(tx).await;
-            Attempt::Failed { after, reason }
-        }
-        Ok(Outcome::DeadLetter(reason)) => {
-            ctx.inbox.rollback(tx).await;
-            Attempt::DeadLetter(reason)
-        }
-        Ok(Outcome::Drop) => {
-            ctx.inbox.rollback(tx).await;
-            Attempt::Dropped
+            settle(outcome)
         }
         Err(panic) => {
             ctx.inbox.rollback(tx).await;
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a non-string panic".into());
-            Attempt::Failed {
-                after: None,
-                reason: format!("handler panicked: {what}"),
-            }
+            panicked(panic)
         }
     }
 }
