@@ -346,7 +346,8 @@ trait Erased<I: Inbox>: Send + Sync + 'static {
     fn start(self: Arc<Self>, ctx: &Arc<TaskCtx<I>>, delivery: Delivery) -> BoxFuture<'static, ()>;
     /// A reusable slot for events of this handler in the runner's own task,
     /// for handlers without a key (a keyed event may have to wait its turn).
-    fn slot(self: Arc<Self>) -> Option<Box<dyn EventSlot<I>>>;
+    /// It borrows the handler and the context, which outlive it in the loop.
+    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>) -> Option<Box<dyn EventSlot + 'a>>;
 }
 
 fn decode<T: DeserializeOwned>(delivery: &Delivery) -> Result<T, String> {
@@ -361,26 +362,27 @@ fn decode<T: DeserializeOwned>(delivery: &Delivery) -> Result<T, String> {
 /// A place in the runner's own task where one event at a time is processed,
 /// reused from event to event: an event whose handling completes at once
 /// costs no allocation. Events that find it busy get a task of their own.
-trait EventSlot<I: Inbox>: Send {
+trait EventSlot: Send {
     /// Whether an event is being processed here.
     fn busy(&self) -> bool;
     /// Starts processing `delivery` here (the slot must be idle).
-    fn start(&mut self, ctx: &Arc<TaskCtx<I>>, delivery: Delivery);
+    fn start(&mut self, delivery: Delivery);
     /// Drives the event in progress; `Ready` once the slot is idle.
     fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()>;
 }
 
-type ProcessFn<T, I, F> =
-    fn(Arc<TaskCtx<I>>, Arc<Registered<T, I>>, Delivery, Result<T, String>) -> F;
+type ProcessFn<'a, T, I, F> =
+    fn(&'a TaskCtx<I>, &'a Registered<T, I>, Delivery, Result<T, String>) -> F;
 
-struct Slot<T, I: Inbox, F> {
-    handler: Arc<Registered<T, I>>,
-    /// [`process`] for this handler's types (it names the future's type).
-    make: ProcessFn<T, I, F>,
+struct Slot<'a, T, I: Inbox, F> {
+    ctx: &'a TaskCtx<I>,
+    handler: &'a Registered<T, I>,
+    /// [`process_ref`] for this handler's types (it names the future's type).
+    make: ProcessFn<'a, T, I, F>,
     fut: std::pin::Pin<Box<Option<F>>>,
 }
 
-impl<T, I, F> EventSlot<I> for Slot<T, I, F>
+impl<T, I, F> EventSlot for Slot<'_, T, I, F>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
@@ -390,9 +392,9 @@ where
         self.fut.is_some()
     }
 
-    fn start(&mut self, ctx: &Arc<TaskCtx<I>>, delivery: Delivery) {
+    fn start(&mut self, delivery: Delivery) {
         let decoded = decode::<T>(&delivery);
-        let fut = (self.make)(ctx.clone(), self.handler.clone(), delivery, decoded);
+        let fut = (self.make)(self.ctx, self.handler, delivery, decoded);
         self.fut.as_mut().set(Some(fut));
     }
 
@@ -421,13 +423,14 @@ where
         &self.handler.pattern
     }
 
-    fn slot(self: Arc<Self>) -> Option<Box<dyn EventSlot<I>>> {
+    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>) -> Option<Box<dyn EventSlot + 'a>> {
         if self.handler.key.is_some() {
             return None;
         }
         Some(Box::new(Slot {
+            ctx,
             handler: self,
-            make: process::<T, I>,
+            make: process_ref::<T, I>,
             fut: Box::pin(None),
         }))
     }
@@ -715,8 +718,8 @@ impl<I: Inbox> Runner<I> {
         });
         tokio::pin!(shutdown);
         let name = self.name.as_str();
-        let mut slots: Vec<Option<Box<dyn EventSlot<I>>>> =
-            self.handlers.iter().map(|h| h.clone().slot()).collect();
+        let mut slots: Vec<Option<Box<dyn EventSlot + '_>>> =
+            self.handlers.iter().map(|h| h.slot(&ctx)).collect();
         let mut polls = 0u32;
         loop {
             // Drive the events in flight in this task and reap finished
@@ -747,7 +750,7 @@ impl<I: Inbox> Runner<I> {
                     };
                     match &mut slots[i] {
                         Some(slot) if !slot.busy() => {
-                            slot.start(&ctx, delivery);
+                            slot.start(delivery);
                             if slot.poll(cx).is_pending() {
                                 in_flight += 1;
                             }
@@ -789,8 +792,8 @@ const YIELD_EVERY: usize = 256;
 
 /// Polls the events in progress in `slots` and reaps finished tasks; returns
 /// how many events are still in flight.
-fn drive_in_flight<I: Inbox>(
-    slots: &mut [Option<Box<dyn EventSlot<I>>>],
+fn drive_in_flight(
+    slots: &mut [Option<Box<dyn EventSlot + '_>>],
     tasks: &mut tokio::task::JoinSet<()>,
     runner: &str,
     cx: &mut std::task::Context<'_>,
@@ -811,8 +814,8 @@ fn drive_in_flight<I: Inbox>(
 }
 
 /// Waits until nothing is in flight.
-async fn drain<I: Inbox>(
-    slots: &mut [Option<Box<dyn EventSlot<I>>>],
+async fn drain(
+    slots: &mut [Option<Box<dyn EventSlot + '_>>],
     tasks: &mut tokio::task::JoinSet<()>,
     runner: &str,
 ) {
@@ -945,7 +948,20 @@ async fn process<T, I>(
     T: Send + Sync + 'static,
     I: Inbox,
 {
-    let (ctx, h) = (&*ctx, &*h);
+    process_ref(&ctx, &h, delivery, decoded).await
+}
+
+/// [`process`] on borrowed context and handler (a slot's, which the runner's
+/// loop owns).
+async fn process_ref<T, I>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I>,
+    delivery: Delivery,
+    decoded: Result<T, String>,
+) where
+    T: Send + Sync + 'static,
+    I: Inbox,
+{
     let decoded = match decoded {
         Ok(d) => d,
         Err(reason) => {
@@ -1187,7 +1203,8 @@ mod tests {
         }
     }
 
-    /// Each event's processing future is boxed (and moved): keep it small.
+    /// Each event's processing future is written into a slot (or boxed, for
+    /// events that wait): keep it small.
     #[test]
     fn process_future_size() {
         let ctx = Arc::new(TaskCtx {
@@ -1211,7 +1228,8 @@ mod tests {
             1,
         );
         let delivery = Delivery::new(msg, 1, Box::new(NoAck));
-        let fut = process(ctx, h, delivery, Ok(1u64));
+        // The future a slot holds (written per event).
+        let fut = process_ref(&ctx, &h, delivery, Ok(1u64));
         let size = std::mem::size_of_val(&fut);
         println!("process future: {size} bytes");
         // glibc serves allocations up to 1032 bytes from its per-thread cache.
