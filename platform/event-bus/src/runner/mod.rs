@@ -77,7 +77,7 @@ pub use inbox::{Inbox, MemoryInbox, NoInbox};
 use crate::bus::EventBus;
 use crate::consumer::{dlq, AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::error::BusError;
-use crate::message::{BusMessage, Headers, MessageId};
+use crate::message::{BusMessage, Headers};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -969,8 +969,6 @@ async fn process_ref<T, I>(
             return Box::pin(dead_letter(h, delivery, reason)).await;
         }
     };
-    let consumer = h.consumer.as_str();
-    let id = &delivery.id;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -988,9 +986,7 @@ async fn process_ref<T, I>(
                 }
             }
             None => {
-                let mut work = Box::pin(run_attempt(
-                    ctx, h, &delivery, &decoded, consumer, id, attempt,
-                ));
+                let mut work = Box::pin(run_attempt(ctx, h, &delivery, &decoded, attempt));
                 match futures::poll!(work.as_mut()) {
                     Poll::Ready(r) => Some(r),
                     Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work.as_mut())).await,
@@ -1087,6 +1083,23 @@ async fn keep_alive(delivery: &Delivery, ack_wait: Duration) {
     }
 }
 
+/// Calls the handler with the event; a panic while it runs is caught.
+fn call_handler<'a, T, I: Inbox>(
+    h: &'a Registered<T, I>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+) -> futures::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Outcome>>> {
+    let event = Event {
+        data: decoded,
+        message: delivery.message(),
+        attempt,
+        delivery_count: delivery.delivery_count(),
+    };
+    AssertUnwindSafe(h.handler.f.call(event, tx)).catch_unwind()
+}
+
 /// One attempt when the inbox does not de-duplicate: the handler alone.
 async fn attempt_without_inbox<T, I: Inbox>(
     h: &Registered<T, I>,
@@ -1095,17 +1108,7 @@ async fn attempt_without_inbox<T, I: Inbox>(
     attempt: u32,
     mut tx: I::Tx,
 ) -> Attempt {
-    let outcome = AssertUnwindSafe(h.handler.f.call(
-        Event {
-            data: decoded,
-            message: delivery.message(),
-            attempt,
-            delivery_count: delivery.delivery_count(),
-        },
-        &mut tx,
-    ))
-    .catch_unwind()
-    .await;
+    let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
     match outcome {
         Ok(outcome) => settle(outcome),
         Err(panic) => panicked(panic),
@@ -1144,11 +1147,9 @@ async fn run_attempt<T, I: Inbox>(
     h: &Registered<T, I>,
     delivery: &Delivery,
     decoded: &T,
-    consumer: &str,
-    id: &MessageId,
     attempt: u32,
 ) -> Attempt {
-    let mut tx = match ctx.inbox.begin(consumer, id).await {
+    let mut tx = match ctx.inbox.begin(&h.consumer, &delivery.id).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Attempt::Duplicate,
         Err(e) => {
@@ -1158,17 +1159,7 @@ async fn run_attempt<T, I: Inbox>(
             }
         }
     };
-    let outcome = AssertUnwindSafe(h.handler.f.call(
-        Event {
-            data: decoded,
-            message: delivery.message(),
-            attempt,
-            delivery_count: delivery.delivery_count(),
-        },
-        &mut tx,
-    ))
-    .catch_unwind()
-    .await;
+    let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
     match outcome {
         Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
             Ok(()) => Attempt::Acked,
@@ -1192,6 +1183,7 @@ async fn run_attempt<T, I: Inbox>(
 mod tests {
     use super::*;
     use crate::consumer::Acker;
+    use crate::message::MessageId;
     use crate::subject::Subject;
 
     struct NoAck;
