@@ -111,10 +111,7 @@ async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     concurrency: usize,
 ) -> (Duration, Duration) {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let mut consumer = bus
-        .consume(ConsumerConfig::new("hand", "bench.*").max_ack_pending(1 << 20))
-        .await
-        .unwrap();
+    let mut consumer = hand_consumer(&bus, "hand").await;
     let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK).await;
     let hand_done = Done::default();
     let (mut hand, mut run) = (Duration::ZERO, Duration::ZERO);
@@ -152,6 +149,14 @@ async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     (hand, run)
 }
 
+/// The hand-written loop's durable consumer on `bench.*` (no limit on
+/// deliveries awaiting their ack).
+async fn hand_consumer(bus: &Arc<dyn EventBus>, name: &str) -> event_bus::ConsumerStream {
+    bus.consume(ConsumerConfig::new(name, "bench.*").max_ack_pending(1 << 20))
+        .await
+        .unwrap()
+}
+
 /// Publishes `n` events from a task.
 fn spawn_publisher(bus: &Arc<dyn EventBus>, n: u64) -> tokio::task::JoinHandle<()> {
     let bus = bus.clone();
@@ -163,10 +168,7 @@ fn spawn_publisher(bus: &Arc<dyn EventBus>, n: u64) -> tokio::task::JoinHandle<(
 async fn live_hand(n: u64) -> Duration {
     tokio::spawn(async move {
         let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-        let mut consumer = bus
-            .consume(ConsumerConfig::new("hand", "bench.*").max_ack_pending(1 << 20))
-            .await
-            .unwrap();
+        let mut consumer = hand_consumer(&bus, "hand").await;
         let start = Instant::now();
         let publisher = spawn_publisher(&bus, n);
         handle_by_hand(&mut consumer, n, &Done::default()).await;
@@ -203,15 +205,9 @@ async fn pg_loop(pool: &sqlx::PgPool, n: u64) -> Duration {
 async fn pg_loop_task(pool: sqlx::PgPool, n: u64) -> Duration {
     let pool = &pool;
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let mut consumer = bus
-        .consume(ConsumerConfig::new("pghand", "bench.*").max_ack_pending(1 << 20))
-        .await
-        .unwrap();
+    let mut consumer = hand_consumer(&bus, "pghand").await;
     let start = Instant::now();
-    let publisher = {
-        let bus = bus.clone();
-        tokio::spawn(async move { publish_all(&bus, n).await })
-    };
+    let publisher = spawn_publisher(&bus, n);
     for _ in 0..n {
         let d = consumer.next().await.unwrap().unwrap();
         let job: Job = serde_json::from_slice(&d.payload).unwrap();
@@ -262,10 +258,7 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration 
         .await
         .unwrap();
     let start = Instant::now();
-    let publisher = {
-        let bus = bus.clone();
-        tokio::spawn(async move { publish_all(&bus, n).await })
-    };
+    let publisher = spawn_publisher(&bus, n);
     all_done.notified().await;
     let took = start.elapsed();
     publisher.await.unwrap();
