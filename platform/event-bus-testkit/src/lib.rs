@@ -11,7 +11,32 @@
 #![warn(missing_docs)]
 
 pub mod conformance;
+mod local;
 pub mod nats_server;
 mod orphans;
 pub mod postgres;
 pub mod wait;
+
+/// Runs each named scenario on both backends: `on_both_backends!(memory,
+/// nats; scenario_a, scenario_b)` generates `memory_backend::scenario_a`,
+/// `nats_backend::scenario_a`, ... as `#[tokio::test]`s (2 worker threads),
+/// each calling `scenario_a(memory().await)` or `scenario_a(nats().await)`,
+/// where `memory` and `nats` are async functions of the calling module that
+/// set a backend up.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($memory:ident, $nats:ident; $($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::$memory().await).await }
+            )*
+        }
+        mod nats_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::$nats().await).await }
+            )*
+        }
+    };
+}

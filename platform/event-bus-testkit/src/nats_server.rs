@@ -57,14 +57,14 @@
 //! # }
 //! ```
 
+use crate::local::tail_lines;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
@@ -364,40 +364,9 @@ fn run_with_timeout(
 // Ports, config helpers, HTTP probe
 // ---------------------------------------------------------------------------
 
-/// Ports handed out by this process, never reused within it (so a killed
-/// node's port cannot be given to another server of the same test binary).
-static HANDED_OUT_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// Picks `n` distinct free loopback ports (bind to :0, read, drop).
+/// Picks `n` distinct free loopback ports.
 fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
-    let mut guard = HANDED_OUT_PORTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let handed_out = guard.get_or_insert_with(HashSet::new);
-    let mut listeners = Vec::new();
-    let mut ports = Vec::new();
-    let mut tries = 0;
-    while ports.len() < n {
-        tries += 1;
-        if tries > n * 50 {
-            return Err(HarnessError::io(
-                "picking free ports",
-                io::Error::new(io::ErrorKind::AddrNotAvailable, "no free port found"),
-            ));
-        }
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|e| HarnessError::io("binding 127.0.0.1:0 to pick a free port", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| HarnessError::io("reading local address", e))?
-            .port();
-        // Keep every listener open until all ports are chosen so they are distinct.
-        listeners.push(listener);
-        if handed_out.insert(port) {
-            ports.push(port);
-        }
-    }
-    Ok(ports)
+    crate::local::free_ports(n).map_err(|e| HarnessError::io("picking free loopback ports", e))
 }
 
 /// Quotes a string for the NATS config format.
@@ -521,11 +490,6 @@ fn read_json_string(s: &str, start: usize) -> Option<(&str, usize)> {
         }
     }
     None
-}
-
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 // ---------------------------------------------------------------------------
@@ -1268,6 +1232,7 @@ impl NatsCluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 

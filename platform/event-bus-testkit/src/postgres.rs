@@ -54,15 +54,15 @@
 //! # }
 //! ```
 
+use crate::local::tail_lines;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
@@ -468,27 +468,10 @@ fn traversable_by_others(path: &Path) -> bool {
 // Small helpers
 // ---------------------------------------------------------------------------
 
-/// Ports handed out by this process, never reused within it (a killed
-/// server's port is not given to another server of the same test binary).
-static USED_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-
 fn free_port() -> Result<u16, PgHarnessError> {
-    for _ in 0..100 {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .map_err(|e| PgHarnessError::io("binding 127.0.0.1:0 to pick a port", e))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| PgHarnessError::io("reading picked port", e))?
-            .port();
-        let mut used = USED_PORTS.lock().unwrap_or_else(|e| e.into_inner());
-        if !used.contains(&port) {
-            used.push(port);
-            return Ok(port);
-        }
-    }
-    Err(PgHarnessError::Setup(
-        "could not find an unused loopback port".into(),
-    ))
+    crate::local::free_ports(1)
+        .map(|p| p[0])
+        .map_err(|e| PgHarnessError::io("picking a free loopback port", e))
 }
 
 /// `test_<pid>_<counter>_<nanos>`: unique across processes and calls.
@@ -543,11 +526,6 @@ fn redact_url(url: &str) -> String {
         },
         None => url.to_string(),
     }
-}
-
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn output_text(out: &Output) -> String {
@@ -1230,6 +1208,7 @@ impl Drop for TestPostgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
