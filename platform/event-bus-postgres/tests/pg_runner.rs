@@ -354,23 +354,6 @@ async fn cleanup(env: Env) {
     assert!(PgInbox::with_table(env.pool.clone(), "bad; drop table x").is_err());
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod memory_backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(memory().await).await }
-            )*
-        }
-        mod nats_backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(nats().await).await }
-            )*
-        }
-    };
-}
-
-on_both!(duplicates_have_one_effect, chaos, cleanup);
+event_bus_testkit::on_both_backends!(
+    memory,
+    nats;duplicates_have_one_effect, chaos, cleanup);

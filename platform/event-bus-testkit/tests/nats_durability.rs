@@ -92,6 +92,25 @@ async fn kill_stream_leader(
 }
 
 /// Every message in `stream`, as payload numbers (read with a raw ordered consumer).
+/// The stream's payload indexes, asserting that every acknowledged publish is
+/// among them; returns them with the stored and acknowledged sets.
+async fn stored_without_loss(
+    js: &jetstream::Context,
+    stream: &str,
+    acked: &[u64],
+    after: &str,
+) -> (Vec<u64>, BTreeSet<u64>, BTreeSet<u64>) {
+    let stored = stored(js, stream).await;
+    let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
+    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
+    let lost: Vec<_> = acked_set.difference(&stored_set).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not stored {after}: {lost:?}"
+    );
+    (stored, stored_set, acked_set)
+}
+
 async fn stored(js: &jetstream::Context, stream: &str) -> Vec<u64> {
     // Right after a node was killed the cluster may still be electing a
     // leader: retry the API calls until they answer (bounded).
@@ -194,14 +213,8 @@ async fn kill_9_mid_publish_loses_nothing_acknowledged() {
     .await;
     let (acked, failed) = publisher.finish().await;
 
-    let stored = stored(&js, "BUS_DUR").await;
-    let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
-    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
-    let lost: Vec<_> = acked_set.difference(&stored_set).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but not stored after kill -9: {lost:?}"
-    );
+    let (stored, stored_set, acked_set) =
+        stored_without_loss(&js, "BUS_DUR", &acked, "after kill -9").await;
     assert_eq!(
         stored.len(),
         stored_set.len(),
@@ -255,14 +268,8 @@ async fn cluster_stream_leader_killed_mid_stream() {
     .await;
     let (acked, failed) = publisher.finish().await;
 
-    let stored = stored(&js, "CLU").await;
-    let stored_set: BTreeSet<u64> = stored.iter().copied().collect();
-    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
-    let lost: Vec<_> = acked_set.difference(&stored_set).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but lost after the leader was killed: {lost:?}"
-    );
+    let (stored, stored_set, acked_set) =
+        stored_without_loss(&js, "CLU", &acked, "after the leader was killed").await;
     let (duplicates, extra) = receive_all(&mut sub, &acked_set).await;
     println!(
         "3-node cluster, leader {leader} killed: acknowledged {}, failed {failed}, stored {} \

@@ -396,26 +396,9 @@ async fn several_handlers_each_get_their_events(b: Backend) {
     assert!((0..n).all(|i| users.lock().contains_key(&format!("u{i}"))));
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod memory_backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(memory().await).await }
-            )*
-        }
-        mod nats_backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(nats().await).await }
-            )*
-        }
-    };
-}
-
-on_both!(
+event_bus_testkit::on_both_backends!(
+    memory,
+    nats;
     fails_twice_then_succeeds,
     a_panic_is_caught_and_retried,
     always_fails_is_dead_lettered_and_replayable,
