@@ -66,6 +66,15 @@ async fn handle_by_hand(consumer: &mut event_bus::ConsumerStream, count: u64, do
     }
 }
 
+/// How the runner's handler is written.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// `Handler::sync`: returns its outcome, like the loop's `handle_job`.
+    Sync,
+    /// `Handler::with_state`: an async block, boxed per event.
+    Async,
+}
+
 /// A runner with one handler for `bench.*` that counts what it handled and
 /// signals after every `step` events.
 async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
@@ -73,15 +82,21 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     inbox: I,
     concurrency: usize,
     step: u64,
+    shape: Shape,
 ) -> (
     event_bus::runner::RunnerHandle,
     Arc<(AtomicU64, tokio::sync::Notify)>,
 ) {
     let done: Arc<Done> = Arc::default();
-    let runner = Runner::builder(bus.clone(), "bench")
-        .inbox(inbox)
-        .concurrency(concurrency)
-        .handler(Handler::with_state(
+    let handler = match shape {
+        Shape::Sync => {
+            let d = done.clone();
+            Handler::sync("h", "bench.*", move |e: Event<'_, Job>, _tx: &mut T| {
+                handle_job(&d, e.data, step);
+                Outcome::Ack
+            })
+        }
+        Shape::Async => Handler::with_state(
             "h",
             "bench.*",
             done.clone(),
@@ -91,7 +106,12 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
                     Outcome::Ack
                 })
             },
-        ))
+        ),
+    };
+    let runner = Runner::builder(bus.clone(), "bench")
+        .inbox(inbox)
+        .concurrency(concurrency)
+        .handler(handler)
         .build()
         .spawn()
         .await
@@ -109,10 +129,11 @@ async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     inbox: I,
     n: u64,
     concurrency: usize,
+    shape: Shape,
 ) -> (Duration, Duration) {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let mut consumer = hand_consumer(&bus, "hand").await;
-    let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK).await;
+    let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK, shape).await;
     let hand_done = Done::default();
     let (mut hand, mut run) = (Duration::ZERO, Duration::ZERO);
     for chunk in 0..n / CHUNK {
@@ -185,9 +206,10 @@ async fn live_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     inbox: I,
     n: u64,
     concurrency: usize,
+    shape: Shape,
 ) -> Duration {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let (runner, done) = start_runner(&bus, inbox, concurrency, n).await;
+    let (runner, done) = start_runner(&bus, inbox, concurrency, n, shape).await;
     let start = Instant::now();
     let publisher = spawn_publisher(&bus, n);
     done.1.notified().await;
@@ -304,7 +326,7 @@ fn main() {
     println!("ratio: median of the per-run ratios");
     println!();
     println!(
-        "{:<52} {:>12} {:>12} {:>7}",
+        "{:<58} {:>12} {:>12} {:>7}",
         "events/s (medians)", "runner", "hand loop", "ratio"
     );
     let report = |name: &str, hand: Vec<Duration>, runner: Vec<Duration>| {
@@ -315,25 +337,57 @@ fn main() {
             .map(|(h, r)| h.as_secs_f64() / r.as_secs_f64())
             .collect();
         println!(
-            "{name:<52} {:>12.0} {:>12.0} {:>6.2}x",
+            "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
             rate(n, median(runner)),
             rate(n, median(hand)),
             median_f64(ratios)
         );
     };
-    type Case = (&'static str, usize, bool);
-    let cases: [Case; 3] = [
-        ("no inbox, concurrency 16", 16, false),
-        ("no inbox, concurrency 1", 1, false),
-        ("in-memory inbox, concurrency 16", 16, true),
+    type Case = (&'static str, usize, bool, Shape);
+    let cases: [Case; 5] = [
+        (
+            "sync handler, no inbox, concurrency 16",
+            16,
+            false,
+            Shape::Sync,
+        ),
+        (
+            "async handler, no inbox, concurrency 16",
+            16,
+            false,
+            Shape::Async,
+        ),
+        (
+            "async handler, no inbox, concurrency 1",
+            1,
+            false,
+            Shape::Async,
+        ),
+        (
+            "sync handler, in-memory inbox, conc. 16",
+            16,
+            true,
+            Shape::Sync,
+        ),
+        (
+            "async handler, in-memory inbox, conc. 16",
+            16,
+            true,
+            Shape::Async,
+        ),
     ];
-    for (name, concurrency, mem) in cases {
+    for (name, concurrency, mem, shape) in cases {
         let (mut hand, mut runner) = (vec![], vec![]);
         for _ in 0..reps {
             let (h, r) = if mem {
-                single.block_on(backlog_pair(MemoryInbox::default(), n, concurrency))
+                single.block_on(backlog_pair(MemoryInbox::default(), n, concurrency, shape))
             } else {
-                single.block_on(backlog_pair(event_bus::runner::NoInbox, n, concurrency))
+                single.block_on(backlog_pair(
+                    event_bus::runner::NoInbox,
+                    n,
+                    concurrency,
+                    shape,
+                ))
             };
             hand.push(h);
             runner.push(r);
@@ -344,14 +398,19 @@ fn main() {
             return;
         }
     }
-    for (name, concurrency, mem) in cases {
+    for (name, concurrency, mem, shape) in cases {
         let (mut hand, mut runner) = (vec![], vec![]);
         for _ in 0..reps {
             hand.push(rt.block_on(live_hand(n)));
             runner.push(if mem {
-                rt.block_on(live_runner(MemoryInbox::default(), n, concurrency))
+                rt.block_on(live_runner(MemoryInbox::default(), n, concurrency, shape))
             } else {
-                rt.block_on(live_runner(event_bus::runner::NoInbox, n, concurrency))
+                rt.block_on(live_runner(
+                    event_bus::runner::NoInbox,
+                    n,
+                    concurrency,
+                    shape,
+                ))
             });
         }
         report(&format!("live: runner, {name}"), hand, runner);
@@ -383,7 +442,7 @@ fn main() {
         ("runner, PostgreSQL inbox, concurrency 8", run_pg8),
     ] {
         println!(
-            "{name:<52} {:>12.0} {:>12.0} {:>6.2}x",
+            "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
             rate(pg_n, d),
             rate(pg_n, hand_pg),
             rate(pg_n, d) / rate(pg_n, hand_pg)

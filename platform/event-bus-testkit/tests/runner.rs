@@ -396,6 +396,109 @@ async fn several_handlers_each_get_their_events(b: Backend) {
     assert!((0..n).all(|i| users.lock().contains_key(&format!("u{i}"))));
 }
 
+/// `Handler::sync` handlers, without a key (the runner's fast path) and
+/// with one (the general path): every outcome (ack, retry, a panic, drop,
+/// dead letter) is handled as for an async handler, and per-key order holds.
+async fn sync_handlers_have_every_outcome(b: Backend) {
+    // Attempts per event id, and the order in which keyed events were acked.
+    let attempts: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let outcome_of = {
+        let attempts = attempts.clone();
+        move |ev: &Event<'_, Job>| -> Outcome {
+            let n = {
+                let mut a = attempts.lock();
+                let n = a.entry(ev.data.id).or_default();
+                *n += 1;
+                *n
+            };
+            assert_eq!(ev.attempt, n, "attempt number of event {}", ev.data.id);
+            match (ev.data.id % 5, n) {
+                (1, 1) => panic!("sync handler bug on the first attempt"),
+                (2, 1 | 2) => Outcome::retry("not yet"),
+                (3, _) => Outcome::Drop,
+                (4, _) => Outcome::DeadLetter(format!("refused {}", ev.data.id)),
+                _ => Outcome::Ack,
+            }
+        }
+    };
+    let (o1, o2, acked2) = (outcome_of.clone(), outcome_of, acked.clone());
+    let runner = Runner::builder(b.bus.clone(), "syncs")
+        .concurrency(8)
+        .handler(
+            Handler::sync("plain", "sync.plain", move |ev: Event<'_, Job>, _tx| {
+                o1(&ev)
+            })
+            .retry(fast_retries(3)),
+        )
+        .handler(
+            Handler::sync("keyed", "sync.keyed", move |ev: Event<'_, Job>, _tx| {
+                let o = o2(&ev);
+                if o == Outcome::Ack {
+                    acked2.lock().push((ev.data.key.clone(), ev.data.id));
+                }
+                o
+            })
+            .key(|j: &Job| j.key.clone())
+            .retry(fast_retries(3)),
+        )
+        .build();
+    let mut dead = runner.dead_letters().await.expect("open the dead letters");
+    let handle = start(runner).await;
+    let n = 50u64;
+    for i in 0..n {
+        b.bus.publish("sync.plain", job(i, "p")).await.unwrap();
+        // Keyed events get ids from 1000 so they count apart.
+        let key = ["a", "b", "c"][i as usize % 3];
+        b.bus
+            .publish("sync.keyed", job(1000 + i, key))
+            .await
+            .unwrap();
+    }
+    let per_handler = |outcome: u64| (0..n).filter(|i| i % 5 == outcome).count() as u64;
+    // Acked: ids ending 0, 1 (after the panic), 2 (third attempt); per handler.
+    let expect_processed = 2 * (per_handler(0) + per_handler(1) + per_handler(2));
+    let expect_dead = 2 * per_handler(4);
+    wait::until(Duration::from_secs(20), "all events settled", || {
+        let r = handle.report();
+        r.processed + r.dropped + r.dead_lettered == 2 * n
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.processed, expect_processed, "{report:?}");
+    assert_eq!(report.dropped, 2 * per_handler(3), "{report:?}");
+    assert_eq!(report.dead_lettered, expect_dead, "{report:?}");
+    // One retry after each panic, two for each "not yet".
+    assert_eq!(
+        report.retries,
+        2 * (per_handler(1) + 2 * per_handler(2)),
+        "{report:?}"
+    );
+    let mut reasons = Vec::new();
+    while let Some(d) = dead.next(Duration::from_secs(5)).await.unwrap() {
+        reasons.push(d.reason().unwrap_or_default().to_string());
+        if reasons.len() as u64 == expect_dead {
+            break;
+        }
+    }
+    assert_eq!(reasons.len() as u64, expect_dead, "{reasons:?}");
+    assert!(
+        reasons.iter().all(|r| r.starts_with("refused ")),
+        "{reasons:?}"
+    );
+    // Per key, acked in publication order (ids grow with it).
+    let acked = acked.lock();
+    for key in ["a", "b", "c"] {
+        let ids: Vec<u64> = acked
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, i)| *i)
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "key {key}: {ids:?}");
+        assert!(!ids.is_empty());
+    }
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -405,5 +508,6 @@ event_bus_testkit::on_both_backends!(
     undecodable_is_dead_lettered_at_once,
     per_key_order_with_concurrency_8,
     graceful_shutdown_loses_nothing,
-    several_handlers_each_get_their_events
+    several_handlers_each_get_their_events,
+    sync_handlers_have_every_outcome
 );
