@@ -15,7 +15,8 @@
 //!
 //! `cargo bench -p event-bus-postgres --bench runner_compare`
 //! (`RUNNER_BENCH_EVENTS`, default 100 000, and `RUNNER_BENCH_REPS`, default 7;
-//! `RUNNER_BENCH_ONLY_FIRST=1` stops after the first backlog case, for a profiler).
+//! `RUNNER_BENCH_ONLY=<text>` runs only the backlog cases whose names start with
+//! it, for a profiler).
 
 use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
@@ -376,7 +377,12 @@ fn main() {
             Shape::Async,
         ),
     ];
+    // For a profiler: the backlog cases whose names start with this, only.
+    let only = std::env::var("RUNNER_BENCH_ONLY").ok();
     for (name, concurrency, mem, shape) in cases {
+        if only.as_ref().is_some_and(|o| !name.starts_with(o.as_str())) {
+            continue;
+        }
         let (mut hand, mut runner) = (vec![], vec![]);
         for _ in 0..reps {
             let (h, r) = if mem {
@@ -393,10 +399,9 @@ fn main() {
             runner.push(r);
         }
         report(&format!("backlog: runner, {name}"), hand, runner);
-        if std::env::var_os("RUNNER_BENCH_ONLY_FIRST").is_some() {
-            // For a profiler: the first backlog case only.
-            return;
-        }
+    }
+    if only.is_some() {
+        return;
     }
     for (name, concurrency, mem, shape) in cases {
         let (mut hand, mut runner) = (vec![], vec![]);

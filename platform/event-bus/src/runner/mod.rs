@@ -403,7 +403,8 @@ trait Erased<I: Inbox>: Send + Sync + 'static {
     /// A reusable slot for events of this handler in the runner's own task,
     /// for handlers without a key (a keyed event may have to wait its turn).
     /// It borrows the handler and the context, which outlive it in the loop.
-    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>) -> Option<Box<dyn EventSlot + 'a>>;
+    /// `index` is the handler's place in the runner.
+    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>, index: usize) -> Option<Box<dyn EventSlot + 'a>>;
 }
 
 fn decode<T: DeserializeOwned>(delivery: &Delivery) -> Result<T, String> {
@@ -434,6 +435,8 @@ type ProcessFn<'a, T, I, F> =
 struct Slot<'a, T, I: Inbox, F, A> {
     ctx: &'a TaskCtx<I>,
     handler: &'a Registered<T, I>,
+    /// The handler's place in the runner.
+    index: usize,
     /// [`process_ref`] for this handler's types (it names the future's type).
     make: ProcessFn<'a, T, I, F>,
     fut: std::pin::Pin<Box<Option<F>>>,
@@ -505,7 +508,7 @@ where
             if let Some(tx) = self.ctx.inbox.trivial_tx() {
                 match self.call_now(&delivery, data, tx) {
                     Ok(Outcome::Ack) => {
-                        self.ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+                        self.ctx.counters.count_fast(self.index);
                         self.ack.as_mut().set(Some((self.make_ack)(delivery)));
                         return self.poll_ack(cx);
                     }
@@ -540,13 +543,14 @@ where
         &self.handler.pattern
     }
 
-    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>) -> Option<Box<dyn EventSlot + 'a>> {
+    fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>, index: usize) -> Option<Box<dyn EventSlot + 'a>> {
         if self.handler.key.is_some() {
             return None;
         }
         Some(Box::new(Slot {
             ctx,
             handler: self,
+            index,
             make: process_ref::<T, I>,
             fut: Box::pin(None),
             make_ack: acknowledge,
@@ -618,6 +622,10 @@ pub struct RunReport {
 #[derive(Default)]
 struct Counters {
     processed: AtomicU64,
+    /// Events acked on a slot's fast path, per handler: each is written by
+    /// the runner's own task alone, so it is counted without a locked
+    /// read-modify-write ([`Counters::count_fast`]).
+    processed_fast: Box<[AtomicU64]>,
     duplicates: AtomicU64,
     retries: AtomicU64,
     dead_lettered: AtomicU64,
@@ -626,10 +634,24 @@ struct Counters {
 }
 
 impl Counters {
+    fn new(handlers: usize) -> Self {
+        Counters {
+            processed_fast: (0..handlers).map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        }
+    }
+
+    /// Counts an event acked on handler `i`'s slot (only the runner's task
+    /// writes this counter).
+    fn count_fast(&self, i: usize) {
+        let c = &self.processed_fast[i];
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
     fn report(&self) -> RunReport {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RunReport {
-            processed: g(&self.processed),
+            processed: g(&self.processed) + self.processed_fast.iter().map(g).sum::<u64>(),
             duplicates: g(&self.duplicates),
             retries: g(&self.retries),
             dead_lettered: g(&self.dead_lettered),
@@ -747,13 +769,14 @@ impl<I: Inbox> RunnerBuilder<I> {
 
     /// The runner.
     pub fn build(self) -> Runner<I> {
+        let handlers = self.handlers.len();
         Runner {
             bus: self.bus,
             name: self.name,
             inbox: self.inbox,
             handlers: self.handlers,
             options: self.options,
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(Counters::new(handlers)),
         }
     }
 }
@@ -837,8 +860,12 @@ impl<I: Inbox> Runner<I> {
         });
         tokio::pin!(shutdown);
         let name = self.name.as_str();
-        let mut slots: Vec<Option<Box<dyn EventSlot + '_>>> =
-            self.handlers.iter().map(|h| h.slot(&ctx)).collect();
+        let mut slots: Vec<Option<Box<dyn EventSlot + '_>>> = self
+            .handlers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.slot(&ctx, i))
+            .collect();
         let mut polls = 0u32;
         loop {
             // Drive the events in flight in this task and reap finished
@@ -1078,6 +1105,78 @@ async fn process_ref<T, I>(
     h: &Registered<T, I>,
     delivery: Delivery,
     decoded: Result<T, String>,
+    first: Option<Attempt>,
+) where
+    T: Send + Sync + 'static,
+    I: Inbox,
+{
+    // The common case, kept in this (small) future: the first attempt acks.
+    // Anything else continues in `process_rest`, boxed apart.
+    let first = if first.is_some() {
+        first
+    } else if let Ok(data) = &decoded {
+        match one_attempt(ctx, h, &delivery, data, 1).await {
+            Some(result) => Some(result),
+            // Shutdown deadline passed: the unit of work was dropped (rolled back).
+            None => return Box::pin(hand_back(ctx, delivery)).await,
+        }
+    } else {
+        None
+    };
+    match first {
+        Some(Attempt::Acked) => {
+            ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = delivery.answer(AckKind::Ack).await {
+                tracing::warn!(handler = %h.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
+            }
+        }
+        first => Box::pin(process_rest(ctx, h, delivery, decoded, first)).await,
+    }
+}
+
+/// One attempt. Most handlers finish at once: only those that do not set
+/// up the cancellation watch and the keep-alive timer. Without an inbox the
+/// attempt is the handler alone (a small state, kept inline); with one,
+/// its begin/commit state is boxed apart. `None` if the shutdown deadline
+/// passed first.
+async fn one_attempt<T, I>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I>,
+    delivery: &Delivery,
+    data: &T,
+    attempt: u32,
+) -> Option<Attempt>
+where
+    T: Send + Sync + 'static,
+    I: Inbox,
+{
+    match ctx.inbox.trivial_tx() {
+        Some(tx) => {
+            let work = attempt_without_inbox(h, delivery, data, attempt, tx);
+            tokio::pin!(work);
+            match futures::poll!(work.as_mut()) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work)).await,
+            }
+        }
+        None => {
+            let mut work = Box::pin(run_attempt(ctx, h, delivery, data, attempt));
+            match futures::poll!(work.as_mut()) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work.as_mut())).await,
+            }
+        }
+    }
+}
+
+/// The stages after a first attempt that did not simply ack (or before
+/// any, for an undecodable payload): retries, duplicates, drops, dead
+/// letters. `first` is the first attempt's result, if it was made.
+async fn process_rest<T, I>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I>,
+    delivery: Delivery,
+    decoded: Result<T, String>,
     mut first: Option<Attempt>,
 ) where
     T: Send + Sync + 'static,
@@ -1093,31 +1192,12 @@ async fn process_ref<T, I>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // Most handlers finish at once: only set up the cancellation watch
-        // and the keep-alive timer for those that do not. Without an inbox
-        // the attempt is the handler alone (a small state, kept inline);
-        // with one, its begin/commit state is boxed apart.
-        let result = match (first.take(), ctx.inbox.trivial_tx()) {
-            (Some(done), _) => Some(done),
-            (None, Some(tx)) => {
-                let work = attempt_without_inbox(h, &delivery, &decoded, attempt, tx);
-                tokio::pin!(work);
-                match futures::poll!(work.as_mut()) {
-                    Poll::Ready(r) => Some(r),
-                    Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work)).await,
-                }
-            }
-            (None, None) => {
-                let mut work = Box::pin(run_attempt(ctx, h, &delivery, &decoded, attempt));
-                match futures::poll!(work.as_mut()) {
-                    Poll::Ready(r) => Some(r),
-                    Poll::Pending => Box::pin(wait_attempt(ctx, &delivery, work.as_mut())).await,
-                }
-            }
-        };
-        let Some(result) = result else {
-            // Shutdown deadline passed: the unit of work was dropped (rolled back).
-            return Box::pin(hand_back(ctx, delivery)).await;
+        let result = match first.take() {
+            Some(done) => done,
+            None => match one_attempt(ctx, h, &delivery, &decoded, attempt).await {
+                Some(result) => result,
+                None => return Box::pin(hand_back(ctx, delivery)).await,
+            },
         };
         let answer = match result {
             Attempt::Acked => {
