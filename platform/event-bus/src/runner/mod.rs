@@ -452,7 +452,7 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
     F: Future<Output = ()> + Send,
-    A: Future<Output = ()> + Send,
+    A: Future<Output = Result<(), BusError>> + Send,
 {
     /// The first attempt of a [`Handler::sync`] handler without a
     /// de-duplicating inbox, made at once: the handler's outcome.
@@ -467,8 +467,11 @@ where
         let Some(ack) = self.ack.as_mut().as_pin_mut() else {
             return Poll::Ready(());
         };
-        if ack.poll(cx).is_pending() {
+        let Poll::Ready(answered) = ack.poll(cx) else {
             return Poll::Pending;
+        };
+        if let Err(e) = answered {
+            tracing::warn!(handler = %self.handler.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
         }
         self.ack.as_mut().set(None);
         Poll::Ready(())
@@ -491,7 +494,7 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
     F: Future<Output = ()> + Send,
-    A: Future<Output = ()> + Send,
+    A: Future<Output = Result<(), BusError>> + Send,
 {
     fn busy(&self) -> bool {
         self.fut.is_some() || self.ack.is_some()
@@ -1329,13 +1332,10 @@ fn call_handler<'a, T, I: Inbox>(
 }
 
 /// Acknowledges a delivery whose handler acked (a slot's fast path).
-fn acknowledge(delivery: Delivery) -> impl Future<Output = ()> + Send + 'static {
-    let answer = delivery.answer(AckKind::Ack);
-    async move {
-        if let Err(e) = answer.await {
-            tracing::warn!(error = %e, "acknowledging a delivery failed; it will be redelivered");
-        }
-    }
+fn acknowledge(
+    delivery: Delivery,
+) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    delivery.answer(AckKind::Ack)
 }
 
 /// One attempt when the inbox does not de-duplicate: the handler alone.
