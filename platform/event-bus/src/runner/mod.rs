@@ -1332,9 +1332,7 @@ fn call_handler<'a, T, I: Inbox>(
 }
 
 /// Acknowledges a delivery whose handler acked (a slot's fast path).
-fn acknowledge(
-    delivery: Delivery,
-) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+fn acknowledge(delivery: Delivery) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
     delivery.answer(AckKind::Ack)
 }
 
