@@ -74,6 +74,14 @@ enum Shape {
     Sync,
     /// `Handler::with_state`: an async block, boxed per event.
     Async,
+    /// `Handler::from_fn_with_state`: an `async fn`, kept without a box.
+    AsyncFn,
+}
+
+/// The bench's handler as an `async fn`.
+async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &mut T) -> Outcome {
+    handle_job(&s.0, e.data, s.1);
+    Outcome::Ack
 }
 
 /// A runner with one handler for `bench.*` that counts what it handled and
@@ -89,15 +97,22 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     Arc<(AtomicU64, tokio::sync::Notify)>,
 ) {
     let done: Arc<Done> = Arc::default();
-    let handler = match shape {
+    let builder = Runner::builder(bus.clone(), "bench")
+        .inbox(inbox)
+        .concurrency(concurrency);
+    let builder = match shape {
         Shape::Sync => {
             let d = done.clone();
-            Handler::sync("h", "bench.*", move |e: Event<'_, Job>, _tx: &mut T| {
-                handle_job(&d, e.data, step);
-                Outcome::Ack
-            })
+            builder.handler(Handler::sync(
+                "h",
+                "bench.*",
+                move |e: Event<'_, Job>, _tx: &mut T| {
+                    handle_job(&d, e.data, step);
+                    Outcome::Ack
+                },
+            ))
         }
-        Shape::Async => Handler::with_state(
+        Shape::Async => builder.handler(Handler::with_state(
             "h",
             "bench.*",
             done.clone(),
@@ -107,16 +122,15 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
                     Outcome::Ack
                 })
             },
-        ),
+        )),
+        Shape::AsyncFn => builder.handler(Handler::from_fn_with_state(
+            "h",
+            "bench.*",
+            (done.clone(), step),
+            handle_job_fn::<T>,
+        )),
     };
-    let runner = Runner::builder(bus.clone(), "bench")
-        .inbox(inbox)
-        .concurrency(concurrency)
-        .handler(handler)
-        .build()
-        .spawn()
-        .await
-        .unwrap();
+    let runner = builder.build().spawn().await.unwrap();
     (runner, done)
 }
 
@@ -345,37 +359,14 @@ fn main() {
         );
     };
     type Case = (&'static str, usize, bool, Shape);
-    let cases: [Case; 5] = [
-        (
-            "sync handler, no inbox, concurrency 16",
-            16,
-            false,
-            Shape::Sync,
-        ),
-        (
-            "async handler, no inbox, concurrency 16",
-            16,
-            false,
-            Shape::Async,
-        ),
-        (
-            "async handler, no inbox, concurrency 1",
-            1,
-            false,
-            Shape::Async,
-        ),
-        (
-            "sync handler, in-memory inbox, conc. 16",
-            16,
-            true,
-            Shape::Sync,
-        ),
-        (
-            "async handler, in-memory inbox, conc. 16",
-            16,
-            true,
-            Shape::Async,
-        ),
+    #[rustfmt::skip]
+    let cases: [Case; 6] = [
+        ("sync handler, no inbox, concurrency 16", 16, false, Shape::Sync),
+        ("async fn handler, no inbox, concurrency 16", 16, false, Shape::AsyncFn),
+        ("boxed async handler, no inbox, concurrency 16", 16, false, Shape::Async),
+        ("boxed async handler, no inbox, concurrency 1", 1, false, Shape::Async),
+        ("sync handler, in-memory inbox, conc. 16", 16, true, Shape::Sync),
+        ("async fn handler, in-memory inbox, conc. 16", 16, true, Shape::AsyncFn),
     ];
     // For a profiler: the backlog cases whose names start with this, only.
     let only = std::env::var("RUNNER_BENCH_ONLY").ok();

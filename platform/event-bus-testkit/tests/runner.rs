@@ -499,6 +499,107 @@ async fn sync_handlers_have_every_outcome(b: Backend) {
     }
 }
 
+/// State of the `async fn` handlers below.
+#[derive(Default)]
+struct Ledger {
+    attempts: Mutex<HashMap<u64, u32>>,
+    acked: Mutex<Vec<(String, u64)>>,
+}
+
+/// Fails the first attempt of every third event, waits on every fourth.
+async fn ledger_entry(ledger: &Ledger, ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
+    let n = {
+        let mut a = ledger.attempts.lock();
+        let n = a.entry(ev.data.id).or_default();
+        *n += 1;
+        *n
+    };
+    if ev.data.id % 4 == 0 {
+        // A future that is pending at first: the event waits in the slot
+        // (or its task), with the keep-alive running.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    if ev.data.id % 3 == 0 && n == 1 {
+        return Outcome::retry("first attempt fails");
+    }
+    ledger.acked.lock().push((ev.data.key.clone(), ev.data.id));
+    Outcome::Ack
+}
+
+/// [`ledger_entry`] on a ledger the test keeps a handle to.
+async fn shared_entry(ledger: &Arc<Ledger>, ev: Event<'_, Job>, tx: &mut ()) -> Outcome {
+    ledger_entry(ledger, ev, tx).await
+}
+
+/// A plain `async fn` handler.
+async fn count_job(ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
+    if ev.data.id == u64::MAX {
+        return Outcome::DeadLetter("impossible id".into());
+    }
+    Outcome::Ack
+}
+
+/// `async fn` handlers (`Handler::from_fn`, `from_fn_with_state`), whose
+/// futures the runner keeps without a box: waiting, retried, keyed and
+/// dead-lettered events all take the same stages as boxed handlers.
+async fn async_fn_handlers_are_run_in_place(b: Backend) {
+    let runner = Runner::builder(b.bus.clone(), "fns")
+        .concurrency(8)
+        .handler(
+            Handler::from_fn_with_state("ledger", "fns.ledger", Ledger::default(), ledger_entry)
+                .key(|j: &Job| j.key.clone())
+                .retry(fast_retries(3)),
+        )
+        .handler(Handler::from_fn("count", "fns.count", count_job));
+    // The ledger is owned by the handler: reach it through a second,
+    // shared one for the assertions.
+    let shared = Arc::new(Ledger::default());
+    let s2 = shared.clone();
+    let runner = runner
+        .handler(
+            Handler::from_fn_with_state("shared", "fns.shared", s2, shared_entry)
+                .retry(fast_retries(3)),
+        )
+        .build();
+    let mut dead = runner.dead_letters().await.expect("open the dead letters");
+    let handle = start(runner).await;
+    let n = 40u64;
+    for i in 0..n {
+        let key = ["a", "b"][i as usize % 2];
+        b.bus.publish("fns.ledger", job(i, key)).await.unwrap();
+        b.bus.publish("fns.shared", job(i, key)).await.unwrap();
+        b.bus.publish("fns.count", job(i, key)).await.unwrap();
+    }
+    b.bus
+        .publish("fns.count", job(u64::MAX, "z"))
+        .await
+        .unwrap();
+    wait::until(Duration::from_secs(20), "all events settled", || {
+        let r = handle.report();
+        r.processed + r.dead_lettered == 3 * n + 1
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.processed, 3 * n, "{report:?}");
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    let first_failures = (0..n).filter(|i| i % 3 == 0).count() as u64;
+    assert_eq!(report.retries, 2 * first_failures, "{report:?}");
+    let d = dead
+        .next(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(d.handler(), Some("count"));
+    assert!(d.reason().unwrap().contains("impossible id"), "{d:?}");
+    let acked = shared.acked.lock();
+    assert_eq!(acked.len() as u64, n);
+    let attempts = shared.attempts.lock();
+    for i in 0..n {
+        let expect = if i % 3 == 0 { 2 } else { 1 };
+        assert_eq!(attempts.get(&i), Some(&expect), "attempts of event {i}");
+    }
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -509,5 +610,6 @@ event_bus_testkit::on_both_backends!(
     per_key_order_with_concurrency_8,
     graceful_shutdown_loses_nothing,
     several_handlers_each_get_their_events,
-    sync_handlers_have_every_outcome
+    sync_handlers_have_every_outcome,
+    async_fn_handlers_are_run_in_place
 );

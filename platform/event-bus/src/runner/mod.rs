@@ -69,15 +69,19 @@
 //! [`RunReport`].
 
 mod dead_letters;
+pub mod handler;
 pub mod inbox;
 
 pub use dead_letters::{DeadLetter, DeadLetterQueue};
+pub use handler::{Event, Handler};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
+
+use handler::{Call, HandlerFn};
 
 use crate::bus::EventBus;
 use crate::consumer::{dlq, AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::error::BusError;
-use crate::message::{BusMessage, Headers};
+use crate::message::Headers;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -197,200 +201,11 @@ impl RetryPolicy {
     }
 }
 
-/// An event as a handler sees it.
-pub struct Event<'a, T> {
-    /// The decoded payload.
-    pub data: &'a T,
-    /// The message (subject, id, headers, raw payload).
-    pub message: &'a BusMessage,
-    /// This attempt's number (1 = first).
-    pub attempt: u32,
-    /// How often the backend has delivered the event (> 1 after a crash or redelivery).
-    pub delivery_count: u32,
-}
-
-type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
-
-/// What calling a handler function gives: the outcome at once (a
-/// [`Handler::sync`] function) or a future of it.
-enum Called<'a> {
-    Now(Outcome),
-    Later(BoxFuture<'a, Outcome>),
-}
-
-/// A handler function with its state, if any: what the runner calls.
-trait CallHandler<T, Tx>: Send + Sync {
-    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Called<'a>;
-}
-
-/// A function that returns the outcome at once ([`Handler::sync`]).
-struct Immediate<F>(F);
-
-impl<T, Tx, F> CallHandler<T, Tx> for Immediate<F>
-where
-    F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> Outcome + Send + Sync,
-{
-    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Called<'a> {
-        Called::Now((self.0)(e, tx))
-    }
-}
-
-/// A function of the event alone ([`Handler::new`]).
-struct Plain<F>(F);
-
-impl<T, Tx, F> CallHandler<T, Tx> for Plain<F>
-where
-    F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync,
-{
-    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Called<'a> {
-        Called::Later((self.0)(e, tx))
-    }
-}
-
-/// A function that borrows state the handler owns ([`Handler::with_state`]).
-struct Stateful<S, F> {
-    state: S,
-    f: F,
-}
-
-impl<T, Tx, S, F> CallHandler<T, Tx> for Stateful<S, F>
-where
-    S: Send + Sync,
-    F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync,
-{
-    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Called<'a> {
-        Called::Later((self.f)(&self.state, e, tx))
-    }
-}
-
-/// A typed handler: a name, a subject pattern and an async function.
-pub struct Handler<T, Tx> {
-    name: String,
-    pattern: String,
-    retry: RetryPolicy,
-    f: Arc<dyn CallHandler<T, Tx>>,
-    /// Whether `f` returns its outcome at once ([`Handler::sync`]).
-    sync: bool,
-    key: Option<Arc<KeyFn<T>>>,
-}
-
-impl<T, Tx> Handler<T, Tx>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-    Tx: Send + 'static,
-{
-    /// A handler named `name` (it names the durable consumer
-    /// `<runner>-<name>` and appears in dead letters) for `pattern`. `f` gets
-    /// the decoded event and the inbox's unit of work (`&mut Transaction` with
-    /// the PostgreSQL inbox) and returns an [`Outcome`]; write it as
-    /// `|e, tx| Box::pin(async move { ... })`.
-    pub fn new<F>(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self
-    where
-        F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync + 'static,
-    {
-        Self::from_call(name.into(), pattern.into(), Arc::new(Plain(f)))
-    }
-
-    /// A handler whose function returns its [`Outcome`] at once, without a
-    /// future: the shape of the spec's hand-written loop
-    /// (`match handle_event(&msg)`), for handlers that do not wait for
-    /// anything (update in-process state, count, route). It gets the same
-    /// stages as an async handler (decode, de-duplication, retries with
-    /// backoff, dead letters, shutdown) and costs less per event: no
-    /// future is allocated for it, and without a de-duplicating inbox an
-    /// event it acknowledges is handled without any per-event state of the
-    /// runner's. State is captured by the closure (it is borrowed per call,
-    /// never cloned).
-    ///
-    /// ```
-    /// use event_bus::runner::{Event, Handler, Outcome};
-    /// use std::sync::atomic::{AtomicU64, Ordering};
-    ///
-    /// #[derive(serde::Deserialize)]
-    /// struct Paid { cents: u64 }
-    ///
-    /// let total = AtomicU64::new(0);
-    /// let h: Handler<Paid, ()> = Handler::sync("revenue", "billing.paid",
-    ///     move |e: Event<'_, Paid>, _tx| {
-    ///         total.fetch_add(e.data.cents, Ordering::Relaxed);
-    ///         Outcome::Ack
-    ///     });
-    /// ```
-    pub fn sync<F>(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self
-    where
-        F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> Outcome + Send + Sync + 'static,
-    {
-        let mut h = Self::from_call(name.into(), pattern.into(), Arc::new(Immediate(f)));
-        h.sync = true;
-        h
-    }
-
-    /// Like [`new`](Self::new), for a handler with state (a connection
-    /// pool, a client, counters): `f` borrows `state` for the whole event,
-    /// so nothing has to be cloned per event.
-    ///
-    /// ```
-    /// use event_bus::runner::{Event, Handler, Outcome};
-    /// use std::sync::atomic::{AtomicU64, Ordering};
-    ///
-    /// #[derive(serde::Deserialize)]
-    /// struct Paid { cents: u64 }
-    ///
-    /// let h: Handler<Paid, ()> = Handler::with_state(
-    ///     "revenue",
-    ///     "billing.paid",
-    ///     AtomicU64::new(0),
-    ///     |total: &AtomicU64, e: Event<'_, Paid>, _tx| Box::pin(async move {
-    ///         total.fetch_add(e.data.cents, Ordering::Relaxed);
-    ///         Outcome::Ack
-    ///     }),
-    /// );
-    /// ```
-    pub fn with_state<S, F>(
-        name: impl Into<String>,
-        pattern: impl Into<String>,
-        state: S,
-        f: F,
-    ) -> Self
-    where
-        S: Send + Sync + 'static,
-        F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome>
-            + Send
-            + Sync
-            + 'static,
-    {
-        Self::from_call(name.into(), pattern.into(), Arc::new(Stateful { state, f }))
-    }
-
-    fn from_call(name: String, pattern: String, f: Arc<dyn CallHandler<T, Tx>>) -> Self {
-        Handler {
-            name,
-            pattern,
-            retry: RetryPolicy::default(),
-            f,
-            sync: false,
-            key: None,
-        }
-    }
-
-    /// Sets the retry policy.
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = policy;
-        self
-    }
-
-    /// Handles events with equal keys one at a time, in arrival order.
-    pub fn key(mut self, key: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
-        self.key = Some(Arc::new(key));
-        self
-    }
-}
-
 /// A handler as the runner holds it: typed, with its consumer name.
-struct Registered<T, I: Inbox> {
+struct Registered<T, I: Inbox, C> {
     /// `<runner>-<handler name>`, the durable consumer and inbox key.
     consumer: String,
-    handler: Handler<T, I::Tx>,
+    handler: Handler<T, I::Tx, C>,
 }
 
 /// A handler with its event type erased: what the runner's loop calls.
@@ -429,16 +244,16 @@ trait EventSlot: Send {
     fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()>;
 }
 
-type ProcessFn<'a, T, I, F> =
-    fn(&'a TaskCtx<I>, &'a Registered<T, I>, Delivery, Result<T, String>, Option<Attempt>) -> F;
+type ProcessFn<'a, T, I, C, F> =
+    fn(&'a TaskCtx<I>, &'a Registered<T, I, C>, Delivery, Result<T, String>, Option<Attempt>) -> F;
 
-struct Slot<'a, T, I: Inbox, F, A> {
+struct Slot<'a, T, I: Inbox, C, F, A> {
     ctx: &'a TaskCtx<I>,
-    handler: &'a Registered<T, I>,
+    handler: &'a Registered<T, I, C>,
     /// The handler's place in the runner.
     index: usize,
     /// [`process_ref`] for this handler's types (it names the future's type).
-    make: ProcessFn<'a, T, I, F>,
+    make: ProcessFn<'a, T, I, C, F>,
     fut: std::pin::Pin<Box<Option<F>>>,
     /// [`acknowledge`] (it names the future's type).
     make_ack: fn(Delivery) -> A,
@@ -447,10 +262,11 @@ struct Slot<'a, T, I: Inbox, F, A> {
     ack: std::pin::Pin<Box<Option<A>>>,
 }
 
-impl<T, I, F, A> Slot<'_, T, I, F, A>
+impl<T, I, C, F, A> Slot<'_, T, I, C, F, A>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
     F: Future<Output = ()> + Send,
     A: Future<Output = Result<(), BusError>> + Send,
 {
@@ -458,8 +274,8 @@ where
     /// de-duplicating inbox, made at once: the handler's outcome.
     fn call_now(&self, delivery: &Delivery, data: &T, mut tx: I::Tx) -> Result<Outcome, Panic> {
         match invoke(self.handler, delivery, data, 1, &mut tx)? {
-            Called::Now(outcome) => Ok(outcome),
-            Called::Later(_) => unreachable!("a sync handler returned a future"),
+            Call::Now(outcome) => Ok(outcome),
+            Call::Later(_) => unreachable!("a sync handler returned a future"),
         }
     }
 
@@ -489,10 +305,11 @@ where
     }
 }
 
-impl<T, I, F, A> EventSlot for Slot<'_, T, I, F, A>
+impl<T, I, C, F, A> EventSlot for Slot<'_, T, I, C, F, A>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
     F: Future<Output = ()> + Send,
     A: Future<Output = Result<(), BusError>> + Send,
 {
@@ -533,10 +350,11 @@ where
     }
 }
 
-impl<T, I> Erased<I> for Registered<T, I>
+impl<T, I, C> Erased<I> for Registered<T, I, C>
 where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
 {
     fn consumer(&self) -> &str {
         &self.consumer
@@ -554,7 +372,7 @@ where
             ctx,
             handler: self,
             index,
-            make: process_ref::<T, I>,
+            make: process_ref::<T, I, C>,
             fut: Box::pin(None),
             make_ack: acknowledge,
             ack: Box::pin(None),
@@ -723,11 +541,12 @@ impl<I: Inbox> RunnerBuilder<I> {
     }
 
     /// Adds a handler.
-    pub fn handler<T>(mut self, h: Handler<T, I::Tx>) -> Self
+    pub fn handler<T, C>(mut self, h: Handler<T, I::Tx, C>) -> Self
     where
         T: DeserializeOwned + Send + Sync + 'static,
+        C: HandlerFn<T, I::Tx>,
     {
-        self.handlers.push(Arc::new(Registered::<T, I> {
+        self.handlers.push(Arc::new(Registered::<T, I, C> {
             consumer: format!("{}-{}", self.name, h.name),
             handler: h,
         }));
@@ -1087,15 +906,16 @@ fn dlq_headers(handler: &str) -> Headers {
 /// (the attempt completes at once and is acknowledged) is kept small, since
 /// this future is boxed per event: waiting for a slow attempt, retries and
 /// dead-lettering are boxed separately.
-async fn process<T, I>(
+async fn process<T, I, C>(
     ctx: Arc<TaskCtx<I>>,
-    h: Arc<Registered<T, I>>,
+    h: Arc<Registered<T, I, C>>,
     delivery: Delivery,
     decoded: Result<T, String>,
     first: Option<Attempt>,
 ) where
     T: Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
 {
     process_ref(&ctx, &h, delivery, decoded, first).await
 }
@@ -1103,37 +923,44 @@ async fn process<T, I>(
 /// [`process`] on borrowed context and handler (a slot's, which the runner's
 /// loop owns). `first` is the result of the first attempt if it has been
 /// made already (a sync handler's, on a slot's fast path).
-async fn process_ref<T, I>(
-    ctx: &TaskCtx<I>,
-    h: &Registered<T, I>,
+///
+/// Written as an `async move` block rather than an `async fn`: an `async
+/// fn` stores its arguments twice in its future (as given, and moved into
+/// the body), and this future is written per event.
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+fn process_ref<'a, T, I, C>(
+    ctx: &'a TaskCtx<I>,
+    h: &'a Registered<T, I, C>,
     delivery: Delivery,
     decoded: Result<T, String>,
     first: Option<Attempt>,
-) where
+) -> impl Future<Output = ()> + 'a
+where
     T: Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
 {
-    // The common case, kept in this (small) future: the first attempt acks.
-    // Anything else continues in `process_rest`, boxed apart.
-    let first = if first.is_some() {
-        first
-    } else if let Ok(data) = &decoded {
-        match one_attempt(ctx, h, &delivery, data, 1).await {
-            Some(result) => Some(result),
-            // Shutdown deadline passed: the unit of work was dropped (rolled back).
-            None => return Box::pin(hand_back(ctx, delivery)).await,
-        }
-    } else {
-        None
-    };
-    match first {
-        Some(Attempt::Acked) => {
-            ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = delivery.answer(AckKind::Ack).await {
-                tracing::warn!(handler = %h.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
+    async move {
+        // The common case, kept in this (small) future: the first attempt
+        // acks. Anything else continues in `process_rest`, boxed apart.
+        let result = match (first, &decoded) {
+            (Some(done), _) => Some(done),
+            (None, Ok(data)) => match one_attempt(ctx, h, &delivery, data, 1).await {
+                Some(result) => Some(result),
+                // Shutdown deadline passed: the unit of work was dropped (rolled back).
+                None => return Box::pin(hand_back(ctx, delivery)).await,
+            },
+            (None, Err(_)) => None,
+        };
+        match result {
+            Some(Attempt::Acked) => {
+                ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = delivery.answer(AckKind::Ack).await {
+                    tracing::warn!(handler = %h.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
+                }
             }
+            first => Box::pin(process_rest(ctx, h, delivery, decoded, first)).await,
         }
-        first => Box::pin(process_rest(ctx, h, delivery, decoded, first)).await,
     }
 }
 
@@ -1142,31 +969,36 @@ async fn process_ref<T, I>(
 /// attempt is the handler alone (a small state, kept inline); with one,
 /// its begin/commit state is boxed apart. `None` if the shutdown deadline
 /// passed first.
-async fn one_attempt<T, I>(
-    ctx: &TaskCtx<I>,
-    h: &Registered<T, I>,
-    delivery: &Delivery,
-    data: &T,
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+fn one_attempt<'a, T, I, C>(
+    ctx: &'a TaskCtx<I>,
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    data: &'a T,
     attempt: u32,
-) -> Option<Attempt>
+) -> impl Future<Output = Option<Attempt>> + 'a
 where
     T: Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
 {
-    match ctx.inbox.trivial_tx() {
-        Some(tx) => {
-            let work = attempt_without_inbox(h, delivery, data, attempt, tx);
-            tokio::pin!(work);
-            match futures::poll!(work.as_mut()) {
-                Poll::Ready(r) => Some(r),
-                Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work)).await,
+    // An `async move` block, not an `async fn`: see `process_ref`.
+    async move {
+        match ctx.inbox.trivial_tx() {
+            Some(tx) => {
+                let work = attempt_without_inbox(h, delivery, data, attempt, tx);
+                tokio::pin!(work);
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work)).await,
+                }
             }
-        }
-        None => {
-            let mut work = Box::pin(run_attempt(ctx, h, delivery, data, attempt));
-            match futures::poll!(work.as_mut()) {
-                Poll::Ready(r) => Some(r),
-                Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work.as_mut())).await,
+            None => {
+                let mut work = Box::pin(run_attempt(ctx, h, delivery, data, attempt));
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work.as_mut())).await,
+                }
             }
         }
     }
@@ -1175,15 +1007,16 @@ where
 /// The stages after a first attempt that did not simply ack (or before
 /// any, for an undecodable payload): retries, duplicates, drops, dead
 /// letters. `first` is the first attempt's result, if it was made.
-async fn process_rest<T, I>(
+async fn process_rest<T, I, C>(
     ctx: &TaskCtx<I>,
-    h: &Registered<T, I>,
+    h: &Registered<T, I, C>,
     delivery: Delivery,
     decoded: Result<T, String>,
     mut first: Option<Attempt>,
 ) where
     T: Send + Sync + 'static,
     I: Inbox,
+    C: HandlerFn<T, I::Tx>,
 {
     let decoded = match decoded {
         Ok(d) => d,
@@ -1272,7 +1105,7 @@ async fn hand_back<I: Inbox>(ctx: &TaskCtx<I>, delivery: Delivery) {
     let _ = delivery.nack(None).await;
 }
 
-async fn dead_letter<T, I: Inbox>(h: &Registered<T, I>, delivery: Delivery, reason: String) {
+async fn dead_letter<T, I: Inbox, C>(h: &Registered<T, I, C>, delivery: Delivery, reason: String) {
     let name = &h.handler.name;
     if let Err(e) = delivery.dead_letter_with(reason, dlq_headers(name)).await {
         tracing::warn!(handler = %name, error = %e, "dead-lettering failed; the event will be redelivered");
@@ -1292,13 +1125,13 @@ async fn keep_alive(delivery: &Delivery, ack_wait: Duration) {
 type Panic = Box<dyn Any + Send>;
 
 /// Calls the handler with the event; a panic is caught.
-fn invoke<'a, T, I: Inbox>(
-    h: &'a Registered<T, I>,
+fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> Result<Called<'a>, Panic> {
+) -> Result<Call<C::Future<'a>>, Panic> {
     let event = Event {
         data: decoded,
         message: delivery.message(),
@@ -1310,23 +1143,23 @@ fn invoke<'a, T, I: Inbox>(
 
 /// The handler's outcome as a future; a panic while the handler runs (or
 /// while its future is polled) is caught.
-type HandlerFuture<'a> = futures::future::Either<
+type HandlerFuture<F> = futures::future::Either<
     futures::future::Ready<Result<Outcome, Panic>>,
-    futures::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Outcome>>>,
+    futures::future::CatchUnwind<AssertUnwindSafe<F>>,
 >;
 
 /// Calls the handler with the event: its outcome, as a future.
-fn call_handler<'a, T, I: Inbox>(
-    h: &'a Registered<T, I>,
+fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> HandlerFuture<'a> {
+) -> HandlerFuture<C::Future<'a>> {
     use futures::future::{ready, Either};
     match invoke(h, delivery, decoded, attempt, tx) {
-        Ok(Called::Now(outcome)) => Either::Left(ready(Ok(outcome))),
-        Ok(Called::Later(fut)) => Either::Right(AssertUnwindSafe(fut).catch_unwind()),
+        Ok(Call::Now(outcome)) => Either::Left(ready(Ok(outcome))),
+        Ok(Call::Later(fut)) => Either::Right(AssertUnwindSafe(fut).catch_unwind()),
         Err(panic) => Either::Left(ready(Err(panic))),
     }
 }
@@ -1337,17 +1170,20 @@ fn acknowledge(delivery: Delivery) -> impl Future<Output = Result<(), BusError>>
 }
 
 /// One attempt when the inbox does not de-duplicate: the handler alone.
-async fn attempt_without_inbox<T, I: Inbox>(
-    h: &Registered<T, I>,
-    delivery: &Delivery,
-    decoded: &T,
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
     attempt: u32,
     mut tx: I::Tx,
-) -> Attempt {
-    let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
-    match outcome {
-        Ok(outcome) => settle(outcome),
-        Err(panic) => panicked(panic),
+) -> impl Future<Output = Attempt> + 'a {
+    // An `async move` block, not an `async fn`: see `process_ref`.
+    async move {
+        match call_handler(h, delivery, decoded, attempt, &mut tx).await {
+            Ok(outcome) => settle(outcome),
+            Err(panic) => panicked(panic),
+        }
     }
 }
 
@@ -1378,9 +1214,9 @@ fn panicked(panic: Box<dyn Any + Send>) -> Attempt {
 
 /// One attempt through a de-duplicating inbox: claim, handle, then commit
 /// the claim with the handler's writes, or roll both back.
-async fn run_attempt<T, I: Inbox>(
+async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     ctx: &TaskCtx<I>,
-    h: &Registered<T, I>,
+    h: &Registered<T, I, C>,
     delivery: &Delivery,
     decoded: &T,
     attempt: u32,
@@ -1419,7 +1255,7 @@ async fn run_attempt<T, I: Inbox>(
 mod tests {
     use super::*;
     use crate::consumer::Acker;
-    use crate::message::MessageId;
+    use crate::message::{BusMessage, MessageId};
     use crate::subject::Subject;
 
     struct NoAck;
@@ -1442,7 +1278,7 @@ mod tests {
             cancel: watch::channel(false).1,
             chains: Chains::default(),
         });
-        let h = Arc::new(Registered::<u64, NoInbox> {
+        let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),
             handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
                 Box::pin(async { Outcome::Ack })
