@@ -261,34 +261,49 @@ async fn pg_loop_task(pool: sqlx::PgPool, n: u64) -> Duration {
     start.elapsed()
 }
 
+/// What the PostgreSQL runner's handler counts, and when it signals.
+struct PgDone {
+    done: AtomicU64,
+    all_done: tokio::sync::Notify,
+    n: u64,
+}
+
+/// The PostgreSQL runner's handler: the effect row, in the inbox's
+/// transaction.
+async fn insert_effect(
+    s: &Arc<PgDone>,
+    e: Event<'_, Job>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Outcome {
+    let r = sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)")
+        .bind(e.data.id as i64)
+        .execute(&mut **tx)
+        .await;
+    // Counted once the unit of work is about to commit (the commit itself
+    // is a few microseconds past the clock).
+    if r.is_ok() && s.done.fetch_add(1, Ordering::Relaxed) + 1 == s.n {
+        s.all_done.notify_one();
+    }
+    r.map(|_| ()).into()
+}
+
 async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let done = Arc::new(AtomicU64::new(0));
-    let all_done = Arc::new(tokio::sync::Notify::new());
-    let (d, ad) = (done.clone(), all_done.clone());
+    let state = Arc::new(PgDone {
+        done: AtomicU64::new(0),
+        all_done: tokio::sync::Notify::new(),
+        n,
+    });
     let inbox = PgInbox::new(pool.clone());
     inbox.migrate().await.unwrap();
     let runner = Runner::builder(bus.clone(), format!("pgbench{concurrency}"))
         .inbox(inbox)
         .concurrency(concurrency)
-        .handler(Handler::new(
+        .handler(Handler::from_fn_with_state(
             "h",
             "bench.*",
-            move |e: Event<'_, Job>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-                let (d, ad) = (d.clone(), ad.clone());
-                Box::pin(async move {
-                    let r = sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)")
-                        .bind(e.data.id as i64)
-                        .execute(&mut **tx)
-                        .await;
-                    // Counted once the unit of work is about to commit (the
-                    // commit itself is a few microseconds past the clock).
-                    if r.is_ok() && d.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                        ad.notify_one();
-                    }
-                    r.map(|_| ()).into()
-                })
-            },
+            state.clone(),
+            insert_effect,
         ))
         .build()
         .spawn()
@@ -296,7 +311,7 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration 
         .unwrap();
     let start = Instant::now();
     let publisher = spawn_publisher(&bus, n);
-    all_done.notified().await;
+    state.all_done.notified().await;
     let took = start.elapsed();
     publisher.await.unwrap();
     runner.shutdown().await;

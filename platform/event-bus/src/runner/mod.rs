@@ -245,7 +245,7 @@ trait EventSlot: Send {
 }
 
 type ProcessFn<'a, T, I, C, F> =
-    fn(&'a TaskCtx<I>, &'a Registered<T, I, C>, Delivery, Result<T, String>, Option<Attempt>) -> F;
+    fn(&'a TaskCtx<I>, &'a Registered<T, I, C>, Delivery, Result<T, String>) -> F;
 
 struct Slot<'a, T, I: Inbox, C, F, A> {
     ctx: &'a TaskCtx<I>,
@@ -260,6 +260,9 @@ struct Slot<'a, T, I: Inbox, C, F, A> {
     /// The acknowledgement of an event handled on the fast path, while it
     /// has not completed.
     ack: std::pin::Pin<Box<Option<A>>>,
+    /// A sync handler's event whose first attempt did not ack, continuing
+    /// on the general path (retries, dead letters, drops).
+    rest: Option<BoxFuture<'a, ()>>,
 }
 
 impl<T, I, C, F, A> Slot<'_, T, I, C, F, A>
@@ -293,6 +296,17 @@ where
         Poll::Ready(())
     }
 
+    fn poll_rest(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(());
+        };
+        if rest.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.rest = None;
+        Poll::Ready(())
+    }
+
     fn poll_fut(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let Some(fut) = self.fut.as_mut().as_pin_mut() else {
             return Poll::Ready(());
@@ -314,37 +328,39 @@ where
     A: Future<Output = Result<(), BusError>> + Send,
 {
     fn busy(&self) -> bool {
-        self.fut.is_some() || self.ack.is_some()
+        self.fut.is_some() || self.ack.is_some() || self.rest.is_some()
     }
 
     fn start(&mut self, delivery: Delivery, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let decoded = decode::<T>(&delivery);
-        let mut first = None;
         // The fast path of a sync handler without a de-duplicating inbox:
         // the handler is called right here and, if it acks, the event is
         // acknowledged without a processing future. Otherwise its first
-        // attempt's result goes to the general path.
+        // attempt's result goes on to the rest of the stages.
         if let (true, Ok(data)) = (self.handler.handler.sync, &decoded) {
             if let Some(tx) = self.ctx.inbox.trivial_tx() {
-                match self.call_now(&delivery, data, tx) {
+                let first = match self.call_now(&delivery, data, tx) {
                     Ok(Outcome::Ack) => {
                         self.ctx.counters.count_fast(self.index);
                         self.ack.as_mut().set(Some((self.make_ack)(delivery)));
                         return self.poll_ack(cx);
                     }
-                    Ok(outcome) => first = Some(settle(outcome)),
-                    Err(panic) => first = Some(panicked(panic)),
-                }
+                    Ok(outcome) => settle(outcome),
+                    Err(panic) => panicked(panic),
+                };
+                let rest = process_rest(self.ctx, self.handler, delivery, decoded, Some(first));
+                self.rest = Some(Box::pin(rest));
+                return self.poll_rest(cx);
             }
         }
-        let fut = (self.make)(self.ctx, self.handler, delivery, decoded, first);
+        let fut = (self.make)(self.ctx, self.handler, delivery, decoded);
         self.fut.as_mut().set(Some(fut));
         self.poll_fut(cx)
     }
 
     fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        match (self.poll_fut(cx), self.poll_ack(cx)) {
-            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(()),
+        match (self.poll_fut(cx), self.poll_ack(cx), self.poll_rest(cx)) {
+            (Poll::Ready(()), Poll::Ready(()), Poll::Ready(())) => Poll::Ready(()),
             _ => Poll::Pending,
         }
     }
@@ -376,6 +392,7 @@ where
             fut: Box::pin(None),
             make_ack: acknowledge,
             ack: Box::pin(None),
+            rest: None,
         }))
     }
 
@@ -383,7 +400,7 @@ where
         let decoded = decode::<T>(&delivery);
         let key = match (&decoded, &self.handler.key) {
             (Ok(data), Some(key)) => key(data),
-            _ => return Box::pin(process(ctx.clone(), self, delivery, decoded, None)),
+            _ => return Box::pin(process(ctx.clone(), self, delivery, decoded)),
         };
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let mine = done_rx.shared();
@@ -393,7 +410,7 @@ where
             if let Some(prev) = prev {
                 let _ = prev.await;
             }
-            process(ctx.clone(), self, delivery, decoded, None).await;
+            process(ctx.clone(), self, delivery, decoded).await;
             let _ = done_tx.send(());
             let mut map = ctx.chains.lock();
             if map.get(&key).is_some_and(|cur| cur.ptr_eq(&mine)) {
@@ -911,18 +928,16 @@ async fn process<T, I, C>(
     h: Arc<Registered<T, I, C>>,
     delivery: Delivery,
     decoded: Result<T, String>,
-    first: Option<Attempt>,
 ) where
     T: Send + Sync + 'static,
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
 {
-    process_ref(&ctx, &h, delivery, decoded, first).await
+    process_ref(&ctx, &h, delivery, decoded).await
 }
 
 /// [`process`] on borrowed context and handler (a slot's, which the runner's
-/// loop owns). `first` is the result of the first attempt if it has been
-/// made already (a sync handler's, on a slot's fast path).
+/// loop owns).
 ///
 /// Written as an `async move` block rather than an `async fn`: an `async
 /// fn` stores its arguments twice in its future (as given, and moved into
@@ -933,7 +948,6 @@ fn process_ref<'a, T, I, C>(
     h: &'a Registered<T, I, C>,
     delivery: Delivery,
     decoded: Result<T, String>,
-    first: Option<Attempt>,
 ) -> impl Future<Output = ()> + 'a
 where
     T: Send + Sync + 'static,
@@ -943,14 +957,13 @@ where
     async move {
         // The common case, kept in this (small) future: the first attempt
         // acks. Anything else continues in `process_rest`, boxed apart.
-        let result = match (first, &decoded) {
-            (Some(done), _) => Some(done),
-            (None, Ok(data)) => match one_attempt(ctx, h, &delivery, data, 1).await {
+        let result = match &decoded {
+            Ok(data) => match one_attempt(ctx, h, &delivery, data, 1).await {
                 Some(result) => Some(result),
                 // Shutdown deadline passed: the unit of work was dropped (rolled back).
                 None => return Box::pin(hand_back(ctx, delivery)).await,
             },
-            (None, Err(_)) => None,
+            Err(_) => None,
         };
         match result {
             Some(Attempt::Acked) => {
@@ -1293,7 +1306,7 @@ mod tests {
         );
         let delivery = Delivery::new(msg, 1, Box::new(NoAck));
         // The future a slot holds (written per event).
-        let fut = process_ref(&ctx, &h, delivery, Ok(1u64), None);
+        let fut = process_ref(&ctx, &h, delivery, Ok(1u64));
         let size = std::mem::size_of_val(&fut);
         println!("process future: {size} bytes");
         // glibc serves allocations up to 1032 bytes from its per-thread cache.
