@@ -9,9 +9,15 @@
 //! | [`Handler::with_state`] | the same, borrowing state | one box |
 //!
 //! Closures that return an async block have to box it: the future borrows
-//! the event, and stable Rust cannot state that an async closure's future is
+//! the event, and stable Rust cannot tie a closure's returned future to the
+//! lifetime of its arguments, nor state that an async closure's future is
 //! `Send`. A named `async fn` has no such problem, so [`Handler::from_fn`]
-//! keeps its future in place, without a box.
+//! keeps its future in place, without a box. (A closure given to `from_fn`
+//! fails to compile with "implementation of `AsyncHandlerFn` is not general
+//! enough": name the function instead.)
+//!
+//! Every kind gets the same stages (decode, de-duplication, retries, dead
+//! letters, shutdown); see the [runner](super).
 
 use super::{Outcome, RetryPolicy};
 use crate::message::BusMessage;

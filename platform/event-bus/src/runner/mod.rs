@@ -30,6 +30,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A handler can also be a named `async fn` ([`Handler::from_fn`], no box
+//! per event) or a function that returns its outcome at once
+//! ([`Handler::sync`]); see [`handler`] for all five ways to write one.
+//!
 //! # Stages, in this fixed order
 //!
 //! 1. **Decode** the payload (serde JSON) into the handler's type. A payload
@@ -47,7 +51,7 @@
 //! 4. **Dead-letter** when attempts run out (or on `DeadLetter`): the event
 //!    goes to the dead-letter subject with headers for the reason, the
 //!    handler, the original subject and the delivery count
-//!    ([`dlq`](crate::consumer::dlq)); [`DeadLetterQueue`] lists, inspects
+//!    ([`dlq`]); [`DeadLetterQueue`] lists, inspects
 //!    and replays them.
 //!
 //! Retries run in process (not by redelivery) so that per-key order holds
