@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use futures::task::{ArcWake, AtomicWaker};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -56,14 +57,81 @@ struct InFlight {
     deadline: Instant,
 }
 
+/// What a consumer holds. Each delivery and each answer costs O(log n) on
+/// small keys at most: whole messages are never shifted around in ordered
+/// maps, and nothing is scanned per poll.
 struct State {
     feed: MemorySubscription,
     feed_closed: bool,
     settings: Settings,
-    /// Waiting for (re)delivery, by sequence.
-    pending: BTreeMap<u64, Entry>,
+    /// Never delivered yet, in sequence order.
+    fresh: VecDeque<Entry>,
+    /// To be delivered again (nacked, or its ack wait ran out), by sequence.
+    again: BTreeMap<u64, Entry>,
     /// Delivered, not yet answered, by sequence.
-    in_flight: BTreeMap<u64, InFlight>,
+    in_flight: FxHashMap<u64, InFlight>,
+    /// The in-flight deliveries by ack deadline.
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl State {
+    /// Messages held (queued, to deliver again, or in flight).
+    fn held(&self) -> usize {
+        self.fresh.len() + self.again.len() + self.in_flight.len()
+    }
+
+    /// Starts the ack wait of a delivery.
+    fn send(&mut self, seq: u64, entry: Entry, deadline: Instant) {
+        self.deadlines.insert((deadline, seq));
+        self.in_flight.insert(seq, InFlight { entry, deadline });
+    }
+
+    /// Ends the ack wait of `seq`: the delivery, if it was in flight.
+    fn settle(&mut self, seq: u64) -> Option<InFlight> {
+        let f = self.in_flight.remove(&seq)?;
+        self.deadlines.remove(&(f.deadline, seq));
+        Some(f)
+    }
+
+    /// Deliveries whose ack wait ran out go back to be delivered again.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, seq)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            if let Some(f) = self.settle(seq) {
+                self.again.insert(seq, f.entry);
+            }
+        }
+    }
+
+    /// The next message to deliver now, the lowest sequence first; else
+    /// when one becomes deliverable (a nack's delay), if ever.
+    fn next(&mut self, now: Instant) -> Result<(u64, Entry), Option<Instant>> {
+        let mut not_before: Option<Instant> = None;
+        let mut again = None;
+        for (seq, e) in &self.again {
+            match e.not_before {
+                Some(t) if t > now => not_before = Some(not_before.map_or(t, |w| w.min(t))),
+                _ => {
+                    again = Some(*seq);
+                    break;
+                }
+            }
+        }
+        let fresh = self.fresh.front().map(|e| e.msg.sequence);
+        match (again, fresh) {
+            (Some(a), Some(f)) if f < a => Ok(self.take_fresh()),
+            (Some(a), _) => Ok((a, self.again.remove(&a).expect("chosen from again"))),
+            (None, Some(_)) => Ok(self.take_fresh()),
+            (None, None) => Err(not_before),
+        }
+    }
+
+    fn take_fresh(&mut self) -> (u64, Entry) {
+        let e = self.fresh.pop_front().expect("a fresh message");
+        (e.msg.sequence, e)
+    }
 }
 
 /// Wakes every instance waiting on the consumer.
@@ -153,8 +221,10 @@ impl InMemoryBus {
                             feed,
                             feed_closed: false,
                             settings: settings(&config),
-                            pending: BTreeMap::new(),
-                            in_flight: BTreeMap::new(),
+                            fresh: VecDeque::new(),
+                            again: BTreeMap::new(),
+                            in_flight: FxHashMap::default(),
+                            deadlines: BTreeSet::new(),
                         }),
                         wake_all: Arc::new(WakeAll::default()),
                     });
@@ -211,68 +281,45 @@ impl Stream for Instance {
         // Take new messages from the feed (waking every instance when more come).
         let feed_waker = futures::task::waker(durable.wake_all.clone());
         let mut feed_cx = Context::from_waker(&feed_waker);
-        while !st.feed_closed && st.pending.len() + st.in_flight.len() < DURABLE_CAPACITY {
+        while !st.feed_closed && st.held() < DURABLE_CAPACITY {
             match st.feed.poll_next_unpin(&mut feed_cx) {
-                Poll::Ready(Some(msg)) => {
-                    st.pending.insert(
-                        msg.sequence,
-                        Entry {
-                            msg,
-                            deliveries: 0,
-                            not_before: None,
-                        },
-                    );
-                }
+                Poll::Ready(Some(msg)) => st.fresh.push_back(Entry {
+                    msg,
+                    deliveries: 0,
+                    not_before: None,
+                }),
                 Poll::Ready(None) => st.feed_closed = true,
                 Poll::Pending => break,
             }
         }
-        // Deliveries whose ack wait ran out go back to pending.
-        let expired: Vec<u64> = st
-            .in_flight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in expired {
-            if let Some(f) = st.in_flight.remove(&seq) {
-                st.pending.insert(seq, f.entry);
-            }
-        }
-        if st.feed_closed && st.pending.is_empty() && st.in_flight.is_empty() {
+        st.expire(now);
+        if st.feed_closed && st.held() == 0 {
             return Poll::Ready(None);
         }
         // The first message that may be delivered now.
-        let mut next_wake: Option<Instant> = st.in_flight.values().map(|f| f.deadline).min();
-        let mut chosen = None;
+        let mut next_wake: Option<Instant> = st.deadlines.first().map(|(t, _)| *t);
         if st.in_flight.len() < st.settings.max_ack_pending {
-            for (seq, e) in &st.pending {
-                match e.not_before {
-                    Some(t) if t > now => next_wake = Some(next_wake.map_or(t, |w| w.min(t))),
-                    _ => {
-                        chosen = Some(*seq);
-                        break;
+            match st.next(now) {
+                Ok((seq, mut entry)) => {
+                    entry.deliveries += 1;
+                    entry.not_before = None;
+                    let deliveries = entry.deliveries;
+                    let msg = entry.msg.clone();
+                    if deliveries <= st.settings.limit {
+                        let deadline = now + st.settings.ack_wait;
+                        st.send(seq, entry, deadline);
                     }
+                    drop(st);
+                    let acker = MemoryAcker {
+                        durable,
+                        seq,
+                        deliveries,
+                    };
+                    return Poll::Ready(Some(Ok(Delivery::new(msg, deliveries, Box::new(acker)))));
                 }
+                Err(Some(t)) => next_wake = Some(next_wake.map_or(t, |w| w.min(t))),
+                Err(None) => {}
             }
-        }
-        if let Some(seq) = chosen {
-            let mut entry = st.pending.remove(&seq).expect("chosen from pending");
-            entry.deliveries += 1;
-            entry.not_before = None;
-            let deliveries = entry.deliveries;
-            let msg = entry.msg.clone();
-            if deliveries <= st.settings.limit {
-                let deadline = now + st.settings.ack_wait;
-                st.in_flight.insert(seq, InFlight { entry, deadline });
-            }
-            drop(st);
-            let acker = MemoryAcker {
-                durable,
-                seq,
-                deliveries,
-            };
-            return Poll::Ready(Some(Ok(Delivery::new(msg, deliveries, Box::new(acker)))));
         }
         drop(st);
         if let Some(at) = next_wake {
@@ -311,25 +358,25 @@ impl Acker for MemoryAcker {
         // Whether an instance may be waiting for what this answer frees: a
         // delivery slot (max ack pending reached) or backlog room (capacity
         // reached), or a message to deliver again.
-        let full = st.in_flight.len() >= st.settings.max_ack_pending
-            || st.pending.len() + st.in_flight.len() >= DURABLE_CAPACITY;
+        let full =
+            st.in_flight.len() >= st.settings.max_ack_pending || st.held() >= DURABLE_CAPACITY;
         let wake = match kind {
             AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
-                let in_flight = st.in_flight.remove(&self.seq).is_some();
-                let pending = st.pending.remove(&self.seq).is_some();
-                (in_flight || pending) && full
+                let in_flight = st.settle(self.seq).is_some();
+                let again = st.again.remove(&self.seq).is_some();
+                (in_flight || again) && full
             }
             AckKind::Nack { delay, .. } if current => {
-                if let Some(mut f) = st.in_flight.remove(&self.seq) {
+                if let Some(mut f) = st.settle(self.seq) {
                     f.entry.not_before = delay.map(|d| Instant::now() + d);
-                    st.pending.insert(self.seq, f.entry);
+                    st.again.insert(self.seq, f.entry);
                 }
                 true
             }
             AckKind::InProgress if current => {
-                let ack_wait = st.settings.ack_wait;
-                if let Some(f) = st.in_flight.get_mut(&self.seq) {
-                    f.deadline = Instant::now() + ack_wait;
+                let deadline = Instant::now() + st.settings.ack_wait;
+                if let Some(f) = st.settle(self.seq) {
+                    st.send(self.seq, f.entry, deadline);
                 }
                 // An instance sleeping until the old deadline wakes, finds
                 // nothing expired and sleeps until the new one.
@@ -379,5 +426,36 @@ mod tests {
         assert_eq!(durable.wake_all.instances.lock().len(), 1);
         drop(a);
         assert!(durable.wake_all.instances.lock().is_empty());
+    }
+
+    /// In progress restarts the ack wait; the delivery is redelivered only
+    /// once the restarted wait runs out.
+    #[tokio::test(start_paused = true)]
+    async fn in_progress_restarts_the_ack_wait() {
+        let bus = InMemoryBus::new();
+        let config = ConsumerConfig::new("c", "t.>").ack_wait(Duration::from_secs(10));
+        let mut c = bus.consume(config).await.unwrap();
+        bus.publish("t.x", b"1".to_vec()).await.unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        tokio::time::advance(Duration::from_secs(8)).await;
+        d.in_progress().await.unwrap();
+        // 16 s after the delivery, 8 s after "in progress".
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(
+            futures::poll!(c.next()).is_pending(),
+            "redelivered too early"
+        );
+        // 11 s after "in progress".
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let again = tokio::time::timeout(Duration::from_secs(1), c.next())
+            .await
+            .expect("redelivered once the restarted wait ran out")
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.delivery_count(), 2);
+        // Acknowledged (by either delivery's acker, as on NATS): not delivered again.
+        d.ack().await.unwrap();
+        again.ack().await.unwrap();
+        assert!(futures::poll!(c.next()).is_pending());
     }
 }
