@@ -274,7 +274,7 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
-    F: Future<Output = ()> + Send,
+    F: Future<Output = bool> + Send,
     A: Future<Output = Result<(), BusError>> + Send,
 {
     /// The first attempt of a [`Handler::sync`] handler without a
@@ -315,8 +315,11 @@ where
         let Some(fut) = self.fut.as_mut().as_pin_mut() else {
             return Poll::Ready(());
         };
-        if fut.poll(cx).is_pending() {
+        let Poll::Ready(acked) = fut.poll(cx) else {
             return Poll::Pending;
+        };
+        if acked {
+            self.ctx.counters.count_fast(self.index);
         }
         self.fut.as_mut().set(None);
         Poll::Ready(())
@@ -328,7 +331,7 @@ where
     T: DeserializeOwned + Send + Sync + 'static,
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
-    F: Future<Output = ()> + Send,
+    F: Future<Output = bool> + Send,
     A: Future<Output = Result<(), BusError>> + Send,
 {
     fn busy(&self) -> bool {
@@ -464,7 +467,7 @@ pub struct RunReport {
 #[derive(Default)]
 struct Counters {
     processed: AtomicU64,
-    /// Events acked on a slot's fast path, per handler: each is written by
+    /// Events acked in a slot (first attempt), per handler: each is written by
     /// the runner's own task alone, so it is counted without a locked
     /// read-modify-write ([`Counters::count_fast`]).
     processed_fast: Box<[AtomicU64]>,
@@ -937,11 +940,14 @@ async fn process<T, I, C>(
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
 {
-    process_ref(&ctx, &h, delivery, decoded).await
+    if process_ref(&ctx, &h, delivery, decoded).await {
+        ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// [`process`] on borrowed context and handler (a slot's, which the runner's
-/// loop owns).
+/// loop owns). `true` if the first attempt acked, for the caller to count
+/// (a slot counts without a locked add); any other end is counted here.
 ///
 /// Written as an `async move` block rather than an `async fn`: an `async
 /// fn` stores its arguments twice in its future (as given, and moved into
@@ -952,7 +958,7 @@ fn process_ref<'a, T, I, C>(
     h: &'a Registered<T, I, C>,
     delivery: Delivery,
     decoded: Result<T, String>,
-) -> impl Future<Output = ()> + 'a
+) -> impl Future<Output = bool> + 'a
 where
     T: Send + Sync + 'static,
     I: Inbox,
@@ -965,18 +971,24 @@ where
             Ok(data) => match one_attempt(ctx, h, &delivery, data, 1).await {
                 Some(result) => Some(result),
                 // Shutdown deadline passed: the unit of work was dropped (rolled back).
-                None => return Box::pin(hand_back(ctx, delivery)).await,
+                None => {
+                    Box::pin(hand_back(ctx, delivery)).await;
+                    return false;
+                }
             },
             Err(_) => None,
         };
         match result {
             Some(Attempt::Acked) => {
-                ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = delivery.answer(AckKind::Ack).await {
                     tracing::warn!(handler = %h.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
                 }
+                true
             }
-            first => Box::pin(process_rest(ctx, h, delivery, decoded, first)).await,
+            first => {
+                Box::pin(process_rest(ctx, h, delivery, decoded, first)).await;
+                false
+            }
         }
     }
 }
