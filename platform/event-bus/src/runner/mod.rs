@@ -840,6 +840,7 @@ impl Source {
         ))
     }
 
+    #[inline]
     fn poll_next(
         &mut self,
         cx: &mut std::task::Context<'_>,
