@@ -247,25 +247,37 @@ impl fmt::Debug for MessageId {
 impl MessageId {
     /// Compares the display form with `other` without allocating.
     fn display_eq(&self, other: &str) -> bool {
-        struct Cmp<'a> {
-            rest: &'a str,
-            ok: bool,
-        }
-        impl fmt::Write for Cmp<'_> {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                match self.rest.strip_prefix(s) {
-                    Some(rest) if self.ok => self.rest = rest,
-                    _ => self.ok = false,
+        self.with_display_bytes(|b| b == other.as_bytes())
+    }
+
+    /// Calls `f` with the display form's bytes, rendered on the stack for
+    /// the ids a bus assigns (no allocation, no formatting machinery).
+    fn with_display_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match &self.0 {
+            IdRepr::Given(s) => f(s.as_bytes()),
+            IdRepr::Local { origin, seq } => {
+                // "mem-" + 16 hex digits + "-" + up to 20 decimal digits.
+                let mut buf = [0u8; 41];
+                buf[..4].copy_from_slice(b"mem-");
+                for (i, b) in buf[4..20].iter_mut().enumerate() {
+                    *b = b"0123456789abcdef"[((origin >> (60 - 4 * i)) & 0xf) as usize];
                 }
-                Ok(())
+                buf[20] = b'-';
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(*seq).as_bytes();
+                buf[21..21 + d.len()].copy_from_slice(d);
+                f(&buf[..21 + d.len()])
+            }
+            IdRepr::Stream { stream, seq } => {
+                let mut digits = itoa::Buffer::new();
+                let d = digits.format(*seq).as_bytes();
+                let mut bytes = Vec::with_capacity(stream.len() + 1 + d.len());
+                bytes.extend_from_slice(stream.as_bytes());
+                bytes.push(b':');
+                bytes.extend_from_slice(d);
+                f(&bytes)
             }
         }
-        let mut cmp = Cmp {
-            rest: other,
-            ok: true,
-        };
-        let _ = fmt::write(&mut cmp, format_args!("{self}"));
-        cmp.ok && cmp.rest.is_empty()
     }
 }
 
@@ -290,16 +302,10 @@ impl Eq for MessageId {}
 
 impl std::hash::Hash for MessageId {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // Hash the display form (consistent with `Eq` across representations)
-        // without allocating.
-        struct W<'a, H>(&'a mut H);
-        impl<H: std::hash::Hasher> fmt::Write for W<'_, H> {
-            fn write_str(&mut self, s: &str) -> fmt::Result {
-                self.0.write(s.as_bytes());
-                Ok(())
-            }
-        }
-        let _ = fmt::write(&mut W(state), format_args!("{self}"));
+        // The display form, in one write (consistent with `Eq` across
+        // representations, whatever the hasher: some, like FxHasher, hash
+        // the same bytes written in different pieces differently).
+        self.with_display_bytes(|b| state.write(b));
         state.write_u8(0xff);
     }
 }
@@ -515,5 +521,34 @@ mod tests {
         let set: HashSet<MessageId> =
             [MessageId::new("S:1"), MessageId::stream_position("S", 1)].into();
         assert_eq!(set.len(), 1);
+    }
+
+    /// Equal ids hash equally across representations, with a hasher that
+    /// is sensitive to how bytes are split across writes (FxHasher) and
+    /// with the standard one.
+    #[test]
+    fn equal_ids_hash_equally() {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        fn hashes(id: &MessageId) -> (u64, u64) {
+            let mut fx = rustc_hash::FxBuildHasher.build_hasher();
+            id.hash(&mut fx);
+            let mut std = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut std);
+            (fx.finish(), std.finish())
+        }
+        let long = "S".repeat(300);
+        for id in [
+            MessageId::local(0, 0),
+            MessageId::local(u64::MAX, u64::MAX),
+            MessageId::local(0x1234_5678_9abc_def0, 42),
+            MessageId::stream_position("ORDERS", 7),
+            MessageId::stream_position(long.as_str(), u64::MAX),
+        ] {
+            let given = MessageId::new(id.to_string());
+            assert_eq!(given, id);
+            assert_eq!(hashes(&given), hashes(&id), "{id}");
+            assert!(id.display_eq(&id.to_string()));
+            assert!(!id.display_eq(&format!("{id}0")));
+        }
     }
 }

@@ -128,6 +128,8 @@ impl std::hash::Hash for ClaimKey {
 struct MemState {
     /// `true` = committed, `false` = claimed (in progress).
     entries: FxHashMap<ClaimKey, (bool, Instant)>,
+    /// Committed claims, oldest first (an entry whose time no longer
+    /// matches was committed again later and is skipped).
     order: VecDeque<(ClaimKey, Instant)>,
     /// Consumer names, one allocation each.
     consumers: FxHashSet<Arc<str>>,
@@ -224,8 +226,9 @@ impl Inbox for MemoryInbox {
                 format!("message {message_id} is being processed by another worker of consumer {consumer:?}"),
             )),
             None => {
+                // Only committed claims are queued for eviction: one in
+                // progress is released by its token (commit or drop).
                 st.entries.insert(key.clone(), (false, now));
-                st.order.push_back((key.clone(), now));
                 Ok(Some(MemoryClaim {
                     key,
                     state: self.state.clone(),
