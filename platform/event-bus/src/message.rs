@@ -528,13 +528,13 @@ mod tests {
     /// with the standard one.
     #[test]
     fn equal_ids_hash_equally() {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::{BuildHasher, BuildHasherDefault};
         fn hashes(id: &MessageId) -> (u64, u64) {
-            let mut fx = rustc_hash::FxBuildHasher.build_hasher();
-            id.hash(&mut fx);
-            let mut std = std::collections::hash_map::DefaultHasher::new();
-            id.hash(&mut std);
-            (fx.finish(), std.finish())
+            type Std = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+            (
+                rustc_hash::FxBuildHasher.hash_one(id),
+                Std::default().hash_one(id),
+            )
         }
         let long = "S".repeat(300);
         for id in [
