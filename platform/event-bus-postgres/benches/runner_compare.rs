@@ -7,7 +7,9 @@
 //! * the runner with the in-memory inbox;
 //! * the runner with the PostgreSQL inbox (one transaction per event, a
 //!   throwaway server or `DATABASE_URL`), beside the loop doing the same
-//!   handler write in its own transaction.
+//!   handler write in its own transaction;
+//! * on NatsBus (a real nats-server the bench starts): loop and runner each
+//!   read a stored backlog with a consumer of their own.
 //!
 //! Each in-memory case is measured two ways: with a backlog published before
 //! the clock starts (the consuming side alone, which is what the runner adds
@@ -318,6 +320,75 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration 
     took
 }
 
+/// Stores `n` events on `bench.job` (untimed), in batches.
+async fn fill_nats(bus: &Arc<dyn EventBus>, n: u64) {
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<event_bus::Envelope> = (i..(i + 500).min(n))
+            .map(|j| event_bus::Envelope::new("bench.job", payload(j)))
+            .collect();
+        i += batch.len() as u64;
+        for r in bus.publish_batch(batch).await {
+            r.unwrap();
+        }
+    }
+}
+
+/// On NatsBus: the loop and the runner each read the whole stored backlog
+/// with a consumer of their own (the loop's with a wide ack window).
+async fn nats_pair(
+    bus: &Arc<dyn EventBus>,
+    run: usize,
+    n: u64,
+    concurrency: usize,
+    window: Option<usize>,
+    shape: Shape,
+) -> (Duration, Duration) {
+    let hand_done = Done::default();
+    let start = Instant::now();
+    let mut consumer = bus
+        .consume(
+            ConsumerConfig::new(format!("hand{run}"), "bench.*")
+                .start(event_bus::StartPosition::All)
+                .max_ack_pending(10_000),
+        )
+        .await
+        .unwrap();
+    handle_by_hand(&mut consumer, n, &hand_done).await;
+    let hand = start.elapsed();
+    drop(consumer);
+    let done: Arc<Done> = Arc::default();
+    let d = done.clone();
+    let start = Instant::now();
+    let mut builder = Runner::builder(bus.clone(), format!("runner{run}"))
+        .start(event_bus::StartPosition::All)
+        .concurrency(concurrency);
+    if let Some(w) = window {
+        builder = builder.max_ack_pending(w);
+    }
+    let builder = match shape {
+        Shape::Sync => builder.handler(Handler::sync(
+            "h",
+            "bench.*",
+            move |e: Event<'_, Job>, _tx: &mut ()| {
+                handle_job(&d, e.data, n);
+                Outcome::Ack
+            },
+        )),
+        _ => builder.handler(Handler::from_fn_with_state(
+            "h",
+            "bench.*",
+            (d, n),
+            handle_job_fn::<()>,
+        )),
+    };
+    let runner = builder.build().spawn().await.unwrap();
+    done.1.notified().await;
+    let took = start.elapsed();
+    runner.shutdown().await;
+    (hand, took)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -330,6 +401,22 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
 
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
+}
+
+/// Prints a row: medians of the rates of `n` events, and the median of the
+/// per-run ratios (loop time / runner time).
+fn report_n(name: &str, n: u64, hand: Vec<Duration>, runner: Vec<Duration>) {
+    let ratios: Vec<f64> = hand
+        .iter()
+        .zip(&runner)
+        .map(|(h, r)| h.as_secs_f64() / r.as_secs_f64())
+        .collect();
+    println!(
+        "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
+        rate(n, median(runner)),
+        rate(n, median(hand)),
+        median_f64(ratios)
+    );
 }
 
 fn main() {
@@ -359,20 +446,8 @@ fn main() {
         "{:<58} {:>12} {:>12} {:>7}",
         "events/s (medians)", "runner", "hand loop", "ratio"
     );
-    let report = |name: &str, hand: Vec<Duration>, runner: Vec<Duration>| {
-        // A larger duration is a lower rate: loop time / runner time.
-        let ratios: Vec<f64> = hand
-            .iter()
-            .zip(&runner)
-            .map(|(h, r)| h.as_secs_f64() / r.as_secs_f64())
-            .collect();
-        println!(
-            "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
-            rate(n, median(runner)),
-            rate(n, median(hand)),
-            median_f64(ratios)
-        );
-    };
+    let report =
+        |name: &str, hand: Vec<Duration>, runner: Vec<Duration>| report_n(name, n, hand, runner);
     type Case = (&'static str, usize, bool, Shape);
     #[rustfmt::skip]
     let cases: [Case; 6] = [
@@ -426,6 +501,45 @@ fn main() {
         }
         report(&format!("live: runner, {name}"), hand, runner);
     }
+
+    let nats_n = (n / 5).max(1000);
+    let server = rt
+        .block_on(event_bus_testkit::nats_server::NatsServer::start())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nats_bus: Arc<dyn EventBus> = rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let bus: Arc<dyn EventBus> = Arc::new(event_bus::NatsBus::new(client));
+        fill_nats(&bus, nats_n).await;
+        bus
+    });
+    println!();
+    println!("on NatsBus (a real nats-server; {nats_n} stored events, each side reads them all with its own consumer)");
+    let mut run = 0;
+    #[rustfmt::skip]
+    let nats_cases = [
+        ("NATS: runner, sync handler, concurrency 16", 16, None, Shape::Sync),
+        ("NATS: runner, async fn handler, concurrency 16", 16, None, Shape::AsyncFn),
+        ("NATS: same, max_ack_pending 32 (the old default)", 16, Some(32), Shape::AsyncFn),
+        ("NATS: same, max_ack_pending 256", 16, Some(256), Shape::AsyncFn),
+    ];
+    for (name, concurrency, window, shape) in nats_cases {
+        let (mut hand, mut runner) = (vec![], vec![]);
+        for _ in 0..reps.min(3) {
+            run += 1;
+            let (h, r) = rt.block_on(nats_pair(
+                &nats_bus,
+                run,
+                nats_n,
+                concurrency,
+                window,
+                shape,
+            ));
+            hand.push(h);
+            runner.push(r);
+        }
+        report_n(name, nats_n, hand, runner);
+    }
+    drop(server);
 
     let pg_n = (n / 20).max(1000);
     let pg = rt
