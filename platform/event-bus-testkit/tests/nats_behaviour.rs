@@ -8,6 +8,7 @@ use event_bus::config::{BusConfig, NatsConfig, StreamSpec, StreamStorage};
 use event_bus::nats::streams::StreamAction;
 use event_bus::{Envelope, ErrorKind, EventBus, NatsBus, Subscription};
 use event_bus_testkit::nats_server::{NatsServer, NatsServerOptions};
+use event_bus_testkit::wait;
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -587,4 +588,59 @@ async fn tls_with_client_certificates() {
         );
         println!("{what}: {err}");
     }
+}
+
+/// An instance that stops consuming hands back what it fetched and did not
+/// take: another instance gets those messages at once, not after their ack
+/// wait (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_consumer_hands_back_what_it_fetched() {
+    use event_bus::{ConsumerConfig, StartPosition};
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(client.clone()));
+    let n = 50;
+    for i in 0..n {
+        bus.publish("handback.job", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    let config = ConsumerConfig::new("hb", "handback.>")
+        .start(StartPosition::All)
+        .ack_wait(Duration::from_secs(60))
+        .max_ack_pending(100);
+    let mut a = bus.consume(config.clone()).await.unwrap();
+    let first = a.next().await.unwrap().unwrap();
+    first.ack().await.unwrap();
+    // Every message has been sent to this instance (fetched ahead of it).
+    let js = jetstream::new(client.clone());
+    wait::until_async(Duration::from_secs(10), "all messages fetched", || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("BUS_HANDBACK").await.unwrap();
+            let mut consumer: jetstream::consumer::PullConsumer =
+                stream.get_consumer("hb").await.unwrap();
+            let info = consumer.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == n - 1
+        }
+    })
+    .await;
+    drop(a);
+    let mut b = bus.consume(config).await.unwrap();
+    let started = Instant::now();
+    let mut got = std::collections::HashSet::new();
+    while got.len() < n - 1 {
+        let d = tokio::time::timeout(Duration::from_secs(10), b.next())
+            .await
+            .expect("handed back at once, not after the 60 s ack wait")
+            .unwrap()
+            .unwrap();
+        got.insert(d.message().payload.to_vec());
+        d.ack().await.unwrap();
+    }
+    assert!(
+        !got.contains(b"0".as_slice()),
+        "the acked message stays acked"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -104,10 +104,60 @@ pub(crate) async fn open(
         stream_name,
         bus.tenant().map(|t| format!("{t}.")),
     ));
-    let mut rx = rx;
-    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-    })))
+    Ok(Box::pin(Fetched { rx }))
+}
+
+/// The receiving end of a consumer's pump. Dropped (the user stopped
+/// consuming), it hands back what was fetched and not taken, so that
+/// another instance gets it at once rather than after the ack wait.
+struct Fetched {
+    rx: mpsc::Receiver<Result<Delivery, BusError>>,
+}
+
+impl futures::Stream for Fetched {
+    type Item = Result<Delivery, BusError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut ahead = Vec::new();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(delivery) = item {
+                ahead.push(delivery);
+            }
+        }
+        if ahead.is_empty() {
+            return;
+        }
+        // Nacks are sent from a task: a drop cannot wait. Outside a runtime
+        // they are not sent, and the deliveries come back after their ack wait.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for delivery in ahead {
+                    let _ = delivery.nack(None).await;
+                }
+            });
+        }
+    }
+}
+
+/// Hands back the messages the pull had received and not passed on (the
+/// receiver is gone), without waiting for more.
+async fn hand_back_received(messages: &mut pull::Stream) {
+    use futures::FutureExt;
+    while let Some(Some(item)) = messages.next().now_or_never() {
+        if let Ok(m) = item {
+            let _ = m.ack_with(NatsAck::Nak(None)).await;
+        }
+    }
 }
 
 /// Pulls deliveries into `tx` until the receiver is dropped, re-opening the
@@ -147,7 +197,10 @@ async fn pump(
         };
         loop {
             let item = tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => {
+                    hand_back_received(&mut messages).await;
+                    return;
+                }
                 item = messages.next() => item,
             };
             let delivery = match item {
@@ -175,7 +228,11 @@ async fn pump(
                 }
                 Some(Ok(m)) => to_delivery(m, &stream_name, strip.as_deref()),
             };
-            if tx.send(delivery).await.is_err() {
+            if let Err(mpsc::error::SendError(unsent)) = tx.send(delivery).await {
+                if let Ok(d) = unsent {
+                    let _ = d.nack(None).await;
+                }
+                hand_back_received(&mut messages).await;
                 return;
             }
         }

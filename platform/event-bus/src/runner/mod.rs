@@ -787,8 +787,9 @@ impl<I: Inbox> Runner<I> {
                 tasks.spawn(work);
             }
         }
-        // Stop taking events; deliveries buffered by the backend and not yet
-        // taken are redelivered after the ack wait.
+        // Stop taking events. Deliveries fetched ahead and not taken are
+        // handed back by the consumers as they are dropped (NatsBus nacks
+        // them, so other instances get them at once).
         drop(source);
         let finished = tokio::time::timeout(
             self.options.shutdown_timeout,
