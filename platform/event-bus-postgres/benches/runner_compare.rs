@@ -86,23 +86,15 @@ async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &m
     Outcome::Ack
 }
 
-/// A runner with one handler for `bench.*` that counts what it handled and
-/// signals after every `step` events.
-async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
-    bus: &Arc<dyn EventBus>,
-    inbox: I,
-    concurrency: usize,
-    step: u64,
+/// Adds the bench's handler for `bench.*`, written as `shape`: it runs
+/// [`handle_job`] (counting into `done`, signalling every `step` events).
+fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+    builder: event_bus::runner::RunnerBuilder<I>,
     shape: Shape,
-) -> (
-    event_bus::runner::RunnerHandle,
-    Arc<(AtomicU64, tokio::sync::Notify)>,
-) {
-    let done: Arc<Done> = Arc::default();
-    let builder = Runner::builder(bus.clone(), "bench")
-        .inbox(inbox)
-        .concurrency(concurrency);
-    let builder = match shape {
+    done: &Arc<Done>,
+    step: u64,
+) -> event_bus::runner::RunnerBuilder<I> {
+    match shape {
         Shape::Sync => {
             let d = done.clone();
             builder.handler(Handler::sync(
@@ -131,7 +123,26 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
             (done.clone(), step),
             handle_job_fn::<T>,
         )),
-    };
+    }
+}
+
+/// A runner with one handler for `bench.*` that counts what it handled and
+/// signals after every `step` events.
+async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
+    bus: &Arc<dyn EventBus>,
+    inbox: I,
+    concurrency: usize,
+    step: u64,
+    shape: Shape,
+) -> (
+    event_bus::runner::RunnerHandle,
+    Arc<(AtomicU64, tokio::sync::Notify)>,
+) {
+    let done: Arc<Done> = Arc::default();
+    let builder = Runner::builder(bus.clone(), "bench")
+        .inbox(inbox)
+        .concurrency(concurrency);
+    let builder = with_bench_handler(builder, shape, &done, step);
     let runner = builder.build().spawn().await.unwrap();
     (runner, done)
 }
@@ -358,7 +369,6 @@ async fn nats_pair(
     let hand = start.elapsed();
     drop(consumer);
     let done: Arc<Done> = Arc::default();
-    let d = done.clone();
     let start = Instant::now();
     let mut builder = Runner::builder(bus.clone(), format!("runner{run}"))
         .start(event_bus::StartPosition::All)
@@ -366,22 +376,7 @@ async fn nats_pair(
     if let Some(w) = window {
         builder = builder.max_ack_pending(w);
     }
-    let builder = match shape {
-        Shape::Sync => builder.handler(Handler::sync(
-            "h",
-            "bench.*",
-            move |e: Event<'_, Job>, _tx: &mut ()| {
-                handle_job(&d, e.data, n);
-                Outcome::Ack
-            },
-        )),
-        _ => builder.handler(Handler::from_fn_with_state(
-            "h",
-            "bench.*",
-            (d, n),
-            handle_job_fn::<()>,
-        )),
-    };
+    let builder = with_bench_handler(builder, shape, &done, n);
     let runner = builder.build().spawn().await.unwrap();
     done.1.notified().await;
     let took = start.elapsed();

@@ -287,43 +287,41 @@ where
     }
 
     fn poll_ack(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let Some(ack) = self.ack.as_mut().as_pin_mut() else {
-            return Poll::Ready(());
-        };
-        let Poll::Ready(answered) = ack.poll(cx) else {
-            return Poll::Pending;
-        };
-        if let Err(e) = answered {
-            tracing::warn!(handler = %self.handler.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
+        if let Some(Err(e)) = std::task::ready!(poll_in_place(self.ack.as_mut(), cx)) {
+            answer_failed(&self.handler.handler.name, &e);
         }
-        self.ack.as_mut().set(None);
         Poll::Ready(())
     }
 
     fn poll_rest(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let Some(rest) = self.rest.as_mut() else {
-            return Poll::Ready(());
-        };
-        if rest.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        self.rest = None;
-        Poll::Ready(())
+        poll_in_place(std::pin::Pin::new(&mut self.rest), cx).map(|_| ())
     }
 
     fn poll_fut(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let Some(fut) = self.fut.as_mut().as_pin_mut() else {
-            return Poll::Ready(());
-        };
-        let Poll::Ready(acked) = fut.poll(cx) else {
-            return Poll::Pending;
-        };
-        if acked {
+        if let Some(true) = std::task::ready!(poll_in_place(self.fut.as_mut(), cx)) {
             self.ctx.counters.count_fast(self.index);
         }
-        self.fut.as_mut().set(None);
         Poll::Ready(())
     }
+}
+
+/// Polls the future held in `place`, emptying the place once it completes:
+/// `Ready(None)` if the place was empty.
+fn poll_in_place<F: Future>(
+    mut place: std::pin::Pin<&mut Option<F>>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<F::Output>> {
+    let Some(fut) = place.as_mut().as_pin_mut() else {
+        return Poll::Ready(None);
+    };
+    let out = std::task::ready!(fut.poll(cx));
+    place.set(None);
+    Poll::Ready(Some(out))
+}
+
+/// Logs a delivery whose answer did not reach the backend.
+fn answer_failed(handler: &str, e: &BusError) {
+    tracing::warn!(handler, error = %e, "answering a delivery failed; it will be redelivered");
 }
 
 impl<T, I, C, F, A> EventSlot for Slot<'_, T, I, C, F, A>
@@ -1011,7 +1009,7 @@ where
         match result {
             Some(Attempt::Acked) => {
                 if let Err(e) = delivery.answer(AckKind::Ack).await {
-                    tracing::warn!(handler = %h.handler.name, error = %e, "acknowledging a delivery failed; it will be redelivered");
+                    answer_failed(&h.handler.name, &e);
                 }
                 true
             }
@@ -1041,7 +1039,6 @@ where
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
 {
-    // An `async move` block, not an `async fn`: see `process_ref`.
     async move {
         match ctx.inbox.trivial_tx() {
             Some(tx) => {
@@ -1126,9 +1123,8 @@ async fn process_rest<T, I, C>(
                 continue;
             }
         };
-        let answered = delivery.answer(answer).await;
-        if let Err(e) = answered {
-            tracing::warn!(handler = %h.handler.name, error = %e, "answering a delivery failed; it will be redelivered");
+        if let Err(e) = delivery.answer(answer).await {
+            answer_failed(&h.handler.name, &e);
         }
         return;
     }
@@ -1237,7 +1233,6 @@ fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     attempt: u32,
     mut tx: I::Tx,
 ) -> impl Future<Output = Attempt> + 'a {
-    // An `async move` block, not an `async fn`: see `process_ref`.
     async move {
         match call_handler(h, delivery, decoded, attempt, &mut tx).await {
             Ok(outcome) => settle(outcome),
