@@ -230,12 +230,21 @@ pub(crate) fn api_error(what: &str, e: impl std::error::Error + Send + Sync + 's
     BusError::with_source(kind, what.to_string(), e)
 }
 
+/// When the server stored a message, in nanoseconds since the Unix epoch
+/// (0 for a time before it, which no server sends).
+pub(crate) fn stored_ns(info: &async_nats::jetstream::message::Info<'_>) -> u64 {
+    u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0)
+}
+
 /// A JetStream message as the bus's message: the tenant prefix removed from
-/// the subject, the message id from `Nats-Msg-Id` or else the stream position.
+/// the subject, the message id from `Nats-Msg-Id` or else the stream
+/// position and the time it was stored (unique across incarnations of the
+/// stream; see [`MessageId`](crate::message::MessageId)).
 pub(crate) fn to_bus_message(
     message: &async_nats::Message,
     stream: &str,
     stream_seq: u64,
+    stored_ns: u64,
     strip: Option<&str>,
 ) -> crate::message::BusMessage {
     let wire_subject = message.subject.as_str();
@@ -246,7 +255,7 @@ pub(crate) fn to_bus_message(
     let (headers, id) = from_header_map(message.headers.as_ref());
     let id = match id {
         Some(id) => crate::message::MessageId::new(id),
-        None => crate::message::MessageId::stream_position(stream, stream_seq),
+        None => crate::message::MessageId::stream_position(stream, stream_seq, stored_ns),
     };
     crate::message::BusMessage::new(
         crate::subject::Subject::from_trusted(subject),

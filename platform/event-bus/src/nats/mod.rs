@@ -55,7 +55,7 @@ use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, MessageId, PublishAck};
-use crate::subject::{validate_pattern, validate_subject};
+use crate::subject::{validate_bus_pattern, validate_bus_subject, validate_subject};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
@@ -315,10 +315,8 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<(String, PublishMessage), BusError> {
-        validate_subject(subject)?;
-        if !headers.is_empty() {
-            headers.validate()?;
-        }
+        validate_bus_subject(subject)?;
+        crate::message::validate_parts(headers, id)?;
         let wire = self.wire(subject).into_owned();
         let id_text = id.map(|i| i.to_string());
         let header_len = if headers.is_empty() && id_text.is_none() {
@@ -566,7 +564,7 @@ impl EventBus for NatsBus {
     }
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
-        validate_pattern(pattern)?;
+        validate_bus_pattern(pattern)?;
         self.check_version()?;
         let wire = self.wire(pattern).into_owned();
         let started = std::time::Instant::now();
