@@ -86,18 +86,21 @@ async fn tenants_in_separate_accounts_are_isolated() {
     };
     let (a_streams, b_streams) = (names(&a).await, names(&b).await);
     assert!(
-        a_streams.contains(&"BUS_ACME_ORDERS".to_string()),
+        a_streams.contains(&"BUS-ACME_ORDERS".to_string()),
         "{a_streams:?}"
     );
     assert!(
-        !b_streams.iter().any(|s| s.contains("BUS_ACME_ORDERS")),
+        !b_streams.iter().any(|s| s.contains("ACME_ORDERS")),
         "B sees A's stream: {b_streams:?}"
     );
     // In B's account, the stream B created for "acme.orders" holds only B's sentinel.
     let mut b_acme = b_raw.jetstream().get_stream("BUS_ACME").await.unwrap();
     assert_eq!(b_acme.info().await.unwrap().state.messages, 1);
-    // Subjects delivered to a tenant bus carry no prefix.
-    assert!(a_streams.iter().all(|s| !s.starts_with("BUS_GLOBEX")));
+    // A's account holds none of B's streams.
+    assert!(
+        a_streams.iter().all(|s| !s.contains("GLOBEX")),
+        "{a_streams:?}"
+    );
 }
 
 /// Tenant buses on one connection: subjects and default streams are confined per tenant.
@@ -128,14 +131,69 @@ async fn tenant_prefixes_confine_subjects_and_streams() {
         "one-b",
         "t1 never sees t2's event"
     );
-    assert_eq!(t1.default_stream_name("orders.created"), "BUS_T1_ORDERS");
+    assert_eq!(t1.default_stream_name("orders.created"), "BUS-T1_ORDERS");
     let js = root.jetstream();
-    let mut st = js.get_stream("BUS_T1_ORDERS").await.unwrap();
+    let mut st = js.get_stream("BUS-T1_ORDERS").await.unwrap();
     assert_eq!(
         st.info().await.unwrap().config.subjects,
         vec!["t1.orders", "t1.orders.>"]
     );
-    assert!(root.for_tenant("bad tenant").is_err());
+    for bad in ["bad tenant", "acme.eu", "*", ">", "$SYS", "_INBOX", ""] {
+        let err = root.for_tenant(bad).err().expect(bad);
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}: {err}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let err = t1.for_tenant("eu").err().expect("tenants do not nest");
+    assert!(err.to_string().contains("do not nest"), "{err}");
+}
+
+/// Tenants whose names and first tokens join to the same text with `_`
+/// (`acme` + `eu_orders`, `acme_eu` + `orders`) get different streams and
+/// never see each other's events; a bus never adopts a stream of its name
+/// that stores other subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_stream_names_never_collide() {
+    let server = NatsServer::start().await.unwrap();
+    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let acme = root.for_tenant("acme").unwrap();
+    let acme_eu = root.for_tenant("acme_eu").unwrap();
+    assert_ne!(
+        acme.default_stream_name("eu_orders.x"),
+        acme_eu.default_stream_name("orders.x")
+    );
+    assert_ne!(
+        root.default_stream_name("acme_eu_orders.x"),
+        acme_eu.default_stream_name("orders.x")
+    );
+    let mut a = acme.subscribe("eu_orders.>").await.unwrap();
+    let mut b = acme_eu.subscribe("orders.>").await.unwrap();
+    acme.publish("eu_orders.x", b"acme".to_vec()).await.unwrap();
+    acme_eu
+        .publish("orders.x", b"acme_eu".to_vec())
+        .await
+        .expect("the second tenant's publish finds its own stream");
+    acme.publish("eu_orders.x", b"acme-2".to_vec()).await.unwrap();
+    assert_eq!(next_text(&mut a).await, "acme");
+    assert_eq!(next_text(&mut a).await, "acme-2", "acme never sees acme_eu's event");
+    assert_eq!(next_text(&mut b).await, "acme_eu");
+
+    // An operator's stream in the way of a default stream's name is not adopted.
+    let name = root.default_stream_name("squat.x");
+    root.jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec!["elsewhere.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = root
+        .subscribe("squat.>")
+        .await
+        .err()
+        .expect("a stream of the default name that stores other subjects is refused");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
 }
 
 /// Declared streams are created, left alone, updated with drift reported, and

@@ -587,13 +587,37 @@ impl BusConfig {
                 spec.validate()?;
             }
             if let Some(t) = &n.tenant {
-                crate::subject::validate_subject(t).map_err(|_| {
-                    BusError::config("nats.tenant", t, "must be a valid literal subject prefix")
-                })?;
+                validate_tenant("nats.tenant", t)?;
             }
         }
         Ok(())
     }
+}
+
+/// The longest tenant name accepted, in bytes.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// Checks a tenant name (`field` names where it came from in the error).
+///
+/// A tenant is ONE subject token (no `.`, no wildcard, no whitespace, not in
+/// a reserved namespace, at most [`MAX_TENANT_LEN`] bytes), so that no
+/// tenant's subjects are a subset of another's: with dotted tenants, `acme`
+/// publishing `eu.orders.x` would write tenant `acme.eu`'s `orders.x`.
+pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), BusError> {
+    let bad = |why: &str| Err(BusError::config(field, tenant, why));
+    if tenant.len() > MAX_TENANT_LEN {
+        return bad(&format!("longer than {MAX_TENANT_LEN} bytes"));
+    }
+    if tenant.contains('.') {
+        return bad("a tenant is one subject token, without `.` (tenants that are prefixes of each other, like `acme` and `acme.eu`, would see each other's subjects)");
+    }
+    if crate::subject::validate_subject(tenant).is_err() {
+        return bad("must be a valid subject token (not empty, no whitespace, not `*` or `>`)");
+    }
+    if crate::subject::is_reserved(tenant) {
+        return bad("must not start with `$` or be `_INBOX` (reserved for the server)");
+    }
+    Ok(())
 }
 
 /// Builds the configured backend as an `Arc<dyn EventBus>`.
