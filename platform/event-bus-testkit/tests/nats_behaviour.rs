@@ -172,9 +172,15 @@ async fn tenant_stream_names_never_collide() {
         .publish("orders.x", b"acme_eu".to_vec())
         .await
         .expect("the second tenant's publish finds its own stream");
-    acme.publish("eu_orders.x", b"acme-2".to_vec()).await.unwrap();
+    acme.publish("eu_orders.x", b"acme-2".to_vec())
+        .await
+        .unwrap();
     assert_eq!(next_text(&mut a).await, "acme");
-    assert_eq!(next_text(&mut a).await, "acme-2", "acme never sees acme_eu's event");
+    assert_eq!(
+        next_text(&mut a).await,
+        "acme-2",
+        "acme never sees acme_eu's event"
+    );
     assert_eq!(next_text(&mut b).await, "acme_eu");
 
     // An operator's stream in the way of a default stream's name is not adopted.
@@ -646,6 +652,57 @@ async fn tls_with_client_certificates() {
         );
         println!("{what}: {err}");
     }
+}
+
+/// A CA file given without `tls.required` still makes TLS required: against
+/// a server without TLS the bus refuses to connect (before, it connected in
+/// plaintext and sent the password). Connection errors name the server
+/// without the credentials of its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_imply_tls_and_errors_hide_credentials() {
+    const SECRET: &str = "pw-that-must-not-show";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path());
+    let server = NatsServer::start_with(
+        NatsServerOptions::default()
+            .extra_config(format!("authorization {{ user: app, password: {SECRET} }}")),
+    )
+    .await
+    .unwrap();
+    let mut c = nats_config(&server.url(), Some(("app", SECRET)));
+    c.connect_timeout = Duration::from_secs(3);
+    NatsBus::connect(&c)
+        .await
+        .expect("plaintext without TLS settings");
+    let mut tls = event_bus::config::TlsConfig::default();
+    tls.ca_file = Some(pki.ca.clone());
+    c.tls = Some(tls);
+    let err = NatsBus::connect(&c)
+        .await
+        .err()
+        .expect("a CA file makes TLS required: no plaintext connection");
+    assert!(!format!("{err} {err:?}").contains(SECRET), "{err} {err:?}");
+
+    // Credentials in the URL of a server that is not there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: nothing listens there
+    let url = format!("nats://app:{SECRET}@127.0.0.1:{port}");
+    let mut c = nats_config(&url, None);
+    c.connect_timeout = Duration::from_secs(1);
+    let err = NatsBus::connect(&c)
+        .await
+        .err()
+        .expect("nothing listens there");
+    let shown = format!("{err} {err:?} {c:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(
+        err.to_string()
+            .contains(&format!("nats://app:[redacted]@127.0.0.1:{port}")),
+        "the error names the server: {err}"
+    );
 }
 
 /// An instance that stops consuming hands back what it fetched and did not

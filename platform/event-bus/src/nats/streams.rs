@@ -448,8 +448,21 @@ mod tests {
     #[test]
     fn tenant_names_never_collide() {
         let tokens = [
-            "orders", "eu_orders", "acme_eu", "eu", "acme", "a-b", "a_b", "A", "a", "-41", "Ωmega",
-            "acme_eu_orders", "x_", "_x", "",
+            "orders",
+            "eu_orders",
+            "acme_eu",
+            "eu",
+            "acme",
+            "a-b",
+            "a_b",
+            "A",
+            "a",
+            "-41",
+            "Ωmega",
+            "acme_eu_orders",
+            "x_",
+            "_x",
+            "",
         ];
         let mut seen = std::collections::HashMap::new();
         for t in tokens {
