@@ -139,11 +139,17 @@ async fn tenant_prefixes_confine_subjects_and_streams() {
         vec!["t1.orders", "t1.orders.>"]
     );
     for bad in ["bad tenant", "acme.eu", "*", ">", "$SYS", "_INBOX", ""] {
-        let err = root.for_tenant(bad).err().expect(bad);
+        let err = root
+            .for_tenant(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{}", bad));
         assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}: {err}");
         assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
     }
-    let err = t1.for_tenant("eu").err().expect("tenants do not nest");
+    let err = t1
+        .for_tenant("eu")
+        .err()
+        .unwrap_or_else(|| panic!("{}", "tenants do not nest"));
     assert!(err.to_string().contains("do not nest"), "{err}");
 }
 
@@ -193,11 +199,12 @@ async fn tenant_stream_names_never_collide() {
         })
         .await
         .unwrap();
-    let err = root
-        .subscribe("squat.>")
-        .await
-        .err()
-        .expect("a stream of the default name that stores other subjects is refused");
+    let err = root.subscribe("squat.>").await.err().unwrap_or_else(|| {
+        panic!(
+            "{}",
+            "a stream of the default name that stores other subjects is refused"
+        )
+    });
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains(&name), "{err}");
 }
@@ -677,10 +684,12 @@ async fn tls_settings_imply_tls_and_errors_hide_credentials() {
     let mut tls = event_bus::config::TlsConfig::default();
     tls.ca_file = Some(pki.ca.clone());
     c.tls = Some(tls);
-    let err = NatsBus::connect(&c)
-        .await
-        .err()
-        .expect("a CA file makes TLS required: no plaintext connection");
+    let err = NatsBus::connect(&c).await.err().unwrap_or_else(|| {
+        panic!(
+            "{}",
+            "a CA file makes TLS required: no plaintext connection"
+        )
+    });
     assert!(!format!("{err} {err:?}").contains(SECRET), "{err} {err:?}");
 
     // Credentials in the URL of a server that is not there.
@@ -695,7 +704,7 @@ async fn tls_settings_imply_tls_and_errors_hide_credentials() {
     let err = NatsBus::connect(&c)
         .await
         .err()
-        .expect("nothing listens there");
+        .unwrap_or_else(|| panic!("{}", "nothing listens there"));
     let shown = format!("{err} {err:?} {c:?}");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(
