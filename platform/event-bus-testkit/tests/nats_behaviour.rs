@@ -714,6 +714,49 @@ async fn tls_settings_imply_tls_and_errors_hide_credentials() {
     );
 }
 
+/// Bus-assigned ids are unique across incarnations of a stream: after
+/// `BUS_REBORN` is deleted and created again, its sequences start at 1
+/// again, but the new messages get new ids, so an idempotency inbox that
+/// committed the old ones does not take the new events for duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_ids_are_unique_across_stream_incarnations() {
+    use event_bus::runner::{Inbox, MemoryInbox};
+    let server = NatsServer::start().await.unwrap();
+    let inbox = MemoryInbox::default();
+    let mut incarnations = Vec::new();
+    for round in 0..2 {
+        // A fresh bus each round: its cache of known streams is empty.
+        let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+        let mut sub = bus.subscribe("reborn.>").await.unwrap();
+        for i in 0..5 {
+            bus.publish("reborn.x", format!("{round}-{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.sequence, i + 1, "each incarnation starts at sequence 1");
+            let tx = inbox
+                .begin("handler", &m.id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: {} taken for a duplicate", m.id));
+            inbox.commit(tx).await.unwrap();
+            ids.push(m.id.to_string());
+        }
+        incarnations.push(ids);
+        bus.jetstream().delete_stream("BUS_REBORN").await.unwrap();
+    }
+    assert!(
+        incarnations[0].iter().all(|id| !incarnations[1].contains(id)),
+        "{incarnations:?}"
+    );
+}
+
 /// An instance that stops consuming hands back what it fetched and did not
 /// take: another instance gets those messages at once, not after their ack
 /// wait (60 s here).
