@@ -765,6 +765,10 @@ impl EventBus for NatsBus {
     fn backend_name(&self) -> &'static str {
         "nats"
     }
+
+    fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
+    }
 }
 
 impl std::fmt::Debug for NatsBus {
