@@ -752,7 +752,9 @@ async fn assigned_ids_are_unique_across_stream_incarnations() {
         bus.jetstream().delete_stream("BUS_REBORN").await.unwrap();
     }
     assert!(
-        incarnations[0].iter().all(|id| !incarnations[1].contains(id)),
+        incarnations[0]
+            .iter()
+            .all(|id| !incarnations[1].contains(id)),
         "{incarnations:?}"
     );
 }
