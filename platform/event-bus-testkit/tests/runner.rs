@@ -692,6 +692,58 @@ async fn a_panicking_key_is_dead_lettered(b: Backend) {
     assert_eq!(report.processed, 3, "{report:?}");
 }
 
+/// A dropped `RunnerHandle` does not stop the runner: it runs detached (like
+/// a task from `tokio::spawn`), and the dead letters stay reachable from a
+/// handle.
+async fn a_dropped_handle_leaves_the_runner_running(b: Backend) {
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let runner = Runner::builder(b.bus.clone(), "detached")
+        .handler(Handler::new(
+            "h",
+            "det.e",
+            move |ev: Event<'_, Job>, _tx| {
+                let h = h.clone();
+                Box::pin(async move {
+                    if ev.data.id == 0 {
+                        return Outcome::DeadLetter("refused".into());
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    let mut dead = handle
+        .dead_letters()
+        .await
+        .expect("dead letters from the handle");
+    drop(handle);
+    // A runner that stopped on the drop would stop once it has nothing to
+    // do: at the latest after this first event.
+    b.bus.publish("det.e", job(1, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the first event", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for id in [0, 2, 3] {
+        b.bus.publish("det.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(
+        Duration::from_secs(10),
+        "events handled after the drop",
+        || handled.load(Ordering::SeqCst) == 3,
+    )
+    .await;
+    let d = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(d.reason(), Some("refused"));
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -705,7 +757,8 @@ event_bus_testkit::on_both_backends!(
     sync_handlers_have_every_outcome,
     async_fn_handlers_are_run_in_place,
     waiting_behind_a_key_is_kept_alive,
-    a_panicking_key_is_dead_lettered
+    a_panicking_key_is_dead_lettered,
+    a_dropped_handle_leaves_the_runner_running
 );
 
 /// A NATS outage: the server is gone while events are in flight, so the

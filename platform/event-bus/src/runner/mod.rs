@@ -725,14 +725,18 @@ impl<I: Inbox> Runner<I> {
         format!("{}-{handler}", self.name)
     }
 
-    /// The dead letters of this runner.
+    /// The dead letters of this runner (also reachable after
+    /// [`spawn`](Self::spawn), from [`RunnerHandle::dead_letters`]).
     pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
-        DeadLetterQueue::open(
-            self.bus.clone(),
-            &self.options.dead_letter_subject,
-            &format!("{}-dlq-reader", self.name),
-        )
-        .await
+        self.dead_letter_place().open().await
+    }
+
+    fn dead_letter_place(&self) -> DeadLetterPlace {
+        DeadLetterPlace {
+            bus: self.bus.clone(),
+            subject: self.options.dead_letter_subject.clone(),
+            reader: format!("{}-dlq-reader", self.name),
+        }
     }
 
     fn consumer_config(&self, h: &dyn Erased<I>) -> ConsumerConfig {
@@ -768,10 +772,18 @@ impl<I: Inbox> Runner<I> {
 
     /// Opens the consumers, then runs in a background task; events published
     /// after this returns are handled. Stop it with [`RunnerHandle::shutdown`].
+    ///
+    /// Like a task from `tokio::spawn`, the runner keeps running when its
+    /// handle is dropped (detached, with a log line saying so) until the
+    /// runtime shuts down; events in flight then are redelivered after
+    /// their ack wait, as after a crash. Keep the handle to shut it down
+    /// gracefully.
     pub async fn spawn(self) -> Result<RunnerHandle, BusError> {
         let streams = self.open().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let counters = self.counters.clone();
+        let dead_letters = self.dead_letter_place();
+        let name = self.name.clone();
         // Shutdown takes the deadline for events in flight, then at most
         // one answer timeout for the hand-backs and another for a handler
         // that ignores cancellation; a margin on top.
@@ -780,13 +792,19 @@ impl<I: Inbox> Runner<I> {
             .shutdown_timeout
             .saturating_add(self.options.answer_timeout.saturating_mul(3));
         let task = tokio::spawn(self.drive(streams, async move {
-            let _ = stopped.await;
+            // A dropped handle (the sender gone without a message) detaches
+            // the runner: it does not stop.
+            if stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }));
         Ok(RunnerHandle {
             stop: Some(stop),
             task,
             counters,
             stop_within,
+            dead_letters,
+            name,
         })
     }
 
@@ -981,12 +999,44 @@ pub struct RunnerHandle {
     counters: Arc<Counters>,
     /// The bound of [`RunnerHandle::shutdown`].
     stop_within: Duration,
+    dead_letters: DeadLetterPlace,
+    name: String,
+}
+
+/// Where a runner's dead letters are, to open a [`DeadLetterQueue`] on them.
+struct DeadLetterPlace {
+    bus: Arc<dyn EventBus>,
+    subject: String,
+    reader: String,
+}
+
+impl DeadLetterPlace {
+    async fn open(&self) -> Result<DeadLetterQueue, BusError> {
+        DeadLetterQueue::open(self.bus.clone(), &self.subject, &self.reader).await
+    }
+}
+
+impl Drop for RunnerHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() && !self.task.is_finished() {
+            tracing::info!(
+                runner = %self.name,
+                "runner handle dropped: the runner keeps running, detached, until the runtime shuts down (keep the handle and call shutdown() to stop it gracefully)"
+            );
+        }
+    }
 }
 
 impl RunnerHandle {
     /// What the runner has done so far.
     pub fn report(&self) -> RunReport {
         self.counters.report()
+    }
+
+    /// The dead letters of this runner: list, inspect, replay (the same as
+    /// [`Runner::dead_letters`]).
+    pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
+        self.dead_letters.open().await
     }
 
     /// Graceful shutdown (see the module docs); returns the final report.
@@ -1020,7 +1070,8 @@ impl RunnerHandle {
     /// Stops the runner at once, as a crash would: events in flight are
     /// neither acknowledged nor handed back (the backend redelivers them after
     /// the ack wait). For tests of crash recovery.
-    pub fn abort(self) {
+    pub fn abort(mut self) {
+        self.stop = None;
         self.task.abort();
     }
 }
