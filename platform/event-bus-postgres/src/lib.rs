@@ -38,6 +38,11 @@
 
 #![warn(missing_docs)]
 
+/// The sqlx this crate is built with: use it (`event_bus_postgres::sqlx`)
+/// for the pool and the handler's `Transaction`, so that the versions match
+/// (another sqlx version's `PgPool` is a different type).
+pub use sqlx;
+
 use async_trait::async_trait;
 use event_bus::runner::Inbox;
 use event_bus::{BusError, ErrorKind, MessageId};
@@ -58,13 +63,37 @@ pub struct PgInbox {
     table: String,
 }
 
-fn db_error(what: &str, e: sqlx::Error) -> BusError {
-    let kind = match &e {
+/// The kind of a database error. The runner tries again, without counting
+/// a failed attempt, on `Timeout`, `Unavailable` and `Conflict`: errors that
+/// pass by themselves (a lost connection, a server restarting during a
+/// failover, a serialization failure), as opposed to errors about the
+/// statement or the data (`Backend`).
+fn error_kind(e: &sqlx::Error) -> ErrorKind {
+    match e {
         sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
-        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ErrorKind::Unavailable,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Statement timeout, lock timeout.
+            Some("57014" | "55P03") => ErrorKind::Timeout,
+            // Connection exceptions (class 08), the server shutting down or
+            // starting (57P01..57P05), too many connections.
+            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                ErrorKind::Unavailable
+            }
+            // Serialization failure, deadlock: try again.
+            Some("40001" | "40P01") => ErrorKind::Conflict,
+            _ => ErrorKind::Backend,
+        },
         _ => ErrorKind::Backend,
-    };
-    BusError::with_source(kind, format!("inbox: {what}"), e)
+    }
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> BusError {
+    BusError::with_source(error_kind(&e), format!("inbox: {what}"), e)
 }
 
 impl PgInbox {

@@ -600,6 +600,150 @@ async fn async_fn_handlers_are_run_in_place(b: Backend) {
     }
 }
 
+/// An event waiting behind a slow event of its key is kept alive: with an
+/// ack wait far shorter than the first event's handling, nothing is
+/// delivered twice, and the key's events run once each, in order.
+async fn waiting_behind_a_key_is_kept_alive(b: Backend) {
+    let ack_wait = Duration::from_millis(300);
+    let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let s = seen.clone();
+    let runner = Runner::builder(b.bus.clone(), "waiting")
+        .concurrency(8)
+        .ack_wait(ack_wait)
+        .handler(
+            Handler::new("h", "wait.>", move |ev: Event<'_, Job>, _tx| {
+                let s = s.clone();
+                Box::pin(async move {
+                    if ev.data.id == 1 {
+                        // Five ack waits: the events behind it wait as long.
+                        tokio::time::sleep(ack_wait * 5).await;
+                    }
+                    s.lock().push((ev.data.id, ev.delivery_count));
+                    Outcome::Ack
+                })
+            })
+            .key(|j: &Job| j.key.clone()),
+        )
+        .build();
+    let handle = start(runner).await;
+    for id in 1..=3 {
+        b.bus.publish("wait.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(20), "the key's three events", || {
+        seen.lock().len() >= 3
+    })
+    .await;
+    // A redelivered copy would be in flight (queued behind the key) and be
+    // handled before the graceful shutdown returns.
+    let report = handle.shutdown().await;
+    let seen = seen.lock().clone();
+    assert_eq!(
+        seen,
+        vec![(1, 1), (2, 1), (3, 1)],
+        "each once, in order, never redelivered"
+    );
+    assert_eq!(report.processed, 3, "{report:?}");
+}
+
+/// A key function that panics on one event: that event is dead-lettered
+/// with the panic as its reason; the runner goes on with the others.
+async fn a_panicking_key_is_dead_lettered(b: Backend) {
+    let handled: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let h = handled.clone();
+    let runner = Runner::builder(b.bus.clone(), "badkey")
+        .handler(
+            Handler::new("h", "badkey.e", move |ev: Event<'_, Job>, _tx| {
+                let h = h.clone();
+                Box::pin(async move {
+                    h.lock().push(ev.data.id);
+                    Outcome::Ack
+                })
+            })
+            .key(|j: &Job| {
+                assert!(j.id != 2, "no key for event 2");
+                j.key.clone()
+            }),
+        )
+        .build();
+    let mut dead = runner.dead_letters().await.expect("open the dead letters");
+    let handle = start(runner).await;
+    for id in 1..=3 {
+        b.bus.publish("badkey.e", job(id, "k")).await.unwrap();
+    }
+    let d = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a dead letter for the event whose key panicked");
+    assert!(
+        d.reason().unwrap().contains("key function panicked")
+            && d.reason().unwrap().contains("no key for event 2"),
+        "{d:?}"
+    );
+    // The runner still runs: a later event is handled.
+    b.bus.publish("badkey.e", job(4, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the other events", || {
+        handled.lock().len() == 3
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(*handled.lock(), vec![1, 3, 4]);
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(report.processed, 3, "{report:?}");
+}
+
+/// A dropped `RunnerHandle` does not stop the runner: it runs detached (like
+/// a task from `tokio::spawn`), and the dead letters stay reachable from a
+/// handle.
+async fn a_dropped_handle_leaves_the_runner_running(b: Backend) {
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let runner = Runner::builder(b.bus.clone(), "detached")
+        .handler(Handler::new(
+            "h",
+            "det.e",
+            move |ev: Event<'_, Job>, _tx| {
+                let h = h.clone();
+                Box::pin(async move {
+                    if ev.data.id == 0 {
+                        return Outcome::DeadLetter("refused".into());
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    let mut dead = handle
+        .dead_letters()
+        .await
+        .expect("dead letters from the handle");
+    drop(handle);
+    // A runner that stopped on the drop would stop once it has nothing to
+    // do: at the latest after this first event.
+    b.bus.publish("det.e", job(1, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the first event", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for id in [0, 2, 3] {
+        b.bus.publish("det.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(
+        Duration::from_secs(10),
+        "events handled after the drop",
+        || handled.load(Ordering::SeqCst) == 3,
+    )
+    .await;
+    let d = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(d.reason(), Some("refused"));
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -611,5 +755,121 @@ event_bus_testkit::on_both_backends!(
     graceful_shutdown_loses_nothing,
     several_handlers_each_get_their_events,
     sync_handlers_have_every_outcome,
-    async_fn_handlers_are_run_in_place
+    async_fn_handlers_are_run_in_place,
+    waiting_behind_a_key_is_kept_alive,
+    a_panicking_key_is_dead_lettered,
+    a_dropped_handle_leaves_the_runner_running
 );
+
+/// A NATS outage: the server is gone while events are in flight, so the
+/// client takes no more acks, nacks or in-progress messages (its command
+/// queue, kept small here, fills up). Shutdown still returns, within its
+/// deadline plus a few answer timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_during_a_nats_outage() {
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(2)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(client));
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let (shutdown_timeout, answer_timeout) =
+        (Duration::from_millis(200), Duration::from_millis(300));
+    let runner = Runner::builder(bus.clone(), "outage")
+        .concurrency(8)
+        .ack_wait(Duration::from_millis(300))
+        .shutdown_timeout(shutdown_timeout)
+        .answer_timeout(answer_timeout)
+        .handler(Handler::new(
+            "h",
+            "outage.e",
+            move |_ev: Event<'_, Job>, _tx| {
+                let s = s.clone();
+                Box::pin(async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    // Longer than the test: only cancellation ends it.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    for id in 1..=8 {
+        bus.publish("outage.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(10), "events in flight", || {
+        started.load(Ordering::SeqCst) == 8
+    })
+    .await;
+    // From now on the client cannot reconnect; its queue fills with the
+    // first answers (keep-alives, hand-backs).
+    server.kill();
+    let bound = shutdown_timeout + answer_timeout * 3 + Duration::from_secs(1);
+    let at = std::time::Instant::now();
+    let report = tokio::time::timeout(bound + Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown returned during the outage");
+    assert!(at.elapsed() <= bound, "took {:?}", at.elapsed());
+    assert_eq!(report.processed, 0, "{report:?}");
+}
+
+/// Two instances share a MemoryInbox and get the same event at once (here
+/// from two buses): the second finds the claim held (`Conflict`) and waits
+/// for it, apart from its handler's attempts, then finds it committed. It
+/// is acknowledged as a duplicate: never dead-lettered, one effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_duplicate_waits_for_the_claim() {
+    let inbox = Arc::new(MemoryInbox::default());
+    let effects = Arc::new(AtomicU32::new(0));
+    let buses: Vec<Arc<dyn EventBus>> =
+        vec![Arc::new(InMemoryBus::new()), Arc::new(InMemoryBus::new())];
+    let mut handles = Vec::new();
+    for bus in &buses {
+        let e = effects.clone();
+        let runner = Runner::builder(bus.clone(), "dup")
+            .inbox(inbox.clone())
+            .handler(
+                Handler::new("h", "dup.e", move |_ev: Event<'_, Job>, _tx| {
+                    let e = e.clone();
+                    Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        e.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Ack
+                    })
+                })
+                .retry(fast_retries(2)),
+            )
+            .build();
+        handles.push(start(runner).await);
+    }
+    for bus in &buses {
+        bus.publish_envelope(Envelope::new("dup.e", job(1, "k")).id("same-event"))
+            .await
+            .unwrap();
+    }
+    wait::until(Duration::from_secs(10), "both copies settled", || {
+        handles
+            .iter()
+            .map(|h| {
+                let r = h.report();
+                r.processed + r.duplicates + r.dead_lettered
+            })
+            .sum::<u64>()
+            == 2
+    })
+    .await;
+    let mut reports = Vec::new();
+    for h in handles {
+        reports.push(h.shutdown().await);
+    }
+    assert_eq!(effects.load(Ordering::SeqCst), 1, "one effect");
+    let sum = |f: fn(&event_bus::runner::RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|r| r.dead_lettered), 0, "{reports:?}");
+    assert_eq!(sum(|r| r.processed), 1, "{reports:?}");
+    assert_eq!(sum(|r| r.duplicates), 1, "{reports:?}");
+    assert_eq!(sum(|r| r.retries), 0, "no failed attempt: {reports:?}");
+}

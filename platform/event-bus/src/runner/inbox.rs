@@ -55,6 +55,37 @@ pub trait Inbox: Send + Sync + 'static {
     }
 }
 
+/// A shared inbox: runners (or instances of one runner) that share it see
+/// each other's claims.
+#[async_trait]
+impl<I: Inbox> Inbox for Arc<I> {
+    type Tx = I::Tx;
+
+    async fn begin(
+        &self,
+        consumer: &str,
+        message_id: &MessageId,
+    ) -> Result<Option<Self::Tx>, BusError> {
+        (**self).begin(consumer, message_id).await
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), BusError> {
+        (**self).commit(tx).await
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        (**self).rollback(tx).await
+    }
+
+    async fn purge_older_than(&self, age: Duration) -> Result<u64, BusError> {
+        (**self).purge_older_than(age).await
+    }
+
+    fn trivial_tx(&self) -> Option<Self::Tx> {
+        (**self).trivial_tx()
+    }
+}
+
 /// No de-duplication: every delivery runs the handler.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoInbox;
