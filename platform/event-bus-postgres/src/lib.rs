@@ -193,7 +193,8 @@ impl Inbox for PgInbox {
         consumer: &str,
         message_id: &MessageId,
     ) -> Result<Option<Self::Tx>, BusError> {
-        let message_id = message_id.to_string();
+        // The id's storage key: given and bus-assigned ids never collide.
+        let message_id = message_id.key().into_owned();
         let mut tx = self
             .pool
             .begin()

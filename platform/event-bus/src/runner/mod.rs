@@ -228,8 +228,12 @@ impl RetryPolicy {
 
 /// A handler as the runner holds it: typed, with its consumer name.
 struct Registered<T, I: Inbox, C> {
-    /// `<runner>-<handler name>`, the durable consumer and inbox key.
+    /// `<runner>-<handler name>`, the durable consumer.
     consumer: String,
+    /// The consumer as the inbox knows it: scoped by the bus's tenant
+    /// (`<tenant>/<consumer>`; `/` is in no consumer name), so that tenants
+    /// sharing an inbox table never take each other's ids for duplicates.
+    inbox_consumer: String,
     handler: Handler<T, I::Tx, C>,
 }
 
@@ -633,8 +637,10 @@ impl<I: Inbox> RunnerBuilder<I> {
         T: DeserializeOwned + Send + Sync + 'static,
         C: HandlerFn<T, I::Tx>,
     {
+        let consumer = format!("{}-{}", self.name, h.name);
         self.handlers.push(Arc::new(Registered::<T, I, C> {
-            consumer: format!("{}-{}", self.name, h.name),
+            inbox_consumer: inbox_consumer(self.bus.tenant(), &consumer),
+            consumer,
             handler: h,
         }));
         self
@@ -1507,6 +1513,15 @@ fn panic_message(panic: &Panic) -> String {
         .unwrap_or_else(|| "a non-string panic".into())
 }
 
+/// The name under which `consumer` claims ids in the inbox: scoped by the
+/// tenant, if the bus has one.
+fn inbox_consumer(tenant: Option<&str>, consumer: &str) -> String {
+    match tenant {
+        Some(t) => format!("{t}/{consumer}"),
+        None => consumer.to_string(),
+    }
+}
+
 /// One attempt through a de-duplicating inbox: claim, handle, then commit
 /// the claim with the handler's writes, or roll both back.
 async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
@@ -1516,7 +1531,7 @@ async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &T,
     attempt: u32,
 ) -> Attempt {
-    let mut tx = match ctx.inbox.begin(&h.consumer, &delivery.id).await {
+    let mut tx = match ctx.inbox.begin(&h.inbox_consumer, &delivery.id).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Attempt::Duplicate,
         Err(e) if inbox_unavailable(&e) => return Attempt::InboxUnavailable(format!("inbox: {e}")),
@@ -1602,6 +1617,16 @@ mod tests {
         assert_eq!(window(&r), 7);
     }
 
+    #[test]
+    fn inbox_keys_are_scoped_by_tenant() {
+        assert_eq!(inbox_consumer(None, "r-h"), "r-h");
+        assert_eq!(inbox_consumer(Some("acme"), "r-h"), "acme/r-h");
+        assert_ne!(
+            inbox_consumer(Some("acme"), "r-h"),
+            inbox_consumer(Some("globex"), "r-h")
+        );
+    }
+
     /// Each event's processing future is written into a slot (or boxed, for
     /// events that wait): keep it small.
     #[test]
@@ -1616,6 +1641,7 @@ mod tests {
         });
         let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),
+            inbox_consumer: "r-h".into(),
             handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
                 Box::pin(async { Outcome::Ack })
             }),
