@@ -142,7 +142,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A retry with the policy's backoff.
+    /// A retry after the handler's [`RetryPolicy`] backoff, with `reason` as
+    /// the error (it becomes the dead letter's `Bus-Dlq-Last-Error` if the
+    /// attempts run out). The same as `Outcome::Retry { after: None, reason }`;
+    /// an `Err(e)` converted with `.into()` gives `Outcome::retry(e)`.
+    ///
+    /// ```
+    /// use event_bus::runner::Outcome;
+    /// let o = Outcome::retry("payment service unavailable");
+    /// assert_eq!(o, Outcome::Retry { after: None, reason: "payment service unavailable".into() });
+    /// let o: Outcome = Err::<(), _>("timeout").into();
+    /// assert_eq!(o, Outcome::retry("timeout"));
+    /// ```
     pub fn retry(reason: impl fmt::Display) -> Self {
         Outcome::Retry {
             after: None,
@@ -567,14 +578,37 @@ impl Counters {
     }
 }
 
-/// Builds a [`Runner`].
-pub struct RunnerBuilder<I: Inbox> {
+/// Builds a [`Runner`]: [`Runner::builder`], then optionally
+/// [`inbox`](RunnerBuilder::inbox), then [`handler`](RunnerBuilder::handler)s
+/// and options, then [`build`](RunnerBuilder::build).
+///
+/// `S` records whether handlers were added ([`NoHandlers`], then
+/// [`WithHandlers`]): a handler's unit of work is its inbox's, so the inbox is
+/// chosen first, and `.inbox(..)` after `.handler(..)` does not compile:
+///
+/// ```compile_fail
+/// use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
+/// # let bus: std::sync::Arc<dyn event_bus::EventBus> = std::sync::Arc::new(event_bus::InMemoryBus::new());
+/// let runner = Runner::builder(bus, "r")
+///     .handler(Handler::sync("h", "x.y", |_e: Event<'_, u64>, _tx| Outcome::Ack))
+///     .inbox(MemoryInbox::default()); // error: no method `inbox` once a handler is added
+/// ```
+pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {
     bus: Arc<dyn EventBus>,
     name: String,
     inbox: Arc<I>,
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
+    _state: std::marker::PhantomData<S>,
 }
+
+/// [`RunnerBuilder`] state: no handler yet; the inbox can still be chosen.
+#[derive(Debug)]
+pub struct NoHandlers;
+
+/// [`RunnerBuilder`] state: handlers added; the inbox is fixed.
+#[derive(Debug)]
+pub struct WithHandlers;
 
 /// Typed handlers on durable consumers; see the [module docs](self).
 pub struct Runner<I: Inbox = NoInbox> {
@@ -587,9 +621,15 @@ pub struct Runner<I: Inbox = NoInbox> {
 }
 
 impl Runner<NoInbox> {
-    /// A runner named `name` (several instances with the same name share the
-    /// work) on `bus`, without de-duplication until [`RunnerBuilder::inbox`].
-    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder<NoInbox> {
+    /// A runner named `name` on `bus`, without de-duplication until
+    /// [`RunnerBuilder::inbox`].
+    ///
+    /// Instances with the same name share the work. Each handler reads a
+    /// durable consumer named `<runner name>-<handler name>` (see
+    /// [`Runner::consumer_name`]); its inbox claims are kept under that name
+    /// too. Renaming the runner or a handler therefore starts a new consumer
+    /// (from [`RunnerBuilder::start`]) and a new de-duplication scope.
+    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder {
         let name = name.into();
         RunnerBuilder {
             bus,
@@ -606,38 +646,47 @@ impl Runner<NoInbox> {
             name,
             inbox: Arc::new(NoInbox),
             handlers: Vec::new(),
+            _state: std::marker::PhantomData,
         }
     }
 }
 
-impl<I: Inbox> RunnerBuilder<I> {
-    /// Uses `inbox` for de-duplication. Call before adding handlers (their
-    /// unit-of-work type is the inbox's).
-    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J> {
-        assert!(
-            self.handlers.is_empty(),
-            "RunnerBuilder::inbox must be called before handlers are added"
-        );
+impl<I: Inbox> RunnerBuilder<I, NoHandlers> {
+    /// Uses `inbox` for de-duplication. Only before handlers are added
+    /// (their unit-of-work type is the inbox's); after, it does not compile.
+    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J, NoHandlers> {
         RunnerBuilder {
             bus: self.bus,
             name: self.name,
             inbox: Arc::new(inbox),
             handlers: Vec::new(),
             options: self.options,
+            _state: std::marker::PhantomData,
         }
     }
+}
 
-    /// Adds a handler.
-    pub fn handler<T, C>(mut self, h: Handler<T, I::Tx, C>) -> Self
+impl<I: Inbox, S> RunnerBuilder<I, S> {
+    /// Adds a handler. Its durable consumer is named `<runner>-<handler
+    /// name>`.
+    pub fn handler<T, C>(self, h: Handler<T, I::Tx, C>) -> RunnerBuilder<I, WithHandlers>
     where
         T: DeserializeOwned + Send + Sync + 'static,
         C: HandlerFn<T, I::Tx>,
     {
-        self.handlers.push(Arc::new(Registered::<T, I, C> {
+        let mut handlers = self.handlers;
+        handlers.push(Arc::new(Registered::<T, I, C> {
             consumer: format!("{}-{}", self.name, h.name),
             handler: h,
         }));
-        self
+        RunnerBuilder {
+            bus: self.bus,
+            name: self.name,
+            inbox: self.inbox,
+            handlers,
+            options: self.options,
+            _state: std::marker::PhantomData,
+        }
     }
 
     /// Events in flight at once.
@@ -720,7 +769,7 @@ impl<I: Inbox> RunnerBuilder<I> {
 type Chains = Mutex<FxHashMap<String, Shared<oneshot::Receiver<()>>>>;
 
 impl<I: Inbox> Runner<I> {
-    /// The durable consumer name of handler `handler`.
+    /// The durable consumer name of handler `handler`: `<runner>-<handler>`.
     pub fn consumer_name(&self, handler: &str) -> String {
         format!("{}-{handler}", self.name)
     }
