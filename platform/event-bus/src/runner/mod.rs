@@ -221,7 +221,10 @@ impl RetryPolicy {
         self
     }
 
-    /// The delay after failed attempt number `attempt` (1-based).
+    /// The delay after failed attempt number `attempt` (1-based), at most
+    /// `max_backoff`. Any field values give a delay (never a panic): huge
+    /// ones saturate at `max_backoff`, a NaN multiplier counts as 1, a NaN
+    /// jitter as 0, and a jitter beyond 0..=1 as its nearest bound.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .multiplier
@@ -232,8 +235,16 @@ impl RetryPolicy {
             .build_hasher()
             .finish();
         let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base * spread).max(0.0))
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let spread = 1.0 + jitter * (2.0 * unit - 1.0);
+        // `max` turns a NaN into 0; a value beyond `Duration` saturates.
+        Duration::try_from_secs_f64((base * spread).max(0.0))
+            .unwrap_or(Duration::MAX)
+            .min(self.max_backoff)
     }
 }
 
@@ -512,6 +523,26 @@ pub struct RunnerOptions {
     pub answer_timeout: Duration,
 }
 
+/// The longest [`RunnerOptions::ack_wait`]. The runner keeps the events it
+/// handles alive, so a longer ack wait would only delay the redelivery of
+/// what a crashed instance was handling.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl RunnerOptions {
+    /// Checks the values that a backend cannot take: a [`Config`](ErrorKind::Config)
+    /// error naming the field. ([`Runner::run`] and [`Runner::spawn`] call it.)
+    pub fn validate(&self) -> Result<(), BusError> {
+        if self.ack_wait > MAX_ACK_WAIT {
+            return Err(BusError::config(
+                "ack_wait",
+                &format!("{:?}", self.ack_wait),
+                format_args!("at most {MAX_ACK_WAIT:?} (the runner keeps long handlers alive)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Counts of what a run did, returned by [`Runner::run`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -701,7 +732,8 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
         self
     }
 
-    /// The consumers' ack wait.
+    /// The consumers' ack wait (at most [`MAX_ACK_WAIT`]: more is refused
+    /// by [`Runner::run`] and [`Runner::spawn`] with a `Config` error).
     pub fn ack_wait(mut self, d: Duration) -> Self {
         self.options.ack_wait = d;
         self
@@ -802,6 +834,7 @@ impl<I: Inbox> Runner<I> {
     }
 
     async fn open(&self) -> Result<Source, BusError> {
+        self.options.validate()?;
         let mut streams = Vec::with_capacity(self.handlers.len());
         for h in &self.handlers {
             streams.push(self.bus.consume(self.consumer_config(h.as_ref())).await?);
@@ -1649,6 +1682,64 @@ mod tests {
             .handler(handler())
             .build();
         assert_eq!(window(&r), 7);
+    }
+
+    /// Extreme retry policies give delays, never a panic (`from_secs_f64`
+    /// panicked beyond `u64::MAX` seconds).
+    #[test]
+    fn retry_delays_saturate() {
+        // Without jitter: `Duration::MAX` in seconds rounds up to 2^64 as an
+        // f64, beyond what `from_secs_f64` takes.
+        let exact = RetryPolicy::new(100, Duration::MAX)
+            .max_backoff(Duration::MAX)
+            .jitter(0.0);
+        assert_eq!(exact.delay(1), Duration::MAX);
+        let huge = RetryPolicy::new(100, Duration::MAX).max_backoff(Duration::MAX);
+        for attempt in [1, 2, 50, u32::MAX] {
+            let d = huge.delay(attempt);
+            assert!(d >= Duration::from_secs(u64::MAX / 2), "{d:?}");
+        }
+        let mut p = RetryPolicy::new(100, Duration::from_secs(1)).max_backoff(Duration::MAX);
+        p.multiplier = 1e300;
+        assert!(p.delay(u32::MAX) >= Duration::from_secs(u64::MAX / 2));
+        p.multiplier = f64::NAN;
+        p.jitter = f64::NAN;
+        assert_eq!(p.delay(3), Duration::from_secs(1), "no growth, no jitter");
+        let mut p =
+            RetryPolicy::new(3, Duration::from_secs(10)).max_backoff(Duration::from_secs(1));
+        p.jitter = 50.0;
+        for attempt in 1..20 {
+            assert!(
+                p.delay(attempt) <= Duration::from_secs(1),
+                "max_backoff bounds every delay"
+            );
+        }
+    }
+
+    /// An ack wait the backends cannot take is a `Config` error naming
+    /// `ack_wait`, from `spawn`/`run` (it panicked on the first delivery).
+    #[tokio::test]
+    async fn ack_wait_beyond_the_limit_is_refused() {
+        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
+        let err = Runner::builder(bus.clone(), "r")
+            .ack_wait(Duration::MAX)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("ack_wait"), "{err}");
+        let ok = Runner::builder(bus, "r")
+            .ack_wait(MAX_ACK_WAIT)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .expect("the limit itself is fine");
+        ok.shutdown().await;
     }
 
     /// Each event's processing future is written into a slot (or boxed, for
