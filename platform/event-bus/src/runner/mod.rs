@@ -1671,7 +1671,11 @@ mod tests {
         let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
         let window = |r: &Runner| r.consumer_config(r.handlers[0].as_ref()).max_ack_pending;
         let r = Runner::builder(bus.clone(), "r").handler(handler()).build();
-        assert_eq!(window(&r), DEFAULT_PREFETCH);
+        assert_eq!(
+            window(&r),
+            128,
+            "the documented default, max(128, 2 x concurrency)"
+        );
         let r = Runner::builder(bus.clone(), "r")
             .concurrency(500)
             .handler(handler())
