@@ -88,12 +88,12 @@ async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &m
 
 /// Adds the bench's handler for `bench.*`, written as `shape`: it runs
 /// [`handle_job`] (counting into `done`, signalling every `step` events).
-fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
-    builder: event_bus::runner::RunnerBuilder<I>,
+fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static, S>(
+    builder: event_bus::runner::RunnerBuilder<I, S>,
     shape: Shape,
     done: &Arc<Done>,
     step: u64,
-) -> event_bus::runner::RunnerBuilder<I> {
+) -> event_bus::runner::RunnerBuilder<I, event_bus::runner::WithHandlers> {
     match shape {
         Shape::Sync => {
             let d = done.clone();

@@ -3,9 +3,13 @@
 //! transaction, so that an event redelivered after a crash between commit
 //! and ack has no second effect.
 //!
+//! Depend on `event-bus` and `event-bus-postgres`, and use the sqlx this
+//! crate re-exports (`event_bus_postgres::sqlx`) for the pool and the
+//! handler's transaction: a `PgPool` of another sqlx version is another type.
+//!
 //! ```no_run
 //! use event_bus::runner::{Event, Handler, Outcome, Runner};
-//! use event_bus_postgres::PgInbox;
+//! use event_bus_postgres::{sqlx, PgInbox};
 //! # async fn example(bus: std::sync::Arc<dyn event_bus::EventBus>, pool: sqlx::PgPool) -> Result<(), event_bus::BusError> {
 //! #[derive(serde::Deserialize)]
 //! struct OrderPlaced { order_id: String, cents: i64 }

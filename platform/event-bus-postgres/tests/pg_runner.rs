@@ -501,3 +501,47 @@ event_bus_testkit::on_both_backends!(
     inbox_failover_does_not_use_up_attempts,
     postgres_restart_does_not_dead_letter
 );
+
+/// Two workers claim the same `(consumer, message id)` at once: the second
+/// claim waits for the first transaction; it is a duplicate once the first
+/// commits, and a fresh claim once the first rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_wait_for_each_other() {
+    let (_pg, pool) = pg().await;
+    let inbox = Arc::new(inbox(&pool).await);
+    for commit_first in [true, false] {
+        let id: event_bus::MessageId = format!("claimed-{commit_first}").into();
+        let first = inbox
+            .begin("c", &id)
+            .await
+            .unwrap()
+            .expect("the first claim");
+        let mut second = tokio::spawn({
+            let (inbox, id) = (inbox.clone(), id.clone());
+            async move { inbox.begin("c", &id).await }
+        });
+        // The second claim blocks on the first one's row lock.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut second)
+                .await
+                .is_err(),
+            "the second claim did not wait for the first"
+        );
+        if commit_first {
+            inbox.commit(first).await.unwrap();
+        } else {
+            inbox.rollback(first).await;
+        }
+        let second = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("the second claim ends once the first does")
+            .unwrap()
+            .unwrap();
+        match (commit_first, second) {
+            (true, None) => {}
+            (false, Some(tx)) => inbox.commit(tx).await.unwrap(),
+            (c, s) => panic!("first committed: {c}; second claim: {}", s.is_some()),
+        }
+        assert!(inbox.contains("c", &id.to_string()).await.unwrap());
+    }
+}

@@ -351,12 +351,30 @@ mod tests {
             short.begin("c", &"x".into()).await.unwrap().is_some(),
             "expired claims are forgotten"
         );
+        // Purging removes committed claims older than the age, and only those.
+        let inbox = MemoryInbox::default();
+        for id in ["a", "b"] {
+            let tx = inbox.begin("c", &id.into()).await.unwrap().unwrap();
+            inbox.commit(tx).await.unwrap();
+        }
+        let _in_progress = inbox.begin("c", &"c".into()).await.unwrap().unwrap();
         assert_eq!(
-            MemoryInbox::default()
-                .purge_older_than(Duration::ZERO)
+            inbox
+                .purge_older_than(Duration::from_secs(3600))
                 .await
                 .unwrap(),
-            0
+            0,
+            "nothing that old"
+        );
+        assert_eq!(inbox.purge_older_than(Duration::ZERO).await.unwrap(), 2);
+        assert!(
+            inbox.begin("c", &"a".into()).await.unwrap().is_some(),
+            "purged"
+        );
+        assert_eq!(
+            inbox.begin("c", &"c".into()).await.unwrap_err().kind(),
+            ErrorKind::Conflict,
+            "a claim in progress is kept"
         );
     }
 }

@@ -142,7 +142,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A retry with the policy's backoff.
+    /// A retry after the handler's [`RetryPolicy`] backoff, with `reason` as
+    /// the error (it becomes the dead letter's `Bus-Dlq-Last-Error` if the
+    /// attempts run out). The same as `Outcome::Retry { after: None, reason }`;
+    /// an `Err(e)` converted with `.into()` gives `Outcome::retry(e)`.
+    ///
+    /// ```
+    /// use event_bus::runner::Outcome;
+    /// let o = Outcome::retry("payment service unavailable");
+    /// assert_eq!(o, Outcome::Retry { after: None, reason: "payment service unavailable".into() });
+    /// let o: Outcome = Err::<(), _>("timeout").into();
+    /// assert_eq!(o, Outcome::retry("timeout"));
+    /// ```
     pub fn retry(reason: impl fmt::Display) -> Self {
         Outcome::Retry {
             after: None,
@@ -210,7 +221,10 @@ impl RetryPolicy {
         self
     }
 
-    /// The delay after failed attempt number `attempt` (1-based).
+    /// The delay after failed attempt number `attempt` (1-based), at most
+    /// `max_backoff`. Any field values give a delay (never a panic): huge
+    /// ones saturate at `max_backoff`, a NaN multiplier counts as 1, a NaN
+    /// jitter as 0, and a jitter beyond 0..=1 as its nearest bound.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .multiplier
@@ -221,8 +235,16 @@ impl RetryPolicy {
             .build_hasher()
             .finish();
         let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base * spread).max(0.0))
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let spread = 1.0 + jitter * (2.0 * unit - 1.0);
+        // `max` turns a NaN into 0; a value beyond `Duration` saturates.
+        Duration::try_from_secs_f64((base * spread).max(0.0))
+            .unwrap_or(Duration::MAX)
+            .min(self.max_backoff)
     }
 }
 
@@ -505,6 +527,26 @@ pub struct RunnerOptions {
     pub answer_timeout: Duration,
 }
 
+/// The longest [`RunnerOptions::ack_wait`]. The runner keeps the events it
+/// handles alive, so a longer ack wait would only delay the redelivery of
+/// what a crashed instance was handling.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl RunnerOptions {
+    /// Checks the values that a backend cannot take: a [`Config`](ErrorKind::Config)
+    /// error naming the field. ([`Runner::run`] and [`Runner::spawn`] call it.)
+    pub fn validate(&self) -> Result<(), BusError> {
+        if self.ack_wait > MAX_ACK_WAIT {
+            return Err(BusError::config(
+                "ack_wait",
+                &format!("{:?}", self.ack_wait),
+                format_args!("at most {MAX_ACK_WAIT:?} (the runner keeps long handlers alive)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Counts of what a run did, returned by [`Runner::run`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -571,14 +613,37 @@ impl Counters {
     }
 }
 
-/// Builds a [`Runner`].
-pub struct RunnerBuilder<I: Inbox> {
+/// Builds a [`Runner`]: [`Runner::builder`], then optionally
+/// [`inbox`](RunnerBuilder::inbox), then [`handler`](RunnerBuilder::handler)s
+/// and options, then [`build`](RunnerBuilder::build).
+///
+/// `S` records whether handlers were added ([`NoHandlers`], then
+/// [`WithHandlers`]): a handler's unit of work is its inbox's, so the inbox is
+/// chosen first, and `.inbox(..)` after `.handler(..)` does not compile:
+///
+/// ```compile_fail
+/// use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
+/// # let bus: std::sync::Arc<dyn event_bus::EventBus> = std::sync::Arc::new(event_bus::InMemoryBus::new());
+/// let runner = Runner::builder(bus, "r")
+///     .handler(Handler::sync("h", "x.y", |_e: Event<'_, u64>, _tx| Outcome::Ack))
+///     .inbox(MemoryInbox::default()); // error: no method `inbox` once a handler is added
+/// ```
+pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {
     bus: Arc<dyn EventBus>,
     name: String,
     inbox: Arc<I>,
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
+    _state: std::marker::PhantomData<S>,
 }
+
+/// [`RunnerBuilder`] state: no handler yet; the inbox can still be chosen.
+#[derive(Debug)]
+pub struct NoHandlers;
+
+/// [`RunnerBuilder`] state: handlers added; the inbox is fixed.
+#[derive(Debug)]
+pub struct WithHandlers;
 
 /// Typed handlers on durable consumers; see the [module docs](self).
 pub struct Runner<I: Inbox = NoInbox> {
@@ -591,9 +656,15 @@ pub struct Runner<I: Inbox = NoInbox> {
 }
 
 impl Runner<NoInbox> {
-    /// A runner named `name` (several instances with the same name share the
-    /// work) on `bus`, without de-duplication until [`RunnerBuilder::inbox`].
-    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder<NoInbox> {
+    /// A runner named `name` on `bus`, without de-duplication until
+    /// [`RunnerBuilder::inbox`].
+    ///
+    /// Instances with the same name share the work. Each handler reads a
+    /// durable consumer named `<runner name>-<handler name>` (see
+    /// [`Runner::consumer_name`]); its inbox claims are kept under that name
+    /// too. Renaming the runner or a handler therefore starts a new consumer
+    /// (from [`RunnerBuilder::start`]) and a new de-duplication scope.
+    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder {
         let name = name.into();
         RunnerBuilder {
             bus,
@@ -610,40 +681,49 @@ impl Runner<NoInbox> {
             name,
             inbox: Arc::new(NoInbox),
             handlers: Vec::new(),
+            _state: std::marker::PhantomData,
         }
     }
 }
 
-impl<I: Inbox> RunnerBuilder<I> {
-    /// Uses `inbox` for de-duplication. Call before adding handlers (their
-    /// unit-of-work type is the inbox's).
-    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J> {
-        assert!(
-            self.handlers.is_empty(),
-            "RunnerBuilder::inbox must be called before handlers are added"
-        );
+impl<I: Inbox> RunnerBuilder<I, NoHandlers> {
+    /// Uses `inbox` for de-duplication. Only before handlers are added
+    /// (their unit-of-work type is the inbox's); after, it does not compile.
+    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J, NoHandlers> {
         RunnerBuilder {
             bus: self.bus,
             name: self.name,
             inbox: Arc::new(inbox),
             handlers: Vec::new(),
             options: self.options,
+            _state: std::marker::PhantomData,
         }
     }
+}
 
-    /// Adds a handler.
-    pub fn handler<T, C>(mut self, h: Handler<T, I::Tx, C>) -> Self
+impl<I: Inbox, S> RunnerBuilder<I, S> {
+    /// Adds a handler. Its durable consumer is named `<runner>-<handler
+    /// name>`.
+    pub fn handler<T, C>(self, h: Handler<T, I::Tx, C>) -> RunnerBuilder<I, WithHandlers>
     where
         T: DeserializeOwned + Send + Sync + 'static,
         C: HandlerFn<T, I::Tx>,
     {
         let consumer = format!("{}-{}", self.name, h.name);
-        self.handlers.push(Arc::new(Registered::<T, I, C> {
+        let mut handlers = self.handlers;
+        handlers.push(Arc::new(Registered::<T, I, C> {
             inbox_consumer: inbox_consumer(self.bus.tenant(), &consumer),
             consumer,
             handler: h,
         }));
-        self
+        RunnerBuilder {
+            bus: self.bus,
+            name: self.name,
+            inbox: self.inbox,
+            handlers,
+            options: self.options,
+            _state: std::marker::PhantomData,
+        }
     }
 
     /// Events in flight at once.
@@ -658,7 +738,8 @@ impl<I: Inbox> RunnerBuilder<I> {
         self
     }
 
-    /// The consumers' ack wait.
+    /// The consumers' ack wait (at most [`MAX_ACK_WAIT`]: more is refused
+    /// by [`Runner::run`] and [`Runner::spawn`] with a `Config` error).
     pub fn ack_wait(mut self, d: Duration) -> Self {
         self.options.ack_wait = d;
         self
@@ -726,7 +807,7 @@ impl<I: Inbox> RunnerBuilder<I> {
 type Chains = Mutex<FxHashMap<String, Shared<oneshot::Receiver<()>>>>;
 
 impl<I: Inbox> Runner<I> {
-    /// The durable consumer name of handler `handler`.
+    /// The durable consumer name of handler `handler`: `<runner>-<handler>`.
     pub fn consumer_name(&self, handler: &str) -> String {
         format!("{}-{handler}", self.name)
     }
@@ -759,6 +840,7 @@ impl<I: Inbox> Runner<I> {
     }
 
     async fn open(&self) -> Result<Source, BusError> {
+        self.options.validate()?;
         let mut streams = Vec::with_capacity(self.handlers.len());
         for h in &self.handlers {
             streams.push(self.bus.consume(self.consumer_config(h.as_ref())).await?);
@@ -1604,7 +1686,11 @@ mod tests {
         let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
         let window = |r: &Runner| r.consumer_config(r.handlers[0].as_ref()).max_ack_pending;
         let r = Runner::builder(bus.clone(), "r").handler(handler()).build();
-        assert_eq!(window(&r), DEFAULT_PREFETCH);
+        assert_eq!(
+            window(&r),
+            128,
+            "the documented default, max(128, 2 x concurrency)"
+        );
         let r = Runner::builder(bus.clone(), "r")
             .concurrency(500)
             .handler(handler())
@@ -1625,6 +1711,64 @@ mod tests {
             inbox_consumer(Some("acme"), "r-h"),
             inbox_consumer(Some("globex"), "r-h")
         );
+    }
+
+    /// Extreme retry policies give delays, never a panic (`from_secs_f64`
+    /// panicked beyond `u64::MAX` seconds).
+    #[test]
+    fn retry_delays_saturate() {
+        // Without jitter: `Duration::MAX` in seconds rounds up to 2^64 as an
+        // f64, beyond what `from_secs_f64` takes.
+        let exact = RetryPolicy::new(100, Duration::MAX)
+            .max_backoff(Duration::MAX)
+            .jitter(0.0);
+        assert_eq!(exact.delay(1), Duration::MAX);
+        let huge = RetryPolicy::new(100, Duration::MAX).max_backoff(Duration::MAX);
+        for attempt in [1, 2, 50, u32::MAX] {
+            let d = huge.delay(attempt);
+            assert!(d >= Duration::from_secs(u64::MAX / 2), "{d:?}");
+        }
+        let mut p = RetryPolicy::new(100, Duration::from_secs(1)).max_backoff(Duration::MAX);
+        p.multiplier = 1e300;
+        assert!(p.delay(u32::MAX) >= Duration::from_secs(u64::MAX / 2));
+        p.multiplier = f64::NAN;
+        p.jitter = f64::NAN;
+        assert_eq!(p.delay(3), Duration::from_secs(1), "no growth, no jitter");
+        let mut p =
+            RetryPolicy::new(3, Duration::from_secs(10)).max_backoff(Duration::from_secs(1));
+        p.jitter = 50.0;
+        for attempt in 1..20 {
+            assert!(
+                p.delay(attempt) <= Duration::from_secs(1),
+                "max_backoff bounds every delay"
+            );
+        }
+    }
+
+    /// An ack wait the backends cannot take is a `Config` error naming
+    /// `ack_wait`, from `spawn`/`run` (it panicked on the first delivery).
+    #[tokio::test]
+    async fn ack_wait_beyond_the_limit_is_refused() {
+        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
+        let err = Runner::builder(bus.clone(), "r")
+            .ack_wait(Duration::MAX)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("ack_wait"), "{err}");
+        let ok = Runner::builder(bus, "r")
+            .ack_wait(MAX_ACK_WAIT)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .expect("the limit itself is fine");
+        ok.shutdown().await;
     }
 
     /// Each event's processing future is written into a slot (or boxed, for
