@@ -644,3 +644,177 @@ async fn dropped_consumer_hands_back_what_it_fetched() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// How a consumer in [`ack_and_exit`] answers.
+#[derive(Clone, Copy, Debug)]
+enum AckMode {
+    /// `Delivery::ack().await` each, then exit.
+    Confirmed,
+    /// `Delivery::ack_nowait().await` each, then `NatsBus::flush`, then exit.
+    NowaitThenFlush,
+}
+
+/// Consumes and acks `n` deliveries in a runtime of its own on its own
+/// thread, then drops that runtime at once (like a process that exits after
+/// its last ack returned): nothing left in the client is sent afterwards.
+async fn ack_and_exit(
+    url: String,
+    name: &'static str,
+    filter: &'static str,
+    n: usize,
+    mode: AckMode,
+) {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use event_bus::{ConsumerConfig, StartPosition};
+            let client = async_nats::connect(url).await.unwrap();
+            let bus = NatsBus::new(client);
+            let mut consumer = bus
+                .consume(
+                    ConsumerConfig::new(name, filter)
+                        .start(StartPosition::All)
+                        .ack_wait(Duration::from_secs(60)),
+                )
+                .await
+                .unwrap();
+            for _ in 0..n {
+                let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                    .await
+                    .expect("a delivery within 10 s")
+                    .unwrap()
+                    .unwrap();
+                match mode {
+                    AckMode::Confirmed => d.ack().await.expect("ack"),
+                    AckMode::NowaitThenFlush => d.ack_nowait().await.expect("ack_nowait"),
+                }
+            }
+            if let AckMode::NowaitThenFlush = mode {
+                drop(consumer);
+                bus.flush().await.expect("flush");
+            }
+        });
+        drop(rt); // the "process" exits
+    })
+    .await
+    .unwrap();
+}
+
+/// The server-side state of durable consumer `name` on `stream`.
+async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> jetstream::consumer::Info {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+/// `Delivery::ack` returns `Ok` only once the server has the ack: a consumer
+/// that acks and exits at once leaves nothing unacknowledged on the server
+/// (with fire-and-forget acks, those still queued in the client were lost
+/// and the events came back after a restart). The same holds for
+/// `ack_nowait` followed by `NatsBus::flush`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_on_the_server_when_they_return() {
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client.clone());
+    let js = jetstream::new(client);
+    let n = 300;
+    for i in 0..n {
+        bus.publish("ackexit.job", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    for (name, mode) in [
+        ("confirmed", AckMode::Confirmed),
+        ("nowait-flush", AckMode::NowaitThenFlush),
+    ] {
+        ack_and_exit(server.url(), name, "ackexit.>", n, mode).await;
+        if let AckMode::NowaitThenFlush = mode {
+            // A flush means the server received the acks; it processes
+            // them right after.
+            wait::until_async(Duration::from_secs(5), "the flushed acks processed", || {
+                let js = js.clone();
+                async move {
+                    consumer_info(&js, "BUS_ACKEXIT", name)
+                        .await
+                        .num_ack_pending
+                        == 0
+                }
+            })
+            .await;
+        }
+        // A confirmed ack has been processed by the server: checked at once.
+        let info = consumer_info(&js, "BUS_ACKEXIT", name).await;
+        assert_eq!(
+            (info.num_ack_pending, info.ack_floor.stream_sequence),
+            (0, n as u64),
+            "{mode:?}: every ack returned Ok, so the server must have all {n} ({info:?})"
+        );
+    }
+}
+
+/// Every answer is bounded in time: with the server gone, `ack`, `nack`,
+/// `in_progress` and `term` fail within the publish timeout (never `Ok` for
+/// an answer the server did not get, never a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_during_an_outage_fail_within_the_publish_timeout() {
+    use event_bus::{ConsumerConfig, StartPosition};
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_millis(800));
+    for i in 0..4 {
+        bus.publish("ackdown.job", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("down", "ackdown.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    let mut ds = Vec::new();
+    for _ in 0..4 {
+        ds.push(consumer.next().await.unwrap().unwrap());
+    }
+    server.kill();
+    let bounded = |took: Duration, what: &str| {
+        assert!(
+            took < Duration::from_secs(3),
+            "{what} took {took:?} with an 800 ms bound"
+        )
+    };
+    let d = ds.pop().unwrap();
+    let started = Instant::now();
+    let err = d
+        .in_progress()
+        .await
+        .expect_err("in_progress with the server down");
+    bounded(started.elapsed(), "in_progress");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let started = Instant::now();
+    let err = d
+        .ack()
+        .await
+        .expect_err("ack with the server down must not be Ok");
+    bounded(started.elapsed(), "ack");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("ack"), "{err}");
+    let started = Instant::now();
+    let err = ds.pop().unwrap().nack(None).await.expect_err("nack");
+    bounded(started.elapsed(), "nack");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let started = Instant::now();
+    let err = ds.pop().unwrap().term(None).await.expect_err("term");
+    bounded(started.elapsed(), "term");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let started = Instant::now();
+    let err = bus.flush().await.expect_err("flush with the server down");
+    bounded(started.elapsed(), "flush");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+}

@@ -211,6 +211,14 @@ impl Acker for DeadLetterAcker {
             other => self.inner.answer(other).await,
         }
     }
+
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        match kind {
+            AckKind::Ack | AckKind::InProgress => self.inner.answer_nowait(kind).await,
+            // Answers with dead-letter bookkeeping take the confirmed path.
+            other => self.answer(other).await,
+        }
+    }
 }
 
 impl DeadLetterAcker {

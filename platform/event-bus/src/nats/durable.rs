@@ -7,17 +7,28 @@
 //! `consumer::dead_letter`). `backoff` is applied by the bus to nacks, not
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
+//!
+//! Answers are JetStream double acks: sent with a reply subject on the
+//! client's shared request inbox (so concurrent answers are pipelined on the
+//! connection) and `Ok` once the server has replied. Each is bounded by the
+//! bus's publish timeout, including the wait for room in the client's send
+//! queue during an outage. `answer_nowait` (behind `Delivery::ack_nowait`)
+//! only queues the answer; [`NatsBus::flush`] waits until the server has
+//! received what was queued.
 
 use super::convert::{api_error, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
     AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
+    MAX_WAIT,
 };
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::message::{AckKind as NatsAck, Acker as NatsAcker};
+use async_nats::jetstream::message::AckKind as NatsAck;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -97,14 +108,21 @@ pub(crate) async fn open(
     };
     let batch = config.max_ack_pending.clamp(1, MAX_BATCH);
     let (tx, rx) = mpsc::channel(batch);
+    let target = Arc::new(AckTarget {
+        client: bus.client().clone(),
+        timeout: bus.inner.publish_timeout,
+    });
+    let closing = Arc::new(Closing::default());
     tokio::spawn(pump(
         consumer,
         batch,
         tx,
         stream_name,
         bus.tenant().map(|t| format!("{t}.")),
+        target,
+        PumpDone(closing.clone()),
     ));
-    Ok(Box::pin(Fetched { rx }))
+    Ok(Box::pin(Fetched { rx, closing }))
 }
 
 /// The receiving end of a consumer's pump. Dropped (the user stopped
@@ -112,6 +130,7 @@ pub(crate) async fn open(
 /// another instance gets it at once rather than after the ack wait.
 struct Fetched {
     rx: mpsc::Receiver<Result<Delivery, BusError>>,
+    closing: Arc<Closing>,
 }
 
 impl futures::Stream for Fetched {
@@ -127,6 +146,7 @@ impl futures::Stream for Fetched {
 
 impl Drop for Fetched {
     fn drop(&mut self) {
+        self.closing.begin();
         self.rx.close();
         let mut ahead = Vec::new();
         while let Ok(item) = self.rx.try_recv() {
@@ -138,12 +158,21 @@ impl Drop for Fetched {
             return;
         }
         // Nacks are sent from a task: a drop cannot wait. Outside a runtime
-        // they are not sent, and the deliveries come back after their ack wait.
+        // they are not sent, and the deliveries come back after their ack
+        // wait. `NatsBus::flush` waits for this task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let handing_back = HandingBack::start();
             rt.spawn(async move {
                 for delivery in ahead {
-                    let _ = delivery.nack(None).await;
+                    let (_, _, acker) = delivery.into_parts();
+                    let _ = acker
+                        .answer_nowait(AckKind::Nack {
+                            delay: None,
+                            reason: None,
+                        })
+                        .await;
                 }
+                drop(handing_back);
             });
         }
     }
@@ -151,11 +180,107 @@ impl Drop for Fetched {
 
 /// Hands back the messages the pull had received and not passed on (the
 /// receiver is gone), without waiting for more.
-async fn hand_back_received(messages: &mut pull::Stream) {
+async fn hand_back_received(messages: &mut pull::Stream, target: &AckTarget) {
     use futures::FutureExt;
     while let Some(Some(item)) = messages.next().now_or_never() {
-        if let Ok(m) = item {
-            let _ = m.ack_with(NatsAck::Nak(None)).await;
+        if let Ok(Some(reply)) = item.map(|m| m.message.reply) {
+            let nak = target.client.publish(reply, NatsAck::Nak(None).into());
+            if tokio::time::timeout(target.timeout, nak).await.is_err() {
+                return; // the client is stuck: the rest come back after the ack wait
+            }
+        }
+    }
+}
+
+/// Hand-backs (nacks of fetched, unconsumed deliveries) still being queued,
+/// across the process: [`NatsBus::flush`] waits for them.
+static HANDING_BACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HANDED_BACK: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// One hand-back in progress (counted in [`HANDING_BACK`] while alive).
+struct HandingBack;
+
+impl HandingBack {
+    fn start() -> Self {
+        HANDING_BACK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HandingBack
+    }
+}
+
+impl Drop for HandingBack {
+    fn drop(&mut self) {
+        if HANDING_BACK.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            HANDED_BACK.notify_waiters();
+        }
+    }
+}
+
+/// Shared by a consumer stream and its pump: when the stream is dropped
+/// while the pump runs, the pump's hand-back is counted until it ends.
+#[derive(Default)]
+struct Closing(parking_lot::Mutex<(bool, Option<HandingBack>)>);
+
+impl Closing {
+    /// The stream is dropped.
+    fn begin(&self) {
+        let mut state = self.0.lock();
+        if !state.0 {
+            state.1 = Some(HandingBack::start());
+        }
+    }
+
+    /// The pump has ended.
+    fn end(&self) {
+        let mut state = self.0.lock();
+        state.0 = true;
+        state.1 = None;
+    }
+}
+
+/// Ends the pump's [`Closing`] however the pump ends.
+struct PumpDone(Arc<Closing>);
+
+impl Drop for PumpDone {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl NatsBus {
+    /// Waits until the server has received everything this connection has
+    /// sent so far: answers sent with
+    /// [`Delivery::ack_nowait`](crate::Delivery::ack_nowait), and the
+    /// hand-back of what dropped consumer streams had fetched. Bounded by
+    /// the publish timeout.
+    ///
+    /// To close a durable consumer with a flush, drop its stream and then
+    /// call this. (Answers awaited with [`Delivery::ack`](crate::Delivery::ack)
+    /// and the others need no flush: they are `Ok` once the server has them.)
+    pub async fn flush(&self) -> Result<(), BusError> {
+        let timeout = self.inner.publish_timeout;
+        let flushed = async {
+            loop {
+                let handed_back = HANDED_BACK.notified();
+                if HANDING_BACK.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                handed_back.await;
+            }
+            self.client().flush().await
+        };
+        match tokio::time::timeout(timeout, flushed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::with_source(
+                ErrorKind::Unavailable,
+                "flushing the NATS connection failed",
+                e,
+            )),
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the NATS connection was not flushed within {timeout:?} (server unreachable?)"
+                ),
+            )),
         }
     }
 }
@@ -168,6 +293,8 @@ async fn pump(
     tx: mpsc::Sender<Result<Delivery, BusError>>,
     stream_name: String,
     strip: Option<String>,
+    target: Arc<AckTarget>,
+    _done: PumpDone,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -198,7 +325,7 @@ async fn pump(
         loop {
             let item = tokio::select! {
                 _ = tx.closed() => {
-                    hand_back_received(&mut messages).await;
+                    hand_back_received(&mut messages, &target).await;
                     return;
                 }
                 item = messages.next() => item,
@@ -226,13 +353,19 @@ async fn pump(
                     }
                     continue;
                 }
-                Some(Ok(m)) => to_delivery(m, &stream_name, strip.as_deref()),
+                Some(Ok(m)) => to_delivery(m, &stream_name, strip.as_deref(), &target),
             };
             if let Err(mpsc::error::SendError(unsent)) = tx.send(delivery).await {
                 if let Ok(d) = unsent {
-                    let _ = d.nack(None).await;
+                    let (_, _, acker) = d.into_parts();
+                    let _ = acker
+                        .answer_nowait(AckKind::Nack {
+                            delay: None,
+                            reason: None,
+                        })
+                        .await;
                 }
-                hand_back_received(&mut messages).await;
+                hand_back_received(&mut messages, &target).await;
                 return;
             }
         }
@@ -240,9 +373,10 @@ async fn pump(
 }
 
 fn to_delivery(
-    m: async_nats::jetstream::Message,
+    mut m: async_nats::jetstream::Message,
     stream_name: &str,
     strip: Option<&str>,
+    target: &Arc<AckTarget>,
 ) -> Result<Delivery, BusError> {
     let (seq, delivered) = {
         let info = m.info().map_err(|e| {
@@ -253,32 +387,118 @@ fn to_delivery(
         })?;
         (info.stream_sequence, info.delivered)
     };
-    let (message, acker) = m.split();
-    let msg = to_bus_message(&message, stream_name, seq, strip);
+    let reply = m.message.reply.take().ok_or_else(|| {
+        BusError::new(
+            ErrorKind::Backend,
+            "a JetStream delivery without a reply subject cannot be acknowledged",
+        )
+    })?;
+    let msg = to_bus_message(&m.message, stream_name, seq, strip);
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,
-        Box::new(JsAcker(acker)),
+        Box::new(JsAcker {
+            target: target.clone(),
+            reply,
+        }),
     ))
 }
 
-struct JsAcker(NatsAcker);
+/// What the answers of one consumer's deliveries go through.
+struct AckTarget {
+    client: async_nats::Client,
+    /// Bound on each answer (the bus's publish timeout).
+    timeout: Duration,
+}
+
+/// Answers a JetStream delivery on its reply subject (`$JS.ACK...`).
+struct JsAcker {
+    target: Arc<AckTarget>,
+    reply: async_nats::Subject,
+}
+
+/// The protocol payload of an answer. A nack delay is capped at
+/// [`MAX_WAIT`] (the server takes nanoseconds as an `i64`).
+fn ack_payload(kind: &AckKind) -> Bytes {
+    let kind = match kind {
+        AckKind::Ack => NatsAck::Ack,
+        AckKind::Nack { delay, .. } => NatsAck::Nak(delay.map(|d| d.min(MAX_WAIT))),
+        AckKind::Term { .. } | AckKind::DeadLetter { .. } => NatsAck::Term,
+        AckKind::InProgress => NatsAck::Progress,
+    };
+    kind.into()
+}
+
+fn ack_name(kind: &AckKind) -> &'static str {
+    match kind {
+        AckKind::Ack => "ack",
+        AckKind::Nack { .. } => "nack",
+        AckKind::Term { .. } | AckKind::DeadLetter { .. } => "term",
+        AckKind::InProgress => "in-progress signal",
+    }
+}
 
 #[async_trait]
 impl Acker for JsAcker {
+    /// A double ack: the answer goes out with a reply subject (on the
+    /// client's shared request inbox, so concurrent answers are pipelined)
+    /// and is `Ok` once the server has replied, i.e. processed it. The whole
+    /// exchange, including the wait for room in the client's send queue
+    /// during an outage, is bounded by the publish timeout.
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
-        let kind = match kind {
-            AckKind::Ack => NatsAck::Ack,
-            AckKind::Nack { delay, .. } => NatsAck::Nak(delay),
-            AckKind::Term { .. } | AckKind::DeadLetter { .. } => NatsAck::Term,
-            AckKind::InProgress => NatsAck::Progress,
-        };
-        self.0.ack_with(kind).await.map_err(|e| {
-            BusError::with_source(
+        let request = async_nats::Request::new()
+            .payload(ack_payload(&kind))
+            .timeout(None); // bounded below, send included
+        let t = &self.target;
+        let sent = t.client.send_request(self.reply.clone(), request);
+        match tokio::time::timeout(t.timeout, sent).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                use async_nats::RequestErrorKind as K;
+                let (kind_of, why) = match e.kind() {
+                    K::NoResponders => (
+                        ErrorKind::NotFound,
+                        "the durable consumer no longer exists on the server",
+                    ),
+                    _ => (ErrorKind::Unavailable, "sending it failed"),
+                };
+                Err(BusError::with_source(
+                    kind_of,
+                    format!("{} not applied: {why}", ack_name(&kind)),
+                    e,
+                ))
+            }
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the server did not confirm the {} within {:?} (server unreachable or slow); it may or may not be applied, and the message may be delivered again",
+                    ack_name(&kind),
+                    t.timeout
+                ),
+            )),
+        }
+    }
+
+    /// Queues the answer in the client without a reply subject: `Ok` once
+    /// queued (bounded by the publish timeout while the queue is full).
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        let t = &self.target;
+        let sent = t.client.publish(self.reply.clone(), ack_payload(&kind));
+        match tokio::time::timeout(t.timeout, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::with_source(
                 ErrorKind::Unavailable,
-                "sending an acknowledgement failed",
+                format!("sending the {} failed", ack_name(&kind)),
                 e,
-            )
-        })
+            )),
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the {} could not be queued within {:?} (the client's send queue is full: server unreachable?)",
+                    ack_name(&kind),
+                    t.timeout
+                ),
+            )),
+        }
     }
 }
