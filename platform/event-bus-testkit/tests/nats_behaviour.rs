@@ -818,3 +818,93 @@ async fn answers_during_an_outage_fail_within_the_publish_timeout() {
     bounded(started.elapsed(), "flush");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
 }
+
+/// A dead letter that cannot be published (no stream stores the dead-letter
+/// subject and the bus may not create one) never loses the message: the
+/// failure is an error item each time, the message stays pending (the server
+/// keeps delivering it: with `max_deliver + 3` it stopped after the 4th
+/// delivery and stranded it), and once a stream stores the subject the
+/// message is dead-lettered and terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dead_letter_publish_keeps_the_message_until_it_succeeds() {
+    use event_bus::consumer::dlq;
+    use event_bus::ConsumerConfig;
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let bus = NatsBus::new(client).with_auto_create_streams(false);
+    NatsBus::new(js.client())
+        .ensure_streams(&[StreamSpec::new("JOBS", ["jobs.>"])])
+        .await
+        .unwrap();
+    let mut consumer = bus
+        .consume(
+            ConsumerConfig::new("stuck", "jobs.>")
+                .max_deliver(1)
+                .ack_wait(Duration::from_secs(30))
+                .dead_letter_subject(Some("nodlq.stuck".into())),
+        )
+        .await
+        .unwrap();
+    bus.publish("jobs.a", b"poison".to_vec()).await.unwrap();
+    let d = consumer.next().await.unwrap().unwrap();
+    let err = d
+        .nack_with_reason(None, "cannot decode")
+        .await
+        .expect_err("no stream stores the dead-letter subject");
+    assert!(err.to_string().contains("nodlq.stuck"), "{err}");
+    // Four more failed attempts: beyond the old server-side limit of
+    // max_deliver + 3 deliveries.
+    for attempt in 2..=5 {
+        let item = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("dead-lettering attempt {attempt}: the message is still delivered")
+            })
+            .expect("the consumer stream stays open");
+        let err = item
+            .expect_err("the failed dead-lettering is an error item, the handler never sees it");
+        assert!(err.to_string().contains("nodlq.stuck"), "{err}");
+    }
+    // Now a stream stores dead letters: the next attempt succeeds.
+    NatsBus::new(js.client())
+        .ensure_streams(&[StreamSpec::new("NODLQ", ["nodlq.>"])])
+        .await
+        .unwrap();
+    let poll = async {
+        loop {
+            match consumer.next().await {
+                Some(Ok(d)) => panic!("the handler must not see the message again: {d:?}"),
+                Some(Err(_)) => continue,
+                None => panic!("the consumer stream ended"),
+            }
+        }
+    };
+    let stored = wait::until_async(Duration::from_secs(30), "the dead letter stored", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("NODLQ").await.unwrap();
+            stream.info().await.unwrap().state.messages == 1
+        }
+    });
+    tokio::select! {
+        _ = poll => unreachable!(),
+        _ = stored => {}
+    }
+    let dead = js
+        .get_stream("NODLQ")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("nodlq.stuck")
+        .await
+        .unwrap();
+    let headers = dead.headers;
+    assert_eq!(
+        headers.get(dlq::LAST_ERROR).map(|v| v.as_str()),
+        Some("cannot decode")
+    );
+    assert_eq!(&dead.payload[..], b"poison");
+    // Terminated after the dead letter: nothing left for the consumer.
+    let info = consumer_info(&js, "JOBS", "stuck").await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+}

@@ -37,7 +37,10 @@
 //! Each delivery carries its delivery count. After
 //! [`ConsumerConfig::max_deliver`] deliveries a message that is still not
 //! acknowledged goes to [`ConsumerConfig::dead_letter_subject`] with headers
-//! naming its origin (see [`dlq`]), and is terminated.
+//! naming its origin (see [`dlq`]), and is terminated. A message whose dead
+//! letter cannot be published is never dropped: it stays pending, the
+//! failure is logged and yielded as an error item, and the dead-lettering is
+//! retried on later deliveries.
 
 mod dead_letter;
 
@@ -69,9 +72,20 @@ pub mod dlq {
     pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
     /// The handler that gave up on it (set by the event runner).
     pub const HANDLER: &str = "Bus-Dlq-Handler";
+    /// Set when the dead letter with the original payload would exceed the
+    /// size limit (`max_payload`): the dead letter then carries no payload
+    /// and none of the original headers (only the `Bus-Dlq-*` ones), and this
+    /// header gives the original payload's size in bytes. The original is
+    /// found by its subject, sequence and id (on NATS it stays in its stream).
+    pub const TRUNCATED: &str = "Bus-Dlq-Truncated";
     /// Prefix shared by every dead-letter header.
     pub const PREFIX: &str = "Bus-Dlq-";
 }
+
+/// The largest [`ConsumerConfig::max_deliver`] accepted (a million
+/// deliveries is "unlimited" in practice; larger values are refused so that
+/// no count arithmetic can overflow).
+pub const MAX_DELIVER: u32 = 1_000_000;
 
 /// The longest wait a consumer takes: [`ConsumerConfig::ack_wait`] and each
 /// [`ConsumerConfig::backoff`] step above it are refused, and nack delays
@@ -117,11 +131,25 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
     if config.max_deliver == 0 {
         return Err(bad("max_deliver", "0".into(), "must be at least 1"));
     }
-    if config.ack_wait < std::time::Duration::from_millis(10) {
+    if config.max_deliver > MAX_DELIVER {
+        return Err(bad(
+            "max_deliver",
+            config.max_deliver.to_string(),
+            &format!("must be at most {MAX_DELIVER} (MAX_DELIVER)"),
+        ));
+    }
+    if config.ack_wait < std::time::Duration::from_millis(10) || config.ack_wait > MAX_WAIT {
         return Err(bad(
             "ack_wait",
             format!("{:?}", config.ack_wait),
-            "must be at least 10ms",
+            &format!("must be at least 10ms and at most {MAX_WAIT:?} (MAX_WAIT)"),
+        ));
+    }
+    if let Some(step) = config.backoff.iter().find(|d| **d > MAX_WAIT) {
+        return Err(bad(
+            "backoff",
+            format!("{step:?}"),
+            &format!("each step must be at most {MAX_WAIT:?} (MAX_WAIT)"),
         ));
     }
     if config.max_ack_pending == 0 {

@@ -2,8 +2,9 @@
 //! shared by every instance that opens it (work sharing).
 //!
 //! The server-side consumer has explicit acks, the configured ack wait and
-//! `max_deliver + DLQ_SPARE_DELIVERIES` deliveries (the spares let the
-//! dead-letter layer move a message whose last delivery went unanswered; see
+//! no delivery limit (`max_deliver` -1): the dead-letter layer enforces
+//! `max_deliver` and terminates a message only once its dead letter is
+//! published, so the server must never stop delivering it first (see
 //! `consumer::dead_letter`). `backoff` is applied by the bus to nacks, not
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
@@ -19,8 +20,7 @@
 use super::convert::{api_error, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
-    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
-    MAX_WAIT,
+    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, MAX_WAIT,
 };
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -60,7 +60,8 @@ pub(crate) async fn open(
         filter_subject: wire_filter.clone(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        max_deliver: i64::from(config.max_deliver + DLQ_SPARE_DELIVERIES),
+        // Unlimited: the dead-letter layer enforces `config.max_deliver`.
+        max_deliver: -1,
         max_ack_pending: config.max_ack_pending.min(i64::MAX as usize) as i64,
         deliver_policy: match config.start {
             StartPosition::New => DeliverPolicy::New,
