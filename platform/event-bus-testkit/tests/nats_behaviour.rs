@@ -908,3 +908,126 @@ async fn failed_dead_letter_publish_keeps_the_message_until_it_succeeds() {
     let info = consumer_info(&js, "JOBS", "stuck").await;
     assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
 }
+
+/// A stream deleted under a live subscription and created again by the
+/// bus's next publish: the publish succeeds (the bus forgets the stream it
+/// knew and creates it again) and the subscription follows the new stream
+/// from its start (not from the old sequence, which skipped everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_follows_a_deleted_and_recreated_stream() {
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client);
+    let mut sub = bus.subscribe("reinc.>").await.unwrap();
+    for i in 0..100 {
+        bus.publish("reinc.a", format!("old-{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(next_text(&mut sub).await, format!("old-{i}"));
+    }
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        bus.publish("reinc.a", format!("new-{i}").into_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("publish {i} after the stream was deleted: {e}"));
+    }
+    for i in 0..50 {
+        assert_eq!(next_text(&mut sub).await, format!("new-{i}"));
+    }
+    // The same through publish_envelope and publish_batch.
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    bus.publish_envelope(Envelope::new("reinc.b", b"envelope".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut sub).await, "envelope");
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    let acks = bus
+        .publish_batch(vec![
+            Envelope::new("reinc.c", b"batch-0".to_vec()),
+            Envelope::new("reinc.c", b"batch-1".to_vec()),
+        ])
+        .await;
+    assert!(acks.iter().all(|a| a.is_ok()), "{acks:?}");
+    assert_eq!(next_text(&mut sub).await, "batch-0");
+    assert_eq!(next_text(&mut sub).await, "batch-1");
+}
+
+/// A durable consumer whose stream is deleted and created again: the bus
+/// makes the consumer again (it owns it), reports the reset as an error
+/// item, and delivers the new stream's events. Likewise when only the
+/// consumer is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_consumer_is_made_again_after_a_delete() {
+    use event_bus::{ConsumerConfig, ConsumerStream, StartPosition};
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client);
+    bus.publish("redur.a", b"first".to_vec()).await.unwrap();
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("survivor", "redur.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    // Reads until every one of `want` arrived; returns the error items seen.
+    async fn read(consumer: &mut ConsumerStream, want: &[String]) -> Vec<event_bus::BusError> {
+        let mut errors = Vec::new();
+        let mut missing: std::collections::HashSet<&String> = want.iter().collect();
+        while !missing.is_empty() {
+            let item = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("still missing {missing:?}; errors {errors:?}"))
+                .expect("the consumer stream stays open");
+            match item {
+                Ok(d) => {
+                    missing.remove(&String::from_utf8(d.payload.to_vec()).unwrap());
+                    d.ack().await.unwrap();
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+    let errors = read(&mut consumer, &["first".to_string()]).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let stream = bus.default_stream_name("redur");
+    bus.jetstream().delete_stream(&stream).await.unwrap();
+    let new: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
+    for text in &new {
+        bus.publish("redur.a", text.clone().into_bytes())
+            .await
+            .unwrap();
+    }
+    let errors = read(&mut consumer, &new).await;
+    assert!(
+        errors.iter().any(|e| e.kind() == ErrorKind::NotFound
+            && e.to_string().contains("survivor")
+            && e.to_string().contains("created again")),
+        "the reset is reported: {errors:?}"
+    );
+    // Only the consumer deleted (the stream stays).
+    bus.jetstream()
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .delete_consumer("survivor")
+        .await
+        .unwrap();
+    bus.publish("redur.a", b"after".to_vec()).await.unwrap();
+    let errors = read(&mut consumer, &["after".to_string()]).await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.kind() == ErrorKind::NotFound && e.to_string().contains("was deleted")),
+        "the reset is reported: {errors:?}"
+    );
+}

@@ -25,6 +25,7 @@ use crate::consumer::{
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::message::AckKind as NatsAck;
+use async_nats::jetstream::ErrorCode;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -55,7 +56,7 @@ pub(crate) async fn open(
             e,
         )
     })?;
-    let mut desired = pull::Config {
+    let desired = pull::Config {
         durable_name: Some(config.name.clone()),
         filter_subject: wire_filter.clone(),
         ack_policy: AckPolicy::Explicit,
@@ -72,41 +73,14 @@ pub(crate) async fn open(
         },
         ..Default::default()
     };
-    let consumer: Consumer = match stream.get_consumer::<pull::Config>(&config.name).await {
-        Ok(existing) => {
-            let current = existing.cached_info().config.clone();
-            if current.filter_subject != wire_filter {
-                return Err(BusError::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "consumer {:?} on stream {stream_name} already exists with filter {:?}, not {:?}; use another name or delete it",
-                        config.name, current.filter_subject, wire_filter
-                    ),
-                ));
-            }
-            // The start position of an existing consumer cannot change; keep it.
-            desired.deliver_policy = current.deliver_policy;
-            if current.ack_wait != desired.ack_wait
-                || current.max_deliver != desired.max_deliver
-                || current.max_ack_pending != desired.max_ack_pending
-            {
-                stream.create_consumer(desired).await.map_err(|e| {
-                    api_error(
-                        &format!("updating consumer {:?} on {stream_name}", config.name),
-                        e,
-                    )
-                })?
-            } else {
-                existing
-            }
-        }
-        Err(_) => stream.create_consumer(desired).await.map_err(|e| {
-            api_error(
-                &format!("creating consumer {:?} on {stream_name}", config.name),
-                e,
-            )
-        })?,
+    let source = Source {
+        js,
+        stream_name,
+        name: config.name.clone(),
+        created: stream.cached_info().created,
+        desired,
     };
+    let consumer = source.get_or_create(&stream).await?;
     let batch = config.max_ack_pending.clamp(1, MAX_BATCH);
     let (tx, rx) = mpsc::channel(batch);
     let target = Arc::new(AckTarget {
@@ -115,15 +89,168 @@ pub(crate) async fn open(
     });
     let closing = Arc::new(Closing::default());
     tokio::spawn(pump(
+        source,
         consumer,
         batch,
         tx,
-        stream_name,
         bus.tenant().map(|t| format!("{t}.")),
         target,
         PumpDone(closing.clone()),
     ));
     Ok(Box::pin(Fetched { rx, closing }))
+}
+
+/// Where a pump's durable consumer lives, and how to make it again.
+struct Source {
+    js: async_nats::jetstream::Context,
+    stream_name: String,
+    /// The durable name.
+    name: String,
+    /// When the stream was created (tells a re-created stream from the one
+    /// the consumer was made on).
+    created: async_nats::datetime::DateTime,
+    /// The consumer as `consume` creates it.
+    desired: pull::Config,
+}
+
+/// async-nats' boxed error as an error type.
+#[derive(Debug)]
+struct Boxed(async_nats::Error);
+
+impl std::fmt::Display for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Boxed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Whether `e` (from `get_consumer`) says that the consumer does not exist.
+fn consumer_missing(e: &async_nats::Error) -> bool {
+    use async_nats::jetstream::context::{ConsumerInfoError, ConsumerInfoErrorKind as K};
+    e.downcast_ref::<ConsumerInfoError>()
+        .is_some_and(|e| match e.kind() {
+            K::NotFound => true,
+            K::JetStream(je) => je.error_code() == ErrorCode::CONSUMER_NOT_FOUND,
+            _ => false,
+        })
+}
+
+/// Whether `e` (from `get_stream`) says that the stream does not exist.
+fn stream_missing(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind as K;
+    matches!(e.kind(), K::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+impl Source {
+    /// The durable consumer on `stream`: the existing one (checked against
+    /// the configuration, updated where it may change) or, only when the
+    /// server says there is none, a new one. Any other failure to look it up
+    /// is an error (creating then would silently re-point a consumer of
+    /// that name that exists).
+    async fn get_or_create(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+    ) -> Result<Consumer, BusError> {
+        let (name, stream_name) = (&self.name, &self.stream_name);
+        let mut desired = self.desired.clone();
+        match stream.get_consumer::<pull::Config>(name).await {
+            Ok(existing) => {
+                let current = existing.cached_info().config.clone();
+                if current.filter_subject != desired.filter_subject {
+                    return Err(BusError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "consumer {name:?} on stream {stream_name} already exists with filter {:?}, not {:?}; use another name or delete it",
+                            current.filter_subject, desired.filter_subject
+                        ),
+                    ));
+                }
+                // The start position of an existing consumer cannot change; keep it.
+                desired.deliver_policy = current.deliver_policy;
+                if current.ack_wait == desired.ack_wait
+                    && current.max_deliver == desired.max_deliver
+                    && current.max_ack_pending == desired.max_ack_pending
+                {
+                    return Ok(existing);
+                }
+                stream.update_consumer(desired).await.map_err(|e| {
+                    api_error(&format!("updating consumer {name:?} on {stream_name}"), e)
+                })
+            }
+            Err(e) if consumer_missing(&e) => stream
+                .create_consumer(desired)
+                .await
+                .map_err(|e| api_error(&format!("creating consumer {name:?} on {stream_name}"), e)),
+            Err(e) => Err(api_error(
+                &format!("looking up consumer {name:?} on {stream_name}"),
+                Boxed(e),
+            )),
+        }
+    }
+
+    /// After the pull failed: `Ok(None)` while the consumer exists (re-open
+    /// the pull), or the consumer made again after it or its stream was
+    /// deleted, with a report of that reset (`Ok(Some(..))`). `Err` when
+    /// that cannot be told or done now (retry later).
+    async fn recover(&mut self) -> Result<Option<(Consumer, BusError)>, BusError> {
+        let (name, stream_name) = (self.name.clone(), self.stream_name.clone());
+        let mut stream = match self.js.get_stream(&stream_name).await {
+            Ok(s) => s,
+            Err(e) if stream_missing(&e) => {
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "stream {stream_name} of durable consumer {name:?} does not exist (deleted?); waiting for it to be created again"
+                    ),
+                ))
+            }
+            Err(e) => return Err(api_error(&format!("looking up stream {stream_name}"), e)),
+        };
+        let created = stream
+            .info()
+            .await
+            .map_err(|e| api_error(&format!("reading stream {stream_name}"), e))?
+            .created;
+        let new_stream = created != self.created;
+        if !new_stream {
+            match stream.get_consumer::<pull::Config>(&name).await {
+                Ok(_) => return Ok(None),
+                Err(e) if consumer_missing(&e) => {}
+                Err(e) => {
+                    return Err(api_error(
+                        &format!("looking up consumer {name:?} on {stream_name}"),
+                        Boxed(e),
+                    ))
+                }
+            }
+        }
+        // Gone: make it again (another instance may already have). On a new
+        // incarnation of the stream, everything in it is new to the consumer.
+        let mut again = Source {
+            js: self.js.clone(),
+            stream_name: stream_name.clone(),
+            name: name.clone(),
+            created,
+            desired: self.desired.clone(),
+        };
+        if new_stream {
+            again.desired.deliver_policy = DeliverPolicy::All;
+        }
+        let consumer = again.get_or_create(&stream).await?;
+        self.created = created;
+        let what = if new_stream {
+            format!("stream {stream_name} was deleted and created again; durable consumer {name:?} was made again and reads the new stream from its start")
+        } else {
+            format!("durable consumer {name:?} on stream {stream_name} was deleted; it was made again, starting as configured (its acknowledgement state is lost: messages may be delivered again, or, with StartPosition::New, missed while it was gone)")
+        };
+        tracing::warn!(consumer = %name, stream = %stream_name, "{what}");
+        Ok(Some((consumer, BusError::new(ErrorKind::NotFound, what))))
+    }
 }
 
 /// The receiving end of a consumer's pump. Dropped (the user stopped
@@ -287,18 +414,48 @@ impl NatsBus {
 }
 
 /// Pulls deliveries into `tx` until the receiver is dropped, re-opening the
-/// pull after errors (the durable consumer keeps its position on the server).
+/// pull after errors (the durable consumer keeps its position on the
+/// server), and making the consumer again if it or its stream was deleted
+/// (reported as an error item).
 async fn pump(
-    consumer: Consumer,
+    mut source: Source,
+    mut consumer: Consumer,
     batch: usize,
     tx: mpsc::Sender<Result<Delivery, BusError>>,
-    stream_name: String,
     strip: Option<String>,
     target: Arc<AckTarget>,
     _done: PumpDone,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // Set after a failure: check that the consumer still exists before
+    // pulling again.
+    let mut check = false;
     loop {
+        if check {
+            let recovered = tokio::select! {
+                _ = tx.closed() => return,
+                r = source.recover() => r,
+            };
+            match recovered {
+                Ok(None) => check = false,
+                Ok(Some((again, report))) => {
+                    consumer = again;
+                    check = false;
+                    if tx.send(Err(report)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "durable consumer not available yet; retrying");
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
         let opened = tokio::select! {
             _ = tx.closed() => return,
             m = consumer
@@ -320,6 +477,7 @@ async fn pump(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
+                check = true;
                 continue;
             }
         };
@@ -335,12 +493,16 @@ async fn pump(
                 None => break,
                 Some(Err(e)) => {
                     use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    let fatal = matches!(
-                        e.kind(),
-                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
-                    );
+                    // The consumer (or its stream) may be gone: check, and
+                    // make it again, before pulling again.
+                    let gone = matches!(e.kind(), K::ConsumerDeleted | K::NoResponders);
+                    if gone {
+                        check = true;
+                        break;
+                    }
+                    let fatal = matches!(e.kind(), K::PushBasedConsumer | K::RequestLimitExceeded);
                     let kind = if fatal {
-                        ErrorKind::NotFound
+                        ErrorKind::Conflict
                     } else {
                         ErrorKind::Unavailable
                     };
@@ -350,11 +512,12 @@ async fn pump(
                         return;
                     }
                     if fatal {
+                        check = true;
                         break;
                     }
                     continue;
                 }
-                Some(Ok(m)) => to_delivery(m, &stream_name, strip.as_deref(), &target),
+                Some(Ok(m)) => to_delivery(m, &source.stream_name, strip.as_deref(), &target),
             };
             if let Err(mpsc::error::SendError(unsent)) = tx.send(delivery).await {
                 if let Ok(d) = unsent {
