@@ -1031,3 +1031,102 @@ async fn durable_consumer_is_made_again_after_a_delete() {
         "the reset is reported: {errors:?}"
     );
 }
+
+/// The server lists stream names 1024 a page: a pattern that matches more
+/// streams finds those on later pages too (it used to read the first page
+/// only). Shown by a durable consumer whose filter spans every stream: the
+/// error names them all, the one sorted last included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_lookup_reads_every_page_of_names() {
+    use event_bus::ConsumerConfig;
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let create = |name: String, subject: String| {
+        let js = js.clone();
+        async move {
+            js.create_stream(jetstream::stream::Config {
+                name,
+                subjects: vec![subject],
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let n = 1100;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        futures::future::try_join_all(
+            chunk
+                .iter()
+                .map(|i| create(format!("AAA_{i:05}"), format!("pg{i}.x"))),
+        )
+        .await
+        .unwrap();
+    }
+    create("ZZZ_LAST".into(), "pgz.x".into()).await.unwrap();
+    let bus = NatsBus::new(client);
+    let err = bus
+        .consume(ConsumerConfig::new("paged", "*.x"))
+        .await
+        .err()
+        .expect("a filter over many streams is refused");
+    let text = err.to_string();
+    assert!(text.contains("spans several streams"), "{}", &text[..300]);
+    assert!(
+        text.contains("ZZZ_LAST") && text.contains("AAA_01099"),
+        "the names past the first page are found"
+    );
+    assert_eq!(text.matches("AAA_").count(), n, "every stream, once");
+}
+
+/// A bus made over a client that is not connected yet decides on the
+/// server's version once connected (it used to cache "fine" at its first
+/// use, before the connection, and then never refused a 2.9 server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_check_waits_for_the_connection() {
+    let legacy =
+        std::env::var("NATS_SERVER_LEGACY_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let bus = NatsBus::new(client.clone());
+    // Used before the connection: cannot succeed, and must decide nothing.
+    let early = tokio::time::timeout(Duration::from_millis(500), bus.subscribe("old.>")).await;
+    assert!(!matches!(early, Ok(Ok(_))), "no server yet");
+    let store = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(&legacy)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs Debian's nats-server 2.9 at {legacy}: {e}"));
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    wait::until(Duration::from_secs(20), "the client to connect", || {
+        client.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    assert!(client.server_info().version.contains("2.9"), "a 2.9 server");
+    let err = bus
+        .subscribe("old.>")
+        .await
+        .expect_err("a 2.9 server is refused once connected");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}

@@ -245,19 +245,24 @@ impl NatsBus {
 
     fn check_version(&self) -> Result<(), BusError> {
         let client = &self.inner.client;
-        let verdict = self.inner.version_ok.get_or_init(|| {
-            let info = client.server_info();
-            if info.version.is_empty() {
-                // Not connected yet: no verdict to cache.
-                return Ok(());
+        let verdict = match self.inner.version_ok.get() {
+            Some(verdict) => verdict,
+            None => {
+                let info = client.server_info();
+                if info.version.is_empty() {
+                    // Not connected yet: no verdict, and none cached (the
+                    // next call, once connected, decides).
+                    return Ok(());
+                }
+                let (a, b, c) = MIN_SERVER_VERSION;
+                let verdict = if client.is_server_compatible(a, b, c) {
+                    Ok(())
+                } else {
+                    Err(info.version)
+                };
+                self.inner.version_ok.get_or_init(|| verdict)
             }
-            let (a, b, c) = MIN_SERVER_VERSION;
-            if client.is_server_compatible(a, b, c) {
-                Ok(())
-            } else {
-                Err(info.version)
-            }
-        });
+        };
         match verdict {
             Ok(()) => Ok(()),
             Err(v) => Err(BusError::new(
