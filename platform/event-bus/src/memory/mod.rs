@@ -185,10 +185,7 @@ impl InMemoryBus {
     pub fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         match self.start_publish(subject, payload) {
             Ok(None) => PublishFuture::ready(Ok(())),
-            Ok(Some(rest)) => PublishFuture::new(async move {
-                rest.finish().await;
-                Ok(())
-            }),
+            Ok(Some(rest)) => PublishFuture::new(rest.finish()),
             Err(e) => PublishFuture::ready(Err(e)),
         }
     }
@@ -389,7 +386,7 @@ impl InMemoryBus {
         let msg = self.message(&route, env.payload, env.headers, env.id);
         let seq = msg.sequence;
         if let Some(rest) = deliver_now(&route, msg) {
-            rest.finish().await;
+            rest.finish().await?;
         }
         Ok(PublishAck::new(None, seq, false))
     }
@@ -431,21 +428,33 @@ struct Remaining {
 }
 
 impl Remaining {
-    async fn finish(self) {
+    /// Fails with [`ErrorKind::Closed`] if the bus closes before the message
+    /// is queued for every subscriber.
+    async fn finish(self) -> Result<(), BusError> {
         let Remaining {
             route,
             index,
             pending,
             template,
         } = self;
-        route.subs[index].push_wait(pending).await;
+        let closed = || {
+            BusError::closed(format!(
+                "publish to {:?}: the in-memory bus closed while the publish waited for room in a subscriber's queue",
+                route.subject
+            ))
+        };
+        route.subs[index]
+            .push_wait(pending)
+            .await
+            .map_err(|()| closed())?;
         if let Some(msg) = template {
             for q in &route.subs[index + 1..] {
                 if let Push::Full(m) = q.try_push(msg.clone()) {
-                    q.push_wait(m).await;
+                    q.push_wait(m).await.map_err(|()| closed())?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -551,3 +560,6 @@ impl DedupWindow {
         true
     }
 }
+
+#[cfg(test)]
+mod tests;
