@@ -186,3 +186,120 @@ async fn one_waker_per_blocked_publisher() {
     assert_eq!(queue.waiting_publishers(), 0);
     assert_eq!(payloads(&take_queued(&mut sub)), vec![b"2".to_vec()]);
 }
+
+fn envelope(subject: &str, id: &str, payload: &[u8]) -> Envelope {
+    Envelope::new(subject, payload.to_vec()).id(id)
+}
+
+/// Review M9: a publish that times out waiting for a slow subscriber and is
+/// retried with the same id (the documented recovery) is delivered, not
+/// reported as a duplicate; once delivered, the id is a duplicate.
+#[tokio::test]
+async fn a_timed_out_publish_retried_with_its_id_is_delivered() {
+    let bus = InMemoryBus::new();
+    let mut slow = bus
+        .subscribe_with("m.x", options(1, Overflow::Block))
+        .unwrap();
+    bus.publish("m.x", b"filler".to_vec()).await.unwrap();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(50),
+        bus.publish_envelope(envelope("m.x", "order-1", b"event")),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the queue is full: the publish waits");
+    // The slow subscriber catches up; the publisher retries with the same id.
+    assert_eq!(payloads(&take_queued(&mut slow)), vec![b"filler".to_vec()]);
+    let ack = tokio::time::timeout(
+        Duration::from_secs(5),
+        bus.publish_envelope(envelope("m.x", "order-1", b"event")),
+    )
+    .await
+    .expect("room in the queue")
+    .unwrap();
+    assert!(!ack.duplicate, "the first attempt never delivered it");
+    let got = take_queued(&mut slow);
+    assert_eq!(payloads(&got), vec![b"event".to_vec()]);
+    assert_eq!(got[0].id.to_string(), "order-1");
+    let again = bus
+        .publish_envelope(envelope("m.x", "order-1", b"event"))
+        .await
+        .unwrap();
+    assert!(again.duplicate, "delivered once: now a duplicate");
+    assert!(take_queued(&mut slow).is_empty());
+}
+
+/// While a publish with an id waits for room, the same id published again
+/// is a duplicate (the first will deliver it).
+#[tokio::test]
+async fn an_id_being_published_is_a_duplicate() {
+    let bus = InMemoryBus::new();
+    let _slow = bus
+        .subscribe_with("m.y", options(1, Overflow::Block))
+        .unwrap();
+    bus.publish("m.y", b"filler".to_vec()).await.unwrap();
+    let mut first = bus.publish_envelope(envelope("m.y", "id-1", b"a"));
+    assert!(futures::poll!(&mut first).is_pending());
+    let second = bus
+        .publish_envelope(envelope("m.y", "id-1", b"a"))
+        .await
+        .unwrap();
+    assert!(second.duplicate);
+}
+
+/// The de-duplication window is bounded by count as well as by time.
+#[tokio::test]
+async fn dedup_window_is_bounded_by_count() {
+    let bus = InMemoryBus::with_config(MemoryConfig {
+        dedup_max_ids: 3,
+        ..MemoryConfig::default()
+    });
+    let _sub = bus.subscribe("k.>").await.unwrap();
+    for i in 0..10 {
+        let ack = bus
+            .publish_envelope(envelope("k.x", &format!("id-{i}"), b"p"))
+            .await
+            .unwrap();
+        assert!(!ack.duplicate);
+    }
+    {
+        let dedup = bus.inner.dedup.lock();
+        assert_eq!(dedup.seen.len(), 3);
+        assert_eq!(dedup.order.len(), 3);
+    }
+    // The 3 newest are remembered, the oldest forgotten.
+    for (i, duplicate) in [(9, true), (7, true), (0, false)] {
+        let ack = bus
+            .publish_envelope(envelope("k.x", &format!("id-{i}"), b"p"))
+            .await
+            .unwrap();
+        assert_eq!(ack.duplicate, duplicate, "id-{i}");
+    }
+    assert!(bus.inner.dedup.lock().seen.len() <= 3);
+}
+
+/// The default count bound, and the time bound, with paused time.
+#[tokio::test(start_paused = true)]
+async fn dedup_window_is_bounded_by_time() {
+    let bus = InMemoryBus::new();
+    assert_eq!(bus.config().dedup_max_ids, 100_000);
+    let _sub = bus.subscribe("k.>").await.unwrap();
+    let first = bus
+        .publish_envelope(envelope("k.x", "t", b"p"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    tokio::time::advance(Duration::from_secs(119)).await;
+    assert!(
+        bus.publish_envelope(envelope("k.x", "t", b"p"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(
+        !bus.publish_envelope(envelope("k.x", "t", b"p"))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
