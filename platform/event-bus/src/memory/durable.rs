@@ -4,13 +4,15 @@
 //! restarts.
 //!
 //! A named consumer is created by the first `consume` with its name and
-//! lives as long as the bus (or until [`InMemoryBus::delete_consumer`]): it
-//! keeps collecting matching messages while no instance is open, so dropping
-//! and re-opening resumes where it was. Its backlog is bounded
+//! lives until [`InMemoryBus::delete_consumer`], or until it has had no open
+//! instance for [`MemoryConfig::durable_inactive_threshold`](super::MemoryConfig::durable_inactive_threshold)
+//! (5 minutes by default, like JetStream's `inactive_threshold`): it keeps
+//! collecting matching messages while no instance is open, so dropping and
+//! re-opening within the threshold resumes where it was. Its backlog is bounded
 //! ([`DURABLE_CAPACITY`]); beyond it, publishers of matching subjects wait, as
 //! for any lossless subscriber.
 
-use super::{InMemoryBus, MemorySubscription, Overflow, SubscribeOptions};
+use super::{InMemoryBus, Inner, MemorySubscription, Overflow, SubscribeOptions};
 use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
@@ -21,7 +23,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,6 +37,8 @@ pub(crate) struct Durable {
     filter: String,
     state: Mutex<State>,
     wake_all: Arc<WakeAll>,
+    /// The bus, to delete the consumer once it has been inactive too long.
+    bus: Weak<Inner>,
 }
 
 struct Settings {
@@ -70,6 +74,11 @@ struct InFlight {
 struct State {
     feed: MemorySubscription,
     feed_closed: bool,
+    /// Open instances.
+    instances: usize,
+    /// Since when no instance is open (the consumer expires after the
+    /// bus's `durable_inactive_threshold`).
+    idle_since: Option<Instant>,
     settings: Settings,
     /// Never delivered yet, in sequence order.
     fresh: VecDeque<Entry>,
@@ -248,6 +257,7 @@ impl InMemoryBus {
     /// the consumer if needed): its raw deliveries, without dead letters.
     fn open_instance(&self, config: &ConsumerConfig) -> Result<Instance, BusError> {
         self.ensure_open()?;
+        expire_durables(&self.inner, None);
         let durable = {
             let mut durables = self.inner.durables.lock();
             match durables.get(&config.name) {
@@ -261,7 +271,11 @@ impl InMemoryBus {
                     ))
                 }
                 Some(d) => {
-                    d.state.lock().settings = settings(config);
+                    let mut st = d.state.lock();
+                    st.settings = settings(config);
+                    st.instances += 1;
+                    st.idle_since = None;
+                    drop(st);
                     d.clone()
                 }
                 None => {
@@ -278,6 +292,8 @@ impl InMemoryBus {
                         state: Mutex::new(State {
                             feed,
                             feed_closed: false,
+                            instances: 1,
+                            idle_since: None,
                             settings: settings(config),
                             fresh: VecDeque::new(),
                             again: BTreeMap::new(),
@@ -287,6 +303,7 @@ impl InMemoryBus {
                             deadlines: BTreeSet::new(),
                         }),
                         wake_all: Arc::new(WakeAll::default()),
+                        bus: Arc::downgrade(&self.inner),
                     });
                     durables.insert(config.name.clone(), d.clone());
                     d
@@ -379,6 +396,67 @@ impl Stream for Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.durable.wake_all.remove(&self.waker);
+        let idle_since = {
+            let mut st = self.durable.state.lock();
+            st.instances = st.instances.saturating_sub(1);
+            if st.instances > 0 {
+                return;
+            }
+            let now = Instant::now();
+            st.idle_since = Some(now);
+            now
+        };
+        // The last instance closed: expire the consumer unless one opens
+        // within the threshold. (Without a runtime to time it, the next
+        // `consume` on the bus collects it.)
+        let (Some(bus), Ok(runtime)) = (
+            self.durable.bus.upgrade(),
+            tokio::runtime::Handle::try_current(),
+        ) else {
+            return;
+        };
+        let at = later(idle_since, bus.config.durable_inactive_threshold);
+        let bus = Arc::downgrade(&bus);
+        let durable = Arc::downgrade(&self.durable);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(at).await;
+            if let (Some(bus), Some(durable)) = (bus.upgrade(), durable.upgrade()) {
+                expire_durables(&bus, Some(&durable));
+            }
+        });
+    }
+}
+
+/// Deletes `only` (or every durable consumer) if it has had no open
+/// instance for the bus's `durable_inactive_threshold`, as JetStream does
+/// with an `inactive_threshold`: an abandoned consumer would otherwise hold
+/// its backlog, and then hold up the publishers of its subjects, forever.
+fn expire_durables(bus: &Inner, only: Option<&Arc<Durable>>) {
+    let threshold = bus.config.durable_inactive_threshold;
+    let now = Instant::now();
+    let expired = |d: &Arc<Durable>| {
+        let st = d.state.lock();
+        st.instances == 0 && st.idle_since.is_some_and(|t| later(t, threshold) <= now)
+    };
+    let removed: Vec<Arc<Durable>> = {
+        let mut durables = bus.durables.lock();
+        let names: Vec<String> = durables
+            .values()
+            .filter(|d| only.is_none_or(|o| Arc::ptr_eq(o, d)) && expired(d))
+            .map(|d| d.name.clone())
+            .collect();
+        names.iter().filter_map(|n| durables.remove(n)).collect()
+    };
+    for d in removed {
+        tracing::info!(
+            consumer = %d.name,
+            filter = %d.filter,
+            inactive_threshold = ?threshold,
+            "in-memory durable consumer deleted after having no open instance for its inactive threshold"
+        );
+        d.state.lock().feed_closed = true;
+        // Dropping the last reference drops its feed subscription, which
+        // releases any publisher waiting for room in it.
     }
 }
 
@@ -663,5 +741,84 @@ mod tests {
         );
         let durable = bus.inner.durables.lock().get("delays").cloned().unwrap();
         assert_eq!(durable.state.lock().held(), n as usize);
+    }
+
+    fn durable_names(bus: &InMemoryBus) -> Vec<String> {
+        bus.inner.durables.lock().keys().cloned().collect()
+    }
+
+    /// Review M6: a durable consumer with no open instance for the inactive
+    /// threshold (5 minutes by default) is deleted, its feed subscription
+    /// with it; re-opening within the threshold resumes and restarts the clock.
+    #[tokio::test(start_paused = true)]
+    async fn inactive_durable_consumers_expire() {
+        let bus = InMemoryBus::new();
+        assert_eq!(
+            bus.config().durable_inactive_threshold,
+            Duration::from_secs(300)
+        );
+        let config = ConsumerConfig::new("gone", "e.>");
+        let c = bus.consume(config.clone()).await.unwrap();
+        drop(c);
+        bus.publish("e.x", b"kept".to_vec()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        assert_eq!(durable_names(&bus), vec!["gone".to_string()]);
+        // Re-opened within the threshold: resumes where it was.
+        let mut c = bus.consume(config.clone()).await.unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        assert_eq!(&d.payload[..], b"kept");
+        d.ack().await.unwrap();
+        // Open longer than the threshold: kept.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(durable_names(&bus), vec!["gone".to_string()]);
+        drop(c);
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        assert_eq!(durable_names(&bus), vec!["gone".to_string()]);
+        bus.publish("e.x", b"lost with it".to_vec()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(
+            durable_names(&bus).is_empty(),
+            "expired 5 minutes after its last instance closed"
+        );
+        assert_eq!(bus.subscription_count(), 0, "its feed subscription is gone");
+        // A new consumer of that name starts afresh.
+        let mut c = bus.consume(config).await.unwrap();
+        bus.publish("e.x", b"new".to_vec()).await.unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        assert_eq!(&d.payload[..], b"new");
+    }
+
+    /// The threshold is configurable; an expired consumer no longer takes
+    /// (nor holds up) what is published on its subjects.
+    #[tokio::test(start_paused = true)]
+    async fn inactive_threshold_is_configurable() {
+        let bus = InMemoryBus::with_config(MemoryConfig {
+            durable_inactive_threshold: Duration::from_secs(1),
+            ..MemoryConfig::default()
+        });
+        let c = bus
+            .consume(ConsumerConfig::new("short", "s.>"))
+            .await
+            .unwrap();
+        drop(c);
+        let mut sub = bus.subscribe("s.>").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1001)).await;
+        assert!(durable_names(&bus).is_empty());
+        bus.publish("s.x", b"1".to_vec()).await.unwrap();
+        assert_eq!(&sub.next().await.unwrap().payload[..], b"1");
+        // Without a runtime timer (e.g. a threshold passed while nothing
+        // ran), the next consume collects expired consumers too.
+        let c = bus
+            .consume(ConsumerConfig::new("other", "o.>"))
+            .await
+            .unwrap();
+        drop(c);
+        let durable = bus.inner.durables.lock().get("other").cloned().unwrap();
+        durable.state.lock().idle_since = Some(Instant::now() - Duration::from_secs(2));
+        let _keep = bus
+            .consume(ConsumerConfig::new("third", "t.>"))
+            .await
+            .unwrap();
+        assert_eq!(durable_names(&bus), vec!["third".to_string()]);
     }
 }

@@ -77,6 +77,11 @@ pub struct MemoryConfig {
     /// Most message ids remembered for de-duplication: beyond it the oldest
     /// is forgotten before its window ends (0 remembers none).
     pub dedup_max_ids: usize,
+    /// A durable consumer with no open instance for this long is deleted
+    /// with what it holds (JetStream's `inactive_threshold`); re-opening it
+    /// within the threshold resumes where it was.
+    #[serde(with = "crate::config::duration_str")]
+    pub durable_inactive_threshold: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -88,6 +93,7 @@ impl Default for MemoryConfig {
             cache_size: crate::subject::DEFAULT_CACHE_SIZE,
             dedup_window: Duration::from_secs(120),
             dedup_max_ids: 100_000,
+            durable_inactive_threshold: Duration::from_secs(300),
         }
     }
 }
