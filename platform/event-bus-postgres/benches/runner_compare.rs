@@ -55,7 +55,7 @@ type Done = (AtomicU64, tokio::sync::Notify);
 /// around the handler differs).
 fn handle_job(done: &Done, job: &Job, step: u64) {
     std::hint::black_box(job.id);
-    if (done.0.fetch_add(1, Ordering::Relaxed) + 1) % step == 0 {
+    if (done.0.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(step) {
         done.1.notify_one();
     }
 }

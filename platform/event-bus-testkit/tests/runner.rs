@@ -289,7 +289,7 @@ async fn graceful_shutdown_loses_nothing(b: Backend) {
             .handler(Handler::new("h", "gs.*", move |ev: Event<'_, Job>, _tx| {
                 let effects = effects.clone();
                 Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(if ev.data.id % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(if ev.data.id.is_multiple_of(10) {
                         200
                     } else {
                         1
@@ -514,12 +514,12 @@ async fn ledger_entry(ledger: &Ledger, ev: Event<'_, Job>, _tx: &mut ()) -> Outc
         *n += 1;
         *n
     };
-    if ev.data.id % 4 == 0 {
+    if ev.data.id.is_multiple_of(4) {
         // A future that is pending at first: the event waits in the slot
         // (or its task), with the keep-alive running.
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
-    if ev.data.id % 3 == 0 && n == 1 {
+    if ev.data.id.is_multiple_of(3) && n == 1 {
         return Outcome::retry("first attempt fails");
     }
     ledger.acked.lock().push((ev.data.key.clone(), ev.data.id));

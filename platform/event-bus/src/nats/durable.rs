@@ -8,7 +8,7 @@
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
 
-use super::convert::{api_error, to_bus_message};
+use super::convert::{api_error, stored_ns, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
     AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
@@ -244,17 +244,17 @@ fn to_delivery(
     stream_name: &str,
     strip: Option<&str>,
 ) -> Result<Delivery, BusError> {
-    let (seq, delivered) = {
+    let (seq, delivered, stored) = {
         let info = m.info().map_err(|e| {
             BusError::new(
                 ErrorKind::Backend,
                 format!("unparsable JetStream delivery metadata: {e}"),
             )
         })?;
-        (info.stream_sequence, info.delivered)
+        (info.stream_sequence, info.delivered, stored_ns(&info))
     };
     let (message, acker) = m.split();
-    let msg = to_bus_message(&message, stream_name, seq, strip);
+    let msg = to_bus_message(&message, stream_name, seq, stored, strip);
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,

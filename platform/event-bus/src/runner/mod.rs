@@ -748,7 +748,7 @@ impl<I: Inbox> Runner<I> {
                 let mut in_flight = drive_in_flight(&mut slots, &mut tasks, name, cx);
                 for _ in 0..YIELD_EVERY {
                     polls = polls.wrapping_add(1);
-                    if polls % 32 == 0 && shutdown.as_mut().poll(cx).is_ready() {
+                    if polls.is_multiple_of(32) && shutdown.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(None);
                     }
                     if in_flight >= concurrency {
