@@ -3,8 +3,9 @@
 //! removed), headers, message id and stream sequence.
 //!
 //! Input: fields separated by 0xFF (see `common.rs`): wire subject, tenant
-//! prefix to strip (empty: none), stream name, stream sequence (decimal),
-//! payload, then header name, value, name, value, ... Headers are built as
+//! prefix to strip (empty: none), stream name, stream sequence (decimal,
+//! optionally `@` and the stored time in nanoseconds), payload, then header
+//! name, value, name, value, ... Headers are built as
 //! the NATS client builds them from the wire (names and values it refuses
 //! are left out, as the client would refuse the message); no header fields:
 //! a message without headers.
@@ -26,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (wire, strip, stream, payload) = (fields[0], fields[1], fields[2], fields[4]);
-    let seq: u64 = fields[3].parse().unwrap_or(fields[3].len() as u64);
+    // "<sequence>" or "<sequence>@<stored nanoseconds>"
+    let (seq, stored) = fields[3].split_once('@').unwrap_or((fields[3], "0"));
+    let seq: u64 = seq.parse().unwrap_or(seq.len() as u64);
+    let stored_ns: u64 = stored.parse().unwrap_or(stored.len() as u64);
     let strip = (!strip.is_empty()).then_some(strip);
 
     let mut sent: Vec<(String, String)> = Vec::new();
@@ -52,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         length: data.len(),
     };
 
-    let got = event_bus::fuzzing::to_bus_message(&message, stream, seq, strip);
+    let got = event_bus::fuzzing::to_bus_message(&message, stream, seq, stored_ns, strip);
 
     assert_eq!(got.sequence, seq);
     assert_eq!(&got.payload[..], payload.as_bytes());
@@ -101,6 +105,17 @@ fuzz_target!(|data: &[u8]| {
                 text.contains(stream) && text.contains(&seq.to_string()),
                 "{text}"
             );
+            // The same position in another incarnation of the stream (stored
+            // at another time) is another id.
+            let again = event_bus::fuzzing::to_bus_message(
+                &message,
+                stream,
+                seq,
+                stored_ns.wrapping_add(1),
+                strip,
+            );
+            assert_ne!(again.id, got.id, "{:?}", got.id);
+            assert_ne!(again.id.key(), got.id.key(), "{:?}", got.id);
         }
     }
 

@@ -12,8 +12,8 @@
 mod common;
 
 use event_bus::subject::{
-    is_wildcard, matches, patterns_overlap, validate_pattern, validate_subject, Sublist,
-    MAX_SUBJECT_LEN,
+    is_reserved, is_wildcard, matches, patterns_overlap, validate_bus_pattern,
+    validate_bus_subject, validate_pattern, validate_subject, Sublist, MAX_SUBJECT_LEN,
 };
 use event_bus::{ErrorKind, Subject};
 use libfuzzer_sys::fuzz_target;
@@ -43,6 +43,13 @@ fn model_valid(s: &str, literal: bool) -> bool {
         }
     }
     true
+}
+
+/// Is `s` in a namespace the bus leaves to the server: a first token that
+/// starts with `$` (`$JS`, `$KV`, `$SYS`, ...) or is `_INBOX`?
+fn model_reserved(s: &str) -> bool {
+    let first = s.split('.').next().unwrap_or("");
+    first.starts_with('$') || first == "_INBOX"
 }
 
 /// Does the pattern (as tokens) match the subject (as tokens)? Recursive,
@@ -112,6 +119,27 @@ fn check_verdicts(s: &str) {
         model_valid(s, true),
         "Subject::new({s:?})"
     );
+    // What a bus accepts: the syntax, and not a reserved namespace.
+    assert_eq!(is_reserved(s), model_reserved(s), "is_reserved({s:?})");
+    for (literal, result, kind) in [
+        (true, validate_bus_subject(s), ErrorKind::InvalidSubject),
+        (false, validate_bus_pattern(s), ErrorKind::InvalidPattern),
+    ] {
+        let want = model_valid(s, literal) && !model_reserved(s);
+        match result {
+            Ok(()) => assert!(
+                want,
+                "a bus accepts {s:?} (literal: {literal}); the model refuses it"
+            ),
+            Err(e) => {
+                assert!(
+                    !want,
+                    "a bus refuses {s:?} (literal: {literal}): {e}; the model accepts it"
+                );
+                assert_eq!(e.kind(), kind, "{s:?}: {e}");
+            }
+        }
+    }
     if model_valid(s, false) {
         let wild = tokens(s).iter().any(|t| *t == "*" || *t == ">");
         assert_eq!(is_wildcard(s), wild, "is_wildcard({s:?})");

@@ -9,14 +9,16 @@ use async_nats::HeaderMap;
 
 /// A NATS message as the bus's message: what a subscriber or a durable
 /// consumer receives for a message the server delivered from `stream` at
-/// `stream_seq`, with the tenant prefix `strip` removed from the subject.
+/// `stream_seq`, stored at `stored_ns` (nanoseconds since the Unix epoch),
+/// with the tenant prefix `strip` removed from the subject.
 pub fn to_bus_message(
     message: &async_nats::Message,
     stream: &str,
     stream_seq: u64,
+    stored_ns: u64,
     strip: Option<&str>,
 ) -> BusMessage {
-    crate::nats::convert::to_bus_message(message, stream, stream_seq, strip)
+    crate::nats::convert::to_bus_message(message, stream, stream_seq, stored_ns, strip)
 }
 
 /// The bus's (validated) headers as the NATS header map a publish sends.
