@@ -559,6 +559,47 @@ async fn wildcard_first_token_follows_new_streams() {
     );
 }
 
+/// A `>` subscription never reads key-value buckets (streams over `$KV.>`),
+/// neither those that exist when it subscribes nor those created later:
+/// subjects in the server's namespaces reach no subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_never_read_key_value_buckets() {
+    use async_nats::jetstream::kv;
+    let server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let js = bus.jetstream().clone();
+    let before = js
+        .create_key_value(kv::Config {
+            bucket: "sessions".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    bus.publish("plain.x", b"old".to_vec()).await.unwrap();
+    let mut all = bus.subscribe(">").await.unwrap();
+    before.put("admin", "secret-1".into()).await.unwrap();
+    let after = js
+        .create_key_value(kv::Config {
+            bucket: "tokens".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    after.put("admin", "secret-2".into()).await.unwrap();
+    // A new plain stream, created after the bucket: once `>` sees it, a
+    // rescan has passed over the bucket too.
+    bus.publish("later.x", b"first sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut all).await, "first sentinel");
+    before.put("admin", "secret-3".into()).await.unwrap();
+    after.put("admin", "secret-4".into()).await.unwrap();
+    bus.publish("later.x", b"second sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut all).await, "second sentinel");
+}
+
 /// Test certificates: a CA, a server certificate for 127.0.0.1/localhost and
 /// a client certificate, all signed by the CA, as PEM files in `dir`.
 struct TestPki {

@@ -590,16 +590,36 @@ mod tests {
         }
     }
 
-    /// Review M2: `Duration::MAX` as ack wait, nack delay or backoff step and
-    /// `u32::MAX` deliveries saturate (never redelivered in practice) instead
-    /// of panicking on `Instant + Duration` or wrapping `max_deliver + 3`.
+    /// Review M2: the largest accepted ack wait, backoff step and
+    /// `max_deliver` (and a nack delay of `Duration::MAX`, capped) never
+    /// panic on `Instant + Duration` or wrap `max_deliver`; larger limits are
+    /// `Config` errors naming the field.
     #[tokio::test(start_paused = true)]
     async fn huge_durations_and_counts_saturate() {
+        use crate::consumer::{MAX_DELIVER, MAX_WAIT};
         let bus = InMemoryBus::new();
+        for (field, config) in [
+            (
+                "ack_wait",
+                ConsumerConfig::new("x", "h.>").ack_wait(Duration::MAX),
+            ),
+            (
+                "max_deliver",
+                ConsumerConfig::new("x", "h.>").max_deliver(u32::MAX),
+            ),
+            (
+                "backoff",
+                ConsumerConfig::new("x", "h.>").backoff(vec![Duration::MAX]),
+            ),
+        ] {
+            let err = bus.consume(config).await.err().expect(field);
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
         let config = ConsumerConfig::new("huge", "h.>")
-            .ack_wait(Duration::MAX)
-            .max_deliver(u32::MAX)
-            .backoff(vec![Duration::MAX]);
+            .ack_wait(MAX_WAIT)
+            .max_deliver(MAX_DELIVER)
+            .backoff(vec![MAX_WAIT]);
         let mut c = bus.consume(config).await.unwrap();
         for p in [b"a", b"b", b"c"] {
             bus.publish("h.x", p.to_vec()).await.unwrap();
@@ -609,17 +629,16 @@ mod tests {
         let b = c.next().await.unwrap().unwrap();
         b.nack(Some(Duration::MAX)).await.unwrap();
         let cc = c.next().await.unwrap().unwrap();
-        cc.nack(None).await.unwrap(); // the backoff step: Duration::MAX
-        let year = Duration::from_secs(86_400 * 365);
+        cc.nack(None).await.unwrap(); // the backoff step: MAX_WAIT
+        let day = Duration::from_secs(86_400);
         assert!(
-            next_within(&mut c, year).await.is_none(),
-            "nothing is due within a year"
+            next_within(&mut c, day).await.is_none(),
+            "nothing is due within a day"
         );
         a.ack().await.unwrap();
-        // Nack without a delay and no backoff: delivered again, and again,
-        // with max_deliver u32::MAX never reached.
+        // Nack without a delay and no backoff: delivered again, and again.
         let mut c = bus
-            .consume(ConsumerConfig::new("many", "h.>").max_deliver(u32::MAX))
+            .consume(ConsumerConfig::new("many", "h.>").max_deliver(MAX_DELIVER))
             .await
             .unwrap();
         bus.publish("h.y", b"again".to_vec()).await.unwrap();
@@ -673,14 +692,15 @@ mod tests {
         assert_eq!(durable.state.lock().held(), 0);
     }
 
-    /// Review H3 end to end: a dead letter that can never be published (the
-    /// `Bus-Dlq-*` headers push it over `max_payload`) leaves the message
+    /// Review H3 end to end: a dead letter that can never be published (even
+    /// without its payload, the `Bus-Dlq-*` headers alone are over a tiny
+    /// `max_payload`) leaves the message
     /// pending, reported as an error on each try, far beyond the 3 spare
     /// deliveries; it is never silently dropped.
     #[tokio::test(start_paused = true)]
     async fn a_failing_dead_letter_never_drops_the_message() {
         let bus = InMemoryBus::with_config(MemoryConfig {
-            max_payload: 256,
+            max_payload: 64,
             ..MemoryConfig::default()
         });
         let mut dead = bus.subscribe("dlq.>").await.unwrap();
@@ -688,7 +708,7 @@ mod tests {
             .max_deliver(1)
             .ack_wait(Duration::from_secs(1));
         let mut c = bus.consume(config).await.unwrap();
-        bus.publish("p.x", vec![b'x'; 250]).await.unwrap();
+        bus.publish("p.x", vec![b'x'; 10]).await.unwrap();
         let d = c.next().await.unwrap().unwrap();
         let err = d
             .nack(None)
