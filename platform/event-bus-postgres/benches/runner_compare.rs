@@ -55,7 +55,7 @@ type Done = (AtomicU64, tokio::sync::Notify);
 /// around the handler differs).
 fn handle_job(done: &Done, job: &Job, step: u64) {
     std::hint::black_box(job.id);
-    if (done.0.fetch_add(1, Ordering::Relaxed) + 1) % step == 0 {
+    if (done.0.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(step) {
         done.1.notify_one();
     }
 }
@@ -88,12 +88,12 @@ async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &m
 
 /// Adds the bench's handler for `bench.*`, written as `shape`: it runs
 /// [`handle_job`] (counting into `done`, signalling every `step` events).
-fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
-    builder: event_bus::runner::RunnerBuilder<I>,
+fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static, S>(
+    builder: event_bus::runner::RunnerBuilder<I, S>,
     shape: Shape,
     done: &Arc<Done>,
     step: u64,
-) -> event_bus::runner::RunnerBuilder<I> {
+) -> event_bus::runner::RunnerBuilder<I, event_bus::runner::WithHandlers> {
     match shape {
         Shape::Sync => {
             let d = done.clone();

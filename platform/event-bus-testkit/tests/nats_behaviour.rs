@@ -86,18 +86,21 @@ async fn tenants_in_separate_accounts_are_isolated() {
     };
     let (a_streams, b_streams) = (names(&a).await, names(&b).await);
     assert!(
-        a_streams.contains(&"BUS_ACME_ORDERS".to_string()),
+        a_streams.contains(&"BUS-ACME_ORDERS".to_string()),
         "{a_streams:?}"
     );
     assert!(
-        !b_streams.iter().any(|s| s.contains("BUS_ACME_ORDERS")),
+        !b_streams.iter().any(|s| s.contains("ACME_ORDERS")),
         "B sees A's stream: {b_streams:?}"
     );
     // In B's account, the stream B created for "acme.orders" holds only B's sentinel.
     let mut b_acme = b_raw.jetstream().get_stream("BUS_ACME").await.unwrap();
     assert_eq!(b_acme.info().await.unwrap().state.messages, 1);
-    // Subjects delivered to a tenant bus carry no prefix.
-    assert!(a_streams.iter().all(|s| !s.starts_with("BUS_GLOBEX")));
+    // A's account holds none of B's streams.
+    assert!(
+        a_streams.iter().all(|s| !s.contains("GLOBEX")),
+        "{a_streams:?}"
+    );
 }
 
 /// Tenant buses on one connection: subjects and default streams are confined per tenant.
@@ -128,14 +131,82 @@ async fn tenant_prefixes_confine_subjects_and_streams() {
         "one-b",
         "t1 never sees t2's event"
     );
-    assert_eq!(t1.default_stream_name("orders.created"), "BUS_T1_ORDERS");
+    assert_eq!(t1.default_stream_name("orders.created"), "BUS-T1_ORDERS");
     let js = root.jetstream();
-    let mut st = js.get_stream("BUS_T1_ORDERS").await.unwrap();
+    let mut st = js.get_stream("BUS-T1_ORDERS").await.unwrap();
     assert_eq!(
         st.info().await.unwrap().config.subjects,
         vec!["t1.orders", "t1.orders.>"]
     );
-    assert!(root.for_tenant("bad tenant").is_err());
+    for bad in ["bad tenant", "acme.eu", "*", ">", "$SYS", "_INBOX", ""] {
+        let err = root
+            .for_tenant(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{}", bad));
+        assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}: {err}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    let err = t1
+        .for_tenant("eu")
+        .err()
+        .unwrap_or_else(|| panic!("{}", "tenants do not nest"));
+    assert!(err.to_string().contains("do not nest"), "{err}");
+}
+
+/// Tenants whose names and first tokens join to the same text with `_`
+/// (`acme` + `eu_orders`, `acme_eu` + `orders`) get different streams and
+/// never see each other's events; a bus never adopts a stream of its name
+/// that stores other subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_stream_names_never_collide() {
+    let server = NatsServer::start().await.unwrap();
+    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let acme = root.for_tenant("acme").unwrap();
+    let acme_eu = root.for_tenant("acme_eu").unwrap();
+    assert_ne!(
+        acme.default_stream_name("eu_orders.x"),
+        acme_eu.default_stream_name("orders.x")
+    );
+    assert_ne!(
+        root.default_stream_name("acme_eu_orders.x"),
+        acme_eu.default_stream_name("orders.x")
+    );
+    let mut a = acme.subscribe("eu_orders.>").await.unwrap();
+    let mut b = acme_eu.subscribe("orders.>").await.unwrap();
+    acme.publish("eu_orders.x", b"acme".to_vec()).await.unwrap();
+    acme_eu
+        .publish("orders.x", b"acme_eu".to_vec())
+        .await
+        .expect("the second tenant's publish finds its own stream");
+    acme.publish("eu_orders.x", b"acme-2".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut a).await, "acme");
+    assert_eq!(
+        next_text(&mut a).await,
+        "acme-2",
+        "acme never sees acme_eu's event"
+    );
+    assert_eq!(next_text(&mut b).await, "acme_eu");
+
+    // An operator's stream in the way of a default stream's name is not adopted.
+    let name = root.default_stream_name("squat.x");
+    root.jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec!["elsewhere.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = root.subscribe("squat.>").await.err().unwrap_or_else(|| {
+        panic!(
+            "{}",
+            "a stream of the default name that stores other subjects is refused"
+        )
+    });
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains(&name), "{err}");
 }
 
 /// Declared streams are created, left alone, updated with drift reported, and
@@ -588,6 +659,104 @@ async fn tls_with_client_certificates() {
         );
         println!("{what}: {err}");
     }
+}
+
+/// A CA file given without `tls.required` still makes TLS required: against
+/// a server without TLS the bus refuses to connect (before, it connected in
+/// plaintext and sent the password). Connection errors name the server
+/// without the credentials of its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_settings_imply_tls_and_errors_hide_credentials() {
+    const SECRET: &str = "pw-that-must-not-show";
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path());
+    let server = NatsServer::start_with(
+        NatsServerOptions::default()
+            .extra_config(format!("authorization {{ user: app, password: {SECRET} }}")),
+    )
+    .await
+    .unwrap();
+    let mut c = nats_config(&server.url(), Some(("app", SECRET)));
+    c.connect_timeout = Duration::from_secs(3);
+    NatsBus::connect(&c)
+        .await
+        .expect("plaintext without TLS settings");
+    let mut tls = event_bus::config::TlsConfig::default();
+    tls.ca_file = Some(pki.ca.clone());
+    c.tls = Some(tls);
+    let err = NatsBus::connect(&c).await.err().unwrap_or_else(|| {
+        panic!(
+            "{}",
+            "a CA file makes TLS required: no plaintext connection"
+        )
+    });
+    assert!(!format!("{err} {err:?}").contains(SECRET), "{err} {err:?}");
+
+    // Credentials in the URL of a server that is not there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // closed again: nothing listens there
+    let url = format!("nats://app:{SECRET}@127.0.0.1:{port}");
+    let mut c = nats_config(&url, None);
+    c.connect_timeout = Duration::from_secs(1);
+    let err = NatsBus::connect(&c)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{}", "nothing listens there"));
+    let shown = format!("{err} {err:?} {c:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(
+        err.to_string()
+            .contains(&format!("nats://app:[redacted]@127.0.0.1:{port}")),
+        "the error names the server: {err}"
+    );
+}
+
+/// Bus-assigned ids are unique across incarnations of a stream: after
+/// `BUS_REBORN` is deleted and created again, its sequences start at 1
+/// again, but the new messages get new ids, so an idempotency inbox that
+/// committed the old ones does not take the new events for duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigned_ids_are_unique_across_stream_incarnations() {
+    use event_bus::runner::{Inbox, MemoryInbox};
+    let server = NatsServer::start().await.unwrap();
+    let inbox = MemoryInbox::default();
+    let mut incarnations = Vec::new();
+    for round in 0..2 {
+        // A fresh bus each round: its cache of known streams is empty.
+        let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+        let mut sub = bus.subscribe("reborn.>").await.unwrap();
+        for i in 0..5 {
+            bus.publish("reborn.x", format!("{round}-{i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.sequence, i + 1, "each incarnation starts at sequence 1");
+            let tx = inbox
+                .begin("handler", &m.id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: {} taken for a duplicate", m.id));
+            inbox.commit(tx).await.unwrap();
+            ids.push(m.id.to_string());
+        }
+        incarnations.push(ids);
+        bus.jetstream().delete_stream("BUS_REBORN").await.unwrap();
+    }
+    assert!(
+        incarnations[0]
+            .iter()
+            .all(|id| !incarnations[1].contains(id)),
+        "{incarnations:?}"
+    );
 }
 
 /// An instance that stops consuming hands back what it fetched and did not

@@ -109,6 +109,14 @@ pub trait EventBus: Send + Sync {
     fn backend_name(&self) -> &'static str {
         "custom"
     }
+
+    /// The tenant this bus is confined to, if any (`NatsBus::for_tenant`).
+    /// What is stored outside the bus under its names (the runner's
+    /// idempotency-inbox keys) is scoped by it, so that tenants sharing one
+    /// inbox table never collide.
+    fn tenant(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// The future returned by [`EventBus::publish`]: either already complete or a

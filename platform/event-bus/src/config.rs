@@ -41,6 +41,16 @@
 //! | `EVENT_BUS_NATS_TENANT` | `nats.tenant` | `acme` |
 //!
 //! Durations are written like `250ms`, `5s`, `2m`, `1h 30m`.
+//!
+//! # Secrets
+//!
+//! The token and password are [`Secret`]s: `Debug`, `Display` and
+//! serialisation print `[redacted]`. Credentials inside server URLs
+//! (`nats://user:pass@host`) are redacted in `Debug`, serialisation, errors
+//! and logs ([`redact_url`]). Parse errors name the line, column and field,
+//! never the offending value. Any TLS setting (`ca_file`, `cert_file`,
+//! `key_file`) makes TLS required: credentials never go in plaintext to a
+//! server that does not ask for TLS.
 
 use crate::error::{BusError, ErrorKind};
 use crate::memory::{InMemoryBus, MemoryConfig, Overflow};
@@ -49,6 +59,97 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A secret configuration value (token, password): its `Debug`, `Display`
+/// and serialised forms are `[redacted]`; [`expose`](Secret::expose) gives
+/// the value.
+///
+/// ```
+/// use event_bus::config::Secret;
+/// let s = Secret::from("hunter2");
+/// assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+/// assert_eq!(s.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(s.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// `url` with the password (or token) of its user-info replaced by
+/// `[redacted]`: `nats://app:pw@host:4222` becomes
+/// `nats://app:[redacted]@host:4222`, `nats://tok@host` becomes
+/// `nats://[redacted]@host`.
+///
+/// ```
+/// use event_bus::config::redact_url;
+/// assert_eq!(redact_url("nats://app:pw@10.0.0.1:4222"), "nats://app:[redacted]@10.0.0.1:4222");
+/// assert_eq!(redact_url("tok@host:4222"), "[redacted]@host:4222");
+/// assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:[redacted]"),
+        None => "[redacted]".to_string(),
+    };
+    format!("{scheme}{shown}{}", &rest[at..])
+}
+
+/// The URLs of `urls`, redacted and joined with `,`, for messages.
+pub fn redact_urls(urls: &[String]) -> String {
+    urls.iter()
+        .map(|u| redact_url(u))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn serialize_urls<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redact_url(u)))
+}
 
 /// Which backend to build.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +174,13 @@ impl std::str::FromStr for BusType {
     }
 }
 
-/// TLS settings of the NATS connection.
+/// TLS settings of the NATS connection. Any file set here makes TLS
+/// required, whatever `required` says.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TlsConfig {
-    /// Refuse to connect without TLS.
+    /// Refuse to connect without TLS (implied by any of the files below).
     pub required: bool,
     /// PEM file of the CA certificates to trust.
     pub ca_file: Option<PathBuf>,
@@ -88,19 +190,33 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
 }
 
+impl TlsConfig {
+    /// Whether TLS must be used: `required`, or any file set.
+    pub fn is_required(&self) -> bool {
+        self.required
+            || self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+    }
+}
+
 /// Settings of the NATS backend.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` and serialisation redact the token, the password and credentials
+/// in URLs.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NatsConfig {
     /// Server URLs; the client picks one and fails over to the others.
+    #[serde(serialize_with = "serialize_urls")]
     pub urls: Vec<String>,
     /// Token authentication.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// User name (with `password`).
     pub user: Option<String>,
     /// Password (with `user`).
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// A `.creds` file (JWT + NKey).
     pub credentials_file: Option<PathBuf>,
     /// TLS settings.
@@ -119,6 +235,25 @@ pub struct NatsConfig {
     pub auto_create_streams: bool,
     /// Streams to create or reconcile at start-up.
     pub streams: Vec<StreamSpec>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("NatsConfig")
+            .field("urls", &urls)
+            .field("token", &self.token)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("credentials_file", &self.credentials_file)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("tenant", &self.tenant)
+            .field("auto_create_streams", &self.auto_create_streams)
+            .field("streams", &self.streams)
+            .finish()
+    }
 }
 
 /// Storage of a declared stream.
@@ -375,22 +510,53 @@ impl BusConfig {
         }
     }
 
-    /// Parses TOML; the error names the bad field.
+    /// Parses TOML; the error names the line, column and bad field, never
+    /// the offending text (it may be a secret).
     pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
         toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    // The key of that line, when it has one (keys are not secret).
+                    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                    let key = text[line_start..]
+                        .split(['=', '\n'])
+                        .next()
+                        .map(str::trim)
+                        .filter(|k| {
+                            !k.is_empty()
+                                && k.len() < 64
+                                && k.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+                        })
+                        .map(|k| format!(" (key `{k}`)"))
+                        .unwrap_or_default();
+                    format!(" at line {line}, column {column}{key}")
+                })
+                .unwrap_or_default();
             BusError::new(
                 ErrorKind::Config,
-                format!("invalid event-bus configuration: {}", e.to_string().trim()),
+                format!(
+                    "invalid event-bus configuration{at}: {}",
+                    scrub_values(e.message().trim())
+                ),
             )
         })
     }
 
-    /// Parses JSON; the error names the bad field.
+    /// Parses JSON; the error names the line, column and bad field, never
+    /// the offending text.
     pub fn from_json_str(text: &str) -> Result<Self, BusError> {
         serde_json::from_str(text).map_err(|e| {
             BusError::new(
                 ErrorKind::Config,
-                format!("invalid event-bus configuration: {e}"),
+                format!(
+                    "invalid event-bus configuration: {}",
+                    scrub_values(&e.to_string())
+                ),
             )
         })
     }
@@ -488,13 +654,13 @@ impl BusConfig {
                 .collect();
         }
         if let Some(v) = get("EVENT_BUS_NATS_TOKEN") {
-            n.token = Some(v);
+            n.token = Some(Secret(v));
         }
         if let Some(v) = get("EVENT_BUS_NATS_USER") {
             n.user = Some(v);
         }
         if let Some(v) = get("EVENT_BUS_NATS_PASSWORD") {
-            n.password = Some(v);
+            n.password = Some(Secret(v));
         }
         if let Some(v) = get("EVENT_BUS_NATS_CREDENTIALS") {
             n.credentials_file = path(v);
@@ -557,7 +723,7 @@ impl BusConfig {
                 if !scheme_ok || url.trim().is_empty() {
                     return Err(BusError::config(
                         "nats.urls",
-                        url,
+                        &redact_url(url),
                         "expected nats://host:port (or tls://, ws://, wss://, or host:port)",
                     ));
                 }
@@ -583,17 +749,99 @@ impl BusConfig {
                     "must be positive",
                 ));
             }
+            for (field, value) in [
+                ("nats.connect_timeout", n.connect_timeout),
+                ("nats.publish_timeout", n.publish_timeout),
+            ] {
+                if value > MAX_TIMEOUT {
+                    return Err(BusError::config(
+                        field,
+                        &humantime::format_duration(value).to_string(),
+                        format!(
+                            "must be at most {}",
+                            humantime::format_duration(MAX_TIMEOUT)
+                        ),
+                    ));
+                }
+            }
             for spec in &n.streams {
                 spec.validate()?;
             }
             if let Some(t) = &n.tenant {
-                crate::subject::validate_subject(t).map_err(|_| {
-                    BusError::config("nats.tenant", t, "must be a valid literal subject prefix")
-                })?;
+                validate_tenant("nats.tenant", t)?;
             }
         }
         Ok(())
     }
+}
+
+/// Removes the values that serde quotes in its messages (``integer `5` ``,
+/// `string "x"`, ...) so that a mistyped secret never reaches an error.
+fn scrub_values(message: &str) -> String {
+    const QUOTED: [(&str, char); 6] = [
+        ("integer `", '`'),
+        ("floating point `", '`'),
+        ("boolean `", '`'),
+        ("character `", '`'),
+        ("string \"", '"'),
+        ("invalid value: \"", '"'),
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    'scan: while !rest.is_empty() {
+        for (prefix, close) in QUOTED {
+            if let Some(after) = rest.strip_prefix(prefix) {
+                let kind = prefix.trim_end_matches(['`', '"']).trim_end();
+                out.push_str(kind);
+                // Skip to the closing quote (a `"` may be escaped inside a string).
+                let mut escaped = false;
+                let mut end = after.len();
+                for (i, c) in after.char_indices() {
+                    if c == close && !escaped {
+                        end = i + c.len_utf8();
+                        break;
+                    }
+                    escaped = c == '\\' && !escaped;
+                }
+                rest = &after[end..];
+                continue 'scan;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The longest connect or publish timeout accepted (a day): longer is
+/// certainly a mistake, and sums of durations stay far from overflowing.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest tenant name accepted, in bytes.
+pub const MAX_TENANT_LEN: usize = 64;
+
+/// Checks a tenant name (`field` names where it came from in the error).
+///
+/// A tenant is ONE subject token (no `.`, no wildcard, no whitespace, not in
+/// a reserved namespace, at most [`MAX_TENANT_LEN`] bytes), so that no
+/// tenant's subjects are a subset of another's: with dotted tenants, `acme`
+/// publishing `eu.orders.x` would write tenant `acme.eu`'s `orders.x`.
+pub fn validate_tenant(field: &str, tenant: &str) -> Result<(), BusError> {
+    let bad = |why: &str| Err(BusError::config(field, tenant, why));
+    if tenant.len() > MAX_TENANT_LEN {
+        return bad(&format!("longer than {MAX_TENANT_LEN} bytes"));
+    }
+    if tenant.contains('.') {
+        return bad("a tenant is one subject token, without `.` (tenants that are prefixes of each other, like `acme` and `acme.eu`, would see each other's subjects)");
+    }
+    if crate::subject::validate_subject(tenant).is_err() {
+        return bad("must be a valid subject token (not empty, no whitespace, not `*` or `>`)");
+    }
+    if crate::subject::is_reserved(tenant) {
+        return bad("must not start with `$` or be `_INBOX` (reserved for the server)");
+    }
+    Ok(())
 }
 
 /// Builds the configured backend as an `Arc<dyn EventBus>`.
@@ -666,6 +914,7 @@ mod tests {
         assert_eq!(c.bus_type, BusType::Nats);
         assert_eq!(c.nats.urls, vec!["nats://a:4222", "nats://b:4222"]);
         assert_eq!(c.nats.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.nats.tenant.as_deref(), Some("acme"));
 
         for (var, val) in [
             ("EVENT_BUS_TYPE", "kafka"),
@@ -687,6 +936,116 @@ mod tests {
             ]))
             .unwrap_err();
         assert!(err.to_string().contains("nats.urls") && err.to_string().contains("http://x"));
+        for tenant in ["acme.eu", "$SYS", "a b"] {
+            let err = BusConfig::default()
+                .apply_env(env(&[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_TENANT", tenant),
+                ]))
+                .unwrap_err();
+            assert!(err.to_string().contains("nats.tenant"), "{err}");
+        }
+    }
+
+    /// Timeouts far beyond any sensible value are refused, naming the field
+    /// (the largest value humantime accepts used to overflow a sum).
+    #[test]
+    fn huge_timeouts_are_refused() {
+        for var in [
+            "EVENT_BUS_NATS_CONNECT_TIMEOUT",
+            "EVENT_BUS_NATS_PUBLISH_TIMEOUT",
+        ] {
+            let err = BusConfig::default()
+                .apply_env(env(&[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    (var, "18446744073709551615s"),
+                ]))
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("at most 1day"), "{err}");
+        }
+    }
+
+    const SECRET: &str = "hunter2-very-secret";
+
+    /// Token, password and credentials in URLs never show in Debug,
+    /// serialisation or errors.
+    #[test]
+    fn secrets_are_redacted() {
+        let mut c = BusConfig::default();
+        c.apply_env(env(&[
+            ("EVENT_BUS_TYPE", "nats"),
+            (
+                "EVENT_BUS_NATS_URL",
+                &format!("nats://app:{SECRET}@10.0.0.1:4222"),
+            ),
+            ("EVENT_BUS_NATS_TOKEN", SECRET),
+            ("EVENT_BUS_NATS_USER", "app"),
+            ("EVENT_BUS_NATS_PASSWORD", SECRET),
+        ]))
+        .unwrap();
+        assert_eq!(c.nats.password.as_ref().unwrap().expose(), SECRET);
+        for shown in [
+            format!("{c:?}"),
+            format!("{:?}", c.nats),
+            serde_json::to_string(&c).unwrap(),
+            toml::to_string(&c).unwrap(),
+        ] {
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        // A bad URL with credentials is named without them.
+        let err = BusConfig::default()
+            .apply_env(env(&[
+                ("EVENT_BUS_TYPE", "nats"),
+                ("EVENT_BUS_NATS_URL", &format!("http://app:{SECRET}@x")),
+            ]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains(SECRET) && err.contains("http://app:[redacted]@x"),
+            "{err}"
+        );
+    }
+
+    /// A mistyped secret in a file is reported by line, column and field,
+    /// never by its text (toml's own message prints the offending line).
+    #[test]
+    fn parse_errors_do_not_echo_values() {
+        let toml_text = format!("type = \"nats\"\n[nats]\npassword = {}\n", "1234567890987");
+        let err = BusConfig::from_toml_str(&toml_text)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("1234567890987"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("key `password`"),
+            "{err}"
+        );
+        let toml_text = "[nats]\ntoken = [\"hunter2-very-secret\"]\n";
+        let err = BusConfig::from_toml_str(toml_text).unwrap_err().to_string();
+        assert!(!err.contains(SECRET), "{err}");
+        let json = r#"{"nats":{"password":1234567890987}}"#;
+        let err = BusConfig::from_json_str(json).unwrap_err().to_string();
+        assert!(
+            !err.contains("1234567890987") && err.contains("column"),
+            "{err}"
+        );
+        let json = format!(r#"{{"nats":{{"tenant":"{SECRET}","urls":"{SECRET}"}}}}"#);
+        let err = BusConfig::from_json_str(&json).unwrap_err().to_string();
+        assert!(!err.contains(SECRET), "{err}");
+    }
+
+    #[test]
+    fn tls_files_imply_tls() {
+        let mut tls = TlsConfig::default();
+        assert!(!tls.is_required());
+        tls.ca_file = Some("/etc/ca.pem".into());
+        assert!(tls.is_required());
+        let tls = TlsConfig {
+            cert_file: Some("c".into()),
+            ..TlsConfig::default()
+        };
+        assert!(tls.is_required());
     }
 
     #[test]

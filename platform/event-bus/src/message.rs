@@ -22,6 +22,61 @@ pub mod header {
 /// The longest header name accepted, in bytes.
 pub const MAX_HEADER_NAME_LEN: usize = 256;
 
+/// The longest message id a publisher may give ([`Envelope::id`]), in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// The first character of every bus-assigned message id; publisher-given ids
+/// may not start with it, so the two never collide.
+pub const ASSIGNED_ID_PREFIX: char = '$';
+
+/// Checks a message id given by a publisher ([`Envelope::id`]): not empty, at
+/// most [`MAX_ID_LEN`] bytes, no control characters (it travels as a header
+/// value), and not starting with `$` (reserved for ids the bus assigns). The
+/// error is [`ErrorKind::InvalidHeader`] and names the id.
+///
+/// ```
+/// use event_bus::message::validate_id;
+/// assert!(validate_id("order-1-created").is_ok());
+/// assert!(validate_id("abc\r\nX").is_err());
+/// assert!(validate_id("$js:BUS_ORDERS:7").is_err());
+/// ```
+pub fn validate_id(id: &str) -> Result<(), BusError> {
+    let bad = |why: String| {
+        BusError::new(
+            ErrorKind::InvalidHeader,
+            format!("invalid message id {:?}: {why}", shorten(id)),
+        )
+    };
+    if id.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(bad(format!(
+            "it is {} bytes, longer than the limit of {MAX_ID_LEN} bytes",
+            id.len()
+        )));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(bad(format!(
+            "it contains the control character {c:?}; ids travel as a header value"
+        )));
+    }
+    if id.starts_with(ASSIGNED_ID_PREFIX) {
+        return Err(bad(format!(
+            "ids starting with {ASSIGNED_ID_PREFIX:?} are reserved for the ids the bus assigns"
+        )));
+    }
+    Ok(())
+}
+
+/// At most 100 characters of `text`, for error messages about long input.
+fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(100) {
+        None => text.into(),
+        Some((i, _)) => format!("{}... ({} bytes)", &text[..i], text.len()).into(),
+    }
+}
+
 /// Message headers: an ordered list of `name: value` pairs.
 ///
 /// Names are case-sensitive (as in NATS), printable ASCII without `:` or
@@ -182,17 +237,34 @@ impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
 /// The identity of one event, stable across redeliveries.
 ///
 /// Either given by the publisher ([`Envelope::id`]; NATS de-duplicates on it
-/// within the stream's duplicate window) or assigned by the bus: the
-/// in-memory bus numbers its messages, NATS uses the stream and its
-/// sequence. Consumers key idempotency on it.
+/// within the stream's duplicate window) or assigned by the bus. Consumers
+/// key idempotency on it, so an assigned id is never reused:
+///
+/// * the in-memory bus numbers its messages: `$mem:<bus>:<number>`, where
+///   `<bus>` is random per bus;
+/// * NATS uses the stream position and the time the server stored the
+///   message: `$js:<stream>:<sequence>@<nanoseconds>`. A stream that is
+///   deleted and created again starts its sequences at 1 again; the time
+///   tells the new message 1 from the old one.
+///
+/// Given and assigned ids live in separate namespaces: assigned ids start
+/// with `$`, which [`validate_id`] refuses for given ids, and a given id
+/// never equals an assigned one.
 #[derive(Clone)]
 pub struct MessageId(IdRepr);
 
 #[derive(Clone)]
 enum IdRepr {
     Given(Arc<str>),
-    Local { origin: u64, seq: u64 },
-    Stream { stream: Arc<str>, seq: u64 },
+    Local {
+        origin: u64,
+        seq: u64,
+    },
+    Stream {
+        stream: Arc<str>,
+        seq: u64,
+        stored_ns: u64,
+    },
 }
 
 impl MessageId {
@@ -206,11 +278,14 @@ impl MessageId {
         MessageId(IdRepr::Local { origin, seq })
     }
 
-    /// An id derived from a stream position (`<stream>:<sequence>`).
-    pub fn stream_position(stream: impl Into<Arc<str>>, seq: u64) -> Self {
+    /// An id derived from a stream position and the time the message was
+    /// stored there (`$js:<stream>:<sequence>@<stored_ns>`, nanoseconds since
+    /// the Unix epoch): unique across incarnations of a stream.
+    pub fn stream_position(stream: impl Into<Arc<str>>, seq: u64, stored_ns: u64) -> Self {
         MessageId(IdRepr::Stream {
             stream: stream.into(),
             seq,
+            stored_ns,
         })
     }
 
@@ -232,8 +307,27 @@ impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             IdRepr::Given(s) => f.write_str(s),
-            IdRepr::Local { origin, seq } => write!(f, "mem-{origin:016x}-{seq}"),
-            IdRepr::Stream { stream, seq } => write!(f, "{stream}:{seq}"),
+            IdRepr::Local { origin, seq } => write!(f, "$mem:{origin:016x}:{seq}"),
+            IdRepr::Stream {
+                stream,
+                seq,
+                stored_ns,
+            } => write!(f, "$js:{stream}:{seq}@{stored_ns}"),
+        }
+    }
+}
+
+impl MessageId {
+    /// The id as one string that is unique across both namespaces, for
+    /// storing it (idempotency inboxes key on it): an assigned id's display
+    /// form, or a given id as it is, unless it starts with `$` (only a
+    /// publisher outside the bus can send such an id), which is prefixed
+    /// with `$given:` so that it can never spell an assigned id.
+    pub fn key(&self) -> std::borrow::Cow<'_, str> {
+        match &self.0 {
+            IdRepr::Given(s) if s.starts_with(ASSIGNED_ID_PREFIX) => format!("$given:{s}").into(),
+            IdRepr::Given(s) => std::borrow::Cow::Borrowed(s),
+            _ => self.to_string().into(),
         }
     }
 }
@@ -256,25 +350,31 @@ impl MessageId {
         match &self.0 {
             IdRepr::Given(s) => f(s.as_bytes()),
             IdRepr::Local { origin, seq } => {
-                // "mem-" + 16 hex digits + "-" + up to 20 decimal digits.
-                let mut buf = [0u8; 41];
-                buf[..4].copy_from_slice(b"mem-");
-                for (i, b) in buf[4..20].iter_mut().enumerate() {
+                // "$mem:" + 16 hex digits + ":" + up to 20 decimal digits.
+                let mut buf = [0u8; 42];
+                buf[..5].copy_from_slice(b"$mem:");
+                for (i, b) in buf[5..21].iter_mut().enumerate() {
                     *b = b"0123456789abcdef"[((origin >> (60 - 4 * i)) & 0xf) as usize];
                 }
-                buf[20] = b'-';
+                buf[21] = b':';
                 let mut digits = itoa::Buffer::new();
                 let d = digits.format(*seq).as_bytes();
-                buf[21..21 + d.len()].copy_from_slice(d);
-                f(&buf[..21 + d.len()])
+                buf[22..22 + d.len()].copy_from_slice(d);
+                f(&buf[..22 + d.len()])
             }
-            IdRepr::Stream { stream, seq } => {
+            IdRepr::Stream {
+                stream,
+                seq,
+                stored_ns,
+            } => {
                 let mut digits = itoa::Buffer::new();
-                let d = digits.format(*seq).as_bytes();
-                let mut bytes = Vec::with_capacity(stream.len() + 1 + d.len());
+                let mut bytes = Vec::with_capacity(stream.len() + 48);
+                bytes.extend_from_slice(b"$js:");
                 bytes.extend_from_slice(stream.as_bytes());
                 bytes.push(b':');
-                bytes.extend_from_slice(d);
+                bytes.extend_from_slice(digits.format(*seq).as_bytes());
+                bytes.push(b'@');
+                bytes.extend_from_slice(digits.format(*stored_ns).as_bytes());
                 f(&bytes)
             }
         }
@@ -283,16 +383,25 @@ impl MessageId {
 
 impl PartialEq for MessageId {
     fn eq(&self, other: &Self) -> bool {
+        // Given and assigned ids are separate namespaces: never equal, even
+        // when a given id (from a foreign publisher) spells an assigned one.
         match (&self.0, &other.0) {
             (IdRepr::Given(a), IdRepr::Given(b)) => a == b,
-            (IdRepr::Given(a), _) => other.display_eq(a),
-            (_, IdRepr::Given(b)) => self.display_eq(b),
             (IdRepr::Local { origin: a, seq: x }, IdRepr::Local { origin: b, seq: y }) => {
                 a == b && x == y
             }
-            (IdRepr::Stream { stream: a, seq: x }, IdRepr::Stream { stream: b, seq: y }) => {
-                a == b && x == y
-            }
+            (
+                IdRepr::Stream {
+                    stream: a,
+                    seq: x,
+                    stored_ns: t,
+                },
+                IdRepr::Stream {
+                    stream: b,
+                    seq: y,
+                    stored_ns: u,
+                },
+            ) => a == b && x == y && t == u,
             _ => false,
         }
     }
@@ -442,6 +551,24 @@ impl Envelope {
         self.headers = headers;
         self
     }
+
+    /// Checks the headers and a publisher-given id ([`validate_id`]); every
+    /// backend calls it before publishing. The subject is checked by the
+    /// backend (it knows its reserved subjects and tenant).
+    pub fn validate(&self) -> Result<(), BusError> {
+        validate_parts(&self.headers, self.id.as_ref())
+    }
+}
+
+/// [`Envelope::validate`] on borrowed parts.
+pub(crate) fn validate_parts(headers: &Headers, id: Option<&MessageId>) -> Result<(), BusError> {
+    if !headers.is_empty() {
+        headers.validate()?;
+    }
+    if let Some(given) = id.and_then(MessageId::given) {
+        validate_id(given)?;
+    }
+    Ok(())
 }
 
 /// What a backend reports for a stored (or delivered) publish.
@@ -505,27 +632,70 @@ mod tests {
     fn ids_display_and_compare() {
         assert_eq!(MessageId::new("abc").to_string(), "abc");
         assert_eq!(
-            MessageId::stream_position("ORDERS", 7).to_string(),
-            "ORDERS:7"
+            MessageId::stream_position("ORDERS", 7, 99).to_string(),
+            "$js:ORDERS:7@99"
         );
         assert_eq!(MessageId::local(1, 2), MessageId::local(1, 2));
         assert_ne!(MessageId::local(1, 2), MessageId::local(1, 3));
-        assert_eq!(
-            MessageId::new("ORDERS:7"),
-            MessageId::stream_position("ORDERS", 7)
-        );
         assert_eq!(MessageId::new("x"), "x");
-        assert_eq!(MessageId::local(255, 3), "mem-00000000000000ff-3");
-        assert_ne!(MessageId::stream_position("S", 1), "S:10");
-        use std::collections::HashSet;
-        let set: HashSet<MessageId> =
-            [MessageId::new("S:1"), MessageId::stream_position("S", 1)].into();
-        assert_eq!(set.len(), 1);
+        assert_eq!(MessageId::local(255, 3), "$mem:00000000000000ff:3");
+        assert_ne!(MessageId::stream_position("S", 1, 5), "$js:S:10@5");
     }
 
-    /// Equal ids hash equally across representations, with a hasher that
-    /// is sensitive to how bytes are split across writes (FxHasher) and
-    /// with the standard one.
+    /// A stream deleted and created again restarts its sequences: the same
+    /// position of a new incarnation is a different id.
+    #[test]
+    fn stream_ids_differ_across_incarnations() {
+        let old = MessageId::stream_position("BUS_ORDERS", 1, 1_000);
+        let new = MessageId::stream_position("BUS_ORDERS", 1, 2_000);
+        assert_ne!(old, new);
+        assert_ne!(old.key(), new.key());
+        assert_eq!(old, MessageId::stream_position("BUS_ORDERS", 1, 1_000));
+    }
+
+    /// A given id never equals an assigned one, even when it spells it, and
+    /// their storage keys differ.
+    #[test]
+    fn given_and_assigned_ids_never_collide() {
+        use std::collections::HashSet;
+        for assigned in [
+            MessageId::local(7, 3),
+            MessageId::stream_position("S", 1, 5),
+        ] {
+            let spelled = MessageId::new(assigned.to_string());
+            assert_ne!(spelled, assigned);
+            assert_ne!(spelled.key(), assigned.key(), "{assigned}");
+            let set: HashSet<MessageId> = [spelled, assigned].into();
+            assert_eq!(set.len(), 2);
+        }
+        assert_eq!(MessageId::new("order-1").key(), "order-1");
+        assert_eq!(MessageId::new("$x").key(), "$given:$x");
+        assert_eq!(MessageId::new("$given:$x").key(), "$given:$given:$x");
+    }
+
+    #[test]
+    fn given_ids_are_validated() {
+        assert!(validate_id("order-1").is_ok());
+        assert!(validate_id(&"a".repeat(MAX_ID_LEN)).is_ok());
+        for (bad, says) in [
+            ("", "empty"),
+            ("abc\r\nX", "control character"),
+            ("a\tb", "control character"),
+            ("a\0b", "control character"),
+            ("$js:S:1@2", "reserved"),
+        ] {
+            let e = validate_id(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidHeader, "{bad:?}");
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+        }
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let e = validate_id(&long).unwrap_err();
+        assert!(e.to_string().contains("257 bytes"), "{e}");
+        assert!(e.to_string().len() < 300, "the error shortens the id: {e}");
+    }
+
+    /// Equal ids hash equally, with a hasher that is sensitive to how bytes
+    /// are split across writes (FxHasher) and with the standard one.
     #[test]
     fn equal_ids_hash_equally() {
         use std::hash::{BuildHasher, BuildHasherDefault};
@@ -541,12 +711,13 @@ mod tests {
             MessageId::local(0, 0),
             MessageId::local(u64::MAX, u64::MAX),
             MessageId::local(0x1234_5678_9abc_def0, 42),
-            MessageId::stream_position("ORDERS", 7),
-            MessageId::stream_position(long.as_str(), u64::MAX),
+            MessageId::stream_position("ORDERS", 7, 1),
+            MessageId::stream_position(long.as_str(), u64::MAX, u64::MAX),
+            MessageId::new("order-1"),
         ] {
-            let given = MessageId::new(id.to_string());
-            assert_eq!(given, id);
-            assert_eq!(hashes(&given), hashes(&id), "{id}");
+            let copy = id.clone();
+            assert_eq!(copy, id);
+            assert_eq!(hashes(&copy), hashes(&id), "{id}");
             assert!(id.display_eq(&id.to_string()));
             assert!(!id.display_eq(&format!("{id}0")));
         }

@@ -1,4 +1,4 @@
-//! The code blocks of the spec (`EVENTBUS.md`) sections *Usage*, *Module
+//! The code blocks of the spec (`docs/EVENTBUS.md`) sections *Usage*, *Module
 //! Integration* and *Testing*, as close to verbatim as possible, compiled and
 //! run.
 //!

@@ -127,7 +127,7 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
             "a consumer name is non-empty without `.`, `*`, `>`, slashes or whitespace",
         ));
     }
-    crate::subject::validate_pattern(&config.filter)?;
+    crate::subject::validate_bus_pattern(&config.filter)?;
     if config.max_deliver == 0 {
         return Err(bad("max_deliver", "0".into(), "must be at least 1"));
     }
@@ -156,7 +156,7 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
         return Err(bad("max_ack_pending", "0".into(), "must be at least 1"));
     }
     if let Some(dlq) = &config.dead_letter_subject {
-        crate::subject::validate_subject(dlq)?;
+        crate::subject::validate_bus_subject(dlq)?;
         if crate::subject::matches(&config.filter, dlq) {
             return Err(bad(
                 "dead_letter_subject",

@@ -41,7 +41,7 @@ use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscripti
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
-use crate::subject::{validate_pattern, validate_subject, Match, SubId, Subject, Sublist};
+use crate::subject::{validate_bus_pattern, validate_bus_subject, Match, SubId, Subject, Sublist};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -270,7 +270,7 @@ impl InMemoryBus {
         pattern: &str,
         options: SubscribeOptions,
     ) -> Result<MemorySubscription, BusError> {
-        validate_pattern(pattern)?;
+        validate_bus_pattern(pattern)?;
         self.ensure_open()?;
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(SubQueue::new(
@@ -355,16 +355,14 @@ impl InMemoryBus {
         if let Some(hit) = self.inner.routes.read().cached(subject) {
             return Ok(hit.clone());
         }
-        validate_subject(subject)?;
+        validate_bus_subject(subject)?;
         self.ensure_open()?;
         Ok(self.inner.routes.write().matches(subject))
     }
 
     async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
         self.ensure_open()?;
-        if !env.headers.is_empty() {
-            env.headers.validate()?;
-        }
+        env.validate()?;
         let given = env.id.as_ref().and_then(|i| i.given());
         let id_len = given.map_or(0, |i| i.len() + 4);
         self.check_size(

@@ -87,10 +87,10 @@ pub(crate) async fn connect(
         .request_timeout(Some(config.publish_timeout.max(Duration::from_secs(1))))
         .max_reconnects(None);
     if let Some(token) = &config.token {
-        opts = opts.token(token.clone());
+        opts = opts.token(token.expose().to_string());
     }
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
-        opts = opts.user_and_password(user.clone(), password.clone());
+        opts = opts.user_and_password(user.clone(), password.expose().to_string());
     }
     if let Some(path) = &config.credentials_file {
         opts = opts.credentials_file(path).await.map_err(|e| {
@@ -102,7 +102,9 @@ pub(crate) async fn connect(
         })?;
     }
     if let Some(tls) = &config.tls {
-        if tls.required {
+        // Any TLS material implies TLS: never send credentials in plaintext
+        // to a server (or a man in the middle) that does not ask for TLS.
+        if tls.is_required() {
             opts = opts.require_tls(true);
         }
         if let Some(ca) = &tls.ca_file {
@@ -123,10 +125,17 @@ pub(crate) async fn connect(
         }
     }
     let urls: Vec<&str> = config.urls.iter().map(String::as_str).collect();
-    let what = config.urls.join(",");
+    let what = crate::config::redact_urls(&config.urls);
+    if config.urls == crate::config::NatsConfig::default().urls {
+        tracing::warn!(url = %what, "no NATS URL configured (nats.urls / EVENT_BUS_NATS_URL); using the default");
+    }
+    tracing::info!(url = %what, "connecting to NATS");
     // connection_timeout bounds each attempt; this bounds the whole call.
     let connecting = opts.connect(urls);
-    match tokio::time::timeout(config.connect_timeout + Duration::from_secs(1), connecting).await {
+    let bound = config
+        .connect_timeout
+        .saturating_add(Duration::from_secs(1));
+    match tokio::time::timeout(bound, connecting).await {
         Err(_) => Err(BusError::new(
             ErrorKind::Timeout,
             format!(
@@ -230,12 +239,21 @@ pub(crate) fn api_error(what: &str, e: impl std::error::Error + Send + Sync + 's
     BusError::with_source(kind, what.to_string(), e)
 }
 
+/// When the server stored a message, in nanoseconds since the Unix epoch
+/// (0 for a time before it, which no server sends).
+pub(crate) fn stored_ns(info: &async_nats::jetstream::message::Info<'_>) -> u64 {
+    u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0)
+}
+
 /// A JetStream message as the bus's message: the tenant prefix removed from
-/// the subject, the message id from `Nats-Msg-Id` or else the stream position.
+/// the subject, the message id from `Nats-Msg-Id` or else the stream
+/// position and the time it was stored (unique across incarnations of the
+/// stream; see [`MessageId`](crate::message::MessageId)).
 pub(crate) fn to_bus_message(
     message: &async_nats::Message,
     stream: &str,
     stream_seq: u64,
+    stored_ns: u64,
     strip: Option<&str>,
 ) -> crate::message::BusMessage {
     let wire_subject = message.subject.as_str();
@@ -246,7 +264,7 @@ pub(crate) fn to_bus_message(
     let (headers, id) = from_header_map(message.headers.as_ref());
     let id = match id {
         Some(id) => crate::message::MessageId::new(id),
-        None => crate::message::MessageId::stream_position(stream, stream_seq),
+        None => crate::message::MessageId::stream_position(stream, stream_seq, stored_ns),
     };
     crate::message::BusMessage::new(
         crate::subject::Subject::from_trusted(subject),

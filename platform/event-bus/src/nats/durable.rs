@@ -17,7 +17,7 @@
 //! only queues the answer; [`NatsBus::flush`] waits until the server has
 //! received what was queued.
 
-use super::convert::{api_error, to_bus_message};
+use super::convert::{api_error, stored_ns, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
     AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, MAX_WAIT,
@@ -542,14 +542,14 @@ fn to_delivery(
     strip: Option<&str>,
     target: &Arc<AckTarget>,
 ) -> Result<Delivery, BusError> {
-    let (seq, delivered) = {
+    let (seq, delivered, stored) = {
         let info = m.info().map_err(|e| {
             BusError::new(
                 ErrorKind::Backend,
                 format!("unparsable JetStream delivery metadata: {e}"),
             )
         })?;
-        (info.stream_sequence, info.delivered)
+        (info.stream_sequence, info.delivered, stored_ns(&info))
     };
     let reply = m.message.reply.take().ok_or_else(|| {
         BusError::new(
@@ -557,7 +557,7 @@ fn to_delivery(
             "a JetStream delivery without a reply subject cannot be acknowledged",
         )
     })?;
-    let msg = to_bus_message(&m.message, stream_name, seq, strip);
+    let msg = to_bus_message(&m.message, stream_name, seq, stored, strip);
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,

@@ -32,7 +32,9 @@
 //!
 //! [`NatsBus::for_tenant`] confines a bus to one tenant: every subject is
 //! prefixed with `<tenant>.` on the wire (and the prefix removed on delivery),
-//! and its default streams are named `BUS_<TENANT>_<TOKEN>`. For isolation
+//! and its default streams are named `BUS-<TENANT>_<TOKEN>` (parts escaped
+//! so that distinct tenant and token pairs never share a name). A tenant is
+//! one subject token: tenants never nest or prefix each other. For isolation
 //! that holds even against a misbehaving client, give each tenant its own
 //! NATS account (see the README): accounts have separate subject spaces and
 //! separate JetStream namespaces.
@@ -55,7 +57,7 @@ use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, MessageId, PublishAck};
-use crate::subject::{validate_pattern, validate_subject};
+use crate::subject::{validate_bus_pattern, validate_bus_subject};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, message::PublishMessage};
 use async_trait::async_trait;
@@ -153,17 +155,21 @@ impl NatsBus {
         Ok(bus)
     }
 
-    /// The same connection, confined to `tenant` (a valid subject token or
-    /// dotted prefix): subjects are prefixed with `<tenant>.` on the wire and
-    /// default streams are named per tenant.
+    /// The same connection, confined to `tenant`, one subject token (see
+    /// [`validate_tenant`](crate::config::validate_tenant)): subjects are
+    /// prefixed with `<tenant>.` on the wire and default streams are named
+    /// per tenant. A bus that is already confined to a tenant cannot be
+    /// confined again (a `Config` error): tenants do not nest.
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, BusError> {
-        validate_subject(tenant).map_err(|_| {
-            BusError::config("tenant", tenant, "must be a valid literal subject prefix")
-        })?;
-        let full = match &self.inner.tenant {
-            Some(t) => format!("{t}.{tenant}"),
-            None => tenant.to_string(),
-        };
+        crate::config::validate_tenant("tenant", tenant)?;
+        if let Some(t) = &self.inner.tenant {
+            return Err(BusError::config(
+                "tenant",
+                tenant,
+                format!("this bus is already confined to tenant {t:?}; tenants do not nest (use for_tenant on an untenanted bus)"),
+            ));
+        }
+        let full = tenant.to_string();
         Ok(Self::with_options(
             self.inner.client.clone(),
             self.inner.publish_timeout,
@@ -236,7 +242,7 @@ impl NatsBus {
             None => spec.clone(),
             Some(t) => {
                 let mut s = spec.clone();
-                s.name = format!("{}_{}", streams::name_part(t), spec.name);
+                s.name = streams::tenant_stream_name(t, &spec.name);
                 s.subjects = spec.subjects.iter().map(|x| format!("{t}.{x}")).collect();
                 s
             }
@@ -320,10 +326,8 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<(String, PublishMessage), BusError> {
-        validate_subject(subject)?;
-        if !headers.is_empty() {
-            headers.validate()?;
-        }
+        validate_bus_subject(subject)?;
+        crate::message::validate_parts(headers, id)?;
         let wire = self.wire(subject).into_owned();
         let id_text = id.map(|i| i.to_string());
         let header_len = if headers.is_empty() && id_text.is_none() {
@@ -624,7 +628,7 @@ impl EventBus for NatsBus {
     }
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError> {
-        validate_pattern(pattern)?;
+        validate_bus_pattern(pattern)?;
         self.check_version()?;
         let wire = self.wire(pattern).into_owned();
         let started = std::time::Instant::now();
@@ -835,6 +839,10 @@ impl EventBus for NatsBus {
 
     fn backend_name(&self) -> &'static str {
         "nats"
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_deref()
     }
 }
 

@@ -82,12 +82,45 @@ pub(crate) fn name_part(token: &str) -> String {
     format!("{}_{:08x}", sanitize(token), h as u32)
 }
 
+/// `part` in a form that never contains `_`: lower-case ASCII letters
+/// upper-cased, digits kept, every other byte (upper-case letters, `-`, `_`,
+/// UTF-8) written as `-` and two hex digits. Distinct parts give distinct
+/// forms, and `_` can separate them unambiguously.
+pub(crate) fn escaped_part(part: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(part.len());
+    for b in part.bytes() {
+        match b {
+            b'a'..=b'z' => out.push(b.to_ascii_uppercase() as char),
+            b'0'..=b'9' => out.push(b as char),
+            _ => {
+                let _ = write!(out, "-{b:02X}");
+            }
+        }
+    }
+    out
+}
+
 /// The default stream's name for a first token (and tenant).
+///
+/// * Without a tenant: `BUS_<TOKEN>` (see `name_part`).
+/// * With a tenant: `BUS-<TENANT>_<TOKEN>`, each part escaped so that it
+///   never holds `_` (see `escaped_part`): different (tenant, token) pairs
+///   never share a name (`acme` + `eu_orders` is `BUS-ACME_EU-5FORDERS`,
+///   `acme_eu` + `orders` is `BUS-ACME-5FEU_ORDERS`), and no tenant's name
+///   equals an untenanted one (`BUS-` vs `BUS_`).
 pub fn default_stream_name(tenant: Option<&str>, first_token: &str) -> String {
     match tenant {
         None => format!("BUS_{}", name_part(first_token)),
-        Some(t) => format!("BUS_{}_{}", name_part(t), name_part(first_token)),
+        Some(t) => format!("BUS-{}_{}", escaped_part(t), escaped_part(first_token)),
     }
+}
+
+/// The name of a declared stream `name` scoped to `tenant`:
+/// `T-<TENANT>_<name>` (the tenant escaped, see `escaped_part`), distinct
+/// across tenants and from every default stream.
+pub fn tenant_stream_name(tenant: &str, name: &str) -> String {
+    format!("T-{}_{}", escaped_part(tenant), name)
 }
 
 /// The JetStream configuration of a spec.
@@ -316,8 +349,24 @@ pub(crate) async fn ensure_default(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
+    let ours = format!("{wire_first}.>");
     match js.get_stream(&name).await {
-        Ok(_) => Ok(()),
+        Ok(stream) => {
+            // A stream of this name that stores other subjects is not ours:
+            // never adopt it (names are unique by construction, so only an
+            // operator's stream can be in the way).
+            let subjects = &stream.cached_info().config.subjects;
+            if subjects.iter().any(|s| s == &ours) {
+                Ok(())
+            } else {
+                Err(BusError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "stream {name} exists but stores {subjects:?}, not {ours:?}; the bus will not adopt it (rename or delete that stream, or declare one that covers {ours:?})"
+                    ),
+                ))
+            }
+        }
         Err(e) if is_not_found(&e) => match create(js, config).await {
             Ok(()) => {
                 tracing::info!(stream = %name, subjects = %format!("{wire_first}, {wire_first}.>"), "created default stream");
@@ -391,7 +440,7 @@ mod tests {
         assert_eq!(default_stream_name(None, "auth"), "BUS_AUTH");
         assert_eq!(
             default_stream_name(Some("acme"), "orders"),
-            "BUS_ACME_ORDERS"
+            "BUS-ACME_ORDERS"
         );
         let omega = default_stream_name(None, "Ωmega");
         assert!(omega.starts_with("BUS__MEGA_"), "{omega}");
@@ -405,6 +454,45 @@ mod tests {
             default_stream_name(None, "Orders")
         );
         assert_eq!(sanitize("a-b_c$d"), "A-B_C_D");
+    }
+
+    /// Tenant stream names are injective in (tenant, token) and never equal
+    /// an untenanted name; declared tenant streams never equal a default one.
+    #[test]
+    fn tenant_names_never_collide() {
+        let tokens = [
+            "orders",
+            "eu_orders",
+            "acme_eu",
+            "eu",
+            "acme",
+            "a-b",
+            "a_b",
+            "A",
+            "a",
+            "-41",
+            "Ωmega",
+            "acme_eu_orders",
+            "x_",
+            "_x",
+            "",
+        ];
+        let mut seen = std::collections::HashMap::new();
+        for t in tokens {
+            let untenanted = default_stream_name(None, t);
+            assert!(seen.insert(untenanted.clone(), (None, t)).is_none() || t.is_empty());
+            for tenant in tokens.iter().filter(|x| !x.is_empty()) {
+                let name = default_stream_name(Some(tenant), t);
+                let declared = tenant_stream_name(tenant, &format!("S{t}"));
+                for n in [name, declared] {
+                    if let Some(other) = seen.insert(n.clone(), (Some(*tenant), t)) {
+                        panic!("{n} for ({tenant}, {t}) and {other:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(escaped_part("eu_orders"), "EU-5FORDERS");
+        assert_eq!(escaped_part("Ωa"), "-CE-A9A");
     }
 
     #[test]

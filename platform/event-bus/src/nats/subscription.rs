@@ -17,7 +17,7 @@
 //! bounded channel; while the subscriber does not read, the follower stops
 //! pulling and the messages wait in the stream (never dropped).
 
-use super::convert::{api_error, to_bus_message};
+use super::convert::{api_error, stored_ns, to_bus_message};
 use crate::bus::Subscription;
 use crate::error::BusError;
 use crate::message::BusMessage;
@@ -306,6 +306,7 @@ impl Follower {
                 return;
             };
             let (stream_seq, consumer_seq) = (info.stream_sequence, info.consumer_sequence);
+            let stored = stored_ns(&info);
             if consumer_seq != expected_consumer_seq {
                 tracing::debug!(stream = %self.name, expected_consumer_seq, consumer_seq, "gap in the consumer sequence; resuming from sequence {}", self.next);
                 return;
@@ -320,7 +321,8 @@ impl Follower {
             if !self.use_filter && !matches(&self.pattern, msg.subject.as_str()) {
                 continue;
             }
-            let bus_msg = to_bus_message(&msg, &self.name, stream_seq, self.strip.as_deref());
+            let bus_msg =
+                to_bus_message(&msg, &self.name, stream_seq, stored, self.strip.as_deref());
             if self.tx.send(bus_msg).await.is_err() {
                 return;
             }

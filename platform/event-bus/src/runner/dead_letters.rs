@@ -34,10 +34,15 @@ impl DeadLetterQueue {
     }
 
     /// The next dead letter, waiting up to `wait`.
+    /// A wait too long to be a deadline (`Duration::MAX`) waits without one.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now().checked_add(wait);
         loop {
-            match tokio::time::timeout_at(deadline, self.consumer.next()).await {
+            let next = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.next()).await,
+                None => Ok(self.consumer.next().await),
+            };
+            match next {
                 Err(_) | Ok(None) => return Ok(None),
                 Ok(Some(Ok(d))) => {
                     return Ok(Some(DeadLetter {
@@ -171,5 +176,28 @@ impl std::fmt::Debug for DeadLetter {
             .field("handler", &self.handler())
             .field("delivery_count", &self.delivery_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `next(Duration::MAX)` waits without a deadline (`Instant + wait`
+    /// panicked): here it returns the dead letter published meanwhile.
+    #[tokio::test]
+    async fn next_with_the_longest_wait() {
+        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let mut dlq = DeadLetterQueue::open(bus.clone(), "dlq.t", "reader")
+            .await
+            .unwrap();
+        let publisher = bus.clone();
+        tokio::spawn(async move { publisher.publish("dlq.t", b"x".to_vec()).await.unwrap() });
+        let d = tokio::time::timeout(Duration::from_secs(10), dlq.next(Duration::MAX))
+            .await
+            .expect("a dead letter within 10 s")
+            .unwrap()
+            .expect("a dead letter");
+        assert_eq!(&d.message().payload[..], b"x");
     }
 }

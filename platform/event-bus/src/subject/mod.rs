@@ -15,6 +15,14 @@
 //! (`IsValidSubject`, `IsValidLiteralSubject`, `matchLiteral`), so a subject
 //! that one backend accepts the other accepts too.
 //!
+//! **Reserved subjects.** On top of the syntax, every backend refuses
+//! subjects and patterns in the server's own namespaces ([`check_reserved`]):
+//! a first token that starts with `$` (`$JS.API.>`, `$KV.<bucket>.>`,
+//! `$O.>`, `$SYS.>`, ...) or is `_INBOX` (request replies). The bus is an
+//! application API: a subject taken from input must never reach JetStream's
+//! API or a key-value bucket with the service's credentials. Administrative
+//! work goes through `NatsBus::jetstream()`.
+//!
 //! ```
 //! use event_bus::subject::{matches, validate_pattern, validate_subject};
 //!
@@ -115,7 +123,71 @@ fn check(s: &str, literal: bool) -> Result<(), BusError> {
     Ok(())
 }
 
+/// The prefix of the request-reply inboxes of NATS clients.
+pub const INBOX_TOKEN: &str = "_INBOX";
+
+/// Whether `subject` (or pattern) lies in a namespace the bus reserves for
+/// the server: its first token starts with `$` or is `_INBOX`.
+///
+/// ```
+/// use event_bus::subject::is_reserved;
+/// assert!(is_reserved("$JS.API.STREAM.DELETE.BUS_ORDERS"));
+/// assert!(is_reserved("$KV.sessions.admin"));
+/// assert!(is_reserved("_INBOX.abc"));
+/// assert!(!is_reserved("orders.created"));
+/// assert!(!is_reserved("orders.$JS")); // only the first token counts
+/// assert!(!is_reserved(">"));
+/// ```
+#[inline]
+pub fn is_reserved(subject: &str) -> bool {
+    let b = subject.as_bytes();
+    b.first() == Some(&b'$')
+        || (b.starts_with(INBOX_TOKEN.as_bytes())
+            && matches!(b.get(INBOX_TOKEN.len()), None | Some(b'.')))
+}
+
+/// Refuses a subject (`literal`) or pattern in a reserved namespace (see
+/// [`is_reserved`]) with an [`ErrorKind::InvalidSubject`] /
+/// [`ErrorKind::InvalidPattern`] error naming it. Every backend calls it
+/// on publish, subscribe and consume.
+#[inline]
+pub fn check_reserved(subject: &str, literal: bool) -> Result<(), BusError> {
+    if !is_reserved(subject) {
+        return Ok(());
+    }
+    let (what, kind) = if literal {
+        ("subject", ErrorKind::InvalidSubject)
+    } else {
+        ("pattern", ErrorKind::InvalidPattern)
+    };
+    let shown = &subject[..subject.floor_char_boundary_compat(120)];
+    Err(BusError::new(
+        kind,
+        format!(
+            "{what} {shown:?} is in a namespace reserved for the NATS server (a first token starting with `$`, or `_INBOX`); the bus does not publish or subscribe there (use NatsBus::jetstream() for administration)"
+        ),
+    ))
+}
+
+/// [`validate_subject`] and [`check_reserved`]: the checks a bus makes on a
+/// subject it is asked to publish to.
+#[inline]
+pub fn validate_bus_subject(subject: &str) -> Result<(), BusError> {
+    validate_subject(subject)?;
+    check_reserved(subject, true)
+}
+
+/// [`validate_pattern`] and [`check_reserved`]: the checks a bus makes on a
+/// pattern it is asked to subscribe to or consume.
+pub fn validate_bus_pattern(pattern: &str) -> Result<(), BusError> {
+    validate_pattern(pattern)?;
+    check_reserved(pattern, false)
+}
+
 /// Checks that `subject` is a valid literal subject (one that can be published to).
+///
+/// This is the NATS syntax alone; a bus also refuses reserved subjects
+/// ([`validate_bus_subject`]).
 pub fn validate_subject(subject: &str) -> Result<(), BusError> {
     if is_valid_literal(subject) {
         Ok(())
@@ -367,6 +439,40 @@ mod tests {
                 ErrorKind::InvalidPattern,
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn reserved_namespaces() {
+        for r in [
+            "$JS.API.INFO",
+            "$JS.API.STREAM.DELETE.BUS_ORDERS",
+            "$KV.sessions.admin",
+            "$O.store.x",
+            "$SYS.REQ.SERVER.PING",
+            "$JSC.x",
+            "$",
+            "_INBOX",
+            "_INBOX.abc.def",
+        ] {
+            assert!(is_reserved(r), "{r:?}");
+            let e = validate_bus_subject(r).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidSubject, "{r:?}");
+            assert!(
+                e.to_string().contains(r) && e.to_string().contains("reserved"),
+                "{e}"
+            );
+        }
+        for r in ["$JS.>", "$KV.*.x", "_INBOX.>", "$SYS.*"] {
+            let e = validate_bus_pattern(r).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidPattern, "{r:?}");
+        }
+        for ok in ["orders.$JS", "_INBOXES.x", "INBOX.x", "a$.b", "_inbox.x"] {
+            assert!(!is_reserved(ok), "{ok:?}");
+            assert!(validate_bus_subject(ok).is_ok(), "{ok:?}");
+        }
+        for ok in [">", "*.x", "*.API.>"] {
+            assert!(validate_bus_pattern(ok).is_ok(), "{ok:?}");
         }
     }
 
