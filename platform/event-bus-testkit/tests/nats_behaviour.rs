@@ -1340,3 +1340,53 @@ async fn version_check_waits_for_the_connection() {
         .expect_err("a 2.9 server is refused once connected");
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+const NO_CONSUMER_INFO: &str = r#"
+authorization {
+  users: [
+    { user: admin, password: pw }
+    { user: noinfo, password: pw, permissions: { publish: { allow: [">"], deny: ["$JS.API.CONSUMER.INFO.>"] } } }
+  ]
+}
+"#;
+
+/// When looking up an existing durable consumer fails for another reason
+/// than "it does not exist" (here: the lookup is not permitted, so it times
+/// out), `consume` is an error; it used to create the consumer anyway,
+/// which silently re-pointed the existing one to the new filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lookup_failure_never_repoints_an_existing_consumer() {
+    use event_bus::ConsumerConfig;
+    let server =
+        NatsServer::start_with(NatsServerOptions::default().extra_config(NO_CONSUMER_INFO))
+            .await
+            .unwrap();
+    let mut config = nats_config(&server.url(), Some(("admin", "pw")));
+    config.publish_timeout = Duration::from_secs(1);
+    let admin = NatsBus::connect(&config).await.unwrap();
+    admin.publish("lookup.a", b"x".to_vec()).await.unwrap();
+    drop(
+        admin
+            .consume(ConsumerConfig::new("shared", "lookup.a"))
+            .await
+            .unwrap(),
+    );
+    config.user = Some("noinfo".into());
+    let limited = NatsBus::connect(&config).await.unwrap();
+    let err = limited
+        .consume(ConsumerConfig::new("shared", "lookup.b"))
+        .await
+        .err()
+        .expect("the lookup failed: no consumer is created or changed");
+    assert!(err.to_string().contains("shared"), "{err}");
+    let stream = admin
+        .jetstream()
+        .get_stream(admin.default_stream_name("lookup"))
+        .await
+        .unwrap();
+    let info = stream.consumer_info("shared").await.unwrap();
+    assert_eq!(
+        info.config.filter_subject, "lookup.a",
+        "re-pointed: {info:?}"
+    );
+}
