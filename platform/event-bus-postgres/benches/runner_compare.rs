@@ -377,7 +377,7 @@ async fn nats_pair(
     shape: Shape,
 ) -> (Duration, Duration) {
     // Alternate which side reads first.
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         let runner = nats_runner(bus, run, n, concurrency, window, shape).await;
         let hand = nats_hand(bus, run, n).await;
         return (hand, runner);
