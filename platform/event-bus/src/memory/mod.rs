@@ -304,7 +304,7 @@ impl InMemoryBus {
         Ok(deliver(&route))
     }
 
-    #[inline]
+    #[inline(always)]
     fn deliver_cached(
         &self,
         route: &Arc<Match<Arc<SubQueue>>>,
