@@ -8,10 +8,13 @@
 //! instance for [`MemoryConfig::durable_inactive_threshold`](super::MemoryConfig::durable_inactive_threshold)
 //! (5 minutes by default, like JetStream's `inactive_threshold`): it keeps
 //! collecting matching messages while no instance is open, so dropping and
-//! re-opening within the threshold resumes where it was. Its backlog is bounded
+//! re-opening within the threshold resumes where it was. A new consumer
+//! starts with new messages, or from the bus's log (`StartPosition::All`,
+//! `Sequence(n)`; see the `log` module). Its backlog is bounded
 //! ([`DURABLE_CAPACITY`]); beyond it, publishers of matching subjects wait, as
 //! for any lossless subscriber.
 
+use super::log::Log;
 use super::{InMemoryBus, Inner, MemorySubscription, Overflow, SubscribeOptions};
 use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::error::{BusError, ErrorKind};
@@ -23,6 +26,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -74,6 +78,9 @@ struct InFlight {
 struct State {
     feed: MemorySubscription,
     feed_closed: bool,
+    /// Feed messages up to this sequence were replayed from the log (or
+    /// come before the consumer's start) and are skipped.
+    skip_through: u64,
     /// Open instances.
     instances: usize,
     /// Since when no instance is open (the consumer expires after the
@@ -239,12 +246,6 @@ impl InMemoryBus {
         config: ConsumerConfig,
     ) -> Result<ConsumerStream, BusError> {
         crate::consumer::validate_config(&config)?;
-        if let StartPosition::Sequence(_) = config.start {
-            return Err(BusError::unsupported(
-                "starting a durable consumer at a sequence (the in-memory bus keeps no log)",
-                "memory",
-            ));
-        }
         let raw: ConsumerStream = Box::pin(self.open_instance(&config)?);
         Ok(crate::consumer::with_dead_letters(
             raw,
@@ -279,6 +280,28 @@ impl InMemoryBus {
                     d.clone()
                 }
                 None => {
+                    let from = match config.start {
+                        StartPosition::New => None,
+                        StartPosition::All => Some(None),
+                        StartPosition::Sequence(n) => Some(Some(n)),
+                    };
+                    if from.is_some() && !Log::enabled(&self.inner.config) {
+                        return Err(BusError::new(
+                            ErrorKind::Unsupported,
+                            format!(
+                                "consumer {:?}: {:?} is not supported by the memory backend when its log is disabled \
+                                 (memory.log_max_messages = {}, memory.log_max_bytes = {})",
+                                config.name,
+                                config.start,
+                                self.inner.config.log_max_messages,
+                                self.inner.config.log_max_bytes
+                            ),
+                        ));
+                    }
+                    // Record from now on (if not yet), register the feed,
+                    // then read the log: what the feed brings up to the log's
+                    // last message is skipped (see `Inner::logging`).
+                    self.start_logging();
                     let feed = self.subscribe_with(
                         &config.filter,
                         SubscribeOptions {
@@ -286,6 +309,20 @@ impl InMemoryBus {
                             overflow: Overflow::Block,
                         },
                     )?;
+                    let (fresh, skip_through) = match from {
+                        None => (VecDeque::new(), 0),
+                        Some(from) => {
+                            let log = self.inner.log.lock();
+                            let last_seq = self.inner.seq.load(Ordering::Relaxed);
+                            let replay = log.replay(&config.name, &config.filter, from, last_seq)?;
+                            let fresh = replay
+                                .messages
+                                .into_iter()
+                                .map(|msg| Entry { msg, deliveries: 0 })
+                                .collect();
+                            (fresh, replay.skip_through)
+                        }
+                    };
                     let d = Arc::new(Durable {
                         name: config.name.clone(),
                         filter: config.filter.clone(),
@@ -295,7 +332,8 @@ impl InMemoryBus {
                             instances: 1,
                             idle_since: None,
                             settings: settings(config),
-                            fresh: VecDeque::new(),
+                            skip_through,
+                            fresh,
                             again: BTreeMap::new(),
                             delayed: FxHashMap::default(),
                             delays: BTreeSet::new(),
@@ -355,6 +393,7 @@ impl Stream for Instance {
         let mut feed_cx = Context::from_waker(&feed_waker);
         while !st.feed_closed && st.held() < DURABLE_CAPACITY {
             match st.feed.poll_next_unpin(&mut feed_cx) {
+                Poll::Ready(Some(msg)) if msg.sequence <= st.skip_through => {}
                 Poll::Ready(Some(msg)) => st.fresh.push_back(Entry { msg, deliveries: 0 }),
                 Poll::Ready(None) => st.feed_closed = true,
                 Poll::Pending => break,

@@ -18,6 +18,13 @@
 //!   message is queued for every subscriber: a publish abandoned while it
 //!   waits for room (a timeout) can be retried with the same id. (Subscribers
 //!   it had already reached then get it twice, with the same id.)
+//! * **A bounded log** (see [`MemoryConfig::log_max_messages`]) lets a durable
+//!   consumer start with `StartPosition::All` or `Sequence(n)` as on NATS. It
+//!   records from the first durable consumer's creation on (plain
+//!   publish/subscribe does not pay for it), or from the start with
+//!   [`MemoryConfig::log_from_start`]; a start it cannot honour is `Unsupported`.
+//! * **Durable consumers expire** after [`MemoryConfig::durable_inactive_threshold`]
+//!   with no open instance.
 //! * **No durability**: messages live in memory only.
 //!
 //! ```
@@ -35,6 +42,7 @@
 //! ```
 
 mod durable;
+mod log;
 mod queue;
 
 pub use durable::DURABLE_CAPACITY;
@@ -48,7 +56,7 @@ use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 use crate::subject::{validate_bus_pattern, validate_bus_subject, Match, SubId, Subject, Sublist};
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use queue::{Push, SubQueue, Unregister};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -82,6 +90,19 @@ pub struct MemoryConfig {
     /// within the threshold resumes where it was.
     #[serde(with = "crate::config::duration_str")]
     pub durable_inactive_threshold: Duration,
+    /// Most messages kept in the bus's log, which lets a durable consumer
+    /// start with `StartPosition::All` or `Sequence(n)` (see below); 0
+    /// disables the log (such starts are then `Unsupported`).
+    pub log_max_messages: usize,
+    /// Most bytes (payloads, headers and subjects) kept in the log; 0
+    /// disables it.
+    pub log_max_bytes: usize,
+    /// Record every message in the log from the bus's creation. By default
+    /// the log records from the first durable consumer's creation on, so
+    /// that plain publish/subscribe does not pay for it (about a third of
+    /// its throughput): `StartPosition::All` then starts with the oldest
+    /// message recorded.
+    pub log_from_start: bool,
 }
 
 impl Default for MemoryConfig {
@@ -94,6 +115,9 @@ impl Default for MemoryConfig {
             dedup_window: Duration::from_secs(120),
             dedup_max_ids: 100_000,
             durable_inactive_threshold: Duration::from_secs(300),
+            log_max_messages: 100_000,
+            log_max_bytes: 64 * 1024 * 1024,
+            log_from_start: false,
         }
     }
 }
@@ -127,8 +151,13 @@ pub struct SubscriptionStats {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MemoryStats {
-    /// Messages delivered to at least one subscriber so far (their sequence numbers).
+    /// Sequence numbers given so far: messages delivered to at least one
+    /// subscriber, or recorded in the log.
     pub published: u64,
+    /// Messages in the log.
+    pub log_messages: usize,
+    /// Bytes in the log.
+    pub log_bytes: usize,
     /// Messages dropped across all subscriptions.
     pub dropped: u64,
     /// Literal subjects in the route cache.
@@ -154,6 +183,12 @@ struct Inner {
     closed: AtomicBool,
     dedup: Mutex<DedupWindow>,
     durables: Mutex<FxHashMap<String, Arc<durable::Durable>>>,
+    /// Whether publishes are recorded in `log`. Only changes (to true) under
+    /// the routes' write lock, and publishers read it, number their message
+    /// and record it under the read lock, so a consumer that registers its
+    /// feed (write lock) and then reads the log misses nothing in between.
+    logging: AtomicBool,
+    log: Mutex<log::Log>,
     config: MemoryConfig,
 }
 
@@ -184,6 +219,12 @@ impl InMemoryBus {
                 closed: AtomicBool::new(false),
                 dedup: Mutex::new(DedupWindow::default()),
                 durables: Mutex::new(FxHashMap::default()),
+                logging: AtomicBool::new(config.log_from_start && log::Log::enabled(&config)),
+                log: Mutex::new({
+                    let mut log = log::Log::new(&config);
+                    log.start(1);
+                    log
+                }),
                 config,
             }),
         }
@@ -225,21 +266,97 @@ impl InMemoryBus {
                 return Ok(self.deliver_cached(route, payload));
             }
         }
-        let route = self.route(subject)?;
-        Ok(self.deliver_cached(&route, payload))
+        self.with_new_route(subject, |route| self.deliver_cached(route, payload))
     }
 
+    /// Runs `deliver` on the route of `subject` under the routes' read lock
+    /// (see `Inner::logging`): from the cache (valid by construction, and
+    /// without touching the route's reference count), else validated and
+    /// computed.
     #[inline]
+    fn with_route<R>(
+        &self,
+        subject: &str,
+        deliver: impl FnOnce(&Arc<Match<Arc<SubQueue>>>) -> R,
+    ) -> Result<R, BusError> {
+        {
+            let routes = self.inner.routes.read();
+            if let Some(route) = routes.cached(subject) {
+                return Ok(deliver(route));
+            }
+        }
+        self.with_new_route(subject, deliver)
+    }
+
+    /// [`with_route`](Self::with_route) for a subject not in the route cache.
+    #[cold]
+    #[inline(never)]
+    fn with_new_route<R>(
+        &self,
+        subject: &str,
+        deliver: impl FnOnce(&Arc<Match<Arc<SubQueue>>>) -> R,
+    ) -> Result<R, BusError> {
+        validate_bus_subject(subject)?;
+        self.ensure_open()?;
+        let mut routes = self.inner.routes.write();
+        let route = routes.matches(subject);
+        let _routes = RwLockWriteGuard::downgrade(routes);
+        Ok(deliver(&route))
+    }
+
+    #[inline(always)]
     fn deliver_cached(
         &self,
         route: &Arc<Match<Arc<SubQueue>>>,
         payload: Vec<u8>,
     ) -> Option<Remaining> {
+        if self.inner.logging.load(Ordering::Relaxed) {
+            return self
+                .deliver_logged(route, Bytes::from(payload), Headers::new(), None)
+                .1;
+        }
         if route.subs.is_empty() {
             return None;
         }
         let msg = self.message(route, Bytes::from(payload), Headers::new(), None);
         deliver_now(route, msg)
+    }
+
+    /// Numbers and records the message in the log, then queues it for every
+    /// subscriber (if any) without waiting. Returns its sequence.
+    #[inline(never)]
+    fn deliver_logged(
+        &self,
+        route: &Arc<Match<Arc<SubQueue>>>,
+        payload: Bytes,
+        headers: Headers,
+        id: Option<MessageId>,
+    ) -> (u64, Option<Remaining>) {
+        let msg = {
+            let mut log = self.inner.log.lock();
+            let msg = self.message(route, payload, headers, id);
+            log.push(msg.clone());
+            msg
+        };
+        let seq = msg.sequence;
+        if route.subs.is_empty() {
+            return (seq, None);
+        }
+        (seq, deliver_now(route, msg))
+    }
+
+    /// Starts recording publishes in the log (if the configuration allows
+    /// one): called when a durable consumer is created.
+    fn start_logging(&self) {
+        if !log::Log::enabled(&self.inner.config) || self.inner.logging.load(Ordering::Acquire) {
+            return;
+        }
+        let _routes = self.inner.routes.write();
+        let mut log = self.inner.log.lock();
+        if !self.inner.logging.load(Ordering::Relaxed) {
+            log.start(self.inner.seq.load(Ordering::Relaxed) + 1);
+            self.inner.logging.store(true, Ordering::Release);
+        }
     }
 
     /// The next message on `route`: numbered by the bus, with the given id or
@@ -330,8 +447,14 @@ impl InMemoryBus {
                 })
                 .collect()
         };
+        let (log_messages, log_bytes) = {
+            let log = self.inner.log.lock();
+            (log.len(), log.bytes())
+        };
         MemoryStats {
             published: self.inner.seq.load(Ordering::Relaxed),
+            log_messages,
+            log_bytes,
             dropped: subs.iter().map(|s| s.dropped).sum(),
             cached_subjects: self.inner.routes.read().cache_len(),
             subscriptions: subs,
@@ -360,18 +483,6 @@ impl InMemoryBus {
         Ok(())
     }
 
-    /// The route of a literal subject: from the cache (valid by construction)
-    /// or validated and computed.
-    #[inline]
-    fn route(&self, subject: &str) -> Result<Arc<Match<Arc<SubQueue>>>, BusError> {
-        if let Some(hit) = self.inner.routes.read().cached(subject) {
-            return Ok(hit.clone());
-        }
-        validate_bus_subject(subject)?;
-        self.ensure_open()?;
-        Ok(self.inner.routes.write().matches(subject))
-    }
-
     async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
         self.ensure_open()?;
         env.validate()?;
@@ -382,7 +493,7 @@ impl InMemoryBus {
             env.payload.len(),
             env.headers.wire_len() + id_len,
         )?;
-        let route = self.route(&env.subject)?;
+        validate_bus_subject(&env.subject)?;
         // The id is claimed now and recorded as seen only once the message is
         // queued for every subscriber: a publish abandoned while it waits
         // (a timeout) releases its claim, so that retrying with the same id
@@ -394,15 +505,24 @@ impl InMemoryBus {
             },
             None => None,
         };
-        if route.subs.is_empty() {
-            if let Some(claim) = claim {
-                claim.confirm();
+        let Envelope {
+            subject,
+            payload,
+            headers,
+            id,
+            ..
+        } = env;
+        let (seq, rest) = self.with_route(&subject, |route| {
+            if self.inner.logging.load(Ordering::Relaxed) {
+                return self.deliver_logged(route, payload, headers, id);
             }
-            return Ok(PublishAck::new(None, 0, false));
-        }
-        let msg = self.message(&route, env.payload, env.headers, env.id);
-        let seq = msg.sequence;
-        if let Some(rest) = deliver_now(&route, msg) {
+            if route.subs.is_empty() {
+                return (0, None);
+            }
+            let msg = self.message(route, payload, headers, id);
+            (msg.sequence, deliver_now(route, msg))
+        })?;
+        if let Some(rest) = rest {
             rest.finish().await?;
         }
         if let Some(claim) = claim {

@@ -58,13 +58,21 @@ struct State {
     /// Publishers waiting for room: one entry per waiting [`PushWait`] (by
     /// its id), whose waker is replaced, not added, on every poll.
     tx_waiters: Vec<(u64, Waker)>,
-    /// Ids for [`PushWait`]s.
-    next_waiter: u64,
-    closed: bool,
-    /// Closed because the bus closed (a waiting publish fails), not because
-    /// the subscriber went away (a waiting publish has nobody to wait for).
-    bus_closed: bool,
+    closed: Closed,
 }
+
+/// Whether a queue is closed, and why.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Open,
+    /// The subscriber went away: a waiting publish has nobody to wait for.
+    BySubscriber,
+    /// The bus closed: a waiting publish fails.
+    ByBus,
+}
+
+/// Ids of [`PushWait`]s (taken only by a publish that has to wait).
+static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) enum Push {
     Done,
@@ -82,9 +90,7 @@ impl SubQueue {
                 buf: VecDeque::new(),
                 rx_waker: None,
                 tx_waiters: Vec::new(),
-                next_waiter: 0,
-                closed: false,
-                bus_closed: false,
+                closed: Closed::Open,
             }),
             len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
@@ -111,7 +117,7 @@ impl SubQueue {
     #[inline]
     pub(crate) fn try_push(&self, msg: BusMessage) -> Push {
         let mut st = self.state.lock();
-        if st.closed {
+        if st.closed != Closed::Open {
             return Push::Done;
         }
         if st.buf.len() >= self.capacity {
@@ -180,12 +186,14 @@ impl SubQueue {
     pub(crate) fn close(&self, discard: bool) {
         let (rx, txs) = {
             let mut st = self.state.lock();
-            st.closed = true;
             if discard {
+                if st.closed == Closed::Open {
+                    st.closed = Closed::BySubscriber;
+                }
                 st.buf.clear();
                 self.len.store(0, Ordering::Release);
             } else {
-                st.bus_closed = true;
+                st.closed = Closed::ByBus;
             }
             (st.rx_waker.take(), std::mem::take(&mut st.tx_waiters))
         };
@@ -212,7 +220,7 @@ impl SubQueue {
         {
             let mut st = self.state.lock();
             if st.buf.is_empty() {
-                return if st.closed {
+                return if st.closed != Closed::Open {
                     Poll::Ready(false)
                 } else {
                     Poll::Pending
@@ -234,7 +242,7 @@ impl SubQueue {
         {
             let mut st = self.state.lock();
             if st.buf.is_empty() {
-                if st.closed {
+                if st.closed != Closed::Open {
                     return Poll::Ready(false);
                 }
                 match &st.rx_waker {
@@ -275,8 +283,10 @@ impl Future for PushWait {
             return Poll::Ready(Ok(()));
         };
         let mut st = this.queue.state.lock();
-        if st.closed {
-            return Poll::Ready(if st.bus_closed { Err(()) } else { Ok(()) });
+        match st.closed {
+            Closed::Open => {}
+            Closed::BySubscriber => return Poll::Ready(Ok(())),
+            Closed::ByBus => return Poll::Ready(Err(())),
         }
         if st.buf.len() < this.queue.capacity {
             st.buf.push_back(msg);
@@ -298,8 +308,7 @@ impl Future for PushWait {
                 }
             }
             None => {
-                let id = st.next_waiter;
-                st.next_waiter = st.next_waiter.wrapping_add(1);
+                let id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
                 st.tx_waiters.push((id, cx.waker().clone()));
                 this.waiter = Some(id);
             }

@@ -303,3 +303,251 @@ async fn dedup_window_is_bounded_by_time() {
             .duplicate
     );
 }
+
+// ------------------------------------------------------------------ the log
+
+use crate::consumer::{ConsumerConfig, ConsumerStream, StartPosition};
+
+async fn publish_n(bus: &InMemoryBus, subject: &str, range: std::ops::Range<u32>) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in range {
+        let env = Envelope::new(subject, i.to_string().into_bytes());
+        seqs.push(bus.publish_envelope(env).await.unwrap().sequence);
+    }
+    seqs
+}
+
+async fn take_texts(c: &mut ConsumerStream, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(5), c.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap();
+        out.push(String::from_utf8(d.payload.to_vec()).unwrap());
+        d.ack().await.unwrap();
+    }
+    out
+}
+
+fn texts(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| i.to_string()).collect()
+}
+
+/// Item 12: once a durable consumer exists, the log records; a consumer
+/// created later with `All` gets the earlier messages, with `Sequence(n)`
+/// starts at n, and both go on with new ones, without duplicates.
+#[tokio::test]
+async fn durable_consumers_start_from_the_log() {
+    let bus = InMemoryBus::new();
+    let _first = bus
+        .consume(ConsumerConfig::new("first", "q.>"))
+        .await
+        .unwrap();
+    let seqs = publish_n(&bus, "q.a", 0..5).await;
+    publish_n(&bus, "other.a", 0..2).await; // outside the filter, nobody listens
+    let mut all = bus
+        .consume(ConsumerConfig::new("all", "q.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    let mut from = bus
+        .consume(ConsumerConfig::new("from", "q.*").start(StartPosition::Sequence(seqs[2])))
+        .await
+        .unwrap();
+    assert_eq!(take_texts(&mut all, 5).await, texts(0..5));
+    assert_eq!(take_texts(&mut from, 3).await, texts(2..5));
+    publish_n(&bus, "q.a", 5..7).await;
+    assert_eq!(take_texts(&mut all, 2).await, texts(5..7));
+    assert_eq!(take_texts(&mut from, 2).await, texts(5..7));
+    assert!(futures::poll!(all.next()).is_pending(), "no duplicate");
+    // A sequence ahead starts when it comes.
+    let next = bus.stats().published + 2;
+    let mut ahead = bus
+        .consume(ConsumerConfig::new("ahead", "q.>").start(StartPosition::Sequence(next)))
+        .await
+        .unwrap();
+    publish_n(&bus, "q.a", 7..10).await;
+    assert_eq!(take_texts(&mut ahead, 2).await, texts(8..10));
+    assert_eq!(bus.stats().log_messages, 12);
+}
+
+/// With `log_from_start`, messages published before any consumer (even
+/// with no subscriber at all) are replayed.
+#[tokio::test]
+async fn log_from_start_records_before_any_consumer() {
+    let bus = InMemoryBus::with_config(MemoryConfig {
+        log_from_start: true,
+        ..MemoryConfig::default()
+    });
+    publish_n(&bus, "early.x", 0..3).await;
+    let mut all = bus
+        .consume(ConsumerConfig::new("late", "early.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    assert_eq!(take_texts(&mut all, 3).await, texts(0..3));
+    let mut seq2 = bus
+        .consume(ConsumerConfig::new("late2", "early.>").start(StartPosition::Sequence(2)))
+        .await
+        .unwrap();
+    assert_eq!(take_texts(&mut seq2, 2).await, texts(1..3));
+}
+
+/// A sequence the log no longer holds, or never recorded, and any replay
+/// with the log disabled, is `Unsupported`, naming the setting; never a
+/// consumer that silently starts later.
+#[tokio::test]
+async fn starts_the_log_cannot_honour_are_unsupported() {
+    let bus = InMemoryBus::with_config(MemoryConfig {
+        log_max_messages: 3,
+        ..MemoryConfig::default()
+    });
+    publish_n(&bus, "u.x", 0..2).await; // before the log records
+    let _first = bus
+        .consume(ConsumerConfig::new("first", "u.>"))
+        .await
+        .unwrap();
+    let seqs = publish_n(&bus, "u.x", 2..7).await;
+    assert_eq!(bus.stats().log_messages, 3);
+    for n in [1, seqs[0], seqs[1]] {
+        let err = bus
+            .consume(
+                ConsumerConfig::new(format!("evicted{n}"), "u.>").start(StartPosition::Sequence(n)),
+            )
+            .await
+            .err()
+            .expect("not in the log");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("log_max_messages"), "{err}");
+    }
+    let mut kept = bus
+        .consume(ConsumerConfig::new("kept", "u.>").start(StartPosition::Sequence(seqs[2])))
+        .await
+        .unwrap();
+    assert_eq!(take_texts(&mut kept, 3).await, texts(4..7));
+    // `All` starts with the oldest message held, as on a stream with limits.
+    let mut all = bus
+        .consume(ConsumerConfig::new("all", "u.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    assert_eq!(take_texts(&mut all, 3).await, texts(4..7));
+
+    let off = InMemoryBus::with_config(MemoryConfig {
+        log_max_messages: 0,
+        ..MemoryConfig::default()
+    });
+    let _live = off
+        .consume(ConsumerConfig::new("live", "u.>"))
+        .await
+        .unwrap();
+    for start in [StartPosition::All, StartPosition::Sequence(1)] {
+        let err = off
+            .consume(ConsumerConfig::new("replay", "u.>").start(start))
+            .await
+            .err()
+            .expect("no log");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("log_max_messages = 0"), "{err}");
+    }
+    publish_n(&off, "u.x", 0..3).await;
+    assert_eq!(off.stats().log_messages, 0);
+}
+
+/// The log is bounded by bytes too.
+#[tokio::test]
+async fn the_log_is_bounded_by_bytes() {
+    let bus = InMemoryBus::with_config(MemoryConfig {
+        log_max_bytes: 1000,
+        log_from_start: true,
+        ..MemoryConfig::default()
+    });
+    for _ in 0..50 {
+        bus.publish("b.x", vec![0; 100]).await.unwrap();
+    }
+    let stats = bus.stats();
+    assert!(stats.log_bytes <= 1000, "{stats:?}");
+    assert_eq!(stats.log_messages, 9, "{stats:?}"); // 103 bytes each
+}
+
+/// Plain publish/subscribe records nothing (it does not pay for the log)
+/// until a durable consumer exists.
+#[tokio::test]
+async fn plain_publish_subscribe_records_nothing() {
+    let bus = InMemoryBus::new();
+    let mut sub = bus.subscribe("p.>").await.unwrap();
+    for i in 0..10u8 {
+        bus.publish("p.x", vec![i]).await.unwrap();
+    }
+    assert_eq!(recv_all(&mut sub, 10).await.len(), 10);
+    assert_eq!(bus.stats().log_messages, 0);
+    let _c = bus.consume(ConsumerConfig::new("c", "c.>")).await.unwrap();
+    bus.publish("p.x", vec![10]).await.unwrap();
+    assert_eq!(bus.stats().log_messages, 1);
+}
+
+async fn recv_all(sub: &mut Subscription, n: usize) -> Vec<BusMessage> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(sub.next().await.unwrap());
+    }
+    out
+}
+
+/// Consumers created with `All` while publishers run get every message
+/// exactly once, in each publisher's order: nothing falls between the log
+/// and their feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_created_under_load_misses_nothing() {
+    let bus = InMemoryBus::new();
+    let _first = bus
+        .consume(ConsumerConfig::new("first", "r.>"))
+        .await
+        .unwrap();
+    let n = 20_000u32;
+    let publishers: Vec<_> = (0..2u32)
+        .map(|p| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for i in 0..n / 2 {
+                    // Half of them through a route not yet cached.
+                    let subject = if i % 2 == 0 {
+                        "r.x".to_string()
+                    } else {
+                        format!("r.{p}.{i}")
+                    };
+                    let payload = [p.to_be_bytes(), i.to_be_bytes()].concat();
+                    bus.publish(&subject, payload).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut replays = Vec::new();
+    for k in 0..6 {
+        for _ in 0..k * 20 {
+            tokio::task::yield_now().await;
+        }
+        let config = ConsumerConfig::new(format!("all{k}"), "r.>")
+            .start(StartPosition::All)
+            .max_ack_pending(usize::MAX / 2);
+        replays.push(bus.consume(config).await.unwrap());
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    for mut all in replays {
+        let mut next = [0u32; 2];
+        for _ in 0..n {
+            let d = tokio::time::timeout(Duration::from_secs(10), all.next())
+                .await
+                .expect("every message")
+                .unwrap()
+                .unwrap();
+            let p = u32::from_be_bytes(d.payload[..4].try_into().unwrap()) as usize;
+            let i = u32::from_be_bytes(d.payload[4..].try_into().unwrap());
+            assert_eq!(i, next[p], "publisher {p}: each message once, in order");
+            next[p] += 1;
+            d.ack().await.unwrap();
+        }
+        assert!(futures::poll!(all.next()).is_pending());
+    }
+}
