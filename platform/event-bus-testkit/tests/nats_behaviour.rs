@@ -1170,6 +1170,14 @@ async fn durable_consumer_is_made_again_after_a_delete() {
     assert!(errors.is_empty(), "{errors:?}");
     let stream = bus.default_stream_name("redur");
     bus.jetstream().delete_stream(&stream).await.unwrap();
+    // While the stream is gone, the consumer says so (once).
+    let gone = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .expect("the deleted stream is reported")
+        .expect("the consumer stream stays open")
+        .expect_err("an error item, no delivery");
+    assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
+    assert!(gone.to_string().contains("does not exist"), "{gone}");
     let new: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
     for text in &new {
         bus.publish("redur.a", text.clone().into_bytes())
