@@ -430,6 +430,8 @@ async fn pump(
     // Set after a failure: check that the consumer still exists before
     // pulling again.
     let mut check = false;
+    // Whether the current outage (stream gone) has been reported as an item.
+    let mut reported = false;
     loop {
         if check {
             let recovered = tokio::select! {
@@ -437,16 +439,25 @@ async fn pump(
                 r = source.recover() => r,
             };
             match recovered {
-                Ok(None) => check = false,
+                Ok(None) => (check, reported) = (false, false),
                 Ok(Some((again, report))) => {
                     consumer = again;
-                    check = false;
+                    (check, reported) = (false, false);
                     if tx.send(Err(report)).await.is_err() {
                         return;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "durable consumer not available yet; retrying");
+                    if e.kind() == ErrorKind::NotFound && !reported {
+                        // The stream is gone: say so once, then wait for it.
+                        tracing::warn!(error = %e, "durable consumer waiting for its stream");
+                        reported = true;
+                        if tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        tracing::debug!(error = %e, "durable consumer not available yet; retrying");
+                    }
                     tokio::select! {
                         _ = tx.closed() => return,
                         _ = tokio::time::sleep(backoff) => {}

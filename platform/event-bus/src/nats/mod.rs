@@ -70,6 +70,13 @@ use std::time::Duration;
 
 pub use streams::StreamReport;
 
+/// What a batch keeps of an envelope for one retry (its subject aside).
+struct Retry {
+    payload: Bytes,
+    headers: Headers,
+    id: Option<MessageId>,
+}
+
 /// Default bound on how long a publish waits for its acknowledgement.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -682,10 +689,16 @@ impl EventBus for NatsBus {
         // kept for a retry.
         let mut known_first: Option<String> = None;
         while envelopes.peek().is_some() {
-            // Send a window, then await its acknowledgements (in order). An
-            // envelope whose subject may have no stream yet is kept for a retry.
-            let mut window: Vec<(String, Option<Envelope>, Result<PublishAckFuture, BusError>)> =
-                Vec::with_capacity(BATCH_WINDOW);
+            // Send a window, then await its acknowledgements (in order). The
+            // payload (a handle, no copy), headers and id are kept for one
+            // retry, should no stream store the subject (not created yet, or
+            // deleted since).
+            let mut window: Vec<(
+                String,
+                Option<Retry>,
+                bool,
+                Result<PublishAckFuture, BusError>,
+            )> = Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
                 let first = env.subject.split('.').next().unwrap_or_default();
                 let known = !self.inner.auto_create
@@ -694,63 +707,44 @@ impl EventBus for NatsBus {
                 if known && known_first.as_deref() != Some(first) {
                     known_first = Some(first.to_string());
                 }
-                let (subject, keep, sent) = if known {
-                    let Envelope {
-                        subject,
-                        payload,
-                        headers,
-                        id,
-                        ..
-                    } = env;
-                    // A handle on the payload (no copy) is kept for one
-                    // retry, should the stream have been deleted meanwhile.
-                    let retry = self.inner.auto_create.then(|| payload.clone());
-                    let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
-                        Ok((wire, msg)) => self.send(&subject, wire, msg).await,
-                        Err(e) => Err(e),
-                    };
-                    let keep = retry.map(|payload| Envelope {
-                        subject: subject.clone(),
-                        payload,
-                        headers,
-                        id,
-                    });
-                    (subject, keep, sent)
-                } else {
-                    let sent = match self.prepare(
-                        &env.subject,
-                        env.payload.clone(),
-                        &env.headers,
-                        env.id.as_ref(),
-                    ) {
-                        Ok((wire, msg)) => self.send(&env.subject, wire, msg).await,
-                        Err(e) => Err(e),
-                    };
-                    (env.subject.clone(), Some(env), sent)
+                let Envelope {
+                    subject,
+                    payload,
+                    headers,
+                    id,
+                    ..
+                } = env;
+                let kept = self.inner.auto_create.then(|| payload.clone());
+                let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
+                    Ok((wire, msg)) => self.send(&subject, wire, msg).await,
+                    Err(e) => Err(e),
                 };
-                window.push((subject, keep, sent));
+                let retry = kept.map(|payload| Retry {
+                    payload,
+                    headers,
+                    id,
+                });
+                window.push((subject, retry, !known, sent));
             }
-            for (subject, keep, sent) in window {
+            for (subject, retry, newly, sent) in window {
                 let result = match sent {
                     Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
                 };
-                let result = match (result, keep) {
-                    (Err(e), Some(env))
-                        if e.kind() == ErrorKind::NotFound && self.inner.auto_create =>
-                    {
+                let first = subject.split('.').next().unwrap_or_default();
+                let result = match (result, retry) {
+                    (Err(e), Some(r)) if e.kind() == ErrorKind::NotFound => {
                         // No stream (yet, or deleted since): create it and
                         // publish this one again (the rest of the window may
                         // also have missed it, and is retried the same way,
                         // in order).
-                        let first = env.subject.split('.').next().unwrap_or_default();
                         self.inner.published.remove(first);
                         let result = self
                             .republish_creating_stream(
-                                &env.subject,
-                                env.payload,
-                                &env.headers,
-                                env.id.as_ref(),
+                                &subject,
+                                r.payload,
+                                &r.headers,
+                                r.id.as_ref(),
                             )
                             .await;
                         if result.is_ok() {
@@ -758,9 +752,9 @@ impl EventBus for NatsBus {
                         }
                         result
                     }
-                    (result, keep) => {
-                        if let (Ok(_), Some(env)) = (&result, keep) {
-                            self.mark_published(env.subject.split('.').next().unwrap_or_default());
+                    (result, _) => {
+                        if newly && result.is_ok() {
+                            self.mark_published(first);
                         }
                         result
                     }
