@@ -5,14 +5,18 @@
 //! `cargo bench -p event-bus-testkit --bench nats_consumer_compare`
 //!
 //! Each run fills a fresh stream with N 128-byte messages, then measures the
-//! time to receive and acknowledge all N. Figures are medians of runs in
-//! which bus and raw alternate. `NATS_BENCH_MESSAGES` (default 50 000),
+//! time to receive and acknowledge all N. Both sides check what they
+//! receive (each stream sequence 1..=N once, the payload intact) and, after
+//! the clock stops, that the server holds no message pending or unacked for
+//! their consumer: a run with lost or broken acks fails instead of printing
+//! a figure. Figures are medians of runs in which bus and raw alternate. `NATS_BENCH_MESSAGES` (default 50 000),
 //! `NATS_BENCH_REPS` (default 5).
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use bytes::Bytes;
 use event_bus::{ConsumerConfig, EventBus, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::wait;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +47,42 @@ async fn fill(js: &jetstream::Context, token: &str, n: usize) -> Res<()> {
     Ok(())
 }
 
+/// Checks one received message: a stream sequence in 1..=`seen.len()` not
+/// seen before, and the payload `fill` published.
+fn check(seen: &mut [bool], seq: u64, payload: &[u8]) -> Res<()> {
+    let n = seen.len();
+    let slot = usize::try_from(seq)
+        .ok()
+        .and_then(|s| s.checked_sub(1))
+        .and_then(|i| seen.get_mut(i))
+        .ok_or_else(|| format!("stream sequence {seq} out of 1..={n}"))?;
+    if std::mem::replace(slot, true) {
+        return Err(format!("stream sequence {seq} delivered twice").into());
+    }
+    if payload.len() != 128 || payload.iter().any(|&b| b != 0xAB) {
+        return Err(format!("message {seq} has a damaged payload").into());
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until the server has nothing pending or unacknowledged
+/// for `consumer`: every ack of the run arrived.
+async fn all_acked(js: &jetstream::Context, token: &str, consumer: &str) -> Res<()> {
+    let stream = js
+        .get_stream(format!("BUS_{}", token.to_ascii_uppercase()))
+        .await?;
+    let what = format!("consumer {consumer}: no message pending or unacknowledged");
+    wait::until_async(Duration::from_secs(30), &what, || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info(consumer).await.expect("consumer info");
+            info.num_ack_pending == 0 && info.num_pending == 0
+        }
+    })
+    .await;
+    Ok(())
+}
+
 async fn bus_consume(bus: &Arc<dyn EventBus>, token: &str, n: usize) -> Res<Duration> {
     let start = Instant::now();
     let mut consumer = bus
@@ -52,8 +92,10 @@ async fn bus_consume(bus: &Arc<dyn EventBus>, token: &str, n: usize) -> Res<Dura
                 .max_ack_pending(10_000),
         )
         .await?;
+    let mut seen = vec![false; n];
     for _ in 0..n {
         let d = consumer.next().await.ok_or("consumer ended")??;
+        check(&mut seen, d.message().sequence, &d.message().payload)?;
         d.ack().await?;
     }
     Ok(start.elapsed())
@@ -79,8 +121,10 @@ async fn raw_consume(js: &jetstream::Context, token: &str, n: usize) -> Res<Dura
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await?;
+    let mut seen = vec![false; n];
     for _ in 0..n {
         let m = messages.next().await.ok_or("ended")??;
+        check(&mut seen, m.info()?.stream_sequence, &m.payload)?;
         // A double ack, as the bus's `Delivery::ack`: sent with a reply
         // subject on the client's shared request inbox, awaited until the
         // server answers (async-nats' `double_ack()` does the same with a
@@ -133,6 +177,8 @@ fn main() -> Res<()> {
                 r.push(raw_consume(&js, &tr, n).await?);
                 b.push(bus_consume(&bus, &tb, n).await?);
             }
+            all_acked(&js, &tb, &format!("{tb}-bus")).await?;
+            all_acked(&js, &tr, &format!("{tr}-raw")).await?;
             js.delete_stream(format!("BUS_{}", tb.to_ascii_uppercase())).await?;
             js.delete_stream(format!("BUS_{}", tr.to_ascii_uppercase())).await?;
         }
