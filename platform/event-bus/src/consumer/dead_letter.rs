@@ -20,7 +20,7 @@
 //!
 //! A message is never dropped because its dead letter cannot be published
 //! (no permission, no stream stores the dead-letter subject, server away):
-//! it stays pending. It is nacked with a growing delay (1 s up to 1 min),
+//! it stays pending. It is nacked with a growing delay (250 ms up to 1 min),
 //! the failure is logged at error level and yielded as an error item of the
 //! consumer stream, and it is dead-lettered on a later delivery, without
 //! reaching the handler again. Backends therefore never stop delivering a

@@ -17,8 +17,11 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    /// Opens (or creates) the reader `reader` on `subject`. On the in-memory
-    /// bus, dead letters published before the first open are not kept.
+    /// Opens (or creates) the reader `reader` on `subject`, reading from the
+    /// oldest dead letter kept. On the in-memory bus that is the oldest in
+    /// its log, which records from the first durable consumer's creation
+    /// (the runner's own consumer; `MemoryConfig::log_from_start` records
+    /// from the bus's start) within `log_max_messages`/`log_max_bytes`.
     pub async fn open(
         bus: Arc<dyn EventBus>,
         subject: &str,
