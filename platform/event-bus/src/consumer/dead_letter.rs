@@ -39,10 +39,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Deliveries beyond `max_deliver` that the in-memory backend keeps a
-/// message for, so that this layer can dead-letter it.
-pub(crate) const DLQ_SPARE_DELIVERIES: u32 = 3;
-
 /// Delay before the first retry of a failed dead-lettering; it doubles on
 /// each further failure, up to [`DLQ_RETRY_MAX`].
 const DLQ_RETRY_DELAY: Duration = Duration::from_millis(250);

@@ -44,7 +44,7 @@
 
 mod dead_letter;
 
-pub(crate) use dead_letter::{with_dead_letters, DLQ_SPARE_DELIVERIES};
+pub(crate) use dead_letter::with_dead_letters;
 
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;

@@ -12,8 +12,12 @@
 //!   subjects go on. Lossy policies count every dropped message
 //!   ([`MemorySubscription::dropped`], [`InMemoryBus::stats`]) and log it.
 //! * **De-duplication**: an [`Envelope`] with a message id already published
-//!   within the de-duplication window (2 minutes, as JetStream's default) is
-//!   reported as a duplicate and not delivered again, as on NATS.
+//!   within the de-duplication window (2 minutes, as JetStream's default, and
+//!   at most [`MemoryConfig::dedup_max_ids`] ids) is reported as a duplicate
+//!   and not delivered again, as on NATS. An id counts as published once the
+//!   message is queued for every subscriber: a publish abandoned while it
+//!   waits for room (a timeout) can be retried with the same id. (Subscribers
+//!   it had already reached then get it twice, with the same id.)
 //! * **No durability**: messages live in memory only.
 //!
 //! ```
@@ -51,7 +55,8 @@ use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Settings of an [`InMemoryBus`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +74,14 @@ pub struct MemoryConfig {
     /// How long a message id is remembered for de-duplication.
     #[serde(with = "crate::config::duration_str")]
     pub dedup_window: Duration,
+    /// Most message ids remembered for de-duplication: beyond it the oldest
+    /// is forgotten before its window ends (0 remembers none).
+    pub dedup_max_ids: usize,
+    /// A durable consumer with no open instance for this long is deleted
+    /// with what it holds (JetStream's `inactive_threshold`); re-opening it
+    /// within the threshold resumes where it was.
+    #[serde(with = "crate::config::duration_str")]
+    pub durable_inactive_threshold: Duration,
 }
 
 impl Default for MemoryConfig {
@@ -79,6 +92,8 @@ impl Default for MemoryConfig {
             max_payload: 1024 * 1024,
             cache_size: crate::subject::DEFAULT_CACHE_SIZE,
             dedup_window: Duration::from_secs(120),
+            dedup_max_ids: 100_000,
+            durable_inactive_threshold: Duration::from_secs(300),
         }
     }
 }
@@ -185,10 +200,7 @@ impl InMemoryBus {
     pub fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         match self.start_publish(subject, payload) {
             Ok(None) => PublishFuture::ready(Ok(())),
-            Ok(Some(rest)) => PublishFuture::new(async move {
-                rest.finish().await;
-                Ok(())
-            }),
+            Ok(Some(rest)) => PublishFuture::new(rest.finish()),
             Err(e) => PublishFuture::ready(Err(e)),
         }
     }
@@ -371,23 +383,30 @@ impl InMemoryBus {
             env.headers.wire_len() + id_len,
         )?;
         let route = self.route(&env.subject)?;
-        if let Some(id) = given {
-            if !self
-                .inner
-                .dedup
-                .lock()
-                .first_seen(id, self.inner.config.dedup_window)
-            {
-                return Ok(PublishAck::new(None, 0, true));
-            }
-        }
+        // The id is claimed now and recorded as seen only once the message is
+        // queued for every subscriber: a publish abandoned while it waits
+        // (a timeout) releases its claim, so that retrying with the same id
+        // delivers it instead of being taken for a duplicate.
+        let claim = match given {
+            Some(id) => match DedupClaim::new(&self.inner, id) {
+                Some(claim) => Some(claim),
+                None => return Ok(PublishAck::new(None, 0, true)),
+            },
+            None => None,
+        };
         if route.subs.is_empty() {
+            if let Some(claim) = claim {
+                claim.confirm();
+            }
             return Ok(PublishAck::new(None, 0, false));
         }
         let msg = self.message(&route, env.payload, env.headers, env.id);
         let seq = msg.sequence;
         if let Some(rest) = deliver_now(&route, msg) {
-            rest.finish().await;
+            rest.finish().await?;
+        }
+        if let Some(claim) = claim {
+            claim.confirm();
         }
         Ok(PublishAck::new(None, seq, false))
     }
@@ -429,21 +448,33 @@ struct Remaining {
 }
 
 impl Remaining {
-    async fn finish(self) {
+    /// Fails with [`ErrorKind::Closed`] if the bus closes before the message
+    /// is queued for every subscriber.
+    async fn finish(self) -> Result<(), BusError> {
         let Remaining {
             route,
             index,
             pending,
             template,
         } = self;
-        route.subs[index].push_wait(pending).await;
+        let closed = || {
+            BusError::closed(format!(
+                "publish to {:?}: the in-memory bus closed while the publish waited for room in a subscriber's queue",
+                route.subject
+            ))
+        };
+        route.subs[index]
+            .push_wait(pending)
+            .await
+            .map_err(|()| closed())?;
         if let Some(msg) = template {
             for q in &route.subs[index + 1..] {
                 if let Push::Full(m) = q.try_push(msg.clone()) {
-                    q.push_wait(m).await;
+                    q.push_wait(m).await.map_err(|()| closed())?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -520,32 +551,116 @@ impl std::fmt::Debug for InMemoryBus {
     }
 }
 
-/// Message ids seen within the de-duplication window.
+/// Message ids seen within the de-duplication window, at most
+/// `dedup_max_ids` of them, plus the ids of publishes under way.
 #[derive(Default)]
 struct DedupWindow {
-    seen: FxHashMap<Arc<str>, Instant>,
+    seen: FxHashMap<Arc<str>, Seen>,
+    /// The ids recorded as seen, oldest first.
     order: VecDeque<(Instant, Arc<str>)>,
+    next_claim: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Published at this instant.
+    At(Instant),
+    /// Being published by the claim with this number.
+    Claimed(u64),
 }
 
 impl DedupWindow {
-    /// Records `id`; false if it was already seen within `window`.
-    fn first_seen(&mut self, id: &str, window: Duration) -> bool {
-        let now = Instant::now();
+    /// Forgets the ids older than `window`, then the oldest beyond `max`.
+    fn evict(&mut self, now: Instant, window: Duration, max: usize) {
         while let Some((at, old)) = self.order.front() {
-            if now.duration_since(*at) < window {
+            if self.order.len() <= max && now.saturating_duration_since(*at) < window {
                 break;
             }
-            if self.seen.get(old) == Some(at) {
+            if self.seen.get(old) == Some(&Seen::At(*at)) {
                 self.seen.remove(old);
             }
             self.order.pop_front();
         }
+    }
+
+    /// Claims `id` for a publish; `None` if it was seen within the window or
+    /// is being published.
+    fn claim(&mut self, id: &str, window: Duration, max: usize) -> Option<(Arc<str>, u64)> {
+        self.evict(Instant::now(), window, max);
         if self.seen.contains_key(id) {
-            return false;
+            return None;
         }
+        let claim = self.next_claim;
+        self.next_claim = self.next_claim.wrapping_add(1);
         let id: Arc<str> = id.into();
-        self.seen.insert(id.clone(), now);
-        self.order.push_back((now, id));
-        true
+        self.seen.insert(id.clone(), Seen::Claimed(claim));
+        Some((id, claim))
+    }
+
+    /// The publish of `claim` is done: `id` is seen from now on.
+    fn confirm(&mut self, id: &str, claim: u64, window: Duration, max: usize) {
+        let key = match self.seen.get_key_value(id) {
+            Some((key, seen)) if *seen == Seen::Claimed(claim) => key.clone(),
+            _ => return,
+        };
+        let now = Instant::now();
+        self.seen.insert(key.clone(), Seen::At(now));
+        self.order.push_back((now, key));
+        self.evict(now, window, max);
+    }
+
+    /// The publish of `claim` was abandoned: `id` may be published again.
+    fn release(&mut self, id: &str, claim: u64) {
+        if self.seen.get(id) == Some(&Seen::Claimed(claim)) {
+            self.seen.remove(id);
+        }
     }
 }
+
+/// A publish's claim on its message id; released if dropped unconfirmed.
+struct DedupClaim<'a> {
+    inner: &'a Inner,
+    id: Arc<str>,
+    claim: u64,
+    confirmed: bool,
+}
+
+impl<'a> DedupClaim<'a> {
+    /// `None` if `id` is a duplicate.
+    fn new(inner: &'a Inner, id: &str) -> Option<Self> {
+        let config = &inner.config;
+        let (id, claim) =
+            inner
+                .dedup
+                .lock()
+                .claim(id, config.dedup_window, config.dedup_max_ids)?;
+        Some(DedupClaim {
+            inner,
+            id,
+            claim,
+            confirmed: false,
+        })
+    }
+
+    fn confirm(mut self) {
+        let config = &self.inner.config;
+        self.inner.dedup.lock().confirm(
+            &self.id,
+            self.claim,
+            config.dedup_window,
+            config.dedup_max_ids,
+        );
+        self.confirmed = true;
+    }
+}
+
+impl Drop for DedupClaim<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.inner.dedup.lock().release(&self.id, self.claim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -55,8 +55,15 @@ pub(crate) struct SubQueue {
 struct State {
     buf: VecDeque<BusMessage>,
     rx_waker: Option<Waker>,
-    tx_waiters: Vec<Waker>,
+    /// Publishers waiting for room: one entry per waiting [`PushWait`] (by
+    /// its id), whose waker is replaced, not added, on every poll.
+    tx_waiters: Vec<(u64, Waker)>,
+    /// Ids for [`PushWait`]s.
+    next_waiter: u64,
     closed: bool,
+    /// Closed because the bus closed (a waiting publish fails), not because
+    /// the subscriber went away (a waiting publish has nobody to wait for).
+    bus_closed: bool,
 }
 
 pub(crate) enum Push {
@@ -75,7 +82,9 @@ impl SubQueue {
                 buf: VecDeque::new(),
                 rx_waker: None,
                 tx_waiters: Vec::new(),
+                next_waiter: 0,
                 closed: false,
+                bus_closed: false,
             }),
             len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
@@ -159,12 +168,15 @@ impl SubQueue {
         PushWait {
             queue: self.clone(),
             msg: Some(msg),
+            waiter: None,
         }
     }
 
     /// Closes the queue: no more pushes; the subscriber still receives what
     /// is queued, then the end of the stream. With `discard`, what is queued
-    /// is dropped too (the subscriber itself is going away).
+    /// is dropped too (the subscriber itself is going away: a waiting
+    /// publish completes, as if delivered to a subscriber that left);
+    /// without it the bus is closing, and a waiting publish fails.
     pub(crate) fn close(&self, discard: bool) {
         let (rx, txs) = {
             let mut st = self.state.lock();
@@ -172,15 +184,23 @@ impl SubQueue {
             if discard {
                 st.buf.clear();
                 self.len.store(0, Ordering::Release);
+            } else {
+                st.bus_closed = true;
             }
             (st.rx_waker.take(), std::mem::take(&mut st.tx_waiters))
         };
         if let Some(w) = rx {
             w.wake();
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
+    }
+
+    /// Publishers registered as waiting for room.
+    #[cfg(test)]
+    pub(crate) fn waiting_publishers(&self) -> usize {
+        self.state.lock().tx_waiters.len()
     }
 
     /// Like `poll_drain` but without registering a waker when empty.
@@ -202,7 +222,7 @@ impl SubQueue {
             self.len.store(0, Ordering::Release);
             txs = std::mem::take(&mut st.tx_waiters);
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
         Poll::Ready(true)
@@ -227,7 +247,7 @@ impl SubQueue {
             self.len.store(0, Ordering::Release);
             txs = std::mem::take(&mut st.tx_waiters);
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
         Poll::Ready(true)
@@ -235,22 +255,28 @@ impl SubQueue {
 }
 
 /// Future of a publisher waiting for room in one subscriber's queue.
+///
+/// Resolves to `Err(())` if the bus closed before the message was queued.
+/// While it waits it keeps exactly one waker in the queue's list (replaced on
+/// each poll), and removes it when dropped.
 pub(crate) struct PushWait {
     queue: Arc<SubQueue>,
     msg: Option<BusMessage>,
+    /// Its id in the queue's `tx_waiters`, once registered.
+    waiter: Option<u64>,
 }
 
 impl Future for PushWait {
-    type Output = ();
+    type Output = Result<(), ()>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         let this = &mut *self;
         let Some(msg) = this.msg.take() else {
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         };
         let mut st = this.queue.state.lock();
         if st.closed {
-            return Poll::Ready(());
+            return Poll::Ready(if st.bus_closed { Err(()) } else { Ok(()) });
         }
         if st.buf.len() < this.queue.capacity {
             st.buf.push_back(msg);
@@ -260,12 +286,36 @@ impl Future for PushWait {
             if let Some(w) = waker {
                 w.wake();
             }
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         }
-        st.tx_waiters.push(cx.waker().clone());
+        // Still registered (the list was not taken by a wake since)? Then
+        // replace the waker in place; else register anew.
+        let id = this.waiter;
+        match id.and_then(|id| st.tx_waiters.iter_mut().find(|(w, _)| *w == id)) {
+            Some((_, w)) => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = st.next_waiter;
+                st.next_waiter = st.next_waiter.wrapping_add(1);
+                st.tx_waiters.push((id, cx.waker().clone()));
+                this.waiter = Some(id);
+            }
+        }
         drop(st);
         this.msg = Some(msg);
         Poll::Pending
+    }
+}
+
+impl Drop for PushWait {
+    fn drop(&mut self) {
+        // A cancelled wait (e.g. under a timeout) leaves no waker behind.
+        if let (Some(id), Some(_)) = (self.waiter, &self.msg) {
+            self.queue.state.lock().tx_waiters.retain(|(w, _)| *w != id);
+        }
     }
 }
 

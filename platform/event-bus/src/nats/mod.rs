@@ -46,7 +46,7 @@
 //! and a bus made with [`NatsBus::new`] fails its first stream or consumer
 //! operation with [`ErrorKind::Unsupported`], naming the version found.
 
-mod convert;
+pub(crate) mod convert; // pub(crate): re-exported by `crate::fuzzing`
 mod durable;
 pub mod streams;
 mod subscription;

@@ -40,6 +40,13 @@ const EXPIRES: Duration = Duration::from_secs(10);
 /// at the right position when the subscriber reads again).
 const INACTIVE: Duration = Duration::from_secs(120);
 
+/// Whether a stream stores only subjects in the server's namespaces (a
+/// key-value bucket's `$KV.<bucket>.>`, an object store's `$O.>`): a
+/// wildcard subscription never reads it.
+fn server_only(subjects: &[String]) -> bool {
+    !subjects.is_empty() && subjects.iter().all(|s| crate::subject::is_reserved(s))
+}
+
 /// Subscribes to `wire_pattern` on `streams`; returns once every follower's
 /// first consumer exists (so everything published afterwards is seen).
 pub(crate) async fn subscribe(
@@ -63,6 +70,9 @@ pub(crate) async fn subscribe(
             .map_err(|e| api_error(&format!("reading stream {name}"), e))?;
         let (next, created) = (info.state.last_sequence + 1, info.created);
         attached.insert(name.clone());
+        if server_only(&info.config.subjects) {
+            continue;
+        }
         let mut follower = Follower {
             stream,
             name,
@@ -114,6 +124,10 @@ async fn watch_new_streams(
             let Ok(stream) = js.get_stream(&name).await else {
                 continue;
             };
+            if server_only(&stream.cached_info().config.subjects) {
+                attached.insert(name);
+                continue;
+            }
             let created = stream.cached_info().created;
             let mut follower = Follower {
                 stream,
@@ -319,6 +333,11 @@ impl Follower {
             // The server filters by the pattern unless it had to be dropped
             // (pattern broader than the stream): only then match here.
             if !self.use_filter && !matches(&self.pattern, msg.subject.as_str()) {
+                continue;
+            }
+            // Subjects in the server's namespaces never reach a subscriber,
+            // as on every backend (a stream may mix them with others).
+            if crate::subject::is_reserved(msg.subject.as_str()) {
                 continue;
             }
             let bus_msg =

@@ -1488,6 +1488,12 @@ async fn bounded(
     limit: Duration,
     answer: impl Future<Output = Result<(), BusError>>,
 ) -> Result<(), BusError> {
+    // Most answers complete at once (in memory, or queued in the NATS
+    // client): those need no timer.
+    let mut answer = std::pin::pin!(answer);
+    if let Poll::Ready(r) = futures::poll!(answer.as_mut()) {
+        return r;
+    }
     match tokio::time::timeout(limit, answer).await {
         Ok(r) => r,
         Err(_) => Err(BusError::new(
