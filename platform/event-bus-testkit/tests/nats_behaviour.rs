@@ -889,7 +889,8 @@ async fn ack_and_exit(
         rt.block_on(async {
             use event_bus::{ConsumerConfig, StartPosition};
             let client = async_nats::connect(url).await.unwrap();
-            let bus = NatsBus::new(client);
+            // Through the trait, as a service holds it: `flush` included.
+            let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(client));
             let mut consumer = bus
                 .consume(
                     ConsumerConfig::new(name, filter)

@@ -110,6 +110,15 @@ pub trait EventBus: Send + Sync {
         "custom"
     }
 
+    /// Waits until the backend has every answer and message this process only
+    /// queued (`Delivery::ack_nowait`, the hand-back of dropped consumer
+    /// streams): call it before exiting to close consumers cleanly. Answers
+    /// awaited with `Delivery::ack` and the like need no flush. The default
+    /// has nothing to wait for.
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     /// The tenant this bus is confined to, if any (`NatsBus::for_tenant`).
     /// What is stored outside the bus under its names (the runner's
     /// idempotency-inbox keys) is scoped by it, so that tenants sharing one

@@ -838,6 +838,10 @@ impl EventBus for NatsBus {
     fn tenant(&self) -> Option<&str> {
         self.inner.tenant.as_deref()
     }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        NatsBus::flush(self).await
+    }
 }
 
 impl std::fmt::Debug for NatsBus {
