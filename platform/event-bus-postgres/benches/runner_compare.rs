@@ -6,14 +6,20 @@
 //! * the runner without an inbox (target: at least 0.9x the loop);
 //! * the runner with the in-memory inbox;
 //! * the runner with the PostgreSQL inbox (one transaction per event, a
-//!   throwaway server or `DATABASE_URL`), beside the loop doing the same
-//!   handler write in its own transaction;
+//!   throwaway server or `DATABASE_URL`), beside a loop doing the same
+//!   handler write in its own transaction: one at a time against the
+//!   runner at concurrency 1, eight at a time (`for_each_concurrent(8)`)
+//!   against the runner at concurrency 8;
 //! * on NatsBus (a real nats-server the bench starts): loop and runner each
 //!   read a stored backlog with a consumer of their own.
 //!
 //! Each in-memory case is measured two ways: with a backlog published before
 //! the clock starts (the consuming side alone, which is what the runner adds
 //! to) and with a live publisher task.
+//!
+//! Every row prints the median rate of each side and the ratio of those two
+//! medians (runner / loop), so the ratio can be checked against its row.
+//! Runs alternate which side goes first.
 //!
 //! `cargo bench -p event-bus-postgres --bench runner_compare`
 //! (`RUNNER_BENCH_EVENTS`, default 100 000, and `RUNNER_BENCH_REPS`, default 7;
@@ -88,12 +94,12 @@ async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &m
 
 /// Adds the bench's handler for `bench.*`, written as `shape`: it runs
 /// [`handle_job`] (counting into `done`, signalling every `step` events).
-fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
-    builder: event_bus::runner::RunnerBuilder<I>,
+fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static, S>(
+    builder: event_bus::runner::RunnerBuilder<I, S>,
     shape: Shape,
     done: &Arc<Done>,
     step: u64,
-) -> event_bus::runner::RunnerBuilder<I> {
+) -> event_bus::runner::RunnerBuilder<I, event_bus::runner::WithHandlers> {
     match shape {
         Shape::Sync => {
             let d = done.clone();
@@ -248,30 +254,40 @@ async fn live_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
 }
 
 /// In a task of its own, like the runner.
-async fn pg_loop(pool: &sqlx::PgPool, n: u64) -> Duration {
-    tokio::spawn(pg_loop_task(pool.clone(), n)).await.unwrap()
+async fn pg_loop(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration {
+    tokio::spawn(pg_loop_task(pool.clone(), n, concurrency))
+        .await
+        .unwrap()
 }
 
-async fn pg_loop_task(pool: sqlx::PgPool, n: u64) -> Duration {
+/// The hand-written loop with PostgreSQL: consume, decode, write the effect
+/// row in a transaction, commit, ack; `concurrency` events at a time
+/// (`for_each_concurrent`, as one would write it by hand).
+async fn pg_loop_task(pool: sqlx::PgPool, n: u64, concurrency: usize) -> Duration {
     let pool = &pool;
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let mut consumer = hand_consumer(&bus, "pghand").await;
     let start = Instant::now();
     let publisher = spawn_publisher(&bus, n);
-    for _ in 0..n {
-        let d = consumer.next().await.unwrap().unwrap();
-        let job: Job = serde_json::from_slice(&d.payload).unwrap();
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)")
-            .bind(job.id as i64)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        d.ack().await.unwrap();
-    }
+    consumer
+        .by_ref()
+        .take(n as usize)
+        .for_each_concurrent(concurrency, |d| async move {
+            let d = d.unwrap();
+            let job: Job = serde_json::from_slice(&d.payload).unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO bench_effects (id) VALUES ($1)")
+                .bind(job.id as i64)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            d.ack().await.unwrap();
+        })
+        .await;
+    let took = start.elapsed();
     publisher.await.unwrap();
-    start.elapsed()
+    took
 }
 
 /// What the PostgreSQL runner's handler counts, and when it signals.
@@ -292,15 +308,15 @@ async fn insert_effect(
         .bind(e.data.id as i64)
         .execute(&mut **tx)
         .await;
-    // Counted once the unit of work is about to commit (the commit itself
-    // is a few microseconds past the clock).
+    // Signalled once the last unit of work is about to commit; the clock
+    // then waits for the runner's report to count every event acked.
     if r.is_ok() && s.done.fetch_add(1, Ordering::Relaxed) + 1 == s.n {
         s.all_done.notify_one();
     }
     r.map(|_| ()).into()
 }
 
-async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration {
+async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize, run: usize) -> Duration {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let state = Arc::new(PgDone {
         done: AtomicU64::new(0),
@@ -309,7 +325,8 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration 
     });
     let inbox = PgInbox::new(pool.clone());
     inbox.migrate().await.unwrap();
-    let runner = Runner::builder(bus.clone(), format!("pgbench{concurrency}"))
+    // A name per run: each run's bus assigns the same message ids again.
+    let runner = Runner::builder(bus.clone(), format!("pgbench{concurrency}-{run}"))
         .inbox(inbox)
         .concurrency(concurrency)
         .handler(Handler::from_fn_with_state(
@@ -325,6 +342,10 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize) -> Duration 
     let start = Instant::now();
     let publisher = spawn_publisher(&bus, n);
     state.all_done.notified().await;
+    // Like the loop's clock, the runner's includes the last commits and acks.
+    while runner.report().processed < n {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
     let took = start.elapsed();
     publisher.await.unwrap();
     runner.shutdown().await;
@@ -355,6 +376,19 @@ async fn nats_pair(
     window: Option<usize>,
     shape: Shape,
 ) -> (Duration, Duration) {
+    // Alternate which side reads first.
+    if run.is_multiple_of(2) {
+        let runner = nats_runner(bus, run, n, concurrency, window, shape).await;
+        let hand = nats_hand(bus, run, n).await;
+        return (hand, runner);
+    }
+    let hand = nats_hand(bus, run, n).await;
+    let runner = nats_runner(bus, run, n, concurrency, window, shape).await;
+    (hand, runner)
+}
+
+/// The loop's side of [`nats_pair`].
+async fn nats_hand(bus: &Arc<dyn EventBus>, run: usize, n: u64) -> Duration {
     let hand_done = Done::default();
     let start = Instant::now();
     let mut consumer = bus
@@ -366,8 +400,18 @@ async fn nats_pair(
         .await
         .unwrap();
     handle_by_hand(&mut consumer, n, &hand_done).await;
-    let hand = start.elapsed();
-    drop(consumer);
+    start.elapsed()
+}
+
+/// The runner's side of [`nats_pair`].
+async fn nats_runner(
+    bus: &Arc<dyn EventBus>,
+    run: usize,
+    n: u64,
+    concurrency: usize,
+    window: Option<usize>,
+    shape: Shape,
+) -> Duration {
     let done: Arc<Done> = Arc::default();
     let start = Instant::now();
     let mut builder = Runner::builder(bus.clone(), format!("runner{run}"))
@@ -381,7 +425,7 @@ async fn nats_pair(
     done.1.notified().await;
     let took = start.elapsed();
     runner.shutdown().await;
-    (hand, took)
+    took
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -389,28 +433,26 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn median_f64(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-/// Prints a row: medians of the rates of `n` events, and the median of the
-/// per-run ratios (loop time / runner time).
+/// Prints a row: the median rates of `n` events of each side, and the ratio
+/// of those two medians (runner / loop); then the runs it comes from.
 fn report_n(name: &str, n: u64, hand: Vec<Duration>, runner: Vec<Duration>) {
-    let ratios: Vec<f64> = hand
-        .iter()
-        .zip(&runner)
-        .map(|(h, r)| h.as_secs_f64() / r.as_secs_f64())
-        .collect();
+    let (runner_rate, hand_rate) = (
+        rate(n, median(runner.clone())),
+        rate(n, median(hand.clone())),
+    );
     println!(
-        "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
-        rate(n, median(runner)),
-        rate(n, median(hand)),
-        median_f64(ratios)
+        "{name:<58} {runner_rate:>12.0} {hand_rate:>12.0} {:>6.2}x   ({} runs; runner/loop per run: {})",
+        runner_rate / hand_rate,
+        runner.len(),
+        hand.iter()
+            .zip(&runner)
+            .map(|(h, r)| format!("{:.2}", h.as_secs_f64() / r.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }
 
@@ -435,7 +477,7 @@ fn main() {
     println!("event runner vs a hand-written consume+decode+ack loop, InMemoryBus, {n} events per run, {reps} runs");
     println!("backlog: the consuming side alone; chunks of {CHUNK} events published untimed, then handled by the loop and by the runner in turn (current-thread runtime)");
     println!("live: a publisher task runs meanwhile; loop and runner each in a task, runs alternated (multi-threaded runtime, 2 workers; varies more)");
-    println!("ratio: median of the per-run ratios");
+    println!("ratio: runner median rate / loop median rate (the two columns); the runs' own ratios follow");
     println!();
     println!(
         "{:<58} {:>12} {:>12} {:>7}",
@@ -481,18 +523,26 @@ fn main() {
     }
     for (name, concurrency, mem, shape) in cases {
         let (mut hand, mut runner) = (vec![], vec![]);
-        for _ in 0..reps {
-            hand.push(rt.block_on(live_hand(n)));
-            runner.push(if mem {
-                rt.block_on(live_runner(MemoryInbox::default(), n, concurrency, shape))
+        for rep in 0..reps {
+            let run_runner = || {
+                if mem {
+                    rt.block_on(live_runner(MemoryInbox::default(), n, concurrency, shape))
+                } else {
+                    rt.block_on(live_runner(
+                        event_bus::runner::NoInbox,
+                        n,
+                        concurrency,
+                        shape,
+                    ))
+                }
+            };
+            if rep % 2 == 0 {
+                hand.push(rt.block_on(live_hand(n)));
+                runner.push(run_runner());
             } else {
-                rt.block_on(live_runner(
-                    event_bus::runner::NoInbox,
-                    n,
-                    concurrency,
-                    shape,
-                ))
-            });
+                runner.push(run_runner());
+                hand.push(rt.block_on(live_hand(n)));
+            }
         }
         report(&format!("live: runner, {name}"), hand, runner);
     }
@@ -519,7 +569,7 @@ fn main() {
     ];
     for (name, concurrency, window, shape) in nats_cases {
         let (mut hand, mut runner) = (vec![], vec![]);
-        for _ in 0..reps.min(3) {
+        for _ in 0..reps.max(5) {
             run += 1;
             let (h, r) = rt.block_on(nats_pair(
                 &nats_bus,
@@ -552,20 +602,30 @@ fn main() {
             .unwrap();
         pool
     });
-    let hand_pg = rt.block_on(pg_loop(&pool, pg_n));
-    let run_pg1 = rt.block_on(pg_runner(&pool, pg_n, 1));
-    let run_pg8 = rt.block_on(pg_runner(&pool, pg_n, 8));
     println!();
-    println!("with PostgreSQL ({pg_n} events; the loop writes the same row in its own transaction, without an inbox)");
-    for (name, d) in [
-        ("runner, PostgreSQL inbox, concurrency 1", run_pg1),
-        ("runner, PostgreSQL inbox, concurrency 8", run_pg8),
-    ] {
-        println!(
-            "{name:<58} {:>12.0} {:>12.0} {:>6.2}x",
-            rate(pg_n, d),
-            rate(pg_n, hand_pg),
-            rate(pg_n, d) / rate(pg_n, hand_pg)
+    println!("with PostgreSQL ({pg_n} events per run, {} runs; the loop writes the same row in its own transaction, without an inbox row; the runner also claims the event in the inbox table)", reps.max(5));
+    let mut run = 0;
+    for concurrency in [1, 8] {
+        let (mut hand, mut runner) = (vec![], vec![]);
+        for rep in 0..reps.max(5) {
+            run += 1;
+            let pair = (
+                || rt.block_on(pg_loop(&pool, pg_n, concurrency)),
+                || rt.block_on(pg_runner(&pool, pg_n, concurrency, run)),
+            );
+            if rep % 2 == 0 {
+                hand.push(pair.0());
+                runner.push(pair.1());
+            } else {
+                runner.push(pair.1());
+                hand.push(pair.0());
+            }
+        }
+        report_n(
+            &format!("PostgreSQL inbox, {concurrency} transaction(s) at a time each"),
+            pg_n,
+            hand,
+            runner,
         );
     }
 }

@@ -3,9 +3,13 @@
 //! transaction, so that an event redelivered after a crash between commit
 //! and ack has no second effect.
 //!
+//! Depend on `event-bus` and `event-bus-postgres`, and use the sqlx this
+//! crate re-exports (`event_bus_postgres::sqlx`) for the pool and the
+//! handler's transaction: a `PgPool` of another sqlx version is another type.
+//!
 //! ```no_run
 //! use event_bus::runner::{Event, Handler, Outcome, Runner};
-//! use event_bus_postgres::PgInbox;
+//! use event_bus_postgres::{sqlx, PgInbox};
 //! # async fn example(bus: std::sync::Arc<dyn event_bus::EventBus>, pool: sqlx::PgPool) -> Result<(), event_bus::BusError> {
 //! #[derive(serde::Deserialize)]
 //! struct OrderPlaced { order_id: String, cents: i64 }
@@ -38,6 +42,11 @@
 
 #![warn(missing_docs)]
 
+/// The sqlx this crate is built with: use it (`event_bus_postgres::sqlx`)
+/// for the pool and the handler's `Transaction`, so that the versions match
+/// (another sqlx version's `PgPool` is a different type).
+pub use sqlx;
+
 use async_trait::async_trait;
 use event_bus::runner::Inbox;
 use event_bus::{BusError, ErrorKind, MessageId};
@@ -58,13 +67,37 @@ pub struct PgInbox {
     table: String,
 }
 
-fn db_error(what: &str, e: sqlx::Error) -> BusError {
-    let kind = match &e {
+/// The kind of a database error. The runner tries again, without counting
+/// a failed attempt, on `Timeout`, `Unavailable` and `Conflict`: errors that
+/// pass by themselves (a lost connection, a server restarting during a
+/// failover, a serialization failure), as opposed to errors about the
+/// statement or the data (`Backend`).
+fn error_kind(e: &sqlx::Error) -> ErrorKind {
+    match e {
         sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
-        sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ErrorKind::Unavailable,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // Statement timeout, lock timeout.
+            Some("57014" | "55P03") => ErrorKind::Timeout,
+            // Connection exceptions (class 08), the server shutting down or
+            // starting (57P01..57P05), too many connections.
+            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53300" => {
+                ErrorKind::Unavailable
+            }
+            // Serialization failure, deadlock: try again.
+            Some("40001" | "40P01") => ErrorKind::Conflict,
+            _ => ErrorKind::Backend,
+        },
         _ => ErrorKind::Backend,
-    };
-    BusError::with_source(kind, format!("inbox: {what}"), e)
+    }
+}
+
+fn db_error(what: &str, e: sqlx::Error) -> BusError {
+    BusError::with_source(error_kind(&e), format!("inbox: {what}"), e)
 }
 
 impl PgInbox {
@@ -164,7 +197,8 @@ impl Inbox for PgInbox {
         consumer: &str,
         message_id: &MessageId,
     ) -> Result<Option<Self::Tx>, BusError> {
-        let message_id = message_id.to_string();
+        // The id's storage key: given and bus-assigned ids never collide.
+        let message_id = message_id.key().into_owned();
         let mut tx = self
             .pool
             .begin()

@@ -971,6 +971,79 @@ pub async fn consumer_resumes_mid_stream(f: &dyn BusFactory) {
     .await;
 }
 
+/// Publishes `payloads` on `suffix` as envelopes; returns their sequences.
+async fn publish_seqs(c: &Ctx, suffix: &str, payloads: &[&str]) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for p in payloads {
+        let ack = c
+            .bus
+            .publish_envelope(Envelope::new(c.subject(suffix), p.as_bytes().to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("publish {p:?}: {e}"));
+        assert!(ack.sequence > 0, "{p:?} was stored: {ack:?}");
+        seqs.push(ack.sequence);
+    }
+    seqs
+}
+
+/// Receives `n` deliveries, acks them, returns their payloads.
+async fn take_acked(consumer: &mut ConsumerStream, n: usize, what: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let d = next_delivery(consumer, &format!("{what} ({} of {n})", i + 1)).await;
+        assert_eq!(d.delivery_count(), 1, "{what}: a first delivery");
+        out.push(text(d.message()));
+        d.ack().await.unwrap();
+    }
+    out
+}
+
+/// A durable consumer created after messages were published, with
+/// `StartPosition::All`, gets those earlier messages first, in order, then
+/// new ones. (The service's own consumer already exists, as when a
+/// dead-letter reader is opened later: the in-memory bus records its log from
+/// its first durable consumer on.)
+pub async fn consumer_start_all(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cstartall").await;
+    let _service = c.consume(c.consumer_config("service", "h.>")).await;
+    publish_seqs(&c, "h.a", &["e1", "e2", "e3"]).await;
+    let config = c
+        .consumer_config("replay", "h.>")
+        .start(event_bus::StartPosition::All);
+    let mut replay = c.consume(config).await;
+    assert_eq!(
+        take_acked(&mut replay, 3, "the messages published before it").await,
+        ["e1", "e2", "e3"]
+    );
+    publish_seqs(&c, "h.b", &["e4"]).await;
+    assert_eq!(
+        take_acked(&mut replay, 1, "a message published after it").await,
+        ["e4"],
+        "nothing twice, nothing skipped"
+    );
+}
+
+/// A durable consumer created with `StartPosition::Sequence(n)` starts at the
+/// message numbered n (the sequence its publish acknowledged), then gets new ones.
+pub async fn consumer_start_sequence(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cstartseq").await;
+    let _service = c.consume(c.consumer_config("service", "q.>")).await;
+    let seqs = publish_seqs(&c, "q.a", &["e1", "e2", "e3", "e4"]).await;
+    let config = c
+        .consumer_config("from3", "q.>")
+        .start(event_bus::StartPosition::Sequence(seqs[2]));
+    let mut from = c.consume(config).await;
+    assert_eq!(
+        take_acked(&mut from, 2, "the messages from the start sequence on").await,
+        ["e3", "e4"]
+    );
+    publish_seqs(&c, "q.a", &["e5"]).await;
+    assert_eq!(
+        take_acked(&mut from, 1, "a message published after it").await,
+        ["e5"]
+    );
+}
+
 /// Bad consumer configuration is an error naming the field.
 pub async fn consumer_invalid_config(f: &dyn BusFactory) {
     let c = Ctx::new(f, "cbad").await;
@@ -1008,6 +1081,129 @@ pub async fn consumer_invalid_config(f: &dyn BusFactory) {
         .err()
         .expect("a bad filter must fail");
     assert_eq!(err.kind(), ErrorKind::InvalidPattern);
+}
+
+/// The suffix (under the scenario's prefix) of `config`'s dead-letter subject.
+fn dlq_suffix(c: &Ctx, config: &ConsumerConfig) -> String {
+    let subject = config
+        .dead_letter_subject
+        .clone()
+        .expect("a dead-letter subject");
+    subject
+        .strip_prefix(&format!("{}.", c.prefix()))
+        .expect("the dead-letter subject is under the prefix")
+        .to_string()
+}
+
+/// A dead letter that no longer fits the size limit once the `Bus-Dlq-*`
+/// headers are added (a payload at the limit) is published without its
+/// payload, with `Bus-Dlq-Truncated` giving the payload's size and the origin
+/// headers pointing at the original: the poison message is never lost.
+pub async fn consumer_dead_letter_too_large_is_truncated(f: &dyn BusFactory) {
+    let c = Ctx::new(f, "cdlqbig").await;
+    let config = c.consumer_config("dlqbig", "d").max_deliver(1);
+    let mut dead = c.sub(&dlq_suffix(&c, &config)).await;
+    let mut consumer = c.consume(config.clone()).await;
+    // 1 MiB is the limit of both backends by default (see `large_payload`).
+    let size = 1024 * 1024;
+    c.publish("d", vec![b'x'; size]).await;
+    let d = next_delivery(&mut consumer, "the poison message").await;
+    let (sequence, id) = (d.sequence, d.id.to_string());
+    d.nack_with_reason(None, "undecodable")
+        .await
+        .expect("the last nack dead-letters the message, truncated");
+    let m = recv(&mut dead, "the truncated dead letter").await;
+    assert!(m.payload.is_empty(), "{} bytes of payload", m.payload.len());
+    assert_eq!(
+        m.headers.get(dlq::TRUNCATED),
+        Some(size.to_string().as_str()),
+        "{m:?}"
+    );
+    assert_eq!(
+        m.headers.get(dlq::ORIGINAL_SUBJECT),
+        Some(c.subject("d").as_str())
+    );
+    assert_eq!(
+        m.headers.get(dlq::ORIGINAL_SEQUENCE),
+        Some(sequence.to_string().as_str())
+    );
+    assert_eq!(m.headers.get(dlq::ORIGINAL_ID), Some(id.as_str()));
+    assert_eq!(m.headers.get(dlq::CONSUMER), Some(config.name.as_str()));
+    assert!(
+        m.headers
+            .get(dlq::LAST_ERROR)
+            .is_some_and(|e| e.contains("undecodable")),
+        "{m:?}"
+    );
+    assert_no_delivery(
+        &mut consumer,
+        Duration::from_millis(1500),
+        "the dead-lettered message is terminated",
+    )
+    .await;
+}
+
+/// Limits are errors naming the field, not overflows: `max_deliver`,
+/// `ack_wait` and backoff steps beyond their documented maximum are refused;
+/// a nack delay beyond any deadline is shortened (no panic, no immediate
+/// redelivery).
+pub async fn consumer_limits_are_errors_not_overflows(f: &dyn BusFactory) {
+    use event_bus::consumer::{MAX_DELIVER, MAX_WAIT};
+    let c = Ctx::new(f, "climits").await;
+    let refused = |config: ConsumerConfig, field: &'static str| {
+        let bus = c.bus.clone();
+        async move {
+            let err = bus
+                .consume(config)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("an out-of-range {field} must be refused"));
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    };
+    refused(
+        c.consumer_config("md", "x").max_deliver(u32::MAX),
+        "max_deliver",
+    )
+    .await;
+    refused(
+        c.consumer_config("md1", "x").max_deliver(MAX_DELIVER + 1),
+        "max_deliver",
+    )
+    .await;
+    refused(
+        c.consumer_config("aw", "x").ack_wait(Duration::MAX),
+        "ack_wait",
+    )
+    .await;
+    refused(
+        c.consumer_config("bo", "x").backoff(vec![
+            Duration::from_secs(1),
+            MAX_WAIT + Duration::from_secs(1),
+        ]),
+        "backoff",
+    )
+    .await;
+    // At the limits, accepted.
+    let mut consumer = c
+        .consume(
+            c.consumer_config("ok", "x")
+                .max_deliver(MAX_DELIVER)
+                .backoff(vec![MAX_WAIT]),
+        )
+        .await;
+    c.publish("x", "later").await;
+    let d = next_delivery(&mut consumer, "the message").await;
+    d.nack(Some(Duration::MAX))
+        .await
+        .expect("a nack with the longest delay is accepted");
+    assert_no_delivery(
+        &mut consumer,
+        Duration::from_millis(1200),
+        "a nack delay of Duration::MAX means a long delay, not none",
+    )
+    .await;
 }
 
 mod parking_lot_free {
@@ -1232,6 +1428,10 @@ scenario_table!(
     invalid_message_ids,
     assigned_ids_are_unique,
     reserved_subjects_refused,
+    consumer_dead_letter_too_large_is_truncated,
+    consumer_limits_are_errors_not_overflows,
+    consumer_start_all,
+    consumer_start_sequence,
 );
 
 /// Runs every scenario in turn; returns the names of those that failed, with

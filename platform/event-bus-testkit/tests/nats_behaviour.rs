@@ -566,6 +566,47 @@ async fn wildcard_first_token_follows_new_streams() {
     );
 }
 
+/// A `>` subscription never reads key-value buckets (streams over `$KV.>`),
+/// neither those that exist when it subscribes nor those created later:
+/// subjects in the server's namespaces reach no subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_never_read_key_value_buckets() {
+    use async_nats::jetstream::kv;
+    let server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let js = bus.jetstream().clone();
+    let before = js
+        .create_key_value(kv::Config {
+            bucket: "sessions".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    bus.publish("plain.x", b"old".to_vec()).await.unwrap();
+    let mut all = bus.subscribe(">").await.unwrap();
+    before.put("admin", "secret-1".into()).await.unwrap();
+    let after = js
+        .create_key_value(kv::Config {
+            bucket: "tokens".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    after.put("admin", "secret-2".into()).await.unwrap();
+    // A new plain stream, created after the bucket: once `>` sees it, a
+    // rescan has passed over the bucket too.
+    bus.publish("later.x", b"first sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut all).await, "first sentinel");
+    before.put("admin", "secret-3".into()).await.unwrap();
+    after.put("admin", "secret-4".into()).await.unwrap();
+    bus.publish("later.x", b"second sentinel".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut all).await, "second sentinel");
+}
+
 /// Test certificates: a CA, a server certificate for 127.0.0.1/localhost and
 /// a client certificate, all signed by the CA, as PEM files in `dir`.
 struct TestPki {
@@ -819,4 +860,563 @@ async fn dropped_consumer_hands_back_what_it_fetched() {
         "the acked message stays acked"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// How a consumer in [`ack_and_exit`] answers.
+#[derive(Clone, Copy, Debug)]
+enum AckMode {
+    /// `Delivery::ack().await` each, then exit.
+    Confirmed,
+    /// `Delivery::ack_nowait().await` each, then `NatsBus::flush`, then exit.
+    NowaitThenFlush,
+}
+
+/// Consumes and acks `n` deliveries in a runtime of its own on its own
+/// thread, then drops that runtime at once (like a process that exits after
+/// its last ack returned): nothing left in the client is sent afterwards.
+async fn ack_and_exit(
+    url: String,
+    name: &'static str,
+    filter: &'static str,
+    n: usize,
+    mode: AckMode,
+) {
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use event_bus::{ConsumerConfig, StartPosition};
+            let client = async_nats::connect(url).await.unwrap();
+            let bus = NatsBus::new(client);
+            let mut consumer = bus
+                .consume(
+                    ConsumerConfig::new(name, filter)
+                        .start(StartPosition::All)
+                        .ack_wait(Duration::from_secs(60)),
+                )
+                .await
+                .unwrap();
+            for _ in 0..n {
+                let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                    .await
+                    .expect("a delivery within 10 s")
+                    .unwrap()
+                    .unwrap();
+                match mode {
+                    AckMode::Confirmed => d.ack().await.expect("ack"),
+                    AckMode::NowaitThenFlush => d.ack_nowait().await.expect("ack_nowait"),
+                }
+            }
+            if let AckMode::NowaitThenFlush = mode {
+                drop(consumer);
+                bus.flush().await.expect("flush");
+            }
+        });
+        drop(rt); // the "process" exits
+    })
+    .await
+    .unwrap();
+}
+
+/// The server-side state of durable consumer `name` on `stream`.
+async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> jetstream::consumer::Info {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+/// `Delivery::ack` returns `Ok` only once the server has the ack: a consumer
+/// that acks and exits at once leaves nothing unacknowledged on the server
+/// (with fire-and-forget acks, those still queued in the client were lost
+/// and the events came back after a restart). The same holds for
+/// `ack_nowait` followed by `NatsBus::flush`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_on_the_server_when_they_return() {
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client.clone());
+    let js = jetstream::new(client);
+    let n = 300;
+    for i in 0..n {
+        bus.publish("ackexit.job", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    for (name, mode) in [
+        ("confirmed", AckMode::Confirmed),
+        ("nowait-flush", AckMode::NowaitThenFlush),
+    ] {
+        ack_and_exit(server.url(), name, "ackexit.>", n, mode).await;
+        if let AckMode::NowaitThenFlush = mode {
+            // A flush means the server received the acks; it processes
+            // them right after.
+            wait::until_async(Duration::from_secs(5), "the flushed acks processed", || {
+                let js = js.clone();
+                async move {
+                    consumer_info(&js, "BUS_ACKEXIT", name)
+                        .await
+                        .num_ack_pending
+                        == 0
+                }
+            })
+            .await;
+        }
+        // A confirmed ack has been processed by the server: checked at once.
+        let info = consumer_info(&js, "BUS_ACKEXIT", name).await;
+        assert_eq!(
+            (info.num_ack_pending, info.ack_floor.stream_sequence),
+            (0, n as u64),
+            "{mode:?}: every ack returned Ok, so the server must have all {n} ({info:?})"
+        );
+    }
+}
+
+/// Every answer is bounded in time: with the server gone, `ack`, `nack`,
+/// `in_progress` and `term` fail within the publish timeout (never `Ok` for
+/// an answer the server did not get, never a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_during_an_outage_fail_within_the_publish_timeout() {
+    use event_bus::{ConsumerConfig, StartPosition};
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_millis(800));
+    for i in 0..4 {
+        bus.publish("ackdown.job", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("down", "ackdown.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    let mut ds = Vec::new();
+    for _ in 0..4 {
+        ds.push(consumer.next().await.unwrap().unwrap());
+    }
+    server.kill();
+    let bounded = |took: Duration, what: &str| {
+        assert!(
+            took < Duration::from_secs(3),
+            "{what} took {took:?} with an 800 ms bound"
+        )
+    };
+    let d = ds.pop().unwrap();
+    let started = Instant::now();
+    let err = d
+        .in_progress()
+        .await
+        .expect_err("in_progress with the server down");
+    bounded(started.elapsed(), "in_progress");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+    let started = Instant::now();
+    let err = d
+        .ack()
+        .await
+        .expect_err("ack with the server down must not be Ok");
+    bounded(started.elapsed(), "ack");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ack"), "{err}");
+    let started = Instant::now();
+    let err = ds.pop().unwrap().nack(None).await.expect_err("nack");
+    bounded(started.elapsed(), "nack");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+    let started = Instant::now();
+    let err = ds.pop().unwrap().term(None).await.expect_err("term");
+    bounded(started.elapsed(), "term");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+    let started = Instant::now();
+    let err = bus.flush().await.expect_err("flush with the server down");
+    bounded(started.elapsed(), "flush");
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Unavailable),
+        "{err}"
+    );
+}
+
+/// A dead letter that cannot be published (no stream stores the dead-letter
+/// subject and the bus may not create one) never loses the message: the
+/// failure is an error item each time, the message stays pending (the server
+/// keeps delivering it: with `max_deliver + 3` it stopped after the 4th
+/// delivery and stranded it), and once a stream stores the subject the
+/// message is dead-lettered and terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dead_letter_publish_keeps_the_message_until_it_succeeds() {
+    use event_bus::consumer::dlq;
+    use event_bus::ConsumerConfig;
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let bus = NatsBus::new(client).with_auto_create_streams(false);
+    NatsBus::new(js.client())
+        .ensure_streams(&[StreamSpec::new("JOBS", ["jobs.>"])])
+        .await
+        .unwrap();
+    let mut consumer = bus
+        .consume(
+            ConsumerConfig::new("stuck", "jobs.>")
+                .max_deliver(1)
+                .ack_wait(Duration::from_secs(30))
+                .dead_letter_subject(Some("nodlq.stuck".into())),
+        )
+        .await
+        .unwrap();
+    bus.publish("jobs.a", b"poison".to_vec()).await.unwrap();
+    let d = consumer.next().await.unwrap().unwrap();
+    let err = d
+        .nack_with_reason(None, "cannot decode")
+        .await
+        .expect_err("no stream stores the dead-letter subject");
+    assert!(err.to_string().contains("nodlq.stuck"), "{err}");
+    // Four more failed attempts: beyond the old server-side limit of
+    // max_deliver + 3 deliveries.
+    for attempt in 2..=5 {
+        let item = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("dead-lettering attempt {attempt}: the message is still delivered")
+            })
+            .expect("the consumer stream stays open");
+        let err = item
+            .expect_err("the failed dead-lettering is an error item, the handler never sees it");
+        assert!(err.to_string().contains("nodlq.stuck"), "{err}");
+    }
+    // Now a stream stores dead letters: the next attempt succeeds.
+    NatsBus::new(js.client())
+        .ensure_streams(&[StreamSpec::new("NODLQ", ["nodlq.>"])])
+        .await
+        .unwrap();
+    let poll = async {
+        loop {
+            match consumer.next().await {
+                Some(Ok(d)) => panic!("the handler must not see the message again: {d:?}"),
+                Some(Err(_)) => continue,
+                None => panic!("the consumer stream ended"),
+            }
+        }
+    };
+    let stored = wait::until_async(Duration::from_secs(30), "the dead letter stored", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream("NODLQ").await.unwrap();
+            stream.info().await.unwrap().state.messages == 1
+        }
+    });
+    tokio::select! {
+        _ = poll => unreachable!(),
+        _ = stored => {}
+    }
+    let dead = js
+        .get_stream("NODLQ")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("nodlq.stuck")
+        .await
+        .unwrap();
+    let headers = dead.headers;
+    assert_eq!(
+        headers.get(dlq::LAST_ERROR).map(|v| v.as_str()),
+        Some("cannot decode")
+    );
+    assert_eq!(&dead.payload[..], b"poison");
+    // Terminated after the dead letter: nothing left for the consumer.
+    let info = consumer_info(&js, "JOBS", "stuck").await;
+    assert_eq!((info.num_ack_pending, info.num_pending), (0, 0), "{info:?}");
+}
+
+/// A stream deleted under a live subscription and created again by the
+/// bus's next publish: the publish succeeds (the bus forgets the stream it
+/// knew and creates it again) and the subscription follows the new stream
+/// from its start (not from the old sequence, which skipped everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_follows_a_deleted_and_recreated_stream() {
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client);
+    let mut sub = bus.subscribe("reinc.>").await.unwrap();
+    for i in 0..100 {
+        bus.publish("reinc.a", format!("old-{i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..100 {
+        assert_eq!(next_text(&mut sub).await, format!("old-{i}"));
+    }
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        bus.publish("reinc.a", format!("new-{i}").into_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("publish {i} after the stream was deleted: {e}"));
+    }
+    for i in 0..50 {
+        assert_eq!(next_text(&mut sub).await, format!("new-{i}"));
+    }
+    // The same through publish_envelope and publish_batch.
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    bus.publish_envelope(Envelope::new("reinc.b", b"envelope".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut sub).await, "envelope");
+    bus.jetstream()
+        .delete_stream(bus.default_stream_name("reinc"))
+        .await
+        .unwrap();
+    let acks = bus
+        .publish_batch(vec![
+            Envelope::new("reinc.c", b"batch-0".to_vec()),
+            Envelope::new("reinc.c", b"batch-1".to_vec()),
+        ])
+        .await;
+    assert!(acks.iter().all(|a| a.is_ok()), "{acks:?}");
+    assert_eq!(next_text(&mut sub).await, "batch-0");
+    assert_eq!(next_text(&mut sub).await, "batch-1");
+}
+
+/// A durable consumer whose stream is deleted and created again: the bus
+/// makes the consumer again (it owns it), reports the reset as an error
+/// item, and delivers the new stream's events. Likewise when only the
+/// consumer is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_consumer_is_made_again_after_a_delete() {
+    use event_bus::{ConsumerConfig, ConsumerStream, StartPosition};
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let bus = NatsBus::new(client);
+    bus.publish("redur.a", b"first".to_vec()).await.unwrap();
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("survivor", "redur.>").start(StartPosition::All))
+        .await
+        .unwrap();
+    // Reads until every one of `want` arrived; returns the error items seen.
+    async fn read(consumer: &mut ConsumerStream, want: &[String]) -> Vec<event_bus::BusError> {
+        let mut errors = Vec::new();
+        let mut missing: std::collections::HashSet<&String> = want.iter().collect();
+        while !missing.is_empty() {
+            let item = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("still missing {missing:?}; errors {errors:?}"))
+                .expect("the consumer stream stays open");
+            match item {
+                Ok(d) => {
+                    missing.remove(&String::from_utf8(d.payload.to_vec()).unwrap());
+                    d.ack().await.unwrap();
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+    let errors = read(&mut consumer, &["first".to_string()]).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let stream = bus.default_stream_name("redur");
+    bus.jetstream().delete_stream(&stream).await.unwrap();
+    // While the stream is gone, the consumer says so (once).
+    let gone = tokio::time::timeout(Duration::from_secs(15), consumer.next())
+        .await
+        .expect("the deleted stream is reported")
+        .expect("the consumer stream stays open")
+        .expect_err("an error item, no delivery");
+    assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
+    assert!(gone.to_string().contains("does not exist"), "{gone}");
+    let new: Vec<String> = (0..20).map(|i| format!("new-{i}")).collect();
+    for text in &new {
+        bus.publish("redur.a", text.clone().into_bytes())
+            .await
+            .unwrap();
+    }
+    let errors = read(&mut consumer, &new).await;
+    assert!(
+        errors.iter().any(|e| e.kind() == ErrorKind::NotFound
+            && e.to_string().contains("survivor")
+            && e.to_string().contains("created again")),
+        "the reset is reported: {errors:?}"
+    );
+    // Only the consumer deleted (the stream stays).
+    bus.jetstream()
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .delete_consumer("survivor")
+        .await
+        .unwrap();
+    bus.publish("redur.a", b"after".to_vec()).await.unwrap();
+    let errors = read(&mut consumer, &["after".to_string()]).await;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.kind() == ErrorKind::NotFound && e.to_string().contains("was deleted")),
+        "the reset is reported: {errors:?}"
+    );
+}
+
+/// The server lists stream names 1024 a page: a pattern that matches more
+/// streams finds those on later pages too (it used to read the first page
+/// only). Shown by a durable consumer whose filter spans every stream: the
+/// error names them all, the one sorted last included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_lookup_reads_every_page_of_names() {
+    use event_bus::ConsumerConfig;
+    let server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let create = |name: String, subject: String| {
+        let js = js.clone();
+        async move {
+            js.create_stream(jetstream::stream::Config {
+                name,
+                subjects: vec![subject],
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let n = 1100;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
+        futures::future::try_join_all(
+            chunk
+                .iter()
+                .map(|i| create(format!("AAA_{i:05}"), format!("pg{i}.x"))),
+        )
+        .await
+        .unwrap();
+    }
+    create("ZZZ_LAST".into(), "pgz.x".into()).await.unwrap();
+    let bus = NatsBus::new(client);
+    let err = bus
+        .consume(ConsumerConfig::new("paged", "*.x"))
+        .await
+        .err()
+        .expect("a filter over many streams is refused");
+    let text = err.to_string();
+    assert!(text.contains("spans several streams"), "{}", &text[..300]);
+    assert!(
+        text.contains("ZZZ_LAST") && text.contains("AAA_01099"),
+        "the names past the first page are found"
+    );
+    assert_eq!(text.matches("AAA_").count(), n, "every stream, once");
+}
+
+/// A bus made over a client that is not connected yet decides on the
+/// server's version once connected (it used to cache "fine" at its first
+/// use, before the connection, and then never refused a 2.9 server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_check_waits_for_the_connection() {
+    let legacy =
+        std::env::var("NATS_SERVER_LEGACY_BIN").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    let bus = NatsBus::new(client.clone());
+    // Used before the connection: cannot succeed, and must decide nothing.
+    let early = tokio::time::timeout(Duration::from_millis(500), bus.subscribe("old.>")).await;
+    assert!(!matches!(early, Ok(Ok(_))), "no server yet");
+    let store = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(&legacy)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs Debian's nats-server 2.9 at {legacy}: {e}"));
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(child);
+    wait::until(Duration::from_secs(20), "the client to connect", || {
+        client.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    assert!(client.server_info().version.contains("2.9"), "a 2.9 server");
+    let err = bus
+        .subscribe("old.>")
+        .await
+        .expect_err("a 2.9 server is refused once connected");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}
+
+const NO_CONSUMER_INFO: &str = r#"
+authorization {
+  users: [
+    { user: admin, password: pw }
+    { user: noinfo, password: pw, permissions: { publish: { allow: [">"], deny: ["$JS.API.CONSUMER.INFO.>"] } } }
+  ]
+}
+"#;
+
+/// When looking up an existing durable consumer fails for another reason
+/// than "it does not exist" (here: the lookup is not permitted, so it times
+/// out), `consume` is an error; it used to create the consumer anyway,
+/// which silently re-pointed the existing one to the new filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_lookup_failure_never_repoints_an_existing_consumer() {
+    use event_bus::ConsumerConfig;
+    let server =
+        NatsServer::start_with(NatsServerOptions::default().extra_config(NO_CONSUMER_INFO))
+            .await
+            .unwrap();
+    let mut config = nats_config(&server.url(), Some(("admin", "pw")));
+    config.publish_timeout = Duration::from_secs(1);
+    let admin = NatsBus::connect(&config).await.unwrap();
+    admin.publish("lookup.a", b"x".to_vec()).await.unwrap();
+    drop(
+        admin
+            .consume(ConsumerConfig::new("shared", "lookup.a"))
+            .await
+            .unwrap(),
+    );
+    config.user = Some("noinfo".into());
+    let limited = NatsBus::connect(&config).await.unwrap();
+    let err = limited
+        .consume(ConsumerConfig::new("shared", "lookup.b"))
+        .await
+        .err()
+        .expect("the lookup failed: no consumer is created or changed");
+    assert!(err.to_string().contains("shared"), "{err}");
+    let stream = admin
+        .jetstream()
+        .get_stream(admin.default_stream_name("lookup"))
+        .await
+        .unwrap();
+    let info = stream.consumer_info("shared").await.unwrap();
+    assert_eq!(
+        info.config.filter_subject, "lookup.a",
+        "re-pointed: {info:?}"
+    );
 }

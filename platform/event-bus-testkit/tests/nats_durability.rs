@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Publishes `<prefix>.e` events numbered from 0 until stopped, recording
 /// which were acknowledged and how many failed.
@@ -221,6 +221,27 @@ async fn receive_all(sub: &mut Subscription, want: &BTreeSet<u64>) -> Received {
     }
 }
 
+/// Declares a replicated stream once the meta leader has heard from every
+/// peer: right after a cluster forms (more so on a loaded machine) it may
+/// still count a peer as offline and refuse the placement ("no suitable
+/// peers for placement, peer offline"); that answer is retried for up to
+/// 30 s, any other error fails at once.
+async fn declare_replicated(
+    bus: &NatsBus,
+    spec: StreamSpec,
+) -> Vec<event_bus::nats::streams::StreamReport> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match bus.ensure_streams(std::slice::from_ref(&spec)).await {
+            Ok(reports) => return reports,
+            Err(e) if format!("{e:?}").contains("peer offline") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await; // a bounded retry, not a wait for a condition
+            }
+            Err(e) => panic!("declare a 3-replica stream: {e:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_publish_loses_nothing_acknowledged() {
     let mut server = NatsServer::start_with(NatsServerOptions::default())
@@ -289,10 +310,7 @@ async fn cluster_stream_leader_killed_mid_stream() {
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
     let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(2));
-    let reports = bus
-        .ensure_streams(&[StreamSpec::new("CLU", ["clu.>"]).replicas(3)])
-        .await
-        .expect("declare a 3-replica stream");
+    let reports = declare_replicated(&bus, StreamSpec::new("CLU", ["clu.>"]).replicas(3)).await;
     assert_eq!(reports.len(), 1);
     let bus: Arc<dyn EventBus> = Arc::new(bus);
     let mut sub = bus
@@ -434,9 +452,7 @@ async fn durable_consumer_survives_cluster_leader_kill() {
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
     let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(3));
-    bus.ensure_streams(&[StreamSpec::new("JOBS", ["jobs.>"]).replicas(3)])
-        .await
-        .expect("declare a 3-replica stream");
+    declare_replicated(&bus, StreamSpec::new("JOBS", ["jobs.>"]).replicas(3)).await;
     let config =
         event_bus::ConsumerConfig::new("cluster-worker", "jobs.>").ack_wait(Duration::from_secs(3));
     let mut consumer = bus

@@ -60,15 +60,19 @@ async fn start<I: event_bus::runner::Inbox>(runner: Runner<I>) -> RunnerHandle {
 async fn fails_twice_then_succeeds(b: Backend) {
     let attempts = Arc::new(AtomicU32::new(0));
     let effects = Arc::new(AtomicU32::new(0));
+    let attempt_numbers: Arc<Mutex<Vec<u32>>> = Arc::default();
     let (a, e) = (attempts.clone(), effects.clone());
+    let numbers = attempt_numbers.clone();
     let runner = Runner::builder(b.bus.clone(), "flaky")
         .inbox(MemoryInbox::default())
         .handler(
             Handler::new("h", "flaky.jobs", move |ev: Event<'_, Job>, _tx| {
-                let (a, e) = (a.clone(), e.clone());
+                let (a, e, numbers) = (a.clone(), e.clone(), numbers.clone());
                 Box::pin(async move {
                     let n = a.fetch_add(1, Ordering::SeqCst) + 1;
-                    assert_eq!(ev.attempt, n);
+                    // Checked after the run: a failing assertion in a
+                    // handler would only be a caught panic (a retry).
+                    numbers.lock().push(ev.attempt);
                     if n <= 2 {
                         return Outcome::retry(format!("transient failure {n}"));
                     }
@@ -87,6 +91,7 @@ async fn fails_twice_then_succeeds(b: Backend) {
     .await;
     let report = handle.shutdown().await;
     assert_eq!(attempts.load(Ordering::SeqCst), 3, "three attempts");
+    assert_eq!(*attempt_numbers.lock(), vec![1, 2, 3], "Event::attempt");
     assert_eq!(effects.load(Ordering::SeqCst), 1, "processed once");
     assert_eq!(report.processed, 1);
     assert_eq!(report.retries, 2);
@@ -278,53 +283,225 @@ async fn per_key_order_with_concurrency_8(b: Backend) {
     }
 }
 
+/// Graceful shutdown hands back what it cuts short. The ack wait is 10 s,
+/// so within the 5 s the test waits only a hand-back (a nack) can bring
+/// those events to the next instance: a runner that stops as after a crash
+/// (`abort`) leaves them to the ack wait and fails here. Then nothing is
+/// lost (on NATS, messages of a pull still on the wire at shutdown come
+/// back after the ack wait), and the two instances, sharing a MemoryInbox,
+/// give every event exactly one effect.
 async fn graceful_shutdown_loses_nothing(b: Backend) {
     let effects: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
-    let make = |effects: Arc<Mutex<HashMap<u64, u32>>>, inbox: Arc<MemoryInbox>| {
-        let _ = inbox;
-        Runner::builder(b.bus.clone(), "graceful")
-            .concurrency(4)
-            .shutdown_timeout(Duration::from_millis(50))
-            .ack_wait(Duration::from_secs(1))
-            .handler(Handler::new("h", "gs.*", move |ev: Event<'_, Job>, _tx| {
-                let effects = effects.clone();
-                Box::pin(async move {
-                    tokio::time::sleep(Duration::from_millis(if ev.data.id.is_multiple_of(10) {
-                        200
-                    } else {
-                        1
-                    }))
-                    .await;
-                    *effects.lock().entry(ev.data.id).or_default() += 1;
-                    Outcome::Ack
-                })
-            }))
-            .build()
-    };
+    // Events whose handler has started, and not finished, per run.
+    let slow_in_flight: Arc<Mutex<Vec<u64>>> = Arc::default();
     let inbox = Arc::new(MemoryInbox::default());
-    let handle = start(make(effects.clone(), inbox.clone())).await;
+    // `slow`: every tenth event takes 2 s (the first instance's, cut short).
+    let make =
+        |effects: Arc<Mutex<HashMap<u64, u32>>>, in_flight: Arc<Mutex<Vec<u64>>>, slow: bool| {
+            Runner::builder(b.bus.clone(), "graceful")
+                .inbox(inbox.clone())
+                .concurrency(4)
+                .shutdown_timeout(Duration::from_millis(50))
+                .ack_wait(Duration::from_secs(10))
+                .handler(Handler::new("h", "gs.*", move |ev: Event<'_, Job>, _tx| {
+                    let (effects, in_flight) = (effects.clone(), in_flight.clone());
+                    Box::pin(async move {
+                        if slow && ev.data.id.is_multiple_of(10) {
+                            // Far beyond the shutdown deadline: cut short.
+                            in_flight.lock().push(ev.data.id);
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            in_flight.lock().retain(|&i| i != ev.data.id);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        *effects.lock().entry(ev.data.id).or_default() += 1;
+                        Outcome::Ack
+                    })
+                }))
+                .build()
+        };
+    let handle = start(make(effects.clone(), slow_in_flight.clone(), true)).await;
     let n = 300u64;
     for i in 1..=n {
         b.bus.publish("gs.e", job(i, "k")).await.unwrap();
     }
-    wait::until(Duration::from_secs(10), "some progress", || {
-        effects.lock().len() > 50
-    })
-    .await;
-    let first = handle.shutdown().await;
-    // Handed-back and untaken events go to the next instance.
-    let handle = start(make(effects.clone(), inbox)).await;
     wait::until(
-        Duration::from_secs(30),
-        "every event after the restart",
-        || (1..=n).all(|i| effects.lock().contains_key(&i)),
+        Duration::from_secs(10),
+        "some progress, a slow event in flight",
+        || effects.lock().len() > 50 && !slow_in_flight.lock().is_empty(),
     )
     .await;
+    let first = handle.shutdown().await;
+    let cut_short = slow_in_flight.lock().clone();
+    let after_first = effects.lock().len() as u64;
+    assert!(!cut_short.is_empty());
+    assert_eq!(
+        first.handed_back,
+        cut_short.len() as u64,
+        "the events cut short ({cut_short:?}) were handed back: {first:?}"
+    );
+    assert_eq!(first.processed, after_first, "{first:?}");
+    // Handed-back events go to the next instance at once.
+    let handle = start(make(effects.clone(), Arc::default(), false)).await;
+    wait::until(
+        Duration::from_secs(5),
+        "the events cut short, after the restart (a 10 s ack wait: only a hand-back brings them in time)",
+        || cut_short.iter().all(|i| effects.lock().contains_key(i)),
+    )
+    .await;
+    wait::until(Duration::from_secs(30), "every event", || {
+        effects.lock().len() as u64 == n
+    })
+    .await;
     let second = handle.shutdown().await;
-    println!("graceful shutdown: first run {first:?}, second run {second:?}");
-    // Without an inbox, an event cut short at the shutdown deadline may run
-    // again; it must never be lost. (With PgInbox, see event-bus-postgres.)
-    assert!((1..=n).all(|i| effects.lock().contains_key(&i)));
+    let effects = effects.lock();
+    assert!(
+        effects.values().all(|&c| c == 1),
+        "an event was handled twice: first {first:?}, second {second:?}"
+    );
+    assert_eq!(
+        first.processed + second.processed,
+        n,
+        "{first:?} {second:?}"
+    );
+}
+
+/// A handler that runs for three ack waits keeps its delivery:
+/// nothing is delivered again meanwhile.
+async fn long_handlers_are_kept_alive(b: Backend) {
+    let ack_wait = Duration::from_secs(1);
+    let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let s = seen.clone();
+    let runner = Runner::builder(b.bus.clone(), "longrun")
+        .concurrency(4)
+        .ack_wait(ack_wait)
+        .handler(Handler::new(
+            "h",
+            "long.e",
+            move |ev: Event<'_, Job>, _tx| {
+                let s = s.clone();
+                Box::pin(async move {
+                    tokio::time::sleep(ack_wait * 3).await;
+                    s.lock().push((ev.data.id, ev.delivery_count));
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    for id in 1..=3 {
+        b.bus.publish("long.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(20), "the three events", || {
+        seen.lock().len() >= 3
+    })
+    .await;
+    // A redelivered copy would be in flight now, and handled before the
+    // graceful shutdown returns.
+    let report = handle.shutdown().await;
+    let mut seen = seen.lock().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(1, 1), (2, 1), (3, 1)],
+        "each once, first delivery"
+    );
+    assert_eq!(report.processed, 3, "{report:?}");
+}
+
+/// `concurrency(4)`: never more than 4 events in the handler at once, and
+/// more than one at a time when they wait.
+async fn concurrency_bounds_events_in_flight(b: Backend) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let max_seen = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let (i, m, d) = (in_flight.clone(), max_seen.clone(), done.clone());
+    let runner = Runner::builder(b.bus.clone(), "bounded")
+        .concurrency(4)
+        .handler(Handler::new(
+            "h",
+            "bound.e",
+            move |_ev: Event<'_, Job>, _tx| {
+                let (i, m, d) = (i.clone(), m.clone(), d.clone());
+                Box::pin(async move {
+                    let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    i.fetch_sub(1, Ordering::SeqCst);
+                    d.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    let n = 40;
+    for id in 0..n {
+        b.bus.publish("bound.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(20), "all events", || {
+        done.load(Ordering::SeqCst) == n as usize
+    })
+    .await;
+    handle.shutdown().await;
+    let max = max_seen.load(Ordering::SeqCst);
+    assert!(max <= 4, "{max} events in flight with concurrency 4");
+    assert!(max > 1, "events ran one at a time");
+}
+
+/// `DeadLetterQueue::list` returns the dead letters; one that is kept
+/// (`keep`) is listed again later, the discarded ones are not.
+async fn dead_letters_list_and_keep(b: Backend) {
+    let runner = Runner::builder(b.bus.clone(), "listed")
+        .handler(Handler::new("h", "listed.e", |ev: Event<'_, Job>, _tx| {
+            let id = ev.data.id;
+            Box::pin(async move { Outcome::DeadLetter(format!("refused {id}")) })
+        }))
+        .build();
+    let handle = start(runner).await;
+    let mut dead = handle.dead_letters().await.unwrap();
+    for id in 1..=3 {
+        b.bus.publish("listed.e", job(id, "k")).await.unwrap();
+    }
+    let mut all = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while all.len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "three dead letters in 10 s: {all:?}"
+        );
+        all.extend(dead.list(10, Duration::from_millis(200)).await.unwrap());
+    }
+    let mut reasons: Vec<String> = all
+        .iter()
+        .map(|d| d.reason().unwrap().to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["refused 1", "refused 2", "refused 3"]);
+    let mut kept_reason = String::new();
+    for d in all {
+        if d.reason() == Some("refused 2") {
+            kept_reason = d.reason().unwrap().to_string();
+            d.keep().await.unwrap();
+        } else {
+            d.discard().await.unwrap();
+        }
+    }
+    let again = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the kept dead letter, listed again");
+    assert_eq!(again.reason(), Some(kept_reason.as_str()));
+    again.discard().await.unwrap();
+    assert!(
+        dead.list(10, Duration::from_millis(1500))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the discarded ones are gone"
+    );
+    handle.shutdown().await;
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -600,6 +777,150 @@ async fn async_fn_handlers_are_run_in_place(b: Backend) {
     }
 }
 
+/// An event waiting behind a slow event of its key is kept alive: with an
+/// ack wait far shorter than the first event's handling, nothing is
+/// delivered twice, and the key's events run once each, in order.
+async fn waiting_behind_a_key_is_kept_alive(b: Backend) {
+    let ack_wait = Duration::from_millis(300);
+    let seen: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let s = seen.clone();
+    let runner = Runner::builder(b.bus.clone(), "waiting")
+        .concurrency(8)
+        .ack_wait(ack_wait)
+        .handler(
+            Handler::new("h", "wait.>", move |ev: Event<'_, Job>, _tx| {
+                let s = s.clone();
+                Box::pin(async move {
+                    if ev.data.id == 1 {
+                        // Five ack waits: the events behind it wait as long.
+                        tokio::time::sleep(ack_wait * 5).await;
+                    }
+                    s.lock().push((ev.data.id, ev.delivery_count));
+                    Outcome::Ack
+                })
+            })
+            .key(|j: &Job| j.key.clone()),
+        )
+        .build();
+    let handle = start(runner).await;
+    for id in 1..=3 {
+        b.bus.publish("wait.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(20), "the key's three events", || {
+        seen.lock().len() >= 3
+    })
+    .await;
+    // A redelivered copy would be in flight (queued behind the key) and be
+    // handled before the graceful shutdown returns.
+    let report = handle.shutdown().await;
+    let seen = seen.lock().clone();
+    assert_eq!(
+        seen,
+        vec![(1, 1), (2, 1), (3, 1)],
+        "each once, in order, never redelivered"
+    );
+    assert_eq!(report.processed, 3, "{report:?}");
+}
+
+/// A key function that panics on one event: that event is dead-lettered
+/// with the panic as its reason; the runner goes on with the others.
+async fn a_panicking_key_is_dead_lettered(b: Backend) {
+    let handled: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let h = handled.clone();
+    let runner = Runner::builder(b.bus.clone(), "badkey")
+        .handler(
+            Handler::new("h", "badkey.e", move |ev: Event<'_, Job>, _tx| {
+                let h = h.clone();
+                Box::pin(async move {
+                    h.lock().push(ev.data.id);
+                    Outcome::Ack
+                })
+            })
+            .key(|j: &Job| {
+                assert!(j.id != 2, "no key for event 2");
+                j.key.clone()
+            }),
+        )
+        .build();
+    let mut dead = runner.dead_letters().await.expect("open the dead letters");
+    let handle = start(runner).await;
+    for id in 1..=3 {
+        b.bus.publish("badkey.e", job(id, "k")).await.unwrap();
+    }
+    let d = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("a dead letter for the event whose key panicked");
+    assert!(
+        d.reason().unwrap().contains("key function panicked")
+            && d.reason().unwrap().contains("no key for event 2"),
+        "{d:?}"
+    );
+    // The runner still runs: a later event is handled.
+    b.bus.publish("badkey.e", job(4, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the other events", || {
+        handled.lock().len() == 3
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(*handled.lock(), vec![1, 3, 4]);
+    assert_eq!(report.dead_lettered, 1, "{report:?}");
+    assert_eq!(report.processed, 3, "{report:?}");
+}
+
+/// A dropped `RunnerHandle` does not stop the runner: it runs detached (like
+/// a task from `tokio::spawn`), and the dead letters stay reachable from a
+/// handle.
+async fn a_dropped_handle_leaves_the_runner_running(b: Backend) {
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let runner = Runner::builder(b.bus.clone(), "detached")
+        .handler(Handler::new(
+            "h",
+            "det.e",
+            move |ev: Event<'_, Job>, _tx| {
+                let h = h.clone();
+                Box::pin(async move {
+                    if ev.data.id == 0 {
+                        return Outcome::DeadLetter("refused".into());
+                    }
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    let mut dead = handle
+        .dead_letters()
+        .await
+        .expect("dead letters from the handle");
+    drop(handle);
+    // A runner that stopped on the drop would stop once it has nothing to
+    // do: at the latest after this first event.
+    b.bus.publish("det.e", job(1, "k")).await.unwrap();
+    wait::until(Duration::from_secs(10), "the first event", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for id in [0, 2, 3] {
+        b.bus.publish("det.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(
+        Duration::from_secs(10),
+        "events handled after the drop",
+        || handled.load(Ordering::SeqCst) == 3,
+    )
+    .await;
+    let d = dead
+        .next(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(d.reason(), Some("refused"));
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -611,5 +932,124 @@ event_bus_testkit::on_both_backends!(
     graceful_shutdown_loses_nothing,
     several_handlers_each_get_their_events,
     sync_handlers_have_every_outcome,
-    async_fn_handlers_are_run_in_place
+    async_fn_handlers_are_run_in_place,
+    waiting_behind_a_key_is_kept_alive,
+    a_panicking_key_is_dead_lettered,
+    a_dropped_handle_leaves_the_runner_running,
+    long_handlers_are_kept_alive,
+    concurrency_bounds_events_in_flight,
+    dead_letters_list_and_keep
 );
+
+/// A NATS outage: the server is gone while events are in flight, so the
+/// client takes no more acks, nacks or in-progress messages (its command
+/// queue, kept small here, fills up). Shutdown still returns, within its
+/// deadline plus a few answer timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_during_a_nats_outage() {
+    let mut server = NatsServer::start().await.expect("start nats-server");
+    let client = async_nats::ConnectOptions::new()
+        .client_capacity(2)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(client));
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let (shutdown_timeout, answer_timeout) =
+        (Duration::from_millis(200), Duration::from_millis(300));
+    let runner = Runner::builder(bus.clone(), "outage")
+        .concurrency(8)
+        .ack_wait(Duration::from_millis(300))
+        .shutdown_timeout(shutdown_timeout)
+        .answer_timeout(answer_timeout)
+        .handler(Handler::new(
+            "h",
+            "outage.e",
+            move |_ev: Event<'_, Job>, _tx| {
+                let s = s.clone();
+                Box::pin(async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    // Longer than the test: only cancellation ends it.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build();
+    let handle = start(runner).await;
+    for id in 1..=8 {
+        bus.publish("outage.e", job(id, "k")).await.unwrap();
+    }
+    wait::until(Duration::from_secs(10), "events in flight", || {
+        started.load(Ordering::SeqCst) == 8
+    })
+    .await;
+    // From now on the client cannot reconnect; its queue fills with the
+    // first answers (keep-alives, hand-backs).
+    server.kill();
+    let bound = shutdown_timeout + answer_timeout * 3 + Duration::from_secs(1);
+    let at = std::time::Instant::now();
+    let report = tokio::time::timeout(bound + Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown returned during the outage");
+    assert!(at.elapsed() <= bound, "took {:?}", at.elapsed());
+    assert_eq!(report.processed, 0, "{report:?}");
+}
+
+/// Two instances share a MemoryInbox and get the same event at once (here
+/// from two buses): the second finds the claim held (`Conflict`) and waits
+/// for it, apart from its handler's attempts, then finds it committed. It
+/// is acknowledged as a duplicate: never dead-lettered, one effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_duplicate_waits_for_the_claim() {
+    let inbox = Arc::new(MemoryInbox::default());
+    let effects = Arc::new(AtomicU32::new(0));
+    let buses: Vec<Arc<dyn EventBus>> =
+        vec![Arc::new(InMemoryBus::new()), Arc::new(InMemoryBus::new())];
+    let mut handles = Vec::new();
+    for bus in &buses {
+        let e = effects.clone();
+        let runner = Runner::builder(bus.clone(), "dup")
+            .inbox(inbox.clone())
+            .handler(
+                Handler::new("h", "dup.e", move |_ev: Event<'_, Job>, _tx| {
+                    let e = e.clone();
+                    Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        e.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Ack
+                    })
+                })
+                .retry(fast_retries(2)),
+            )
+            .build();
+        handles.push(start(runner).await);
+    }
+    for bus in &buses {
+        bus.publish_envelope(Envelope::new("dup.e", job(1, "k")).id("same-event"))
+            .await
+            .unwrap();
+    }
+    wait::until(Duration::from_secs(10), "both copies settled", || {
+        handles
+            .iter()
+            .map(|h| {
+                let r = h.report();
+                r.processed + r.duplicates + r.dead_lettered
+            })
+            .sum::<u64>()
+            == 2
+    })
+    .await;
+    let mut reports = Vec::new();
+    for h in handles {
+        reports.push(h.shutdown().await);
+    }
+    assert_eq!(effects.load(Ordering::SeqCst), 1, "one effect");
+    let sum = |f: fn(&event_bus::runner::RunReport) -> u64| reports.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|r| r.dead_lettered), 0, "{reports:?}");
+    assert_eq!(sum(|r| r.processed), 1, "{reports:?}");
+    assert_eq!(sum(|r| r.duplicates), 1, "{reports:?}");
+    assert_eq!(sum(|r| r.retries), 0, "no failed attempt: {reports:?}");
+}

@@ -29,6 +29,12 @@
 //! | `EVENT_BUS_MEMORY_CAPACITY` | `memory.capacity` | `1024` |
 //! | `EVENT_BUS_MEMORY_OVERFLOW` | `memory.overflow` | `block`, `drop_newest`, `drop_oldest` |
 //! | `EVENT_BUS_MEMORY_MAX_PAYLOAD` | `memory.max_payload` | `1048576` |
+//! | `EVENT_BUS_MEMORY_DEDUP_WINDOW` | `memory.dedup_window` | `2m` |
+//! | `EVENT_BUS_MEMORY_DEDUP_MAX_IDS` | `memory.dedup_max_ids` | `100000` |
+//! | `EVENT_BUS_MEMORY_DURABLE_INACTIVE_THRESHOLD` | `memory.durable_inactive_threshold` | `5m` |
+//! | `EVENT_BUS_MEMORY_LOG_MAX_MESSAGES` | `memory.log_max_messages` | `100000` |
+//! | `EVENT_BUS_MEMORY_LOG_MAX_BYTES` | `memory.log_max_bytes` | `67108864` |
+//! | `EVENT_BUS_MEMORY_LOG_FROM_START` | `memory.log_from_start` | `false` |
 //! | `EVENT_BUS_NATS_URL` | `nats.urls` (comma-separated) | `nats://10.0.0.1:4222,nats://10.0.0.2:4222` |
 //! | `EVENT_BUS_NATS_TOKEN` | `nats.token` | |
 //! | `EVENT_BUS_NATS_USER`, `EVENT_BUS_NATS_PASSWORD` | `nats.user`, `nats.password` | |
@@ -644,6 +650,25 @@ impl BusConfig {
         if let Some(v) = get("EVENT_BUS_MEMORY_MAX_PAYLOAD") {
             self.memory.max_payload = parse("EVENT_BUS_MEMORY_MAX_PAYLOAD", &v)?;
         }
+        if let Some(v) = get("EVENT_BUS_MEMORY_DEDUP_WINDOW") {
+            self.memory.dedup_window = dur("EVENT_BUS_MEMORY_DEDUP_WINDOW", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_DEDUP_MAX_IDS") {
+            self.memory.dedup_max_ids = parse("EVENT_BUS_MEMORY_DEDUP_MAX_IDS", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_DURABLE_INACTIVE_THRESHOLD") {
+            self.memory.durable_inactive_threshold =
+                dur("EVENT_BUS_MEMORY_DURABLE_INACTIVE_THRESHOLD", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_LOG_MAX_MESSAGES") {
+            self.memory.log_max_messages = parse("EVENT_BUS_MEMORY_LOG_MAX_MESSAGES", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_LOG_MAX_BYTES") {
+            self.memory.log_max_bytes = parse("EVENT_BUS_MEMORY_LOG_MAX_BYTES", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_MEMORY_LOG_FROM_START") {
+            self.memory.log_from_start = parse("EVENT_BUS_MEMORY_LOG_FROM_START", &v)?;
+        }
         let n = &mut self.nats;
         if let Some(v) = get("EVENT_BUS_NATS_URL") {
             n.urls = v
@@ -915,6 +940,23 @@ mod tests {
         assert_eq!(c.nats.urls, vec!["nats://a:4222", "nats://b:4222"]);
         assert_eq!(c.nats.connect_timeout, Duration::from_millis(250));
         assert_eq!(c.nats.tenant.as_deref(), Some("acme"));
+
+        let mut m = BusConfig::default();
+        m.apply_env(env(&[
+            ("EVENT_BUS_MEMORY_DEDUP_WINDOW", "30s"),
+            ("EVENT_BUS_MEMORY_DEDUP_MAX_IDS", "10"),
+            ("EVENT_BUS_MEMORY_DURABLE_INACTIVE_THRESHOLD", "1m"),
+            ("EVENT_BUS_MEMORY_LOG_MAX_MESSAGES", "5"),
+            ("EVENT_BUS_MEMORY_LOG_MAX_BYTES", "4096"),
+            ("EVENT_BUS_MEMORY_LOG_FROM_START", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(m.memory.dedup_window, Duration::from_secs(30));
+        assert_eq!(m.memory.dedup_max_ids, 10);
+        assert_eq!(m.memory.durable_inactive_threshold, Duration::from_secs(60));
+        assert_eq!(m.memory.log_max_messages, 5);
+        assert_eq!(m.memory.log_max_bytes, 4096);
+        assert!(m.memory.log_from_start);
 
         for (var, val) in [
             ("EVENT_BUS_TYPE", "kafka"),

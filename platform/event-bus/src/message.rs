@@ -30,9 +30,10 @@ pub const MAX_ID_LEN: usize = 256;
 pub const ASSIGNED_ID_PREFIX: char = '$';
 
 /// Checks a message id given by a publisher ([`Envelope::id`]): not empty, at
-/// most [`MAX_ID_LEN`] bytes, no control characters (it travels as a header
-/// value), and not starting with `$` (reserved for ids the bus assigns). The
-/// error is [`ErrorKind::InvalidHeader`] and names the id.
+/// most [`MAX_ID_LEN`] bytes, no control characters and no whitespace at
+/// either end (it travels as a header value, which NATS trims), and not
+/// starting with `$` (reserved for ids the bus assigns). The error is
+/// [`ErrorKind::InvalidHeader`] and names the id.
 ///
 /// ```
 /// use event_bus::message::validate_id;
@@ -61,6 +62,12 @@ pub fn validate_id(id: &str) -> Result<(), BusError> {
             "it contains the control character {c:?}; ids travel as a header value"
         )));
     }
+    if id.trim() != id {
+        return Err(bad(
+            "it starts or ends with whitespace, which NATS does not carry (it trims header values)"
+                .into(),
+        ));
+    }
     if id.starts_with(ASSIGNED_ID_PREFIX) {
         return Err(bad(format!(
             "ids starting with {ASSIGNED_ID_PREFIX:?} are reserved for the ids the bus assigns"
@@ -80,7 +87,8 @@ fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
 /// Message headers: an ordered list of `name: value` pairs.
 ///
 /// Names are case-sensitive (as in NATS), printable ASCII without `:` or
-/// spaces; values are UTF-8 without CR or LF. A name may repeat
+/// spaces; values are UTF-8 without CR or LF and without whitespace at
+/// either end (NATS trims it, so it would not arrive as sent). A name may repeat
 /// ([`append`](Headers::append)). An empty `Headers` does not allocate.
 #[derive(Clone, Default)]
 pub struct Headers {
@@ -206,6 +214,11 @@ pub fn validate_header(name: &str, value: &str) -> Result<(), BusError> {
     }
     if value.contains(['\r', '\n']) {
         return Err(bad(&format!("the value {value:?} contains a line break")));
+    }
+    if value.trim() != value {
+        return Err(bad(&format!(
+            "the value {value:?} starts or ends with whitespace, which NATS does not carry (it trims values)"
+        )));
     }
     Ok(())
 }
@@ -621,6 +634,8 @@ mod tests {
             ("a:b", "x"),
             ("ok", "x\r\ny"),
             ("nats-msg-id", "1"),
+            ("ok", " x"),
+            ("ok", "x\t"),
         ] {
             let err = validate_header(n, v).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidHeader);
@@ -683,6 +698,8 @@ mod tests {
             ("a\tb", "control character"),
             ("a\0b", "control character"),
             ("$js:S:1@2", "reserved"),
+            (" order-1", "whitespace"),
+            ("order-1\u{a0}", "whitespace"),
         ] {
             let e = validate_id(bad).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidHeader, "{bad:?}");

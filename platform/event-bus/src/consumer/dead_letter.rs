@@ -1,8 +1,7 @@
 //! Bounded redelivery and dead letters, shared by every backend.
 //!
-//! Backends deliver with a server-side limit of `max_deliver` +
-//! [`DLQ_SPARE_DELIVERIES`]. This layer shows the handler at most
-//! `max_deliver` deliveries of a message:
+//! This layer shows the handler at most `max_deliver` deliveries of a
+//! message:
 //!
 //! * a nack on the last allowed delivery (or [`Delivery::dead_letter`]) sends
 //!   the message to the dead-letter subject, then terminates it;
@@ -14,27 +13,53 @@
 //! A dead letter is the original payload and headers plus the `dlq::*`
 //! headers (original subject, sequence, id, consumer, delivery count, last
 //! error), published with the message id `dlq-<consumer>-<original id>` so
-//! that a retried dead-lettering is stored once. If publishing it fails, the
-//! message is not terminated: it stays in the stream and is dead-lettered on
-//! one of the spare deliveries.
+//! that a retried dead-lettering is stored once. When that does not fit the
+//! size limit, the dead letter is published without the payload and the
+//! original headers, with [`dlq::TRUNCATED`] giving the payload's size (on
+//! NATS the original stays in its stream at the original sequence).
+//!
+//! A message is never dropped because its dead letter cannot be published
+//! (no permission, no stream stores the dead-letter subject, server away):
+//! it stays pending. It is nacked with a growing delay (250 ms up to 1 min),
+//! the failure is logged at error level and yielded as an error item of the
+//! consumer stream, and it is dead-lettered on a later delivery, without
+//! reaching the handler again. Backends therefore never stop delivering a
+//! message this layer has not terminated (NATS: the server-side consumer has
+//! no delivery limit).
 
-use super::{dlq, AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery};
+use super::{dlq, AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, MAX_WAIT};
 use crate::bus::EventBus;
-use crate::error::BusError;
+use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Deliveries the server may make beyond `max_deliver`, used only to
-/// dead-letter a message whose last delivery went unanswered.
-pub(crate) const DLQ_SPARE_DELIVERIES: u32 = 3;
+/// Delay before the first retry of a failed dead-lettering; it doubles on
+/// each further failure, up to [`DLQ_RETRY_MAX`].
+const DLQ_RETRY_DELAY: Duration = Duration::from_millis(250);
+/// Longest delay between retries of a failed dead-lettering.
+const DLQ_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Delay before a spare delivery retries a failed dead-lettering.
-const DLQ_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Messages remembered (last error, pending dead letter) at most; beyond
+/// that the memory is cleared (a last error is then generic, and a pending
+/// dead letter goes through the handler once more).
+const REMEMBERED: usize = 10_000;
+
+/// What is remembered about a message between its deliveries.
+#[derive(Clone)]
+struct Memo {
+    /// The reason given to the last nack or term.
+    reason: String,
+    /// Extra headers of a dead-lettering that failed.
+    extra: Headers,
+    /// A dead-lettering of it failed: dead-letter the next delivery at once.
+    dead_letter: bool,
+}
 
 struct Shared {
     bus: Arc<dyn EventBus>,
@@ -43,21 +68,45 @@ struct Shared {
     max_deliver: u32,
     ack_wait: Duration,
     backoff: Vec<Duration>,
-    /// Last nack reason per message id (bounded), for the dead letter's last error.
-    last_errors: Mutex<FxHashMap<String, String>>,
+    /// Per message id (bounded by [`REMEMBERED`]).
+    memos: Mutex<FxHashMap<String, Memo>>,
+    /// Memos with `dead_letter` set: while 0, deliveries are not looked up.
+    pending_dead_letters: AtomicUsize,
 }
 
 impl Shared {
-    fn remember(&self, msg: &BusMessage, reason: &str) {
-        let mut map = self.last_errors.lock();
-        if map.len() >= 10_000 {
+    fn remember(&self, msg: &BusMessage, memo: Memo) {
+        let mut map = self.memos.lock();
+        if map.len() >= REMEMBERED {
             map.clear();
+            self.pending_dead_letters.store(0, Ordering::Relaxed);
         }
-        map.insert(msg.id.to_string(), reason.to_string());
+        if memo.dead_letter {
+            self.pending_dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(old) = map.insert(msg.id.to_string(), memo) {
+            if old.dead_letter {
+                self.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
-    fn last_error(&self, msg: &BusMessage) -> Option<String> {
-        self.last_errors.lock().remove(&msg.id.to_string())
+    fn forget(&self, msg: &BusMessage) -> Option<Memo> {
+        let memo = self.memos.lock().remove(&msg.id.to_string())?;
+        if memo.dead_letter {
+            self.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(memo)
+    }
+
+    /// Whether an earlier dead-lettering of `msg` failed (cheap while none did).
+    fn dead_letter_pending(&self, msg: &BusMessage) -> bool {
+        self.pending_dead_letters.load(Ordering::Relaxed) > 0
+            && self
+                .memos
+                .lock()
+                .get(&msg.id.to_string())
+                .is_some_and(|m| m.dead_letter)
     }
 
     fn backoff_for(&self, delivery_count: u32) -> Option<Duration> {
@@ -68,7 +117,14 @@ impl Shared {
         Some(self.backoff[i])
     }
 
-    /// Publishes the dead letter (if a subject is configured).
+    /// The delay before delivery `count` retries a failed dead-lettering.
+    fn retry_delay(&self, count: u32) -> Duration {
+        let failures = count.saturating_sub(self.max_deliver).min(6);
+        (DLQ_RETRY_DELAY * (1u32 << failures)).min(DLQ_RETRY_MAX)
+    }
+
+    /// Publishes the dead letter (if a subject is configured); too large, it
+    /// is published truncated (see the module docs).
     async fn dead_letter(
         &self,
         msg: &BusMessage,
@@ -79,31 +135,112 @@ impl Shared {
         let Some(subject) = &self.dead_letter_subject else {
             return Ok(());
         };
+        let origin = |headers: &mut Headers| {
+            headers
+                .insert(dlq::ORIGINAL_SUBJECT, msg.subject.as_str())
+                .insert(dlq::ORIGINAL_SEQUENCE, msg.sequence.to_string())
+                .insert(dlq::ORIGINAL_ID, msg.id.to_string())
+                .insert(dlq::CONSUMER, self.consumer.as_str())
+                .insert(dlq::DELIVERY_COUNT, count.to_string())
+                .insert(dlq::LAST_ERROR, sanitize(reason));
+        };
+        let id = format!("dlq-{}-{}", self.consumer, msg.id);
         let mut headers = msg.headers.clone();
         for (n, v) in extra.iter() {
             headers.insert(n, v);
         }
-        headers
-            .insert(dlq::ORIGINAL_SUBJECT, msg.subject.as_str())
-            .insert(dlq::ORIGINAL_SEQUENCE, msg.sequence.to_string())
-            .insert(dlq::ORIGINAL_ID, msg.id.to_string())
-            .insert(dlq::CONSUMER, self.consumer.as_str())
-            .insert(dlq::DELIVERY_COUNT, count.to_string())
-            .insert(dlq::LAST_ERROR, sanitize(reason));
-        let env = Envelope::new(subject.clone(), msg.payload.clone())
+        origin(&mut headers);
+        let whole = Envelope::new(subject.clone(), msg.payload.clone())
             .headers(headers)
-            .id(format!("dlq-{}-{}", self.consumer, msg.id));
-        self.bus.publish_envelope(env).await?;
+            .id(id.clone());
+        let mut truncated = false;
+        let published = match self.bus.publish_envelope(whole).await {
+            Err(e) if e.kind() == ErrorKind::PayloadTooLarge => {
+                // Without the payload and the original headers it fits; the
+                // origin headers say where the original is.
+                truncated = true;
+                let mut headers = extra.clone();
+                origin(&mut headers);
+                headers.insert(dlq::TRUNCATED, msg.payload.len().to_string());
+                let env = Envelope::new(subject.clone(), Vec::new())
+                    .headers(headers)
+                    .id(id);
+                self.bus.publish_envelope(env).await
+            }
+            other => other,
+        };
+        if let Err(e) = published {
+            tracing::error!(
+                consumer = %self.consumer,
+                subject = %msg.subject,
+                id = %msg.id,
+                deliveries = count,
+                dead_letter_subject = %subject,
+                error = %e,
+                "dead letter could not be published; the message stays pending and is dead-lettered on a later delivery"
+            );
+            return Err(BusError::with_source(
+                e.kind(),
+                format!(
+                    "consumer {:?}: the dead letter of {} (subject {:?}) could not be published to {subject:?}; the message stays pending and is retried",
+                    self.consumer, msg.id, msg.subject.as_str()
+                ),
+                e,
+            ));
+        }
         tracing::warn!(
             consumer = %self.consumer,
             subject = %msg.subject,
             id = %msg.id,
             deliveries = count,
             reason,
+            truncated,
             dead_letter_subject = %subject,
             "message dead-lettered"
         );
         Ok(())
+    }
+
+    /// Dead-letters `msg` and terminates it; if the dead letter cannot be
+    /// published, keeps it pending (remembered, nacked with a delay) and
+    /// returns the error.
+    async fn dead_letter_or_keep(
+        &self,
+        msg: &BusMessage,
+        count: u32,
+        acker: &dyn Acker,
+        reason: String,
+        extra: Headers,
+    ) -> Result<(), BusError> {
+        let shown = count.min(self.max_deliver);
+        match self.dead_letter(msg, shown, &reason, &extra).await {
+            Ok(()) => {
+                self.forget(msg);
+                acker
+                    .answer(AckKind::Term {
+                        reason: Some(reason),
+                    })
+                    .await
+            }
+            Err(e) => {
+                let delay = self.retry_delay(count);
+                self.remember(
+                    msg,
+                    Memo {
+                        reason,
+                        extra,
+                        dead_letter: true,
+                    },
+                );
+                let _ = acker
+                    .answer(AckKind::Nack {
+                        delay: Some(delay),
+                        reason: None,
+                    })
+                    .await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -130,7 +267,8 @@ pub(crate) fn with_dead_letters(
         max_deliver: config.max_deliver,
         ack_wait: config.ack_wait,
         backoff: config.backoff.clone(),
-        last_errors: Mutex::new(FxHashMap::default()),
+        memos: Mutex::new(FxHashMap::default()),
+        pending_dead_letters: AtomicUsize::new(0),
     });
     Box::pin(futures::stream::unfold(
         (raw, shared),
@@ -141,35 +279,25 @@ pub(crate) fn with_dead_letters(
                     Err(e) => return Some((Err(e), (raw, shared))),
                 };
                 let (msg, count, acker) = delivery.into_parts();
-                if count > shared.max_deliver {
-                    // The last allowed delivery went unanswered: dead-letter it here.
-                    let reason = shared.last_error(&msg).unwrap_or_else(|| {
-                        format!(
-                            "not acknowledged within the ack wait ({:?}) after {} deliveries",
-                            shared.ack_wait, shared.max_deliver
-                        )
-                    });
+                if count > shared.max_deliver || shared.dead_letter_pending(&msg) {
+                    // The last allowed delivery went unanswered, or an
+                    // earlier dead-lettering failed: dead-letter it here.
+                    let (reason, extra) = match shared.forget(&msg) {
+                        Some(memo) => (memo.reason, memo.extra),
+                        None => (
+                            format!(
+                                "not acknowledged within the ack wait ({:?}) after {} deliveries",
+                                shared.ack_wait, shared.max_deliver
+                            ),
+                            Headers::new(),
+                        ),
+                    };
                     match shared
-                        .dead_letter(&msg, shared.max_deliver, &reason, &Headers::new())
+                        .dead_letter_or_keep(&msg, count, acker.as_ref(), reason, extra)
                         .await
                     {
-                        Ok(()) => {
-                            let _ = acker
-                                .answer(AckKind::Term {
-                                    reason: Some(reason),
-                                })
-                                .await;
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = acker
-                                .answer(AckKind::Nack {
-                                    delay: Some(DLQ_RETRY_DELAY),
-                                    reason: None,
-                                })
-                                .await;
-                            return Some((Err(e), (raw, shared)));
-                        }
+                        Ok(()) => continue,
+                        Err(e) => return Some((Err(e), (raw, shared))),
                     }
                 }
                 let wrapped = DeadLetterAcker {
@@ -201,28 +329,41 @@ impl Acker for DeadLetterAcker {
             AckKind::Nack { delay, reason } => {
                 let reason_text = reason.clone().unwrap_or_else(|| "nacked".to_string());
                 if self.count >= self.shared.max_deliver {
-                    return self.dead_letter(&reason_text, &Headers::new()).await;
+                    return self.dead_letter(reason_text, Headers::new()).await;
                 }
-                self.shared.remember(&self.msg, &reason_text);
-                let delay = delay.or_else(|| self.shared.backoff_for(self.count));
+                self.shared.remember(
+                    &self.msg,
+                    Memo {
+                        reason: reason_text,
+                        extra: Headers::new(),
+                        dead_letter: false,
+                    },
+                );
+                // Capped: a delay beyond any deadline is a mistake, not "never".
+                let delay = delay
+                    .or_else(|| self.shared.backoff_for(self.count))
+                    .map(|d| d.min(MAX_WAIT));
                 self.inner.answer(AckKind::Nack { delay, reason }).await
             }
-            AckKind::DeadLetter { reason, headers } => self.dead_letter(&reason, &headers).await,
+            AckKind::DeadLetter { reason, headers } => self.dead_letter(reason, headers).await,
             other => self.inner.answer(other).await,
+        }
+    }
+
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        match kind {
+            AckKind::Ack | AckKind::InProgress => self.inner.answer_nowait(kind).await,
+            // Answers with dead-letter bookkeeping take the confirmed path.
+            other => self.answer(other).await,
         }
     }
 }
 
 impl DeadLetterAcker {
-    async fn dead_letter(&self, reason: &str, extra: &Headers) -> Result<(), BusError> {
-        self.shared.last_error(&self.msg);
+    async fn dead_letter(&self, reason: String, extra: Headers) -> Result<(), BusError> {
+        self.shared.forget(&self.msg);
         self.shared
-            .dead_letter(&self.msg, self.count, reason, extra)
-            .await?;
-        self.inner
-            .answer(AckKind::Term {
-                reason: Some(reason.to_string()),
-            })
+            .dead_letter_or_keep(&self.msg, self.count, self.inner.as_ref(), reason, extra)
             .await
     }
 }

@@ -11,14 +11,40 @@
 //! * [`Delivery::in_progress`]: still working; restart the ack timer.
 //! * no answer within [`ConsumerConfig::ack_wait`]: delivered again.
 //!
+//! # What an `Ok` answer guarantees
+//!
+//! Every answer (`ack`, `nack`, `term`, `in_progress`, `dead_letter`)
+//! returns `Ok` only once the backend has applied it:
+//!
+//! * `NatsBus`: the server has confirmed it (a JetStream "double ack": the
+//!   answer is sent with a reply subject and the server replies once it has
+//!   processed it; on a replicated consumer, once it is replicated). An
+//!   acked message is then never delivered again, also after this process
+//!   exits or the connection drops.
+//! * `InMemoryBus`: the answer is applied to the consumer synchronously.
+//!
+//! An `Err` means the backend may or may not have applied the answer: an
+//! acked message may still be delivered again (delivery is at least once).
+//! Every answer is bounded in time: on NATS by the bus's publish timeout
+//! (an [`ErrorKind::Timeout`] error, never a hang during an outage).
+//!
+//! [`Delivery::ack_nowait`] is the fire-and-forget form: `Ok` once the ack
+//! is handed to the client, before the server has it. Use it only where a
+//! redelivery is harmless, and close such a consumer with a flush
+//! (`NatsBus::flush`) so that what was acked reaches the server before the
+//! process exits.
+//!
 //! Each delivery carries its delivery count. After
 //! [`ConsumerConfig::max_deliver`] deliveries a message that is still not
 //! acknowledged goes to [`ConsumerConfig::dead_letter_subject`] with headers
-//! naming its origin (see [`dlq`]), and is terminated.
+//! naming its origin (see [`dlq`]), and is terminated. A message whose dead
+//! letter cannot be published is never dropped: it stays pending, the
+//! failure is logged and yielded as an error item, and the dead-lettering is
+//! retried on later deliveries.
 
 mod dead_letter;
 
-pub(crate) use dead_letter::{with_dead_letters, DLQ_SPARE_DELIVERIES};
+pub(crate) use dead_letter::with_dead_letters;
 
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
@@ -46,9 +72,25 @@ pub mod dlq {
     pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
     /// The handler that gave up on it (set by the event runner).
     pub const HANDLER: &str = "Bus-Dlq-Handler";
+    /// Set when the dead letter with the original payload would exceed the
+    /// size limit (`max_payload`): the dead letter then carries no payload
+    /// and none of the original headers (only the `Bus-Dlq-*` ones), and this
+    /// header gives the original payload's size in bytes. The original is
+    /// found by its subject, sequence and id (on NATS it stays in its stream).
+    pub const TRUNCATED: &str = "Bus-Dlq-Truncated";
     /// Prefix shared by every dead-letter header.
     pub const PREFIX: &str = "Bus-Dlq-";
 }
+
+/// The largest [`ConsumerConfig::max_deliver`] accepted (a million
+/// deliveries is "unlimited" in practice; larger values are refused so that
+/// no count arithmetic can overflow).
+pub const MAX_DELIVER: u32 = 1_000_000;
+
+/// The longest wait a consumer takes: [`ConsumerConfig::ack_wait`] and each
+/// [`ConsumerConfig::backoff`] step above it are refused, and nack delays
+/// above it are shortened to it (one week).
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Where a new durable consumer starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,11 +131,25 @@ pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
     if config.max_deliver == 0 {
         return Err(bad("max_deliver", "0".into(), "must be at least 1"));
     }
-    if config.ack_wait < std::time::Duration::from_millis(10) {
+    if config.max_deliver > MAX_DELIVER {
+        return Err(bad(
+            "max_deliver",
+            config.max_deliver.to_string(),
+            &format!("must be at most {MAX_DELIVER} (MAX_DELIVER)"),
+        ));
+    }
+    if config.ack_wait < std::time::Duration::from_millis(10) || config.ack_wait > MAX_WAIT {
         return Err(bad(
             "ack_wait",
             format!("{:?}", config.ack_wait),
-            "must be at least 10ms",
+            &format!("must be at least 10ms and at most {MAX_WAIT:?} (MAX_WAIT)"),
+        ));
+    }
+    if let Some(step) = config.backoff.iter().find(|d| **d > MAX_WAIT) {
+        return Err(bad(
+            "backoff",
+            format!("{step:?}"),
+            &format!("each step must be at most {MAX_WAIT:?} (MAX_WAIT)"),
         ));
     }
     if config.max_ack_pending == 0 {
@@ -224,8 +280,16 @@ pub enum AckKind {
 /// The backend side of a [`Delivery`]: carries an answer back to the backend.
 #[async_trait]
 pub trait Acker: Send + Sync {
-    /// Sends `kind` for the delivery this acker belongs to.
+    /// Sends `kind` for the delivery this acker belongs to and returns `Ok`
+    /// once the backend has applied it (see the [module docs](self)).
     async fn answer(&self, kind: AckKind) -> Result<(), BusError>;
+
+    /// Sends `kind` without waiting for the backend to confirm it: `Ok` once
+    /// it is on its way. The default waits for the confirmation (for
+    /// backends that apply answers synchronously the two are the same).
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        self.answer(kind).await
+    }
 }
 
 /// One delivery of a message to a durable consumer.
@@ -259,8 +323,27 @@ impl Delivery {
     }
 
     /// Acknowledges: the message is processed and never delivered again.
+    ///
+    /// `Ok` means the backend has the ack: on NATS the server confirmed it
+    /// (double ack), in memory it was applied. After an `Err` the message
+    /// may be delivered again. Bounded in time (on NATS by the bus's publish
+    /// timeout). Acks of several deliveries may be awaited concurrently: they
+    /// are pipelined on one connection.
     pub fn ack(self) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
         self.answer(AckKind::Ack)
+    }
+
+    /// Acknowledges without waiting for the backend's confirmation
+    /// (fire-and-forget): `Ok` once the ack is handed to the client.
+    ///
+    /// On NATS the ack may still be lost (the connection drops before it is
+    /// written, or the process exits first), and the message is then
+    /// delivered again after the ack wait. Before exiting, close the consumer
+    /// with a flush (`NatsBus::flush`), which returns once the server has
+    /// received everything sent so far. In memory this is [`ack`](Self::ack).
+    pub fn ack_nowait(self) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        let acker = self.acker;
+        async move { acker.answer_nowait(AckKind::Ack).await }
     }
 
     /// Negative acknowledgement: deliver again, not before `delay` if given.
@@ -325,7 +408,8 @@ impl Delivery {
         async move { acker.answer(kind).await }
     }
 
-    /// Signals work in progress: restarts the ack timer.
+    /// Signals work in progress: restarts the ack timer. `Ok` once the
+    /// backend has applied it (see [`ack`](Self::ack)).
     pub async fn in_progress(&self) -> Result<(), BusError> {
         self.acker.answer(AckKind::InProgress).await
     }

@@ -12,8 +12,19 @@
 //!   subjects go on. Lossy policies count every dropped message
 //!   ([`MemorySubscription::dropped`], [`InMemoryBus::stats`]) and log it.
 //! * **De-duplication**: an [`Envelope`] with a message id already published
-//!   within the de-duplication window (2 minutes, as JetStream's default) is
-//!   reported as a duplicate and not delivered again, as on NATS.
+//!   within the de-duplication window (2 minutes, as JetStream's default, and
+//!   at most [`MemoryConfig::dedup_max_ids`] ids) is reported as a duplicate
+//!   and not delivered again, as on NATS. An id counts as published once the
+//!   message is queued for every subscriber: a publish abandoned while it
+//!   waits for room (a timeout) can be retried with the same id. (Subscribers
+//!   it had already reached then get it twice, with the same id.)
+//! * **A bounded log** (see [`MemoryConfig::log_max_messages`]) lets a durable
+//!   consumer start with `StartPosition::All` or `Sequence(n)` as on NATS. It
+//!   records from the first durable consumer's creation on (plain
+//!   publish/subscribe does not pay for it), or from the start with
+//!   [`MemoryConfig::log_from_start`]; a start it cannot honour is `Unsupported`.
+//! * **Durable consumers expire** after [`MemoryConfig::durable_inactive_threshold`]
+//!   with no open instance.
 //! * **No durability**: messages live in memory only.
 //!
 //! ```
@@ -31,6 +42,7 @@
 //! ```
 
 mod durable;
+mod log;
 mod queue;
 
 pub use durable::DURABLE_CAPACITY;
@@ -44,14 +56,15 @@ use crate::message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 use crate::subject::{validate_bus_pattern, validate_bus_subject, Match, SubId, Subject, Sublist};
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use queue::{Push, SubQueue, Unregister};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Settings of an [`InMemoryBus`].
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +82,27 @@ pub struct MemoryConfig {
     /// How long a message id is remembered for de-duplication.
     #[serde(with = "crate::config::duration_str")]
     pub dedup_window: Duration,
+    /// Most message ids remembered for de-duplication: beyond it the oldest
+    /// is forgotten before its window ends (0 remembers none).
+    pub dedup_max_ids: usize,
+    /// A durable consumer with no open instance for this long is deleted
+    /// with what it holds (JetStream's `inactive_threshold`); re-opening it
+    /// within the threshold resumes where it was.
+    #[serde(with = "crate::config::duration_str")]
+    pub durable_inactive_threshold: Duration,
+    /// Most messages kept in the bus's log, which lets a durable consumer
+    /// start with `StartPosition::All` or `Sequence(n)` (see below); 0
+    /// disables the log (such starts are then `Unsupported`).
+    pub log_max_messages: usize,
+    /// Most bytes (payloads, headers and subjects) kept in the log; 0
+    /// disables it.
+    pub log_max_bytes: usize,
+    /// Record every message in the log from the bus's creation. By default
+    /// the log records from the first durable consumer's creation on, so
+    /// that plain publish/subscribe does not pay for it (about a third of
+    /// its throughput): `StartPosition::All` then starts with the oldest
+    /// message recorded.
+    pub log_from_start: bool,
 }
 
 impl Default for MemoryConfig {
@@ -79,6 +113,11 @@ impl Default for MemoryConfig {
             max_payload: 1024 * 1024,
             cache_size: crate::subject::DEFAULT_CACHE_SIZE,
             dedup_window: Duration::from_secs(120),
+            dedup_max_ids: 100_000,
+            durable_inactive_threshold: Duration::from_secs(300),
+            log_max_messages: 100_000,
+            log_max_bytes: 64 * 1024 * 1024,
+            log_from_start: false,
         }
     }
 }
@@ -112,8 +151,13 @@ pub struct SubscriptionStats {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MemoryStats {
-    /// Messages delivered to at least one subscriber so far (their sequence numbers).
+    /// Sequence numbers given so far: messages delivered to at least one
+    /// subscriber, or recorded in the log.
     pub published: u64,
+    /// Messages in the log.
+    pub log_messages: usize,
+    /// Bytes in the log.
+    pub log_bytes: usize,
     /// Messages dropped across all subscriptions.
     pub dropped: u64,
     /// Literal subjects in the route cache.
@@ -139,6 +183,12 @@ struct Inner {
     closed: AtomicBool,
     dedup: Mutex<DedupWindow>,
     durables: Mutex<FxHashMap<String, Arc<durable::Durable>>>,
+    /// Whether publishes are recorded in `log`. Only changes (to true) under
+    /// the routes' write lock, and publishers read it, number their message
+    /// and record it under the read lock, so a consumer that registers its
+    /// feed (write lock) and then reads the log misses nothing in between.
+    logging: AtomicBool,
+    log: Mutex<log::Log>,
     config: MemoryConfig,
 }
 
@@ -169,6 +219,12 @@ impl InMemoryBus {
                 closed: AtomicBool::new(false),
                 dedup: Mutex::new(DedupWindow::default()),
                 durables: Mutex::new(FxHashMap::default()),
+                logging: AtomicBool::new(config.log_from_start && log::Log::enabled(&config)),
+                log: Mutex::new({
+                    let mut log = log::Log::new(&config);
+                    log.start(1);
+                    log
+                }),
                 config,
             }),
         }
@@ -185,10 +241,7 @@ impl InMemoryBus {
     pub fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         match self.start_publish(subject, payload) {
             Ok(None) => PublishFuture::ready(Ok(())),
-            Ok(Some(rest)) => PublishFuture::new(async move {
-                rest.finish().await;
-                Ok(())
-            }),
+            Ok(Some(rest)) => PublishFuture::new(rest.finish()),
             Err(e) => PublishFuture::ready(Err(e)),
         }
     }
@@ -213,21 +266,97 @@ impl InMemoryBus {
                 return Ok(self.deliver_cached(route, payload));
             }
         }
-        let route = self.route(subject)?;
-        Ok(self.deliver_cached(&route, payload))
+        self.with_new_route(subject, |route| self.deliver_cached(route, payload))
     }
 
+    /// Runs `deliver` on the route of `subject` under the routes' read lock
+    /// (see `Inner::logging`): from the cache (valid by construction, and
+    /// without touching the route's reference count), else validated and
+    /// computed.
     #[inline]
+    fn with_route<R>(
+        &self,
+        subject: &str,
+        deliver: impl FnOnce(&Arc<Match<Arc<SubQueue>>>) -> R,
+    ) -> Result<R, BusError> {
+        {
+            let routes = self.inner.routes.read();
+            if let Some(route) = routes.cached(subject) {
+                return Ok(deliver(route));
+            }
+        }
+        self.with_new_route(subject, deliver)
+    }
+
+    /// [`with_route`](Self::with_route) for a subject not in the route cache.
+    #[cold]
+    #[inline(never)]
+    fn with_new_route<R>(
+        &self,
+        subject: &str,
+        deliver: impl FnOnce(&Arc<Match<Arc<SubQueue>>>) -> R,
+    ) -> Result<R, BusError> {
+        validate_bus_subject(subject)?;
+        self.ensure_open()?;
+        let mut routes = self.inner.routes.write();
+        let route = routes.matches(subject);
+        let _routes = RwLockWriteGuard::downgrade(routes);
+        Ok(deliver(&route))
+    }
+
+    #[inline(always)]
     fn deliver_cached(
         &self,
         route: &Arc<Match<Arc<SubQueue>>>,
         payload: Vec<u8>,
     ) -> Option<Remaining> {
+        if self.inner.logging.load(Ordering::Relaxed) {
+            return self
+                .deliver_logged(route, Bytes::from(payload), Headers::new(), None)
+                .1;
+        }
         if route.subs.is_empty() {
             return None;
         }
         let msg = self.message(route, Bytes::from(payload), Headers::new(), None);
         deliver_now(route, msg)
+    }
+
+    /// Numbers and records the message in the log, then queues it for every
+    /// subscriber (if any) without waiting. Returns its sequence.
+    #[inline(never)]
+    fn deliver_logged(
+        &self,
+        route: &Arc<Match<Arc<SubQueue>>>,
+        payload: Bytes,
+        headers: Headers,
+        id: Option<MessageId>,
+    ) -> (u64, Option<Remaining>) {
+        let msg = {
+            let mut log = self.inner.log.lock();
+            let msg = self.message(route, payload, headers, id);
+            log.push(msg.clone());
+            msg
+        };
+        let seq = msg.sequence;
+        if route.subs.is_empty() {
+            return (seq, None);
+        }
+        (seq, deliver_now(route, msg))
+    }
+
+    /// Starts recording publishes in the log (if the configuration allows
+    /// one): called when a durable consumer is created.
+    fn start_logging(&self) {
+        if !log::Log::enabled(&self.inner.config) || self.inner.logging.load(Ordering::Acquire) {
+            return;
+        }
+        let _routes = self.inner.routes.write();
+        let mut log = self.inner.log.lock();
+        if !self.inner.logging.load(Ordering::Relaxed) {
+            log.start(self.inner.seq.load(Ordering::Relaxed) + 1);
+            self.inner.logging.store(true, Ordering::Release);
+        }
     }
 
     /// The next message on `route`: numbered by the bus, with the given id or
@@ -318,8 +447,14 @@ impl InMemoryBus {
                 })
                 .collect()
         };
+        let (log_messages, log_bytes) = {
+            let log = self.inner.log.lock();
+            (log.len(), log.bytes())
+        };
         MemoryStats {
             published: self.inner.seq.load(Ordering::Relaxed),
+            log_messages,
+            log_bytes,
             dropped: subs.iter().map(|s| s.dropped).sum(),
             cached_subjects: self.inner.routes.read().cache_len(),
             subscriptions: subs,
@@ -348,18 +483,6 @@ impl InMemoryBus {
         Ok(())
     }
 
-    /// The route of a literal subject: from the cache (valid by construction)
-    /// or validated and computed.
-    #[inline]
-    fn route(&self, subject: &str) -> Result<Arc<Match<Arc<SubQueue>>>, BusError> {
-        if let Some(hit) = self.inner.routes.read().cached(subject) {
-            return Ok(hit.clone());
-        }
-        validate_bus_subject(subject)?;
-        self.ensure_open()?;
-        Ok(self.inner.routes.write().matches(subject))
-    }
-
     async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
         self.ensure_open()?;
         env.validate()?;
@@ -370,24 +493,40 @@ impl InMemoryBus {
             env.payload.len(),
             env.headers.wire_len() + id_len,
         )?;
-        let route = self.route(&env.subject)?;
-        if let Some(id) = given {
-            if !self
-                .inner
-                .dedup
-                .lock()
-                .first_seen(id, self.inner.config.dedup_window)
-            {
-                return Ok(PublishAck::new(None, 0, true));
+        validate_bus_subject(&env.subject)?;
+        // The id is claimed now and recorded as seen only once the message is
+        // queued for every subscriber: a publish abandoned while it waits
+        // (a timeout) releases its claim, so that retrying with the same id
+        // delivers it instead of being taken for a duplicate.
+        let claim = match given {
+            Some(id) => match DedupClaim::new(&self.inner, id) {
+                Some(claim) => Some(claim),
+                None => return Ok(PublishAck::new(None, 0, true)),
+            },
+            None => None,
+        };
+        let Envelope {
+            subject,
+            payload,
+            headers,
+            id,
+            ..
+        } = env;
+        let (seq, rest) = self.with_route(&subject, |route| {
+            if self.inner.logging.load(Ordering::Relaxed) {
+                return self.deliver_logged(route, payload, headers, id);
             }
+            if route.subs.is_empty() {
+                return (0, None);
+            }
+            let msg = self.message(route, payload, headers, id);
+            (msg.sequence, deliver_now(route, msg))
+        })?;
+        if let Some(rest) = rest {
+            rest.finish().await?;
         }
-        if route.subs.is_empty() {
-            return Ok(PublishAck::new(None, 0, false));
-        }
-        let msg = self.message(&route, env.payload, env.headers, env.id);
-        let seq = msg.sequence;
-        if let Some(rest) = deliver_now(&route, msg) {
-            rest.finish().await;
+        if let Some(claim) = claim {
+            claim.confirm();
         }
         Ok(PublishAck::new(None, seq, false))
     }
@@ -429,21 +568,33 @@ struct Remaining {
 }
 
 impl Remaining {
-    async fn finish(self) {
+    /// Fails with [`ErrorKind::Closed`] if the bus closes before the message
+    /// is queued for every subscriber.
+    async fn finish(self) -> Result<(), BusError> {
         let Remaining {
             route,
             index,
             pending,
             template,
         } = self;
-        route.subs[index].push_wait(pending).await;
+        let closed = || {
+            BusError::closed(format!(
+                "publish to {:?}: the in-memory bus closed while the publish waited for room in a subscriber's queue",
+                route.subject
+            ))
+        };
+        route.subs[index]
+            .push_wait(pending)
+            .await
+            .map_err(|()| closed())?;
         if let Some(msg) = template {
             for q in &route.subs[index + 1..] {
                 if let Push::Full(m) = q.try_push(msg.clone()) {
-                    q.push_wait(m).await;
+                    q.push_wait(m).await.map_err(|()| closed())?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -520,32 +671,116 @@ impl std::fmt::Debug for InMemoryBus {
     }
 }
 
-/// Message ids seen within the de-duplication window.
+/// Message ids seen within the de-duplication window, at most
+/// `dedup_max_ids` of them, plus the ids of publishes under way.
 #[derive(Default)]
 struct DedupWindow {
-    seen: FxHashMap<Arc<str>, Instant>,
+    seen: FxHashMap<Arc<str>, Seen>,
+    /// The ids recorded as seen, oldest first.
     order: VecDeque<(Instant, Arc<str>)>,
+    next_claim: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Published at this instant.
+    At(Instant),
+    /// Being published by the claim with this number.
+    Claimed(u64),
 }
 
 impl DedupWindow {
-    /// Records `id`; false if it was already seen within `window`.
-    fn first_seen(&mut self, id: &str, window: Duration) -> bool {
-        let now = Instant::now();
+    /// Forgets the ids older than `window`, then the oldest beyond `max`.
+    fn evict(&mut self, now: Instant, window: Duration, max: usize) {
         while let Some((at, old)) = self.order.front() {
-            if now.duration_since(*at) < window {
+            if self.order.len() <= max && now.saturating_duration_since(*at) < window {
                 break;
             }
-            if self.seen.get(old) == Some(at) {
+            if self.seen.get(old) == Some(&Seen::At(*at)) {
                 self.seen.remove(old);
             }
             self.order.pop_front();
         }
+    }
+
+    /// Claims `id` for a publish; `None` if it was seen within the window or
+    /// is being published.
+    fn claim(&mut self, id: &str, window: Duration, max: usize) -> Option<(Arc<str>, u64)> {
+        self.evict(Instant::now(), window, max);
         if self.seen.contains_key(id) {
-            return false;
+            return None;
         }
+        let claim = self.next_claim;
+        self.next_claim = self.next_claim.wrapping_add(1);
         let id: Arc<str> = id.into();
-        self.seen.insert(id.clone(), now);
-        self.order.push_back((now, id));
-        true
+        self.seen.insert(id.clone(), Seen::Claimed(claim));
+        Some((id, claim))
+    }
+
+    /// The publish of `claim` is done: `id` is seen from now on.
+    fn confirm(&mut self, id: &str, claim: u64, window: Duration, max: usize) {
+        let key = match self.seen.get_key_value(id) {
+            Some((key, seen)) if *seen == Seen::Claimed(claim) => key.clone(),
+            _ => return,
+        };
+        let now = Instant::now();
+        self.seen.insert(key.clone(), Seen::At(now));
+        self.order.push_back((now, key));
+        self.evict(now, window, max);
+    }
+
+    /// The publish of `claim` was abandoned: `id` may be published again.
+    fn release(&mut self, id: &str, claim: u64) {
+        if self.seen.get(id) == Some(&Seen::Claimed(claim)) {
+            self.seen.remove(id);
+        }
     }
 }
+
+/// A publish's claim on its message id; released if dropped unconfirmed.
+struct DedupClaim<'a> {
+    inner: &'a Inner,
+    id: Arc<str>,
+    claim: u64,
+    confirmed: bool,
+}
+
+impl<'a> DedupClaim<'a> {
+    /// `None` if `id` is a duplicate.
+    fn new(inner: &'a Inner, id: &str) -> Option<Self> {
+        let config = &inner.config;
+        let (id, claim) =
+            inner
+                .dedup
+                .lock()
+                .claim(id, config.dedup_window, config.dedup_max_ids)?;
+        Some(DedupClaim {
+            inner,
+            id,
+            claim,
+            confirmed: false,
+        })
+    }
+
+    fn confirm(mut self) {
+        let config = &self.inner.config;
+        self.inner.dedup.lock().confirm(
+            &self.id,
+            self.claim,
+            config.dedup_window,
+            config.dedup_max_ids,
+        );
+        self.confirmed = true;
+    }
+}
+
+impl Drop for DedupClaim<'_> {
+    fn drop(&mut self) {
+        if !self.confirmed {
+            self.inner.dedup.lock().release(&self.id, self.claim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

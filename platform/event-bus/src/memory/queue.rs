@@ -55,9 +55,24 @@ pub(crate) struct SubQueue {
 struct State {
     buf: VecDeque<BusMessage>,
     rx_waker: Option<Waker>,
-    tx_waiters: Vec<Waker>,
-    closed: bool,
+    /// Publishers waiting for room: one entry per waiting [`PushWait`] (by
+    /// its id), whose waker is replaced, not added, on every poll.
+    tx_waiters: Vec<(u64, Waker)>,
+    closed: Closed,
 }
+
+/// Whether a queue is closed, and why.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Open,
+    /// The subscriber went away: a waiting publish has nobody to wait for.
+    BySubscriber,
+    /// The bus closed: a waiting publish fails.
+    ByBus,
+}
+
+/// Ids of [`PushWait`]s (taken only by a publish that has to wait).
+static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) enum Push {
     Done,
@@ -75,7 +90,7 @@ impl SubQueue {
                 buf: VecDeque::new(),
                 rx_waker: None,
                 tx_waiters: Vec::new(),
-                closed: false,
+                closed: Closed::Open,
             }),
             len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
@@ -102,7 +117,7 @@ impl SubQueue {
     #[inline]
     pub(crate) fn try_push(&self, msg: BusMessage) -> Push {
         let mut st = self.state.lock();
-        if st.closed {
+        if st.closed != Closed::Open {
             return Push::Done;
         }
         if st.buf.len() >= self.capacity {
@@ -159,28 +174,41 @@ impl SubQueue {
         PushWait {
             queue: self.clone(),
             msg: Some(msg),
+            waiter: None,
         }
     }
 
     /// Closes the queue: no more pushes; the subscriber still receives what
     /// is queued, then the end of the stream. With `discard`, what is queued
-    /// is dropped too (the subscriber itself is going away).
+    /// is dropped too (the subscriber itself is going away: a waiting
+    /// publish completes, as if delivered to a subscriber that left);
+    /// without it the bus is closing, and a waiting publish fails.
     pub(crate) fn close(&self, discard: bool) {
         let (rx, txs) = {
             let mut st = self.state.lock();
-            st.closed = true;
             if discard {
+                if st.closed == Closed::Open {
+                    st.closed = Closed::BySubscriber;
+                }
                 st.buf.clear();
                 self.len.store(0, Ordering::Release);
+            } else {
+                st.closed = Closed::ByBus;
             }
             (st.rx_waker.take(), std::mem::take(&mut st.tx_waiters))
         };
         if let Some(w) = rx {
             w.wake();
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
+    }
+
+    /// Publishers registered as waiting for room.
+    #[cfg(test)]
+    pub(crate) fn waiting_publishers(&self) -> usize {
+        self.state.lock().tx_waiters.len()
     }
 
     /// Like `poll_drain` but without registering a waker when empty.
@@ -192,7 +220,7 @@ impl SubQueue {
         {
             let mut st = self.state.lock();
             if st.buf.is_empty() {
-                return if st.closed {
+                return if st.closed != Closed::Open {
                     Poll::Ready(false)
                 } else {
                     Poll::Pending
@@ -202,7 +230,7 @@ impl SubQueue {
             self.len.store(0, Ordering::Release);
             txs = std::mem::take(&mut st.tx_waiters);
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
         Poll::Ready(true)
@@ -214,7 +242,7 @@ impl SubQueue {
         {
             let mut st = self.state.lock();
             if st.buf.is_empty() {
-                if st.closed {
+                if st.closed != Closed::Open {
                     return Poll::Ready(false);
                 }
                 match &st.rx_waker {
@@ -227,7 +255,7 @@ impl SubQueue {
             self.len.store(0, Ordering::Release);
             txs = std::mem::take(&mut st.tx_waiters);
         }
-        for w in txs {
+        for (_, w) in txs {
             w.wake();
         }
         Poll::Ready(true)
@@ -235,22 +263,30 @@ impl SubQueue {
 }
 
 /// Future of a publisher waiting for room in one subscriber's queue.
+///
+/// Resolves to `Err(())` if the bus closed before the message was queued.
+/// While it waits it keeps exactly one waker in the queue's list (replaced on
+/// each poll), and removes it when dropped.
 pub(crate) struct PushWait {
     queue: Arc<SubQueue>,
     msg: Option<BusMessage>,
+    /// Its id in the queue's `tx_waiters`, once registered.
+    waiter: Option<u64>,
 }
 
 impl Future for PushWait {
-    type Output = ();
+    type Output = Result<(), ()>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         let this = &mut *self;
         let Some(msg) = this.msg.take() else {
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         };
         let mut st = this.queue.state.lock();
-        if st.closed {
-            return Poll::Ready(());
+        match st.closed {
+            Closed::Open => {}
+            Closed::BySubscriber => return Poll::Ready(Ok(())),
+            Closed::ByBus => return Poll::Ready(Err(())),
         }
         if st.buf.len() < this.queue.capacity {
             st.buf.push_back(msg);
@@ -260,12 +296,35 @@ impl Future for PushWait {
             if let Some(w) = waker {
                 w.wake();
             }
-            return Poll::Ready(());
+            return Poll::Ready(Ok(()));
         }
-        st.tx_waiters.push(cx.waker().clone());
+        // Still registered (the list was not taken by a wake since)? Then
+        // replace the waker in place; else register anew.
+        let id = this.waiter;
+        match id.and_then(|id| st.tx_waiters.iter_mut().find(|(w, _)| *w == id)) {
+            Some((_, w)) => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
+                st.tx_waiters.push((id, cx.waker().clone()));
+                this.waiter = Some(id);
+            }
+        }
         drop(st);
         this.msg = Some(msg);
         Poll::Pending
+    }
+}
+
+impl Drop for PushWait {
+    fn drop(&mut self) {
+        // A cancelled wait (e.g. under a timeout) leaves no waker behind.
+        if let (Some(id), Some(_)) = (self.waiter, &self.msg) {
+            self.queue.state.lock().tx_waiters.retain(|(w, _)| *w != id);
+        }
     }
 }
 

@@ -188,6 +188,14 @@ pub(crate) fn from_header_map(map: Option<&HeaderMap>) -> (Headers, Option<Strin
             continue;
         }
         for v in values {
+            // A header the bus could not publish again (from a publisher
+            // outside the bus: an empty or over-long name, `nats-msg-id` in
+            // another case) is dropped, so that what a subscriber receives
+            // can always be dead-lettered or replayed.
+            if crate::message::validate_header(name, v.as_str()).is_err() {
+                tracing::debug!(header = %name, "dropped a received header the bus cannot carry");
+                continue;
+            }
             headers.append(name, v.as_str());
         }
     }
@@ -273,4 +281,29 @@ pub(crate) fn to_bus_message(
         id,
         stream_seq,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers from a publisher outside the bus that the bus could not
+    /// publish again are dropped on receipt (found by the `convert` fuzz
+    /// target): a received message can always be dead-lettered or replayed.
+    #[test]
+    fn received_headers_can_be_published_again() {
+        let mut map = HeaderMap::new();
+        map.insert("Nats-Msg-Id", "id-1");
+        map.insert("nats-msg-id", "other");
+        map.insert("ok", "kept");
+        map.insert("Nats-Sequence", "9");
+        map.insert(
+            "x".repeat(crate::message::MAX_HEADER_NAME_LEN + 1).as_str(),
+            "long",
+        );
+        let (headers, id) = from_header_map(Some(&map));
+        assert_eq!(id.as_deref(), Some("id-1"));
+        assert_eq!(headers.iter().collect::<Vec<_>>(), vec![("ok", "kept")]);
+        headers.validate().unwrap();
+    }
 }

@@ -2,22 +2,34 @@
 //! shared by every instance that opens it (work sharing).
 //!
 //! The server-side consumer has explicit acks, the configured ack wait and
-//! `max_deliver + DLQ_SPARE_DELIVERIES` deliveries (the spares let the
-//! dead-letter layer move a message whose last delivery went unanswered; see
+//! no delivery limit (`max_deliver` -1): the dead-letter layer enforces
+//! `max_deliver` and terminates a message only once its dead letter is
+//! published, so the server must never stop delivering it first (see
 //! `consumer::dead_letter`). `backoff` is applied by the bus to nacks, not
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
+//!
+//! Answers are JetStream double acks: sent with a reply subject on the
+//! client's shared request inbox (so concurrent answers are pipelined on the
+//! connection) and `Ok` once the server has replied. Each is bounded by the
+//! bus's publish timeout, including the wait for room in the client's send
+//! queue during an outage. `answer_nowait` (behind `Delivery::ack_nowait`)
+//! only queues the answer; [`NatsBus::flush`] waits until the server has
+//! received what was queued.
 
 use super::convert::{api_error, stored_ns, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
-    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, DLQ_SPARE_DELIVERIES,
+    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, MAX_WAIT,
 };
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
-use async_nats::jetstream::message::{AckKind as NatsAck, Acker as NatsAcker};
+use async_nats::jetstream::message::AckKind as NatsAck;
+use async_nats::jetstream::ErrorCode;
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -44,12 +56,13 @@ pub(crate) async fn open(
             e,
         )
     })?;
-    let mut desired = pull::Config {
+    let desired = pull::Config {
         durable_name: Some(config.name.clone()),
         filter_subject: wire_filter.clone(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        max_deliver: i64::from(config.max_deliver + DLQ_SPARE_DELIVERIES),
+        // Unlimited: the dead-letter layer enforces `config.max_deliver`.
+        max_deliver: -1,
         max_ack_pending: config.max_ack_pending.min(i64::MAX as usize) as i64,
         deliver_policy: match config.start {
             StartPosition::New => DeliverPolicy::New,
@@ -60,51 +73,184 @@ pub(crate) async fn open(
         },
         ..Default::default()
     };
-    let consumer: Consumer = match stream.get_consumer::<pull::Config>(&config.name).await {
-        Ok(existing) => {
-            let current = existing.cached_info().config.clone();
-            if current.filter_subject != wire_filter {
-                return Err(BusError::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "consumer {:?} on stream {stream_name} already exists with filter {:?}, not {:?}; use another name or delete it",
-                        config.name, current.filter_subject, wire_filter
-                    ),
-                ));
-            }
-            // The start position of an existing consumer cannot change; keep it.
-            desired.deliver_policy = current.deliver_policy;
-            if current.ack_wait != desired.ack_wait
-                || current.max_deliver != desired.max_deliver
-                || current.max_ack_pending != desired.max_ack_pending
-            {
-                stream.create_consumer(desired).await.map_err(|e| {
-                    api_error(
-                        &format!("updating consumer {:?} on {stream_name}", config.name),
-                        e,
-                    )
-                })?
-            } else {
-                existing
-            }
-        }
-        Err(_) => stream.create_consumer(desired).await.map_err(|e| {
-            api_error(
-                &format!("creating consumer {:?} on {stream_name}", config.name),
-                e,
-            )
-        })?,
+    let source = Source {
+        js,
+        stream_name,
+        name: config.name.clone(),
+        created: stream.cached_info().created,
+        desired,
     };
+    let consumer = source.get_or_create(&stream).await?;
     let batch = config.max_ack_pending.clamp(1, MAX_BATCH);
     let (tx, rx) = mpsc::channel(batch);
+    let target = Arc::new(AckTarget {
+        client: bus.client().clone(),
+        timeout: bus.inner.publish_timeout,
+    });
+    let closing = Arc::new(Closing::default());
     tokio::spawn(pump(
+        source,
         consumer,
         batch,
         tx,
-        stream_name,
         bus.tenant().map(|t| format!("{t}.")),
+        target,
+        PumpDone(closing.clone()),
     ));
-    Ok(Box::pin(Fetched { rx }))
+    Ok(Box::pin(Fetched { rx, closing }))
+}
+
+/// Where a pump's durable consumer lives, and how to make it again.
+struct Source {
+    js: async_nats::jetstream::Context,
+    stream_name: String,
+    /// The durable name.
+    name: String,
+    /// When the stream was created (tells a re-created stream from the one
+    /// the consumer was made on).
+    created: async_nats::datetime::DateTime,
+    /// The consumer as `consume` creates it.
+    desired: pull::Config,
+}
+
+/// async-nats' boxed error as an error type.
+#[derive(Debug)]
+struct Boxed(async_nats::Error);
+
+impl std::fmt::Display for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Boxed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Whether `e` (from `get_consumer`) says that the consumer does not exist.
+fn consumer_missing(e: &async_nats::Error) -> bool {
+    use async_nats::jetstream::context::{ConsumerInfoError, ConsumerInfoErrorKind as K};
+    e.downcast_ref::<ConsumerInfoError>()
+        .is_some_and(|e| match e.kind() {
+            K::NotFound => true,
+            K::JetStream(je) => je.error_code() == ErrorCode::CONSUMER_NOT_FOUND,
+            _ => false,
+        })
+}
+
+/// Whether `e` (from `get_stream`) says that the stream does not exist.
+fn stream_missing(e: &async_nats::jetstream::context::GetStreamError) -> bool {
+    use async_nats::jetstream::context::GetStreamErrorKind as K;
+    matches!(e.kind(), K::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND)
+}
+
+impl Source {
+    /// The durable consumer on `stream`: the existing one (checked against
+    /// the configuration, updated where it may change) or, only when the
+    /// server says there is none, a new one. Any other failure to look it up
+    /// is an error (creating then would silently re-point a consumer of
+    /// that name that exists).
+    async fn get_or_create(
+        &self,
+        stream: &async_nats::jetstream::stream::Stream,
+    ) -> Result<Consumer, BusError> {
+        let (name, stream_name) = (&self.name, &self.stream_name);
+        let mut desired = self.desired.clone();
+        match stream.get_consumer::<pull::Config>(name).await {
+            Ok(existing) => {
+                let current = existing.cached_info().config.clone();
+                if current.filter_subject != desired.filter_subject {
+                    return Err(BusError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "consumer {name:?} on stream {stream_name} already exists with filter {:?}, not {:?}; use another name or delete it",
+                            current.filter_subject, desired.filter_subject
+                        ),
+                    ));
+                }
+                // The start position of an existing consumer cannot change; keep it.
+                desired.deliver_policy = current.deliver_policy;
+                if current.ack_wait == desired.ack_wait
+                    && current.max_deliver == desired.max_deliver
+                    && current.max_ack_pending == desired.max_ack_pending
+                {
+                    return Ok(existing);
+                }
+                stream.update_consumer(desired).await.map_err(|e| {
+                    api_error(&format!("updating consumer {name:?} on {stream_name}"), e)
+                })
+            }
+            Err(e) if consumer_missing(&e) => stream
+                .create_consumer(desired)
+                .await
+                .map_err(|e| api_error(&format!("creating consumer {name:?} on {stream_name}"), e)),
+            Err(e) => Err(api_error(
+                &format!("looking up consumer {name:?} on {stream_name}"),
+                Boxed(e),
+            )),
+        }
+    }
+
+    /// After the pull failed: `Ok(None)` while the consumer exists (re-open
+    /// the pull), or the consumer made again after it or its stream was
+    /// deleted, with a report of that reset (`Ok(Some(..))`). `Err` when
+    /// that cannot be told or done now (retry later).
+    async fn recover(&mut self) -> Result<Option<(Consumer, BusError)>, BusError> {
+        let (name, stream_name) = (self.name.clone(), self.stream_name.clone());
+        let mut stream = match self.js.get_stream(&stream_name).await {
+            Ok(s) => s,
+            Err(e) if stream_missing(&e) => {
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "stream {stream_name} of durable consumer {name:?} does not exist (deleted?); waiting for it to be created again"
+                    ),
+                ))
+            }
+            Err(e) => return Err(api_error(&format!("looking up stream {stream_name}"), e)),
+        };
+        let created = stream
+            .info()
+            .await
+            .map_err(|e| api_error(&format!("reading stream {stream_name}"), e))?
+            .created;
+        let new_stream = created != self.created;
+        if !new_stream {
+            match stream.get_consumer::<pull::Config>(&name).await {
+                Ok(_) => return Ok(None),
+                Err(e) if consumer_missing(&e) => {}
+                Err(e) => {
+                    return Err(api_error(
+                        &format!("looking up consumer {name:?} on {stream_name}"),
+                        Boxed(e),
+                    ))
+                }
+            }
+        }
+        // Gone: make it again (another instance may already have). On a new
+        // incarnation of the stream, everything in it is new to the consumer.
+        let mut again = Source {
+            js: self.js.clone(),
+            stream_name: stream_name.clone(),
+            name: name.clone(),
+            created,
+            desired: self.desired.clone(),
+        };
+        if new_stream {
+            again.desired.deliver_policy = DeliverPolicy::All;
+        }
+        let consumer = again.get_or_create(&stream).await?;
+        self.created = created;
+        let what = if new_stream {
+            format!("stream {stream_name} was deleted and created again; durable consumer {name:?} was made again and reads the new stream from its start")
+        } else {
+            format!("durable consumer {name:?} on stream {stream_name} was deleted; it was made again, starting as configured (its acknowledgement state is lost: messages may be delivered again, or, with StartPosition::New, missed while it was gone)")
+        };
+        tracing::warn!(consumer = %name, stream = %stream_name, "{what}");
+        Ok(Some((consumer, BusError::new(ErrorKind::NotFound, what))))
+    }
 }
 
 /// The receiving end of a consumer's pump. Dropped (the user stopped
@@ -112,6 +258,7 @@ pub(crate) async fn open(
 /// another instance gets it at once rather than after the ack wait.
 struct Fetched {
     rx: mpsc::Receiver<Result<Delivery, BusError>>,
+    closing: Arc<Closing>,
 }
 
 impl futures::Stream for Fetched {
@@ -127,6 +274,7 @@ impl futures::Stream for Fetched {
 
 impl Drop for Fetched {
     fn drop(&mut self) {
+        self.closing.begin();
         self.rx.close();
         let mut ahead = Vec::new();
         while let Ok(item) = self.rx.try_recv() {
@@ -138,12 +286,21 @@ impl Drop for Fetched {
             return;
         }
         // Nacks are sent from a task: a drop cannot wait. Outside a runtime
-        // they are not sent, and the deliveries come back after their ack wait.
+        // they are not sent, and the deliveries come back after their ack
+        // wait. `NatsBus::flush` waits for this task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let handing_back = HandingBack::start();
             rt.spawn(async move {
                 for delivery in ahead {
-                    let _ = delivery.nack(None).await;
+                    let (_, _, acker) = delivery.into_parts();
+                    let _ = acker
+                        .answer_nowait(AckKind::Nack {
+                            delay: None,
+                            reason: None,
+                        })
+                        .await;
                 }
+                drop(handing_back);
             });
         }
     }
@@ -151,26 +308,165 @@ impl Drop for Fetched {
 
 /// Hands back the messages the pull had received and not passed on (the
 /// receiver is gone), without waiting for more.
-async fn hand_back_received(messages: &mut pull::Stream) {
+async fn hand_back_received(messages: &mut pull::Stream, target: &AckTarget) {
     use futures::FutureExt;
     while let Some(Some(item)) = messages.next().now_or_never() {
-        if let Ok(m) = item {
-            let _ = m.ack_with(NatsAck::Nak(None)).await;
+        if let Ok(Some(reply)) = item.map(|m| m.message.reply) {
+            let nak = target.client.publish(reply, NatsAck::Nak(None).into());
+            if tokio::time::timeout(target.timeout, nak).await.is_err() {
+                return; // the client is stuck: the rest come back after the ack wait
+            }
+        }
+    }
+}
+
+/// Hand-backs (nacks of fetched, unconsumed deliveries) still being queued,
+/// across the process: [`NatsBus::flush`] waits for them.
+static HANDING_BACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HANDED_BACK: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// One hand-back in progress (counted in [`HANDING_BACK`] while alive).
+struct HandingBack;
+
+impl HandingBack {
+    fn start() -> Self {
+        HANDING_BACK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HandingBack
+    }
+}
+
+impl Drop for HandingBack {
+    fn drop(&mut self) {
+        if HANDING_BACK.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            HANDED_BACK.notify_waiters();
+        }
+    }
+}
+
+/// Shared by a consumer stream and its pump: when the stream is dropped
+/// while the pump runs, the pump's hand-back is counted until it ends.
+#[derive(Default)]
+struct Closing(parking_lot::Mutex<(bool, Option<HandingBack>)>);
+
+impl Closing {
+    /// The stream is dropped.
+    fn begin(&self) {
+        let mut state = self.0.lock();
+        if !state.0 {
+            state.1 = Some(HandingBack::start());
+        }
+    }
+
+    /// The pump has ended.
+    fn end(&self) {
+        let mut state = self.0.lock();
+        state.0 = true;
+        state.1 = None;
+    }
+}
+
+/// Ends the pump's [`Closing`] however the pump ends.
+struct PumpDone(Arc<Closing>);
+
+impl Drop for PumpDone {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl NatsBus {
+    /// Waits until the server has received everything this connection has
+    /// sent so far: answers sent with
+    /// [`Delivery::ack_nowait`](crate::Delivery::ack_nowait), and the
+    /// hand-back of what dropped consumer streams had fetched. Bounded by
+    /// the publish timeout.
+    ///
+    /// To close a durable consumer with a flush, drop its stream and then
+    /// call this. (Answers awaited with [`Delivery::ack`](crate::Delivery::ack)
+    /// and the others need no flush: they are `Ok` once the server has them.)
+    pub async fn flush(&self) -> Result<(), BusError> {
+        let timeout = self.inner.publish_timeout;
+        let flushed = async {
+            loop {
+                let handed_back = HANDED_BACK.notified();
+                if HANDING_BACK.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break;
+                }
+                handed_back.await;
+            }
+            self.client().flush().await
+        };
+        match tokio::time::timeout(timeout, flushed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::with_source(
+                ErrorKind::Unavailable,
+                "flushing the NATS connection failed",
+                e,
+            )),
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the NATS connection was not flushed within {timeout:?} (server unreachable?)"
+                ),
+            )),
         }
     }
 }
 
 /// Pulls deliveries into `tx` until the receiver is dropped, re-opening the
-/// pull after errors (the durable consumer keeps its position on the server).
+/// pull after errors (the durable consumer keeps its position on the
+/// server), and making the consumer again if it or its stream was deleted
+/// (reported as an error item).
 async fn pump(
-    consumer: Consumer,
+    mut source: Source,
+    mut consumer: Consumer,
     batch: usize,
     tx: mpsc::Sender<Result<Delivery, BusError>>,
-    stream_name: String,
     strip: Option<String>,
+    target: Arc<AckTarget>,
+    _done: PumpDone,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // Set after a failure: check that the consumer still exists before
+    // pulling again.
+    let mut check = false;
+    // Whether the current outage (stream gone) has been reported as an item.
+    let mut reported = false;
     loop {
+        if check {
+            let recovered = tokio::select! {
+                _ = tx.closed() => return,
+                r = source.recover() => r,
+            };
+            match recovered {
+                Ok(None) => (check, reported) = (false, false),
+                Ok(Some((again, report))) => {
+                    consumer = again;
+                    (check, reported) = (false, false);
+                    if tx.send(Err(report)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if e.kind() == ErrorKind::NotFound && !reported {
+                        // The stream is gone: say so once, then wait for it.
+                        tracing::warn!(error = %e, "durable consumer waiting for its stream");
+                        reported = true;
+                        if tx.send(Err(e)).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        tracing::debug!(error = %e, "durable consumer not available yet; retrying");
+                    }
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
         let opened = tokio::select! {
             _ = tx.closed() => return,
             m = consumer
@@ -192,13 +488,14 @@ async fn pump(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
+                check = true;
                 continue;
             }
         };
         loop {
             let item = tokio::select! {
                 _ = tx.closed() => {
-                    hand_back_received(&mut messages).await;
+                    hand_back_received(&mut messages, &target).await;
                     return;
                 }
                 item = messages.next() => item,
@@ -207,12 +504,16 @@ async fn pump(
                 None => break,
                 Some(Err(e)) => {
                     use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    let fatal = matches!(
-                        e.kind(),
-                        K::ConsumerDeleted | K::PushBasedConsumer | K::RequestLimitExceeded
-                    );
+                    // The consumer (or its stream) may be gone: check, and
+                    // make it again, before pulling again.
+                    let gone = matches!(e.kind(), K::ConsumerDeleted | K::NoResponders);
+                    if gone {
+                        check = true;
+                        break;
+                    }
+                    let fatal = matches!(e.kind(), K::PushBasedConsumer | K::RequestLimitExceeded);
                     let kind = if fatal {
-                        ErrorKind::NotFound
+                        ErrorKind::Conflict
                     } else {
                         ErrorKind::Unavailable
                     };
@@ -222,17 +523,24 @@ async fn pump(
                         return;
                     }
                     if fatal {
+                        check = true;
                         break;
                     }
                     continue;
                 }
-                Some(Ok(m)) => to_delivery(m, &stream_name, strip.as_deref()),
+                Some(Ok(m)) => to_delivery(m, &source.stream_name, strip.as_deref(), &target),
             };
             if let Err(mpsc::error::SendError(unsent)) = tx.send(delivery).await {
                 if let Ok(d) = unsent {
-                    let _ = d.nack(None).await;
+                    let (_, _, acker) = d.into_parts();
+                    let _ = acker
+                        .answer_nowait(AckKind::Nack {
+                            delay: None,
+                            reason: None,
+                        })
+                        .await;
                 }
-                hand_back_received(&mut messages).await;
+                hand_back_received(&mut messages, &target).await;
                 return;
             }
         }
@@ -240,9 +548,10 @@ async fn pump(
 }
 
 fn to_delivery(
-    m: async_nats::jetstream::Message,
+    mut m: async_nats::jetstream::Message,
     stream_name: &str,
     strip: Option<&str>,
+    target: &Arc<AckTarget>,
 ) -> Result<Delivery, BusError> {
     let (seq, delivered, stored) = {
         let info = m.info().map_err(|e| {
@@ -253,32 +562,118 @@ fn to_delivery(
         })?;
         (info.stream_sequence, info.delivered, stored_ns(&info))
     };
-    let (message, acker) = m.split();
-    let msg = to_bus_message(&message, stream_name, seq, stored, strip);
+    let reply = m.message.reply.take().ok_or_else(|| {
+        BusError::new(
+            ErrorKind::Backend,
+            "a JetStream delivery without a reply subject cannot be acknowledged",
+        )
+    })?;
+    let msg = to_bus_message(&m.message, stream_name, seq, stored, strip);
     Ok(Delivery::new(
         msg,
         delivered.clamp(1, i64::from(u32::MAX)) as u32,
-        Box::new(JsAcker(acker)),
+        Box::new(JsAcker {
+            target: target.clone(),
+            reply,
+        }),
     ))
 }
 
-struct JsAcker(NatsAcker);
+/// What the answers of one consumer's deliveries go through.
+struct AckTarget {
+    client: async_nats::Client,
+    /// Bound on each answer (the bus's publish timeout).
+    timeout: Duration,
+}
+
+/// Answers a JetStream delivery on its reply subject (`$JS.ACK...`).
+struct JsAcker {
+    target: Arc<AckTarget>,
+    reply: async_nats::Subject,
+}
+
+/// The protocol payload of an answer. A nack delay is capped at
+/// [`MAX_WAIT`] (the server takes nanoseconds as an `i64`).
+fn ack_payload(kind: &AckKind) -> Bytes {
+    let kind = match kind {
+        AckKind::Ack => NatsAck::Ack,
+        AckKind::Nack { delay, .. } => NatsAck::Nak(delay.map(|d| d.min(MAX_WAIT))),
+        AckKind::Term { .. } | AckKind::DeadLetter { .. } => NatsAck::Term,
+        AckKind::InProgress => NatsAck::Progress,
+    };
+    kind.into()
+}
+
+fn ack_name(kind: &AckKind) -> &'static str {
+    match kind {
+        AckKind::Ack => "ack",
+        AckKind::Nack { .. } => "nack",
+        AckKind::Term { .. } | AckKind::DeadLetter { .. } => "term",
+        AckKind::InProgress => "in-progress signal",
+    }
+}
 
 #[async_trait]
 impl Acker for JsAcker {
+    /// A double ack: the answer goes out with a reply subject (on the
+    /// client's shared request inbox, so concurrent answers are pipelined)
+    /// and is `Ok` once the server has replied, i.e. processed it. The whole
+    /// exchange, including the wait for room in the client's send queue
+    /// during an outage, is bounded by the publish timeout.
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
-        let kind = match kind {
-            AckKind::Ack => NatsAck::Ack,
-            AckKind::Nack { delay, .. } => NatsAck::Nak(delay),
-            AckKind::Term { .. } | AckKind::DeadLetter { .. } => NatsAck::Term,
-            AckKind::InProgress => NatsAck::Progress,
-        };
-        self.0.ack_with(kind).await.map_err(|e| {
-            BusError::with_source(
+        let request = async_nats::Request::new()
+            .payload(ack_payload(&kind))
+            .timeout(None); // bounded below, send included
+        let t = &self.target;
+        let sent = t.client.send_request(self.reply.clone(), request);
+        match tokio::time::timeout(t.timeout, sent).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => {
+                use async_nats::RequestErrorKind as K;
+                let (kind_of, why) = match e.kind() {
+                    K::NoResponders => (
+                        ErrorKind::NotFound,
+                        "the durable consumer no longer exists on the server",
+                    ),
+                    _ => (ErrorKind::Unavailable, "sending it failed"),
+                };
+                Err(BusError::with_source(
+                    kind_of,
+                    format!("{} not applied: {why}", ack_name(&kind)),
+                    e,
+                ))
+            }
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the server did not confirm the {} within {:?} (server unreachable or slow); it may or may not be applied, and the message may be delivered again",
+                    ack_name(&kind),
+                    t.timeout
+                ),
+            )),
+        }
+    }
+
+    /// Queues the answer in the client without a reply subject: `Ok` once
+    /// queued (bounded by the publish timeout while the queue is full).
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        let t = &self.target;
+        let sent = t.client.publish(self.reply.clone(), ack_payload(&kind));
+        match tokio::time::timeout(t.timeout, sent).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::with_source(
                 ErrorKind::Unavailable,
-                "sending an acknowledgement failed",
+                format!("sending the {} failed", ack_name(&kind)),
                 e,
-            )
-        })
+            )),
+            Err(_) => Err(BusError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the {} could not be queued within {:?} (the client's send queue is full: server unreachable?)",
+                    ack_name(&kind),
+                    t.timeout
+                ),
+            )),
+        }
     }
 }

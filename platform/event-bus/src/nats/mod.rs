@@ -70,6 +70,13 @@ use std::time::Duration;
 
 pub use streams::StreamReport;
 
+/// What a batch keeps of an envelope for one retry (its subject aside).
+struct Retry {
+    payload: Bytes,
+    headers: Headers,
+    id: Option<MessageId>,
+}
+
 /// Default bound on how long a publish waits for its acknowledgement.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -251,19 +258,24 @@ impl NatsBus {
 
     fn check_version(&self) -> Result<(), BusError> {
         let client = &self.inner.client;
-        let verdict = self.inner.version_ok.get_or_init(|| {
-            let info = client.server_info();
-            if info.version.is_empty() {
-                // Not connected yet: no verdict to cache.
-                return Ok(());
+        let verdict = match self.inner.version_ok.get() {
+            Some(verdict) => verdict,
+            None => {
+                let info = client.server_info();
+                if info.version.is_empty() {
+                    // Not connected yet: no verdict, and none cached (the
+                    // next call, once connected, decides).
+                    return Ok(());
+                }
+                let (a, b, c) = MIN_SERVER_VERSION;
+                let verdict = if client.is_server_compatible(a, b, c) {
+                    Ok(())
+                } else {
+                    Err(info.version)
+                };
+                self.inner.version_ok.get_or_init(|| verdict)
             }
-            let (a, b, c) = MIN_SERVER_VERSION;
-            if client.is_server_compatible(a, b, c) {
-                Ok(())
-            } else {
-                Err(info.version)
-            }
-        });
+        };
         match verdict {
             Ok(()) => Ok(()),
             Err(v) => Err(BusError::new(
@@ -394,11 +406,17 @@ impl NatsBus {
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
         let first = subject.split('.').next().unwrap_or_default();
-        if !self.inner.auto_create || self.inner.published.contains(first) {
-            let result = self.publish_one(subject, payload, headers, id).await;
+        if !self.inner.auto_create {
+            return self.publish_one(subject, payload, headers, id).await;
+        }
+        if self.inner.published.contains(first) {
+            let result = self
+                .publish_one(subject, payload.clone(), headers, id)
+                .await;
             if matches!(&result, Err(e) if e.kind() == ErrorKind::NotFound) {
-                // The stream went away: take the slow path next time.
-                self.inner.published.remove(first);
+                // The stream went away (deleted): make it again, publish once more.
+                return Box::pin(self.republish_after_not_found(subject, payload, headers, id))
+                    .await;
             }
             return result;
         }
@@ -441,8 +459,42 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
+        // The server said that no stream stores the subject: what the bus
+        // remembers about its default stream is stale (deleted since).
+        self.forget_default_stream(subject);
         self.ensure_default_stream(subject).await?;
         self.publish_one(subject, payload, headers, id).await
+    }
+
+    /// A publish to a token known to have a stream found none (deleted
+    /// since): creates the default stream again and publishes once more.
+    #[cold]
+    async fn republish_after_not_found(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        headers: &Headers,
+        id: Option<&MessageId>,
+    ) -> Result<PublishAck, BusError> {
+        let first = subject.split('.').next().unwrap_or_default();
+        self.inner.published.remove(first);
+        tracing::warn!(
+            subject,
+            "no stream stores the subject any more (deleted?); creating its default stream again"
+        );
+        let result = self
+            .republish_creating_stream(subject, payload, headers, id)
+            .await;
+        if result.is_ok() {
+            self.mark_published(first);
+        }
+        result
+    }
+
+    /// Forgets that the default stream for `subject`'s first token exists.
+    fn forget_default_stream(&self, subject: &str) {
+        let first = subject.split('.').next().unwrap_or_default();
+        self.inner.known_streams.lock().remove(first);
     }
 
     /// Records that a stream takes publishes to `first` (a valid first token,
@@ -461,6 +513,7 @@ impl NatsBus {
         first: &str,
         wire: String,
         msg: PublishMessage,
+        retry: Option<Bytes>,
     ) -> Result<(), BusError> {
         let started = self
             .inner
@@ -477,9 +530,15 @@ impl NatsBus {
                 .map_err(|e| convert::publish_error(subject, e)),
             Err(e) => Err(convert::publish_error(subject, e)),
         };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.publish_failed(e, subject, first, started)),
+        match (result, retry) {
+            (Ok(()), _) => Ok(()),
+            (Err(e), Some(payload)) if e.kind() == ErrorKind::NotFound => {
+                // The stream went away (deleted): make it again, publish once more.
+                Box::pin(self.republish_after_not_found(subject, payload, &Headers::new(), None))
+                    .await
+                    .map(|_| ())
+            }
+            (Err(e), _) => Err(self.publish_failed(e, subject, first, started)),
         }
     }
 
@@ -563,8 +622,14 @@ impl EventBus for NatsBus {
         }
         // Steady state: validate and build the message here, and box only the
         // send and the wait for the acknowledgement (a small future).
-        match self.prepare(subject, Bytes::from(payload), &Headers::new(), None) {
-            Ok((wire, msg)) => PublishFuture::new(self.publish_prepared(subject, first, wire, msg)),
+        let payload = Bytes::from(payload);
+        // A handle on the payload (no copy) is kept for one retry, should the
+        // stream have been deleted meanwhile.
+        let retry = self.inner.auto_create.then(|| payload.clone());
+        match self.prepare(subject, payload, &Headers::new(), None) {
+            Ok((wire, msg)) => {
+                PublishFuture::new(self.publish_prepared(subject, first, wire, msg, retry))
+            }
             Err(e) => PublishFuture::ready(Err(e)),
         }
     }
@@ -624,10 +689,16 @@ impl EventBus for NatsBus {
         // kept for a retry.
         let mut known_first: Option<String> = None;
         while envelopes.peek().is_some() {
-            // Send a window, then await its acknowledgements (in order). An
-            // envelope whose subject may have no stream yet is kept for a retry.
-            let mut window: Vec<(String, Option<Envelope>, Result<PublishAckFuture, BusError>)> =
-                Vec::with_capacity(BATCH_WINDOW);
+            // Send a window, then await its acknowledgements (in order). The
+            // payload (a handle, no copy), headers and id are kept for one
+            // retry, should no stream store the subject (not created yet, or
+            // deleted since).
+            let mut window: Vec<(
+                String,
+                Option<Retry>,
+                bool,
+                Result<PublishAckFuture, BusError>,
+            )> = Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
                 let first = env.subject.split('.').next().unwrap_or_default();
                 let known = !self.inner.auto_create
@@ -636,56 +707,54 @@ impl EventBus for NatsBus {
                 if known && known_first.as_deref() != Some(first) {
                     known_first = Some(first.to_string());
                 }
-                let (subject, keep, sent) = if known {
-                    let Envelope {
-                        subject,
-                        payload,
-                        headers,
-                        id,
-                        ..
-                    } = env;
-                    let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
-                        Ok((wire, msg)) => self.send(&subject, wire, msg).await,
-                        Err(e) => Err(e),
-                    };
-                    (subject, None, sent)
-                } else {
-                    let sent = match self.prepare(
-                        &env.subject,
-                        env.payload.clone(),
-                        &env.headers,
-                        env.id.as_ref(),
-                    ) {
-                        Ok((wire, msg)) => self.send(&env.subject, wire, msg).await,
-                        Err(e) => Err(e),
-                    };
-                    (env.subject.clone(), Some(env), sent)
+                let Envelope {
+                    subject,
+                    payload,
+                    headers,
+                    id,
+                    ..
+                } = env;
+                let kept = self.inner.auto_create.then(|| payload.clone());
+                let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
+                    Ok((wire, msg)) => self.send(&subject, wire, msg).await,
+                    Err(e) => Err(e),
                 };
-                window.push((subject, keep, sent));
+                let retry = kept.map(|payload| Retry {
+                    payload,
+                    headers,
+                    id,
+                });
+                window.push((subject, retry, !known, sent));
             }
-            for (subject, keep, sent) in window {
+            for (subject, retry, newly, sent) in window {
                 let result = match sent {
                     Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
                 };
-                let result = match (result, keep) {
-                    (Err(e), Some(env))
-                        if e.kind() == ErrorKind::NotFound && self.inner.auto_create =>
-                    {
-                        // No stream yet: create it and publish this one again
-                        // (the rest of the window may also have missed it, and
-                        // is retried the same way, in order).
-                        self.republish_creating_stream(
-                            &env.subject,
-                            env.payload,
-                            &env.headers,
-                            env.id.as_ref(),
-                        )
-                        .await
+                let first = subject.split('.').next().unwrap_or_default();
+                let result = match (result, retry) {
+                    (Err(e), Some(r)) if e.kind() == ErrorKind::NotFound => {
+                        // No stream (yet, or deleted since): create it and
+                        // publish this one again (the rest of the window may
+                        // also have missed it, and is retried the same way,
+                        // in order).
+                        self.inner.published.remove(first);
+                        let result = self
+                            .republish_creating_stream(
+                                &subject,
+                                r.payload,
+                                &r.headers,
+                                r.id.as_ref(),
+                            )
+                            .await;
+                        if result.is_ok() {
+                            self.mark_published(first);
+                        }
+                        result
                     }
-                    (result, keep) => {
-                        if let (Ok(_), Some(env)) = (&result, keep) {
-                            self.mark_published(env.subject.split('.').next().unwrap_or_default());
+                    (result, _) => {
+                        if newly && result.is_ok() {
+                            self.mark_published(first);
                         }
                         result
                     }
@@ -801,7 +870,13 @@ mod tests {
             std::mem::size_of_val(&fut)
         );
         drop(fut);
-        let fut = bus.publish_prepared("a.b", "a", "a.b".to_string(), PublishMessage::build());
+        let fut = bus.publish_prepared(
+            "a.b",
+            "a",
+            "a.b".to_string(),
+            PublishMessage::build(),
+            Some(Bytes::new()),
+        );
         let size = std::mem::size_of_val(&fut);
         println!("publish future: {size} bytes");
         // async-nats' send future (~840 bytes) is boxed on its own; both

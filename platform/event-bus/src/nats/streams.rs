@@ -392,30 +392,43 @@ pub(crate) async fn ensure_default(
     }
 }
 
-/// Names of the streams whose subjects overlap `pattern` (on the wire).
+/// Names of the streams whose subjects overlap `pattern` (on the wire),
+/// from every page of the server's answer (it sends at most 1024 a page).
 pub(crate) async fn streams_for(
     js: &jetstream::Context,
     pattern: &str,
 ) -> Result<Vec<String>, BusError> {
-    let response: serde_json::Value = js
-        .request("STREAM.NAMES", &serde_json::json!({ "subject": pattern }))
-        .await
-        .map_err(|e| api_error(&format!("listing streams for {pattern:?}"), e))?;
-    if let Some(err) = response.get("error") {
-        return Err(BusError::new(
-            ErrorKind::Backend,
-            format!("listing streams for {pattern:?}: {err}"),
-        ));
+    let mut names: Vec<String> = Vec::new();
+    loop {
+        let response: serde_json::Value = js
+            .request(
+                "STREAM.NAMES",
+                &serde_json::json!({ "subject": pattern, "offset": names.len() }),
+            )
+            .await
+            .map_err(|e| api_error(&format!("listing streams for {pattern:?}"), e))?;
+        if let Some(err) = response.get("error") {
+            return Err(BusError::new(
+                ErrorKind::Backend,
+                format!("listing streams for {pattern:?}: {err}"),
+            ));
+        }
+        let page: Vec<String> = response
+            .get("streams")
+            .and_then(|s| s.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total = response.get("total").and_then(|t| t.as_u64()).unwrap_or(0);
+        let last_page = page.is_empty();
+        names.extend(page);
+        if last_page || names.len() as u64 >= total {
+            return Ok(names);
+        }
     }
-    Ok(response
-        .get("streams")
-        .and_then(|s| s.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 #[cfg(test)]

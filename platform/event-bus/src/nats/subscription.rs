@@ -40,6 +40,13 @@ const EXPIRES: Duration = Duration::from_secs(10);
 /// at the right position when the subscriber reads again).
 const INACTIVE: Duration = Duration::from_secs(120);
 
+/// Whether a stream stores only subjects in the server's namespaces (a
+/// key-value bucket's `$KV.<bucket>.>`, an object store's `$O.>`): a
+/// wildcard subscription never reads it.
+fn server_only(subjects: &[String]) -> bool {
+    !subjects.is_empty() && subjects.iter().all(|s| crate::subject::is_reserved(s))
+}
+
 /// Subscribes to `wire_pattern` on `streams`; returns once every follower's
 /// first consumer exists (so everything published afterwards is seen).
 pub(crate) async fn subscribe(
@@ -57,14 +64,15 @@ pub(crate) async fn subscribe(
             .get_stream(&name)
             .await
             .map_err(|e| api_error(&format!("opening stream {name} for {user_pattern:?}"), e))?;
-        let next = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| api_error(&format!("reading stream {name}"), e))?
-            .state
-            .last_sequence
-            + 1;
+            .map_err(|e| api_error(&format!("reading stream {name}"), e))?;
+        let (next, created) = (info.state.last_sequence + 1, info.created);
         attached.insert(name.clone());
+        if server_only(&info.config.subjects) {
+            continue;
+        }
         let mut follower = Follower {
             stream,
             name,
@@ -72,6 +80,7 @@ pub(crate) async fn subscribe(
             use_filter: true,
             strip: strip.clone(),
             next,
+            created,
             tx: tx.clone(),
         };
         let consumer = follower.create().await?;
@@ -115,6 +124,11 @@ async fn watch_new_streams(
             let Ok(stream) = js.get_stream(&name).await else {
                 continue;
             };
+            if server_only(&stream.cached_info().config.subjects) {
+                attached.insert(name);
+                continue;
+            }
+            let created = stream.cached_info().created;
             let mut follower = Follower {
                 stream,
                 name: name.clone(),
@@ -122,6 +136,7 @@ async fn watch_new_streams(
                 use_filter: true,
                 strip: strip.clone(),
                 next: 1,
+                created,
                 tx: tx.clone(),
             };
             if let Ok(consumer) = follower.create().await {
@@ -142,6 +157,9 @@ struct Follower {
     strip: Option<String>,
     /// The stream sequence after the last message delivered (or skipped).
     next: u64,
+    /// When the stream was created: a stream deleted and created again under
+    /// the same name is a new incarnation, with sequences starting over.
+    created: async_nats::datetime::DateTime,
     tx: mpsc::Sender<BusMessage>,
 }
 
@@ -194,15 +212,48 @@ impl Follower {
         }
     }
 
+    /// Before re-creating the consumer: when the stream was deleted and
+    /// created again (its creation time changed, or it ends before `next`),
+    /// resume from the new stream's start: all of it was stored after this
+    /// subscription was made. `Err` while the stream cannot be read.
+    async fn check_incarnation(&mut self) -> Result<(), BusError> {
+        let info = self
+            .stream
+            .info()
+            .await
+            .map_err(|e| api_error(&format!("reading stream {}", self.name), e))?;
+        let (created, first, last) = (
+            info.created,
+            info.state.first_sequence,
+            info.state.last_sequence,
+        );
+        if created != self.created || last.saturating_add(1) < self.next {
+            tracing::warn!(
+                stream = %self.name,
+                pattern = %self.pattern,
+                old_next = self.next,
+                new_start = first.max(1),
+                "the stream was deleted and created again; the subscription reads the new stream from its start"
+            );
+            self.created = created;
+            self.next = first.max(1);
+        }
+        Ok(())
+    }
+
     /// Re-creates the consumer at `next`, retrying until it works or the
     /// subscription is dropped (`None`).
     async fn recreate(&mut self) -> Option<Consumer> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let tx = self.tx.clone();
+            let attempt = async {
+                self.check_incarnation().await?;
+                self.create().await
+            };
             tokio::select! {
                 _ = tx.closed() => return None,
-                created = self.create() => match created {
+                created = attempt => match created {
                     Ok(c) => {
                         tracing::debug!(stream = %self.name, next = self.next, "subscription consumer re-created");
                         return Some(c);
@@ -282,6 +333,11 @@ impl Follower {
             // The server filters by the pattern unless it had to be dropped
             // (pattern broader than the stream): only then match here.
             if !self.use_filter && !matches(&self.pattern, msg.subject.as_str()) {
+                continue;
+            }
+            // Subjects in the server's namespaces never reach a subscriber,
+            // as on every backend (a stream may mix them with others).
+            if crate::subject::is_reserved(msg.subject.as_str()) {
                 continue;
             }
             let bus_msg =

@@ -17,8 +17,11 @@ pub struct DeadLetterQueue {
 }
 
 impl DeadLetterQueue {
-    /// Opens (or creates) the reader `reader` on `subject`. On the in-memory
-    /// bus, dead letters published before the first open are not kept.
+    /// Opens (or creates) the reader `reader` on `subject`, reading from the
+    /// oldest dead letter kept. On the in-memory bus that is the oldest in
+    /// its log, which records from the first durable consumer's creation
+    /// (the runner's own consumer; `MemoryConfig::log_from_start` records
+    /// from the bus's start) within `log_max_messages`/`log_max_bytes`.
     pub async fn open(
         bus: Arc<dyn EventBus>,
         subject: &str,
@@ -34,10 +37,15 @@ impl DeadLetterQueue {
     }
 
     /// The next dead letter, waiting up to `wait`.
+    /// A wait too long to be a deadline (`Duration::MAX`) waits without one.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = tokio::time::Instant::now().checked_add(wait);
         loop {
-            match tokio::time::timeout_at(deadline, self.consumer.next()).await {
+            let next = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.next()).await,
+                None => Ok(self.consumer.next().await),
+            };
+            match next {
                 Err(_) | Ok(None) => return Ok(None),
                 Ok(Some(Ok(d))) => {
                     return Ok(Some(DeadLetter {
@@ -171,5 +179,28 @@ impl std::fmt::Debug for DeadLetter {
             .field("handler", &self.handler())
             .field("delivery_count", &self.delivery_count())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `next(Duration::MAX)` waits without a deadline (`Instant + wait`
+    /// panicked): here it returns the dead letter published meanwhile.
+    #[tokio::test]
+    async fn next_with_the_longest_wait() {
+        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let mut dlq = DeadLetterQueue::open(bus.clone(), "dlq.t", "reader")
+            .await
+            .unwrap();
+        let publisher = bus.clone();
+        tokio::spawn(async move { publisher.publish("dlq.t", b"x".to_vec()).await.unwrap() });
+        let d = tokio::time::timeout(Duration::from_secs(10), dlq.next(Duration::MAX))
+            .await
+            .expect("a dead letter within 10 s")
+            .unwrap()
+            .expect("a dead letter");
+        assert_eq!(&d.message().payload[..], b"x");
     }
 }

@@ -12,9 +12,15 @@
 //! the event, and stable Rust cannot tie a closure's returned future to the
 //! lifetime of its arguments, nor state that an async closure's future is
 //! `Send`. A named `async fn` has no such problem, so [`Handler::from_fn`]
-//! keeps its future in place, without a box. (A closure given to `from_fn`
-//! fails to compile with "implementation of `AsyncHandlerFn` is not general
-//! enough": name the function instead.)
+//! keeps its future in place, without a box. A closure given to `from_fn`
+//! whose async block uses the event does not compile (rustc 1.9x says
+//! "lifetime may not live long enough"): name the function instead.
+//!
+//! ```compile_fail
+//! use event_bus::runner::{Event, Handler, Outcome};
+//! let h: Handler<u64, (), _> = Handler::from_fn("h", "x.y",
+//!     |e: Event<'_, u64>, _tx: &mut ()| async move { println!("{}", e.data); Outcome::Ack });
+//! ```
 //!
 //! Every kind gets the same stages (decode, de-duplication, retries, dead
 //! letters, shutdown); see the [runner](super).

@@ -55,6 +55,37 @@ pub trait Inbox: Send + Sync + 'static {
     }
 }
 
+/// A shared inbox: runners (or instances of one runner) that share it see
+/// each other's claims.
+#[async_trait]
+impl<I: Inbox> Inbox for Arc<I> {
+    type Tx = I::Tx;
+
+    async fn begin(
+        &self,
+        consumer: &str,
+        message_id: &MessageId,
+    ) -> Result<Option<Self::Tx>, BusError> {
+        (**self).begin(consumer, message_id).await
+    }
+
+    async fn commit(&self, tx: Self::Tx) -> Result<(), BusError> {
+        (**self).commit(tx).await
+    }
+
+    async fn rollback(&self, tx: Self::Tx) {
+        (**self).rollback(tx).await
+    }
+
+    async fn purge_older_than(&self, age: Duration) -> Result<u64, BusError> {
+        (**self).purge_older_than(age).await
+    }
+
+    fn trivial_tx(&self) -> Option<Self::Tx> {
+        (**self).trivial_tx()
+    }
+}
+
 /// No de-duplication: every delivery runs the handler.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoInbox;
@@ -320,12 +351,30 @@ mod tests {
             short.begin("c", &"x".into()).await.unwrap().is_some(),
             "expired claims are forgotten"
         );
+        // Purging removes committed claims older than the age, and only those.
+        let inbox = MemoryInbox::default();
+        for id in ["a", "b"] {
+            let tx = inbox.begin("c", &id.into()).await.unwrap().unwrap();
+            inbox.commit(tx).await.unwrap();
+        }
+        let _in_progress = inbox.begin("c", &"c".into()).await.unwrap().unwrap();
         assert_eq!(
-            MemoryInbox::default()
-                .purge_older_than(Duration::ZERO)
+            inbox
+                .purge_older_than(Duration::from_secs(3600))
                 .await
                 .unwrap(),
-            0
+            0,
+            "nothing that old"
+        );
+        assert_eq!(inbox.purge_older_than(Duration::ZERO).await.unwrap(), 2);
+        assert!(
+            inbox.begin("c", &"a".into()).await.unwrap().is_some(),
+            "purged"
+        );
+        assert_eq!(
+            inbox.begin("c", &"c".into()).await.unwrap_err().kind(),
+            ErrorKind::Conflict,
+            "a claim in progress is kept"
         );
     }
 }

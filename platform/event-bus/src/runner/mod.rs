@@ -58,6 +58,19 @@
 //! under retries; redelivery by the backend (after a crash) is the backstop,
 //! bounded by [`RunnerOptions::max_deliver`].
 //!
+//! An inbox that cannot begin or commit for a reason that passes (a
+//! timeout, a lost connection, a database failover, a claim that another
+//! instance holds at the moment: kinds `Timeout`, `Unavailable`, `Conflict`)
+//! does not use up the handler's attempts: the attempt is made again after
+//! a backoff of its own (50 ms growing to 5 s), for as long as it takes,
+//! the event kept alive meanwhile ([`RunReport::inbox_retries`] counts
+//! these). A commit whose answer was lost is found as a duplicate then.
+//!
+//! Every event in flight is kept alive (in-progress every third of the ack
+//! wait) while its handler runs, while it waits for a retry, and while it
+//! waits behind an earlier event of its key. Only events fetched ahead and
+//! not yet taken (see [`RunnerBuilder::max_ack_pending`]) are not.
+//!
 //! # Concurrency and order
 //!
 //! Up to [`RunnerOptions::concurrency`] events are in flight per runner. With
@@ -70,7 +83,15 @@
 //! stops taking events, lets those in flight finish within
 //! [`RunnerOptions::shutdown_timeout`], then cancels the rest (their unit of
 //! work rolls back) and hands them back with a nack, and returns a
-//! [`RunReport`].
+//! [`RunReport`]. Every answer to the backend (ack, nack, term, in-progress,
+//! a dead letter, a hand-back) is bounded by
+//! [`RunnerBuilder::answer_timeout`], so shutdown ends even while the
+//! backend is unreachable (what was not answered is redelivered after its
+//! ack wait).
+//!
+//! A panic in a handler is caught and counts as a failed attempt; a panic
+//! in a [`Handler::key`] function is caught and sends that event to the
+//! dead letters.
 
 mod dead_letters;
 pub mod handler;
@@ -84,7 +105,7 @@ use handler::{Call, HandlerFn};
 
 use crate::bus::EventBus;
 use crate::consumer::{dlq, AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
-use crate::error::BusError;
+use crate::error::{BusError, ErrorKind};
 use crate::message::Headers;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
@@ -121,7 +142,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// A retry with the policy's backoff.
+    /// A retry after the handler's [`RetryPolicy`] backoff, with `reason` as
+    /// the error (it becomes the dead letter's `Bus-Dlq-Last-Error` if the
+    /// attempts run out). The same as `Outcome::Retry { after: None, reason }`;
+    /// an `Err(e)` converted with `.into()` gives `Outcome::retry(e)`.
+    ///
+    /// ```
+    /// use event_bus::runner::Outcome;
+    /// let o = Outcome::retry("payment service unavailable");
+    /// assert_eq!(o, Outcome::Retry { after: None, reason: "payment service unavailable".into() });
+    /// let o: Outcome = Err::<(), _>("timeout").into();
+    /// assert_eq!(o, Outcome::retry("timeout"));
+    /// ```
     pub fn retry(reason: impl fmt::Display) -> Self {
         Outcome::Retry {
             after: None,
@@ -189,7 +221,10 @@ impl RetryPolicy {
         self
     }
 
-    /// The delay after failed attempt number `attempt` (1-based).
+    /// The delay after failed attempt number `attempt` (1-based), at most
+    /// `max_backoff`. Any field values give a delay (never a panic): huge
+    /// ones saturate at `max_backoff`, a NaN multiplier counts as 1, a NaN
+    /// jitter as 0, and a jitter beyond 0..=1 as its nearest bound.
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self
             .multiplier
@@ -200,15 +235,27 @@ impl RetryPolicy {
             .build_hasher()
             .finish();
         let unit = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
-        let spread = 1.0 + self.jitter * (2.0 * unit - 1.0);
-        Duration::from_secs_f64((base * spread).max(0.0))
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        let spread = 1.0 + jitter * (2.0 * unit - 1.0);
+        // `max` turns a NaN into 0; a value beyond `Duration` saturates.
+        Duration::try_from_secs_f64((base * spread).max(0.0))
+            .unwrap_or(Duration::MAX)
+            .min(self.max_backoff)
     }
 }
 
 /// A handler as the runner holds it: typed, with its consumer name.
 struct Registered<T, I: Inbox, C> {
-    /// `<runner>-<handler name>`, the durable consumer and inbox key.
+    /// `<runner>-<handler name>`, the durable consumer.
     consumer: String,
+    /// The consumer as the inbox knows it: scoped by the bus's tenant
+    /// (`<tenant>/<consumer>`; `/` is in no consumer name), so that tenants
+    /// sharing an inbox table never take each other's ids for duplicates.
+    inbox_consumer: String,
     handler: Handler<T, I::Tx, C>,
 }
 
@@ -260,7 +307,7 @@ struct Slot<'a, T, I: Inbox, C, F, A> {
     make: ProcessFn<'a, T, I, C, F>,
     fut: std::pin::Pin<Box<Option<F>>>,
     /// [`acknowledge`] (it names the future's type).
-    make_ack: fn(Delivery) -> A,
+    make_ack: fn(Delivery, Duration) -> A,
     /// The acknowledgement of an event handled on the fast path, while it
     /// has not completed.
     ack: std::pin::Pin<Box<Option<A>>>,
@@ -347,7 +394,8 @@ where
                 let first = match self.call_now(&delivery, data, tx) {
                     Ok(Outcome::Ack) => {
                         self.ctx.counters.count_fast(self.index);
-                        self.ack.as_mut().set(Some((self.make_ack)(delivery)));
+                        let ack = (self.make_ack)(delivery, self.ctx.answer_timeout);
+                        self.ack.as_mut().set(Some(ack));
                         return self.poll_ack(cx);
                     }
                     Ok(outcome) => settle(outcome),
@@ -404,7 +452,20 @@ where
     fn start(self: Arc<Self>, ctx: &Arc<TaskCtx<I>>, delivery: Delivery) -> BoxFuture<'static, ()> {
         let decoded = decode::<T>(&delivery);
         let key = match (&decoded, &self.handler.key) {
-            (Ok(data), Some(key)) => key(data),
+            // The key function is user code: a panic in it is caught, and
+            // the event that caused it goes to the dead letters.
+            (Ok(data), Some(key)) => match std::panic::catch_unwind(AssertUnwindSafe(|| key(data)))
+            {
+                Ok(key) => key,
+                Err(panic) => {
+                    let reason = format!("the key function panicked: {}", panic_message(&panic));
+                    let ctx = ctx.clone();
+                    return Box::pin(async move {
+                        ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        dead_letter(&ctx, &self.handler.name, delivery, reason).await;
+                    });
+                }
+            },
             _ => return Box::pin(process(ctx.clone(), self, delivery, decoded)),
         };
         let (done_tx, done_rx) = oneshot::channel::<()>();
@@ -412,10 +473,24 @@ where
         let prev = ctx.chains.lock().insert(key.clone(), mine.clone());
         let ctx = ctx.clone();
         Box::pin(async move {
-            if let Some(prev) = prev {
-                let _ = prev.await;
+            // Waiting behind an earlier event of the key, the delivery is
+            // kept alive: were it redelivered meanwhile, its copy would queue
+            // behind later events of the key and run out of order.
+            let turn = match prev {
+                None => true,
+                Some(prev) => tokio::select! {
+                    _ = prev => true,
+                    _ = cancelled(ctx.cancel.clone()) => false,
+                    _ = keep_alive(&ctx, &delivery) => unreachable!("keep_alive never completes"),
+                },
+            };
+            // Past the shutdown deadline an event that waited is handed
+            // back, not run: the one before it may have been handed back.
+            if turn && !*ctx.cancel.borrow() {
+                process(ctx.clone(), self, delivery, decoded).await;
+            } else {
+                hand_back(&ctx, delivery).await;
             }
-            process(ctx.clone(), self, delivery, decoded).await;
             let _ = done_tx.send(());
             let mut map = ctx.chains.lock();
             if map.get(&key).is_some_and(|cur| cur.ptr_eq(&mine)) {
@@ -446,6 +521,30 @@ pub struct RunnerOptions {
     /// flight plus those fetched ahead of them (`None`: see
     /// [`RunnerBuilder::max_ack_pending`]).
     pub max_ack_pending: Option<usize>,
+    /// How long the runner waits for the backend to take one answer (ack,
+    /// nack, term, in-progress, a dead letter, a hand-back) before it gives
+    /// up on it (the backend redelivers the event after its ack wait).
+    pub answer_timeout: Duration,
+}
+
+/// The longest [`RunnerOptions::ack_wait`]. The runner keeps the events it
+/// handles alive, so a longer ack wait would only delay the redelivery of
+/// what a crashed instance was handling.
+pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+impl RunnerOptions {
+    /// Checks the values that a backend cannot take: a [`Config`](ErrorKind::Config)
+    /// error naming the field. ([`Runner::run`] and [`Runner::spawn`] call it.)
+    pub fn validate(&self) -> Result<(), BusError> {
+        if self.ack_wait > MAX_ACK_WAIT {
+            return Err(BusError::config(
+                "ack_wait",
+                &format!("{:?}", self.ack_wait),
+                format_args!("at most {MAX_ACK_WAIT:?} (the runner keeps long handlers alive)"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Counts of what a run did, returned by [`Runner::run`].
@@ -464,6 +563,10 @@ pub struct RunReport {
     pub dropped: u64,
     /// Events in flight at shutdown that were handed back (nacked).
     pub handed_back: u64,
+    /// Attempts that could not run because the inbox was unavailable (a
+    /// timeout, a lost connection, a claim held by another worker): tried
+    /// again after a backoff of their own, not counted as failed attempts.
+    pub inbox_retries: u64,
 }
 
 #[derive(Default)]
@@ -478,6 +581,7 @@ struct Counters {
     dead_lettered: AtomicU64,
     dropped: AtomicU64,
     handed_back: AtomicU64,
+    inbox_retries: AtomicU64,
 }
 
 impl Counters {
@@ -504,18 +608,42 @@ impl Counters {
             dead_lettered: g(&self.dead_lettered),
             dropped: g(&self.dropped),
             handed_back: g(&self.handed_back),
+            inbox_retries: g(&self.inbox_retries),
         }
     }
 }
 
-/// Builds a [`Runner`].
-pub struct RunnerBuilder<I: Inbox> {
+/// Builds a [`Runner`]: [`Runner::builder`], then optionally
+/// [`inbox`](RunnerBuilder::inbox), then [`handler`](RunnerBuilder::handler)s
+/// and options, then [`build`](RunnerBuilder::build).
+///
+/// `S` records whether handlers were added ([`NoHandlers`], then
+/// [`WithHandlers`]): a handler's unit of work is its inbox's, so the inbox is
+/// chosen first, and `.inbox(..)` after `.handler(..)` does not compile:
+///
+/// ```compile_fail
+/// use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
+/// # let bus: std::sync::Arc<dyn event_bus::EventBus> = std::sync::Arc::new(event_bus::InMemoryBus::new());
+/// let runner = Runner::builder(bus, "r")
+///     .handler(Handler::sync("h", "x.y", |_e: Event<'_, u64>, _tx| Outcome::Ack))
+///     .inbox(MemoryInbox::default()); // error: no method `inbox` once a handler is added
+/// ```
+pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {
     bus: Arc<dyn EventBus>,
     name: String,
     inbox: Arc<I>,
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
+    _state: std::marker::PhantomData<S>,
 }
+
+/// [`RunnerBuilder`] state: no handler yet; the inbox can still be chosen.
+#[derive(Debug)]
+pub struct NoHandlers;
+
+/// [`RunnerBuilder`] state: handlers added; the inbox is fixed.
+#[derive(Debug)]
+pub struct WithHandlers;
 
 /// Typed handlers on durable consumers; see the [module docs](self).
 pub struct Runner<I: Inbox = NoInbox> {
@@ -528,9 +656,15 @@ pub struct Runner<I: Inbox = NoInbox> {
 }
 
 impl Runner<NoInbox> {
-    /// A runner named `name` (several instances with the same name share the
-    /// work) on `bus`, without de-duplication until [`RunnerBuilder::inbox`].
-    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder<NoInbox> {
+    /// A runner named `name` on `bus`, without de-duplication until
+    /// [`RunnerBuilder::inbox`].
+    ///
+    /// Instances with the same name share the work. Each handler reads a
+    /// durable consumer named `<runner name>-<handler name>` (see
+    /// [`Runner::consumer_name`]); its inbox claims are kept under that name
+    /// too. Renaming the runner or a handler therefore starts a new consumer
+    /// (from [`RunnerBuilder::start`]) and a new de-duplication scope.
+    pub fn builder(bus: Arc<dyn EventBus>, name: impl Into<String>) -> RunnerBuilder {
         let name = name.into();
         RunnerBuilder {
             bus,
@@ -540,44 +674,56 @@ impl Runner<NoInbox> {
                 ack_wait: Duration::from_secs(30),
                 max_deliver: 10,
                 max_ack_pending: None,
+                answer_timeout: DEFAULT_ANSWER_TIMEOUT,
                 dead_letter_subject: format!("dlq.{name}"),
                 start: StartPosition::New,
             },
             name,
             inbox: Arc::new(NoInbox),
             handlers: Vec::new(),
+            _state: std::marker::PhantomData,
         }
     }
 }
 
-impl<I: Inbox> RunnerBuilder<I> {
-    /// Uses `inbox` for de-duplication. Call before adding handlers (their
-    /// unit-of-work type is the inbox's).
-    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J> {
-        assert!(
-            self.handlers.is_empty(),
-            "RunnerBuilder::inbox must be called before handlers are added"
-        );
+impl<I: Inbox> RunnerBuilder<I, NoHandlers> {
+    /// Uses `inbox` for de-duplication. Only before handlers are added
+    /// (their unit-of-work type is the inbox's); after, it does not compile.
+    pub fn inbox<J: Inbox>(self, inbox: J) -> RunnerBuilder<J, NoHandlers> {
         RunnerBuilder {
             bus: self.bus,
             name: self.name,
             inbox: Arc::new(inbox),
             handlers: Vec::new(),
             options: self.options,
+            _state: std::marker::PhantomData,
         }
     }
+}
 
-    /// Adds a handler.
-    pub fn handler<T, C>(mut self, h: Handler<T, I::Tx, C>) -> Self
+impl<I: Inbox, S> RunnerBuilder<I, S> {
+    /// Adds a handler. Its durable consumer is named `<runner>-<handler
+    /// name>`.
+    pub fn handler<T, C>(self, h: Handler<T, I::Tx, C>) -> RunnerBuilder<I, WithHandlers>
     where
         T: DeserializeOwned + Send + Sync + 'static,
         C: HandlerFn<T, I::Tx>,
     {
-        self.handlers.push(Arc::new(Registered::<T, I, C> {
-            consumer: format!("{}-{}", self.name, h.name),
+        let consumer = format!("{}-{}", self.name, h.name);
+        let mut handlers = self.handlers;
+        handlers.push(Arc::new(Registered::<T, I, C> {
+            inbox_consumer: inbox_consumer(self.bus.tenant(), &consumer),
+            consumer,
             handler: h,
         }));
-        self
+        RunnerBuilder {
+            bus: self.bus,
+            name: self.name,
+            inbox: self.inbox,
+            handlers,
+            options: self.options,
+            _state: std::marker::PhantomData,
+        }
     }
 
     /// Events in flight at once.
@@ -592,7 +738,8 @@ impl<I: Inbox> RunnerBuilder<I> {
         self
     }
 
-    /// The consumers' ack wait.
+    /// The consumers' ack wait (at most [`MAX_ACK_WAIT`]: more is refused
+    /// by [`Runner::run`] and [`Runner::spawn`] with a `Config` error).
     pub fn ack_wait(mut self, d: Duration) -> Self {
         self.options.ack_wait = d;
         self
@@ -617,6 +764,16 @@ impl<I: Inbox> RunnerBuilder<I> {
     /// the ack wait.
     pub fn max_ack_pending(mut self, n: usize) -> Self {
         self.options.max_ack_pending = Some(n.max(1));
+        self
+    }
+
+    /// How long one answer to the backend (ack, nack, term, in-progress, a
+    /// dead letter, a hand-back) may take before the runner gives up on it
+    /// (default 5 s). It bounds shutdown during a backend outage:
+    /// [`RunnerHandle::shutdown`] returns within the shutdown timeout plus
+    /// a few of these.
+    pub fn answer_timeout(mut self, d: Duration) -> Self {
+        self.options.answer_timeout = d.max(Duration::from_millis(1));
         self
     }
 
@@ -650,19 +807,23 @@ impl<I: Inbox> RunnerBuilder<I> {
 type Chains = Mutex<FxHashMap<String, Shared<oneshot::Receiver<()>>>>;
 
 impl<I: Inbox> Runner<I> {
-    /// The durable consumer name of handler `handler`.
+    /// The durable consumer name of handler `handler`: `<runner>-<handler>`.
     pub fn consumer_name(&self, handler: &str) -> String {
         format!("{}-{handler}", self.name)
     }
 
-    /// The dead letters of this runner.
+    /// The dead letters of this runner (also reachable after
+    /// [`spawn`](Self::spawn), from [`RunnerHandle::dead_letters`]).
     pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
-        DeadLetterQueue::open(
-            self.bus.clone(),
-            &self.options.dead_letter_subject,
-            &format!("{}-dlq-reader", self.name),
-        )
-        .await
+        self.dead_letter_place().open().await
+    }
+
+    fn dead_letter_place(&self) -> DeadLetterPlace {
+        DeadLetterPlace {
+            bus: self.bus.clone(),
+            subject: self.options.dead_letter_subject.clone(),
+            reader: format!("{}-dlq-reader", self.name),
+        }
     }
 
     fn consumer_config(&self, h: &dyn Erased<I>) -> ConsumerConfig {
@@ -679,6 +840,7 @@ impl<I: Inbox> Runner<I> {
     }
 
     async fn open(&self) -> Result<Source, BusError> {
+        self.options.validate()?;
         let mut streams = Vec::with_capacity(self.handlers.len());
         for h in &self.handlers {
             streams.push(self.bus.consume(self.consumer_config(h.as_ref())).await?);
@@ -698,17 +860,39 @@ impl<I: Inbox> Runner<I> {
 
     /// Opens the consumers, then runs in a background task; events published
     /// after this returns are handled. Stop it with [`RunnerHandle::shutdown`].
+    ///
+    /// Like a task from `tokio::spawn`, the runner keeps running when its
+    /// handle is dropped (detached, with a log line saying so) until the
+    /// runtime shuts down; events in flight then are redelivered after
+    /// their ack wait, as after a crash. Keep the handle to shut it down
+    /// gracefully.
     pub async fn spawn(self) -> Result<RunnerHandle, BusError> {
         let streams = self.open().await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let counters = self.counters.clone();
+        let dead_letters = self.dead_letter_place();
+        let name = self.name.clone();
+        // Shutdown takes the deadline for events in flight, then at most
+        // one answer timeout for the hand-backs and another for a handler
+        // that ignores cancellation; a margin on top.
+        let stop_within = self
+            .options
+            .shutdown_timeout
+            .saturating_add(self.options.answer_timeout.saturating_mul(3));
         let task = tokio::spawn(self.drive(streams, async move {
-            let _ = stopped.await;
+            // A dropped handle (the sender gone without a message) detaches
+            // the runner: it does not stop.
+            if stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }));
         Ok(RunnerHandle {
             stop: Some(stop),
             task,
             counters,
+            stop_within,
+            dead_letters,
+            name,
         })
     }
 
@@ -724,6 +908,7 @@ impl<I: Inbox> Runner<I> {
             inbox: self.inbox.clone(),
             counters: self.counters.clone(),
             ack_wait: self.options.ack_wait,
+            answer_timeout: self.options.answer_timeout,
             cancel: cancel_rx,
             chains: Chains::default(),
         });
@@ -795,8 +980,21 @@ impl<I: Inbox> Runner<I> {
         )
         .await;
         if finished.is_err() {
+            // Cancelled events roll back and are handed back; each answer is
+            // bounded, so this ends within about one answer timeout. The
+            // extra bound covers a handler that ignores cancellation.
             let _ = cancel_tx.send(true);
-            drain(&mut slots, &mut tasks, name).await;
+            let bound = self.options.answer_timeout.saturating_mul(2);
+            if tokio::time::timeout(bound, drain(&mut slots, &mut tasks, name))
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    runner = %name,
+                    in_flight = tasks.len(),
+                    "events still in flight after the shutdown deadline; abandoned (the backend redelivers them after their ack wait)"
+                );
+            }
         }
         self.counters.report()
     }
@@ -804,6 +1002,9 @@ impl<I: Inbox> Runner<I> {
 
 /// The least [`RunnerBuilder::max_ack_pending`] by default.
 pub const DEFAULT_PREFETCH: usize = 128;
+
+/// The default [`RunnerBuilder::answer_timeout`].
+pub const DEFAULT_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Events the runner takes in one go before it yields to other tasks.
 const YIELD_EVERY: usize = 256;
@@ -884,6 +1085,34 @@ pub struct RunnerHandle {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<RunReport>,
     counters: Arc<Counters>,
+    /// The bound of [`RunnerHandle::shutdown`].
+    stop_within: Duration,
+    dead_letters: DeadLetterPlace,
+    name: String,
+}
+
+/// Where a runner's dead letters are, to open a [`DeadLetterQueue`] on them.
+struct DeadLetterPlace {
+    bus: Arc<dyn EventBus>,
+    subject: String,
+    reader: String,
+}
+
+impl DeadLetterPlace {
+    async fn open(&self) -> Result<DeadLetterQueue, BusError> {
+        DeadLetterQueue::open(self.bus.clone(), &self.subject, &self.reader).await
+    }
+}
+
+impl Drop for RunnerHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() && !self.task.is_finished() {
+            tracing::info!(
+                runner = %self.name,
+                "runner handle dropped: the runner keeps running, detached, until the runtime shuts down (keep the handle and call shutdown() to stop it gracefully)"
+            );
+        }
+    }
 }
 
 impl RunnerHandle {
@@ -892,15 +1121,35 @@ impl RunnerHandle {
         self.counters.report()
     }
 
+    /// The dead letters of this runner: list, inspect, replay (the same as
+    /// [`Runner::dead_letters`]).
+    pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
+        self.dead_letters.open().await
+    }
+
     /// Graceful shutdown (see the module docs); returns the final report.
+    ///
+    /// It returns within [`RunnerOptions::shutdown_timeout`] plus three
+    /// [answer timeouts](RunnerBuilder::answer_timeout), even when the
+    /// backend takes no answers (a NATS outage): past that, the runner is
+    /// stopped as by [`abort`](Self::abort), and what was in flight is
+    /// redelivered after its ack wait.
     pub async fn shutdown(mut self) -> RunReport {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match (&mut self.task).await {
-            Ok(report) => report,
-            Err(e) => {
+        match tokio::time::timeout(self.stop_within, &mut self.task).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "runner task failed");
+                self.counters.report()
+            }
+            Err(_) => {
+                tracing::error!(
+                    within = ?self.stop_within,
+                    "the runner did not stop in time; aborted (events in flight are redelivered after their ack wait)"
+                );
+                self.task.abort();
                 self.counters.report()
             }
         }
@@ -909,7 +1158,8 @@ impl RunnerHandle {
     /// Stops the runner at once, as a crash would: events in flight are
     /// neither acknowledged nor handed back (the backend redelivers them after
     /// the ack wait). For tests of crash recovery.
-    pub fn abort(self) {
+    pub fn abort(mut self) {
+        self.stop = None;
         self.task.abort();
     }
 }
@@ -918,6 +1168,8 @@ struct TaskCtx<I> {
     inbox: Arc<I>,
     counters: Arc<Counters>,
     ack_wait: Duration,
+    /// The bound of each answer to the backend ([`bounded`]).
+    answer_timeout: Duration,
     /// Becomes `true` when the shutdown deadline has passed.
     cancel: watch::Receiver<bool>,
     chains: Chains,
@@ -938,6 +1190,35 @@ enum Attempt {
         after: Option<Duration>,
         reason: String,
     },
+    /// The inbox could not begin or commit for a reason that passes (see
+    /// [`inbox_unavailable`]): the attempt is made again after a backoff of
+    /// its own, without counting it against the handler's retries.
+    InboxUnavailable(String),
+}
+
+/// Whether an inbox error is one that passes by itself: a timeout, a lost
+/// connection or a server restarting (a PostgreSQL failover), or a claim
+/// held by another worker for the moment. Such errors say nothing about the
+/// event, so they do not use up the handler's attempts.
+fn inbox_unavailable(e: &BusError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Conflict
+    )
+}
+
+/// The backoff between attempts the inbox could not serve: from 50 ms up
+/// to 5 s, with jitter; without limit in number (the event is kept alive
+/// meanwhile, and shutdown hands it back).
+fn inbox_backoff(waits: u32) -> Duration {
+    RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(5),
+        multiplier: 2.0,
+        jitter: 0.2,
+    }
+    .delay(waits)
 }
 
 async fn cancelled(mut rx: watch::Receiver<bool>) {
@@ -1008,7 +1289,8 @@ where
         };
         match result {
             Some(Attempt::Acked) => {
-                if let Err(e) = delivery.answer(AckKind::Ack).await {
+                let answer = delivery.answer(AckKind::Ack);
+                if let Err(e) = bounded(ctx.answer_timeout, answer).await {
                     answer_failed(&h.handler.name, &e);
                 }
                 true
@@ -1078,12 +1360,13 @@ async fn process_rest<T, I, C>(
         Ok(d) => d,
         Err(reason) => {
             ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            return Box::pin(dead_letter(h, delivery, reason)).await;
+            return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
         }
     };
-    let mut attempt = 0;
+    // Attempts of the handler (1-based), and waits for the inbox, counted apart.
+    let mut attempt = 1;
+    let mut inbox_waits = 0;
     loop {
-        attempt += 1;
         let result = match first.take() {
             Some(done) => done,
             None => match one_attempt(ctx, h, &delivery, &decoded, attempt).await {
@@ -1106,13 +1389,13 @@ async fn process_rest<T, I, C>(
             }
             Attempt::DeadLetter(reason) => {
                 ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                return Box::pin(dead_letter(h, delivery, reason)).await;
+                return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
             }
             Attempt::Failed { after, reason } => {
                 if attempt >= h.handler.retry.max_attempts {
                     ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("{reason} (after {attempt} attempts)");
-                    return Box::pin(dead_letter(h, delivery, reason)).await;
+                    return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
                 }
                 ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
                 let wait = after.unwrap_or_else(|| h.handler.retry.delay(attempt));
@@ -1120,10 +1403,21 @@ async fn process_rest<T, I, C>(
                 if !Box::pin(retry_wait(ctx, &delivery, wait)).await {
                     return Box::pin(hand_back(ctx, delivery)).await;
                 }
+                attempt += 1;
+                continue;
+            }
+            Attempt::InboxUnavailable(reason) => {
+                ctx.counters.inbox_retries.fetch_add(1, Ordering::Relaxed);
+                inbox_waits += 1;
+                let wait = inbox_backoff(inbox_waits);
+                tracing::warn!(handler = %h.handler.name, attempt, inbox_waits, ?wait, reason, "the inbox is unavailable; trying again (not counted as a failed attempt)");
+                if !Box::pin(retry_wait(ctx, &delivery, wait)).await {
+                    return Box::pin(hand_back(ctx, delivery)).await;
+                }
                 continue;
             }
         };
-        if let Err(e) = delivery.answer(answer).await {
+        if let Err(e) = bounded(ctx.answer_timeout, delivery.answer(answer)).await {
             answer_failed(&h.handler.name, &e);
         }
         return;
@@ -1140,7 +1434,7 @@ async fn wait_attempt<I: Inbox>(
     tokio::select! {
         _ = cancelled(ctx.cancel.clone()) => None,
         r = work => Some(r),
-        _ = keep_alive(delivery, ctx.ack_wait) => unreachable!("keep_alive never completes"),
+        _ = keep_alive(ctx, delivery) => unreachable!("keep_alive never completes"),
     }
 }
 
@@ -1150,29 +1444,62 @@ async fn retry_wait<I: Inbox>(ctx: &TaskCtx<I>, delivery: &Delivery, wait: Durat
     tokio::select! {
         _ = cancelled(ctx.cancel.clone()) => false,
         _ = tokio::time::sleep(wait) => true,
-        _ = keep_alive(delivery, ctx.ack_wait) => unreachable!("keep_alive never completes"),
+        _ = keep_alive(ctx, delivery) => unreachable!("keep_alive never completes"),
     }
 }
 
 /// Hands an event back to the backend (shutdown deadline passed).
 async fn hand_back<I: Inbox>(ctx: &TaskCtx<I>, delivery: Delivery) {
     ctx.counters.handed_back.fetch_add(1, Ordering::Relaxed);
-    let _ = delivery.nack(None).await;
-}
-
-async fn dead_letter<T, I: Inbox, C>(h: &Registered<T, I, C>, delivery: Delivery, reason: String) {
-    let name = &h.handler.name;
-    if let Err(e) = delivery.dead_letter_with(reason, dlq_headers(name)).await {
-        tracing::warn!(handler = %name, error = %e, "dead-lettering failed; the event will be redelivered");
+    if let Err(e) = bounded(ctx.answer_timeout, delivery.nack(None)).await {
+        tracing::warn!(error = %e, "handing an event back failed; it will be redelivered after its ack wait");
     }
 }
 
-/// Sends "in progress" periodically so that a long handler keeps its delivery.
-async fn keep_alive(delivery: &Delivery, ack_wait: Duration) {
-    let every = (ack_wait / 3).max(Duration::from_millis(10));
+async fn dead_letter<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    handler: &str,
+    delivery: Delivery,
+    reason: String,
+) {
+    let dead = delivery.dead_letter_with(reason, dlq_headers(handler));
+    if let Err(e) = bounded(ctx.answer_timeout, dead).await {
+        tracing::warn!(handler, error = %e, "dead-lettering failed; the event will be redelivered");
+    }
+}
+
+/// Sends "in progress" periodically so that an event whose handling takes
+/// long (a slow handler, a retry's backoff, a wait behind its key) keeps
+/// its delivery.
+async fn keep_alive<I>(ctx: &TaskCtx<I>, delivery: &Delivery) {
+    let every = (ctx.ack_wait / 3).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(every).await;
-        let _ = delivery.in_progress().await;
+        let _ = bounded(ctx.answer_timeout, delivery.in_progress()).await;
+    }
+}
+
+/// An answer to the backend (ack, nack, term, in-progress, a dead letter),
+/// waiting at most `limit` for it: a backend that takes no answers (a NATS
+/// outage) must not hold an event, or shutdown, forever. An answer that
+/// times out is as if lost: the backend redelivers the event after its ack
+/// wait.
+async fn bounded(
+    limit: Duration,
+    answer: impl Future<Output = Result<(), BusError>>,
+) -> Result<(), BusError> {
+    // Most answers complete at once (in memory, or queued in the NATS
+    // client): those need no timer.
+    let mut answer = std::pin::pin!(answer);
+    if let Poll::Ready(r) = futures::poll!(answer.as_mut()) {
+        return r;
+    }
+    match tokio::time::timeout(limit, answer).await {
+        Ok(r) => r,
+        Err(_) => Err(BusError::new(
+            ErrorKind::Timeout,
+            format!("the backend did not take the answer within {limit:?}"),
+        )),
     }
 }
 
@@ -1219,9 +1546,13 @@ fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     }
 }
 
-/// Acknowledges a delivery whose handler acked (a slot's fast path).
-fn acknowledge(delivery: Delivery) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
-    delivery.answer(AckKind::Ack)
+/// Acknowledges a delivery whose handler acked (a slot's fast path),
+/// waiting at most `limit` ([`bounded`]).
+fn acknowledge(
+    delivery: Delivery,
+    limit: Duration,
+) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    bounded(limit, delivery.answer(AckKind::Ack))
 }
 
 /// One attempt when the inbox does not de-duplicate: the handler alone.
@@ -1254,15 +1585,28 @@ fn settle(outcome: Outcome) -> Attempt {
 
 /// A caught panic as a failed attempt.
 #[cold]
-fn panicked(panic: Box<dyn Any + Send>) -> Attempt {
-    let what = panic
+fn panicked(panic: Panic) -> Attempt {
+    Attempt::Failed {
+        after: None,
+        reason: format!("handler panicked: {}", panic_message(&panic)),
+    }
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &Panic) -> String {
+    panic
         .downcast_ref::<String>()
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a non-string panic".into());
-    Attempt::Failed {
-        after: None,
-        reason: format!("handler panicked: {what}"),
+        .unwrap_or_else(|| "a non-string panic".into())
+}
+
+/// The name under which `consumer` claims ids in the inbox: scoped by the
+/// tenant, if the bus has one.
+fn inbox_consumer(tenant: Option<&str>, consumer: &str) -> String {
+    match tenant {
+        Some(t) => format!("{t}/{consumer}"),
+        None => consumer.to_string(),
     }
 }
 
@@ -1275,9 +1619,10 @@ async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &T,
     attempt: u32,
 ) -> Attempt {
-    let mut tx = match ctx.inbox.begin(&h.consumer, &delivery.id).await {
+    let mut tx = match ctx.inbox.begin(&h.inbox_consumer, &delivery.id).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Attempt::Duplicate,
+        Err(e) if inbox_unavailable(&e) => return Attempt::InboxUnavailable(format!("inbox: {e}")),
         Err(e) => {
             return Attempt::Failed {
                 after: None,
@@ -1287,21 +1632,39 @@ async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     };
     let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
     match outcome {
+        // A commit whose outcome is unknown (the connection was lost) is
+        // attempted again: the claim finds a committed unit of work as a
+        // duplicate, and runs the handler again otherwise.
         Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
             Ok(()) => Attempt::Acked,
+            Err(e) if inbox_unavailable(&e) => {
+                Attempt::InboxUnavailable(format!("committing: {e}"))
+            }
             Err(e) => Attempt::Failed {
                 after: None,
                 reason: format!("committing: {e}"),
             },
         },
         Ok(outcome) => {
-            ctx.inbox.rollback(tx).await;
+            rollback(ctx, tx).await;
             settle(outcome)
         }
         Err(panic) => {
-            ctx.inbox.rollback(tx).await;
+            rollback(ctx, tx).await;
             panicked(panic)
         }
+    }
+}
+
+/// Rolls a unit of work back, waiting at most the answer timeout (a
+/// rollback that does not complete is dropped, which ends the transaction
+/// with its connection).
+async fn rollback<I: Inbox>(ctx: &TaskCtx<I>, tx: I::Tx) {
+    if tokio::time::timeout(ctx.answer_timeout, ctx.inbox.rollback(tx))
+        .await
+        .is_err()
+    {
+        tracing::warn!("an inbox rollback did not complete in time; dropped");
     }
 }
 
@@ -1329,7 +1692,11 @@ mod tests {
         let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
         let window = |r: &Runner| r.consumer_config(r.handlers[0].as_ref()).max_ack_pending;
         let r = Runner::builder(bus.clone(), "r").handler(handler()).build();
-        assert_eq!(window(&r), DEFAULT_PREFETCH);
+        assert_eq!(
+            window(&r),
+            128,
+            "the documented default, max(128, 2 x concurrency)"
+        );
         let r = Runner::builder(bus.clone(), "r")
             .concurrency(500)
             .handler(handler())
@@ -1342,6 +1709,74 @@ mod tests {
         assert_eq!(window(&r), 7);
     }
 
+    #[test]
+    fn inbox_keys_are_scoped_by_tenant() {
+        assert_eq!(inbox_consumer(None, "r-h"), "r-h");
+        assert_eq!(inbox_consumer(Some("acme"), "r-h"), "acme/r-h");
+        assert_ne!(
+            inbox_consumer(Some("acme"), "r-h"),
+            inbox_consumer(Some("globex"), "r-h")
+        );
+    }
+
+    /// Extreme retry policies give delays, never a panic (`from_secs_f64`
+    /// panicked beyond `u64::MAX` seconds).
+    #[test]
+    fn retry_delays_saturate() {
+        // Without jitter: `Duration::MAX` in seconds rounds up to 2^64 as an
+        // f64, beyond what `from_secs_f64` takes.
+        let exact = RetryPolicy::new(100, Duration::MAX)
+            .max_backoff(Duration::MAX)
+            .jitter(0.0);
+        assert_eq!(exact.delay(1), Duration::MAX);
+        let huge = RetryPolicy::new(100, Duration::MAX).max_backoff(Duration::MAX);
+        for attempt in [1, 2, 50, u32::MAX] {
+            let d = huge.delay(attempt);
+            assert!(d >= Duration::from_secs(u64::MAX / 2), "{d:?}");
+        }
+        let mut p = RetryPolicy::new(100, Duration::from_secs(1)).max_backoff(Duration::MAX);
+        p.multiplier = 1e300;
+        assert!(p.delay(u32::MAX) >= Duration::from_secs(u64::MAX / 2));
+        p.multiplier = f64::NAN;
+        p.jitter = f64::NAN;
+        assert_eq!(p.delay(3), Duration::from_secs(1), "no growth, no jitter");
+        let mut p =
+            RetryPolicy::new(3, Duration::from_secs(10)).max_backoff(Duration::from_secs(1));
+        p.jitter = 50.0;
+        for attempt in 1..20 {
+            assert!(
+                p.delay(attempt) <= Duration::from_secs(1),
+                "max_backoff bounds every delay"
+            );
+        }
+    }
+
+    /// An ack wait the backends cannot take is a `Config` error naming
+    /// `ack_wait`, from `spawn`/`run` (it panicked on the first delivery).
+    #[tokio::test]
+    async fn ack_wait_beyond_the_limit_is_refused() {
+        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
+        let err = Runner::builder(bus.clone(), "r")
+            .ack_wait(Duration::MAX)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("ack_wait"), "{err}");
+        let ok = Runner::builder(bus, "r")
+            .ack_wait(MAX_ACK_WAIT)
+            .handler(handler())
+            .build()
+            .spawn()
+            .await
+            .expect("the limit itself is fine");
+        ok.shutdown().await;
+    }
+
     /// Each event's processing future is written into a slot (or boxed, for
     /// events that wait): keep it small.
     #[test]
@@ -1350,11 +1785,13 @@ mod tests {
             inbox: Arc::new(NoInbox),
             counters: Arc::new(Counters::default()),
             ack_wait: Duration::from_secs(30),
+            answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             cancel: watch::channel(false).1,
             chains: Chains::default(),
         });
         let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),
+            inbox_consumer: "r-h".into(),
             handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
                 Box::pin(async { Outcome::Ack })
             }),

@@ -1,0 +1,76 @@
+//! Tenants that share one PostgreSQL inbox table never take each other's
+//! events for duplicates: the runner scopes its inbox keys by the bus's
+//! tenant.
+
+use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::{Envelope, EventBus, NatsBus};
+use event_bus_postgres::PgInbox;
+use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::postgres::TestPostgres;
+use event_bus_testkit::wait;
+use parking_lot::Mutex;
+use sqlx::postgres::PgPoolOptions;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(serde::Deserialize)]
+struct Order {
+    tenant: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_sharing_an_inbox_table_never_collide() {
+    let pg = TestPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&pg.url())
+        .await
+        .expect("connect to the test database");
+    let inbox = PgInbox::new(pool.clone());
+    inbox.migrate().await.unwrap();
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+
+    let handled: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut runners = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let bus: Arc<dyn EventBus> = Arc::new(root.for_tenant(tenant).unwrap());
+        let seen = handled.clone();
+        // Same runner and handler names, same given id: only the tenant differs.
+        let runner = Runner::builder(bus.clone(), "billing")
+            .inbox(PgInbox::new(pool.clone()))
+            .handler(Handler::sync(
+                "orders",
+                "orders.>",
+                move |e: Event<'_, Order>, _tx| {
+                    seen.lock().push(e.data.tenant.clone());
+                    Outcome::Ack
+                },
+            ))
+            .build()
+            .spawn()
+            .await
+            .unwrap();
+        bus.publish_envelope(
+            Envelope::new("orders.created", format!(r#"{{"tenant":"{tenant}"}}"#)).id("order-1"),
+        )
+        .await
+        .unwrap();
+        runners.push(runner);
+    }
+    wait::until(
+        Duration::from_secs(20),
+        "both tenants' order-1 handled",
+        || handled.lock().len() == 2,
+    )
+    .await;
+    let mut seen = handled.lock().clone();
+    seen.sort();
+    assert_eq!(seen, ["acme", "globex"]);
+    for r in runners {
+        let report = r.shutdown().await;
+        assert_eq!(report.duplicates, 0, "{report:?}");
+    }
+}

@@ -1,0 +1,336 @@
+//! Every Rust code block of the README, run as written.
+//!
+//! Each block is pasted verbatim into a test below, with the set-up it
+//! assumes (a bus, a pool, the event types) written around it;
+//! `every_readme_block_is_here` fails when the lines of a README block are
+//! not found here in order (set-up may sit between them), so the README
+//! cannot drift from code that runs.
+
+use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::{EventBus, InMemoryBus};
+use event_bus_testkit::postgres::TestPostgres;
+use event_bus_testkit::wait;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const README: &str = include_str!("../../../README.md");
+const THIS_FILE: &str = include_str!("readme_examples.rs");
+
+/// The README's ```rust blocks, each as its trimmed non-empty lines.
+fn readme_blocks() -> Vec<Vec<&'static str>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in README.lines() {
+        let t = line.trim();
+        match (&mut current, t) {
+            (None, "```rust") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().expect("in a block")),
+            (Some(b), t) if !t.is_empty() => b.push(t),
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_readme_block_is_here() {
+    let here: Vec<&str> = THIS_FILE
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let blocks = readme_blocks();
+    assert!(blocks.len() >= 6, "found {} rust blocks", blocks.len());
+    for block in blocks {
+        // Every line of the block, in order (set-up may sit between them).
+        let mut rest = here.iter();
+        let found = block.iter().all(|line| rest.any(|h| h == line));
+        assert!(
+            found,
+            "this README block is not in tests/readme_examples.rs verbatim:\n{}",
+            block.join("\n")
+        );
+    }
+}
+
+async fn pool() -> (TestPostgres, PgPool) {
+    let pg = TestPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&pg.url())
+        .await
+        .expect("connect to the test database");
+    (pg, pool)
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+mod quick_start {
+    use event_bus::{EventBus, InMemoryBus};
+    use futures::StreamExt;
+    use std::sync::Arc;
+
+    #[tokio::main]
+    async fn main() -> Result<(), Box<dyn std::error::Error>> {
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+        // or, from configuration (EVENT_BUS_TYPE=nats EVENT_BUS_NATS_URL=nats://...):
+        // let bus = event_bus::connect(&event_bus::BusConfig::load()?).await?;
+
+        let mut events = bus.subscribe("auth.events.>").await?;
+        bus.publish("auth.events.user.created", br#"{"user_id":"usr_123"}"#.to_vec()).await?;
+
+        let msg = events.next().await.expect("delivered");
+        println!("{} {} {:?}", msg.subject, msg.id, msg.payload);
+        Ok(())
+    }
+
+    #[test]
+    fn runs() {
+        main().unwrap();
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Order {
+    id: u64,
+    total: u64,
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+#[tokio::test]
+async fn message_ids() -> Result<(), Error> {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut events = bus.subscribe("orders.>").await?;
+    let order = Order { id: 7, total: 42 };
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    use event_bus::{Envelope, EventBus};
+
+    let ack = bus
+        .publish_envelope(
+            Envelope::new("orders.created", serde_json::to_vec(&order)?)
+                .id(format!("order-{}-created", order.id))   // de-duplicated within the window
+                .header("traceparent", traceparent),
+        )
+        .await?;
+    assert!(!ack.duplicate);
+
+    let msg = events.next().await.expect("delivered");
+    let order: Order = msg.json()?;                          // Codec error naming the subject
+
+    assert_eq!(order, Order { id: 7, total: 42 });
+    assert_eq!(msg.id.to_string(), "order-7-created");
+    Ok(())
+}
+
+/// Payloads `process` was called with.
+static PROCESSED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// The README's `process`: fails for payloads that are not JSON objects.
+async fn process(payload: &[u8]) -> Result<(), serde_json::Error> {
+    PROCESSED.lock().unwrap().push(payload.to_vec());
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload).map(|_| ())
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+async fn durable_consumer_loop(bus: Arc<dyn EventBus>) -> Result<(), Error> {
+    use event_bus::ConsumerConfig;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let mut jobs = bus
+        .consume(ConsumerConfig::new("billing", "orders.>")
+            .ack_wait(Duration::from_secs(30))
+            .max_deliver(5)                          // then dead-lettered to `dlq.billing`
+            .backoff(vec![Duration::from_secs(1), Duration::from_secs(10)]))
+        .await?;
+    while let Some(delivery) = jobs.next().await {
+        let delivery = delivery?;                    // transient errors are reported, the stream goes on
+        match process(&delivery.payload).await {
+            Ok(()) => delivery.ack().await?,
+            Err(e) => delivery.nack_with_reason(None, e.to_string()).await?, // backoff applies
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn durable_consumers() -> Result<(), Error> {
+    let memory = InMemoryBus::new();
+    let bus: Arc<dyn EventBus> = Arc::new(memory.clone());
+    let looping = tokio::spawn(durable_consumer_loop(bus.clone()));
+    wait::until(Duration::from_secs(10), "the consumer subscribed", || {
+        memory.subscription_count() > 0
+    })
+    .await;
+    bus.publish("orders.created", br#"{"id":1}"#.to_vec())
+        .await?;
+    bus.publish("orders.created", b"not json".to_vec()).await?;
+    // The good one is acked, the bad one nacked and delivered again after
+    // the first backoff step (1 s).
+    wait::until(
+        Duration::from_secs(10),
+        "the bad payload delivered twice",
+        || {
+            let seen = PROCESSED.lock().unwrap();
+            seen.iter().filter(|p| p.as_slice() == b"not json").count() == 2
+        },
+    )
+    .await;
+    let seen = PROCESSED.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .filter(|p| p.as_slice() == br#"{"id":1}"#)
+            .count(),
+        1,
+        "the acked payload is not delivered again"
+    );
+    assert!(
+        !looping.is_finished(),
+        "the loop ended: {:?}",
+        looping.await
+    );
+    looping.abort();
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct UserCreated {
+    user_id: String,
+    email: String,
+}
+
+async fn mail_table(pool: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS outgoing_mail (user_id TEXT PRIMARY KEY, email TEXT NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn mails(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outgoing_mail")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn publish_users(bus: &Arc<dyn EventBus>, n: usize) {
+    for i in 0..n {
+        bus.publish(
+            "auth.events.user.created",
+            format!(r#"{{"user_id":"u{i}","email":"u{i}@example.com"}}"#).into_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn wait_for_mails(pool: &PgPool, n: i64) {
+    wait::until_async(
+        Duration::from_secs(20),
+        "the welcome mails",
+        || async move { mails(pool).await == n },
+    )
+    .await;
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner() -> Result<(), Error> {
+    let (_pg, pool) = pool().await;
+    mail_table(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+
+    use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
+    use event_bus_postgres::PgInbox;
+
+    #[derive(serde::Deserialize)]
+    struct UserCreated { user_id: String, email: String }
+
+    let inbox = PgInbox::new(pool.clone());
+    inbox.migrate().await?;
+    let runner = Runner::builder(bus.clone(), "auth-mailer")        // consumer name; instances share work
+        .inbox(inbox)                                                // exactly-once effects
+        .concurrency(8)
+        .handler(Handler::new("welcome-mail", "auth.events.user.created",
+            |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
+                sqlx::query("INSERT INTO outgoing_mail (user_id, email) VALUES ($1, $2)")
+                    .bind(&e.data.user_id).bind(&e.data.email)
+                    .execute(&mut **tx).await
+                    .map(|_| ()).into()                              // Err => retry
+            }))
+            .retry(RetryPolicy::new(5, Duration::from_millis(200)))
+            .key(|u: &UserCreated| u.user_id.clone()))              // per-key order
+        .build()
+        .spawn().await?;
+
+    publish_users(&bus, 3).await;
+    wait_for_mails(&pool, 3).await;
+    // (the README's shutdown, below)
+    // ... on shutdown:
+    let report = runner.shutdown().await;                            // finishes or hands back in-flight events
+
+    assert_eq!(report.processed, 3, "{report:?}");
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+async fn welcome_mail(e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> Outcome {
+    sqlx::query("INSERT INTO outgoing_mail (user_id, email) VALUES ($1, $2)")
+        .bind(&e.data.user_id).bind(&e.data.email)
+        .execute(&mut **tx).await
+        .map(|_| ()).into()
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_from_fn() -> Result<(), Error> {
+    let (_pg, pool) = pool().await;
+    mail_table(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let inbox = event_bus_postgres::PgInbox::new(pool.clone());
+    inbox.migrate().await?;
+    let runner = Runner::builder(bus.clone(), "auth-mailer").inbox(inbox)
+    // ...
+        .handler(Handler::from_fn("welcome-mail", "auth.events.user.created", welcome_mail))
+        .build()
+        .spawn()
+        .await?;
+    publish_users(&bus, 1).await;
+    wait_for_mails(&pool, 1).await;
+    runner.shutdown().await;
+    Ok(())
+}
+
+#[rustfmt::skip] // the README's block, verbatim
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_sync() -> Result<(), Error> {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+
+    let projection = Arc::new(Mutex::new(HashMap::new()));
+    let p = projection.clone();
+    Runner::builder(bus.clone(), "user-directory")
+        .handler(Handler::sync("project", "auth.events.user.>",
+            move |e: Event<'_, UserCreated>, _tx| {
+                p.lock().insert(e.data.user_id.clone(), e.data.email.clone());
+                Outcome::Ack
+            }))
+        .build()
+        .spawn().await?;
+
+    publish_users(&bus, 1).await;
+    wait::until(Duration::from_secs(10), "the projection has the user", || {
+        projection.lock().get("u0").map(String::as_str) == Some("u0@example.com")
+    })
+    .await;
+    Ok(())
+}
