@@ -31,6 +31,7 @@ use super::{dlq, AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, MAX_W
 use crate::bus::EventBus;
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers};
+use crate::message::{MessageId, MAX_ID_LEN};
 use async_trait::async_trait;
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -38,6 +39,41 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The message id of `consumer`'s dead letter for the message `id`:
+/// `dlq-<consumer>-<id>`, the same for every try, so that a dead letter
+/// published again (after a crash) is de-duplicated. When that is longer than
+/// a message id may be (a long given id), `dlq-<consumer>-h<hash>` with a
+/// stable 128-bit hash of the id's key instead, and the consumer name
+/// hashed as well if it alone is too long.
+pub(crate) fn dead_letter_id(consumer: &str, id: &MessageId) -> String {
+    let plain = format!("dlq-{consumer}-{id}");
+    if plain.len() <= MAX_ID_LEN && crate::message::validate_id(&plain).is_ok() {
+        return plain;
+    }
+    let hashed = format!("dlq-{consumer}-h{:032x}", stable_hash(&id.key()));
+    if hashed.len() <= MAX_ID_LEN {
+        return hashed;
+    }
+    format!(
+        "dlq-h{:032x}-h{:032x}",
+        stable_hash(consumer),
+        stable_hash(&id.key())
+    )
+}
+
+/// FNV-1a over `text` twice with different offsets: 128 stable bits (the
+/// same in every process and version), enough to tell ids apart.
+fn stable_hash(text: &str) -> u128 {
+    let fnv = |mut h: u64| {
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    (u128::from(fnv(0xcbf2_9ce4_8422_2325)) << 64) | u128::from(fnv(0x6c62_272e_07bb_0142))
+}
 
 /// Delay before the first retry of a failed dead-lettering; it doubles on
 /// each further failure, up to [`DLQ_RETRY_MAX`].
@@ -144,7 +180,7 @@ impl Shared {
                 .insert(dlq::DELIVERY_COUNT, count.to_string())
                 .insert(dlq::LAST_ERROR, sanitize(reason));
         };
-        let id = format!("dlq-{}-{}", self.consumer, msg.id);
+        let id = dead_letter_id(&self.consumer, &msg.id);
         let mut headers = msg.headers.clone();
         for (n, v) in extra.iter() {
             headers.insert(n, v);
@@ -365,5 +401,54 @@ impl DeadLetterAcker {
         self.shared
             .dead_letter_or_keep(&self.msg, self.count, self.inner.as_ref(), reason, extra)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventBus, InMemoryBus};
+    use futures::StreamExt;
+
+    /// Dead-letter ids are valid message ids whatever the original id's
+    /// length, the same on every try, and distinct per original.
+    #[test]
+    fn dead_letter_ids_are_always_valid() {
+        let short = MessageId::new("order-1");
+        assert_eq!(dead_letter_id("billing", &short), "dlq-billing-order-1");
+        let long = MessageId::new("x".repeat(MAX_ID_LEN));
+        let other = MessageId::new(format!("{}y", "x".repeat(MAX_ID_LEN - 1)));
+        for consumer in ["billing", &"c".repeat(300)] {
+            let a = dead_letter_id(consumer, &long);
+            crate::message::validate_id(&a).unwrap();
+            assert_eq!(a, dead_letter_id(consumer, &long), "stable");
+            assert_ne!(a, dead_letter_id(consumer, &other));
+        }
+        let assigned = MessageId::stream_position("BUS_ORDERS", 7, 1);
+        crate::message::validate_id(&dead_letter_id("billing", &assigned)).unwrap();
+    }
+
+    /// A message whose given id is as long as ids may be is dead-lettered
+    /// (its dead letter's id used to be over the limit, so the dead letter
+    /// was refused and the event stranded).
+    #[tokio::test]
+    async fn a_message_with_the_longest_id_is_dead_lettered() {
+        let bus = InMemoryBus::new();
+        let mut dead = bus.subscribe("dlq.>").await.unwrap();
+        let mut c = bus
+            .consume(ConsumerConfig::new("billing", "orders.>").max_deliver(1))
+            .await
+            .unwrap();
+        let id = "x".repeat(MAX_ID_LEN);
+        bus.publish_envelope(Envelope::new("orders.created", &b"{}"[..]).id(id.as_str()))
+            .await
+            .unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        d.nack(None).await.expect("the dead letter is published");
+        let letter = tokio::time::timeout(Duration::from_secs(5), dead.next())
+            .await
+            .expect("a dead letter")
+            .unwrap();
+        assert_eq!(letter.headers.get(dlq::ORIGINAL_ID), Some(id.as_str()));
     }
 }
