@@ -629,7 +629,7 @@ mod tests {
         }
     }
 
-    /// Review M2: the largest accepted ack wait, backoff step and
+    /// The largest accepted ack wait, backoff step and
     /// `max_deliver` (and a nack delay of `Duration::MAX`, capped) never
     /// panic on `Instant + Duration` or wrap `max_deliver`; larger limits are
     /// `Config` errors naming the field.
@@ -698,9 +698,9 @@ mod tests {
         );
     }
 
-    /// Review H3: a delivery beyond `max_deliver` + the spare deliveries is
-    /// still tracked: its nack (with its delay) brings it back, its ack ends
-    /// it. It used to be handed out untracked, and lost.
+    /// A delivery beyond `max_deliver` is still tracked: its nack (with its
+    /// delay) brings it back, its ack ends it (it used to be handed out
+    /// untracked, and lost).
     #[tokio::test(start_paused = true)]
     async fn deliveries_beyond_the_limit_stay_tracked() {
         let bus = InMemoryBus::new();
@@ -731,11 +731,10 @@ mod tests {
         assert_eq!(durable.state.lock().held(), 0);
     }
 
-    /// Review H3 end to end: a dead letter that can never be published (even
-    /// without its payload, the `Bus-Dlq-*` headers alone are over a tiny
-    /// `max_payload`) leaves the message
-    /// pending, reported as an error on each try, far beyond the 3 spare
-    /// deliveries; it is never silently dropped.
+    /// A dead letter that can never be published (even without its payload,
+    /// the `Bus-Dlq-*` headers alone are over a tiny `max_payload`) leaves
+    /// the message pending, reported as an error on each try, for as many
+    /// deliveries as it takes; it is never silently dropped.
     #[tokio::test(start_paused = true)]
     async fn a_failing_dead_letter_never_drops_the_message() {
         let bus = InMemoryBus::with_config(MemoryConfig {
@@ -770,7 +769,7 @@ mod tests {
         assert!(futures::poll!(dead.next()).is_pending(), "no dead letter");
     }
 
-    /// Review L5: delayed nacks are not scanned on each poll. With 20,000
+    /// Delayed nacks are not scanned on each poll. With 20,000
     /// messages nacked for an hour, delivering 20,000 fresh ones takes
     /// O(n log n), not O(n^2) (the old scan took tens of seconds here).
     #[tokio::test]
@@ -806,7 +805,7 @@ mod tests {
         bus.inner.durables.lock().keys().cloned().collect()
     }
 
-    /// Review M6: a durable consumer with no open instance for the inactive
+    /// A durable consumer with no open instance for the inactive
     /// threshold (5 minutes by default) is deleted, its feed subscription
     /// with it; re-opening within the threshold resumes and restarts the clock.
     #[tokio::test(start_paused = true)]

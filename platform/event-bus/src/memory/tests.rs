@@ -191,7 +191,7 @@ fn envelope(subject: &str, id: &str, payload: &[u8]) -> Envelope {
     Envelope::new(subject, payload.to_vec()).id(id)
 }
 
-/// Review M9: a publish that times out waiting for a slow subscriber and is
+/// A publish that times out waiting for a slow subscriber and is
 /// retried with the same id (the documented recovery) is delivered, not
 /// reported as a duplicate; once delivered, the id is a duplicate.
 #[tokio::test]
