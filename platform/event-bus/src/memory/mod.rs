@@ -310,16 +310,30 @@ impl InMemoryBus {
         route: &Arc<Match<Arc<SubQueue>>>,
         payload: Vec<u8>,
     ) -> Option<Remaining> {
+        self.deliver(route, Bytes::from(payload), Headers::new(), None)
+            .1
+    }
+
+    /// Numbers the message (recording it in the log when the log is on) and
+    /// queues it for every subscriber without waiting. Returns its sequence
+    /// (0 when nothing took it) and the rest of the work if a lossless
+    /// queue is full.
+    #[inline(always)]
+    fn deliver(
+        &self,
+        route: &Arc<Match<Arc<SubQueue>>>,
+        payload: Bytes,
+        headers: Headers,
+        id: Option<MessageId>,
+    ) -> (u64, Option<Remaining>) {
         if self.inner.logging.load(Ordering::Relaxed) {
-            return self
-                .deliver_logged(route, Bytes::from(payload), Headers::new(), None)
-                .1;
+            return self.deliver_logged(route, payload, headers, id);
         }
         if route.subs.is_empty() {
-            return None;
+            return (0, None);
         }
-        let msg = self.message(route, Bytes::from(payload), Headers::new(), None);
-        deliver_now(route, msg)
+        let msg = self.message(route, payload, headers, id);
+        (msg.sequence, deliver_now(route, msg))
     }
 
     /// Numbers and records the message in the log, then queues it for every
@@ -512,16 +526,8 @@ impl InMemoryBus {
             id,
             ..
         } = env;
-        let (seq, rest) = self.with_route(&subject, |route| {
-            if self.inner.logging.load(Ordering::Relaxed) {
-                return self.deliver_logged(route, payload, headers, id);
-            }
-            if route.subs.is_empty() {
-                return (0, None);
-            }
-            let msg = self.message(route, payload, headers, id);
-            (msg.sequence, deliver_now(route, msg))
-        })?;
+        let (seq, rest) =
+            self.with_route(&subject, |route| self.deliver(route, payload, headers, id))?;
         if let Some(rest) = rest {
             rest.finish().await?;
         }
