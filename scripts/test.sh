@@ -22,6 +22,7 @@ echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
 
 fuzz_seconds=${FUZZ_SECONDS:-15}
+if [ "$fuzz_seconds" -le 0 ]; then echo "== fuzz targets: NOT RUN (FUZZ_SECONDS=$fuzz_seconds)"; fi
 if [ "$fuzz_seconds" -gt 0 ]; then
 	echo "== fuzz targets: ${fuzz_seconds}s each from fuzz/corpus (cargo-fuzz, stable toolchain, no sanitizer)"
 	# --dev: a quick build with debug assertions (overflow is a crash).
