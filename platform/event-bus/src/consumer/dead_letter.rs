@@ -41,13 +41,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The message id of `consumer`'s dead letter for the message `id`:
-/// `dlq-<consumer>-<id>`, the same for every try, so that a dead letter
+/// `dlq-<consumer>-<id key>` (see `MessageId::key`), the same for every try, so that a dead letter
 /// published again (after a crash) is de-duplicated. When that is longer than
 /// a message id may be (a long given id), `dlq-<consumer>-h<hash>` with a
 /// stable 128-bit hash of the id's key instead, and the consumer name
 /// hashed as well if it alone is too long.
 pub(crate) fn dead_letter_id(consumer: &str, id: &MessageId) -> String {
-    let plain = format!("dlq-{consumer}-{id}");
+    let plain = format!("dlq-{consumer}-{}", id.key());
     if plain.len() <= MAX_ID_LEN && crate::message::validate_id(&plain).is_ok() {
         return plain;
     }
@@ -120,7 +120,7 @@ impl Shared {
         if memo.dead_letter {
             self.pending_dead_letters.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(old) = map.insert(msg.id.to_string(), memo) {
+        if let Some(old) = map.insert(msg.id.key().into_owned(), memo) {
             if old.dead_letter {
                 self.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
             }
@@ -128,7 +128,7 @@ impl Shared {
     }
 
     fn forget(&self, msg: &BusMessage) -> Option<Memo> {
-        let memo = self.memos.lock().remove(&msg.id.to_string())?;
+        let memo = self.memos.lock().remove(msg.id.key().as_ref())?;
         if memo.dead_letter {
             self.pending_dead_letters.fetch_sub(1, Ordering::Relaxed);
         }
@@ -141,7 +141,7 @@ impl Shared {
             && self
                 .memos
                 .lock()
-                .get(&msg.id.to_string())
+                .get(msg.id.key().as_ref())
                 .is_some_and(|m| m.dead_letter)
     }
 
