@@ -219,6 +219,12 @@ async fn duplicates_have_one_effect(env: Env) {
         },
     )
     .await;
+    wait::until(
+        Duration::from_secs(10),
+        "the second copy recognised as a duplicate",
+        || first.report().duplicates >= 1,
+    )
+    .await;
 
     // 2. Die between commit and ack.
     armed.store(true, Ordering::SeqCst);
@@ -249,8 +255,8 @@ async fn duplicates_have_one_effect(env: Env) {
     println!("duplicates: first run {before:?}, after the crash {report:?}, effects {counts:?}");
     assert_eq!(counts, vec![(1, 1), (2, 1)], "exactly one effect per event");
     assert!(
-        before.duplicates + report.duplicates >= 2,
-        "both duplicates were recognised"
+        before.duplicates >= 1 && report.duplicates >= 1,
+        "both duplicates were recognised: the second copy in the first run, the redelivery after the crash"
     );
 }
 
