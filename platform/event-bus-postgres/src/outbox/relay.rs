@@ -1,0 +1,868 @@
+//! [`OutboxRelay`]: reads committed outbox rows and publishes them.
+//!
+//! One plain loop per relay: hold the lease, read a batch of visible rows in
+//! order, publish it with `publish_batch`, remove (or mark) what the bus
+//! acknowledged, count what it refused, wait when there is nothing to do.
+//! Several relays (instances of a service) may run: the one holding the
+//! lease works, the others stand by and take over when its lease expires.
+
+use super::{headers_from, Outbox, Tables};
+use crate::error::db_error;
+use event_bus::{BusError, Envelope, ErrorKind, EventBus, MessageId, PublishAck};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What a relay has done so far ([`RelayHandle::report`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayReport {
+    /// Rows the bus acknowledged (and the relay removed or marked).
+    pub published: u64,
+    /// Of those, how many the bus reported as duplicates of an id it had
+    /// already stored (republished after a crash between publish and
+    /// removal).
+    pub duplicates: u64,
+    /// Rows moved to the failure table after the bus refused them
+    /// `max_attempts` times.
+    pub failed: u64,
+    /// Refused publishes counted against a row (invalid subject, too large,
+    /// permission, no stream).
+    pub refusals: u64,
+    /// Publishes that failed without counting against the row (bus
+    /// unavailable, timeout): retried with backoff.
+    pub bus_errors: u64,
+    /// Rows acknowledged after an earlier row of the same key failed in the
+    /// same batch (published ahead of it: see the module docs).
+    pub out_of_order: u64,
+    /// Reads of the table while holding the lease.
+    pub reads: u64,
+    /// Times this relay acquired the lease.
+    pub leases_acquired: u64,
+    /// Database errors (the relay waits and tries again).
+    pub db_errors: u64,
+}
+
+/// Builds an [`OutboxRelay`]; see the setters for defaults.
+#[derive(Clone)]
+pub struct OutboxRelayBuilder {
+    outbox: Outbox,
+    bus: Arc<dyn EventBus>,
+    config: Config,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    batch_size: usize,
+    poll_interval: Duration,
+    lease: Duration,
+    duplicate_window: Duration,
+    publish_timeout: Duration,
+    max_attempts: u32,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    listen: bool,
+    keep_published: Option<Duration>,
+    cleanup_every: Duration,
+}
+
+/// The outbox relay: publishes committed rows through an `EventBus`.
+pub struct OutboxRelay {
+    outbox: Outbox,
+    bus: Arc<dyn EventBus>,
+    config: Config,
+    holder: String,
+}
+
+impl std::fmt::Debug for OutboxRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelay")
+            .field("table", &self.outbox.table())
+            .field("bus", &self.bus.backend_name())
+            .field("holder", &self.holder)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OutboxRelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxRelayBuilder")
+            .field("table", &self.outbox.table())
+            .field("bus", &self.bus.backend_name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl OutboxRelay {
+    /// A builder for a relay of `outbox` publishing through `bus`.
+    pub fn builder(outbox: Outbox, bus: Arc<dyn EventBus>) -> OutboxRelayBuilder {
+        OutboxRelayBuilder {
+            outbox,
+            bus,
+            config: Config {
+                batch_size: 500,
+                poll_interval: Duration::from_millis(100),
+                lease: Duration::from_secs(10),
+                duplicate_window: Duration::from_secs(120),
+                publish_timeout: Duration::from_secs(5),
+                max_attempts: 5,
+                backoff_min: Duration::from_millis(100),
+                backoff_max: Duration::from_secs(30),
+                listen: false,
+                keep_published: None,
+                cleanup_every: Duration::from_secs(60),
+            },
+        }
+    }
+
+    /// This relay's name in the lease table.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Starts the relay on the current Tokio runtime. Dropping the handle
+    /// leaves it running (detached); stop it with
+    /// [`RelayHandle::shutdown`].
+    pub fn spawn(self) -> RelayHandle {
+        let report = Arc::new(Mutex::new(RelayReport::default()));
+        let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let listener = if self.config.listen {
+            Some(tokio::spawn(listen(
+                self.outbox.clone(),
+                self.config.poll_interval,
+            )))
+        } else {
+            None
+        };
+        let holder = self.holder.clone();
+        let task = tokio::spawn(
+            Worker {
+                wake: self.outbox.wake_receiver(),
+                outbox: self.outbox,
+                bus: self.bus,
+                config: self.config,
+                holder: self.holder,
+                report: report.clone(),
+                leader: leader.clone(),
+                stop: stop_rx,
+                lease_until: None,
+                held: HashMap::new(),
+                bus_backoff: None,
+                last_cleanup: Instant::now(),
+            }
+            .run(),
+        );
+        RelayHandle {
+            report,
+            leader,
+            stop: stop_tx,
+            task: Some(task),
+            listener,
+            holder,
+        }
+    }
+}
+
+impl OutboxRelayBuilder {
+    /// Rows read and published per batch (default 500, 1 to 10,000).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How often an idle relay looks for rows without a wake-up (default
+    /// 100 ms): the latency for rows committed without
+    /// [`Outbox::commit`] in this process or a notification.
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.config.poll_interval = every;
+        self
+    }
+
+    /// How long the lease lasts without renewal (default 10 s): a relay
+    /// that dies is replaced after at most this long. Must be shorter than
+    /// the [`duplicate_window`](Self::duplicate_window).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// The bus's de-duplication window (JetStream's `duplicate_window` of the
+    /// streams the events go to; default 2 minutes, JetStream's default).
+    /// A relay that dies between publish and removal is replaced within
+    /// the lease, so its republished rows are dropped as duplicates.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.config.duplicate_window = window;
+        self
+    }
+
+    /// How long a batch's publish may take before the relay gives up on it
+    /// and tries again (default 5 s; at most a third of the lease).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.config.publish_timeout = timeout;
+        self
+    }
+
+    /// How many refusals (invalid subject, too large, permission, no
+    /// stream) a row gets before it moves to the failure table (default 5).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.config.max_attempts = n;
+        self
+    }
+
+    /// The backoff after a failed publish (per key for refusals, for the
+    /// whole relay when the bus is unavailable), doubling from `min` to
+    /// `max` (default 100 ms to 30 s).
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.backoff_min = min;
+        self.config.backoff_max = max;
+        self
+    }
+
+    /// Also wake on PostgreSQL notifications from [`Outbox::notify`]
+    /// producers in other processes (default off). A notification lost
+    /// while the listening connection reconnects costs latency, never an
+    /// event: polling goes on.
+    pub fn listen(mut self, on: bool) -> Self {
+        self.config.listen = on;
+        self
+    }
+
+    /// Keep published rows (marked with the time and the stream position)
+    /// for `retention` instead of deleting them at once; the relay removes
+    /// them once older (default: delete at once).
+    pub fn keep_published(mut self, retention: Duration) -> Self {
+        self.config.keep_published = Some(retention);
+        self
+    }
+
+    /// Checks the settings.
+    pub fn build(self) -> Result<OutboxRelay, BusError> {
+        let c = &self.config;
+        let bad = |field: &str, value: String, why: &str| Err(BusError::config(field, &value, why));
+        if !(1..=10_000).contains(&c.batch_size) {
+            return bad(
+                "relay batch_size",
+                c.batch_size.to_string(),
+                "must be 1 to 10,000",
+            );
+        }
+        if c.poll_interval.is_zero() || c.poll_interval > Duration::from_secs(3600) {
+            return bad(
+                "relay poll_interval",
+                format!("{:?}", c.poll_interval),
+                "must be above zero and at most an hour",
+            );
+        }
+        if c.lease < Duration::from_millis(300) || c.lease > Duration::from_secs(3600) {
+            return bad(
+                "relay lease",
+                format!("{:?}", c.lease),
+                "must be 300 ms to an hour",
+            );
+        }
+        if c.lease >= c.duplicate_window {
+            return bad(
+                "relay lease",
+                format!("{:?}", c.lease),
+                &format!(
+                    "must be shorter than the bus's duplicate window ({:?}): a relay that dies between publish and removal is replaced within the lease, and its successor's republished rows must still be recognised as duplicates",
+                    c.duplicate_window
+                ),
+            );
+        }
+        if c.publish_timeout.is_zero() || c.publish_timeout * 3 > c.lease {
+            return bad(
+                "relay publish_timeout",
+                format!("{:?}", c.publish_timeout),
+                &format!(
+                    "must be above zero and at most a third of the lease ({:?})",
+                    c.lease
+                ),
+            );
+        }
+        if c.max_attempts == 0 || c.max_attempts > 1_000_000 {
+            return bad(
+                "relay max_attempts",
+                c.max_attempts.to_string(),
+                "must be 1 to 1,000,000",
+            );
+        }
+        if c.backoff_min.is_zero()
+            || c.backoff_min > c.backoff_max
+            || c.backoff_max > Duration::from_secs(3600)
+        {
+            return bad(
+                "relay backoff",
+                format!("{:?}..{:?}", c.backoff_min, c.backoff_max),
+                "needs 0 < min <= max <= 1 hour",
+            );
+        }
+        if let Some(keep) = c.keep_published {
+            if keep > Duration::from_secs(366 * 86_400) {
+                return bad(
+                    "relay keep_published",
+                    format!("{keep:?}"),
+                    "must be at most a year",
+                );
+            }
+        }
+        Ok(OutboxRelay {
+            holder: format!("relay-{}-{}", std::process::id(), uuid::Uuid::now_v7()),
+            outbox: self.outbox,
+            bus: self.bus,
+            config: self.config,
+        })
+    }
+}
+
+/// A running relay: its report, graceful shutdown.
+#[derive(Debug)]
+#[must_use = "dropping the handle leaves the relay running detached; keep it to shut the relay down"]
+pub struct RelayHandle {
+    report: Arc<Mutex<RelayReport>>,
+    leader: Arc<std::sync::atomic::AtomicBool>,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+    holder: String,
+}
+
+impl RelayHandle {
+    /// What the relay has done so far.
+    pub fn report(&self) -> RelayReport {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether this relay holds the lease (is the one publishing).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The relay's name in the lease table.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Lets the current batch finish (its publish and removal), releases
+    /// the lease so that a standby takes over at once, and returns the
+    /// report.
+    pub async fn shutdown(mut self) -> RelayReport {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        self.report()
+    }
+
+    /// Stops the relay where it is, as a crash would (for tests): the
+    /// lease is not released and the current batch may be published but
+    /// not removed.
+    pub fn abort(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+    }
+}
+
+/// The LISTEN side: forwards notifications to the in-process wake-up.
+async fn listen(outbox: Outbox, retry: Duration) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(outbox.pool()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "outbox relay: cannot listen for notifications yet; polling meanwhile");
+                tokio::time::sleep(retry.max(Duration::from_secs(1))).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&outbox.tables().channel).await {
+            tracing::debug!(error = %e, "outbox relay: LISTEN failed; polling meanwhile");
+            tokio::time::sleep(retry.max(Duration::from_secs(1))).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => outbox.wake(),
+                // Reconnected: notifications may have been missed.
+                Ok(None) => outbox.wake(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox relay: notification connection lost; polling meanwhile");
+                    tokio::time::sleep(retry.max(Duration::from_secs(1))).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A row read for publishing.
+struct Row {
+    seq: i64,
+    message_id: String,
+    subject: String,
+    order_key: String,
+    names: Vec<String>,
+    values: Vec<String>,
+    payload: Vec<u8>,
+    attempts: i32,
+}
+
+/// A key held back after a failed publish of its first row.
+struct Held {
+    until: Instant,
+    failures: u32,
+}
+
+struct Worker {
+    outbox: Outbox,
+    bus: Arc<dyn EventBus>,
+    config: Config,
+    holder: String,
+    report: Arc<Mutex<RelayReport>>,
+    leader: Arc<std::sync::atomic::AtomicBool>,
+    stop: watch::Receiver<bool>,
+    wake: watch::Receiver<u64>,
+    /// Until when (on this process's clock) the lease is surely ours.
+    lease_until: Option<Instant>,
+    held: HashMap<String, Held>,
+    /// The relay-wide backoff while the bus is unavailable: (until, current step).
+    bus_backoff: Option<(Instant, Duration)>,
+    last_cleanup: Instant,
+}
+
+/// Whether an error is the bus refusing this row (counted towards
+/// `max_attempts`), as opposed to the bus being unavailable.
+fn is_refusal(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidSubject
+            | ErrorKind::InvalidPattern
+            | ErrorKind::InvalidHeader
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::PermissionDenied
+            | ErrorKind::Unsupported
+            | ErrorKind::Config
+            | ErrorKind::NotFound
+            | ErrorKind::Codec
+    )
+}
+
+fn backoff_step(config: &Config, failures: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures.saturating_sub(1).min(20))
+        .unwrap_or(u32::MAX);
+    config
+        .backoff_min
+        .checked_mul(factor)
+        .unwrap_or(config.backoff_max)
+        .min(config.backoff_max)
+}
+
+impl Worker {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RelayReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    async fn run(mut self) {
+        let mut db_backoff = self.config.backoff_min;
+        while !self.stopping() {
+            match self.step().await {
+                Ok(Next::Again) => db_backoff = self.config.backoff_min,
+                Ok(Next::Wait(d)) => {
+                    db_backoff = self.config.backoff_min;
+                    self.wait(d).await;
+                }
+                Err(e) => {
+                    self.update(|r| r.db_errors += 1);
+                    if db_backoff == self.config.backoff_min {
+                        tracing::warn!(error = %e, "outbox relay: database error; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %e, "outbox relay: database error");
+                    }
+                    self.wait(db_backoff).await;
+                    db_backoff = (db_backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+        if self.lease_until.is_some() {
+            let _ = self.release().await;
+        }
+        self.leader
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sleeps up to `d`, or until woken or stopped.
+    async fn wait(&mut self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wake.changed() => {}
+            _ = stop.changed() => {}
+        }
+    }
+
+    /// One turn of the loop.
+    async fn step(&mut self) -> Result<Next, BusError> {
+        let now = Instant::now();
+        // The lease: renew when a third of it has passed, stand by when
+        // another relay holds it.
+        let renew_at = self.config.lease / 3 * 2;
+        let fresh = self
+            .lease_until
+            .is_some_and(|until| until.saturating_duration_since(now) > renew_at);
+        if !fresh && !self.acquire().await? {
+            return Ok(Next::Wait(self.config.lease / 4));
+        }
+        if let Some((until, _)) = self.bus_backoff {
+            if until > now {
+                return Ok(Next::Wait(until - now));
+            }
+        }
+        self.held.retain(|_, h| h.until > now);
+        self.cleanup().await?;
+
+        let rows = self.read().await?;
+        self.update(|r| r.reads += 1);
+        if rows.is_empty() {
+            let next_held = self.held.values().map(|h| h.until).min();
+            let d = match next_held {
+                Some(t) => t
+                    .saturating_duration_since(now)
+                    .min(self.config.poll_interval),
+                None => self.config.poll_interval,
+            };
+            return Ok(Next::Wait(d));
+        }
+        // Publish only while the lease surely lasts longer than the publish.
+        let left = self.lease_until.map_or(Duration::ZERO, |u| {
+            u.saturating_duration_since(Instant::now())
+        });
+        if left <= self.config.publish_timeout {
+            return Ok(Next::Again);
+        }
+        let envelopes = rows
+            .iter()
+            .map(|r| {
+                Envelope::new(r.subject.clone(), r.payload.clone())
+                    .id(MessageId::new(r.message_id.as_str()))
+                    .headers(headers_from(r.names.clone(), r.values.clone()))
+            })
+            .collect();
+        let results = match tokio::time::timeout(
+            self.config.publish_timeout,
+            self.bus.publish_batch(envelopes),
+        )
+        .await
+        {
+            Ok(results) => results,
+            Err(_) => rows
+                .iter()
+                .map(|_| {
+                    Err(BusError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "outbox relay: publishing a batch of {} rows took longer than {:?}",
+                            rows.len(),
+                            self.config.publish_timeout
+                        ),
+                    ))
+                })
+                .collect(),
+        };
+        self.settle(&rows, results).await
+    }
+
+    /// Tries to take or renew the lease; true when this relay holds it.
+    async fn acquire(&mut self) -> Result<bool, BusError> {
+        let sent = Instant::now();
+        let got: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {lease} AS l (name, holder, expires_at)
+             VALUES ('relay', $1, now() + make_interval(secs => $2))
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+             WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
+             RETURNING holder",
+            lease = self.outbox.tables().lease
+        )))
+        .bind(&self.holder)
+        .bind(self.config.lease.as_secs_f64())
+        .fetch_optional(self.outbox.pool())
+        .await
+        .map_err(|e| db_error("outbox relay: taking the lease", e))?;
+        let had = self.lease_until.is_some();
+        if got.is_some() {
+            // Measured from before the request: the server's expiry is later.
+            self.lease_until = Some(sent + self.config.lease);
+            if !had {
+                self.update(|r| r.leases_acquired += 1);
+                self.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(holder = %self.holder, "outbox relay: took the lease; publishing");
+            }
+            Ok(true)
+        } else {
+            if had {
+                tracing::warn!(holder = %self.holder, "outbox relay: lost the lease to another relay; standing by");
+            }
+            self.lease_until = None;
+            self.leader
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(false)
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), BusError> {
+        self.lease_until = None;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE name = 'relay' AND holder = $1",
+            self.outbox.tables().lease
+        )))
+        .bind(&self.holder)
+        .execute(self.outbox.pool())
+        .await
+        .map_err(|e| db_error("outbox relay: releasing the lease", e))?;
+        Ok(())
+    }
+
+    /// Removes published rows kept longer than the retention.
+    async fn cleanup(&mut self) -> Result<(), BusError> {
+        let Some(keep) = self.config.keep_published else {
+            return Ok(());
+        };
+        if self.last_cleanup.elapsed() < self.config.cleanup_every.min(keep) {
+            return Ok(());
+        }
+        self.last_cleanup = Instant::now();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE published_at < now() - make_interval(secs => $1)",
+            self.outbox.tables().rows
+        )))
+        .bind(keep.as_secs_f64())
+        .execute(self.outbox.pool())
+        .await
+        .map_err(|e| db_error("outbox relay: removing old published rows", e))?;
+        Ok(())
+    }
+
+    /// The next rows to publish: of finished transactions only (below the
+    /// oldest running transaction id), in (transaction id, enqueue) order,
+    /// skipping keys held back after a failure.
+    async fn read(&self) -> Result<Vec<Row>, BusError> {
+        type Raw = (
+            i64,
+            String,
+            String,
+            String,
+            Vec<String>,
+            Vec<String>,
+            Vec<u8>,
+            i32,
+        );
+        let held: Vec<&str> = self.held.keys().map(String::as_str).collect();
+        let rows: Vec<Raw> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT seq, message_id, subject, order_key, header_names, header_values, payload, attempts
+             FROM {}
+             WHERE published_at IS NULL
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               AND NOT (order_key = ANY($1))
+             ORDER BY xid, seq
+             LIMIT $2",
+            self.outbox.tables().rows
+        )))
+        .bind(held)
+        .bind(self.config.batch_size as i64)
+        .fetch_all(self.outbox.pool())
+        .await
+        .map_err(|e| db_error("outbox relay: reading pending rows", e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, message_id, subject, order_key, names, values, payload, attempts)| Row {
+                    seq,
+                    message_id,
+                    subject,
+                    order_key,
+                    names,
+                    values,
+                    payload,
+                    attempts,
+                },
+            )
+            .collect())
+    }
+
+    /// Removes what the bus took, counts what it refused, holds back the
+    /// keys of failed rows.
+    async fn settle(
+        &mut self,
+        rows: &[Row],
+        results: Vec<Result<PublishAck, BusError>>,
+    ) -> Result<Next, BusError> {
+        let mut done_seqs = Vec::new();
+        let mut streams = Vec::new();
+        let mut stream_seqs = Vec::new();
+        let mut duplicates = 0;
+        let mut out_of_order = 0;
+        let mut refused: Vec<(&Row, BusError)> = Vec::new();
+        let mut unavailable: Option<BusError> = None;
+        let mut bus_errors = 0;
+        let mut failed_keys: HashMap<&str, ()> = HashMap::new();
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(ack) => {
+                    if failed_keys.contains_key(row.order_key.as_str()) {
+                        out_of_order += 1;
+                    }
+                    duplicates += u64::from(ack.duplicate);
+                    done_seqs.push(row.seq);
+                    streams.push(ack.stream);
+                    stream_seqs.push(i64::try_from(ack.sequence).unwrap_or(i64::MAX));
+                }
+                Err(e) => {
+                    let first = failed_keys.insert(row.order_key.as_str(), ()).is_none();
+                    if is_refusal(e.kind()) {
+                        refused.push((row, e));
+                    } else {
+                        bus_errors += 1;
+                        if first {
+                            self.hold(&row.order_key);
+                        }
+                        unavailable.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let rows_table = self.outbox.tables().rows.clone();
+        if !done_seqs.is_empty() {
+            let q = match self.config.keep_published {
+                None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {rows_table} WHERE seq = ANY($1)"
+                )))
+                .bind(&done_seqs),
+                Some(_) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {rows_table} AS t SET published_at = now(), stream = u.stream, stream_seq = u.stream_seq
+                     FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(seq, stream, stream_seq)
+                     WHERE t.seq = u.seq"
+                )))
+                .bind(&done_seqs)
+                .bind(&streams)
+                .bind(&stream_seqs),
+            };
+            q.execute(self.outbox.pool())
+                .await
+                .map_err(|e| db_error("outbox relay: removing published rows", e))?;
+        }
+        let mut failed = 0;
+        for (row, e) in &refused {
+            let text = e.to_string();
+            if row.attempts.saturating_add(1) as u32 >= self.config.max_attempts {
+                self.move_to_failed(row.seq, &text).await?;
+                failed += 1;
+                tracing::error!(message_id = %row.message_id, subject = %row.subject, error = %text,
+                    "outbox relay: the bus refused the event {} times; moved to the failure table", self.config.max_attempts);
+            } else {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {rows_table} SET attempts = attempts + 1, last_error = $2 WHERE seq = $1"
+                )))
+                .bind(row.seq)
+                .bind(&text)
+                .execute(self.outbox.pool())
+                .await
+                .map_err(|e| db_error("outbox relay: counting a refused publish", e))?;
+                let first = self.hold(&row.order_key);
+                if first {
+                    tracing::warn!(message_id = %row.message_id, subject = %row.subject, error = %text,
+                        "outbox relay: the bus refused the event; its key is held back and retried with backoff");
+                }
+            }
+        }
+        let published = done_seqs.len() as u64;
+        let refusals = refused.len() as u64;
+        self.update(|r| {
+            r.published += published;
+            r.duplicates += duplicates;
+            r.out_of_order += out_of_order;
+            r.refusals += refusals;
+            r.failed += failed;
+            r.bus_errors += bus_errors;
+        });
+        if out_of_order > 0 {
+            tracing::warn!(
+                rows = out_of_order,
+                "outbox relay: rows were acknowledged after an earlier row of their key failed in the same batch"
+            );
+        }
+        match unavailable {
+            Some(e) if published == 0 => {
+                // The bus is down (or not answering): back off as a whole,
+                // logging once when it starts and once when it ends.
+                let step = match self.bus_backoff {
+                    None => {
+                        tracing::warn!(error = %e, "outbox relay: the bus is unavailable; rows wait and are retried with backoff");
+                        self.config.backoff_min
+                    }
+                    Some((_, step)) => (step * 2).min(self.config.backoff_max),
+                };
+                self.bus_backoff = Some((Instant::now() + step, step));
+                Ok(Next::Wait(step))
+            }
+            _ => {
+                if self.bus_backoff.take().is_some() {
+                    tracing::info!("outbox relay: the bus is back; publishing");
+                }
+                Ok(Next::Again)
+            }
+        }
+    }
+
+    /// Holds `key` back with backoff; true when it was not held before.
+    fn hold(&mut self, key: &str) -> bool {
+        let config = &self.config;
+        let entry = self.held.entry(key.to_string()).or_insert(Held {
+            until: Instant::now(),
+            failures: 0,
+        });
+        entry.failures = entry.failures.saturating_add(1);
+        entry.until = Instant::now() + backoff_step(config, entry.failures);
+        entry.failures == 1
+    }
+
+    async fn move_to_failed(&self, seq: i64, error: &str) -> Result<(), BusError> {
+        let Tables { rows, failed, .. } = self.outbox.tables();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH moved AS (DELETE FROM {rows} WHERE seq = $1
+                 RETURNING seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts)
+             INSERT INTO {failed} (seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts, error)
+             SELECT seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts + 1, $2 FROM moved"
+        )))
+        .bind(seq)
+        .bind(error)
+        .execute(self.outbox.pool())
+        .await
+        .map_err(|e| db_error("outbox relay: moving a refused row to the failure table", e))?;
+        Ok(())
+    }
+}
+
+/// What the loop does next.
+enum Next {
+    /// Go on at once.
+    Again,
+    /// Wait up to this long (or until woken).
+    Wait(Duration),
+}

@@ -1,0 +1,649 @@
+//! The transactional outbox against a real PostgreSQL (`DATABASE_URL`, else a
+//! throwaway server) and, where a test says so, a real nats-server: rows
+//! commit with the business transaction and are published once, a row that
+//! commits late is never skipped, rolled-back rows never leave, refused rows
+//! go to the failure table, several relays hand over, the bus going away
+//! only delays.
+
+use event_bus::config::StreamSpec;
+use event_bus::{
+    BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, NatsBus, StartPosition,
+};
+use event_bus_postgres::outbox::FailedEvent;
+use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::postgres::TestPostgres;
+use event_bus_testkit::wait;
+use futures::StreamExt;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn pg() -> (TestPostgres, PgPool) {
+    let pg = TestPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&pg.url())
+        .await
+        .expect("connect to the test database");
+    (pg, pool)
+}
+
+async fn outbox(pool: &PgPool) -> Outbox {
+    let outbox = Outbox::new(pool.clone());
+    outbox.migrate().await.expect("create the outbox tables");
+    outbox
+}
+
+/// A NatsBus on a fresh server with one stream over `out.>` (JetStream's
+/// default two-minute duplicate window).
+async fn nats() -> (NatsServer, Arc<dyn EventBus>) {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    bus.ensure_streams(&[StreamSpec::new("OUT", ["out.>"])])
+        .await
+        .unwrap();
+    (server, Arc::new(bus))
+}
+
+fn relay(
+    outbox: &Outbox,
+    bus: &Arc<dyn EventBus>,
+) -> event_bus_postgres::outbox::OutboxRelayBuilder {
+    OutboxRelay::builder(outbox.clone(), bus.clone())
+        .lease(Duration::from_secs(3))
+        .publish_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+async fn enqueue_one(outbox: &Outbox, pool: &PgPool, subject: &str, body: &str) -> String {
+    let mut tx = pool.begin().await.unwrap();
+    let id = outbox
+        .enqueue(&mut tx, Envelope::new(subject, body.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    outbox.commit(tx).await.unwrap();
+    id.to_string()
+}
+
+/// Reads every message of the stream from its start (a fresh durable
+/// consumer), acking each: `(subject, id, payload)` in stream order.
+async fn stream_contents(bus: &Arc<dyn EventBus>, pattern: &str, n: usize) -> Vec<BusMessage> {
+    let name = format!("check-{}", uuid_like());
+    let mut stream = bus
+        .consume(
+            ConsumerConfig::new(name, pattern)
+                .start(StartPosition::All)
+                .max_ack_pending(10_000),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next()).await {
+            Ok(Some(Ok(d))) => {
+                out.push(d.message().clone());
+                d.ack_nowait().await.unwrap();
+            }
+            Ok(other) => panic!(
+                "consumer ended after {} of {n}: {:?}",
+                out.len(),
+                other.map(|r| r.err())
+            ),
+            Err(_) => panic!("only {} of {n} events in the stream after 20 s", out.len()),
+        }
+    }
+    // Nothing more arrives.
+    if let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(300), stream.next()).await {
+        panic!(
+            "more than {n} events in the stream: an extra {:?} ({})",
+            d.message().subject,
+            d.message().id
+        );
+    }
+    out
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Commit publishes (with the id and headers enqueued), rollback publishes
+/// nothing; the returned id is the message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_rows_are_published_rolled_back_rows_never() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut events = bus.subscribe("out.>").await.unwrap();
+    let relay = relay(&outbox, &bus).build().unwrap().spawn();
+
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut tx, Envelope::new("out.rolled-back", b"no".to_vec()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let id = outbox
+        .enqueue(
+            &mut tx,
+            Envelope::new("out.kept", b"yes".to_vec()).headers({
+                let mut h = event_bus::Headers::new();
+                h.append("Trace-Id", "t-1").append("Trace-Id", "t-2");
+                h
+            }),
+        )
+        .await
+        .unwrap();
+    let given = outbox
+        .enqueue(
+            &mut tx,
+            Envelope::new("out.kept", b"given".to_vec()).id("order-7"),
+        )
+        .await
+        .unwrap();
+    outbox.commit(tx).await.unwrap();
+    assert_eq!(given.to_string(), "order-7");
+    assert!(uuid::Uuid::parse_str(&id.to_string()).is_ok(), "{id}");
+
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("published")
+        .unwrap();
+    assert_eq!(first.subject.as_str(), "out.kept");
+    assert_eq!(first.payload.as_ref(), b"yes");
+    assert_eq!(first.id.to_string(), id.to_string());
+    assert_eq!(
+        first.headers.get_all("Trace-Id").collect::<Vec<_>>(),
+        ["t-1", "t-2"]
+    );
+    let second = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("published")
+        .unwrap();
+    assert_eq!(second.id.to_string(), "order-7");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
+        "the rolled-back row was published"
+    );
+    let report = relay.shutdown().await;
+    assert_eq!(report.published, 2, "{report:?}");
+    let status = outbox.status().await.unwrap();
+    assert_eq!((status.pending, status.failed), (0, 0), "{status:?}");
+}
+
+/// The race that loses events with serial offsets: T1 inserts first, T2
+/// inserts and commits, the relay reads, T1 commits. Both are published, in
+/// T1, T2 order; while T1 runs, the status names its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_commits_late_is_not_skipped() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut events = bus.subscribe("out.>").await.unwrap();
+    let relay = relay(&outbox, &bus)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .spawn();
+
+    let mut t1 = pool.begin().await.unwrap();
+    let (t1_pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut *t1)
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut t1, Envelope::new("out.race", b"t1".to_vec()))
+        .await
+        .unwrap();
+    let mut t2 = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut t2, Envelope::new("out.race", b"t2".to_vec()))
+        .await
+        .unwrap();
+    outbox.commit(t2).await.unwrap();
+
+    // The relay reads (several times) while T1 is open: T2's row is
+    // committed but held back behind T1.
+    let reads = relay.report().reads;
+    wait::until(
+        Duration::from_secs(10),
+        "the relay to read twice after T2 committed",
+        || relay.report().reads >= reads + 2,
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), events.next())
+            .await
+            .is_err(),
+        "T2's row was published while T1's earlier row was not committed"
+    );
+    let status = outbox.status().await.unwrap();
+    assert_eq!((status.pending, status.held_back), (1, 1), "{status:?}");
+    let holder = status
+        .held_by
+        .expect("the status names the session holding delivery back");
+    assert_eq!(holder.pid, t1_pid, "{holder:?}");
+    assert_eq!(holder.state.as_deref(), Some("idle in transaction"));
+
+    outbox.commit(t1).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("both published once T1 commits")
+            .unwrap();
+        got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["t1", "t2"]);
+    assert_eq!(relay.shutdown().await.published, 2);
+}
+
+/// Bad input fails in the caller's transaction, before anything is
+/// written, with an error naming it; the transaction stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_commit() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await.max_payload(1000);
+    let mut tx = pool.begin().await.unwrap();
+    let cases: Vec<(Envelope, ErrorKind, &str)> = vec![
+        (
+            Envelope::new("out..bad", b"x".to_vec()),
+            ErrorKind::InvalidSubject,
+            "out..bad",
+        ),
+        (
+            Envelope::new("out.*", b"x".to_vec()),
+            ErrorKind::InvalidSubject,
+            "out.*",
+        ),
+        (
+            Envelope::new("$JS.API.STREAM.DELETE.OUT", b"x".to_vec()),
+            ErrorKind::InvalidSubject,
+            "$JS.API",
+        ),
+        (
+            Envelope::new("out.big", vec![0u8; 1001]),
+            ErrorKind::PayloadTooLarge,
+            "1000 bytes",
+        ),
+        (
+            Envelope::new("out.id", b"x".to_vec()).id("bad\r\nid"),
+            ErrorKind::InvalidHeader,
+            "id",
+        ),
+        (
+            Envelope::new("out.h", b"x".to_vec()).header("Bad Name", "v"),
+            ErrorKind::InvalidHeader,
+            "Bad Name",
+        ),
+    ];
+    for (envelope, kind, named) in cases {
+        let subject = envelope.subject.clone();
+        let e = outbox.enqueue(&mut tx, envelope).await.unwrap_err();
+        assert_eq!(e.kind(), kind, "{subject}: {e}");
+        assert!(
+            e.to_string().contains(named),
+            "{subject}: {e} does not name {named:?}"
+        );
+    }
+    let e = outbox
+        .enqueue_with_key(&mut tx, "", Envelope::new("out.key", b"x".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("ordering key"), "{e}");
+    // The transaction is still usable, and nothing was written.
+    outbox
+        .enqueue(&mut tx, Envelope::new("out.ok", b"x".to_vec()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outbox.status().await.unwrap().pending, 1);
+    // Table names are checked.
+    for bad in ["", "a;drop table x", "a.b.c", &"t".repeat(49)] {
+        let e = Outbox::with_table(pool.clone(), bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config, "{bad:?}: {e}");
+    }
+    // Relay settings are checked, the lease against the duplicate window.
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let e = OutboxRelay::builder(outbox.clone(), bus.clone())
+        .lease(Duration::from_secs(120))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("duplicate window"), "{e}");
+    let e = OutboxRelay::builder(outbox.clone(), bus)
+        .batch_size(0)
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("batch_size"), "{e}");
+}
+
+/// A row the bus refuses for good (no stream stores its subject, on a bus
+/// that does not create streams) moves to the failure table after
+/// `max_attempts`, holding back its key only; once a stream exists,
+/// `retry_failed` publishes it with its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_goes_to_the_failure_table_and_can_be_retried() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap())
+        .with_auto_create_streams(false);
+    nats.ensure_streams(&[StreamSpec::new("OUT", ["out.>"])])
+        .await
+        .unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(nats.clone());
+    let relay = relay(&outbox, &bus)
+        .max_attempts(3)
+        .build()
+        .unwrap()
+        .spawn();
+    let poison = enqueue_one(&outbox, &pool, "nowhere.poison", "p").await;
+    for i in 0..20 {
+        enqueue_one(&outbox, &pool, &format!("out.ok.{}", i % 3), "ok").await;
+    }
+    wait::until(
+        Duration::from_secs(20),
+        "the poison row in the failure table",
+        || relay.report().failed == 1,
+    )
+    .await;
+    wait::until(Duration::from_secs(20), "the other rows published", || {
+        relay.report().published == 20
+    })
+    .await;
+    let report = relay.report();
+    assert_eq!(report.refusals, 3, "{report:?}");
+    let failed: Vec<FailedEvent> = outbox.failed(10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].message_id, poison);
+    assert_eq!(failed[0].subject, "nowhere.poison");
+    assert_eq!(failed[0].attempts, 3);
+    assert!(
+        failed[0]
+            .error
+            .contains("no JetStream stream stores subject"),
+        "{}",
+        failed[0].error
+    );
+    let status = outbox.status().await.unwrap();
+    assert_eq!((status.pending, status.failed), (0, 1), "{status:?}");
+
+    // Fix the cause, retry: published with the same id.
+    nats.ensure_streams(&[StreamSpec::new("NOWHERE", ["nowhere.>"])])
+        .await
+        .unwrap();
+    assert_eq!(outbox.retry_failed(&[failed[0].seq]).await.unwrap(), 1);
+    wait::until(Duration::from_secs(10), "the retried row published", || {
+        relay.report().published == 21
+    })
+    .await;
+    let got = stream_contents(&bus, "nowhere.>", 1).await;
+    assert_eq!(got[0].id.to_string(), poison);
+    assert_eq!(outbox.status().await.unwrap().failed, 0);
+    // Discarding works on what is there.
+    assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 0);
+    relay.shutdown().await;
+}
+
+/// The bus down for a while: rows wait, the relay backs off (a handful of
+/// attempts, not a busy loop), and the backlog drains once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_drains_when_the_bus_comes_back() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let (mut server, bus) = nats().await;
+    let relay = relay(&outbox, &bus).build().unwrap().spawn();
+    enqueue_one(&outbox, &pool, "out.before", "0").await;
+    wait::until(Duration::from_secs(10), "the first row published", || {
+        relay.report().published == 1
+    })
+    .await;
+    server.stop().await.unwrap();
+    for i in 0..200 {
+        enqueue_one(&outbox, &pool, &format!("out.k{}", i % 5), &i.to_string()).await;
+    }
+    wait::until(
+        Duration::from_secs(20),
+        "the relay to meet the outage",
+        || relay.report().bus_errors > 0,
+    )
+    .await;
+    let down = std::time::Instant::now();
+    // Wait for the backoff to grow: a few failed batches over two seconds.
+    wait::until(Duration::from_secs(20), "two seconds of outage", || {
+        down.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    let during = relay.report();
+    assert_eq!(during.published, 1, "{during:?}");
+    assert_eq!(outbox.status().await.unwrap().pending, 200);
+    server.restart().await.unwrap();
+    wait::until(Duration::from_secs(60), "the backlog published", || {
+        relay.report().published == 201
+    })
+    .await;
+    let report = relay.shutdown().await;
+    assert_eq!(report.failed, 0, "{report:?}");
+    let batches_failed = report.bus_errors / 200 + 1;
+    assert!(
+        batches_failed < 40,
+        "the relay retried {batches_failed} times in a few seconds of outage: a busy loop ({report:?})"
+    );
+    let got = stream_contents(&bus, "out.>", 201).await;
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for m in &got[1..] {
+        let n: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        per_key.entry(m.subject.to_string()).or_default().push(n);
+    }
+    for (key, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of order: {ns:?}"
+        );
+    }
+}
+
+/// A relay restarted (gracefully) resumes without republishing what it
+/// removed; a crashed relay's rows are republished with the same ids and
+/// dropped by JetStream as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_relay_does_not_republish() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let (_server, bus) = nats().await;
+    let first = relay(&outbox, &bus).build().unwrap().spawn();
+    for i in 0..100 {
+        enqueue_one(&outbox, &pool, "out.r", &i.to_string()).await;
+    }
+    wait::until(Duration::from_secs(20), "100 published", || {
+        first.report().published == 100
+    })
+    .await;
+    assert_eq!(first.shutdown().await.duplicates, 0);
+    let second = relay(&outbox, &bus).build().unwrap().spawn();
+    for i in 100..150 {
+        enqueue_one(&outbox, &pool, "out.r", &i.to_string()).await;
+    }
+    wait::until(Duration::from_secs(20), "50 more published", || {
+        second.report().published == 50
+    })
+    .await;
+    let report = second.shutdown().await;
+    assert_eq!(report.duplicates, 0, "{report:?}");
+    let got = stream_contents(&bus, "out.>", 150).await;
+    let ns: Vec<u32> = got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ns, (0..150).collect::<Vec<_>>());
+}
+
+/// Two relays at once: one holds the lease and publishes, the other
+/// stands by; when the leader dies (aborted mid-stream, lease not
+/// released) the other takes over; every row is in the stream once, in
+/// order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_hand_over_without_double_publishing() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let (_server, bus) = nats().await;
+    let build = || {
+        relay(&outbox, &bus)
+            .lease(Duration::from_secs(1))
+            .publish_timeout(Duration::from_millis(300))
+            .batch_size(50)
+            .build()
+            .unwrap()
+            .spawn()
+    };
+    let a = build();
+    let b = build();
+    wait::until(Duration::from_secs(10), "a leader", || {
+        a.is_leader() || b.is_leader()
+    })
+    .await;
+    let (leader, standby) = if a.is_leader() { (a, b) } else { (b, a) };
+    assert!(!standby.is_leader());
+    let writer = {
+        let (outbox, pool) = (outbox.clone(), pool.clone());
+        tokio::spawn(async move {
+            for i in 0..1000 {
+                enqueue_one(&outbox, &pool, &format!("out.k{}", i % 4), &i.to_string()).await;
+            }
+        })
+    };
+    wait::until(
+        Duration::from_secs(20),
+        "the leader to publish some",
+        || leader.report().published >= 200,
+    )
+    .await;
+    assert_eq!(
+        standby.report().published,
+        0,
+        "the standby published while the leader held the lease"
+    );
+    leader.abort();
+    writer.await.unwrap();
+    wait::until(Duration::from_secs(20), "the standby to take over", || {
+        standby.is_leader()
+    })
+    .await;
+    wait::until_async(Duration::from_secs(20), "every row published", || async {
+        outbox.status().await.unwrap().pending == 0
+    })
+    .await;
+    let report = standby.shutdown().await;
+    assert!(report.published > 0, "{report:?}");
+    let got = stream_contents(&bus, "out.>", 1000).await;
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for m in &got {
+        let n: u32 = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+        per_key.entry(m.subject.to_string()).or_default().push(n);
+    }
+    for (key, ns) in per_key {
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{key} out of order: {ns:?}"
+        );
+    }
+}
+
+/// Wake-ups: with polling practically off, a commit through
+/// `Outbox::commit` wakes a relay of the same process, and a notification
+/// wakes a listening relay of "another process" (an outbox of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_wake_the_relay_in_process_and_by_notification() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut events = bus.subscribe("out.>").await.unwrap();
+    let relay = relay(&outbox, &bus)
+        .poll_interval(Duration::from_secs(3600))
+        .listen(true)
+        .build()
+        .unwrap()
+        .spawn();
+    wait::until(Duration::from_secs(10), "the lease", || relay.is_leader()).await;
+    wait::until(Duration::from_secs(10), "a first read", || {
+        relay.report().reads > 0
+    })
+    .await;
+    // In process.
+    enqueue_one(&outbox, &pool, "out.local", "1").await;
+    let m = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("woken by Outbox::commit")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "out.local");
+    // Another process: its own Outbox (no shared wake-up), with NOTIFY.
+    let other = Outbox::new(pool.clone()).notify(true);
+    let mut tx = pool.begin().await.unwrap();
+    other
+        .enqueue(&mut tx, Envelope::new("out.remote", b"2".to_vec()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "out.remote");
+    // A rolled-back notifying enqueue wakes nobody and publishes nothing.
+    let mut tx = pool.begin().await.unwrap();
+    other
+        .enqueue(&mut tx, Envelope::new("out.never", b"3".to_vec()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err()
+    );
+    relay.shutdown().await;
+}
+
+/// `keep_published`: rows stay, marked with the time and the stream
+/// position, and no longer count as pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_rows_record_their_stream_position() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let (_server, bus) = nats().await;
+    let relay = relay(&outbox, &bus)
+        .keep_published(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+        .spawn();
+    let id = enqueue_one(&outbox, &pool, "out.kept", "k").await;
+    wait::until(Duration::from_secs(10), "published", || {
+        relay.report().published == 1
+    })
+    .await;
+    let (stream, seq): (Option<String>, Option<i64>) = sqlx::query_as(
+        "SELECT stream, stream_seq FROM event_bus_outbox WHERE message_id = $1 AND published_at IS NOT NULL",
+    )
+    .bind(&id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((stream.as_deref(), seq), (Some("OUT"), Some(1)));
+    assert_eq!(outbox.status().await.unwrap().pending, 0);
+    relay.shutdown().await;
+}
