@@ -318,8 +318,12 @@ async fn bad_input_is_refused_before_commit() {
         let e = Outbox::with_table(pool.clone(), bad).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Config, "{bad:?}: {e}");
     }
-    // Relay settings are checked, the lease against the duplicate window.
+    // Relay settings are checked, the lease against the duplicate window;
+    // the defaults pass.
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    OutboxRelay::builder(outbox.clone(), bus.clone())
+        .build()
+        .expect("the default settings are valid");
     let e = OutboxRelay::builder(outbox.clone(), bus.clone())
         .lease(Duration::from_secs(120))
         .build()

@@ -7,7 +7,7 @@
 //! once, in order per key.
 
 use event_bus::config::StreamSpec;
-use event_bus::runner::{Event, Handler, Outcome, RetryPolicy, Runner};
+use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
 use event_bus::{ConsumerConfig, Envelope, EventBus, NatsBus, StartPosition};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay, PgInbox, RelayHandle};
 use event_bus_testkit::nats_server::NatsServer;

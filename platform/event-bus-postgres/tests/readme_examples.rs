@@ -334,3 +334,71 @@ async fn handler_sync() -> Result<(), Error> {
     .await;
     Ok(())
 }
+
+/// The README's outbox block, verbatim, then run: a user and its event
+/// commit together and the event is published once; a rolled-back user
+/// publishes nothing.
+mod outbox_readme {
+    use super::Error;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    #[rustfmt::skip] // the README's block, verbatim
+    mod block {
+        use super::Error;
+use event_bus::EventBus;
+use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use std::sync::Arc;
+
+pub async fn create_user(pool: &sqlx::PgPool, outbox: &Outbox, email: &str) -> Result<String, Error> {
+    let mut tx = pool.begin().await?;
+    let (user_id,): (i64,) = sqlx::query_as("INSERT INTO users (email) VALUES ($1) RETURNING id")
+        .bind(email)
+        .fetch_one(&mut *tx)
+        .await?;
+    let event_id = outbox
+        .enqueue_json(&mut tx, "auth.events.user.created", &serde_json::json!({ "user_id": user_id, "email": email }))
+        .await?;
+    outbox.commit(tx).await?; // commits, then wakes this process's relay
+    Ok(event_id.to_string())
+}
+
+pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox, Error> {
+    let outbox = Outbox::new(pool);
+    outbox.migrate().await?; // event_bus_outbox, _failed, _lease (PostgreSQL >= 13)
+    let relay = OutboxRelay::builder(outbox.clone(), bus).build()?.spawn();
+    drop(relay); // keeps running detached; keep the handle to shut it down and read its report
+    Ok(outbox)
+}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_outbox() -> Result<(), Error> {
+        use event_bus::{EventBus, InMemoryBus};
+        use std::sync::Arc;
+        let (_pg, pool) = super::pool().await;
+        sqlx::raw_sql("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL)")
+            .execute(&pool)
+            .await?;
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+        let mut events = bus.subscribe("auth.events.>").await?;
+        let outbox = block::start(pool.clone(), bus.clone()).await?;
+        let id = block::create_user(&pool, &outbox, "ada@example.com").await?;
+        let m = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await?
+            .expect("published");
+        assert_eq!(m.id.to_string(), id);
+        assert_eq!(m.json::<serde_json::Value>()?["email"], "ada@example.com");
+        // The same e-mail again: the insert fails, nothing is enqueued.
+        assert!(block::create_user(&pool, &outbox, "ada@example.com")
+            .await
+            .is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), events.next())
+                .await
+                .is_err()
+        );
+        assert_eq!(outbox.status().await?.pending, 0);
+        Ok(())
+    }
+}

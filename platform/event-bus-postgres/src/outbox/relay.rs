@@ -105,7 +105,7 @@ impl OutboxRelay {
             config: Config {
                 batch_size: 500,
                 poll_interval: Duration::from_millis(100),
-                lease: Duration::from_secs(10),
+                lease: Duration::from_secs(15),
                 duplicate_window: Duration::from_secs(120),
                 publish_timeout: Duration::from_secs(5),
                 max_attempts: 5,
@@ -182,7 +182,8 @@ impl OutboxRelayBuilder {
         self
     }
 
-    /// How long the lease lasts without renewal (default 10 s): a relay
+    /// How long the lease lasts without renewal (default 15 s, renewed every
+    /// 5 s): a relay
     /// that dies is replaced after at most this long. Must be shorter than
     /// the [`duplicate_window`](Self::duplicate_window).
     pub fn lease(mut self, lease: Duration) -> Self {
@@ -408,7 +409,8 @@ async fn listen(outbox: Outbox, retry: Duration) {
     }
 }
 
-/// A row read for publishing.
+/// A row read for publishing (its payload and headers move into the
+/// envelope).
 struct Row {
     seq: i64,
     message_id: String,
@@ -557,12 +559,16 @@ impl Worker {
         if left <= self.config.publish_timeout {
             return Ok(Next::Again);
         }
+        let mut rows = rows;
         let envelopes = rows
-            .iter()
+            .iter_mut()
             .map(|r| {
-                Envelope::new(r.subject.clone(), r.payload.clone())
+                Envelope::new(r.subject.clone(), std::mem::take(&mut r.payload))
                     .id(MessageId::new(r.message_id.as_str()))
-                    .headers(headers_from(r.names.clone(), r.values.clone()))
+                    .headers(headers_from(
+                        std::mem::take(&mut r.names),
+                        std::mem::take(&mut r.values),
+                    ))
             })
             .collect();
         let results = match tokio::time::timeout(
