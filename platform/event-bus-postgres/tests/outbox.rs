@@ -384,8 +384,13 @@ async fn a_refused_row_goes_to_the_failure_table_and_can_be_retried() {
         "{}",
         failed[0].error
     );
-    let status = outbox.status().await.unwrap();
-    assert_eq!((status.pending, status.failed), (0, 1), "{status:?}");
+    wait::until_async(
+        Duration::from_secs(10),
+        "the published rows removed",
+        || async { outbox.status().await.unwrap().pending == 0 },
+    )
+    .await;
+    assert_eq!(outbox.status().await.unwrap().failed, 1);
 
     // Fix the cause, retry: published with the same id.
     nats.ensure_streams(&[StreamSpec::new("NOWHERE", ["nowhere.>"])])
@@ -636,8 +641,8 @@ async fn kept_rows_record_their_stream_position() {
         .unwrap()
         .spawn();
     let id = enqueue_one(&outbox, &pool, "out.kept", "k").await;
-    wait::until(Duration::from_secs(10), "published", || {
-        relay.report().published == 1
+    wait::until_async(Duration::from_secs(10), "published and marked", || async {
+        outbox.status().await.unwrap().pending == 0
     })
     .await;
     let (stream, seq): (Option<String>, Option<i64>) = sqlx::query_as(

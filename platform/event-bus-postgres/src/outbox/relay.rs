@@ -18,7 +18,9 @@ use tokio::sync::watch;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayReport {
-    /// Rows the bus acknowledged (and the relay removed or marked).
+    /// Rows the bus acknowledged. Their removal (or marking) runs while the
+    /// next batch is published: [`RelayHandle::shutdown`] waits for it, and
+    /// [`Outbox::status`] counts a row as pending until it is done.
     pub published: u64,
     /// Of those, how many the bus reported as duplicates of an id it had
     /// already stored (republished after a crash between publish and
@@ -65,6 +67,7 @@ struct Config {
     listen: bool,
     keep_published: Option<Duration>,
     cleanup_every: Duration,
+    strict_order: bool,
 }
 
 /// The outbox relay: publishes committed rows through an `EventBus`.
@@ -114,6 +117,7 @@ impl OutboxRelay {
                 listen: false,
                 keep_published: None,
                 cleanup_every: Duration::from_secs(60),
+                strict_order: false,
             },
         }
     }
@@ -153,6 +157,7 @@ impl OutboxRelay {
                 held: HashMap::new(),
                 bus_backoff: None,
                 last_cleanup: Instant::now(),
+                removing: None,
             }
             .run(),
         );
@@ -237,6 +242,23 @@ impl OutboxRelayBuilder {
     /// them once older (default: delete at once).
     pub fn keep_published(mut self, retention: Duration) -> Self {
         self.config.keep_published = Some(retention);
+        self
+    }
+
+    /// Publish at most one row per ordering key at a time (default off).
+    ///
+    /// By default a batch is pipelined: rows of one key follow each other
+    /// on the wire before the first is acknowledged. If the connection to
+    /// the broker breaks in the middle, a row sent before the break can be
+    /// lost while a later row of its key, sent after the reconnect, is
+    /// stored; the lost row is published again afterwards, out of order.
+    /// With `strict_order` a key's next row is sent only once the previous
+    /// one is acknowledged, so per-key order holds through any failure; a
+    /// batch then holds the first pending row of up to `batch_size` keys,
+    /// and throughput depends on how many distinct keys are pending (one
+    /// key: one event per round trip).
+    pub fn strict_order(mut self, on: bool) -> Self {
+        self.config.strict_order = on;
         self
     }
 
@@ -443,6 +465,28 @@ struct Worker {
     /// The relay-wide backoff while the bus is unavailable: (until, current step).
     bus_backoff: Option<(Instant, Duration)>,
     last_cleanup: Instant,
+    /// The removal of the last published batch, running while the next
+    /// batch is read and published.
+    removing: Option<Removal>,
+}
+
+/// A published batch being removed (or marked) in the background.
+struct Removal {
+    seqs: Vec<i64>,
+    task: tokio::task::JoinHandle<Result<(), BusError>>,
+}
+
+/// Waits for a background removal (if any).
+async fn finish(removal: Option<Removal>) -> Result<(), BusError> {
+    match removal {
+        None => Ok(()),
+        Some(r) => r.task.await.unwrap_or_else(|e| {
+            Err(BusError::new(
+                ErrorKind::Backend,
+                format!("outbox relay: the removal of published rows failed: {e}"),
+            ))
+        }),
+    }
 }
 
 /// Whether an error is the bus refusing this row (counted towards
@@ -503,6 +547,9 @@ impl Worker {
                 }
             }
         }
+        if let Err(e) = finish(self.removing.take()).await {
+            tracing::warn!(error = %e, "outbox relay: removing the last published rows failed; they are published again (with their ids) by the next relay");
+        }
         if self.lease_until.is_some() {
             let _ = self.release().await;
         }
@@ -543,6 +590,7 @@ impl Worker {
         let rows = self.read().await?;
         self.update(|r| r.reads += 1);
         if rows.is_empty() {
+            finish(self.removing.take()).await?;
             let next_held = self.held.values().map(|h| h.until).min();
             let d = match next_held {
                 Some(t) => t
@@ -571,12 +619,14 @@ impl Worker {
                     ))
             })
             .collect();
-        let results = match tokio::time::timeout(
+        // The previous batch's removal runs meanwhile (its rows were left
+        // out of this read).
+        let publish = tokio::time::timeout(
             self.config.publish_timeout,
             self.bus.publish_batch(envelopes),
-        )
-        .await
-        {
+        );
+        let (published, removed) = tokio::join!(publish, finish(self.removing.take()));
+        let results = match published {
             Ok(results) => results,
             Err(_) => rows
                 .iter()
@@ -592,7 +642,9 @@ impl Worker {
                 })
                 .collect(),
         };
-        self.settle(&rows, results).await
+        let next = self.settle(&rows, results).await;
+        removed?;
+        next
     }
 
     /// Tries to take or renew the lease; true when this relay holds it.
@@ -686,17 +738,23 @@ impl Worker {
              WHERE published_at IS NULL
                AND xid < pg_snapshot_xmin(pg_current_snapshot())
                AND NOT (order_key = ANY($1))
+               AND NOT (seq = ANY($3))
              ORDER BY xid, seq
              LIMIT $2",
             self.outbox.tables().rows
         )))
         .bind(held)
         .bind(self.config.batch_size as i64)
+        .bind(self.removing.as_ref().map_or(&[][..], |r| &r.seqs[..]))
         .fetch_all(self.outbox.pool())
         .await
         .map_err(|e| db_error("outbox relay: reading pending rows", e))?;
+        let mut keys = std::collections::HashSet::new();
+        let strict = self.config.strict_order;
         Ok(rows
             .into_iter()
+            // Strict order: only the first pending row of each key.
+            .filter(|row| !strict || keys.insert(row.3.clone()))
             .map(
                 |(seq, message_id, subject, order_key, names, values, payload, attempts)| Row {
                     seq,
@@ -754,25 +812,41 @@ impl Worker {
             }
         }
         let rows_table = self.outbox.tables().rows.clone();
+        let published = done_seqs.len() as u64;
         if !done_seqs.is_empty() {
-            let q = match self.config.keep_published {
-                None => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DELETE FROM {rows_table} WHERE seq = ANY($1)"
-                )))
-                .bind(&done_seqs),
-                Some(_) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE {rows_table} AS t SET published_at = now(), stream = u.stream, stream_seq = u.stream_seq
-                     FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(seq, stream, stream_seq)
-                     WHERE t.seq = u.seq"
-                )))
-                .bind(&done_seqs)
-                .bind(&streams)
-                .bind(&stream_seqs),
-            };
-            q.execute(self.outbox.pool())
-                .await
-                .map_err(|e| db_error("outbox relay: removing published rows", e))?;
+            // Removed in the background while the next batch is read and
+            // published; a failed removal leaves the rows to be published
+            // again, with their ids (duplicates the bus drops).
+            let pool = self.outbox.pool().clone();
+            let keep = self.config.keep_published.is_some();
+            let seqs = done_seqs.clone();
+            let task = tokio::spawn(async move {
+                let q = if keep {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE {rows_table} AS t SET published_at = now(), stream = u.stream, stream_seq = u.stream_seq
+                         FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(seq, stream, stream_seq)
+                         WHERE t.seq = u.seq"
+                    )))
+                    .bind(seqs)
+                    .bind(streams)
+                    .bind(stream_seqs)
+                } else {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM {rows_table} WHERE seq = ANY($1)"
+                    )))
+                    .bind(seqs)
+                };
+                q.execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| db_error("outbox relay: removing published rows", e))
+            });
+            self.removing = Some(Removal {
+                seqs: done_seqs,
+                task,
+            });
         }
+        let rows_table = self.outbox.tables().rows.clone();
         let mut failed = 0;
         for (row, e) in &refused {
             let text = e.to_string();
@@ -797,7 +871,6 @@ impl Worker {
                 }
             }
         }
-        let published = done_seqs.len() as u64;
         let refusals = refused.len() as u64;
         self.update(|r| {
             r.published += published;
