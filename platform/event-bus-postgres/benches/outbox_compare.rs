@@ -50,13 +50,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Enqueues `n` events in transactions of 100 (not timed).
-async fn fill(outbox: &Outbox, pool: &PgPool, n: usize, subject: &str) {
+/// Enqueues `n` events in transactions of 100 (not timed), on `keys`
+/// subjects (the ordering key) round robin.
+async fn fill(outbox: &Outbox, pool: &PgPool, n: usize, subject: &str, keys: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
         let mut tx = pool.begin().await.unwrap();
         for &i in chunk {
             outbox
-                .enqueue(&mut tx, Envelope::new(subject, payload(i)))
+                .enqueue(
+                    &mut tx,
+                    Envelope::new(format!("{subject}.k{}", i % keys), payload(i)),
+                )
                 .await
                 .unwrap();
         }
@@ -71,11 +75,14 @@ async fn relay_rate(
     bus: &Arc<dyn EventBus>,
     n: usize,
     subject: &str,
+    keys: usize,
+    strict: bool,
 ) -> f64 {
-    fill(outbox, pool, n, subject).await;
+    fill(outbox, pool, n, subject, keys).await;
     let start = Instant::now();
     let relay = OutboxRelay::builder(outbox.clone(), bus.clone())
         .batch_size(BATCH)
+        .strict_order(strict)
         .poll_interval(Duration::from_millis(1))
         .build()
         .unwrap()
@@ -219,9 +226,9 @@ fn main() {
         for rep in 0..reps {
             if rep % 2 == 0 {
                 direct_rates.push(direct_rate(&bus, n, "bench.direct").await);
-                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay").await);
+                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay", 1, false).await);
             } else {
-                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay").await);
+                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay", 1, false).await);
                 direct_rates.push(direct_rate(&bus, n, "bench.direct").await);
             }
         }
@@ -229,6 +236,17 @@ fn main() {
         println!("{:<44} {:>12} {:>12} {:>7}", "throughput (events/s, medians)", "relay", "direct", "ratio");
         println!("{:<44} {:>12.0} {:>12.0} {:>6.2}x", "publish_batch on NatsBus", r, d, r / d);
         println!("  runs: relay {relay_rates:.0?}, direct {direct_rates:.0?}");
+        let strict_n = (n / 4).max(1000);
+        for keys in [1, 100] {
+            let rate = relay_rate(&outbox, &pool, &bus, strict_n, "bench.strict", keys, true).await;
+            println!(
+                "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+                format!("strict_order, {keys} key(s), {strict_n} events"),
+                rate,
+                d,
+                rate / d
+            );
+        }
 
         let relay_for = |outbox: &Outbox, listen: bool, poll: Duration| {
             OutboxRelay::builder(outbox.clone(), bus.clone())

@@ -253,10 +253,10 @@ impl OutboxRelayBuilder {
     /// lost while a later row of its key, sent after the reconnect, is
     /// stored; the lost row is published again afterwards, out of order.
     /// With `strict_order` a key's next row is sent only once the previous
-    /// one is acknowledged, so per-key order holds through any failure; a
-    /// batch then holds the first pending row of up to `batch_size` keys,
-    /// and throughput depends on how many distinct keys are pending (one
-    /// key: one event per round trip).
+    /// one is acknowledged (the keys of a batch concurrently), so per-key
+    /// order holds through any failure; throughput then depends on how many
+    /// distinct keys are pending (one key: one event per round trip to the
+    /// broker).
     pub fn strict_order(mut self, on: bool) -> Self {
         self.config.strict_order = on;
         self
@@ -621,24 +621,29 @@ impl Worker {
             .collect();
         // The previous batch's removal runs meanwhile (its rows were left
         // out of this read).
-        let publish = tokio::time::timeout(
-            self.config.publish_timeout,
-            self.bus.publish_batch(envelopes),
-        );
+        let keys: Vec<&str> = rows.iter().map(|r| r.order_key.as_str()).collect();
+        let publish = tokio::time::timeout(self.config.publish_timeout, async {
+            if self.config.strict_order {
+                publish_chains(self.bus.as_ref(), envelopes, &keys).await
+            } else {
+                let results = self.bus.publish_batch(envelopes).await;
+                results.into_iter().map(Some).collect()
+            }
+        });
         let (published, removed) = tokio::join!(publish, finish(self.removing.take()));
         let results = match published {
             Ok(results) => results,
             Err(_) => rows
                 .iter()
                 .map(|_| {
-                    Err(BusError::new(
+                    Some(Err(BusError::new(
                         ErrorKind::Timeout,
                         format!(
                             "outbox relay: publishing a batch of {} rows took longer than {:?}",
                             rows.len(),
                             self.config.publish_timeout
                         ),
-                    ))
+                    )))
                 })
                 .collect(),
         };
@@ -749,12 +754,8 @@ impl Worker {
         .fetch_all(self.outbox.pool())
         .await
         .map_err(|e| db_error("outbox relay: reading pending rows", e))?;
-        let mut keys = std::collections::HashSet::new();
-        let strict = self.config.strict_order;
         Ok(rows
             .into_iter()
-            // Strict order: only the first pending row of each key.
-            .filter(|row| !strict || keys.insert(row.3.clone()))
             .map(
                 |(seq, message_id, subject, order_key, names, values, payload, attempts)| Row {
                     seq,
@@ -775,7 +776,7 @@ impl Worker {
     async fn settle(
         &mut self,
         rows: &[Row],
-        results: Vec<Result<PublishAck, BusError>>,
+        results: Vec<Option<Result<PublishAck, BusError>>>,
     ) -> Result<Next, BusError> {
         let mut done_seqs = Vec::new();
         let mut streams = Vec::new();
@@ -787,6 +788,10 @@ impl Worker {
         let mut bus_errors = 0;
         let mut failed_keys: HashMap<&str, ()> = HashMap::new();
         for (row, result) in rows.iter().zip(results) {
+            let Some(result) = result else {
+                // Not sent: an earlier row of its key failed (strict order).
+                continue;
+            };
             match result {
                 Ok(ack) => {
                     if failed_keys.contains_key(row.order_key.as_str()) {
@@ -936,6 +941,47 @@ impl Worker {
         .map_err(|e| db_error("outbox relay: moving a refused row to the failure table", e))?;
         Ok(())
     }
+}
+
+/// Strict order: the rows of each key published one after another (the
+/// next only once the previous is acknowledged), the keys concurrently.
+/// A key's chain stops at its first failure; the rows after it are not sent
+/// (`None`). Results in the order of `envelopes`.
+async fn publish_chains(
+    bus: &dyn EventBus,
+    envelopes: Vec<Envelope>,
+    keys: &[&str],
+) -> Vec<Option<Result<PublishAck, BusError>>> {
+    let mut chains: Vec<Vec<(usize, Envelope)>> = Vec::new();
+    let mut chain_of: HashMap<&str, usize> = HashMap::new();
+    for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
+        let c = *chain_of.entry(key).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[c].push((i, envelope));
+    }
+    let done = futures::future::join_all(chains.into_iter().map(|chain| async move {
+        let mut out = Vec::with_capacity(chain.len());
+        let mut stopped = false;
+        for (i, envelope) in chain {
+            if stopped {
+                out.push((i, None));
+                continue;
+            }
+            let result = bus.publish_envelope(envelope).await;
+            stopped = result.is_err();
+            out.push((i, Some(result)));
+        }
+        out
+    }))
+    .await;
+    let mut results: Vec<Option<Result<PublishAck, BusError>>> =
+        (0..keys.len()).map(|_| None).collect();
+    for (i, r) in done.into_iter().flatten() {
+        results[i] = r;
+    }
+    results
 }
 
 /// What the loop does next.
