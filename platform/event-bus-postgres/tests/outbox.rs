@@ -656,3 +656,85 @@ async fn kept_rows_record_their_stream_position() {
     assert_eq!(outbox.status().await.unwrap().pending, 0);
     relay.shutdown().await;
 }
+
+/// A refused row holds back its key only, never other keys; in strict
+/// order nothing of its key is sent past it until it moves to the failure
+/// table (pipelined, the rows behind it in the same batch were already
+/// sent, and are counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_holds_back_its_key_only() {
+    for strict in [false, true] {
+        let (_pg, pool) = pg().await;
+        let outbox = outbox(&pool).await;
+        let mut config = event_bus::MemoryConfig::default();
+        config.max_payload = 100;
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::with_config(config));
+        let mut events = bus.subscribe("out.>").await.unwrap();
+        // Key k: a, TOO BIG, b, c (one transaction); key other: x, y.
+        let mut tx = pool.begin().await.unwrap();
+        for (subject, body) in [
+            ("out.k", "a".to_string()),
+            ("out.k", "B".repeat(200)),
+            ("out.k", "b".to_string()),
+            ("out.other", "x".to_string()),
+            ("out.k", "c".to_string()),
+            ("out.other", "y".to_string()),
+        ] {
+            outbox
+                .enqueue(&mut tx, Envelope::new(subject, body.into_bytes()))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let relay = relay(&outbox, &bus)
+            .strict_order(strict)
+            .max_attempts(3)
+            .backoff(Duration::from_millis(100), Duration::from_millis(200))
+            .build()
+            .unwrap()
+            .spawn();
+        let mut got = Vec::new();
+        let mut failed_when = HashMap::new();
+        for _ in 0..5 {
+            let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("published")
+                .unwrap();
+            let body = String::from_utf8(m.payload.to_vec()).unwrap();
+            failed_when.insert(body.clone(), relay.report().failed);
+            got.push(body);
+        }
+        wait::until(
+            Duration::from_secs(10),
+            "the refused row moved aside",
+            || relay.report().failed == 1,
+        )
+        .await;
+        let report = relay.shutdown().await;
+        assert_eq!(report.refusals, 3, "strict {strict}: {report:?}");
+        let k: Vec<&str> = got
+            .iter()
+            .map(String::as_str)
+            .filter(|b| ["a", "b", "c"].contains(b))
+            .collect();
+        assert_eq!(k, ["a", "b", "c"], "strict {strict}: {got:?}");
+        // Strict: key k's later rows came only after the refused one was
+        // moved aside. Pipelined: they were in its batch, sent behind it
+        // before its refusal was known (counted as out of order). Key other
+        // did not wait for it either way.
+        if strict {
+            assert_eq!(
+                failed_when["b"], 1,
+                "b was published before the refused row moved aside"
+            );
+            assert_eq!(report.out_of_order, 0, "{report:?}");
+        } else {
+            assert_eq!(report.out_of_order, 2, "{report:?}");
+        }
+        assert_eq!(
+            failed_when["y"], 0,
+            "strict {strict}: key other waited for key k"
+        );
+        assert_eq!(outbox.failed(10).await.unwrap()[0].payload.len(), 200);
+    }
+}

@@ -531,6 +531,14 @@ impl Worker {
         while !self.stopping() {
             match self.step().await {
                 Ok(Next::Again) => db_backoff = self.config.backoff_min,
+                Ok(Next::StandBy(d)) => {
+                    db_backoff = self.config.backoff_min;
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Ok(Next::Wait(d)) => {
                     db_backoff = self.config.backoff_min;
                     self.wait(d).await;
@@ -577,21 +585,25 @@ impl Worker {
             .lease_until
             .is_some_and(|until| until.saturating_duration_since(now) > renew_at);
         if !fresh && !self.acquire().await? {
-            return Ok(Next::Wait(self.config.lease / 4));
+            return Ok(Next::StandBy(self.config.lease / 4));
         }
         if let Some((until, _)) = self.bus_backoff {
             if until > now {
                 return Ok(Next::Wait(until - now));
             }
         }
-        self.held.retain(|_, h| h.until > now);
         self.cleanup().await?;
 
         let rows = self.read().await?;
         self.update(|r| r.reads += 1);
         if rows.is_empty() {
             finish(self.removing.take()).await?;
-            let next_held = self.held.values().map(|h| h.until).min();
+            let next_held = self
+                .held
+                .values()
+                .map(|h| h.until)
+                .filter(|t| *t > now)
+                .min();
             let d = match next_held {
                 Some(t) => t
                     .saturating_duration_since(now)
@@ -736,7 +748,16 @@ impl Worker {
             Vec<u8>,
             i32,
         );
-        let held: Vec<&str> = self.held.keys().map(String::as_str).collect();
+        // Keys in their backoff. (A key stays in the map, with its failure
+        // count, until a row of it is published or moved to the failure
+        // table, so that its backoff grows.)
+        let now = Instant::now();
+        let held: Vec<&str> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(k, _)| k.as_str())
+            .collect();
         let rows: Vec<Raw> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT seq, message_id, subject, order_key, header_names, header_values, payload, attempts
              FROM {}
@@ -796,6 +817,8 @@ impl Worker {
                 Ok(ack) => {
                     if failed_keys.contains_key(row.order_key.as_str()) {
                         out_of_order += 1;
+                    } else if !self.held.is_empty() {
+                        self.held.remove(row.order_key.as_str());
                     }
                     duplicates += u64::from(ack.duplicate);
                     done_seqs.push(row.seq);
@@ -857,6 +880,7 @@ impl Worker {
             let text = e.to_string();
             if row.attempts.saturating_add(1) as u32 >= self.config.max_attempts {
                 self.move_to_failed(row.seq, &text).await?;
+                self.held.remove(row.order_key.as_str());
                 failed += 1;
                 tracing::error!(message_id = %row.message_id, subject = %row.subject, error = %text,
                     "outbox relay: the bus refused the event {} times; moved to the failure table", self.config.max_attempts);
@@ -990,4 +1014,7 @@ enum Next {
     Again,
     /// Wait up to this long (or until woken).
     Wait(Duration),
+    /// Another relay holds the lease: try again after this long (commits
+    /// do not wake a standby).
+    StandBy(Duration),
 }
