@@ -171,6 +171,11 @@ pub struct OutboxStatus {
     /// When rows are held back: the session whose running transaction
     /// holds the visibility horizon (the oldest one that has written).
     pub held_by: Option<BlockingSession>,
+    /// When rows are held back: the oldest prepared (two-phase)
+    /// transaction, if any, by its global id: it holds the horizon like a
+    /// session does, but belongs to no session (`COMMIT PREPARED` or
+    /// `ROLLBACK PREPARED` ends it).
+    pub prepared_transaction: Option<String>,
     /// The relay holding the lease, if one does.
     pub relay: Option<String>,
 }
@@ -397,6 +402,28 @@ impl Outbox {
     fn check(&self, order_key: &str, envelope: &Envelope) -> Result<String, BusError> {
         validate_bus_subject(&envelope.subject)?;
         envelope.validate()?;
+        // PostgreSQL text cannot hold NUL: refuse it here, naming the field,
+        // rather than fail the caller's transaction in the insert.
+        let nul = |field: &str, value: &str| {
+            BusError::new(
+                ErrorKind::InvalidHeader,
+                format!(
+                    "outbox: the {field} {:?} contains a NUL character, which PostgreSQL text cannot store",
+                    &value[..value.floor_char_boundary(64)]
+                ),
+            )
+        };
+        if envelope.subject.contains('\0') {
+            return Err(nul("subject", &envelope.subject));
+        }
+        if order_key.contains('\0') {
+            return Err(nul("ordering key", order_key));
+        }
+        for (name, value) in envelope.headers.iter() {
+            if value.contains('\0') {
+                return Err(nul(&format!("value of header {name:?}"), value));
+            }
+        }
         if order_key.is_empty() || order_key.len() > MAX_KEY_LEN {
             return Err(BusError::config(
                 "outbox ordering key",
@@ -420,9 +447,9 @@ impl Outbox {
         })
     }
 
-    /// Commits `tx` and wakes the relays of this process at once (use it in
-    /// place of `tx.commit()` after an enqueue; otherwise the relay finds
-    /// the rows at its next poll or notification).
+    /// Commits `tx` and wakes at once the relays built from this `Outbox`
+    /// or its clones (use it in place of `tx.commit()` after an enqueue;
+    /// otherwise a relay finds the rows at its next poll or notification).
     pub async fn commit(&self, tx: Transaction<'_, Postgres>) -> Result<(), BusError> {
         tx.commit()
             .await
@@ -431,8 +458,8 @@ impl Outbox {
         Ok(())
     }
 
-    /// Wakes the relays of this process (after committing an enqueue
-    /// yourself).
+    /// Wakes the relays built from this `Outbox` or its clones (after
+    /// committing an enqueue yourself).
     pub fn wake(&self) {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -476,10 +503,16 @@ impl Outbox {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("outbox: reading the relay lease", e))?;
-        let held_by = if held_back > 0 {
-            self.blocking_session().await?
+        let (held_by, prepared_transaction) = if held_back > 0 {
+            let prepared: Option<(String,)> = sqlx::query_as(
+                "SELECT gid FROM pg_prepared_xacts ORDER BY age(transaction) DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("outbox: reading prepared transactions", e))?;
+            (self.blocking_session().await?, prepared.map(|(g,)| g))
         } else {
-            None
+            (None, None)
         };
         Ok(OutboxStatus {
             pending: pending as u64,
@@ -487,6 +520,7 @@ impl Outbox {
             held_back: held_back as u64,
             failed: failed_count as u64,
             held_by,
+            prepared_transaction,
             relay: relay.map(|(h,)| h),
         })
     }

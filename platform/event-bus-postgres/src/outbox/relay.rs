@@ -143,6 +143,7 @@ impl OutboxRelay {
             None
         };
         let holder = self.holder.clone();
+        let batch_limit = self.config.batch_size;
         let task = tokio::spawn(
             Worker {
                 wake: self.outbox.wake_receiver(),
@@ -158,6 +159,7 @@ impl OutboxRelay {
                 bus_backoff: None,
                 last_cleanup: Instant::now(),
                 removing: None,
+                batch_limit,
             }
             .run(),
         );
@@ -287,12 +289,12 @@ impl OutboxRelayBuilder {
                 "must be 300 ms to an hour",
             );
         }
-        if c.lease >= c.duplicate_window {
+        if c.lease + c.lease / 4 + c.publish_timeout >= c.duplicate_window {
             return bad(
                 "relay lease",
                 format!("{:?}", c.lease),
                 &format!(
-                    "must be shorter than the bus's duplicate window ({:?}): a relay that dies between publish and removal is replaced within the lease, and its successor's republished rows must still be recognised as duplicates",
+                    "with the standby's polling (a quarter of the lease) and the publish timeout, must be shorter than the bus's duplicate window ({:?}): a relay that dies between publish and removal is replaced within that time, and its successor's republished rows must still be recognised as duplicates",
                     c.duplicate_window
                 ),
             );
@@ -468,29 +470,32 @@ struct Worker {
     /// The removal of the last published batch, running while the next
     /// batch is read and published.
     removing: Option<Removal>,
+    /// Rows per read now: `batch_size`, halved after a publish timeout,
+    /// doubled back after a batch that finished in time.
+    batch_limit: usize,
 }
 
-/// A published batch being removed (or marked) in the background.
+/// A published batch being removed (or marked) while the next batch is
+/// published. A future of the relay's own task (polled with the next
+/// publish), so that it ends with the relay, as a crash would end it.
 struct Removal {
     seqs: Vec<i64>,
-    task: tokio::task::JoinHandle<Result<(), BusError>>,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BusError>> + Send>>,
 }
 
-/// Waits for a background removal (if any).
+/// Waits for a removal (if any).
 async fn finish(removal: Option<Removal>) -> Result<(), BusError> {
     match removal {
         None => Ok(()),
-        Some(r) => r.task.await.unwrap_or_else(|e| {
-            Err(BusError::new(
-                ErrorKind::Backend,
-                format!("outbox relay: the removal of published rows failed: {e}"),
-            ))
-        }),
+        Some(r) => r.done.await,
     }
 }
 
-/// Whether an error is the bus refusing this row (counted towards
-/// `max_attempts`), as opposed to the bus being unavailable.
+/// Whether an error is the bus refusing this row for good (counted towards
+/// `max_attempts`: invalid subject or header, too large, permission), as
+/// opposed to a condition that passes (unavailable, timeout, no stream yet
+/// or no stream leader: NATS reports "no responders" during a leader
+/// election as a missing stream), which only delays the row.
 fn is_refusal(kind: ErrorKind) -> bool {
     matches!(
         kind,
@@ -501,7 +506,6 @@ fn is_refusal(kind: ErrorKind) -> bool {
             | ErrorKind::PermissionDenied
             | ErrorKind::Unsupported
             | ErrorKind::Config
-            | ErrorKind::NotFound
             | ErrorKind::Codec
     )
 }
@@ -592,6 +596,10 @@ impl Worker {
                 return Ok(Next::Wait(until - now));
             }
         }
+        // Forget keys whose backoff ended long ago (their rows were
+        // published elsewhere, e.g. by another relay).
+        let forget = self.config.backoff_max * 4;
+        self.held.retain(|_, h| h.until + forget > now);
         self.cleanup().await?;
 
         let rows = self.read().await?;
@@ -634,18 +642,35 @@ impl Worker {
         // The previous batch's removal runs meanwhile (its rows were left
         // out of this read).
         let keys: Vec<&str> = rows.iter().map(|r| r.order_key.as_str()).collect();
-        let publish = tokio::time::timeout(self.config.publish_timeout, async {
+        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let publish = async {
             if self.config.strict_order {
-                publish_chains(self.bus.as_ref(), envelopes, &keys).await
+                // Chains stop at the deadline: what was acknowledged counts.
+                Some(publish_chains(self.bus.as_ref(), envelopes, &keys, deadline).await)
             } else {
-                let results = self.bus.publish_batch(envelopes).await;
-                results.into_iter().map(Some).collect()
+                let results = tokio::time::timeout_at(deadline, self.bus.publish_batch(envelopes));
+                results
+                    .await
+                    .ok()
+                    .map(|r| r.into_iter().map(Some).collect())
             }
-        });
+        };
         let (published, removed) = tokio::join!(publish, finish(self.removing.take()));
+        let timed_out = match &published {
+            None => true,
+            Some(results) => results
+                .iter()
+                .any(|r| matches!(r, Some(Err(e)) if e.kind() == ErrorKind::Timeout)),
+        };
+        if timed_out {
+            // A slow bus or a large batch: smaller batches until they fit.
+            self.batch_limit = (self.batch_limit / 2).max(1);
+        } else if self.batch_limit < self.config.batch_size {
+            self.batch_limit = (self.batch_limit * 2).min(self.config.batch_size);
+        }
         let results = match published {
-            Ok(results) => results,
-            Err(_) => rows
+            Some(results) => results,
+            None => rows
                 .iter()
                 .map(|_| {
                     Some(Err(BusError::new(
@@ -737,7 +762,7 @@ impl Worker {
     /// The next rows to publish: of finished transactions only (below the
     /// oldest running transaction id), in (transaction id, enqueue) order,
     /// skipping keys held back after a failure.
-    async fn read(&self) -> Result<Vec<Row>, BusError> {
+    async fn read(&mut self) -> Result<Vec<Row>, BusError> {
         type Raw = (
             i64,
             String,
@@ -762,7 +787,10 @@ impl Worker {
             "SELECT seq, message_id, subject, order_key, header_names, header_values, payload, attempts
              FROM {}
              WHERE published_at IS NULL
-               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+               AND (xid < pg_snapshot_xmin(pg_current_snapshot())
+                    -- a committed row whose xid this cluster has not handed
+                    -- out yet was copied from another cluster (restore):
+                    OR xid >= pg_snapshot_xmax(pg_current_snapshot()))
                AND NOT (order_key = ANY($1))
                AND NOT (seq = ANY($3))
              ORDER BY xid, seq
@@ -770,7 +798,7 @@ impl Worker {
             self.outbox.tables().rows
         )))
         .bind(held)
-        .bind(self.config.batch_size as i64)
+        .bind(self.batch_limit as i64)
         .bind(self.removing.as_ref().map_or(&[][..], |r| &r.seqs[..]))
         .fetch_all(self.outbox.pool())
         .await
@@ -808,6 +836,7 @@ impl Worker {
         let mut unavailable: Option<BusError> = None;
         let mut bus_errors = 0;
         let mut failed_keys: HashMap<&str, ()> = HashMap::new();
+        let mut transient_keys: Vec<&str> = Vec::new();
         for (row, result) in rows.iter().zip(results) {
             let Some(result) = result else {
                 // Not sent: an earlier row of its key failed (strict order).
@@ -832,7 +861,7 @@ impl Worker {
                     } else {
                         bus_errors += 1;
                         if first {
-                            self.hold(&row.order_key);
+                            transient_keys.push(row.order_key.as_str());
                         }
                         unavailable.get_or_insert(e);
                     }
@@ -842,13 +871,13 @@ impl Worker {
         let rows_table = self.outbox.tables().rows.clone();
         let published = done_seqs.len() as u64;
         if !done_seqs.is_empty() {
-            // Removed in the background while the next batch is read and
-            // published; a failed removal leaves the rows to be published
-            // again, with their ids (duplicates the bus drops).
+            // Removed while the next batch is published (the next read
+            // leaves these rows out); a failed removal leaves the rows to be
+            // published again, with their ids (duplicates the bus drops).
             let pool = self.outbox.pool().clone();
             let keep = self.config.keep_published.is_some();
             let seqs = done_seqs.clone();
-            let task = tokio::spawn(async move {
+            let done = Box::pin(async move {
                 let q = if keep {
                     sqlx::query(sqlx::AssertSqlSafe(format!(
                         "UPDATE {rows_table} AS t SET published_at = now(), stream = u.stream, stream_seq = u.stream_seq
@@ -871,11 +900,14 @@ impl Worker {
             });
             self.removing = Some(Removal {
                 seqs: done_seqs,
-                task,
+                done,
             });
         }
         let rows_table = self.outbox.tables().rows.clone();
         let mut failed = 0;
+        // Each key's backoff grows once per batch, however many of its rows
+        // were refused.
+        let mut held_now = std::collections::HashSet::new();
         for (row, e) in &refused {
             let text = e.to_string();
             if row.attempts.saturating_add(1) as u32 >= self.config.max_attempts {
@@ -893,7 +925,11 @@ impl Worker {
                 .execute(self.outbox.pool())
                 .await
                 .map_err(|e| db_error("outbox relay: counting a refused publish", e))?;
-                let first = self.hold(&row.order_key);
+                let first = if held_now.insert(row.order_key.as_str()) {
+                    self.hold(&row.order_key)
+                } else {
+                    false
+                };
                 if first {
                     tracing::warn!(message_id = %row.message_id, subject = %row.subject, error = %text,
                         "outbox relay: the bus refused the event; its key is held back and retried with backoff");
@@ -930,6 +966,11 @@ impl Worker {
                 Ok(Next::Wait(step))
             }
             _ => {
+                // Some rows went through: hold back only the keys that
+                // failed (the whole relay backs off when nothing went).
+                for key in transient_keys {
+                    self.hold(key);
+                }
                 if self.bus_backoff.take().is_some() {
                     tracing::info!("outbox relay: the bus is back; publishing");
                 }
@@ -950,7 +991,7 @@ impl Worker {
         entry.failures == 1
     }
 
-    async fn move_to_failed(&self, seq: i64, error: &str) -> Result<(), BusError> {
+    async fn move_to_failed(&mut self, seq: i64, error: &str) -> Result<(), BusError> {
         let Tables { rows, failed, .. } = self.outbox.tables();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH moved AS (DELETE FROM {rows} WHERE seq = $1
@@ -969,12 +1010,14 @@ impl Worker {
 
 /// Strict order: the rows of each key published one after another (the
 /// next only once the previous is acknowledged), the keys concurrently.
-/// A key's chain stops at its first failure; the rows after it are not sent
-/// (`None`). Results in the order of `envelopes`.
+/// A key's chain stops at its first failure or at the deadline; the rows
+/// after it are not sent, or not known to be stored (`None`). Results in the
+/// order of `envelopes`.
 async fn publish_chains(
     bus: &dyn EventBus,
     envelopes: Vec<Envelope>,
     keys: &[&str],
+    deadline: tokio::time::Instant,
 ) -> Vec<Option<Result<PublishAck, BusError>>> {
     let mut chains: Vec<Vec<(usize, Envelope)>> = Vec::new();
     let mut chain_of: HashMap<&str, usize> = HashMap::new();
@@ -993,9 +1036,23 @@ async fn publish_chains(
                 out.push((i, None));
                 continue;
             }
-            let result = bus.publish_envelope(envelope).await;
-            stopped = result.is_err();
-            out.push((i, Some(result)));
+            match tokio::time::timeout_at(deadline, bus.publish_envelope(envelope)).await {
+                Ok(result) => {
+                    stopped = result.is_err();
+                    out.push((i, Some(result)));
+                }
+                // Unknown whether it was stored: sent again later, same id.
+                Err(_) => {
+                    stopped = true;
+                    out.push((
+                        i,
+                        Some(Err(BusError::new(
+                            ErrorKind::Timeout,
+                            "outbox relay: the publish was not acknowledged before the batch's deadline",
+                        ))),
+                    ));
+                }
+            }
         }
         out
     }))
