@@ -307,17 +307,35 @@ impl Drop for Fetched {
 }
 
 /// Hands back the messages the pull had received and not passed on (the
-/// receiver is gone), without waiting for more.
+/// receiver is gone): what is buffered, then, after a round trip to the
+/// server (every message it sent before answering is then received), what
+/// was still on the wire. Messages the server sends later (a pull still
+/// running) come back after their ack wait.
 async fn hand_back_received(messages: &mut pull::Stream, target: &AckTarget) {
+    if !nak_ready(messages, target).await {
+        return;
+    }
+    if tokio::time::timeout(target.timeout, target.client.flush())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        nak_ready(messages, target).await;
+    }
+}
+
+/// Nacks the messages ready in `messages` without waiting; false when the
+/// client is stuck.
+async fn nak_ready(messages: &mut pull::Stream, target: &AckTarget) -> bool {
     use futures::FutureExt;
     while let Some(Some(item)) = messages.next().now_or_never() {
         if let Ok(Some(reply)) = item.map(|m| m.message.reply) {
             let nak = target.client.publish(reply, NatsAck::Nak(None).into());
             if tokio::time::timeout(target.timeout, nak).await.is_err() {
-                return; // the client is stuck: the rest come back after the ack wait
+                return false; // the client is stuck: the rest come back after the ack wait
             }
         }
     }
+    true
 }
 
 /// Hand-backs (nacks of fetched, unconsumed deliveries) still being queued,
