@@ -44,7 +44,13 @@ async fn dropped_consumer_hands_back_what_it_fetched() {
     while got.len() < n - 1 {
         let d = tokio::time::timeout(Duration::from_secs(10), b.next())
             .await
-            .expect("handed back at once, not after the 60 s ack wait")
+            .unwrap_or_else(|_| {
+                panic!(
+                    "handed back at once, not after the 60 s ack wait: {} of {} came back",
+                    got.len(),
+                    n - 1
+                )
+            })
             .unwrap()
             .unwrap();
         got.insert(d.message().payload.to_vec());

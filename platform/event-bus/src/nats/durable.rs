@@ -36,6 +36,11 @@ use tokio::sync::mpsc;
 /// Messages requested per pull.
 const MAX_BATCH: usize = 256;
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a handed-back message waits before the server delivers it
+/// again: long enough for the handing-back pull to be gone, so that the
+/// message goes to another instance rather than back to the pull that
+/// is closing (where it would wait out its ack wait).
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 const EXPIRES: Duration = Duration::from_secs(30);
 
 type Consumer = async_nats::jetstream::consumer::Consumer<pull::Config>;
@@ -295,7 +300,7 @@ impl Drop for Fetched {
                     let (_, _, acker) = delivery.into_parts();
                     let _ = acker
                         .answer_nowait(AckKind::Nack {
-                            delay: None,
+                            delay: Some(HAND_BACK_DELAY),
                             reason: None,
                         })
                         .await;
@@ -307,35 +312,40 @@ impl Drop for Fetched {
 }
 
 /// Hands back the messages the pull had received and not passed on (the
-/// receiver is gone): what is buffered, then, after a round trip to the
+/// receiver is gone): what is buffered and, after a round trip to the
 /// server (every message it sent before answering is then received), what
-/// was still on the wire. Messages the server sends later (a pull still
+/// was still on the wire, until nothing more arrives for a moment (bounded
+/// by the answer timeout). Messages the server sends later (a pull still
 /// running) come back after their ack wait.
 async fn hand_back_received(messages: &mut pull::Stream, target: &AckTarget) {
-    if !nak_ready(messages, target).await {
-        return;
-    }
-    if tokio::time::timeout(target.timeout, target.client.flush())
-        .await
-        .is_ok_and(|r| r.is_ok())
-    {
-        nak_ready(messages, target).await;
-    }
-}
-
-/// Nacks the messages ready in `messages` without waiting; false when the
-/// client is stuck.
-async fn nak_ready(messages: &mut pull::Stream, target: &AckTarget) -> bool {
-    use futures::FutureExt;
-    while let Some(Some(item)) = messages.next().now_or_never() {
-        if let Ok(Some(reply)) = item.map(|m| m.message.reply) {
-            let nak = target.client.publish(reply, NatsAck::Nak(None).into());
-            if tokio::time::timeout(target.timeout, nak).await.is_err() {
-                return false; // the client is stuck: the rest come back after the ack wait
+    let deadline = tokio::time::Instant::now() + target.timeout.min(Duration::from_secs(2));
+    let _ = tokio::time::timeout_at(deadline, target.client.flush()).await;
+    // The pull may ask for more meanwhile, and a nacked message can come
+    // straight back: stop at the first one seen twice.
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        // The pull stream may need a poll or two (its own pull requests)
+        // before it yields what it holds: wait a moment for each message.
+        let idle = (tokio::time::Instant::now() + Duration::from_millis(50)).min(deadline);
+        let item = match tokio::time::timeout_at(idle, messages.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) | Err(_) => return,
+        };
+        let Ok(m) = item else { continue };
+        if let Ok(info) = m.info() {
+            if !seen.insert(info.stream_sequence) {
+                return;
+            }
+        }
+        if let Some(reply) = m.message.reply.clone() {
+            let nak = target
+                .client
+                .publish(reply, NatsAck::Nak(Some(HAND_BACK_DELAY)).into());
+            if tokio::time::timeout_at(deadline, nak).await.is_err() {
+                return; // the client is stuck: the rest come back after the ack wait
             }
         }
     }
-    true
 }
 
 /// Hand-backs (nacks of fetched, unconsumed deliveries) still being queued,
@@ -553,7 +563,7 @@ async fn pump(
                     let (_, _, acker) = d.into_parts();
                     let _ = acker
                         .answer_nowait(AckKind::Nack {
-                            delay: None,
+                            delay: Some(HAND_BACK_DELAY),
                             reason: None,
                         })
                         .await;
