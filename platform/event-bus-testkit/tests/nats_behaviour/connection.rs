@@ -408,3 +408,47 @@ async fn version_check_waits_for_the_connection() {
         .expect_err("a 2.9 server is refused once connected");
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+/// Health follows the server: healthy; the server killed: degraded while
+/// the client reconnects, unhealthy within 5 s; the server back: healthy
+/// within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_server() {
+    use event_bus::HealthStatus;
+    let mut server = NatsServer::start().await.unwrap();
+    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let report = bus.health().await;
+    assert!(report.is_healthy(), "{report:?}");
+    assert!(report.detail.contains("JetStream available"), "{report:?}");
+
+    server.kill();
+    let killed = Instant::now();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    wait::until_async(Duration::from_secs(5), "unhealthy after the kill", || {
+        let (bus, seen) = (bus.clone(), seen.clone());
+        async move {
+            let status = bus.health().await.status;
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            status == HealthStatus::Unhealthy
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    assert!(
+        seen.contains(&HealthStatus::Degraded),
+        "degraded while reconnecting first: {seen:?}"
+    );
+
+    server.restart().await.unwrap();
+    let back = Instant::now();
+    wait::until_async(Duration::from_secs(5), "healthy after the restart", || {
+        let bus = bus.clone();
+        async move { bus.health().await.is_healthy() }
+    })
+    .await;
+    assert!(back.elapsed() < Duration::from_secs(5));
+}

@@ -43,6 +43,7 @@
 //! retried on later deliveries.
 
 mod dead_letter;
+pub mod lag;
 
 pub(crate) use dead_letter::with_dead_letters;
 

@@ -108,7 +108,16 @@ struct Inner {
     version_ok: OnceLock<Result<(), String>>,
     /// Permission violations reported by the server (only for connections made by `connect`).
     violations: Option<Arc<convert::Violations>>,
+    /// When `health` first saw the connection down (cleared once it is up).
+    down_since: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a lost connection is reported as degraded (the client
+/// reconnecting) before it is unhealthy.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long [`NatsBus::health`](EventBus::health) waits for JetStream to answer.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl NatsBus {
     /// A bus over an existing connection, with default options. Synchronous and infallible.
@@ -140,6 +149,7 @@ impl NatsBus {
                 create_lock: tokio::sync::Mutex::new(()),
                 version_ok: OnceLock::new(),
                 violations,
+                down_since: Mutex::new(None),
             }),
         }
     }
@@ -798,36 +808,66 @@ impl EventBus for NatsBus {
         ))
     }
 
+    /// Connected, the server version supported, and JetStream answering
+    /// within [`HEALTH_TIMEOUT`]: healthy. A lost connection is degraded
+    /// for the first [`RECONNECT_GRACE`] after this method first sees it
+    /// (the client reconnects by itself), then unhealthy.
     async fn health(&self) -> HealthReport {
         use async_nats::connection::State;
         let info = self.inner.client.server_info();
-        match self.inner.client.connection_state() {
-            State::Connected => match self.check_version() {
-                Ok(()) => match self.inner.js.query_account().await {
-                    Ok(_) => HealthReport::healthy(
-                        "nats",
-                        format!(
-                            "connected to nats-server {} ({}), JetStream available",
-                            info.version, info.server_name
-                        ),
-                    ),
-                    Err(e) => HealthReport::new(
-                        "nats",
-                        HealthStatus::Unhealthy,
-                        format!(
-                            "connected to nats-server {}, but JetStream is not available: {e}",
-                            info.version
-                        ),
-                    ),
-                },
-                Err(e) => HealthReport::new("nats", HealthStatus::Degraded, e.to_string()),
-            },
-            State::Disconnected => HealthReport::new(
+        let state = self.inner.client.connection_state();
+        if state != State::Connected {
+            let since = *self
+                .inner
+                .down_since
+                .lock()
+                .get_or_insert_with(std::time::Instant::now);
+            let down = since.elapsed();
+            let what = if state == State::Pending {
+                "connecting"
+            } else {
+                "disconnected; the client is reconnecting"
+            };
+            let status = if down < RECONNECT_GRACE {
+                HealthStatus::Degraded
+            } else {
+                HealthStatus::Unhealthy
+            };
+            return HealthReport::new(
+                "nats",
+                status,
+                format!("{what} (for {} ms)", down.as_millis()),
+            );
+        }
+        *self.inner.down_since.lock() = None;
+        if let Err(e) = self.check_version() {
+            return HealthReport::new("nats", HealthStatus::Degraded, e.to_string());
+        }
+        match tokio::time::timeout(HEALTH_TIMEOUT, self.inner.js.query_account()).await {
+            Ok(Ok(_)) => HealthReport::healthy(
+                "nats",
+                format!(
+                    "connected to nats-server {} ({}), JetStream available",
+                    info.version, info.server_name
+                ),
+            ),
+            Ok(Err(e)) => HealthReport::new(
                 "nats",
                 HealthStatus::Unhealthy,
-                "disconnected; the client is reconnecting",
+                format!(
+                    "connected to nats-server {}, but JetStream is not available: {e}",
+                    info.version
+                ),
             ),
-            State::Pending => HealthReport::new("nats", HealthStatus::Degraded, "connecting"),
+            Err(_) => HealthReport::new(
+                "nats",
+                HealthStatus::Unhealthy,
+                format!(
+                    "connected to nats-server {}, but JetStream did not answer within {} ms",
+                    info.version,
+                    HEALTH_TIMEOUT.as_millis()
+                ),
+            ),
         }
     }
 
