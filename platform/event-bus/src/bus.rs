@@ -8,7 +8,7 @@
 //! gets an [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) error
 //! naming the feature, never a silent `Ok`.
 
-use crate::consumer::{ConsumerConfig, ConsumerStream};
+use crate::consumer::{ConsumerConfig, ConsumerState, ConsumerStream};
 use crate::error::BusError;
 use crate::message::{BusMessage, Envelope, PublishAck};
 use async_trait::async_trait;
@@ -97,6 +97,16 @@ pub trait EventBus: Send + Sync {
             "durable consumers",
             self.backend_name(),
         ))
+    }
+
+    /// The state of the durable consumer `name` reading `filter` (as
+    /// opened with [`consume`](EventBus::consume)): its position, pending
+    /// and unanswered messages, whether an instance is consuming. Sampled
+    /// by [`LagMonitor`](crate::consumer::lag::LagMonitor). A consumer that
+    /// does not exist is [`NotFound`](crate::ErrorKind::NotFound).
+    async fn consumer_state(&self, name: &str, filter: &str) -> Result<ConsumerState, BusError> {
+        let _ = (name, filter);
+        Err(BusError::unsupported("consumer state", self.backend_name()))
     }
 
     /// Reports whether the backend can currently do its job.

@@ -622,3 +622,68 @@ mod parking_lot_free {
         }
     }
 }
+
+/// Lag status from sampled consumer state: a consumer that holds its
+/// deliveries without answering is `STALL` within the window; once it has
+/// answered everything, `OK`. The state names what is pending.
+pub async fn consumer_lag_status(f: &dyn BusFactory) {
+    use event_bus::consumer::lag::{LagMonitor, LagStatus};
+    let c = Ctx::new(f, "clag").await;
+    let config = c
+        .consumer_config("lag", "l")
+        .ack_wait(Duration::from_secs(30));
+    let (name, filter) = (config.name.clone(), config.filter.clone());
+    let mut consumer = c.consume(config).await;
+    for i in 0..5 {
+        c.publish("l", format!("m{i}")).await;
+    }
+    // Stuck: the first delivery is held, never answered.
+    let held = next_delivery(&mut consumer, "the first message").await;
+    let monitor = LagMonitor::spawn(
+        c.bus.clone(),
+        [(name.clone(), filter)],
+        Duration::from_millis(100),
+        5,
+    );
+    let status = || monitor.statuses().remove(0);
+    crate::wait::until(
+        Duration::from_secs(10),
+        "STALL while nothing is answered",
+        || status().status == LagStatus::Stall,
+    )
+    .await;
+    let lag = status();
+    let state = lag.state.expect("a sampled state");
+    assert_eq!(state.name, name);
+    assert_eq!(state.lag(), 5, "{state:?}");
+    assert!(state.alive, "{state:?}");
+    // Answer everything: back to OK.
+    held.ack().await.unwrap();
+    for i in 1..5 {
+        let d = next_delivery(&mut consumer, &format!("message {i}")).await;
+        d.ack().await.unwrap();
+    }
+    crate::wait::until(
+        Duration::from_secs(10),
+        "OK once everything is answered",
+        || {
+            let s = status();
+            s.status == LagStatus::Ok && s.state.is_some_and(|st| st.lag() == 0)
+        },
+    )
+    .await;
+    // A consumer that does not exist is an error in the status, not a panic.
+    let missing = LagMonitor::spawn(
+        c.bus.clone(),
+        [("no-such-consumer".to_string(), c.subject("l"))],
+        Duration::from_millis(50),
+        3,
+    );
+    crate::wait::until(
+        Duration::from_secs(10),
+        "the sampling error reported",
+        || missing.statuses()[0].error.is_some(),
+    )
+    .await;
+    assert_eq!(missing.statuses()[0].status, LagStatus::Ok);
+}

@@ -207,6 +207,7 @@ scenario_table!(
     consumer_limits_are_errors_not_overflows,
     consumer_start_all,
     consumer_start_sequence,
+    consumer_lag_status,
 );
 
 /// Runs every scenario in turn; returns the names of those that failed, with

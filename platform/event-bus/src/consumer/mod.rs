@@ -106,6 +106,42 @@ pub enum StartPosition {
     Sequence(u64),
 }
 
+/// A durable consumer's state, as [`EventBus::consumer_state`] samples it
+/// for lag monitoring ([`lag`]).
+///
+/// [`EventBus::consumer_state`]: crate::EventBus::consumer_state
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerState {
+    /// The durable name.
+    pub name: String,
+    /// Its filter.
+    pub filter: String,
+    /// Its position, a number that grows as it finishes messages: the
+    /// acknowledged floor's stream sequence on NATS, the count of
+    /// finished (acked, terminated, dead-lettered) messages in memory.
+    pub position: u64,
+    /// Messages not delivered yet.
+    pub pending: u64,
+    /// Messages delivered and not answered yet.
+    pub ack_pending: u64,
+    /// Deliveries that were redeliveries.
+    pub redelivered: u64,
+    /// Whether an instance is consuming now (an open consumer stream; on
+    /// NATS, a pull request waiting).
+    pub alive: bool,
+    /// How long since the consumer last showed activity (a delivery, an
+    /// acknowledgement; zero while alive), if ever.
+    pub idle_for: Option<Duration>,
+}
+
+impl ConsumerState {
+    /// What it has not finished: pending plus awaiting an answer.
+    pub fn lag(&self) -> u64 {
+        self.pending.saturating_add(self.ack_pending)
+    }
+}
+
 /// Checks a consumer configuration; the error names the field and the value.
 pub(crate) fn validate_config(config: &ConsumerConfig) -> Result<(), BusError> {
     let bad = |field: &str, value: String, why: &str| {

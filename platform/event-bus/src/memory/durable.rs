@@ -98,6 +98,13 @@ struct State {
     in_flight: FxHashMap<u64, InFlight>,
     /// The in-flight deliveries by ack deadline.
     deadlines: BTreeSet<(Instant, u64)>,
+    /// Messages finished (acknowledged, terminated or dead-lettered): the
+    /// consumer's position, for lag monitoring.
+    finished: u64,
+    /// Deliveries that were not the message's first.
+    redelivered: u64,
+    /// When a message was last delivered.
+    last_delivery: Option<Instant>,
 }
 
 impl State {
@@ -339,6 +346,9 @@ impl InMemoryBus {
                             delays: BTreeSet::new(),
                             in_flight: FxHashMap::default(),
                             deadlines: BTreeSet::new(),
+                            finished: 0,
+                            redelivered: 0,
+                            last_delivery: None,
                         }),
                         wake_all: Arc::new(WakeAll::default()),
                         bus: Arc::downgrade(&self.inner),
@@ -408,6 +418,10 @@ impl Stream for Instance {
             if let Some((seq, mut entry)) = st.next() {
                 entry.deliveries = entry.deliveries.saturating_add(1);
                 let deliveries = entry.deliveries;
+                if deliveries > 1 {
+                    st.redelivered += 1;
+                }
+                st.last_delivery = Some(now);
                 let msg = entry.msg.clone();
                 let deadline = later(now, st.settings.ack_wait);
                 st.send(seq, entry, deadline);
@@ -525,6 +539,9 @@ impl Acker for MemoryAcker {
             AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
                 let in_flight = st.settle(self.seq).is_some();
                 let again = st.forget(self.seq);
+                if in_flight || again {
+                    st.finished += 1;
+                }
                 (in_flight || again) && full
             }
             AckKind::Nack { delay, .. } if current => {
@@ -551,6 +568,33 @@ impl Acker for MemoryAcker {
             d.wake_all.wake_waiters();
         }
         Ok(())
+    }
+}
+
+impl Durable {
+    /// The consumer's state now, for lag monitoring.
+    pub(crate) fn state(&self) -> crate::consumer::ConsumerState {
+        let st = self.state.lock();
+        let now = Instant::now();
+        let alive = st.instances > 0;
+        let last = if alive {
+            Some(now)
+        } else {
+            match (st.last_delivery, st.idle_since) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        crate::consumer::ConsumerState {
+            name: self.name.clone(),
+            filter: self.filter.clone(),
+            position: st.finished,
+            pending: (st.fresh.len() + st.again.len() + st.delayed.len()) as u64,
+            ack_pending: st.in_flight.len() as u64,
+            redelivered: st.redelivered,
+            alive,
+            idle_for: last.map(|t| now.saturating_duration_since(t)),
+        }
     }
 }
 

@@ -652,6 +652,21 @@ impl EventBus for InMemoryBus {
         self.consume_inner(config).await
     }
 
+    async fn consumer_state(
+        &self,
+        name: &str,
+        _filter: &str,
+    ) -> Result<crate::consumer::ConsumerState, BusError> {
+        let durable = self.inner.durables.lock().get(name).cloned();
+        match durable {
+            Some(d) => Ok(d.state()),
+            None => Err(BusError::new(
+                ErrorKind::NotFound,
+                format!("no durable consumer {name:?} on this in-memory bus"),
+            )),
+        }
+    }
+
     async fn health(&self) -> HealthReport {
         if self.is_closed() {
             HealthReport::new("memory", HealthStatus::Unhealthy, "the bus is closed")

@@ -808,6 +808,75 @@ impl EventBus for NatsBus {
         ))
     }
 
+    async fn consumer_state(
+        &self,
+        name: &str,
+        filter: &str,
+    ) -> Result<crate::consumer::ConsumerState, BusError> {
+        validate_bus_pattern(filter)?;
+        self.check_version()?;
+        let wire = self.wire(filter).into_owned();
+        let names = streams::streams_for(&self.inner.js, &wire).await?;
+        let [stream_name] = names.as_slice() else {
+            return Err(BusError::new(
+                ErrorKind::NotFound,
+                format!("consumer {name:?}: no single stream stores subjects matching {filter:?}"),
+            ));
+        };
+        let what = || format!("reading consumer {name:?} of stream {stream_name}");
+        let stream = tokio::time::timeout(
+            self.inner.publish_timeout,
+            self.inner.js.get_stream(stream_name),
+        )
+        .await
+        .map_err(|_| BusError::new(ErrorKind::Timeout, what()))?
+        .map_err(|e| convert::api_error(&what(), e))?;
+        let info = tokio::time::timeout(self.inner.publish_timeout, stream.consumer_info(name))
+            .await
+            .map_err(|_| BusError::new(ErrorKind::Timeout, what()))?
+            .map_err(|e| {
+                use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+                if matches!(e.kind(), K::NotFound) {
+                    BusError::new(
+                        ErrorKind::NotFound,
+                        format!("no consumer {name:?} on stream {stream_name}"),
+                    )
+                } else {
+                    convert::api_error(&what(), e)
+                }
+            })?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let age = |t: &async_nats::jetstream::consumer::SequenceInfo| {
+            t.last_active.map(|at| {
+                Duration::from_nanos(
+                    (now_ns - at.unix_timestamp_nanos()).clamp(0, u64::MAX as i128) as u64,
+                )
+            })
+        };
+        // Alive: a pull request is waiting (an instance is consuming).
+        let alive = info.num_waiting > 0;
+        let idle_for = if alive {
+            Some(Duration::ZERO)
+        } else {
+            match (age(&info.delivered), age(&info.ack_floor)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        };
+        Ok(crate::consumer::ConsumerState {
+            name: name.to_string(),
+            filter: filter.to_string(),
+            position: info.ack_floor.stream_sequence,
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+            alive,
+            idle_for,
+        })
+    }
+
     /// Connected, the server version supported, and JetStream answering
     /// within [`HEALTH_TIMEOUT`]: healthy. A lost connection is degraded
     /// for the first [`RECONNECT_GRACE`] after this method first sees it
