@@ -53,4 +53,4 @@ pub mod inbox;
 pub mod outbox;
 
 pub use inbox::PgInbox;
-pub use outbox::{Outbox, OutboxRelay, OutboxStatus, RelayHandle, RelayReport};
+pub use outbox::{Outbox, OutboxCheck, OutboxRelay, OutboxStatus, RelayHandle, RelayReport};

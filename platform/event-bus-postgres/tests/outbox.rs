@@ -827,3 +827,36 @@ async fn a_refused_row_holds_back_its_key_only() {
         assert_eq!(outbox.failed(10).await.unwrap()[0].payload.len(), 200);
     }
 }
+
+/// The outbox as a status check: ready while nothing waits too long; not
+/// ready once a row is older than the limit, naming the session that holds
+/// it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_check_names_what_holds_delivery_back() {
+    use event_bus::status::StatusCheck;
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let check = outbox.status_check(Duration::from_millis(200));
+    assert_eq!(check.name(), "outbox");
+    assert!(check.check().await.ready);
+    // A transaction that wrote and stays open holds back a committed row.
+    let mut open = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut open, Envelope::new("out.open", b"1".to_vec()))
+        .await
+        .unwrap();
+    enqueue_one(&outbox, &pool, "out.later", "2").await;
+    wait::until_async(Duration::from_secs(10), "the row to be too old", || async {
+        !check.check().await.ready
+    })
+    .await;
+    let report = check.check().await;
+    assert!(
+        report.summary.contains("held back by session"),
+        "{}",
+        report.summary
+    );
+    assert_eq!(report.details["pending"], 1, "{}", report.details);
+    assert!(report.details["held_by"]["pid"].as_i64().unwrap() > 0);
+    open.rollback().await.unwrap();
+}

@@ -156,6 +156,7 @@ pub mod message;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod runner;
+pub mod status;
 pub mod subject;
 
 pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};

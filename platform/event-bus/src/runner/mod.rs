@@ -556,8 +556,9 @@ impl RunnerOptions {
     }
 }
 
-/// Counts of what a run did, returned by [`Runner::run`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counts of what a run did, returned by [`Runner::run`] (serialisable, for
+/// status pages).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RunReport {
     /// Events whose handler returned `Ack` (effects committed).

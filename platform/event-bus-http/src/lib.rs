@@ -1,0 +1,217 @@
+//! Monitoring endpoints for services built on `event-bus`, as an axum
+//! [`Router`] a service mounts next to its own routes:
+//!
+//! * `GET /livez`: the process answers (200, always);
+//! * `GET /readyz`: 200 when every check is ready, 503 otherwise, with a
+//!   JSON body naming each check's verdict;
+//! * `GET /status`: every check's summary and details, as JSON;
+//! * `GET /`: the same as a small HTML page (server-rendered, no JavaScript).
+//!
+//! The checks are [`StatusCheck`]s: the bus's health
+//! ([`BusCheck`](event_bus::status::BusCheck)), consumer lag
+//! ([`LagMonitor`](event_bus::consumer::lag::LagMonitor): not ready while a
+//! consumer is `STALL` or `STOP`), the outbox
+//! (`event_bus_postgres::Outbox::status_check`), and anything else
+//! ([`from_fn`](event_bus::status::from_fn)). Each check is bounded by a
+//! timeout (default 5 s; a check that does not answer is not ready).
+//!
+//! ```no_run
+//! use event_bus::status::BusCheck;
+//! use event_bus::{EventBus, InMemoryBus};
+//! use event_bus_http::Monitoring;
+//! use std::sync::Arc;
+//!
+//! # async fn example() -> std::io::Result<()> {
+//! let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+//! let app = Monitoring::new().check(BusCheck::new(bus)).router();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+pub use axum;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use event_bus::status::{CheckReport, StatusCheck};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The checks behind the endpoints; [`router`](Monitoring::router) serves
+/// them.
+#[derive(Clone, Default)]
+pub struct Monitoring {
+    checks: Vec<Arc<dyn StatusCheck>>,
+    timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for Monitoring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitoring")
+            .field(
+                "checks",
+                &self
+                    .checks
+                    .iter()
+                    .map(|c| c.name().to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout())
+            .finish()
+    }
+}
+
+/// The default bound on each check.
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One check's verdict, as the endpoints report it.
+#[derive(Clone, Debug)]
+struct Verdict {
+    name: String,
+    report: CheckReport,
+}
+
+impl Monitoring {
+    /// No checks yet (`/readyz` is then ready).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a check.
+    pub fn check(mut self, check: impl StatusCheck + 'static) -> Self {
+        self.checks.push(Arc::new(check));
+        self
+    }
+
+    /// Adds a shared check (e.g. an `Arc<LagMonitor>` the service also reads).
+    pub fn shared_check(mut self, check: Arc<dyn StatusCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Bounds each check (default [`DEFAULT_CHECK_TIMEOUT`]).
+    pub fn check_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
+    }
+
+    /// Runs every check concurrently, each within the timeout.
+    async fn run(&self) -> Vec<Verdict> {
+        let timeout = self.timeout();
+        futures::future::join_all(self.checks.iter().map(|c| async move {
+            let report = match tokio::time::timeout(timeout, c.check()).await {
+                Ok(report) => report,
+                Err(_) => CheckReport::new(
+                    false,
+                    format!("no answer within {} ms", timeout.as_millis()),
+                    serde_json::Value::Null,
+                ),
+            };
+            Verdict {
+                name: c.name().to_string(),
+                report,
+            }
+        }))
+        .await
+    }
+
+    /// The router: `/livez`, `/readyz`, `/status` and `/`.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/livez", get(|| async { "alive\n" }))
+            .route("/readyz", get(readyz))
+            .route("/status", get(status))
+            .route("/", get(page))
+            .with_state(Arc::new(self))
+    }
+}
+
+async fn readyz(State(m): State<Arc<Monitoring>>) -> Response {
+    let verdicts = m.run().await;
+    let ready = verdicts.iter().all(|v| v.report.ready);
+    let body = json!({
+        "ready": ready,
+        "checks": verdicts.iter().map(|v| json!({
+            "name": v.name,
+            "ready": v.report.ready,
+            "summary": v.report.summary,
+        })).collect::<Vec<_>>(),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn status(State(m): State<Arc<Monitoring>>) -> Response {
+    let verdicts = m.run().await;
+    let body = json!({
+        "ready": verdicts.iter().all(|v| v.report.ready),
+        "checks": verdicts.iter().map(|v| json!({
+            "name": v.name,
+            "ready": v.report.ready,
+            "summary": v.report.summary,
+            "details": v.report.details,
+        })).collect::<Vec<_>>(),
+    });
+    Json(body).into_response()
+}
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+async fn page(State(m): State<Arc<Monitoring>>) -> Response {
+    let verdicts = m.run().await;
+    let ready = verdicts.iter().all(|v| v.report.ready);
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>event-bus status</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left;vertical-align:top}}\
+         .ok{{color:#060}}.bad{{color:#a00}}pre{{margin:0;font-size:.85em}}</style></head><body>\
+         <h1>event-bus status: <span class=\"{}\">{}</span></h1>\
+         <table><tr><th>check</th><th>verdict</th><th>summary</th><th>details</th></tr>",
+        if ready { "ok" } else { "bad" },
+        if ready { "READY" } else { "NOT READY" }
+    );
+    for v in &verdicts {
+        let details = serde_json::to_string_pretty(&v.report.details).unwrap_or_default();
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            esc(&v.name),
+            if v.report.ready { "ok" } else { "bad" },
+            if v.report.ready { "ready" } else { "not ready" },
+            esc(&v.report.summary),
+            esc(&details)
+        );
+    }
+    html.push_str("</table></body></html>");
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}

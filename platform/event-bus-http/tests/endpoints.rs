@@ -1,0 +1,185 @@
+//! The monitoring endpoints over real HTTP on loopback: `/readyz` follows the
+//! bus (a real nats-server killed and restarted) and consumer lag (a stalled
+//! consumer), `/status` carries the details, `/` is escaped HTML, a check
+//! that hangs is bounded.
+
+use event_bus::consumer::lag::LagMonitor;
+use event_bus::status::{from_fn, BusCheck, CheckReport, StatusCheck};
+use event_bus::{ConsumerConfig, EventBus, InMemoryBus, NatsBus};
+use event_bus_http::Monitoring;
+use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::wait;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves `m` on a free loopback port; returns the address.
+async fn serve(m: Monitoring) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, m.router()).await.unwrap() });
+    addr
+}
+
+/// `GET path`: (status code, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_consumer_lag_and_status_has_the_details() {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("mailer", "mail.>").ack_wait(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        bus.publish("mail.send", vec![i]).await.unwrap();
+    }
+    let held = consumer.next().await.unwrap().unwrap();
+    let lag = Arc::new(LagMonitor::spawn(
+        bus.clone(),
+        [("mailer".to_string(), "mail.>".to_string())],
+        Duration::from_millis(50),
+        4,
+    ));
+    let addr = serve(
+        Monitoring::new()
+            .check(BusCheck::new(bus.clone()))
+            .shared_check(lag.clone()),
+    )
+    .await;
+    assert_eq!(get(addr, "/livez").await.0, 200);
+    wait::until_async(
+        Duration::from_secs(10),
+        "/readyz 503 while the mailer is stalled",
+        || async { get(addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    let (_, body) = get(addr, "/readyz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false);
+    let consumers = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "consumers")
+        .unwrap()
+        .clone();
+    assert!(
+        consumers["summary"]
+            .as_str()
+            .unwrap()
+            .contains("mailer STALL"),
+        "{consumers}"
+    );
+    let (code, body) = get(addr, "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let details = &v["checks"][1]["details"][0];
+    assert_eq!(details["name"], "mailer");
+    assert_eq!(details["status"], "STALL");
+    assert_eq!(details["state"]["lag"], 3, "{details}");
+    assert_eq!(v["checks"][0]["details"]["backend"], "memory");
+
+    held.ack().await.unwrap();
+    for _ in 0..2 {
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+    }
+    wait::until_async(
+        Duration::from_secs(10),
+        "/readyz 200 once it caught up",
+        || async { get(addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_a_killed_and_restarted_nats_server() {
+    let mut server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(
+        async_nats::connect(server.url()).await.unwrap(),
+    ));
+    let addr = serve(Monitoring::new().check(BusCheck::new(bus.clone()))).await;
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    server.kill();
+    let killed = Instant::now();
+    wait::until_async(
+        Duration::from_secs(5),
+        "/readyz 503 after the kill",
+        || async { get(addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    server.restart().await.unwrap();
+    let back = Instant::now();
+    wait::until_async(
+        Duration::from_secs(5),
+        "/readyz 200 after the restart",
+        || async { get(addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+    assert!(back.elapsed() < Duration::from_secs(5));
+}
+
+struct Hangs;
+
+#[async_trait::async_trait]
+impl StatusCheck for Hangs {
+    fn name(&self) -> &str {
+        "hangs"
+    }
+    async fn check(&self) -> CheckReport {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_escaped_html_and_a_hanging_check_is_bounded() {
+    let addr = serve(
+        Monitoring::new()
+            .check(from_fn("runner <billing>", || {
+                CheckReport::new(
+                    true,
+                    "processed 5 & <script>alert(1)</script>",
+                    serde_json::json!({"processed": 5}),
+                )
+            }))
+            .check(Hangs)
+            .check_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let started = Instant::now();
+    let (code, html) = get(addr, "/").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the hanging check was not bounded"
+    );
+    assert_eq!(code, 200);
+    assert!(html.contains("NOT READY"), "{html}");
+    assert!(html.contains("runner &lt;billing&gt;"), "{html}");
+    assert!(html.contains("processed 5 &amp; &lt;script&gt;"), "{html}");
+    assert!(!html.contains("<script>"), "unescaped: {html}");
+    assert!(html.contains("no answer within 300 ms"), "{html}");
+    let (code, _) = get(addr, "/readyz").await;
+    assert_eq!(code, 503);
+}
