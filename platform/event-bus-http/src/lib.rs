@@ -5,7 +5,10 @@
 //! * `GET /readyz`: 200 when every check is ready, 503 otherwise, with a
 //!   JSON body naming each check's verdict;
 //! * `GET /status`: every check's summary and details, as JSON;
-//! * `GET /`: the same as a small HTML page (server-rendered, no JavaScript).
+//! * `GET /`: the same as a small HTML page (server-rendered, no JavaScript);
+//! * `GET /metrics`: the Prometheus exposition of the `metrics` facade, when
+//!   a recorder from [`install_prometheus`] is given
+//!   ([`Monitoring::metrics`]).
 //!
 //! The checks are [`StatusCheck`]s: the bus's health
 //! ([`BusCheck`](event_bus::status::BusCheck)), consumer lag
@@ -32,6 +35,7 @@
 #![warn(missing_docs)]
 
 pub use axum;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -50,6 +54,31 @@ use std::time::Duration;
 pub struct Monitoring {
     checks: Vec<Arc<dyn StatusCheck>>,
     timeout: Option<Duration>,
+    metrics: Option<PrometheusHandle>,
+}
+
+/// Installs a Prometheus recorder as the global `metrics` recorder, with
+/// explicit buckets for the bus's duration histograms (so that they are
+/// exported as histograms, not summaries), and describes the bus's
+/// metrics. Call it once, before creating buses, consumers, runners and
+/// relays; give the handle to [`Monitoring::metrics`]. An error when
+/// another recorder is already installed.
+pub fn install_prometheus() -> Result<PrometheusHandle, event_bus::BusError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(event_bus::metrics::OPERATION_DURATION.to_string()),
+            event_bus::metrics::DURATION_BUCKETS,
+        )
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| {
+            event_bus::BusError::new(
+                event_bus::ErrorKind::Config,
+                format!("installing the Prometheus recorder: {e}"),
+            )
+        })?;
+    event_bus::metrics::describe();
+    Ok(handle)
 }
 
 impl std::fmt::Debug for Monitoring {
@@ -64,6 +93,7 @@ impl std::fmt::Debug for Monitoring {
                     .collect::<Vec<_>>(),
             )
             .field("timeout", &self.timeout())
+            .field("metrics", &self.metrics.is_some())
             .finish()
     }
 }
@@ -93,6 +123,12 @@ impl Monitoring {
     /// Adds a shared check (e.g. an `Arc<LagMonitor>` the service also reads).
     pub fn shared_check(mut self, check: Arc<dyn StatusCheck>) -> Self {
         self.checks.push(check);
+        self
+    }
+
+    /// Serves `handle`'s exposition on `/metrics`.
+    pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
         self
     }
 
@@ -126,14 +162,34 @@ impl Monitoring {
         .await
     }
 
-    /// The router: `/livez`, `/readyz`, `/status` and `/`.
+    /// The router: `/livez`, `/readyz`, `/status`, `/` and, with a
+    /// [`metrics`](Self::metrics) handle, `/metrics`.
     pub fn router(self) -> Router {
         Router::new()
             .route("/livez", get(|| async { "alive\n" }))
             .route("/readyz", get(readyz))
             .route("/status", get(status))
+            .route("/metrics", get(metrics))
             .route("/", get(page))
             .with_state(Arc::new(self))
+    }
+}
+
+async fn metrics(State(m): State<Arc<Monitoring>>) -> Response {
+    match &m.metrics {
+        Some(handle) => {
+            handle.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            "no metrics recorder: install one with event_bus_http::install_prometheus() and pass it to Monitoring::metrics\n",
+        )
+            .into_response(),
     }
 }
 

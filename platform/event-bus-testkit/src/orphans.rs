@@ -126,9 +126,13 @@ mod tests {
         let config = std::env::temp_dir()
             .join(format!("orphan-test-{}", std::process::id()))
             .join("nats-server.conf");
-        // Stands in for a server: a process with the config path on its command line.
-        let mut orphan = Command::new("python3")
-            .args(["-c", "import time; time.sleep(20)"])
+        // Stands in for a server: a process with the config path on its
+        // command line, which keeps it (a shell running `sleep` as a child:
+        // not `exec`ing it, and not a chain of wrapper scripts such as a
+        // pyenv shim, whose command line changes while another test
+        // process's reaper may look at it).
+        let mut orphan = Command::new("/bin/sh")
+            .args(["-c", "sleep 20; exit 0"])
             .arg(&config)
             .spawn()
             .unwrap();
@@ -142,7 +146,7 @@ mod tests {
         {
             assert!(
                 started.elapsed() < std::time::Duration::from_secs(10),
-                "python3 did not start"
+                "the shell did not start"
             );
             std::thread::yield_now();
         }

@@ -153,6 +153,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod memory;
 pub mod message;
+pub mod metrics;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod runner;

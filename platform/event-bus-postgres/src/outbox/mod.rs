@@ -514,6 +514,14 @@ impl Outbox {
         } else {
             (None, None)
         };
+        let table = self.tables.rows.clone();
+        let label = "event_bus.outbox.table";
+        metrics::gauge!(event_bus::metrics::OUTBOX_PENDING, label => table.clone())
+            .set(pending as f64);
+        metrics::gauge!(event_bus::metrics::OUTBOX_FAILED_ROWS, label => table.clone())
+            .set(failed_count as f64);
+        metrics::gauge!(event_bus::metrics::OUTBOX_OLDEST_AGE, label => table)
+            .set(oldest.unwrap_or(0.0).max(0.0));
         Ok(OutboxStatus {
             pending: pending as u64,
             oldest_pending_age: secs(oldest),

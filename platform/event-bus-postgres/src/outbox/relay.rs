@@ -144,6 +144,7 @@ impl OutboxRelay {
         };
         let holder = self.holder.clone();
         let batch_limit = self.config.batch_size;
+        let table = self.outbox.table().to_string();
         let task = tokio::spawn(
             Worker {
                 wake: self.outbox.wake_receiver(),
@@ -160,6 +161,13 @@ impl OutboxRelay {
                 last_cleanup: Instant::now(),
                 removing: None,
                 batch_limit,
+                metrics: ["published", "duplicate", "refused", "failed", "bus_error"].map(|r| {
+                    metrics::counter!(
+                        event_bus::metrics::OUTBOX_EVENTS,
+                        "event_bus.outbox.table" => table.clone(),
+                        "event_bus.result" => r
+                    )
+                }),
             }
             .run(),
         );
@@ -473,6 +481,9 @@ struct Worker {
     /// Rows per read now: `batch_size`, halved after a publish timeout,
     /// doubled back after a batch that finished in time.
     batch_limit: usize,
+    /// `event_bus.outbox.events` by result: published, duplicate, refused,
+    /// failed, bus_error.
+    metrics: [metrics::Counter; 5],
 }
 
 /// A published batch being removed (or marked) while the next batch is
@@ -937,6 +948,13 @@ impl Worker {
             }
         }
         let refusals = refused.len() as u64;
+        for (c, n) in self
+            .metrics
+            .iter()
+            .zip([published, duplicates, refusals, failed, bus_errors])
+        {
+            c.increment(n);
+        }
         self.update(|r| {
             r.published += published;
             r.duplicates += duplicates;

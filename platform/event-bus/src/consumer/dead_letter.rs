@@ -108,6 +108,7 @@ struct Shared {
     memos: Mutex<FxHashMap<String, Memo>>,
     /// Memos with `dead_letter` set: while 0, deliveries are not looked up.
     pending_dead_letters: AtomicUsize,
+    metrics: crate::metrics::ConsumerMetrics,
 }
 
 impl Shared {
@@ -251,6 +252,7 @@ impl Shared {
         let shown = count.min(self.max_deliver);
         match self.dead_letter(msg, shown, &reason, &extra).await {
             Ok(()) => {
+                self.metrics.dead_letters.increment(1);
                 self.forget(msg);
                 acker
                     .answer(AckKind::Term {
@@ -296,6 +298,7 @@ pub(crate) fn with_dead_letters(
     bus: Arc<dyn EventBus>,
     config: &ConsumerConfig,
 ) -> ConsumerStream {
+    let metrics = crate::metrics::ConsumerMetrics::new(bus.backend_name(), &config.name);
     let shared = Arc::new(Shared {
         bus,
         consumer: config.name.clone(),
@@ -305,6 +308,7 @@ pub(crate) fn with_dead_letters(
         backoff: config.backoff.clone(),
         memos: Mutex::new(FxHashMap::default()),
         pending_dead_letters: AtomicUsize::new(0),
+        metrics,
     });
     Box::pin(futures::stream::unfold(
         (raw, shared),
@@ -315,6 +319,10 @@ pub(crate) fn with_dead_letters(
                     Err(e) => return Some((Err(e), (raw, shared))),
                 };
                 let (msg, count, acker) = delivery.into_parts();
+                shared.metrics.consumed.increment(1);
+                if count > 1 {
+                    shared.metrics.redelivered.increment(1);
+                }
                 if count > shared.max_deliver || shared.dead_letter_pending(&msg) {
                     // The last allowed delivery went unanswered, or an
                     // earlier dead-lettering failed: dead-letter it here.
@@ -361,6 +369,32 @@ struct DeadLetterAcker {
 #[async_trait]
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
+        let slot = crate::metrics::ConsumerMetrics::slot(&kind);
+        let result = self.answer_counted(kind).await;
+        self.shared
+            .metrics
+            .answered(slot, result.as_ref().err().map(BusError::kind));
+        result
+    }
+
+    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
+        match kind {
+            AckKind::Ack | AckKind::InProgress => {
+                let slot = crate::metrics::ConsumerMetrics::slot(&kind);
+                let result = self.inner.answer_nowait(kind).await;
+                self.shared
+                    .metrics
+                    .answered(slot, result.as_ref().err().map(BusError::kind));
+                result
+            }
+            // Answers with dead-letter bookkeeping take the confirmed path.
+            other => self.answer(other).await,
+        }
+    }
+}
+
+impl DeadLetterAcker {
+    async fn answer_counted(&self, kind: AckKind) -> Result<(), BusError> {
         match kind {
             AckKind::Nack { delay, reason } => {
                 let reason_text = reason.clone().unwrap_or_else(|| "nacked".to_string());
@@ -386,16 +420,6 @@ impl Acker for DeadLetterAcker {
         }
     }
 
-    async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
-        match kind {
-            AckKind::Ack | AckKind::InProgress => self.inner.answer_nowait(kind).await,
-            // Answers with dead-letter bookkeeping take the confirmed path.
-            other => self.answer(other).await,
-        }
-    }
-}
-
-impl DeadLetterAcker {
     async fn dead_letter(&self, reason: String, extra: Headers) -> Result<(), BusError> {
         self.shared.forget(&self.msg);
         self.shared

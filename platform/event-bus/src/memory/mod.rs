@@ -183,6 +183,7 @@ struct Inner {
     closed: AtomicBool,
     dedup: Mutex<DedupWindow>,
     durables: Mutex<FxHashMap<String, Arc<durable::Durable>>>,
+    metrics: crate::metrics::PublishMetrics,
     /// Whether publishes are recorded in `log`. Only changes (to true) under
     /// the routes' write lock, and publishers read it, number their message
     /// and record it under the read lock, so a consumer that registers its
@@ -219,6 +220,7 @@ impl InMemoryBus {
                 closed: AtomicBool::new(false),
                 dedup: Mutex::new(DedupWindow::default()),
                 durables: Mutex::new(FxHashMap::default()),
+                metrics: crate::metrics::PublishMetrics::new("memory", None),
                 logging: AtomicBool::new(config.log_from_start && log::Log::enabled(&config)),
                 log: Mutex::new({
                     let mut log = log::Log::new(&config);
@@ -240,9 +242,19 @@ impl InMemoryBus {
     #[inline]
     pub fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         match self.start_publish(subject, payload) {
-            Ok(None) => PublishFuture::ready(Ok(())),
-            Ok(Some(rest)) => PublishFuture::new(rest.finish()),
-            Err(e) => PublishFuture::ready(Err(e)),
+            Ok(None) => {
+                self.inner.metrics.sent.increment(1);
+                PublishFuture::ready(Ok(()))
+            }
+            Ok(Some(rest)) => PublishFuture::new(async move {
+                let result = rest.finish().await;
+                self.observe(&result);
+                result
+            }),
+            Err(e) => {
+                self.inner.metrics.failed(e.kind(), None);
+                PublishFuture::ready(Err(e))
+            }
         }
     }
 
@@ -497,6 +509,14 @@ impl InMemoryBus {
         Ok(())
     }
 
+    /// Counts a publish's outcome.
+    fn observe<T>(&self, result: &Result<T, BusError>) {
+        match result {
+            Ok(_) => self.inner.metrics.sent.increment(1),
+            Err(e) => self.inner.metrics.failed(e.kind(), None),
+        }
+    }
+
     async fn publish_envelope_inner(&self, env: Envelope) -> Result<PublishAck, BusError> {
         self.ensure_open()?;
         env.validate()?;
@@ -645,7 +665,9 @@ impl EventBus for InMemoryBus {
     }
 
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
-        self.publish_envelope_inner(envelope).await
+        let result = self.publish_envelope_inner(envelope).await;
+        self.observe(&result);
+        result
     }
 
     async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {

@@ -155,6 +155,7 @@ impl SubQueue {
     }
 
     fn count_drop(&self, msg: &BusMessage) {
+        metrics::counter!(crate::metrics::MEMORY_DROPPED).increment(1);
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         // Log the first drop and then every power of two, so that a flood of
         // drops is visible without flooding the log.

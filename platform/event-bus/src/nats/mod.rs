@@ -110,6 +110,7 @@ struct Inner {
     violations: Option<Arc<convert::Violations>>,
     /// When `health` first saw the connection down (cleared once it is up).
     down_since: Mutex<Option<std::time::Instant>>,
+    metrics: crate::metrics::PublishMetrics,
 }
 
 /// How long a lost connection is reported as degraded (the client
@@ -132,6 +133,7 @@ impl NatsBus {
         auto_create: bool,
         violations: Option<Arc<convert::Violations>>,
     ) -> Self {
+        let tenant_label = tenant.clone();
         let js = jetstream::context::ContextBuilder::new()
             .timeout(publish_timeout)
             .max_ack_inflight(16_384)
@@ -150,6 +152,7 @@ impl NatsBus {
                 version_ok: OnceLock::new(),
                 violations,
                 down_since: Mutex::new(None),
+                metrics: crate::metrics::PublishMetrics::new("nats", tenant_label.as_deref()),
             }),
         }
     }
@@ -263,6 +266,21 @@ impl NatsBus {
                 s.subjects = spec.subjects.iter().map(|x| format!("{t}.{x}")).collect();
                 s
             }
+        }
+    }
+
+    /// Counts a publish's outcome (and its duration, when timed).
+    fn observe<T>(&self, result: &Result<T, BusError>, started: Option<std::time::Instant>) {
+        let m = &self.inner.metrics;
+        let seconds = started.map(|t| t.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                m.sent.increment(1);
+                if let Some(s) = seconds {
+                    m.duration.record(s);
+                }
+            }
+            Err(e) => m.failed(e.kind(), seconds),
         }
     }
 
@@ -621,13 +639,17 @@ impl NatsBus {
 #[async_trait]
 impl EventBus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
+        let started = std::time::Instant::now();
         let first = subject.split('.').next().unwrap_or_default();
         if self.inner.auto_create && !self.inner.published.contains(first) {
             // First publish to this token: the path that may create its stream.
             return PublishFuture::new(async move {
-                self.publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
+                let result = self
+                    .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
                     .await
-                    .map(|_| ())
+                    .map(|_| ());
+                self.observe(&result, Some(started));
+                result
             });
         }
         // Steady state: validate and build the message here, and box only the
@@ -637,10 +659,18 @@ impl EventBus for NatsBus {
         // stream have been deleted meanwhile.
         let retry = self.inner.auto_create.then(|| payload.clone());
         match self.prepare(subject, payload, &Headers::new(), None) {
-            Ok((wire, msg)) => {
-                PublishFuture::new(self.publish_prepared(subject, first, wire, msg, retry))
+            Ok((wire, msg)) => PublishFuture::new(async move {
+                let result = self
+                    .publish_prepared(subject, first, wire, msg, retry)
+                    .await;
+                self.observe(&result, Some(started));
+                result
+            }),
+            Err(e) => {
+                let result = Err(e);
+                self.observe(&result, None);
+                PublishFuture::ready(result)
             }
-            Err(e) => PublishFuture::ready(Err(e)),
         }
     }
 
@@ -683,13 +713,17 @@ impl EventBus for NatsBus {
     }
 
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
-        self.publish_with_stream(
-            &envelope.subject,
-            envelope.payload,
-            &envelope.headers,
-            envelope.id.as_ref(),
-        )
-        .await
+        let started = std::time::Instant::now();
+        let result = self
+            .publish_with_stream(
+                &envelope.subject,
+                envelope.payload,
+                &envelope.headers,
+                envelope.id.as_ref(),
+            )
+            .await;
+        self.observe(&result, Some(started));
+        result
     }
 
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<PublishAck, BusError>> {
@@ -771,6 +805,9 @@ impl EventBus for NatsBus {
                 };
                 results.push(result);
             }
+        }
+        for result in &results {
+            self.observe(result, None);
         }
         results
     }

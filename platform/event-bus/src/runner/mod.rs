@@ -914,6 +914,23 @@ impl<I: Inbox> Runner<I> {
         let concurrency = self.options.concurrency.max(1);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
+        // Metrics from the runner's counters, copied once a second: nothing
+        // per event.
+        let metrics = RunnerMetrics::new(&self.name);
+        let exporter = tokio::spawn({
+            let counters = Arc::downgrade(&self.counters);
+            let metrics = metrics.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    match counters.upgrade() {
+                        Some(c) => metrics.set(&c.report()),
+                        None => return,
+                    }
+                }
+            }
+        });
         let ctx = Arc::new(TaskCtx {
             inbox: self.inbox.clone(),
             counters: self.counters.clone(),
@@ -1006,7 +1023,55 @@ impl<I: Inbox> Runner<I> {
                 );
             }
         }
-        self.counters.report()
+        exporter.abort();
+        let report = self.counters.report();
+        metrics.set(&report);
+        report
+    }
+}
+
+/// A runner's counters as `event_bus.runner.events` (see [`crate::metrics`]).
+#[derive(Clone)]
+struct RunnerMetrics {
+    by_result: [metrics::Counter; 7],
+}
+
+impl RunnerMetrics {
+    const RESULTS: [&'static str; 7] = [
+        "processed",
+        "duplicate",
+        "retry",
+        "dead_lettered",
+        "dropped",
+        "handed_back",
+        "inbox_retry",
+    ];
+
+    fn new(runner: &str) -> Self {
+        RunnerMetrics {
+            by_result: Self::RESULTS.map(|r| {
+                metrics::counter!(
+                    crate::metrics::RUNNER_EVENTS,
+                    "event_bus.runner" => runner.to_string(),
+                    "event_bus.result" => r
+                )
+            }),
+        }
+    }
+
+    fn set(&self, r: &RunReport) {
+        let values = [
+            r.processed,
+            r.duplicates,
+            r.retries,
+            r.dead_lettered,
+            r.dropped,
+            r.handed_back,
+            r.inbox_retries,
+        ];
+        for (c, v) in self.by_result.iter().zip(values) {
+            c.absolute(v);
+        }
     }
 }
 

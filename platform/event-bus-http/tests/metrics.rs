@@ -1,0 +1,176 @@
+//! Metrics end to end: the Prometheus recorder installed, the bus's
+//! operations on both backends (a real nats-server) show up on `/metrics`
+//! with bounded labels (10,000 distinct subjects make no new series),
+//! durations as histograms with buckets (not summaries), consumer answers
+//! and runner results counted. One test: the recorder is process-global.
+
+use event_bus::config::StreamSpec;
+use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::{ConsumerConfig, EventBus, InMemoryBus, NatsBus};
+use event_bus_http::{install_prometheus, Monitoring};
+use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::wait;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    (
+        code,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The exposition's sample lines (no comments) of metric `name`.
+fn series<'a>(exposition: &'a str, name: &str) -> Vec<&'a str> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .collect()
+}
+
+fn value(line: &str) -> f64 {
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_show_up_on_metrics_with_bounded_labels() {
+    let handle = install_prometheus().expect("the first recorder of this process");
+    assert!(
+        install_prometheus().is_err(),
+        "a second recorder is refused"
+    );
+
+    let memory: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    nats.ensure_streams(&[StreamSpec::new("M", ["m.>"])])
+        .await
+        .unwrap();
+    let nats: Arc<dyn EventBus> = Arc::new(nats);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Monitoring::new().metrics(handle).router();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // 10,000 distinct subjects: one series.
+    for i in 0..10_000 {
+        memory.publish(&format!("t.s{i}"), vec![1]).await.unwrap();
+    }
+    let _ = memory.publish("t..bad", vec![]).await.unwrap_err();
+    for i in 0..20 {
+        nats.publish(&format!("m.s{i}"), vec![1]).await.unwrap();
+    }
+    // A durable consumer: deliveries and answers.
+    let mut consumer = nats
+        .consume(ConsumerConfig::new("metered", "m.>").start(event_bus::StartPosition::All))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+    }
+    // A runner: its results, copied once a second.
+    let runner = Runner::builder(memory.clone(), "metered-runner")
+        .handler(Handler::sync("h", "r.x", |_e: Event<'_, u32>, _tx| {
+            Outcome::Ack
+        }))
+        .build()
+        .spawn()
+        .await
+        .unwrap();
+    for i in 0..5u32 {
+        memory
+            .publish("r.x", i.to_string().into_bytes())
+            .await
+            .unwrap();
+    }
+
+    let exposition = || async { get(addr, "/metrics").await.1 };
+    wait::until_async(
+        Duration::from_secs(10),
+        "the runner's results exported",
+        || async {
+            series(&exposition().await, "event_bus_runner_events")
+                .iter()
+                .any(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 5.0)
+        },
+    )
+    .await;
+    let (code, text) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+
+    let sent = series(&text, "messaging_client_sent_messages");
+    let memory_ok: Vec<_> = sent
+        .iter()
+        .filter(|l| l.contains("messaging_system=\"memory\"") && !l.contains("error_type"))
+        .collect();
+    assert_eq!(
+        memory_ok.len(),
+        1,
+        "one series for 10,000 subjects: {sent:?}"
+    );
+    assert_eq!(value(memory_ok[0]), 10_005.0, "{sent:?}");
+    assert!(
+        sent.iter()
+            .any(|l| l.contains("error_type=\"invalid_subject\"") && value(l) == 1.0),
+        "the failed publish by error kind: {sent:?}"
+    );
+    assert!(
+        !text.contains("t.s1") && !text.contains("t_s1"),
+        "a subject leaked into a label"
+    );
+    let nats_ok: Vec<_> = sent
+        .iter()
+        .filter(|l| l.contains("messaging_system=\"nats\""))
+        .collect();
+    assert_eq!(nats_ok.len(), 1, "{sent:?}");
+    assert_eq!(value(nats_ok[0]), 20.0);
+
+    // Durations as histograms with the bus's buckets, never summaries.
+    let buckets = series(&text, "messaging_client_operation_duration_seconds_bucket");
+    let buckets = if buckets.is_empty() {
+        series(&text, "messaging_client_operation_duration_bucket")
+    } else {
+        buckets
+    };
+    assert!(
+        buckets.iter().any(|l| l.contains("le=\"0.0001\"")),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "a summary: {text}");
+
+    let consumed = series(&text, "messaging_client_consumed_messages");
+    assert!(
+        consumed
+            .iter()
+            .any(|l| l.contains("messaging_consumer_group_name=\"metered\"") && value(l) >= 3.0),
+        "{consumed:?}"
+    );
+    let answers = series(&text, "event_bus_consumer_answers");
+    assert!(
+        answers
+            .iter()
+            .any(|l| l.contains("event_bus_answer=\"ack\"") && value(l) == 3.0),
+        "{answers:?}"
+    );
+    runner.shutdown().await;
+}

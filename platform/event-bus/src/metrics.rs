@@ -1,0 +1,201 @@
+//! Metrics through the [`metrics`] facade: nothing is recorded (and each
+//! instrumented operation costs a branch) until the application installs a
+//! recorder, e.g. `metrics-exporter-prometheus`, whose output the
+//! `event-bus-http` crate serves on `/metrics`.
+//!
+//! Install the recorder **before** creating buses, consumers, runners and
+//! relays: each registers its handles when it is created.
+//!
+//! Names follow OpenTelemetry's messaging conventions where they exist;
+//! the bus's own are under `event_bus.` (Prometheus shows dots as
+//! underscores). Labels are bounded: backend, consumer (durable name),
+//! runner, outbox table, answer kind, error kind, tenant; never a subject
+//! or a message id.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `messaging.client.sent.messages` | counter | `messaging.system`, `error.type` (failures only), `event_bus.tenant` (NATS, when set) |
+//! | `messaging.client.operation.duration` | histogram, seconds | `messaging.system`, `messaging.operation.name` (`publish`), `error.type` (failures only) |
+//! | `messaging.client.consumed.messages` | counter | `messaging.system`, `messaging.consumer.group.name` |
+//! | `event_bus.consumer.redeliveries` | counter | `messaging.system`, `messaging.consumer.group.name` |
+//! | `event_bus.consumer.answers` | counter | `messaging.system`, `messaging.consumer.group.name`, `event_bus.answer` (`ack`, `nack`, `term`, `in_progress`, `dead_letter`), `error.type` (failures only) |
+//! | `event_bus.consumer.dead_letters` | counter | `messaging.system`, `messaging.consumer.group.name` |
+//! | `event_bus.memory.dropped` | counter | (messages an in-memory subscription dropped by its overflow policy) |
+//! | `event_bus.runner.events` | counter | `event_bus.runner`, `event_bus.result` (`processed`, `duplicate`, `retry`, `dead_lettered`, `dropped`, `handed_back`, `inbox_retry`) |
+//! | `event_bus.outbox.events` | counter | `event_bus.outbox.table`, `event_bus.result` (`published`, `duplicate`, `refused`, `failed`, `bus_error`) |
+//! | `event_bus.outbox.pending`, `event_bus.outbox.failed_rows` | gauge | `event_bus.outbox.table` (set by each `Outbox::status`) |
+//! | `event_bus.outbox.oldest_pending_age` | gauge, seconds | `event_bus.outbox.table` |
+
+use metrics::{Counter, Histogram};
+
+/// `messaging.client.sent.messages`.
+pub const SENT_MESSAGES: &str = "messaging.client.sent.messages";
+/// `messaging.client.operation.duration` (seconds).
+pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
+/// `messaging.client.consumed.messages`.
+pub const CONSUMED_MESSAGES: &str = "messaging.client.consumed.messages";
+/// `event_bus.consumer.redeliveries`.
+pub const REDELIVERIES: &str = "event_bus.consumer.redeliveries";
+/// `event_bus.consumer.answers`.
+pub const ANSWERS: &str = "event_bus.consumer.answers";
+/// `event_bus.consumer.dead_letters`.
+pub const DEAD_LETTERS: &str = "event_bus.consumer.dead_letters";
+/// `event_bus.memory.dropped`.
+pub const MEMORY_DROPPED: &str = "event_bus.memory.dropped";
+/// `event_bus.runner.events`.
+pub const RUNNER_EVENTS: &str = "event_bus.runner.events";
+/// `event_bus.outbox.events`.
+pub const OUTBOX_EVENTS: &str = "event_bus.outbox.events";
+/// `event_bus.outbox.pending`.
+pub const OUTBOX_PENDING: &str = "event_bus.outbox.pending";
+/// `event_bus.outbox.failed_rows`.
+pub const OUTBOX_FAILED_ROWS: &str = "event_bus.outbox.failed_rows";
+/// `event_bus.outbox.oldest_pending_age` (seconds).
+pub const OUTBOX_OLDEST_AGE: &str = "event_bus.outbox.oldest_pending_age";
+
+/// Histogram buckets (seconds) for [`OPERATION_DURATION`]: 100 µs to 10 s.
+/// Give them to the exporter (`set_buckets_for_metric`), or histograms may
+/// be exported as summaries, which cannot be aggregated across instances.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Registers a description and unit for every metric above (optional; for
+/// exporters that show them).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(SENT_MESSAGES, "Messages published (by outcome).");
+    describe_histogram!(OPERATION_DURATION, Unit::Seconds, "Duration of a publish.");
+    describe_counter!(CONSUMED_MESSAGES, "Deliveries to durable consumers.");
+    describe_counter!(
+        REDELIVERIES,
+        "Deliveries that were not the message's first."
+    );
+    describe_counter!(
+        ANSWERS,
+        "Answers to deliveries (ack, nack, term, in progress, dead letter)."
+    );
+    describe_counter!(DEAD_LETTERS, "Messages sent to the dead letters.");
+    describe_counter!(
+        MEMORY_DROPPED,
+        "Messages an in-memory subscription dropped (overflow policy)."
+    );
+    describe_counter!(RUNNER_EVENTS, "Events the runner finished, by result.");
+    describe_counter!(
+        OUTBOX_EVENTS,
+        "Outbox rows by what the relay did with them."
+    );
+    describe_gauge!(OUTBOX_PENDING, "Outbox rows not published yet.");
+    describe_gauge!(OUTBOX_FAILED_ROWS, "Outbox rows in the failure table.");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest pending outbox row."
+    );
+}
+
+/// A durable consumer's handles (registered once per consumer stream).
+pub(crate) struct ConsumerMetrics {
+    pub(crate) consumed: Counter,
+    pub(crate) redelivered: Counter,
+    pub(crate) dead_letters: Counter,
+    system: &'static str,
+    consumer: String,
+    answers: [Counter; 5],
+}
+
+/// The answer kinds, in the order of `ConsumerMetrics::answers`.
+const ANSWER_KINDS: [&str; 5] = ["ack", "nack", "term", "in_progress", "dead_letter"];
+
+impl ConsumerMetrics {
+    pub(crate) fn new(system: &'static str, consumer: &str) -> Self {
+        let labels = |extra: Option<&'static str>| {
+            let mut l = vec![
+                ("messaging.system", system.to_string()),
+                ("messaging.consumer.group.name", consumer.to_string()),
+            ];
+            if let Some(a) = extra {
+                l.push(("event_bus.answer", a.to_string()));
+            }
+            l
+        };
+        ConsumerMetrics {
+            consumed: metrics::counter!(CONSUMED_MESSAGES, &labels(None)),
+            redelivered: metrics::counter!(REDELIVERIES, &labels(None)),
+            dead_letters: metrics::counter!(DEAD_LETTERS, &labels(None)),
+            answers: ANSWER_KINDS.map(|k| metrics::counter!(ANSWERS, &labels(Some(k)))),
+            system,
+            consumer: consumer.to_string(),
+        }
+    }
+
+    /// The slot of an answer kind, taken before the answer moves it.
+    pub(crate) fn slot(kind: &crate::consumer::AckKind) -> usize {
+        use crate::consumer::AckKind;
+        match kind {
+            AckKind::Ack => 0,
+            AckKind::Nack { .. } => 1,
+            AckKind::Term { .. } => 2,
+            AckKind::InProgress => 3,
+            AckKind::DeadLetter { .. } => 4,
+        }
+    }
+
+    /// Counts an answer (by [`slot`](Self::slot)); failures are counted
+    /// under their error kind (registered then: they are rare).
+    pub(crate) fn answered(&self, slot: usize, error: Option<crate::ErrorKind>) {
+        match error {
+            None => self.answers[slot].increment(1),
+            Some(e) => metrics::counter!(
+                ANSWERS,
+                "messaging.system" => self.system,
+                "messaging.consumer.group.name" => self.consumer.clone(),
+                "event_bus.answer" => ANSWER_KINDS[slot],
+                "error.type" => e.as_str()
+            )
+            .increment(1),
+        }
+    }
+}
+
+/// A bus's publish handles.
+pub(crate) struct PublishMetrics {
+    pub(crate) sent: Counter,
+    pub(crate) duration: Histogram,
+    system: &'static str,
+    tenant: Option<String>,
+}
+
+impl PublishMetrics {
+    pub(crate) fn new(system: &'static str, tenant: Option<&str>) -> Self {
+        let mut labels = vec![("messaging.system", system.to_string())];
+        if let Some(t) = tenant {
+            labels.push(("event_bus.tenant", t.to_string()));
+        }
+        let mut timed = labels.clone();
+        timed.push(("messaging.operation.name", "publish".to_string()));
+        PublishMetrics {
+            sent: metrics::counter!(SENT_MESSAGES, &labels),
+            duration: metrics::histogram!(OPERATION_DURATION, &timed),
+            system,
+            tenant: tenant.map(str::to_string),
+        }
+    }
+
+    /// Counts a failed publish under its error kind.
+    pub(crate) fn failed(&self, kind: crate::ErrorKind, seconds: Option<f64>) {
+        let mut labels = vec![
+            ("messaging.system", self.system.to_string()),
+            ("error.type", kind.as_str().to_string()),
+        ];
+        if let Some(t) = &self.tenant {
+            labels.push(("event_bus.tenant", t.clone()));
+        }
+        metrics::counter!(SENT_MESSAGES, &labels).increment(1);
+        if let Some(s) = seconds {
+            labels.push(("messaging.operation.name", "publish".to_string()));
+            metrics::histogram!(OPERATION_DURATION, &labels).record(s);
+        }
+    }
+}
