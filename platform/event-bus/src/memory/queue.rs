@@ -154,6 +154,8 @@ impl SubQueue {
         Push::Done
     }
 
+    #[cold]
+    #[inline(never)]
     fn count_drop(&self, msg: &BusMessage) {
         metrics::counter!(crate::metrics::MEMORY_DROPPED).increment(1);
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
