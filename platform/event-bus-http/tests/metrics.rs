@@ -2,7 +2,8 @@
 //! operations on both backends (a real nats-server) show up on `/metrics`
 //! with bounded labels (10,000 distinct subjects make no new series),
 //! durations as histograms with buckets (not summaries), consumer answers
-//! and runner results counted. One test: the recorder is process-global.
+//! and runner results counted, and `promtool check metrics` accepts the
+//! exposition. One test: the recorder is process-global.
 
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
@@ -112,7 +113,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         Duration::from_secs(10),
         "the runner's results exported",
         || async {
-            series(&exposition().await, "event_bus_runner_events")
+            series(&exposition().await, "event_bus_runner_events_total")
                 .iter()
                 .any(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 5.0)
         },
@@ -121,7 +122,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
     let (code, text) = get(addr, "/metrics").await;
     assert_eq!(code, 200);
 
-    let sent = series(&text, "messaging_client_sent_messages");
+    let sent = series(&text, "messaging_client_sent_messages_total");
     let memory_ok: Vec<_> = sent
         .iter()
         .filter(|l| l.contains("messaging_system=\"memory\"") && !l.contains("error_type"))
@@ -150,30 +151,56 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
 
     // Durations as histograms with the bus's buckets, never summaries.
     let buckets = series(&text, "messaging_client_operation_duration_seconds_bucket");
-    let buckets = if buckets.is_empty() {
-        series(&text, "messaging_client_operation_duration_bucket")
-    } else {
-        buckets
-    };
     assert!(
         buckets.iter().any(|l| l.contains("le=\"0.0001\"")),
         "{text}"
     );
     assert!(!text.contains("quantile="), "a summary: {text}");
 
-    let consumed = series(&text, "messaging_client_consumed_messages");
+    let consumed = series(&text, "messaging_client_consumed_messages_total");
     assert!(
         consumed
             .iter()
             .any(|l| l.contains("messaging_consumer_group_name=\"metered\"") && value(l) >= 3.0),
         "{consumed:?}"
     );
-    let answers = series(&text, "event_bus_consumer_answers");
+    let answers = series(&text, "event_bus_consumer_answers_total");
     assert!(
         answers
             .iter()
             .any(|l| l.contains("event_bus_answer=\"ack\"") && value(l) == 3.0),
         "{answers:?}"
     );
+    // Prometheus's own linter accepts the exposition.
+    promtool_accepts(&text);
     runner.shutdown().await;
+}
+
+/// `promtool check metrics` on `exposition`: exits 0 (lint problems such
+/// as a counter without `_total` are errors too).
+fn promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool not found ({e}): run ./scripts/install-test-deps.sh (Debian's prometheus package)")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the exposition:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
