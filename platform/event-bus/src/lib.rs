@@ -159,6 +159,7 @@ pub mod nats;
 pub mod runner;
 pub mod status;
 pub mod subject;
+pub mod trace;
 
 pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 pub use config::{connect, BusConfig, BusType};

@@ -25,6 +25,8 @@
 //! | `event_bus.outbox.events` | counter | `event_bus.outbox.table`, `event_bus.result` (`published`, `duplicate`, `refused`, `failed`, `bus_error`) |
 //! | `event_bus.outbox.pending`, `event_bus.outbox.failed_rows` | gauge | `event_bus.outbox.table` (set by each `Outbox::status`) |
 //! | `event_bus.outbox.oldest_pending_age` | gauge, seconds | `event_bus.outbox.table` |
+//! | `event_bus.consumer.pending`, `.ack_pending`, `.redelivered` | gauge | `messaging.system`, `messaging.consumer.group.name` (sampled by a `LagMonitor` each interval) |
+//! | `event_bus.consumer.lag_status` | gauge, 1 for the current status | `messaging.system`, `messaging.consumer.group.name`, `event_bus.lag_status` (`OK`, `WARN`, `STALL`, `STOP`, `REWIND`) |
 
 use metrics::{Counter, Histogram};
 
@@ -52,6 +54,16 @@ pub const OUTBOX_PENDING: &str = "event_bus.outbox.pending";
 pub const OUTBOX_FAILED_ROWS: &str = "event_bus.outbox.failed_rows";
 /// `event_bus.outbox.oldest_pending_age` (seconds).
 pub const OUTBOX_OLDEST_AGE: &str = "event_bus.outbox.oldest_pending_age";
+/// Gauge: a durable consumer's messages not delivered yet (sampled by a
+/// [`LagMonitor`](crate::consumer::lag::LagMonitor)).
+pub const CONSUMER_PENDING: &str = "event_bus.consumer.pending";
+/// Gauge: a durable consumer's messages delivered and not answered yet (sampled).
+pub const CONSUMER_ACK_PENDING: &str = "event_bus.consumer.ack_pending";
+/// Gauge: a durable consumer's deliveries that were redeliveries (sampled).
+pub const CONSUMER_REDELIVERED: &str = "event_bus.consumer.redelivered";
+/// Gauge: 1 for a durable consumer's lag status (label `event_bus.lag_status`:
+/// `OK`, `WARN`, `STALL`, `STOP`, `REWIND`), 0 for the others (sampled).
+pub const CONSUMER_LAG_STATUS: &str = "event_bus.consumer.lag_status";
 
 /// Histogram buckets (seconds) for [`OPERATION_DURATION`]: 100 µs to 10 s.
 /// Give them to the exporter (`set_buckets_for_metric`), or histograms may
@@ -60,6 +72,59 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// The sampled gauges of one durable consumer.
+pub(crate) struct LagGauges {
+    pending: metrics::Gauge,
+    ack_pending: metrics::Gauge,
+    redelivered: metrics::Gauge,
+    status: Vec<(crate::consumer::lag::LagStatus, metrics::Gauge)>,
+}
+
+impl LagGauges {
+    pub(crate) fn new(system: &'static str, consumer: &str) -> Self {
+        use crate::consumer::lag::LagStatus;
+        let labels = [
+            ("messaging.system", system.to_string()),
+            ("messaging.consumer.group.name", consumer.to_string()),
+        ];
+        let status = [
+            LagStatus::Ok,
+            LagStatus::Warn,
+            LagStatus::Stall,
+            LagStatus::Stop,
+            LagStatus::Rewind,
+        ]
+        .into_iter()
+        .map(|st| {
+            let mut l = labels.to_vec();
+            l.push(("event_bus.lag_status", st.as_str().to_string()));
+            (st, metrics::gauge!(CONSUMER_LAG_STATUS, &l))
+        })
+        .collect();
+        LagGauges {
+            pending: metrics::gauge!(CONSUMER_PENDING, &labels),
+            ack_pending: metrics::gauge!(CONSUMER_ACK_PENDING, &labels),
+            redelivered: metrics::gauge!(CONSUMER_REDELIVERED, &labels),
+            status,
+        }
+    }
+
+    pub(crate) fn set(
+        &self,
+        state: Option<&crate::consumer::ConsumerState>,
+        status: crate::consumer::lag::LagStatus,
+    ) {
+        if let Some(s) = state {
+            self.pending.set(s.pending as f64);
+            self.ack_pending.set(s.ack_pending as f64);
+            self.redelivered.set(s.redelivered as f64);
+        }
+        for (st, g) in &self.status {
+            g.set(if *st == status { 1.0 } else { 0.0 });
+        }
+    }
+}
 
 /// Registers a description and unit for every metric above (optional; for
 /// exporters that show them).
@@ -92,6 +157,22 @@ pub fn describe() {
         OUTBOX_OLDEST_AGE,
         Unit::Seconds,
         "Age of the oldest pending outbox row."
+    );
+    describe_gauge!(
+        CONSUMER_PENDING,
+        "Messages a durable consumer has not been delivered yet."
+    );
+    describe_gauge!(
+        CONSUMER_ACK_PENDING,
+        "Deliveries a durable consumer has not answered yet."
+    );
+    describe_gauge!(
+        CONSUMER_REDELIVERED,
+        "A durable consumer's redelivered messages."
+    );
+    describe_gauge!(
+        CONSUMER_LAG_STATUS,
+        "1 for a durable consumer's lag status (Burrow's rules)."
     );
 }
 

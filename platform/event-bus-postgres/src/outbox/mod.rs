@@ -72,6 +72,7 @@ use sqlx::{Postgres, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The outbox's default table name.
 pub const DEFAULT_TABLE: &str = "event_bus_outbox";
@@ -347,7 +348,49 @@ impl Outbox {
         order_key: &str,
         envelope: Envelope,
     ) -> Result<MessageId, BusError> {
+        let span = tracing::info_span!(
+            target: "event_bus",
+            "create",
+            otel.name = format!("create {}", envelope.subject),
+            otel.kind = "producer",
+            messaging.system = "outbox",
+            messaging.operation.name = "create",
+            messaging.operation.type = "create",
+            messaging.destination.name = envelope.subject.as_str(),
+            messaging.message.body.size = envelope.payload.len(),
+            messaging.message.id = tracing::field::Empty,
+        );
+        // The row keeps the context it was written in (feature `otel`): the
+        // published message continues this trace, the relay's send span
+        // links to it.
+        #[cfg(feature = "otel")]
+        let envelope = {
+            let mut envelope = envelope;
+            if !span.is_disabled()
+                && envelope
+                    .headers
+                    .get(event_bus::trace::TRACEPARENT)
+                    .is_none()
+            {
+                span.in_scope(|| event_bus::trace::inject_current(&mut envelope.headers));
+            }
+            envelope
+        };
         let id = self.check(order_key, &envelope)?;
+        span.record("messaging.message.id", id.as_str());
+        self.insert(tx, order_key, &id, &envelope)
+            .instrument(span)
+            .await?;
+        Ok(MessageId::new(id))
+    }
+
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        order_key: &str,
+        id: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BusError> {
         let (names, values): (Vec<String>, Vec<String>) = envelope
             .headers
             .iter()
@@ -363,7 +406,7 @@ impl Outbox {
             insert
         };
         sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&id)
+            .bind(id)
             .bind(&envelope.subject)
             .bind(order_key)
             .bind(names)
@@ -378,7 +421,7 @@ impl Outbox {
                     e,
                 )
             })?;
-        Ok(MessageId::new(id))
+        Ok(())
     }
 
     /// Enqueues `value` as JSON on `subject` (see [`enqueue`](Self::enqueue)).

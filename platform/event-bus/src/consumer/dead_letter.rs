@@ -39,6 +39,7 @@ use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The message id of `consumer`'s dead letter for the message `id`:
 /// `dlq-<consumer>-<id key>` (see `MessageId::key`), the same for every try, so that a dead letter
@@ -98,6 +99,10 @@ struct Memo {
 }
 
 struct Shared {
+    /// The backend's name (`messaging.system` in spans).
+    system: &'static str,
+    /// The consumer's filter (the destination template in spans).
+    filter: String,
     bus: Arc<dyn EventBus>,
     consumer: String,
     dead_letter_subject: Option<String>,
@@ -300,6 +305,8 @@ pub(crate) fn with_dead_letters(
 ) -> ConsumerStream {
     let metrics = crate::metrics::ConsumerMetrics::new(bus.backend_name(), &config.name);
     let shared = Arc::new(Shared {
+        system: bus.backend_name(),
+        filter: config.filter.clone(),
         bus,
         consumer: config.name.clone(),
         dead_letter_subject: config.dead_letter_subject.clone(),
@@ -344,6 +351,7 @@ pub(crate) fn with_dead_letters(
                         Err(e) => return Some((Err(e), (raw, shared))),
                     }
                 }
+                crate::trace::received(shared.system, &shared.filter, &msg);
                 let wrapped = DeadLetterAcker {
                     inner: acker,
                     msg: msg.clone(),
@@ -370,7 +378,13 @@ struct DeadLetterAcker {
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
         let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-        let result = self.answer_counted(kind).await;
+        let span = self.settle_span(&kind);
+        let result = if span.is_disabled() {
+            self.answer_counted(kind).await
+        } else {
+            self.answer_counted(kind).instrument(span.clone()).await
+        };
+        crate::trace::record_publish(&span, &result, None);
         self.shared
             .metrics
             .answered(slot, result.as_ref().err().map(BusError::kind));
@@ -381,7 +395,9 @@ impl Acker for DeadLetterAcker {
         match kind {
             AckKind::Ack | AckKind::InProgress => {
                 let slot = crate::metrics::ConsumerMetrics::slot(&kind);
+                let span = self.settle_span(&kind);
                 let result = self.inner.answer_nowait(kind).await;
+                crate::trace::record_publish(&span, &result, None);
                 self.shared
                     .metrics
                     .answered(slot, result.as_ref().err().map(BusError::kind));
@@ -394,6 +410,22 @@ impl Acker for DeadLetterAcker {
 }
 
 impl DeadLetterAcker {
+    fn settle_span(&self, kind: &AckKind) -> tracing::Span {
+        let operation = match kind {
+            AckKind::Ack => "ack",
+            AckKind::Nack { .. } => "nack",
+            AckKind::Term { .. } => "term",
+            AckKind::InProgress => "in_progress",
+            AckKind::DeadLetter { .. } => "dead_letter",
+        };
+        crate::trace::settle_span(
+            self.shared.system,
+            operation,
+            &self.shared.consumer,
+            &self.msg,
+        )
+    }
+
     async fn answer_counted(&self, kind: AckKind) -> Result<(), BusError> {
         match kind {
             AckKind::Nack { delay, reason } => {

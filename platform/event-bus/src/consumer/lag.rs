@@ -191,6 +191,7 @@ pub struct ConsumerLag {
 }
 
 struct Watched {
+    gauges: crate::metrics::LagGauges,
     name: String,
     filter: String,
     window: LagWindow,
@@ -222,6 +223,7 @@ impl LagMonitor {
         let watched: Vec<Watched> = consumers
             .into_iter()
             .map(|(name, filter)| Watched {
+                gauges: crate::metrics::LagGauges::new(bus.backend_name(), &name),
                 name,
                 filter,
                 window: LagWindow::new(capacity),
@@ -260,6 +262,7 @@ impl LagMonitor {
                         }
                         Err(e) => w.error = Some(e.to_string()),
                     }
+                    w.gauges.set(w.state.as_ref(), w.window.status(now));
                 }
             }
         });

@@ -542,6 +542,18 @@ impl InMemoryBus {
             id,
             ..
         } = env;
+        // Traced at TRACE level (see `crate::trace`); plain publishes are not.
+        let span = crate::trace::publish_span("memory", &subject, payload.len());
+        let mut headers = headers;
+        if !span.is_disabled() {
+            for (name, value) in span
+                .in_scope(|| crate::trace::outgoing(&headers))
+                .into_iter()
+                .flatten()
+            {
+                headers.insert(name, value);
+            }
+        }
         let (seq, rest) =
             self.with_route(&subject, |route| self.deliver(route, payload, headers, id))?;
         if let Some(rest) = rest {

@@ -67,6 +67,7 @@ use rustc_hash::FxHashSet;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tracing::Instrument;
 
 pub use streams::StreamReport;
 
@@ -270,6 +271,18 @@ impl NatsBus {
     }
 
     /// Counts a publish's outcome (and its duration, when timed).
+    /// Records a publish's outcome: metrics, and on the current (publish)
+    /// span the message's stream position or the error kind.
+    fn finish<T>(
+        &self,
+        result: &Result<T, BusError>,
+        ack: Option<&PublishAck>,
+        started: Option<std::time::Instant>,
+    ) {
+        crate::trace::record_publish(&tracing::Span::current(), result, ack);
+        self.observe(result, started);
+    }
+
     fn observe<T>(&self, result: &Result<T, BusError>, started: Option<std::time::Instant>) {
         let m = &self.inner.metrics;
         let seconds = started.map(|t| t.elapsed().as_secs_f64());
@@ -365,11 +378,16 @@ impl NatsBus {
         crate::message::validate_parts(headers, id)?;
         let wire = self.wire(subject).into_owned();
         let id_text = id.map(|i| i.to_string());
-        let header_len = if headers.is_empty() && id_text.is_none() {
+        // The current (publish) span's trace context, feature `otel`.
+        let trace = crate::trace::outgoing(headers);
+        let trace_len = trace
+            .as_ref()
+            .map_or(0, |t| t.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
+        let header_len = if headers.is_empty() && id_text.is_none() && trace.is_none() {
             0
         } else {
             // "NATS/1.0\r\n" + each "name: value\r\n" + "\r\n"
-            12 + headers.wire_len() + id_text.as_ref().map_or(0, |i| i.len() + 15)
+            12 + headers.wire_len() + trace_len + id_text.as_ref().map_or(0, |i| i.len() + 15)
         };
         let max = self.inner.client.max_payload();
         if payload.len() + header_len > max {
@@ -383,8 +401,12 @@ impl NatsBus {
             ));
         }
         let mut msg = PublishMessage::build().payload(payload);
-        if !headers.is_empty() {
-            msg = msg.headers(convert::to_header_map(headers));
+        if !headers.is_empty() || trace.is_some() {
+            let mut map = convert::to_header_map(headers);
+            for (name, value) in trace.iter().flatten() {
+                map.insert(name.as_str(), value.as_str());
+            }
+            msg = msg.headers(map);
         }
         if let Some(id) = id_text {
             msg = msg.message_id(id);
@@ -640,17 +662,20 @@ impl NatsBus {
 impl EventBus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         let started = std::time::Instant::now();
+        let span = crate::trace::publish_span("nats", subject, payload.len());
         let first = subject.split('.').next().unwrap_or_default();
         if self.inner.auto_create && !self.inner.published.contains(first) {
             // First publish to this token: the path that may create its stream.
-            return PublishFuture::new(async move {
-                let result = self
-                    .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
-                    .await
-                    .map(|_| ());
-                self.observe(&result, Some(started));
-                result
-            });
+            return PublishFuture::new(
+                async move {
+                    let result = self
+                        .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
+                        .await;
+                    self.finish(&result, result.as_ref().ok(), Some(started));
+                    result.map(|_| ())
+                }
+                .instrument(span),
+            );
         }
         // Steady state: validate and build the message here, and box only the
         // send and the wait for the acknowledgement (a small future).
@@ -658,16 +683,26 @@ impl EventBus for NatsBus {
         // A handle on the payload (no copy) is kept for one retry, should the
         // stream have been deleted meanwhile.
         let retry = self.inner.auto_create.then(|| payload.clone());
-        match self.prepare(subject, payload, &Headers::new(), None) {
-            Ok((wire, msg)) => PublishFuture::new(async move {
-                let result = self
-                    .publish_prepared(subject, first, wire, msg, retry)
-                    .await;
-                self.observe(&result, Some(started));
-                result
-            }),
+        let prepared = span.in_scope(|| self.prepare(subject, payload, &Headers::new(), None));
+        match prepared {
+            Ok((wire, msg)) => {
+                let fut = async move {
+                    let result = self
+                        .publish_prepared(subject, first, wire, msg, retry)
+                        .await;
+                    self.finish(&result, None, Some(started));
+                    result
+                };
+                // A disabled span (no subscriber) adds nothing to the future.
+                if span.is_disabled() {
+                    PublishFuture::new(fut)
+                } else {
+                    PublishFuture::new(fut.instrument(span))
+                }
+            }
             Err(e) => {
                 let result = Err(e);
+                crate::trace::record_publish::<()>(&span, &result, None);
                 self.observe(&result, None);
                 PublishFuture::ready(result)
             }
@@ -714,6 +749,7 @@ impl EventBus for NatsBus {
 
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
         let started = std::time::Instant::now();
+        let span = crate::trace::publish_span("nats", &envelope.subject, envelope.payload.len());
         let result = self
             .publish_with_stream(
                 &envelope.subject,
@@ -721,8 +757,10 @@ impl EventBus for NatsBus {
                 &envelope.headers,
                 envelope.id.as_ref(),
             )
+            .instrument(span.clone())
             .await;
-        self.observe(&result, Some(started));
+        let _entered = span.enter();
+        self.finish(&result, result.as_ref().ok(), Some(started));
         result
     }
 
@@ -742,6 +780,7 @@ impl EventBus for NatsBus {
                 Option<Retry>,
                 bool,
                 Result<PublishAckFuture, BusError>,
+                tracing::Span,
             )> = Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
                 let first = env.subject.split('.').next().unwrap_or_default();
@@ -759,8 +798,15 @@ impl EventBus for NatsBus {
                     ..
                 } = env;
                 let kept = self.inner.auto_create.then(|| payload.clone());
-                let sent = match self.prepare(&subject, payload, &headers, id.as_ref()) {
-                    Ok((wire, msg)) => self.send(&subject, wire, msg).await,
+                let span = crate::trace::publish_span("nats", &subject, payload.len());
+                let prepared =
+                    span.in_scope(|| self.prepare(&subject, payload, &headers, id.as_ref()));
+                let sent = match prepared {
+                    Ok((wire, msg)) => {
+                        self.send(&subject, wire, msg)
+                            .instrument(span.clone())
+                            .await
+                    }
                     Err(e) => Err(e),
                 };
                 let retry = kept.map(|payload| Retry {
@@ -768,9 +814,9 @@ impl EventBus for NatsBus {
                     headers,
                     id,
                 });
-                window.push((subject, retry, !known, sent));
+                window.push((subject, retry, !known, sent, span));
             }
-            for (subject, retry, newly, sent) in window {
+            for (subject, retry, newly, sent, span) in window {
                 let result = match sent {
                     Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
@@ -790,6 +836,7 @@ impl EventBus for NatsBus {
                                 &r.headers,
                                 r.id.as_ref(),
                             )
+                            .instrument(span.clone())
                             .await;
                         if result.is_ok() {
                             self.mark_published(first);
@@ -803,6 +850,7 @@ impl EventBus for NatsBus {
                         result
                     }
                 };
+                crate::trace::record_publish(&span, &result, result.as_ref().ok());
                 results.push(result);
             }
         }

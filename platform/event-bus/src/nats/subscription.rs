@@ -95,7 +95,14 @@ pub(crate) async fn subscribe(
     } else {
         drop(tx);
     }
-    let messages = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let pattern = user_pattern.clone();
+    let messages = futures::stream::poll_fn(move |cx| {
+        let next = rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(m)) = &next {
+            crate::trace::received("nats", &pattern, m);
+        }
+        next
+    });
     Ok(Subscription::new(user_pattern, messages))
 }
 

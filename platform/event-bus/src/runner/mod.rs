@@ -256,6 +256,8 @@ struct Registered<T, I: Inbox, C> {
     /// (`<tenant>/<consumer>`; `/` is in no consumer name), so that tenants
     /// sharing an inbox table never take each other's ids for duplicates.
     inbox_consumer: String,
+    /// The bus's backend (`messaging.system` in the process spans).
+    system: &'static str,
     handler: Handler<T, I::Tx, C>,
 }
 
@@ -335,7 +337,7 @@ where
     /// The first attempt of a [`Handler::sync`] handler without a
     /// de-duplicating inbox, made at once: the handler's outcome.
     fn call_now(&self, delivery: &Delivery, data: &T, mut tx: I::Tx) -> Result<Outcome, Panic> {
-        match invoke(self.handler, delivery, data, 1, &mut tx)? {
+        match invoke(self.handler, delivery, data, 1, &mut tx).0? {
             Call::Now(outcome) => Ok(outcome),
             Call::Later(_) => unreachable!("a sync handler returned a future"),
         }
@@ -723,6 +725,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
         let mut handlers = self.handlers;
         handlers.push(Arc::new(Registered::<T, I, C> {
             inbox_consumer: inbox_consumer(self.bus.tenant(), &consumer),
+            system: self.bus.backend_name(),
             consumer,
             handler: h,
         }));
@@ -1588,28 +1591,61 @@ async fn bounded(
 /// A panic caught while a handler ran.
 type Panic = Box<dyn Any + Send>;
 
-/// Calls the handler with the event; a panic is caught.
+/// Calls the handler with the event, in its process span (returned, for
+/// the handler's future); a panic is caught.
 fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> Result<Call<C::Future<'a>>, Panic> {
+) -> (Result<Call<C::Future<'a>>, Panic>, tracing::Span) {
     let event = Event {
         data: decoded,
         message: delivery.message(),
         attempt,
         delivery_count: delivery.delivery_count(),
     };
-    std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)))
+    let span = crate::trace::process_span(
+        h.system,
+        &h.handler.pattern,
+        Some(&h.consumer),
+        delivery.message(),
+        delivery.delivery_count(),
+    );
+    let called = span.in_scope(|| {
+        std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)))
+    });
+    match &called {
+        Ok(Call::Now(outcome)) => record_outcome(&span, Ok(outcome)),
+        Err(_) => record_outcome(&span, Err(())),
+        Ok(Call::Later(_)) => {}
+    }
+    (called, span)
 }
+
+/// Records a failed attempt's kind (`error.type`) on its process span.
+fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>) {
+    let kind = match outcome {
+        Ok(Outcome::Ack) | Ok(Outcome::Drop) => return,
+        Ok(Outcome::Retry { .. }) => "retry",
+        Ok(Outcome::DeadLetter(_)) => "dead_letter",
+        Err(()) => "panic",
+    };
+    crate::trace::record_failure(span, kind);
+}
+
+/// A handler's future run in its process span, its outcome recorded there.
+type TracedFuture<F> = futures::future::Inspect<
+    tracing::instrument::Instrumented<F>,
+    Box<dyn FnOnce(&Outcome) + Send>,
+>;
 
 /// The handler's outcome as a future; a panic while the handler runs (or
 /// while its future is polled) is caught.
 type HandlerFuture<F> = futures::future::Either<
     futures::future::Ready<Result<Outcome, Panic>>,
-    futures::future::CatchUnwind<AssertUnwindSafe<F>>,
+    futures::future::CatchUnwind<AssertUnwindSafe<TracedFuture<F>>>,
 >;
 
 /// Calls the handler with the event: its outcome, as a future.
@@ -1622,9 +1658,19 @@ fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 ) -> HandlerFuture<C::Future<'a>> {
     use futures::future::{ready, Either};
     match invoke(h, delivery, decoded, attempt, tx) {
-        Ok(Call::Now(outcome)) => Either::Left(ready(Ok(outcome))),
-        Ok(Call::Later(fut)) => Either::Right(AssertUnwindSafe(fut).catch_unwind()),
-        Err(panic) => Either::Left(ready(Err(panic))),
+        (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
+        (Ok(Call::Later(fut)), span) => {
+            use futures::FutureExt;
+            use tracing::Instrument;
+            let record: Box<dyn FnOnce(&Outcome) + Send> = if span.is_disabled() {
+                Box::new(|_: &Outcome| {})
+            } else {
+                let span = span.clone();
+                Box::new(move |o: &Outcome| record_outcome(&span, Ok(o)))
+            };
+            Either::Right(AssertUnwindSafe(fut.instrument(span).inspect(record)).catch_unwind())
+        }
+        (Err(panic), _) => Either::Left(ready(Err(panic))),
     }
 }
 
@@ -1874,6 +1920,7 @@ mod tests {
         let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),
             inbox_consumer: "r-h".into(),
+            system: "memory",
             handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
                 Box::pin(async { Outcome::Ack })
             }),

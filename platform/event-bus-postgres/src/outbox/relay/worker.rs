@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The LISTEN side: forwards notifications to the in-process wake-up.
 pub(super) async fn listen(outbox: Outbox, retry: Duration) {
@@ -274,7 +275,7 @@ impl Worker {
             return Ok(Next::Again);
         }
         let mut rows = rows;
-        let envelopes = rows
+        let envelopes: Vec<Envelope> = rows
             .iter_mut()
             .map(|r| {
                 Envelope::new(r.subject.clone(), std::mem::take(&mut r.payload))
@@ -289,6 +290,7 @@ impl Worker {
         // out of this read).
         let keys: Vec<&str> = rows.iter().map(|r| r.order_key.as_str()).collect();
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let span = send_span(&self.outbox.tables().rows, &envelopes);
         let publish = async {
             if self.config.strict_order {
                 // Chains stop at the deadline: what was acknowledged counts.
@@ -300,7 +302,8 @@ impl Worker {
                     .ok()
                     .map(|r| r.into_iter().map(Some).collect())
             }
-        };
+        }
+        .instrument(span);
         let (published, removed) = tokio::join!(publish, finish(self.removing.take()));
         let timed_out = match &published {
             None => true,
@@ -727,4 +730,30 @@ enum Next {
     /// Another relay holds the lease: try again after this long (commits
     /// do not wake a standby).
     StandBy(Duration),
+}
+
+/// The relay's span for one batch: `send {outbox table}`, linked to the
+/// context each row was enqueued in (feature `otel`); each message's own
+/// publish span is its child, and the message keeps its row's context.
+fn send_span(table: &str, envelopes: &[Envelope]) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "event_bus",
+        "send",
+        otel.name = format!("send {table}"),
+        otel.kind = "client",
+        messaging.system = "outbox",
+        messaging.operation.name = "send",
+        messaging.operation.type = "send",
+        messaging.batch.message_count = envelopes.len(),
+    );
+    #[cfg(feature = "otel")]
+    if !span.is_disabled() {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        for env in envelopes {
+            if let Some(cx) = event_bus::trace::extract_span_context(&env.headers) {
+                span.add_link(cx);
+            }
+        }
+    }
+    span
 }

@@ -1,0 +1,394 @@
+//! Traces: `tracing` spans for publish, receive, process and settle, and
+//! W3C trace context carried in message headers.
+//!
+//! Every operation of the bus opens a span named after OpenTelemetry's
+//! messaging conventions, `"{operation} {destination}"` (the `otel.name`
+//! field), with the conventions' attributes: `messaging.system`,
+//! `messaging.destination.name` (or `.template` for a pattern),
+//! `messaging.operation.name` and `.type`, `messaging.message.id`,
+//! `messaging.consumer.group.name`, `messaging.message.body.size` and, on a
+//! durable consumer, the delivery count.
+//!
+//! | operation | span | level on NATS | in memory |
+//! |---|---|---|---|
+//! | publish (each message) | `publish {subject}`, producer | `INFO` | `TRACE`, envelopes only |
+//! | a subscription hands a message over | `receive {pattern}` | `DEBUG` | none |
+//! | a durable consumer hands a message over | `receive {filter}` | `DEBUG` | `TRACE` |
+//! | the runner runs a handler (each attempt) | `process {pattern}`, consumer | `INFO` | `TRACE` |
+//! | ack, nack, term, dead letter | `ack {consumer}`, … | `DEBUG` | `TRACE` |
+//!
+//! The in-memory bus traces at `TRACE`, and its plain
+//! [`publish`](crate::EventBus::publish) and subscriptions not at all: a
+//! message there costs a few hundred nanoseconds, a span more than that.
+//! The outbox (`event-bus-postgres`) adds `create {subject}` when a row is
+//! enqueued and `send {table}` per relay batch, linked to each row's
+//! context.
+//!
+//! With no `tracing` subscriber, or one whose filter leaves these levels
+//! out, a span costs a check of a static (a nanosecond or two).
+//!
+//! # Across the bus (feature `otel`)
+//!
+//! With the `otel` feature and a `tracing-opentelemetry` layer installed, a
+//! publish writes its span's context into the message as `traceparent` and
+//! `tracestate` headers (unless the message already carries a
+//! `traceparent`: an outbox row keeps the context it was written in), and
+//! the receive, process and settle spans take the producer's context as
+//! their parent. A handler's span therefore continues the trace of the HTTP
+//! request that published its event, across NATS. The propagator is
+//! OpenTelemetry's global one if the application set one, W3C trace context
+//! otherwise. A malformed `traceparent` is ignored (logged at `DEBUG`).
+//!
+//! ```
+//! # #[cfg(feature = "otel")]
+//! # fn main() {
+//! use event_bus::message::Headers;
+//!
+//! let mut headers = Headers::new();
+//! headers.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+//! let cx = event_bus::trace::extract(&headers).expect("a valid traceparent");
+//! use opentelemetry::trace::TraceContextExt;
+//! assert_eq!(cx.span().span_context().trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+//!
+//! headers.insert("traceparent", "not a trace parent");
+//! assert!(event_bus::trace::extract(&headers).is_none());
+//! # }
+//! # #[cfg(not(feature = "otel"))]
+//! # fn main() {}
+//! ```
+
+use tracing::Span;
+
+use crate::message::{BusMessage, Headers};
+
+/// The header that carries the W3C trace parent.
+pub const TRACEPARENT: &str = "traceparent";
+/// The header that carries the W3C trace state.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Opens a span at `INFO` on NATS and `TRACE` otherwise; the fields are
+/// evaluated only if the span is enabled.
+macro_rules! messaging_span {
+    ($system:expr, $name:literal, $($fields:tt)*) => {
+        if $system == "nats" {
+            tracing::info_span!(target: "event_bus", $name, messaging.system = $system, $($fields)*)
+        } else {
+            tracing::trace_span!(target: "event_bus", $name, messaging.system = $system, $($fields)*)
+        }
+    };
+}
+
+/// As [`messaging_span!`], at `DEBUG` on NATS.
+macro_rules! detail_span {
+    ($system:expr, $name:literal, $($fields:tt)*) => {
+        if $system == "nats" {
+            tracing::debug_span!(target: "event_bus", $name, messaging.system = $system, $($fields)*)
+        } else {
+            tracing::trace_span!(target: "event_bus", $name, messaging.system = $system, $($fields)*)
+        }
+    };
+}
+
+/// The span of one publish: `publish {subject}`, a producer span. Entered
+/// while the message is built, it is the context written into it.
+pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize) -> Span {
+    messaging_span!(
+        system,
+        "publish",
+        otel.name = format!("publish {subject}"),
+        otel.kind = "producer",
+        messaging.operation.name = "publish",
+        messaging.operation.type = "send",
+        messaging.destination.name = subject,
+        messaging.message.body.size = body_size,
+        messaging.message.id = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Records the outcome of a publish (or an answer) on its span: the stored
+/// message's position (`stream:sequence`) as its id, or the error kind.
+pub(crate) fn record_publish<T>(
+    span: &Span,
+    result: &Result<T, crate::BusError>,
+    ack: Option<&crate::PublishAck>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(ack) = ack {
+        span.record(
+            "messaging.message.id",
+            tracing::field::display(format_args!(
+                "{}:{}",
+                ack.stream.as_deref().unwrap_or(""),
+                ack.sequence
+            )),
+        );
+    }
+    if let Err(e) = result {
+        span.record("error.type", e.kind().as_str());
+    }
+}
+
+/// The span in which a handler processes `message`: `process {pattern}`, a
+/// consumer span whose parent is the producer's context when the message
+/// carries one (feature `otel`).
+///
+/// The runner opens it around each attempt. A service that consumes a
+/// [`Subscription`](crate::Subscription) or a
+/// [`ConsumerStream`](crate::ConsumerStream) itself can run its handling in
+/// it (`.instrument(span)`) to continue the producer's trace.
+pub fn process_span(
+    system: &'static str,
+    pattern: &str,
+    consumer: Option<&str>,
+    message: &BusMessage,
+    delivery_count: u32,
+) -> Span {
+    let span = messaging_span!(
+        system,
+        "process",
+        otel.name = format!("process {pattern}"),
+        otel.kind = "consumer",
+        messaging.operation.name = "process",
+        messaging.operation.type = "process",
+        messaging.destination.template = pattern,
+        messaging.destination.name = message.subject.as_str(),
+        messaging.consumer.group.name = consumer,
+        messaging.message.id = %message.id,
+        messaging.message.body.size = message.payload.len(),
+        messaging.nats.delivery_count = delivery_count,
+        error.type = tracing::field::Empty,
+    );
+    continue_trace(&span, &message.headers);
+    span
+}
+
+/// Records a handler's failure (`error.type`) on its process span.
+pub(crate) fn record_failure(span: &Span, kind: &'static str) {
+    if !span.is_disabled() {
+        span.record("error.type", kind);
+    }
+}
+
+/// Records, in a span that closes at once, that a subscription or consumer
+/// handed `message` over: `receive {pattern}`, child of the producer's
+/// context.
+pub(crate) fn received(system: &'static str, pattern: &str, message: &BusMessage) {
+    let span = detail_span!(
+        system,
+        "receive",
+        otel.name = format!("receive {pattern}"),
+        otel.kind = "client",
+        messaging.operation.name = "receive",
+        messaging.operation.type = "receive",
+        messaging.destination.template = pattern,
+        messaging.destination.name = message.subject.as_str(),
+        messaging.message.id = %message.id,
+        messaging.message.body.size = message.payload.len(),
+    );
+    continue_trace(&span, &message.headers);
+}
+
+/// The span of an answer to a delivery (`ack`, `nack`, `term`,
+/// `dead_letter`), child of the producer's context.
+pub(crate) fn settle_span(
+    system: &'static str,
+    operation: &'static str,
+    consumer: &str,
+    message: &BusMessage,
+) -> Span {
+    let span = detail_span!(
+        system,
+        "settle",
+        otel.name = format!("{operation} {consumer}"),
+        otel.kind = "client",
+        messaging.operation.name = operation,
+        messaging.operation.type = "settle",
+        messaging.consumer.group.name = consumer,
+        messaging.destination.name = message.subject.as_str(),
+        messaging.message.id = %message.id,
+        error.type = tracing::field::Empty,
+    );
+    continue_trace(&span, &message.headers);
+    span
+}
+
+/// Makes the context carried in `headers` the parent of `span`.
+fn continue_trace(span: &Span, headers: &Headers) {
+    #[cfg(feature = "otel")]
+    if !span.is_disabled() {
+        if let Some(cx) = extract(headers) {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            // Fails only without an OpenTelemetry layer: nothing to continue.
+            let _ = span.set_parent(cx);
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = (span, headers);
+}
+
+/// The trace headers to add to a message being published: the current
+/// span's context, unless `headers` already carry a `traceparent` or there
+/// is no valid context (always none without the `otel` feature).
+pub(crate) fn outgoing(headers: &Headers) -> Option<Vec<(String, String)>> {
+    #[cfg(feature = "otel")]
+    {
+        if !tracing::dispatcher::has_been_set() || headers.get(TRACEPARENT).is_some() {
+            return None;
+        }
+        let mut out = Vec::new();
+        inject_into(&context_of(&Span::current())?, &mut out);
+        (!out.is_empty()).then_some(out)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = headers;
+        None
+    }
+}
+
+#[cfg(feature = "otel")]
+fn context_of(span: &Span) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Writes the current span's trace context into `headers` (`traceparent`,
+/// `tracestate`): what a publish does, for code that stores a message to
+/// publish later (the outbox). `false` if there is no valid context.
+#[cfg(feature = "otel")]
+pub fn inject_current(headers: &mut Headers) -> bool {
+    let Some(cx) = context_of(&Span::current()) else {
+        return false;
+    };
+    let mut out = Vec::new();
+    inject_into(&cx, &mut out);
+    for (name, value) in &out {
+        headers.insert(name.as_str(), value.as_str());
+    }
+    !out.is_empty()
+}
+
+/// The trace context carried in `headers`, if there is a valid one. A
+/// malformed `traceparent` gives `None` (and a `DEBUG` log), never an error.
+#[cfg(feature = "otel")]
+pub fn extract(headers: &Headers) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::TraceContextExt;
+    let raw = headers.get(TRACEPARENT)?;
+    let cx = with_propagator(|p| p.extract(&Carrier(headers)));
+    if cx.span().span_context().is_valid() {
+        Some(cx)
+    } else {
+        tracing::debug!(target: "event_bus", traceparent = raw, "ignoring a malformed traceparent header");
+        None
+    }
+}
+
+/// The span context carried in `headers`, for a link.
+#[cfg(feature = "otel")]
+pub fn extract_span_context(headers: &Headers) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt;
+    extract(headers).map(|cx| cx.span().span_context().clone())
+}
+
+#[cfg(feature = "otel")]
+fn inject_into(cx: &opentelemetry::Context, out: &mut Vec<(String, String)>) {
+    struct Out<'a>(&'a mut Vec<(String, String)>);
+    impl opentelemetry::propagation::Injector for Out<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_string(), value));
+        }
+    }
+    with_propagator(|p| p.inject_context(cx, &mut Out(out)));
+}
+
+/// Runs `f` with the global propagator if the application set one (it has
+/// fields), W3C trace context otherwise.
+#[cfg(feature = "otel")]
+fn with_propagator<R>(
+    f: impl FnOnce(&dyn opentelemetry::propagation::TextMapPropagator) -> R,
+) -> R {
+    use opentelemetry::propagation::TextMapPropagator;
+    let mut f = Some(f);
+    let out = opentelemetry::global::get_text_map_propagator(|p| {
+        if p.fields().next().is_some() {
+            Some((f.take().expect("called once"))(p))
+        } else {
+            None
+        }
+    });
+    match out {
+        Some(r) => r,
+        None => {
+            static W3C: std::sync::OnceLock<
+                opentelemetry_sdk::propagation::TraceContextPropagator,
+            > = std::sync::OnceLock::new();
+            let p = W3C.get_or_init(opentelemetry_sdk::propagation::TraceContextPropagator::new);
+            (f.take().expect("called once"))(p as &dyn TextMapPropagator)
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+struct Carrier<'a>(&'a Headers);
+
+#[cfg(feature = "otel")]
+impl opentelemetry::propagation::Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k).collect()
+    }
+}
+
+#[cfg(all(test, feature = "otel"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_traceparents_are_ignored() {
+        for bad in [
+            "",
+            "00",
+            "garbage",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "zz-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+        ] {
+            let mut h = Headers::new();
+            h.insert(TRACEPARENT, bad);
+            assert!(extract(&h).is_none(), "{bad:?} was accepted");
+        }
+        let mut h = Headers::new();
+        h.insert(
+            TRACEPARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        h.insert(TRACESTATE, "vendor=value");
+        let cx = extract(&h).expect("valid");
+        use opentelemetry::trace::TraceContextExt;
+        let sc = cx.span().span_context().clone();
+        assert_eq!(sc.span_id().to_string(), "b7ad6b7169203331");
+        assert!(sc.is_sampled());
+        assert_eq!(sc.trace_state().get("vendor"), Some("value"));
+    }
+
+    #[test]
+    fn nothing_is_injected_without_a_span() {
+        assert!(outgoing(&Headers::new()).is_none());
+        let mut h = Headers::new();
+        assert!(!inject_current(&mut h));
+        assert!(h.is_empty());
+    }
+}
