@@ -92,6 +92,39 @@ async fn readyz_follows_consumer_lag_and_status_has_the_details() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_a_declared_stream_is_missing() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let nats = NatsBus::new(client.clone());
+    nats.ensure_streams(&[
+        event_bus::config::StreamSpec::new("ORDERS", ["orders.>"]),
+        event_bus::config::StreamSpec::new("AUDIT", ["audit.>"]),
+    ])
+    .await
+    .unwrap();
+    let bus: Arc<dyn EventBus> = Arc::new(nats.clone());
+    let addr = serve(Monitoring::new().check(BusCheck::new(bus))).await;
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("2 declared stream(s) present"), "{body}");
+
+    // Someone deletes a stream the service declared.
+    async_nats::jetstream::new(client)
+        .delete_stream("AUDIT")
+        .await
+        .unwrap();
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("declared stream(s) AUDIT do not exist"), "{body}");
+
+    // Declaring it again makes the service ready again.
+    nats.ensure_streams(&[event_bus::config::StreamSpec::new("AUDIT", ["audit.>"])])
+        .await
+        .unwrap();
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_a_killed_and_restarted_nats_server() {
     let mut server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(

@@ -101,6 +101,9 @@ struct Inner {
     auto_create: bool,
     /// First tokens whose default stream this bus has created or found.
     known_streams: Mutex<FxHashSet<String>>,
+    /// Streams declared through [`NatsBus::ensure_streams`] (names as on the
+    /// server): [`health`](EventBus::health) checks they still exist.
+    declared: Mutex<Vec<String>>,
     /// First tokens that a publish has reached a stream with: their publishes
     /// skip the retry bookkeeping (no copy of the payload).
     published: tokens::TokenSet,
@@ -148,6 +151,7 @@ impl NatsBus {
                 tenant,
                 auto_create,
                 known_streams: Mutex::new(FxHashSet::default()),
+                declared: Mutex::new(Vec::new()),
                 published: tokens::TokenSet::default(),
                 create_lock: tokio::sync::Mutex::new(()),
                 version_ok: OnceLock::new(),
@@ -247,6 +251,10 @@ impl NatsBus {
         for spec in specs {
             let spec = self.scope_spec(spec);
             out.push(streams::ensure(&self.inner.js, &spec).await?);
+            let mut declared = self.inner.declared.lock();
+            if !declared.contains(&spec.name) {
+                declared.push(spec.name.clone());
+            }
         }
         Ok(out)
     }
@@ -295,6 +303,23 @@ impl NatsBus {
             }
             Err(e) => m.failed(e.kind(), seconds),
         }
+    }
+
+    /// The declared streams the server does not have (one listing request).
+    async fn missing_streams(&self) -> Result<Vec<String>, BusError> {
+        use futures::TryStreamExt;
+        let declared = self.inner.declared.lock().clone();
+        if declared.is_empty() {
+            return Ok(declared);
+        }
+        let present: FxHashSet<String> = self
+            .inner
+            .js
+            .stream_names()
+            .try_collect()
+            .await
+            .map_err(|e| BusError::with_source(ErrorKind::Backend, "listing the streams", e))?;
+        Ok(declared.into_iter().filter(|n| !present.contains(n)).collect())
     }
 
     fn check_version(&self) -> Result<(), BusError> {
@@ -997,12 +1022,27 @@ impl EventBus for NatsBus {
         if let Err(e) = self.check_version() {
             return HealthReport::new("nats", HealthStatus::Degraded, e.to_string());
         }
-        match tokio::time::timeout(HEALTH_TIMEOUT, self.inner.js.query_account()).await {
-            Ok(Ok(_)) => HealthReport::healthy(
+        let checked = tokio::time::timeout(HEALTH_TIMEOUT, async {
+            self.inner.js.query_account().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(self.missing_streams().await?)
+        });
+        match checked.await {
+            Ok(Ok(missing)) if missing.is_empty() => HealthReport::healthy(
                 "nats",
                 format!(
-                    "connected to nats-server {} ({}), JetStream available",
-                    info.version, info.server_name
+                    "connected to nats-server {} ({}), JetStream available, {} declared stream(s) present",
+                    info.version,
+                    info.server_name,
+                    self.inner.declared.lock().len()
+                ),
+            ),
+            Ok(Ok(missing)) => HealthReport::new(
+                "nats",
+                HealthStatus::Unhealthy,
+                format!(
+                    "connected to nats-server {}, but declared stream(s) {} do not exist",
+                    info.version,
+                    missing.join(", ")
                 ),
             ),
             Ok(Err(e)) => HealthReport::new(
