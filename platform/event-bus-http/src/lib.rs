@@ -253,7 +253,7 @@ async fn page(State(m): State<Arc<Monitoring>>) -> Response {
         html,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>event-bus status</title>\
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left;vertical-align:top}}\
-         .ok{{color:#060}}.bad{{color:#a00}}pre{{margin:0;font-size:.85em}}</style></head><body>\
+         .ok{{background:#d4f4d4;color:#060}}.bad{{background:#c00;color:#fff}}h1 span,td.ok,td.bad{{padding:.1em .5em;border-radius:.3em}}pre{{margin:0;font-size:.85em}}</style></head><body>\
          <h1>event-bus status: <span class=\"{}\">{}</span></h1>\
          <table><tr><th>check</th><th>verdict</th><th>summary</th><th>details</th></tr>",
         if ready { "ok" } else { "bad" },

@@ -115,7 +115,10 @@ async fn readyz_fails_while_a_declared_stream_is_missing() {
         .unwrap();
     let (code, body) = get(addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
-    assert!(body.contains("declared stream(s) AUDIT do not exist"), "{body}");
+    assert!(
+        body.contains("declared stream(s) AUDIT do not exist"),
+        "{body}"
+    );
 
     // Declaring it again makes the service ready again.
     nats.ensure_streams(&[event_bus::config::StreamSpec::new("AUDIT", ["audit.>"])])

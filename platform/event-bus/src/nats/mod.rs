@@ -319,7 +319,10 @@ impl NatsBus {
             .try_collect()
             .await
             .map_err(|e| BusError::with_source(ErrorKind::Backend, "listing the streams", e))?;
-        Ok(declared.into_iter().filter(|n| !present.contains(n)).collect())
+        Ok(declared
+            .into_iter()
+            .filter(|n| !present.contains(n))
+            .collect())
     }
 
     fn check_version(&self) -> Result<(), BusError> {
