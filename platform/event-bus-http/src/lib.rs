@@ -73,6 +73,12 @@ pub fn install_prometheus() -> Result<PrometheusHandle, event_bus::BusError> {
             Matcher::Full(event_bus::metrics::OPERATION_DURATION.to_string()),
             event_bus::metrics::DURATION_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(event_bus::metrics::PROCESS_DURATION.to_string()),
+                event_bus::metrics::DURATION_BUCKETS,
+            )
+        })
         .and_then(|b| b.install_recorder())
         .map_err(|e| {
             event_bus::BusError::new(

@@ -79,7 +79,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         .spawn()
         .await
         .unwrap();
-    for i in 0..5u32 {
+    for i in 0..64u32 {
         memory
             .publish("r.x", i.to_string().into_bytes())
             .await
@@ -93,7 +93,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         || async {
             series(&exposition().await, "event_bus_runner_events_total")
                 .iter()
-                .any(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 5.0)
+                .any(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 64.0)
         },
     )
     .await;
@@ -134,6 +134,16 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         "{text}"
     );
     assert!(!text.contains("quantile="), "a summary: {text}");
+    // Handler durations: one attempt in 16 timed (64 events: at least one
+    // thread ran 16 of them).
+    let process = series(&text, "messaging_process_duration_seconds_count");
+    assert!(
+        process.iter().any(
+            |l| l.contains("messaging_consumer_group_name=\"metered-runner-h\"")
+                && (1.0..=64.0 / 16.0 + 2.0).contains(&value(l))
+        ),
+        "{process:?}"
+    );
 
     let consumed = series(&text, "messaging_client_consumed_messages_total");
     assert!(

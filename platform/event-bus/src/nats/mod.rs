@@ -279,15 +279,16 @@ impl NatsBus {
     }
 
     /// Counts a publish's outcome (and its duration, when timed).
-    /// Records a publish's outcome: metrics, and on the current (publish)
-    /// span the message's stream position or the error kind.
+    /// Records a publish's outcome: metrics, and on its span the message's
+    /// stream position or the error kind.
     fn finish<T>(
         &self,
+        span: &tracing::Span,
         result: &Result<T, BusError>,
         ack: Option<&PublishAck>,
         started: Option<std::time::Instant>,
     ) {
-        crate::trace::record_publish(&tracing::Span::current(), result, ack);
+        crate::trace::record_publish(span, result, ack);
         self.observe(result, started);
     }
 
@@ -699,7 +700,12 @@ impl EventBus for NatsBus {
                     let result = self
                         .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
                         .await;
-                    self.finish(&result, result.as_ref().ok(), Some(started));
+                    self.finish(
+                        &tracing::Span::current(),
+                        &result,
+                        result.as_ref().ok(),
+                        Some(started),
+                    );
                     result.map(|_| ())
                 }
                 .instrument(span),
@@ -714,19 +720,15 @@ impl EventBus for NatsBus {
         let prepared = span.in_scope(|| self.prepare(subject, payload, &Headers::new(), None));
         match prepared {
             Ok((wire, msg)) => {
-                let fut = async move {
+                // The span lives until the acknowledgement, without being
+                // entered on each poll (nothing runs in it after `prepare`).
+                PublishFuture::new(async move {
                     let result = self
                         .publish_prepared(subject, first, wire, msg, retry)
                         .await;
-                    self.finish(&result, None, Some(started));
+                    self.finish(&span, &result, None, Some(started));
                     result
-                };
-                // A disabled span (no subscriber) adds nothing to the future.
-                if span.is_disabled() {
-                    PublishFuture::new(fut)
-                } else {
-                    PublishFuture::new(fut.instrument(span))
-                }
+                })
             }
             Err(e) => {
                 let result = Err(e);
@@ -787,8 +789,7 @@ impl EventBus for NatsBus {
             )
             .instrument(span.clone())
             .await;
-        let _entered = span.enter();
-        self.finish(&result, result.as_ref().ok(), Some(started));
+        self.finish(&span, &result, result.as_ref().ok(), Some(started));
         result
     }
 

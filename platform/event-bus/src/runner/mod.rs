@@ -258,6 +258,8 @@ struct Registered<T, I: Inbox, C> {
     inbox_consumer: String,
     /// The bus's backend (`messaging.system` in the process spans).
     system: &'static str,
+    /// `messaging.process.duration` of this handler's consumer (sampled).
+    process_duration: metrics::Histogram,
     handler: Handler<T, I::Tx, C>,
 }
 
@@ -726,6 +728,11 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
         handlers.push(Arc::new(Registered::<T, I, C> {
             inbox_consumer: inbox_consumer(self.bus.tenant(), &consumer),
             system: self.bus.backend_name(),
+            process_duration: metrics::histogram!(
+                crate::metrics::PROCESS_DURATION,
+                "messaging.system" => self.bus.backend_name(),
+                "messaging.consumer.group.name" => consumer.clone()
+            ),
             consumer,
             handler: h,
         }));
@@ -1591,6 +1598,13 @@ async fn bounded(
 /// A panic caught while a handler ran.
 type Panic = Box<dyn Any + Send>;
 
+/// What follows a handler's future: its process span, and when this
+/// attempt is timed, the start.
+struct Traced {
+    span: tracing::Span,
+    started: Option<std::time::Instant>,
+}
+
 /// Calls the handler with the event, in its process span (returned, for
 /// the handler's future); a panic is caught.
 fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
@@ -1599,7 +1613,8 @@ fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> (Result<Call<C::Future<'a>>, Panic>, tracing::Span) {
+) -> (Result<Call<C::Future<'a>>, Panic>, Traced) {
+    let started = crate::metrics::sample_process().then(std::time::Instant::now);
     let event = Event {
         data: decoded,
         message: delivery.message(),
@@ -1616,12 +1631,18 @@ fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     let called = span.in_scope(|| {
         std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)))
     });
+    let finished = |outcome| {
+        record_outcome(&span, outcome);
+        if let Some(t) = started {
+            h.process_duration.record(t.elapsed());
+        }
+    };
     match &called {
-        Ok(Call::Now(outcome)) => record_outcome(&span, Ok(outcome)),
-        Err(_) => record_outcome(&span, Err(())),
+        Ok(Call::Now(outcome)) => finished(Ok(outcome)),
+        Err(_) => finished(Err(())),
         Ok(Call::Later(_)) => {}
     }
-    (called, span)
+    (called, Traced { span, started })
 }
 
 /// Records a failed attempt's kind (`error.type`) on its process span.
@@ -1659,14 +1680,25 @@ fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     use futures::future::{ready, Either};
     match invoke(h, delivery, decoded, attempt, tx) {
         (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
-        (Ok(Call::Later(fut)), span) => {
+        (Ok(Call::Later(fut)), Traced { span, started }) => {
             use futures::FutureExt;
             use tracing::Instrument;
-            let record: Box<dyn FnOnce(&Outcome) + Send> = if span.is_disabled() {
-                Box::new(|_: &Outcome| {})
-            } else {
-                let span = span.clone();
-                Box::new(move |o: &Outcome| record_outcome(&span, Ok(o)))
+            // Nothing to record (the common case): a closure without state,
+            // which is not allocated.
+            let record: Box<dyn FnOnce(&Outcome) + Send> = match (span.is_disabled(), started) {
+                (true, None) => Box::new(|_: &Outcome| {}),
+                (disabled, started) => {
+                    let span = (!disabled).then(|| span.clone());
+                    let histogram = h.process_duration.clone();
+                    Box::new(move |o: &Outcome| {
+                        if let Some(span) = &span {
+                            record_outcome(span, Ok(o));
+                        }
+                        if let Some(t) = started {
+                            histogram.record(t.elapsed());
+                        }
+                    })
+                }
             };
             Either::Right(AssertUnwindSafe(fut.instrument(span).inspect(record)).catch_unwind())
         }
@@ -1921,6 +1953,7 @@ mod tests {
             consumer: "r-h".into(),
             inbox_consumer: "r-h".into(),
             system: "memory",
+            process_duration: metrics::Histogram::noop(),
             handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
                 Box::pin(async { Outcome::Ack })
             }),
