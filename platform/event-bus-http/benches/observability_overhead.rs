@@ -173,17 +173,48 @@ fn install(
 ) {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::layer::SubscriberExt;
+    // `-lean`: the layer without code locations, thread names and busy/idle
+    // times; `-1pct`: a parent-based sampler keeping 1 % of new traces.
+    // `-nopub`: publish spans filtered out (`event_bus::publish=warn`).
+    let lean = side.ends_with("-lean");
+    let one_percent = side.ends_with("-1pct");
+    let no_publish_spans = side.ends_with("-nopub");
+    let side = side
+        .trim_end_matches("-lean")
+        .trim_end_matches("-1pct")
+        .trim_end_matches("-nopub");
     let prometheus =
         matches!(side, "on" | "metrics").then(|| event_bus_http::install_prometheus().unwrap());
     if !matches!(side, "on" | "traces") {
         return (prometheus, None);
     }
+    use opentelemetry_sdk::trace::Sampler;
+    let sampler = if one_percent {
+        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01)))
+    } else {
+        Sampler::AlwaysOn
+    };
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(sampler)
         .with_batch_exporter(Discard)
         .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::INFO)
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target(
+            "event_bus::publish",
+            if no_publish_spans {
+                tracing::Level::WARN
+            } else {
+                tracing::Level::INFO
+            },
+        );
+    let subscriber = tracing_subscriber::registry().with(filter).with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bench"))
+            .with_location(!lean)
+            .with_threads(!lean)
+            .with_tracked_inactivity(!lean),
+    );
     tracing::subscriber::set_global_default(subscriber).unwrap();
     (prometheus, Some(provider))
 }

@@ -349,7 +349,7 @@ impl Outbox {
         envelope: Envelope,
     ) -> Result<MessageId, BusError> {
         let span = tracing::info_span!(
-            target: "event_bus",
+            target: "event_bus::create",
             "create",
             otel.name = format!("create {}", envelope.subject),
             otel.kind = "producer",

@@ -737,7 +737,7 @@ enum Next {
 /// publish span is its child, and the message keeps its row's context.
 fn send_span(table: &str, envelopes: &[Envelope]) -> tracing::Span {
     let span = tracing::info_span!(
-        target: "event_bus",
+        target: "event_bus::send",
         "send",
         otel.name = format!("send {table}"),
         otel.kind = "client",
