@@ -43,6 +43,9 @@ pub enum ErrorKind {
     NotFound,
     /// A payload could not be encoded or decoded.
     Codec,
+    /// A payload does not match its event type's schema; the message names
+    /// the subject, the type and version, and each violation's JSON Pointer.
+    SchemaViolation,
     /// Any other failure reported by the backend; see the source.
     Backend,
 }
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Codec => "codec",
+            ErrorKind::SchemaViolation => "schema_violation",
             ErrorKind::Backend => "backend",
         }
     }

@@ -409,3 +409,35 @@ impl<T, Tx, F> Handler<T, Tx, F> {
         self
     }
 }
+
+/// A check of every event before its handler sees it
+/// ([`RunnerBuilder::check`](super::RunnerBuilder::check)): `Err(reason)`
+/// sends the event to the dead letters with `reason` as its last error.
+///
+/// ```
+/// use event_bus::runner::EventCheck;
+/// use event_bus::BusMessage;
+///
+/// struct NotEmpty;
+/// impl EventCheck for NotEmpty {
+///     fn check(&self, message: &BusMessage) -> Result<(), String> {
+///         if message.payload.is_empty() {
+///             return Err(format!("empty event on {}", message.subject));
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait EventCheck: Send + Sync + 'static {
+    /// `Ok` to hand the event to its handler, `Err(reason)` to dead-letter it.
+    fn check(&self, message: &crate::BusMessage) -> Result<(), String>;
+}
+
+impl<F> EventCheck for F
+where
+    F: Fn(&crate::BusMessage) -> Result<(), String> + Send + Sync + 'static,
+{
+    fn check(&self, message: &crate::BusMessage) -> Result<(), String> {
+        self(message)
+    }
+}

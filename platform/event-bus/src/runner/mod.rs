@@ -98,7 +98,7 @@ pub mod handler;
 pub mod inbox;
 
 pub use dead_letters::{DeadLetter, DeadLetterQueue};
-pub use handler::{Event, Handler};
+pub use handler::{Event, EventCheck, Handler};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
 
 use handler::{Call, HandlerFn};
@@ -277,7 +277,13 @@ trait Erased<I: Inbox>: Send + Sync + 'static {
     fn slot<'a>(&'a self, ctx: &'a TaskCtx<I>, index: usize) -> Option<Box<dyn EventSlot + 'a>>;
 }
 
-fn decode<T: DeserializeOwned>(delivery: &Delivery) -> Result<T, String> {
+fn decode<T: DeserializeOwned>(
+    check: Option<&dyn EventCheck>,
+    delivery: &Delivery,
+) -> Result<T, String> {
+    if let Some(check) = check {
+        check.check(delivery.message())?;
+    }
     serde_json::from_slice::<T>(&delivery.message().payload).map_err(|e| {
         format!(
             "cannot decode the payload as {}: {e}",
@@ -396,7 +402,7 @@ where
     }
 
     fn start(&mut self, delivery: Delivery, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let decoded = decode::<T>(&delivery);
+        let decoded = decode::<T>(self.ctx.check.as_deref(), &delivery);
         // The fast path of a sync handler without a de-duplicating inbox:
         // the handler is called right here and, if it acks, the event is
         // acknowledged without a processing future. Otherwise its first
@@ -463,7 +469,7 @@ where
     }
 
     fn start(self: Arc<Self>, ctx: &Arc<TaskCtx<I>>, delivery: Delivery) -> BoxFuture<'static, ()> {
-        let decoded = decode::<T>(&delivery);
+        let decoded = decode::<T>(ctx.check.as_deref(), &delivery);
         let key = match (&decoded, &self.handler.key) {
             // The key function is user code: a panic in it is caught, and
             // the event that caused it goes to the dead letters.
@@ -648,6 +654,7 @@ pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {
     inbox: Arc<I>,
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
+    check: Option<Arc<dyn EventCheck>>,
     _state: std::marker::PhantomData<S>,
 }
 
@@ -666,6 +673,7 @@ pub struct Runner<I: Inbox = NoInbox> {
     inbox: Arc<I>,
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
+    check: Option<Arc<dyn EventCheck>>,
     counters: Arc<Counters>,
 }
 
@@ -695,6 +703,7 @@ impl Runner<NoInbox> {
             name,
             inbox: Arc::new(NoInbox),
             handlers: Vec::new(),
+            check: None,
             _state: std::marker::PhantomData,
         }
     }
@@ -710,6 +719,7 @@ impl<I: Inbox> RunnerBuilder<I, NoHandlers> {
             inbox: Arc::new(inbox),
             handlers: Vec::new(),
             options: self.options,
+            check: self.check,
             _state: std::marker::PhantomData,
         }
     }
@@ -742,6 +752,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
             inbox: self.inbox,
             handlers,
             options: self.options,
+            check: self.check,
             _state: std::marker::PhantomData,
         }
     }
@@ -809,6 +820,15 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
         self
     }
 
+    /// Checks every event before it is decoded for its handler (e.g.
+    /// against its schema, see `event-bus-schema`): an event the check
+    /// refuses goes to the dead letters with the check's reason, without
+    /// reaching the handler.
+    pub fn check(mut self, check: impl EventCheck) -> Self {
+        self.check = Some(Arc::new(check));
+        self
+    }
+
     /// The runner.
     pub fn build(self) -> Runner<I> {
         let handlers = self.handlers.len();
@@ -818,6 +838,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
             inbox: self.inbox,
             handlers: self.handlers,
             options: self.options,
+            check: self.check,
             counters: Arc::new(Counters::new(handlers)),
         }
     }
@@ -948,6 +969,7 @@ impl<I: Inbox> Runner<I> {
             answer_timeout: self.options.answer_timeout,
             cancel: cancel_rx,
             chains: Chains::default(),
+            check: self.check.clone(),
         });
         tokio::pin!(shutdown);
         let name = self.name.as_str();
@@ -1258,6 +1280,8 @@ struct TaskCtx<I> {
     /// Becomes `true` when the shutdown deadline has passed.
     cancel: watch::Receiver<bool>,
     chains: Chains,
+    /// [`RunnerBuilder::check`].
+    check: Option<Arc<dyn EventCheck>>,
 }
 
 fn log_task_failure(runner: &str, done: Result<(), tokio::task::JoinError>) {
@@ -1948,6 +1972,7 @@ mod tests {
             answer_timeout: DEFAULT_ANSWER_TIMEOUT,
             cancel: watch::channel(false).1,
             chains: Chains::default(),
+            check: None,
         });
         let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),

@@ -1,0 +1,21 @@
+//! Event contracts: versioned JSON Schemas per event type and the
+//! compatibility rules checked when a new version is registered.
+//!
+//! * [`compat`]: does a new schema version break producers or consumers of
+//!   the earlier ones? (Confluent Schema Registry's modes, with a closed
+//!   producer and an open consumer content model.)
+//! * [`registry`]: the versions per type, in a JetStream key-value bucket
+//!   (or in memory), watched by every service; a contracts directory
+//!   loaded at start-up ([`contracts`]).
+//! * [`validate`]: validation on publish (a decorator of any bus) and on
+//!   consume (the runner's check), with [`cloudevents`] headers.
+
+pub mod cloudevents;
+pub mod compat;
+pub mod contracts;
+pub mod registry;
+pub mod validate;
+
+pub use compat::Mode;
+pub use registry::{Registry, TypeSettings, Validation};
+pub use validate::{SchemaCheck, UnknownTypes, ValidatingBus};
