@@ -46,7 +46,9 @@
 //! `unevaluatedProperties`, `unevaluatedItems`, `$dynamicRef`,
 //! `contentSchema` (raw JSON equality). A writer `enum` narrows its types but
 //! its values are not checked against reader bounds such as `maxLength` (a
-//! bound the writer schema lacks is reported). Remote references and
+//! bound the writer schema lacks is reported). The closed-writer model
+//! applies to any writer: `{}` or `true` may produce any type, but objects
+//! only with the properties it declares (none). Remote references and
 //! `$anchor` references are reported as [`ChangeKind::RefUnresolved`].
 //! Annotations (`title`, `description`, `default`, `examples`, ...) and
 //! unknown keywords are ignored.
@@ -248,9 +250,12 @@ impl fmt::Display for ChangeKind {
 /// One breaking change of a candidate against one earlier version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// JSON Pointer into the new schema (after following its `$ref`s), e.g.
-    /// `/properties/email/type`; for something the new version removed, where
-    /// it used to be.
+    /// JSON Pointer into the new schema, at the location reached after
+    /// following its `$ref`s (e.g. `/$defs/Address/properties/zip/type`).
+    /// Keyword changes end with the reader's keyword that is violated
+    /// (`/properties/email/type`, `.../maxLength`); property changes point at
+    /// the property (`/properties/email`), even where the new version no
+    /// longer has it; `additional_properties_*` at `.../additionalProperties`.
     pub pointer: String,
     /// What changed.
     pub kind: ChangeKind,
@@ -365,6 +370,11 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The identity of the node's document.
+    fn doc(&self) -> usize {
+        std::ptr::from_ref(self.root) as usize
+    }
+
     fn num(&self, keyword: &str) -> Option<f64> {
         self.get(keyword).and_then(Value::as_f64)
     }
@@ -408,8 +418,9 @@ const ALL_TYPES: &[&str] = &["null", "boolean", "object", "array", "number", "st
 /// The recursive walk over a reader and a writer schema, collecting breaks.
 struct Walk {
     dir: Dir,
-    /// (reader, writer) locations already compared: ends `$ref` cycles.
-    visited: HashSet<(String, String)>,
+    /// (reader, writer) locations compared or being compared: ends `$ref`
+    /// cycles. A location is its document's address and a pointer in it.
+    visited: HashSet<(usize, String, usize, String)>,
     out: Vec<Change>,
 }
 
@@ -445,7 +456,8 @@ impl Walk {
     }
 
     fn walk<'a>(&mut self, r: Node<'a>, w: Node<'a>) {
-        if !self.visited.insert((r.ptr.clone(), w.ptr.clone())) {
+        let key = (r.doc(), r.ptr.clone(), w.doc(), w.ptr.clone());
+        if !self.visited.insert(key) {
             return;
         }
         if r.get("$ref").is_some() || w.get("$ref").is_some() {
@@ -485,7 +497,7 @@ impl Walk {
             self.objects(&r, &w);
         }
         for kw in COMPOSITION {
-            if !equivalent(&r, &w, kw) {
+            if !self.equivalent(&r, &w, kw) {
                 let detail = format!("`{kw}` differs; compositions must be equivalent");
                 self.report(&r, &w, &format!("/{kw}"), COMPOSED, detail);
             }
@@ -624,7 +636,7 @@ impl Walk {
 
     fn arrays<'a>(&mut self, r: &Node<'a>, w: &Node<'a>) {
         for kw in TUPLES {
-            if !equivalent(r, w, kw) {
+            if !self.equivalent(r, w, kw) {
                 let detail = format!("`{kw}` differs; it must be equivalent");
                 self.report(r, w, &format!("/{kw}"), TUPLED, detail);
             }
@@ -685,7 +697,8 @@ impl Walk {
                         }
                         _ => (prop_ptr(name), PropertyRemoved),
                     };
-                    let detail = format!("the {rn} version allows no undeclared property, the {wn} may produce `{name}`");
+                    let detail =
+                        format!("the {rn} version rejects `{name}`, the {wn} may produce it");
                     self.report(r, w, &suffix, (backward, PropertyAdded), detail);
                     continue;
                 }
@@ -708,29 +721,33 @@ impl Walk {
             ),
         }
     }
-}
 
-/// Whether `kw` is absent on both sides or mutually compatible (lists: same
-/// length, pairwise), each direction walked afresh.
-fn equivalent(r: &Node, w: &Node, kw: &str) -> bool {
-    let both_ways = |suffix: String, a: &Value, b: &Value| {
-        let (a, b) = (r.at(a, &suffix), w.at(b, &suffix));
-        [(a.clone(), b.clone()), (b, a)].into_iter().all(|(x, y)| {
-            let mut walk = Walk::new(Dir::Backward);
-            walk.walk(x, y);
-            walk.out.is_empty()
-        })
-    };
-    match (r.get(kw), w.get(kw)) {
-        (Some(Value::Array(ra)), Some(Value::Array(wa))) => {
-            let mut pairs = ra.iter().zip(wa).enumerate();
-            ra.len() == wa.len() && pairs.all(|(i, (a, b))| both_ways(format!("/{kw}/{i}"), a, b))
+    /// Whether `kw` is absent on both sides or mutually compatible (lists: same
+    /// length, pairwise). Each direction is walked apart, its findings dropped,
+    /// starting from the pairs visited so far (so cycles end; a pair already
+    /// visited has had its breaks reported).
+    fn equivalent(&self, r: &Node, w: &Node, kw: &str) -> bool {
+        let both_ways = |suffix: String, a: &Value, b: &Value| {
+            let (a, b) = (r.at(a, &suffix), w.at(b, &suffix));
+            [(a.clone(), b.clone()), (b, a)].into_iter().all(|(x, y)| {
+                let mut walk = Walk::new(Dir::Backward);
+                walk.visited = self.visited.clone();
+                walk.walk(x, y);
+                walk.out.is_empty()
+            })
+        };
+        match (r.get(kw), w.get(kw)) {
+            (Some(Value::Array(ra)), Some(Value::Array(wa))) => {
+                let mut pairs = ra.iter().zip(wa).enumerate();
+                ra.len() == wa.len()
+                    && pairs.all(|(i, (a, b))| both_ways(format!("/{kw}/{i}"), a, b))
+            }
+            (
+                Some(a @ (Value::Object(_) | Value::Bool(_))),
+                Some(b @ (Value::Object(_) | Value::Bool(_))),
+            ) => both_ways(format!("/{kw}"), a, b),
+            (a, b) => a == b,
         }
-        (
-            Some(a @ (Value::Object(_) | Value::Bool(_))),
-            Some(b @ (Value::Object(_) | Value::Bool(_))),
-        ) => both_ways(format!("/{kw}"), a, b),
-        (a, b) => a == b,
     }
 }
 

@@ -9,9 +9,12 @@
 //!   loaded at start-up ([`contracts`]).
 //! * [`validate`]: validation on publish (a decorator of any bus) and on
 //!   consume (the runner's check), with [`cloudevents`] headers.
+//! * [`contract`]: Rust types as contracts (schemas generated with
+//!   `schemars`), and the contract test that fails `cargo test` on drift.
 
 pub mod cloudevents;
 pub mod compat;
+pub mod contract;
 pub mod contracts;
 pub mod registry;
 pub mod validate;
