@@ -90,8 +90,9 @@ pub fn check<T: Contract>(registry: &Registry) -> Result<(), String> {
             T::TYPE,
             T::TYPE
         )),
-        Some(t) if t.settings.subject != T::SUBJECT
-            && !event_bus::subject::matches(&t.settings.subject, T::SUBJECT) =>
+        Some(t)
+            if t.settings.subject != T::SUBJECT
+                && !event_bus::subject::matches(&t.settings.subject, T::SUBJECT) =>
         {
             Err(format!(
                 "{} travels on {:?} in the registry, but the type says {:?}",
@@ -100,17 +101,20 @@ pub fn check<T: Contract>(registry: &Registry) -> Result<(), String> {
                 T::SUBJECT
             ))
         }
-        Some(_) => registry.check(T::TYPE, &T::schema()).map(|_| ()).map_err(|changes| {
-            format!(
-                "{} no longer matches its registered contract:\n  {}",
-                T::TYPE,
-                changes
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  ")
-            )
-        }),
+        Some(_) => registry
+            .check(T::TYPE, &T::schema())
+            .map(|_| ())
+            .map_err(|changes| {
+                format!(
+                    "{} no longer matches its registered contract:\n  {}",
+                    T::TYPE,
+                    changes
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                )
+            }),
     }
 }
 

@@ -200,7 +200,7 @@ impl TypeEntry {
 
 enum Store {
     Memory,
-    Kv(async_nats::jetstream::kv::Store),
+    Kv(Box<async_nats::jetstream::kv::Store>),
 }
 
 struct Inner {
@@ -450,7 +450,7 @@ impl Registry {
         let (changed, _) = tokio::sync::watch::channel(0u64);
         let types = RwLock::new(HashMap::new());
         let inner = Arc::new(Inner {
-            store: Store::Kv(kv.clone()),
+            store: Store::Kv(Box::new(kv.clone())),
             types,
             changed,
             watcher: OnceLock::new(),

@@ -65,10 +65,7 @@ async fn a_compatible_type_passes_and_a_drifted_one_fails_the_contract_test() {
     .catch_unwind()
     .await
     .expect_err("the drifted type fails");
-    let message = failed
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let message = failed.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         message.contains("auth.user.created") && message.contains("/properties/user_id/type"),
         "{message}"
@@ -78,12 +75,21 @@ async fn a_compatible_type_passes_and_a_drifted_one_fails_the_contract_test() {
 #[tokio::test]
 async fn publishing_a_typed_event_validates_and_sets_its_type() {
     let registry = Registry::memory();
-    assert_eq!(registry.register_contract::<UserCreated>().await.unwrap(), 1);
     assert_eq!(
-        registry.register_contract::<UserCreatedWithLocale>().await.unwrap(),
+        registry.register_contract::<UserCreated>().await.unwrap(),
+        1
+    );
+    assert_eq!(
+        registry
+            .register_contract::<UserCreatedWithLocale>()
+            .await
+            .unwrap(),
         2
     );
-    assert!(registry.register_contract::<UserCreatedNumeric>().await.is_err());
+    assert!(registry
+        .register_contract::<UserCreatedNumeric>()
+        .await
+        .is_err());
     let inner: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let bus = ValidatingBus::new(inner.clone(), registry);
     let mut sub = inner.subscribe("auth.events.>").await.unwrap();
