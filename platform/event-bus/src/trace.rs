@@ -76,10 +76,15 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
 /// Opens a span at `INFO` on NATS and `TRACE` otherwise; the fields are
-/// evaluated only if the span is enabled.
+/// evaluated only if the span is enabled. Without any `tracing` subscriber
+/// it is `Span::none()` at once: `tracing`'s fallback to the `log` crate
+/// (feature `log`, which dependencies often enable) would otherwise build
+/// each span's fields for a logger, per message.
 macro_rules! messaging_span {
     ($system:expr, $name:literal, $($fields:tt)*) => {
-        if $system == "nats" {
+        if !tracing::dispatcher::has_been_set() {
+            tracing::Span::none()
+        } else if $system == "nats" {
             tracing::info_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
         } else {
             tracing::trace_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
@@ -90,7 +95,9 @@ macro_rules! messaging_span {
 /// As [`messaging_span!`], at `DEBUG` on NATS.
 macro_rules! detail_span {
     ($system:expr, $name:literal, $($fields:tt)*) => {
-        if $system == "nats" {
+        if !tracing::dispatcher::has_been_set() {
+            tracing::Span::none()
+        } else if $system == "nats" {
             tracing::debug_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
         } else {
             tracing::trace_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
@@ -104,7 +111,7 @@ pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize
     messaging_span!(
         system,
         "publish",
-        otel.name = format!("publish {subject}"),
+        otel.name = %format_args!("publish {subject}"),
         otel.kind = "producer",
         messaging.operation.name = "publish",
         messaging.operation.type = "send",
@@ -158,7 +165,7 @@ pub fn process_span(
     let span = messaging_span!(
         system,
         "process",
-        otel.name = format!("process {pattern}"),
+        otel.name = %format_args!("process {pattern}"),
         otel.kind = "consumer",
         messaging.operation.name = "process",
         messaging.operation.type = "process",
@@ -188,7 +195,7 @@ pub(crate) fn received(system: &'static str, pattern: &str, message: &BusMessage
     let span = detail_span!(
         system,
         "receive",
-        otel.name = format!("receive {pattern}"),
+        otel.name = %format_args!("receive {pattern}"),
         otel.kind = "client",
         messaging.operation.name = "receive",
         messaging.operation.type = "receive",
@@ -211,7 +218,7 @@ pub(crate) fn settle_span(
     let span = detail_span!(
         system,
         "settle",
-        otel.name = format!("{operation} {consumer}"),
+        otel.name = %format_args!("{operation} {consumer}"),
         otel.kind = "client",
         messaging.operation.name = operation,
         messaging.operation.type = "settle",

@@ -351,7 +351,7 @@ impl Outbox {
         let span = tracing::info_span!(
             target: "event_bus::create",
             "create",
-            otel.name = format!("create {}", envelope.subject),
+            otel.name = %format_args!("create {}", envelope.subject),
             otel.kind = "producer",
             messaging.system = "outbox",
             messaging.operation.name = "create",

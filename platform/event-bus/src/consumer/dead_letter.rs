@@ -378,13 +378,18 @@ struct DeadLetterAcker {
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
         let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-        let span = self.settle_span(&kind);
-        let result = if span.is_disabled() {
-            self.answer_counted(kind).await
+        let result = if tracing::dispatcher::has_been_set() {
+            // Traced: boxed apart, so that the common future stays small.
+            Box::pin(async {
+                let span = self.settle_span(&kind);
+                let result = self.answer_counted(kind).instrument(span.clone()).await;
+                crate::trace::record_publish(&span, &result, None);
+                result
+            })
+            .await
         } else {
-            self.answer_counted(kind).instrument(span.clone()).await
+            self.answer_counted(kind).await
         };
-        crate::trace::record_publish(&span, &result, None);
         self.shared
             .metrics
             .answered(slot, result.as_ref().err().map(BusError::kind));

@@ -739,7 +739,7 @@ fn send_span(table: &str, envelopes: &[Envelope]) -> tracing::Span {
     let span = tracing::info_span!(
         target: "event_bus::send",
         "send",
-        otel.name = format!("send {table}"),
+        otel.name = %format_args!("send {table}"),
         otel.kind = "client",
         messaging.system = "outbox",
         messaging.operation.name = "send",
