@@ -1629,16 +1629,48 @@ struct Traced {
     started: Option<std::time::Instant>,
 }
 
-/// Calls the handler with the event, in its process span (returned, for
-/// the handler's future); a panic is caught.
+/// What [`invoke`] returns: the handler's call (or its panic), and the
+/// attempt's span and start when it is traced or timed.
+type Invoked<F> = (Result<Call<F>, Panic>, Option<Box<Traced>>);
+
+/// Calls the handler with the event; a panic is caught. Without a
+/// `tracing` dispatcher and unless this attempt is timed (one in
+/// [`PROCESS_SAMPLE`](crate::metrics::PROCESS_SAMPLE)), that is all: the
+/// span and the timing are made in [`invoke_traced`], and returned (boxed)
+/// for the handler's future.
+#[inline]
 fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> (Result<Call<C::Future<'a>>, Panic>, Traced) {
-    let started = crate::metrics::sample_process().then(std::time::Instant::now);
+) -> Invoked<C::Future<'a>> {
+    let timed = crate::metrics::sample_process();
+    if timed || tracing::dispatcher::has_been_set() {
+        return invoke_traced(h, delivery, decoded, attempt, tx, timed);
+    }
+    let event = Event {
+        data: decoded,
+        message: delivery.message(),
+        attempt,
+        delivery_count: delivery.delivery_count(),
+    };
+    let called = std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)));
+    (called, None)
+}
+
+/// [`invoke`] in the attempt's process span, timed if `timed`.
+#[inline(never)]
+fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+    timed: bool,
+) -> Invoked<C::Future<'a>> {
+    let started = timed.then(std::time::Instant::now);
     let event = Event {
         data: decoded,
         message: delivery.message(),
@@ -1666,7 +1698,9 @@ fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
         Err(_) => finished(Err(())),
         Ok(Call::Later(_)) => {}
     }
-    (called, Traced { span, started })
+    let traced =
+        (!span.is_disabled() || started.is_some()).then(|| Box::new(Traced { span, started }));
+    (called, traced)
 }
 
 /// Records a failed attempt's kind (`error.type`) on its process span.
@@ -1680,17 +1714,16 @@ fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>) {
     crate::trace::record_failure(span, kind);
 }
 
-/// A handler's future run in its process span, its outcome recorded there.
-type TracedFuture<F> = futures::future::Inspect<
-    tracing::instrument::Instrumented<F>,
-    Box<dyn FnOnce(&Outcome) + Send>,
->;
-
 /// The handler's outcome as a future; a panic while the handler runs (or
-/// while its future is polled) is caught.
-type HandlerFuture<F> = futures::future::Either<
+/// while its future is polled) is caught. A traced or timed attempt's
+/// future is boxed apart (with its span and clock), so that the common one
+/// stays the handler's own.
+type HandlerFuture<'a, F> = futures::future::Either<
     futures::future::Ready<Result<Outcome, Panic>>,
-    futures::future::CatchUnwind<AssertUnwindSafe<TracedFuture<F>>>,
+    futures::future::Either<
+        futures::future::CatchUnwind<AssertUnwindSafe<F>>,
+        BoxFuture<'a, Result<Outcome, Panic>>,
+    >,
 >;
 
 /// Calls the handler with the event: its outcome, as a future.
@@ -1700,31 +1733,29 @@ fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> HandlerFuture<C::Future<'a>> {
+) -> HandlerFuture<'a, C::Future<'a>> {
     use futures::future::{ready, Either};
+    use futures::FutureExt;
     match invoke(h, delivery, decoded, attempt, tx) {
         (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
-        (Ok(Call::Later(fut)), Traced { span, started }) => {
-            use futures::FutureExt;
+        (Ok(Call::Later(fut)), None) => {
+            Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind()))
+        }
+        (Ok(Call::Later(fut)), Some(traced)) => {
             use tracing::Instrument;
-            // Nothing to record (the common case): a closure without state,
-            // which is not allocated.
-            let record: Box<dyn FnOnce(&Outcome) + Send> = match (span.is_disabled(), started) {
-                (true, None) => Box::new(|_: &Outcome| {}),
-                (disabled, started) => {
-                    let span = (!disabled).then(|| span.clone());
-                    let histogram = h.process_duration.clone();
-                    Box::new(move |o: &Outcome| {
-                        if let Some(span) = &span {
-                            record_outcome(span, Ok(o));
-                        }
-                        if let Some(t) = started {
-                            histogram.record(t.elapsed());
-                        }
-                    })
+            let Traced { span, started } = *traced;
+            let histogram = h.process_duration.clone();
+            let traced = async move {
+                let outcome = AssertUnwindSafe(fut.instrument(span.clone()))
+                    .catch_unwind()
+                    .await;
+                record_outcome(&span, outcome.as_ref().map_err(|_| ()));
+                if let Some(t) = started {
+                    histogram.record(t.elapsed());
                 }
+                outcome
             };
-            Either::Right(AssertUnwindSafe(fut.instrument(span).inspect(record)).catch_unwind())
+            Either::Right(Either::Right(Box::pin(traced)))
         }
         (Err(panic), _) => Either::Left(ready(Err(panic))),
     }
