@@ -143,9 +143,12 @@ impl DeadLetter {
             .iter()
             .filter(|(n, _)| !n.starts_with(dlq::PREFIX))
             .collect();
+        // A bus-assigned original id (`$js:...`, `$mem:...`) cannot be given
+        // back to the bus: `$` is reserved for the ids it assigns.
+        let original = self.original_id().unwrap_or("event");
         let id = format!(
             "{}-replay-{}",
-            self.original_id().unwrap_or("event"),
+            original.trim_start_matches('$'),
             msg.sequence
         );
         let ack = self
@@ -168,6 +171,16 @@ impl DeadLetter {
     /// Leaves the dead letter in the queue (it is listed again later).
     pub async fn keep(self) -> Result<(), BusError> {
         self.delivery.nack(Some(Duration::from_secs(1))).await
+    }
+
+    /// Leaves the dead letter in the queue, readable again after `delay`
+    /// (`None`: at once, for a reader that is done reading, such as a
+    /// command-line listing).
+    pub async fn keep_for(self, delay: Option<Duration>) -> Result<(), BusError> {
+        // An explicit zero: no delay means the consumer's backoff otherwise.
+        self.delivery
+            .nack(Some(delay.unwrap_or(Duration::ZERO)))
+            .await
     }
 }
 

@@ -1,0 +1,571 @@
+//! What each subcommand does.
+
+use crate::{Cli, Command, ConsumersCommand, DlqCommand, DlqFilter, StreamsCommand};
+use event_bus::runner::{DeadLetter, DeadLetterQueue};
+use event_bus::{BusError, BusType, Envelope, ErrorKind, EventBus, MessageId, NatsBus};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the command: the exit code, or the error to report.
+pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
+    let config = cli.bus_config()?;
+    match &cli.command {
+        Command::Pub {
+            subject,
+            payload,
+            headers,
+            id,
+            count,
+        } => {
+            let bus = event_bus::connect(&config).await?;
+            publish(
+                cli,
+                bus.as_ref(),
+                subject,
+                payload.as_deref(),
+                headers,
+                id.as_deref(),
+                *count,
+            )
+            .await
+        }
+        Command::Sub {
+            pattern,
+            count,
+            timeout,
+            headers,
+            raw,
+        } => {
+            let bus = event_bus::connect(&config).await?;
+            subscribe(
+                cli,
+                bus.as_ref(),
+                pattern,
+                *count,
+                timeout.map(Into::into),
+                *headers,
+                *raw,
+            )
+            .await
+        }
+        Command::Health => {
+            let bus = event_bus::connect(&config).await?;
+            let h = bus.health().await;
+            let status = format!("{:?}", h.status).to_lowercase();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"backend": h.backend, "status": status, "detail": h.detail})
+                );
+            } else {
+                println!("{} {status}: {}", h.backend, h.detail);
+            }
+            Ok(if h.is_healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Streams(cmd) => streams(cli, &nats(&config).await?, cmd).await,
+        Command::Consumers(cmd) => consumers(cli, &nats(&config).await?, cmd).await,
+        Command::Dlq(cmd) => {
+            let bus = event_bus::connect(&config).await?;
+            dlq(cli, bus, cmd).await
+        }
+    }
+}
+
+async fn nats(config: &event_bus::BusConfig) -> Result<NatsBus, BusError> {
+    if config.bus_type != BusType::Nats {
+        return Err(BusError::config(
+            "type",
+            "memory",
+            "streams and consumers exist on NATS only: pass --url or set EVENT_BUS_TYPE=nats",
+        ));
+    }
+    NatsBus::connect(&config.nats).await
+}
+
+fn backend(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::with_source(ErrorKind::Backend, format!("{what}: {e}"), e)
+}
+
+/// Replaces `{{counter}}` and `{{timestamp}}` (RFC 3339) in `template`.
+fn render(template: &str, n: u64) -> String {
+    if !template.contains("{{") {
+        return template.to_string();
+    }
+    template.replace("{{counter}}", &n.to_string()).replace(
+        "{{timestamp}}",
+        &humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    )
+}
+
+async fn publish(
+    cli: &Cli,
+    bus: &dyn EventBus,
+    subject: &str,
+    payload: Option<&str>,
+    headers: &[String],
+    id: Option<&str>,
+    count: u64,
+) -> Result<ExitCode, BusError> {
+    let template = match payload {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).map_err(|e| {
+                BusError::with_source(
+                    ErrorKind::Config,
+                    format!("reading the payload from stdin: {e}"),
+                    e,
+                )
+            })?;
+            s
+        }
+        Some(p) => p.to_string(),
+        None => String::new(),
+    };
+    let mut parsed = Vec::new();
+    for h in headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| BusError::config("--header", h, "expected name:value"))?;
+        parsed.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    for n in 1..=count {
+        let mut env = Envelope::new(subject, render(&template, n).into_bytes());
+        for (name, value) in &parsed {
+            env.headers.insert(name.as_str(), value.as_str());
+        }
+        if let Some(id) = id {
+            let id = if count > 1 {
+                format!("{id}-{n}")
+            } else {
+                id.to_string()
+            };
+            env = env.id(MessageId::new(id));
+        }
+        let ack = bus.publish_envelope(env).await?;
+        if cli.json {
+            println!(
+                "{}",
+                json!({"subject": subject, "stream": ack.stream, "sequence": ack.sequence, "duplicate": ack.duplicate})
+            );
+        } else if count == 1 {
+            match &ack.stream {
+                Some(s) => println!(
+                    "published to {subject} (stream {s}, sequence {}{})",
+                    ack.sequence,
+                    if ack.duplicate { ", duplicate" } else { "" }
+                ),
+                None => println!("published to {subject}"),
+            }
+        }
+    }
+    if count > 1 && !cli.json {
+        println!("published {count} messages to {subject}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn message_json(m: &event_bus::BusMessage, with_headers: bool) -> Value {
+    let payload = match std::str::from_utf8(&m.payload) {
+        Ok(text) => {
+            serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_string()))
+        }
+        Err(_) => json!({"base64_len": m.payload.len()}),
+    };
+    let mut v = json!({"subject": m.subject.as_str(), "id": m.id.to_string(), "sequence": m.sequence, "payload": payload});
+    if with_headers {
+        let headers: serde_json::Map<String, Value> = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        v["headers"] = Value::Object(headers);
+    }
+    v
+}
+
+async fn subscribe(
+    cli: &Cli,
+    bus: &dyn EventBus,
+    pattern: &str,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    with_headers: bool,
+    raw: bool,
+) -> Result<ExitCode, BusError> {
+    let mut sub = bus.subscribe(pattern).await?;
+    if !cli.json && !raw {
+        eprintln!("listening on {pattern}");
+    }
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let next = match timeout {
+            Some(t) => match tokio::time::timeout(t, sub.next()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            None => sub.next().await,
+        };
+        let Some(m) = next else { break };
+        seen += 1;
+        if raw {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&m.payload);
+            let _ = out.write_all(b"\n");
+        } else if cli.json {
+            println!("{}", message_json(&m, with_headers));
+        } else {
+            println!("[#{seen}] {} id={} seq={}", m.subject, m.id, m.sequence);
+            if with_headers {
+                for (k, v) in m.headers.iter() {
+                    println!("  {k}: {v}");
+                }
+            }
+            println!("{}", String::from_utf8_lossy(&m.payload));
+        }
+    }
+    if let Some(c) = count {
+        if seen < c {
+            return Err(BusError::new(
+                ErrorKind::Timeout,
+                format!("received {seen} of {c} messages on {pattern:?} before the timeout"),
+            ));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitCode, BusError> {
+    let js = bus.jetstream();
+    match cmd {
+        StreamsCommand::Ls => {
+            let mut list = js.streams();
+            let mut rows = Vec::new();
+            while let Some(info) = list.next().await {
+                let info = info.map_err(|e| backend("listing streams", e))?;
+                rows.push(json!({
+                    "name": info.config.name,
+                    "subjects": info.config.subjects,
+                    "messages": info.state.messages,
+                    "bytes": info.state.bytes,
+                    "consumers": info.state.consumer_count,
+                }));
+            }
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            if cli.json {
+                println!("{}", Value::Array(rows));
+            } else {
+                print_table(
+                    &["stream", "subjects", "messages", "bytes", "consumers"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r["name"].as_str().unwrap_or_default().to_string(),
+                            r["subjects"]
+                                .as_array()
+                                .map(|s| {
+                                    s.iter()
+                                        .filter_map(Value::as_str)
+                                        .collect::<Vec<_>>()
+                                        .join(",")
+                                })
+                                .unwrap_or_default(),
+                            r["messages"].to_string(),
+                            r["bytes"].to_string(),
+                            r["consumers"].to_string(),
+                        ]
+                    }),
+                );
+            }
+        }
+        StreamsCommand::Info { name } => {
+            let mut stream = js.get_stream(name).await.map_err(|e| {
+                BusError::with_source(ErrorKind::NotFound, format!("stream {name:?}: {e}"), e)
+            })?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| backend(&format!("stream {name}"), e))?;
+            let v = json!({
+                "name": info.config.name,
+                "subjects": info.config.subjects,
+                "storage": format!("{:?}", info.config.storage).to_lowercase(),
+                "replicas": info.config.num_replicas,
+                "max_age_seconds": info.config.max_age.as_secs(),
+                "duplicate_window_seconds": info.config.duplicate_window.as_secs(),
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_sequence": info.state.first_sequence,
+                "last_sequence": info.state.last_sequence,
+                "consumers": info.state.consumer_count,
+            });
+            if cli.json {
+                println!("{v}");
+            } else if let Value::Object(map) = v {
+                for (k, v) in map {
+                    println!("{k:>26}: {v}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn consumer_json(info: &async_nats::jetstream::consumer::Info) -> Value {
+    json!({
+        "name": info.name,
+        "stream": info.stream_name,
+        "filter": info.config.filter_subject,
+        "pending": info.num_pending,
+        "ack_pending": info.num_ack_pending,
+        "redelivered": info.num_redelivered,
+        "waiting": info.num_waiting,
+        "delivered_stream_sequence": info.delivered.stream_sequence,
+        "ack_floor_stream_sequence": info.ack_floor.stream_sequence,
+    })
+}
+
+async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<ExitCode, BusError> {
+    let js = bus.jetstream();
+    let stream_of = |name: &str| {
+        let name = name.to_string();
+        async move {
+            js.get_stream(&name).await.map_err(|e| {
+                BusError::with_source(ErrorKind::NotFound, format!("stream {name:?}: {e}"), e)
+            })
+        }
+    };
+    match cmd {
+        ConsumersCommand::Ls { stream } => {
+            let s = stream_of(stream).await?;
+            let mut list = s.consumers();
+            let mut rows = Vec::new();
+            while let Some(info) = list.next().await {
+                rows.push(consumer_json(
+                    &info.map_err(|e| backend("listing consumers", e))?,
+                ));
+            }
+            rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            if cli.json {
+                println!("{}", Value::Array(rows));
+            } else {
+                print_table(
+                    &[
+                        "consumer",
+                        "filter",
+                        "pending",
+                        "ack pending",
+                        "redelivered",
+                    ],
+                    rows.iter().map(|r| {
+                        vec![
+                            r["name"].as_str().unwrap_or_default().to_string(),
+                            r["filter"].as_str().unwrap_or_default().to_string(),
+                            r["pending"].to_string(),
+                            r["ack_pending"].to_string(),
+                            r["redelivered"].to_string(),
+                        ]
+                    }),
+                );
+            }
+        }
+        ConsumersCommand::Info { stream, name } => {
+            let s = stream_of(stream).await?;
+            let info = s.consumer_info(name).await.map_err(|e| {
+                BusError::with_source(
+                    ErrorKind::NotFound,
+                    format!("consumer {name:?} on {stream}: {e}"),
+                    e,
+                )
+            })?;
+            let v = consumer_json(&info);
+            if cli.json {
+                println!("{v}");
+            } else if let Value::Object(map) = v {
+                for (k, v) in map {
+                    println!("{k:>26}: {v}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dead_letter_json(d: &DeadLetter) -> Value {
+    let m = d.message();
+    json!({
+        "id": m.id.to_string(),
+        "sequence": m.sequence,
+        "original_subject": d.original_subject(),
+        "original_id": d.original_id(),
+        "consumer": d.consumer(),
+        "handler": d.handler(),
+        "delivery_count": d.delivery_count(),
+        "reason": d.reason(),
+        "payload": String::from_utf8_lossy(&m.payload),
+    })
+}
+
+/// The dead letters that pass `filter`; the others are kept (left).
+async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<DeadLetter>, BusError> {
+    let reader = format!("bus-cli-{}", filter.subject.replace(['.', '*', '>'], "_"));
+    let mut queue = DeadLetterQueue::open(bus, &filter.subject, &reader).await?;
+    let all = queue.list(filter.max, Duration::from_millis(750)).await?;
+    let mut out = Vec::new();
+    for d in all {
+        let keep = filter
+            .consumer
+            .as_deref()
+            .is_none_or(|c| d.consumer() == Some(c))
+            && filter
+                .error_contains
+                .as_deref()
+                .is_none_or(|t| d.reason().is_some_and(|r| r.contains(t)));
+        if keep {
+            out.push(d);
+        } else {
+            d.keep_for(None).await?;
+        }
+    }
+    Ok(out)
+}
+
+async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<ExitCode, BusError> {
+    match cmd {
+        DlqCommand::Ls(filter) => {
+            let found = matching(bus, filter).await?;
+            let rows: Vec<Value> = found.iter().map(dead_letter_json).collect();
+            for d in found {
+                d.keep_for(None).await?;
+            }
+            if cli.json {
+                println!("{}", Value::Array(rows));
+            } else {
+                print_table(
+                    &["id", "original subject", "consumer", "deliveries", "reason"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r["id"].as_str().unwrap_or_default().to_string(),
+                            r["original_subject"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            r["consumer"].as_str().unwrap_or_default().to_string(),
+                            r["delivery_count"].to_string(),
+                            r["reason"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .chars()
+                                .take(80)
+                                .collect(),
+                        ]
+                    }),
+                );
+            }
+        }
+        DlqCommand::Replay {
+            filter,
+            dry_run,
+            rate,
+        } => {
+            let found = matching(bus, filter).await?;
+            let pause = rate
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(1.0 / r));
+            let mut done = Vec::new();
+            for d in found {
+                let row = dead_letter_json(&d);
+                if *dry_run {
+                    d.keep_for(None).await?;
+                } else {
+                    let ack = d.replay().await?;
+                    if let Some(p) = pause {
+                        tokio::time::sleep(p).await;
+                    }
+                    let _ = ack;
+                }
+                done.push(row);
+            }
+            report(
+                cli,
+                if *dry_run { "would replay" } else { "replayed" },
+                &done,
+            );
+        }
+        DlqCommand::Discard { filter, dry_run } => {
+            let found = matching(bus, filter).await?;
+            let mut done = Vec::new();
+            for d in found {
+                done.push(dead_letter_json(&d));
+                if *dry_run {
+                    d.keep_for(None).await?;
+                } else {
+                    d.discard().await?;
+                }
+            }
+            report(
+                cli,
+                if *dry_run {
+                    "would discard"
+                } else {
+                    "discarded"
+                },
+                &done,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(cli: &Cli, what: &str, rows: &[Value]) {
+    if cli.json {
+        println!(
+            "{}",
+            json!({"action": what, "count": rows.len(), "dead_letters": rows})
+        );
+    } else {
+        println!("{what} {} dead letter(s)", rows.len());
+        for r in rows {
+            println!(
+                "  {} -> {}",
+                r["id"].as_str().unwrap_or_default(),
+                r["original_subject"].as_str().unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Prints aligned columns.
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!(
+        "{}",
+        line(header.iter().map(|h| h.to_uppercase()).collect())
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+}

@@ -1,0 +1,209 @@
+//! `bus`: operate an event bus from the command line.
+//!
+//! It connects from the same configuration as services (`EVENT_BUS_*`,
+//! `EVENT_BUS_CONFIG`), overridable with `--config`, `--url` and `--tenant`.
+//! Every command prints a table or lines for people, or with `--json` one
+//! JSON document (or one JSON object per line for streams of messages).
+//! Exit codes: 0 done, 1 failed (or unhealthy), 2 bad usage.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use event_bus::{BusConfig, BusType};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Operate an event bus: publish, subscribe, streams, consumers, dead
+/// letters, health.
+#[derive(Parser, Debug)]
+#[command(name = "bus", version)]
+pub struct Cli {
+    /// A TOML or JSON configuration file (default: `EVENT_BUS_CONFIG`, then
+    /// the `EVENT_BUS_*` variables).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// NATS server URL(s), comma-separated: use NATS at these.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// The tenant to act as.
+    #[arg(long, global = true)]
+    tenant: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Publish a message (PAYLOAD, or stdin with `-`; `{{counter}}` and
+    /// `{{timestamp}}` in it are replaced per message).
+    Pub {
+        /// The subject.
+        subject: String,
+        /// The payload; `-` reads stdin. Empty if absent.
+        payload: Option<String>,
+        /// A header, `name:value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The message id (de-duplication); with `--count`, `-<n>` is appended.
+        #[arg(long)]
+        id: Option<String>,
+        /// How many messages to publish.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Print the messages on a pattern (new ones).
+    Sub {
+        /// The subject pattern (`*`, `>` wildcards).
+        pattern: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long without a message (e.g. `5s`).
+        #[arg(long)]
+        timeout: Option<humantime::Duration>,
+        /// Print headers too.
+        #[arg(long)]
+        headers: bool,
+        /// Print only the payloads, as they are.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// JetStream streams (NATS).
+    #[command(subcommand)]
+    Streams(StreamsCommand),
+    /// Durable consumers (NATS).
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
+    /// Dead letters on a dead-letter subject (e.g. `dlq.<runner>`).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Check the bus: exit code 0 when healthy, 1 otherwise.
+    Health,
+}
+
+/// `bus streams`.
+#[derive(Subcommand, Debug)]
+pub enum StreamsCommand {
+    /// Every stream with its subjects and message count.
+    Ls,
+    /// One stream's configuration and state.
+    Info {
+        /// The stream's name.
+        name: String,
+    },
+}
+
+/// `bus consumers`.
+#[derive(Subcommand, Debug)]
+pub enum ConsumersCommand {
+    /// The durable consumers of a stream with pending, ack-pending and
+    /// redelivered counts.
+    Ls {
+        /// The stream's name.
+        stream: String,
+    },
+    /// One consumer's state.
+    Info {
+        /// The stream's name.
+        stream: String,
+        /// The consumer's name.
+        name: String,
+    },
+}
+
+/// Filters for dead letters.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DlqFilter {
+    /// The dead-letter subject (`dlq.<runner>` for a runner's).
+    subject: String,
+    /// Only those of this consumer.
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only those whose last error contains this text.
+    #[arg(long)]
+    error_contains: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 1000)]
+    max: usize,
+}
+
+/// `bus dlq`.
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters (they stay).
+    Ls(DlqFilter),
+    /// Publish dead letters again on their original subject (a new message
+    /// id derived from the original), then remove them.
+    Replay {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many replays per second.
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+    /// Remove dead letters without replaying them.
+    Discard {
+        /// Which dead letters.
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+impl Cli {
+    /// The configuration: the file, else the environment, with the flags
+    /// applied on top.
+    fn bus_config(&self) -> Result<BusConfig, event_bus::BusError> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let mut c = BusConfig::from_file(path)?;
+                c.apply_env(|k| std::env::var(k).ok())?;
+                c
+            }
+            None => BusConfig::load()?,
+        };
+        if let Some(url) = &self.url {
+            config.bus_type = BusType::Nats;
+            config.nats.urls = url.split(',').map(|u| u.trim().to_string()).collect();
+        }
+        if let Some(t) = &self.tenant {
+            config.nats.tenant = Some(t.clone());
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(&cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "kind": e.kind().as_str()})
+                );
+            }
+            eprintln!("bus: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The `bus` binary against a real nats-server: publish and subscribe,
+//! streams and consumers, health and its exit code, usage errors, and a
+//! dead-letter round trip (a poison event lands in the DLQ, `bus dlq ls`
+//! shows it, `bus dlq replay` brings it back and a fixed handler consumes it).
+
+use event_bus::config::StreamSpec;
+use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::{EventBus, NatsBus, StartPosition};
+use event_bus_testkit::nats_server::NatsServer;
+use serde_json::Value;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs `bus` with `args` against `url` (no other configuration).
+fn bus(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bus"))
+        .args(args)
+        .env_remove("EVENT_BUS_CONFIG")
+        .env("EVENT_BUS_TYPE", "nats")
+        .env("EVENT_BUS_NATS_URL", url)
+        .output()
+        .expect("run bus")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "bus failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+async fn server_with_streams() -> (NatsServer, NatsBus) {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    nats.ensure_streams(&[
+        StreamSpec::new("ORDERS", ["orders.>"]),
+        StreamSpec::new("DLQ", ["dlq.>"]),
+    ])
+    .await
+    .unwrap();
+    (server, nats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_streams_consumers_and_health() {
+    let (server, _nats) = server_with_streams().await;
+    let url = server.url();
+    let u = url.clone();
+    // A subscriber first (it sees new messages), then three publishes.
+    let sub = tokio::task::spawn_blocking(move || {
+        bus(
+            &u,
+            &[
+                "sub",
+                "orders.>",
+                "--count",
+                "3",
+                "--timeout",
+                "10s",
+                "--headers",
+                "--json",
+            ],
+        )
+    });
+    // Wait until the subscription exists: a consumer appears on ORDERS.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = json(&bus(&url, &["streams", "info", "ORDERS", "--json"]));
+        if v["consumers"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriber did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = bus(
+        &url,
+        &[
+            "pub",
+            "orders.created",
+            r#"{"n": {{counter}}}"#,
+            "-H",
+            "trace:abc",
+            "--count",
+            "3",
+            "--id",
+            "o",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 3);
+    assert_eq!(acks[0]["stream"], "ORDERS");
+    // The same ids again: duplicates.
+    let again = bus(
+        &url,
+        &["pub", "orders.created", "x", "--id", "o-1", "--json"],
+    );
+    assert_eq!(json(&again)["duplicate"], true);
+
+    let sub = sub.await.unwrap();
+    assert!(
+        sub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let got: Vec<Value> = String::from_utf8_lossy(&sub.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0]["payload"]["n"], 1);
+    assert_eq!(got[2]["payload"]["n"], 3);
+    assert_eq!(got[1]["headers"]["trace"], "abc");
+    assert_eq!(got[1]["id"], "o-2");
+
+    let streams = json(&bus(&url, &["streams", "ls", "--json"]));
+    let orders = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ORDERS")
+        .unwrap();
+    assert_eq!(orders["messages"], 3);
+    let table = bus(&url, &["streams", "ls"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("STREAM") && text.contains("ORDERS"),
+        "{text}"
+    );
+
+    let health = bus(&url, &["health", "--json"]);
+    assert_eq!(json(&health)["status"], "healthy");
+
+    // Usage errors: exit code 2, naming the argument.
+    let bad = bus(&url, &["pub"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("<SUBJECT>"));
+    let bad = bus(&url, &["pub", "orders.x", "-H", "no-colon"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--header"));
+    let bad = bus(&url, &["pub", "orders..x"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("orders..x"));
+
+    // Unhealthy: exit code 1 once the server is gone.
+    drop(server);
+    let down = bus(&url, &["health"]);
+    assert_eq!(
+        down.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
+    let (server, nats) = server_with_streams().await;
+    let url = server.url();
+    let bus_: Arc<dyn EventBus> = Arc::new(nats);
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let f = fixed.clone();
+    let runner = Runner::builder(bus_.clone(), "billing")
+        .handler(Handler::sync(
+            "charge",
+            "orders.>",
+            move |e: Event<'_, Value>, _tx| {
+                if e.data["poison"] == true && !f.load(Ordering::SeqCst) {
+                    return Outcome::DeadLetter("cannot charge a poison order".into());
+                }
+                let _ = tx.send(e.message.subject.to_string());
+                Outcome::Ack
+            },
+        ))
+        .start(StartPosition::All)
+        .build()
+        .spawn()
+        .await
+        .unwrap();
+    bus_.publish("orders.bad", br#"{"poison": true}"#.to_vec())
+        .await
+        .unwrap();
+    bus_.publish("orders.good", br#"{"poison": false}"#.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), handled.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        "orders.good"
+    );
+
+    // The DLQ shows the poison event, with why.
+    let u = url.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = json(&bus(&u, &["dlq", "ls", "dlq.billing", "--json"]));
+            if !v.as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
+                return v;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let dead = listed.as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{listed}");
+    assert_eq!(dead[0]["original_subject"], "orders.bad");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("poison"),
+        "{listed}"
+    );
+
+    // A dry run changes nothing; filters that match nothing replay nothing.
+    let u = url.clone();
+    let dry = tokio::task::spawn_blocking(move || {
+        json(&bus(
+            &u,
+            &["dlq", "replay", "dlq.billing", "--dry-run", "--json"],
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(dry["count"], 1);
+    let u = url.clone();
+    let none = tokio::task::spawn_blocking(move || {
+        json(&bus(
+            &u,
+            &[
+                "dlq",
+                "replay",
+                "dlq.billing",
+                "--error-contains",
+                "timeout",
+                "--json",
+            ],
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(none["count"], 0);
+
+    // The handler is fixed; replay brings the event back and it is handled.
+    fixed.store(true, Ordering::SeqCst);
+    let u = url.clone();
+    let replayed = tokio::task::spawn_blocking(move || {
+        json(&bus(&u, &["dlq", "replay", "dlq.billing", "--json"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(replayed["count"], 1, "{replayed}");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), handled.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        "orders.bad"
+    );
+    // Nothing left in the DLQ.
+    let u = url.clone();
+    let after = tokio::task::spawn_blocking(move || {
+        json(&bus(&u, &["dlq", "ls", "dlq.billing", "--json"]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(after.as_array().unwrap().len(), 0, "{after}");
+
+    let consumers = json(&bus(&url, &["consumers", "ls", "ORDERS", "--json"]));
+    let billing = consumers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "billing-charge")
+        .unwrap_or_else(|| panic!("{consumers}"));
+    assert_eq!(billing["pending"], 0);
+    runner.shutdown().await;
+}
