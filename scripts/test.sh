@@ -22,6 +22,8 @@ echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
 echo "== outbox chain example (in-memory bus, throwaway PostgreSQL)"
 cargo run -q -p event-bus-postgres --example outbox_chain
+echo "== platform demo, --once (in-memory bus, throwaway PostgreSQL)"
+cargo run -q -p event-bus-demo -- --once
 
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" -le 0 ]; then echo "== fuzz targets: NOT RUN (FUZZ_SECONDS=$fuzz_seconds)"; fi
