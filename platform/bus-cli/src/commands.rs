@@ -70,6 +70,33 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
                 ExitCode::FAILURE
             })
         }
+        Command::Consume {
+            name,
+            pattern,
+            count,
+            timeout,
+            no_ack,
+        } => {
+            let bus = event_bus::connect(&config).await?;
+            consume(
+                cli,
+                bus.as_ref(),
+                name,
+                pattern,
+                *count,
+                timeout.map(Into::into),
+                *no_ack,
+            )
+            .await
+        }
+        Command::Outbox {
+            database_url,
+            table,
+            command,
+        } => crate::admin::outbox(cli, database_url, table, command).await,
+        Command::Schema { bucket, command } => {
+            crate::admin::schema(cli, &config, bucket, command).await
+        }
         Command::Streams(cmd) => streams(cli, &nats(&config).await?, cmd).await,
         Command::Consumers(cmd) => consumers(cli, &nats(&config).await?, cmd).await,
         Command::Dlq(cmd) => {
@@ -243,6 +270,52 @@ async fn subscribe(
     Ok(ExitCode::SUCCESS)
 }
 
+async fn consume(
+    cli: &Cli,
+    bus: &dyn EventBus,
+    name: &str,
+    pattern: &str,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    no_ack: bool,
+) -> Result<ExitCode, BusError> {
+    let mut stream = bus
+        .consume(event_bus::ConsumerConfig::new(name, pattern).start(event_bus::StartPosition::All))
+        .await?;
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let next = match timeout {
+            Some(t) => match tokio::time::timeout(t, stream.next()).await {
+                Ok(d) => d,
+                Err(_) => break,
+            },
+            None => stream.next().await,
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        seen += 1;
+        if cli.json {
+            let mut v = message_json(delivery.message(), false);
+            v["delivery_count"] = json!(delivery.delivery_count());
+            println!("{v}");
+        } else {
+            let m = delivery.message();
+            println!(
+                "[#{seen}] {} id={} seq={} delivery={}",
+                m.subject,
+                m.id,
+                m.sequence,
+                delivery.delivery_count()
+            );
+            println!("{}", String::from_utf8_lossy(&m.payload));
+        }
+        if !no_ack {
+            delivery.ack().await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitCode, BusError> {
     let js = bus.jetstream();
     match cmd {
@@ -283,6 +356,38 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                         ]
                     }),
                 );
+            }
+        }
+        StreamsCommand::Ensure { file } => {
+            let declared = event_bus::BusConfig::from_file(file)?;
+            let reports = bus.ensure_streams(&declared.nats.streams).await?;
+            let rows: Vec<Value> = reports
+                .iter()
+                .map(|r| {
+                    let (action, drift) = match &r.action {
+                        event_bus::nats::streams::StreamAction::Created => ("created", vec![]),
+                        event_bus::nats::streams::StreamAction::Unchanged => ("unchanged", vec![]),
+                        event_bus::nats::streams::StreamAction::Updated(d) => {
+                            ("updated", d.clone())
+                        }
+                        _ => ("other", vec![]),
+                    };
+                    json!({"stream": r.name, "action": action, "drift": drift})
+                })
+                .collect();
+            if cli.json {
+                println!("{}", Value::Array(rows));
+            } else {
+                for r in &rows {
+                    println!(
+                        "{} {}",
+                        r["stream"].as_str().unwrap_or_default(),
+                        r["action"].as_str().unwrap_or_default()
+                    );
+                    for d in r["drift"].as_array().into_iter().flatten() {
+                        println!("  {}", d.as_str().unwrap_or_default());
+                    }
+                }
             }
         }
         StreamsCommand::Info { name } => {

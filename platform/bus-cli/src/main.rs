@@ -6,6 +6,7 @@
 //! JSON document (or one JSON object per line for streams of messages).
 //! Exit codes: 0 done, 1 failed (or unhealthy), 2 bad usage.
 
+mod admin;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,22 @@ pub enum Command {
         #[arg(long)]
         raw: bool,
     },
+    /// Read a durable consumer (created if new), acknowledging what it prints.
+    Consume {
+        /// The consumer's durable name.
+        name: String,
+        /// Its filter pattern.
+        pattern: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long without a message (e.g. `5s`).
+        #[arg(long)]
+        timeout: Option<humantime::Duration>,
+        /// Leave them unacknowledged (they are delivered again after the ack wait).
+        #[arg(long)]
+        no_ack: bool,
+    },
     /// JetStream streams (NATS).
     #[command(subcommand)]
     Streams(StreamsCommand),
@@ -81,8 +98,86 @@ pub enum Command {
     /// Dead letters on a dead-letter subject (e.g. `dlq.<runner>`).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The transactional outbox (PostgreSQL: `--database-url` or `DATABASE_URL`).
+    Outbox {
+        /// The PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The outbox table.
+        #[arg(long, default_value = event_bus_postgres::outbox::DEFAULT_TABLE)]
+        table: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Event contracts in the registry (NATS key-value bucket).
+    Schema {
+        /// The registry's bucket.
+        #[arg(long, default_value = "EVENT_CONTRACTS")]
+        bucket: String,
+        /// What to do.
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Check the bus: exit code 0 when healthy, 1 otherwise.
     Health,
+}
+
+/// `bus outbox`.
+#[derive(Subcommand, Debug)]
+pub enum OutboxCommand {
+    /// Pending rows, the oldest's age, failed rows, who holds delivery back.
+    Status,
+    /// Rows the bus refused (in the failure table).
+    Failed {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Moves failed rows back to the outbox (all, or those given).
+    Retry {
+        /// The failed rows' numbers (`seq`); none: all listed by `failed`.
+        seqs: Vec<i64>,
+    },
+}
+
+/// `bus schema`.
+#[derive(Subcommand, Debug)]
+pub enum SchemaCommand {
+    /// Every type with its subject, rule and versions.
+    Ls,
+    /// A type's schema (the latest, or `--version`).
+    Show {
+        /// The event type.
+        type_name: String,
+        /// The version.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Registers a schema file as the type's next version.
+    Register {
+        /// The event type.
+        type_name: String,
+        /// The JSON Schema file.
+        file: PathBuf,
+    },
+    /// Whether a schema file could be registered: exit code 1 and every
+    /// breaking change if not.
+    Check {
+        /// The event type.
+        type_name: String,
+        /// The JSON Schema file.
+        file: PathBuf,
+    },
+    /// The changes between two versions, both ways.
+    Diff {
+        /// The event type.
+        type_name: String,
+        /// The older version.
+        from: u32,
+        /// The newer version.
+        to: u32,
+    },
 }
 
 /// `bus streams`.
@@ -94,6 +189,12 @@ pub enum StreamsCommand {
     Info {
         /// The stream's name.
         name: String,
+    },
+    /// Creates or reconciles the streams a configuration file declares
+    /// (`[[nats.streams]]`), printing what changed.
+    Ensure {
+        /// A TOML or JSON bus configuration file.
+        file: PathBuf,
     },
 }
 

@@ -294,3 +294,157 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     assert_eq!(billing["pending"], 0);
     runner.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_ensure_consume_schema_and_outbox_commands() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+
+    // streams ensure: created, then unchanged, then the drift of a change.
+    let config = dir.path().join("bus.toml");
+    std::fs::write(
+        &config,
+        "type = \"nats\"\n[[nats.streams]]\nname = \"AUDIT\"\nsubjects = [\"audit.>\"]\n",
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let v = json(&bus(&url, &["streams", "ensure", c, "--json"]));
+    assert_eq!(v[0]["action"], "created", "{v}");
+    let v = json(&bus(&url, &["streams", "ensure", c, "--json"]));
+    assert_eq!(v[0]["action"], "unchanged", "{v}");
+    std::fs::write(
+        &config,
+        "type = \"nats\"\n[[nats.streams]]\nname = \"AUDIT\"\nsubjects = [\"audit.>\", \"audit2.>\"]\n",
+    )
+    .unwrap();
+    let v = json(&bus(&url, &["streams", "ensure", c, "--json"]));
+    assert_eq!(v[0]["action"], "updated", "{v}");
+    assert!(
+        v[0]["drift"][0].as_str().unwrap().contains("subjects"),
+        "{v}"
+    );
+
+    // consume: a durable consumer reads what was stored, acknowledging it.
+    for i in 0..2 {
+        assert!(
+            bus(&url, &["pub", "audit.login", &format!("{{\"i\":{i}}}")])
+                .status
+                .success()
+        );
+    }
+    let out = bus(
+        &url,
+        &[
+            "consume",
+            "auditor",
+            "audit.>",
+            "--count",
+            "2",
+            "--timeout",
+            "10s",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let consumers = json(&bus(
+        &url,
+        &["consumers", "info", "AUDIT", "auditor", "--json"],
+    ));
+    assert_eq!(consumers["pending"], 0, "{consumers}");
+    assert_eq!(consumers["ack_floor_stream_sequence"], 2, "{consumers}");
+
+    // schema: register, a compatible check, a breaking check, ls, show, diff.
+    let v1 = dir.path().join("v1.json");
+    std::fs::write(
+        &v1,
+        r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"]}"#,
+    )
+    .unwrap();
+    let v2 = dir.path().join("v2.json");
+    std::fs::write(&v2, r#"{"type":"object","properties":{"id":{"type":"string"},"at":{"type":"string"}},"required":["id"]}"#).unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"type":"object","properties":{"id":{"type":"integer"}},"required":["id"]}"#,
+    )
+    .unwrap();
+    let p = |f: &std::path::Path| f.to_str().unwrap().to_string();
+    assert_eq!(
+        json(&bus(
+            &url,
+            &["schema", "register", "audit.login", &p(&v1), "--json"]
+        ))["version"],
+        1
+    );
+    assert_eq!(
+        json(&bus(
+            &url,
+            &["schema", "check", "audit.login", &p(&v2), "--json"]
+        ))["next_version"],
+        2
+    );
+    let refused = bus(
+        &url,
+        &["schema", "check", "audit.login", &p(&bad), "--json"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let changes: Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(
+        changes["changes"][0]["pointer"], "/properties/id/type",
+        "{changes}"
+    );
+    assert_eq!(
+        json(&bus(
+            &url,
+            &["schema", "register", "audit.login", &p(&v2), "--json"]
+        ))["version"],
+        2
+    );
+    let ls = json(&bus(&url, &["schema", "ls", "--json"]));
+    assert_eq!(ls[0]["versions"], serde_json::json!([1, 2]), "{ls}");
+    let show = json(&bus(
+        &url,
+        &["schema", "show", "audit.login", "--version", "1", "--json"],
+    ));
+    assert_eq!(show["schema"]["required"], serde_json::json!(["id"]));
+    let diff = json(&bus(
+        &url,
+        &["schema", "diff", "audit.login", "1", "2", "--json"],
+    ));
+    assert_eq!(diff["compatible"], true, "{diff}");
+
+    // outbox: status, failed and retry against a real PostgreSQL.
+    let pg = event_bus_testkit::postgres::TestPostgres::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pool = event_bus_postgres::sqlx::PgPool::connect(&pg.url())
+        .await
+        .unwrap();
+    event_bus_postgres::Outbox::new(pool)
+        .migrate()
+        .await
+        .unwrap();
+    let with_db = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_bus"))
+            .args(args)
+            .env("DATABASE_URL", pg.url())
+            .env("EVENT_BUS_TYPE", "nats")
+            .env("EVENT_BUS_NATS_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let status = json(&with_db(&["outbox", "status", "--json"]));
+    assert_eq!(status["pending"], 0, "{status}");
+    assert_eq!(status["failed"], 0, "{status}");
+    assert_eq!(
+        json(&with_db(&["outbox", "failed", "--json"])),
+        serde_json::json!([])
+    );
+    assert_eq!(json(&with_db(&["outbox", "retry", "--json"]))["retried"], 0);
+}
