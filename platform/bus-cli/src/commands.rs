@@ -97,6 +97,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
         Command::Schema { bucket, command } => {
             crate::admin::schema(cli, &config, bucket, command).await
         }
+        Command::Bench(cmd) => crate::bench::run(cli, &config, cmd).await,
         Command::Streams(cmd) => streams(cli, &nats(&config).await?, cmd).await,
         Command::Consumers(cmd) => consumers(cli, &nats(&config).await?, cmd).await,
         Command::Dlq(cmd) => {

@@ -7,6 +7,7 @@
 //! Exit codes: 0 done, 1 failed (or unhealthy), 2 bad usage.
 
 mod admin;
+mod bench;
 mod commands;
 
 use clap::{Parser, Subcommand};
@@ -119,8 +120,62 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Measure the bus (like `nats bench`), optionally against raw async-nats.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Check the bus: exit code 0 when healthy, 1 otherwise.
     Health,
+}
+
+/// What every benchmark takes.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients (publishers; the runner's concurrency).
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Messages in all.
+    #[arg(long, default_value_t = 10_000)]
+    msgs: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// `raw`: run the same scenario through raw async-nats (or a tokio
+    /// channel in memory) and print the ratio.
+    #[arg(long)]
+    compare: Option<String>,
+    /// Print CSV.
+    #[arg(long)]
+    csv: bool,
+}
+
+/// `bus bench`.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Clients publishing, each awaiting every acknowledgement: rates and
+    /// latency percentiles.
+    Pub {
+        /// The subject.
+        subject: String,
+        /// The benchmark's settings.
+        #[command(flatten)]
+        args: BenchArgs,
+    },
+    /// A durable consumer reading and acknowledging a backlog.
+    Consume {
+        /// The subject.
+        subject: String,
+        /// The benchmark's settings.
+        #[command(flatten)]
+        args: BenchArgs,
+    },
+    /// A runner with an empty handler (vs a hand-written loop with `--compare raw`).
+    Runner {
+        /// The subject.
+        subject: String,
+        /// The benchmark's settings.
+        #[command(flatten)]
+        args: BenchArgs,
+    },
 }
 
 /// `bus outbox`.

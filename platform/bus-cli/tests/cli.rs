@@ -448,3 +448,57 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
     );
     assert_eq!(json(&with_db(&["outbox", "retry", "--json"]))["retried"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
+    let (server, _nats) = server_with_streams().await;
+    let url = server.url();
+    let u = url.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        ["pub", "consume", "runner"].map(|what| {
+            json(&bus(
+                &u,
+                &[
+                    "bench",
+                    what,
+                    "orders.bench",
+                    "--msgs",
+                    "2000",
+                    "--clients",
+                    "8",
+                    "--compare",
+                    "raw",
+                    "--json",
+                ],
+            ))
+        })
+    })
+    .await
+    .unwrap();
+    for (what, v) in ["pub", "consume", "runner"].iter().zip(&results) {
+        let sides = v["sides"].as_array().unwrap();
+        assert_eq!(sides.len(), 2, "{what}: {v}");
+        for side in sides {
+            assert!(side["messages"].as_u64().unwrap() >= 2000, "{what}: {v}");
+            assert!(side["msgs_per_sec"].as_f64().unwrap() > 0.0, "{what}: {v}");
+        }
+        assert!(v["ratio"].as_f64().unwrap() > 0.0, "{what}: {v}");
+    }
+    let publish = &results[0]["sides"];
+    assert_eq!(publish[1]["side"], "raw async-nats");
+    let lat = &publish[0]["latency_us"];
+    assert!(lat["p50"].as_u64().unwrap() <= lat["p99"].as_u64().unwrap());
+    // CSV for spreadsheets; a bad argument names itself.
+    let csv = bus(
+        &url,
+        &["bench", "pub", "orders.bench", "--msgs", "100", "--csv"],
+    );
+    let text = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        text.starts_with("side,messages,seconds,msgs_per_sec"),
+        "{text}"
+    );
+    let bad = bus(&url, &["bench", "pub", "orders.bench", "--compare", "fast"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--compare"));
+}
