@@ -62,6 +62,22 @@ impl Figures {
     }
 }
 
+/// A progress bar on stderr when it is a terminal and the output is for
+/// people (no `--json`, no `--csv`); hidden otherwise.
+pub fn progress(cli: &Cli, csv: bool, total: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if cli.json || csv || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
@@ -104,7 +120,9 @@ pub async fn run(
     let (args, mut sides) = match cmd {
         BenchCommand::Pub { subject, args } => {
             check(args)?;
-            let mut sides = vec![bench_pub(&bus, subject, args).await?];
+            let bar = progress(cli, args.csv, args.msgs, "publishing");
+            let mut sides = vec![bench_pub(&bus, subject, args, &bar).await?];
+            bar.finish_and_clear();
             if args.compare.is_some() {
                 sides.push(match &nats {
                     Some(url) => raw_nats_pub(url, subject, args).await?,
@@ -189,6 +207,7 @@ async fn bench_pub(
     bus: &Arc<dyn EventBus>,
     subject: &str,
     args: &BenchArgs,
+    bar: &indicatif::ProgressBar,
 ) -> Result<Figures, BusError> {
     let per = (args.msgs / args.clients as u64).max(1);
     let started = Instant::now();
@@ -197,13 +216,17 @@ async fn bench_pub(
             let bus = bus.clone();
             let subject = subject.to_string();
             let payload = vec![b'x'; args.size];
+            let bar = bar.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
                 let t0 = Instant::now();
-                for _ in 0..per {
+                for i in 0..per {
                     let t = Instant::now();
                     bus.publish(&subject, payload.clone()).await?;
                     let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    if i % 64 == 63 {
+                        bar.inc(64);
+                    }
                 }
                 Ok::<_, BusError>((per as f64 / t0.elapsed().as_secs_f64(), h))
             })

@@ -586,7 +586,9 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
                 .filter(|r| *r > 0.0)
                 .map(|r| Duration::from_secs_f64(1.0 / r));
             let mut done = Vec::new();
+            let bar = crate::bench::progress(cli, false, found.len() as u64, "replaying");
             for d in found {
+                bar.inc(1);
                 let row = dead_letter_json(&d);
                 if *dry_run {
                     d.keep_for(None).await?;
@@ -599,6 +601,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
                 }
                 done.push(row);
             }
+            bar.finish_and_clear();
             report(
                 cli,
                 if *dry_run { "would replay" } else { "replayed" },
