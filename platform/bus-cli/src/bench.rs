@@ -131,6 +131,20 @@ pub async fn run(
             }
             (args, sides)
         }
+        BenchCommand::Sub { subject, args } => {
+            check(args)?;
+            let mut sides = vec![bench_sub(&bus, subject, args, None).await?];
+            if args.compare.is_some() {
+                let Some(url) = &nats else {
+                    return Err(BusError::new(
+                        ErrorKind::Unsupported,
+                        "`bench sub --compare raw` compares with a raw NATS ordered consumer; the in-memory bus has none",
+                    ));
+                };
+                sides.push(bench_sub(&bus, subject, args, Some(url)).await?);
+            }
+            (args, sides)
+        }
         BenchCommand::Consume { subject, args } => {
             check(args)?;
             let mut sides = vec![bench_consume(&bus, subject, args, None).await?];
@@ -462,6 +476,102 @@ async fn raw_nats_consume(
     let elapsed = started.elapsed();
     Ok(Figures {
         label: "raw async-nats pull consumer".into(),
+        messages: got,
+        elapsed,
+        client_rates: vec![got as f64 / elapsed.as_secs_f64()],
+        latency: None,
+    })
+}
+
+/// A subscription keeping up with a publisher (`publish_batch` in the
+/// background): time from the first publish until all are received.
+/// `raw`: a raw async-nats ordered consumer (`DeliverPolicy::New`) instead.
+async fn bench_sub(
+    bus: &Arc<dyn EventBus>,
+    subject: &str,
+    args: &BenchArgs,
+    raw: Option<&str>,
+) -> Result<Figures, BusError> {
+    let raw_err = |what: &str, e: &dyn std::fmt::Display| {
+        BusError::new(ErrorKind::Backend, format!("raw {what}: {e}"))
+    };
+    enum Source {
+        Bus(event_bus::Subscription),
+        Raw(async_nats::jetstream::consumer::pull::Ordered),
+    }
+    let mut source = match raw {
+        None => Source::Bus(bus.subscribe(subject).await?),
+        Some(url) => {
+            use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+            let client = async_nats::connect(url)
+                .await
+                .map_err(|e| raw_err("connect", &e))?;
+            let js = async_nats::jetstream::new(client);
+            let name = js
+                .stream_by_subject(subject)
+                .await
+                .map_err(|e| raw_err("stream look-up (publish to the subject first)", &e))?;
+            let stream = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| raw_err("stream", &e))?;
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    filter_subject: subject.to_string(),
+                    deliver_policy: DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| raw_err("consumer", &e))?;
+            Source::Raw(consumer.messages().await.map_err(|e| raw_err("pull", &e))?)
+        }
+    };
+    let started = Instant::now();
+    let publisher = {
+        let bus = bus.clone();
+        let subject = subject.to_string();
+        let payload = vec![b'x'; args.size];
+        let n = args.msgs;
+        tokio::spawn(async move {
+            let envelopes: Vec<_> = (0..n)
+                .map(|_| event_bus::Envelope::new(subject.as_str(), payload.clone()))
+                .collect();
+            bus.publish_batch(envelopes).await
+        })
+    };
+    let mut got = 0u64;
+    while got < args.msgs {
+        let next = match &mut source {
+            Source::Bus(sub) => tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .ok()
+                .flatten()
+                .map(|_| ()),
+            Source::Raw(messages) => {
+                match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+                    Ok(Some(Ok(_))) => Some(()),
+                    Ok(Some(Err(_))) => continue,
+                    _ => None,
+                }
+            }
+        };
+        if next.is_none() {
+            break;
+        }
+        got += 1;
+    }
+    let elapsed = started.elapsed();
+    for r in publisher
+        .await
+        .map_err(|e| BusError::new(ErrorKind::Backend, e.to_string()))?
+    {
+        r?;
+    }
+    Ok(Figures {
+        label: match raw {
+            None => format!("{} subscribe", bus.backend_name()),
+            Some(_) => "raw async-nats ordered consumer".into(),
+        },
         messages: got,
         elapsed,
         client_rates: vec![got as f64 / elapsed.as_secs_f64()],

@@ -160,6 +160,14 @@ pub enum BenchCommand {
         #[command(flatten)]
         args: BenchArgs,
     },
+    /// A subscription keeping up with a publisher (`publish_batch`).
+    Sub {
+        /// The subject.
+        subject: String,
+        /// The benchmark's settings.
+        #[command(flatten)]
+        args: BenchArgs,
+    },
     /// A durable consumer reading and acknowledging a backlog.
     Consume {
         /// The subject.

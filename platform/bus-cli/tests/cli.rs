@@ -455,7 +455,7 @@ async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
     let url = server.url();
     let u = url.clone();
     let results = tokio::task::spawn_blocking(move || {
-        ["pub", "consume", "runner"].map(|what| {
+        ["pub", "sub", "consume", "runner"].map(|what| {
             json(&bus(
                 &u,
                 &[
@@ -475,7 +475,7 @@ async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
     })
     .await
     .unwrap();
-    for (what, v) in ["pub", "consume", "runner"].iter().zip(&results) {
+    for (what, v) in ["pub", "sub", "consume", "runner"].iter().zip(&results) {
         let sides = v["sides"].as_array().unwrap();
         assert_eq!(sides.len(), 2, "{what}: {v}");
         for side in sides {
