@@ -497,7 +497,7 @@ async fn bench_sub(
     };
     enum Source {
         Bus(event_bus::Subscription),
-        Raw(async_nats::jetstream::consumer::pull::Ordered),
+        Raw(Box<async_nats::jetstream::consumer::pull::Ordered>),
     }
     let mut source = match raw {
         None => Source::Bus(bus.subscribe(subject).await?),
@@ -523,7 +523,9 @@ async fn bench_sub(
                 })
                 .await
                 .map_err(|e| raw_err("consumer", &e))?;
-            Source::Raw(consumer.messages().await.map_err(|e| raw_err("pull", &e))?)
+            Source::Raw(Box::new(
+                consumer.messages().await.map_err(|e| raw_err("pull", &e))?,
+            ))
         }
     };
     let started = Instant::now();
