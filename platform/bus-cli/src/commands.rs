@@ -449,7 +449,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
         }
     };
     match cmd {
-        ConsumersCommand::Ls { stream } => {
+        ConsumersCommand::Ls { stream, window } => {
             let s = stream_of(stream).await?;
             let mut list = s.consumers();
             let mut rows = Vec::new();
@@ -459,6 +459,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
                 ));
             }
             rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            lag_statuses(bus, &mut rows, (*window).into()).await;
             if cli.json {
                 println!("{}", Value::Array(rows));
             } else {
@@ -469,6 +470,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
                         "pending",
                         "ack pending",
                         "redelivered",
+                        "lag status",
                     ],
                     rows.iter().map(|r| {
                         vec![
@@ -477,12 +479,17 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
                             r["pending"].to_string(),
                             r["ack_pending"].to_string(),
                             r["redelivered"].to_string(),
+                            r["lag_status"].as_str().unwrap_or("-").to_string(),
                         ]
                     }),
                 );
             }
         }
-        ConsumersCommand::Info { stream, name } => {
+        ConsumersCommand::Info {
+            stream,
+            name,
+            window,
+        } => {
             let s = stream_of(stream).await?;
             let info = s.consumer_info(name).await.map_err(|e| {
                 BusError::with_source(
@@ -491,7 +498,9 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
                     e,
                 )
             })?;
-            let v = consumer_json(&info);
+            let mut rows = vec![consumer_json(&info)];
+            lag_statuses(bus, &mut rows, (*window).into()).await;
+            let v = rows.remove(0);
             if cli.json {
                 println!("{v}");
             } else if let Value::Object(map) = v {
@@ -502,6 +511,48 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Samples each consumer 4 times over `window` and sets its `lag_status`
+/// (Burrow's rules, `event_bus::consumer::lag`); `null` with `0s`, or with
+/// the reason in `lag_error` when it cannot be sampled.
+async fn lag_statuses(bus: &NatsBus, rows: &mut [Value], window: Duration) {
+    use event_bus::consumer::lag::{LagSample, LagWindow};
+    if window.is_zero() {
+        return;
+    }
+    let mut windows: Vec<LagWindow> = rows.iter().map(|_| LagWindow::new(4)).collect();
+    let mut errors: Vec<Option<String>> = vec![None; rows.len()];
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(window / 3).await;
+        }
+        for (row, (w, err)) in rows.iter().zip(windows.iter_mut().zip(errors.iter_mut())) {
+            let (name, filter) = (
+                row["name"].as_str().unwrap_or_default(),
+                row["filter"].as_str().unwrap_or_default(),
+            );
+            match bus.consumer_state(name, filter).await {
+                Ok(state) => {
+                    let now = std::time::Instant::now();
+                    w.push(LagSample {
+                        at: now,
+                        position: state.position,
+                        lag: state.lag(),
+                        last_active: state.idle_for.and_then(|d| now.checked_sub(d)),
+                    });
+                }
+                Err(e) => *err = Some(e.to_string()),
+            }
+        }
+    }
+    let now = std::time::Instant::now();
+    for (row, (w, err)) in rows.iter_mut().zip(windows.iter().zip(errors)) {
+        match err {
+            Some(e) => row["lag_error"] = json!(e),
+            None => row["lag_status"] = json!(w.status(now).as_str()),
+        }
+    }
 }
 
 fn dead_letter_json(d: &DeadLetter) -> Value {

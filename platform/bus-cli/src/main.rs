@@ -265,17 +265,24 @@ pub enum StreamsCommand {
 #[derive(Subcommand, Debug)]
 pub enum ConsumersCommand {
     /// The durable consumers of a stream with pending, ack-pending and
-    /// redelivered counts.
+    /// redelivered counts, and their lag status over a short window.
     Ls {
         /// The stream's name.
         stream: String,
+        /// How long to sample each consumer for its lag status (Burrow's
+        /// rules over 4 samples); `0s` skips it.
+        #[arg(long, default_value = "2s")]
+        window: humantime::Duration,
     },
-    /// One consumer's state.
+    /// One consumer's state and lag status.
     Info {
         /// The stream's name.
         stream: String,
         /// The consumer's name.
         name: String,
+        /// How long to sample it for its lag status; `0s` skips it.
+        #[arg(long, default_value = "2s")]
+        window: humantime::Duration,
     },
 }
 

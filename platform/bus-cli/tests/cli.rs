@@ -292,6 +292,7 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
         .find(|c| c["name"] == "billing-charge")
         .unwrap_or_else(|| panic!("{consumers}"));
     assert_eq!(billing["pending"], 0);
+    assert_eq!(billing["lag_status"], "OK", "{consumers}");
     runner.shutdown().await;
 }
 
@@ -354,10 +355,65 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     let consumers = json(&bus(
         &url,
-        &["consumers", "info", "AUDIT", "auditor", "--json"],
+        &[
+            "consumers",
+            "info",
+            "AUDIT",
+            "auditor",
+            "--window",
+            "0s",
+            "--json",
+        ],
     ));
     assert_eq!(consumers["pending"], 0, "{consumers}");
     assert_eq!(consumers["ack_floor_stream_sequence"], 2, "{consumers}");
+    assert!(
+        consumers.get("lag_status").is_none(),
+        "no window, no status: {consumers}"
+    );
+    // Two more events read without acknowledging: lag that does not shrink.
+    for i in 2..4 {
+        assert!(
+            bus(&url, &["pub", "audit.login", &format!("{{\"i\":{i}}}")])
+                .status
+                .success()
+        );
+    }
+    let out = bus(
+        &url,
+        &[
+            "consume",
+            "auditor",
+            "audit.>",
+            "--count",
+            "2",
+            "--timeout",
+            "10s",
+            "--no-ack",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = json(&bus(
+        &url,
+        &[
+            "consumers",
+            "info",
+            "AUDIT",
+            "auditor",
+            "--window",
+            "1s",
+            "--json",
+        ],
+    ));
+    assert_eq!(held["ack_pending"], 2, "{held}");
+    assert!(
+        matches!(held["lag_status"].as_str(), Some("STALL" | "STOP")),
+        "unacknowledged deliveries with no progress: {held}"
+    );
 
     // schema: register, a compatible check, a breaking check, ls, show, diff.
     let v1 = dir.path().join("v1.json");
