@@ -12,6 +12,9 @@ use std::time::Duration;
 
 /// Runs the command: the exit code, or the error to report.
 pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
+    if let Command::Context(cmd) = &cli.command {
+        return crate::context::run(cli, cmd);
+    }
     let config = cli.bus_config()?;
     match &cli.command {
         Command::Pub {
@@ -52,6 +55,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
             )
             .await
         }
+        Command::Context(_) => unreachable!("handled above"),
         Command::Health => {
             let bus = event_bus::connect(&config).await?;
             let h = bus.health().await;

@@ -9,6 +9,7 @@
 mod admin;
 mod bench;
 mod commands;
+mod context;
 
 use clap::{Parser, Subcommand};
 use event_bus::{BusConfig, BusType};
@@ -30,6 +31,11 @@ pub struct Cli {
     /// The tenant to act as.
     #[arg(long, global = true)]
     tenant: Option<String>,
+    /// A saved context (`bus context save`): its URL, tenant and
+    /// configuration file, unless given here. Default: `BUS_CONTEXT`, else
+    /// the selected one.
+    #[arg(long, global = true)]
+    context: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -123,8 +129,47 @@ pub enum Command {
     /// Measure the bus (like `nats bench`), optionally against raw async-nats.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Named contexts (a saved URL, tenant, configuration file).
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Check the bus: exit code 0 when healthy, 1 otherwise.
     Health,
+}
+
+/// `bus context`.
+#[derive(Subcommand, Debug)]
+pub enum ContextCommand {
+    /// Saves (or replaces) a context.
+    Save {
+        /// Its name.
+        name: String,
+        /// NATS URL(s), comma-separated.
+        #[arg(long = "server")]
+        url: Option<String>,
+        /// The tenant.
+        #[arg(long = "as-tenant")]
+        tenant: Option<String>,
+        /// A bus configuration file.
+        #[arg(long = "config-file")]
+        config: Option<PathBuf>,
+    },
+    /// Lists the contexts (`*` marks the selected one).
+    Ls,
+    /// Prints a context.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Makes a context the default.
+    Select {
+        /// Its name.
+        name: String,
+    },
+    /// Removes a context.
+    Rm {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What every benchmark takes.
@@ -335,7 +380,9 @@ impl Cli {
     /// The configuration: the file, else the environment, with the flags
     /// applied on top.
     fn bus_config(&self) -> Result<BusConfig, event_bus::BusError> {
-        let mut config = match &self.config {
+        let ctx = context::chosen(self.context.as_deref())?.unwrap_or_default();
+        let file = self.config.as_ref().or(ctx.config.as_ref());
+        let mut config = match file {
             Some(path) => {
                 let mut c = BusConfig::from_file(path)?;
                 c.apply_env(|k| std::env::var(k).ok())?;
@@ -343,11 +390,11 @@ impl Cli {
             }
             None => BusConfig::load()?,
         };
-        if let Some(url) = &self.url {
+        if let Some(url) = self.url.as_ref().or(ctx.url.as_ref()) {
             config.bus_type = BusType::Nats;
             config.nats.urls = url.split(',').map(|u| u.trim().to_string()).collect();
         }
-        if let Some(t) = &self.tenant {
+        if let Some(t) = self.tenant.as_ref().or(ctx.tenant.as_ref()) {
             config.nats.tenant = Some(t.clone());
         }
         config.validate()?;

@@ -558,3 +558,50 @@ async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--compare"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_contexts_choose_the_server() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
+        c.args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("EVENT_BUS_CONFIG")
+            .env_remove("EVENT_BUS_TYPE")
+            .env_remove("EVENT_BUS_NATS_URL")
+            .env_remove("BUS_CONTEXT");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Without a context the CLI uses the in-memory default.
+    assert_eq!(json(&run(&["health", "--json"], &[]))["backend"], "memory");
+    assert!(run(
+        &["context", "save", "local", "--server", &server.url()],
+        &[]
+    )
+    .status
+    .success());
+    assert_eq!(
+        json(&run(&["--context", "local", "health", "--json"], &[]))["backend"],
+        "nats"
+    );
+    assert_eq!(
+        json(&run(&["health", "--json"], &[("BUS_CONTEXT", "local")]))["backend"],
+        "nats"
+    );
+    assert!(run(&["context", "select", "local"], &[]).status.success());
+    assert_eq!(json(&run(&["health", "--json"], &[]))["backend"], "nats");
+    let ls = json(&run(&["context", "ls", "--json"], &[]));
+    assert_eq!(ls["selected"], "local", "{ls}");
+    // A missing context is an error naming it; a bad name is refused.
+    let missing = run(&["--context", "nope", "health"], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("\"nope\""));
+    let bad = run(&["context", "save", "../x"], &[]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(run(&["context", "rm", "local"], &[]).status.success());
+    assert_eq!(json(&run(&["health", "--json"], &[]))["backend"], "memory");
+}
