@@ -570,6 +570,7 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
         "handler": d.handler(),
         "delivery_count": d.delivery_count(),
         "reason": d.reason(),
+        "dead_lettered_at": d.dead_lettered_at().map(|t| humantime::format_rfc3339_millis(t).to_string()),
         "payload": String::from_utf8_lossy(&m.payload),
     })
 }
@@ -581,10 +582,15 @@ async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<Dead
     let all = queue.list(filter.max, Duration::from_millis(750)).await?;
     let mut out = Vec::new();
     for d in all {
-        let keep = filter
-            .consumer
-            .as_deref()
-            .is_none_or(|c| d.consumer() == Some(c))
+        let recent = filter.since.is_none_or(|since| {
+            d.dead_lettered_at()
+                .is_some_and(|at| at.elapsed().unwrap_or_default() <= Duration::from(since))
+        });
+        let keep = recent
+            && filter
+                .consumer
+                .as_deref()
+                .is_none_or(|c| d.consumer() == Some(c))
             && filter
                 .error_contains
                 .as_deref()
@@ -629,6 +635,41 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
                         ]
                     }),
                 );
+            }
+        }
+        DlqCommand::Show { subject, id } => {
+            let filter = DlqFilter {
+                subject: subject.clone(),
+                consumer: None,
+                error_contains: None,
+                since: None,
+                max: 100_000,
+            };
+            let mut found = None;
+            for d in matching(bus, &filter).await? {
+                if found.is_none() && d.message().id.to_string() == *id {
+                    let mut v = dead_letter_json(&d);
+                    v["headers"] = d
+                        .message()
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into();
+                    found = Some(v);
+                }
+                d.keep_for(None).await?;
+            }
+            let v = found.ok_or_else(|| {
+                BusError::new(
+                    ErrorKind::NotFound,
+                    format!("no dead letter {id:?} on {subject:?}"),
+                )
+            })?;
+            if cli.json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             }
         }
         DlqCommand::Replay {

@@ -342,6 +342,9 @@ pub struct DlqFilter {
     /// Only those whose last error contains this text.
     #[arg(long)]
     error_contains: Option<String>,
+    /// Only those dead-lettered within this long (e.g. `1h`).
+    #[arg(long)]
+    since: Option<humantime::Duration>,
     /// At most this many.
     #[arg(long, default_value_t = 1000)]
     max: usize,
@@ -352,6 +355,13 @@ pub struct DlqFilter {
 pub enum DlqCommand {
     /// List dead letters (they stay).
     Ls(DlqFilter),
+    /// Print one dead letter whole: its headers and payload (it stays).
+    Show {
+        /// The dead-letter subject.
+        subject: String,
+        /// The dead letter's id (as `ls` prints it).
+        id: String,
+    },
     /// Publish dead letters again on their original subject (a new message
     /// id derived from the original), then remove them.
     Replay {

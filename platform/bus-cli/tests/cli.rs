@@ -229,6 +229,35 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
         dead[0]["reason"].as_str().unwrap().contains("poison"),
         "{listed}"
     );
+    assert!(
+        dead[0]["dead_lettered_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{listed}"
+    );
+    let id = dead[0]["id"].as_str().unwrap().to_string();
+    let (u, i) = (url.clone(), id.clone());
+    let (shown, recent) = tokio::task::spawn_blocking(move || {
+        (
+            json(&bus(&u, &["dlq", "show", "dlq.billing", &i, "--json"])),
+            json(&bus(
+                &u,
+                &["dlq", "ls", "dlq.billing", "--since", "1h", "--json"],
+            )),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(shown["id"], id.as_str());
+    assert!(
+        shown["headers"]["Bus-Dlq-Last-Error"]
+            .as_str()
+            .unwrap()
+            .contains("poison"),
+        "{shown}"
+    );
+    assert_eq!(shown["payload"], r#"{"poison": true}"#);
+    assert_eq!(recent.as_array().unwrap().len(), 1, "{recent}");
 
     // A dry run changes nothing; filters that match nothing replay nothing.
     let u = url.clone();

@@ -184,7 +184,11 @@ impl Shared {
                 .insert(dlq::ORIGINAL_ID, msg.id.to_string())
                 .insert(dlq::CONSUMER, self.consumer.as_str())
                 .insert(dlq::DELIVERY_COUNT, count.to_string())
-                .insert(dlq::LAST_ERROR, sanitize(reason));
+                .insert(dlq::LAST_ERROR, sanitize(reason))
+                .insert(
+                    dlq::TIME,
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                );
         };
         let id = dead_letter_id(&self.consumer, &msg.id);
         let mut headers = msg.headers.clone();

@@ -73,6 +73,8 @@ pub mod dlq {
     pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
     /// The handler that gave up on it (set by the event runner).
     pub const HANDLER: &str = "Bus-Dlq-Handler";
+    /// When it was dead-lettered (RFC 3339, UTC, milliseconds).
+    pub const TIME: &str = "Bus-Dlq-Time";
     /// Set when the dead letter with the original payload would exceed the
     /// size limit (`max_payload`): the dead letter then carries no payload
     /// and none of the original headers (only the `Bus-Dlq-*` ones), and this

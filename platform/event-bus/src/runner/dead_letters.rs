@@ -114,6 +114,12 @@ impl DeadLetter {
         self.header(dlq::CONSUMER)
     }
 
+    /// When it was dead-lettered (`None` for dead letters written before
+    /// the `Bus-Dlq-Time` header existed).
+    pub fn dead_lettered_at(&self) -> Option<std::time::SystemTime> {
+        humantime::parse_rfc3339(self.header(dlq::TIME)?).ok()
+    }
+
     /// How many times it had been delivered.
     pub fn delivery_count(&self) -> Option<u32> {
         self.header(dlq::DELIVERY_COUNT)
