@@ -1,5 +1,6 @@
 //! `bus outbox` (PostgreSQL) and `bus schema` (the contracts registry).
 
+use crate::commands::print_object;
 use crate::{Cli, OutboxCommand, SchemaCommand};
 use event_bus::{BusConfig, BusError, BusType, ErrorKind};
 use event_bus_postgres::{sqlx, Outbox};
@@ -244,16 +245,6 @@ fn print_changes(cli: &Cli, compatible: bool, changes: &[compat::Change]) {
     } else {
         for c in changes {
             println!("{c}");
-        }
-    }
-}
-
-fn print_object(cli: &Cli, v: &Value) {
-    if cli.json {
-        println!("{v}");
-    } else if let Value::Object(map) = v {
-        for (k, v) in map {
-            println!("{k:>28}: {v}");
         }
     }
 }

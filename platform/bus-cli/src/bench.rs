@@ -78,6 +78,17 @@ pub fn progress(cli: &Cli, csv: bool, total: u64, what: &str) -> indicatif::Prog
     bar
 }
 
+/// The NATS URL a `--compare raw` needs (`what`: the bench, `raw`: its
+/// baseline); the in-memory bus has no such baseline.
+fn raw_url<'a>(nats: &'a Option<String>, what: &str, raw: &str) -> Result<&'a str, BusError> {
+    nats.as_deref().ok_or_else(|| {
+        BusError::new(
+            ErrorKind::Unsupported,
+            format!("`bench {what} --compare raw` compares with {raw}; the in-memory bus has none"),
+        )
+    })
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
@@ -126,7 +137,7 @@ pub async fn run(
             if args.compare.is_some() {
                 sides.push(match &nats {
                     Some(url) => raw_nats_pub(url, subject, args).await?,
-                    None => raw_channel(args).await,
+                    None => raw_channel(args).await?,
                 });
             }
             (args, sides)
@@ -135,12 +146,7 @@ pub async fn run(
             check(args)?;
             let mut sides = vec![bench_sub(&bus, subject, args, None).await?];
             if args.compare.is_some() {
-                let Some(url) = &nats else {
-                    return Err(BusError::new(
-                        ErrorKind::Unsupported,
-                        "`bench sub --compare raw` compares with a raw NATS ordered consumer; the in-memory bus has none",
-                    ));
-                };
+                let url = raw_url(&nats, "sub", "a raw NATS ordered consumer")?;
                 sides.push(bench_sub(&bus, subject, args, Some(url)).await?);
             }
             (args, sides)
@@ -149,12 +155,7 @@ pub async fn run(
             check(args)?;
             let mut sides = vec![bench_consume(&bus, subject, args, None).await?];
             if args.compare.is_some() {
-                let Some(url) = &nats else {
-                    return Err(BusError::new(
-                        ErrorKind::Unsupported,
-                        "`bench consume --compare raw` compares with a raw NATS pull consumer; the in-memory bus has none",
-                    ));
-                };
+                let url = raw_url(&nats, "consume", "a raw NATS pull consumer")?;
                 sides.push(bench_consume(&bus, subject, args, Some(url)).await?);
             }
             (args, sides)
@@ -217,26 +218,30 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn bench_pub(
-    bus: &Arc<dyn EventBus>,
-    subject: &str,
+/// Runs `args.clients` clients, each sending `msgs / clients` messages
+/// with `send(client)` and awaiting each: the rates and latencies of all.
+async fn clients<S, F>(
+    label: String,
     args: &BenchArgs,
     bar: &indicatif::ProgressBar,
-) -> Result<Figures, BusError> {
+    send: S,
+) -> Result<Figures, BusError>
+where
+    S: Fn() -> F + Clone + Send + 'static,
+    F: std::future::Future<Output = Result<(), BusError>> + Send,
+{
     let per = (args.msgs / args.clients as u64).max(1);
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|_| {
-            let bus = bus.clone();
-            let subject = subject.to_string();
-            let payload = vec![b'x'; args.size];
+            let send = send.clone();
             let bar = bar.clone();
             tokio::spawn(async move {
                 let mut h = histogram();
                 let t0 = Instant::now();
                 for i in 0..per {
                     let t = Instant::now();
-                    bus.publish(&subject, payload.clone()).await?;
+                    send().await?;
                     let _ = h.record(t.elapsed().as_micros().max(1) as u64);
                     if i % 64 == 63 {
                         bar.inc(64);
@@ -256,12 +261,28 @@ async fn bench_pub(
         latency.add(h).expect("same bounds");
     }
     Ok(Figures {
-        label: format!("{} publish", bus.backend_name()),
+        label,
         messages: per * args.clients as u64,
         elapsed: started.elapsed(),
         client_rates,
         latency: Some(latency),
     })
+}
+
+async fn bench_pub(
+    bus: &Arc<dyn EventBus>,
+    subject: &str,
+    args: &BenchArgs,
+    bar: &indicatif::ProgressBar,
+) -> Result<Figures, BusError> {
+    let (bus, subject) = (bus.clone(), Arc::<str>::from(subject));
+    let payload = vec![b'x'; args.size];
+    let label = format!("{} publish", bus.backend_name());
+    clients(label, args, bar, move || {
+        let (bus, subject, payload) = (bus.clone(), subject.clone(), payload.clone());
+        async move { bus.publish(&subject, payload).await }
+    })
+    .await
 }
 
 async fn raw_nats_pub(url: &str, subject: &str, args: &BenchArgs) -> Result<Figures, BusError> {
@@ -273,88 +294,41 @@ async fn raw_nats_pub(url: &str, subject: &str, args: &BenchArgs) -> Result<Figu
         )
     })?;
     let js = async_nats::jetstream::new(client);
-    let per = (args.msgs / args.clients as u64).max(1);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let js = js.clone();
-            let subject = subject.to_string();
-            let payload = bytes::Bytes::from(vec![b'x'; args.size]);
-            tokio::spawn(async move {
-                let mut h = histogram();
-                let t0 = Instant::now();
-                for _ in 0..per {
-                    let t = Instant::now();
-                    let ack = js.publish(subject.clone(), payload.clone()).await;
-                    match ack {
-                        Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                    .map_err(|e| BusError::new(ErrorKind::Backend, format!("raw publish: {e}")))?;
-                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                }
-                Ok::<_, BusError>((per as f64 / t0.elapsed().as_secs_f64(), h))
-            })
-        })
-        .collect();
-    let mut latency = histogram();
-    let mut client_rates = Vec::new();
-    for t in tasks {
-        let (rate, h) = t
-            .await
-            .map_err(|e| BusError::new(ErrorKind::Backend, e.to_string()))??;
-        client_rates.push(rate);
-        latency.add(h).expect("same bounds");
-    }
-    Ok(Figures {
-        label: "raw async-nats".into(),
-        messages: per * args.clients as u64,
-        elapsed: started.elapsed(),
-        client_rates,
-        latency: Some(latency),
+    let subject = subject.to_string();
+    let payload = bytes::Bytes::from(vec![b'x'; args.size]);
+    let hidden = indicatif::ProgressBar::hidden();
+    clients("raw async-nats".into(), args, &hidden, move || {
+        let (js, subject, payload) = (js.clone(), subject.clone(), payload.clone());
+        async move {
+            let ack = js.publish(subject, payload).await;
+            match ack {
+                Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+            .map_err(|e| BusError::new(ErrorKind::Backend, format!("raw publish: {e}")))
+        }
     })
+    .await
 }
 
 /// The in-memory baseline: each client sends into a tokio channel that one
 /// task drains.
-async fn raw_channel(args: &BenchArgs) -> Figures {
-    let per = (args.msgs / args.clients as u64).max(1);
+async fn raw_channel(args: &BenchArgs) -> Result<Figures, BusError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let tx = tx.clone();
-            let payload = vec![b'x'; args.size];
-            tokio::spawn(async move {
-                let mut h = histogram();
-                let t0 = Instant::now();
-                for _ in 0..per {
-                    let t = Instant::now();
-                    let _ = tx.send(payload.clone()).await;
-                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                }
-                (per as f64 / t0.elapsed().as_secs_f64(), h)
-            })
-        })
-        .collect();
-    drop(tx);
-    let mut latency = histogram();
-    let mut client_rates = Vec::new();
-    for t in tasks {
-        if let Ok((rate, h)) = t.await {
-            client_rates.push(rate);
-            latency.add(h).expect("same bounds");
+    let payload = vec![b'x'; args.size];
+    let hidden = indicatif::ProgressBar::hidden();
+    let figures = clients("raw tokio mpsc".into(), args, &hidden, move || {
+        let (tx, payload) = (tx.clone(), payload.clone());
+        async move {
+            tx.send(payload)
+                .await
+                .map_err(|_| BusError::new(ErrorKind::Closed, "the raw channel closed"))
         }
-    }
-    let _ = drain.await;
-    Figures {
-        label: "raw tokio mpsc".into(),
-        messages: per * args.clients as u64,
-        elapsed: started.elapsed(),
-        client_rates,
-        latency: Some(latency),
-    }
+    })
+    .await;
+    drain.abort();
+    figures
 }
 
 /// Publishes the backlog the consuming benches read (untimed).

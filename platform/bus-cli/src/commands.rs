@@ -416,13 +416,7 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                 "last_sequence": info.state.last_sequence,
                 "consumers": info.state.consumer_count,
             });
-            if cli.json {
-                println!("{v}");
-            } else if let Value::Object(map) = v {
-                for (k, v) in map {
-                    println!("{k:>26}: {v}");
-                }
-            }
+            print_object(cli, &v);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -505,13 +499,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
             let mut rows = vec![consumer_json(&info)];
             lag_statuses(bus, &mut rows, (*window).into()).await;
             let v = rows.remove(0);
-            if cli.json {
-                println!("{v}");
-            } else if let Value::Object(map) = v {
-                for (k, v) in map {
-                    println!("{k:>26}: {v}");
-                }
-            }
+            print_object(cli, &v);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -743,6 +731,17 @@ fn report(cli: &Cli, what: &str, rows: &[Value]) {
                 r["id"].as_str().unwrap_or_default(),
                 r["original_subject"].as_str().unwrap_or_default()
             );
+        }
+    }
+}
+
+/// Prints `v` as JSON, or one aligned `key: value` line per member.
+pub fn print_object(cli: &Cli, v: &Value) {
+    if cli.json {
+        println!("{v}");
+    } else if let Value::Object(map) = v {
+        for (k, v) in map {
+            println!("{k:>28}: {v}");
         }
     }
 }

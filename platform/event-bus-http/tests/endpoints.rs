@@ -3,49 +3,20 @@
 //! consumer), `/status` carries the details, `/` is escaped HTML, a check
 //! that hangs is bounded.
 
-use event_bus::consumer::lag::LagMonitor;
 use event_bus::status::{from_fn, BusCheck, CheckReport, StatusCheck};
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus, NatsBus};
+use event_bus::{EventBus, NatsBus};
 use event_bus_http::Monitoring;
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 mod common;
-use common::get;
-
-/// Serves `m` on a free loopback port; returns the address.
-async fn serve(m: Monitoring) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, m.router()).await.unwrap() });
-    addr
-}
+use common::{get, serve, StalledMailer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_consumer_lag_and_status_has_the_details() {
-    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let mut consumer = bus
-        .consume(ConsumerConfig::new("mailer", "mail.>").ack_wait(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    for i in 0..3 {
-        bus.publish("mail.send", vec![i]).await.unwrap();
-    }
-    let held = consumer.next().await.unwrap().unwrap();
-    let lag = Arc::new(LagMonitor::spawn(
-        bus.clone(),
-        [("mailer".to_string(), "mail.>".to_string())],
-        Duration::from_millis(50),
-        4,
-    ));
-    let addr = serve(
-        Monitoring::new()
-            .check(BusCheck::new(bus.clone()))
-            .shared_check(lag.clone()),
-    )
-    .await;
+    let mailer = StalledMailer::start().await;
+    let addr = mailer.addr;
     assert_eq!(get(addr, "/livez").await.0, 200);
     wait::until_async(
         Duration::from_secs(10),
@@ -79,10 +50,7 @@ async fn readyz_follows_consumer_lag_and_status_has_the_details() {
     assert_eq!(details["state"]["lag"], 3, "{details}");
     assert_eq!(v["checks"][0]["details"]["backend"], "memory");
 
-    held.ack().await.unwrap();
-    for _ in 0..2 {
-        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
-    }
+    mailer.catch_up().await;
     wait::until_async(
         Duration::from_secs(10),
         "/readyz 200 once it caught up",

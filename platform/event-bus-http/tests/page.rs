@@ -4,18 +4,12 @@
 //! pixels. A stalled consumer shows as a red NOT READY badge; once it
 //! catches up, the page turns green.
 
-use event_bus::consumer::lag::LagMonitor;
-use event_bus::status::BusCheck;
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
-use event_bus_http::Monitoring;
 use event_bus_testkit::wait;
-use futures::StreamExt;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 mod common;
-use common::get;
+use common::{get, StalledMailer};
 
 /// The badge colours of the page's stylesheet: `.bad` background, `.ok` background.
 const RED: [u8; 3] = [0xcc, 0x00, 0x00];
@@ -124,29 +118,8 @@ async fn look(addr: std::net::SocketAddr) -> (String, usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_a_stalled_consumer_in_red_and_recovery_in_green() {
-    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let mut consumer = bus
-        .consume(ConsumerConfig::new("mailer", "mail.>").ack_wait(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    for i in 0..3 {
-        bus.publish("mail.send", vec![i]).await.unwrap();
-    }
-    let held = consumer.next().await.unwrap().unwrap();
-    let lag = Arc::new(LagMonitor::spawn(
-        bus.clone(),
-        [("mailer".to_string(), "mail.>".to_string())],
-        Duration::from_millis(50),
-        4,
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Monitoring::new()
-        .check(BusCheck::new(bus.clone()))
-        .shared_check(lag.clone())
-        .router();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
+    let mailer = StalledMailer::start().await;
+    let addr = mailer.addr;
     wait::until_async(Duration::from_secs(10), "the mailer to stall", || async {
         get(addr, "/readyz").await.0 == 503
     })
@@ -158,10 +131,7 @@ async fn the_status_page_shows_a_stalled_consumer_in_red_and_recovery_in_green()
     // The NOT READY badge and the consumers' verdict: thousands of red pixels.
     assert!(red > 2_000, "red pixels: {red}");
 
-    held.ack().await.unwrap();
-    for _ in 0..2 {
-        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
-    }
+    mailer.catch_up().await;
     wait::until_async(Duration::from_secs(10), "the mailer to recover", || async {
         get(addr, "/readyz").await.0 == 200
     })

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+mod common;
+use common::get;
 
 /// Prometheus's scrape job name for the service under test.
 const JOB: &str = "event-bus-test";
@@ -495,38 +497,11 @@ async fn wait_value(prom: SocketAddr, query: &str, ok: impl Fn(f64) -> bool) {
 /// GET `path` from Prometheus's HTTP API: the JSON body, whose status must
 /// be `success` (the error and the path in the panic otherwise).
 async fn api(prom: SocketAddr, path: &str) -> Value {
-    let (code, body) = http_get(prom, path).await;
+    let (code, body) = get(prom, path).await;
     let v: Value = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET {path}: {code}, not JSON ({e}): {body}"));
     assert_eq!(v["status"], "success", "GET {path}: {code} {v}");
     v
-}
-
-/// `GET path` as HTTP/1.0 (so that Go's server neither chunks the body nor
-/// keeps the connection), within 5 s: (status code, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&raw).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET http://{addr}{path}: no answer within 5 s"))
-        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 /// Percent-encodes a query-string value.

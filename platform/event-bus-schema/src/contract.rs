@@ -55,7 +55,7 @@ impl Registry {
     /// Registers `T`'s generated schema as the next version of its type
     /// (defining the type on `T::SUBJECT` first if it is new).
     pub async fn register_contract<T: Contract>(&self) -> Result<u32, BusError> {
-        if self.get(T::TYPE).is_none() {
+        if self.settings(T::TYPE).is_none() {
             self.define(T::TYPE, TypeSettings::new(T::SUBJECT)).await?;
         }
         self.register(T::TYPE, T::schema()).await
@@ -84,20 +84,19 @@ impl ValidatingBus {
 /// `registry` holds for its type, under the type's rule: `Err` lists every
 /// breaking change.
 pub fn check<T: Contract>(registry: &Registry) -> Result<(), String> {
-    match registry.get(T::TYPE) {
+    match registry.settings(T::TYPE) {
         None => Err(format!(
             "{} has no registered version: add contracts/events/{}/v1.json",
             T::TYPE,
             T::TYPE
         )),
         Some(t)
-            if t.settings.subject != T::SUBJECT
-                && !event_bus::subject::matches(&t.settings.subject, T::SUBJECT) =>
+            if t.subject != T::SUBJECT && !event_bus::subject::matches(&t.subject, T::SUBJECT) =>
         {
             Err(format!(
                 "{} travels on {:?} in the registry, but the type says {:?}",
                 T::TYPE,
-                t.settings.subject,
+                t.subject,
                 T::SUBJECT
             ))
         }

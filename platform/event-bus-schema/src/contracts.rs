@@ -75,11 +75,10 @@ impl Registry {
                     )
                 })?
             } else {
-                self.get(&type_name)
-                    .map(|t| t.settings)
+                self.settings(&type_name)
                     .unwrap_or_else(|| TypeSettings::new(type_name.as_str()))
             };
-            if self.get(&type_name).map(|t| t.settings) != Some(settings.clone()) {
+            if self.settings(&type_name).as_ref() != Some(&settings) {
                 self.define(&type_name, settings).await?;
             }
             // v<N>.json, in numeric order, from 1 without gaps.

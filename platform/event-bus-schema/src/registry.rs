@@ -516,6 +516,15 @@ impl Registry {
         self.inner.types.read().get(type_name).cloned()
     }
 
+    /// A type's settings (without copying its versions).
+    pub fn settings(&self, type_name: &str) -> Option<TypeSettings> {
+        self.inner
+            .types
+            .read()
+            .get(type_name)
+            .map(|t| t.settings.clone())
+    }
+
     /// A type's newest version.
     pub fn latest(&self, type_name: &str) -> Option<Arc<Version>> {
         self.inner
@@ -541,7 +550,14 @@ impl Registry {
         types
             .iter()
             .filter(|(_, t)| event_bus::subject::matches(&t.settings.subject, subject))
-            .max_by_key(|(name, t)| (t.settings.subject.len(), std::cmp::Reverse((*name).clone())))
+            // The longest pattern wins; between equals, the first name.
+            .max_by(|(a_name, a), (b_name, b)| {
+                a.settings
+                    .subject
+                    .len()
+                    .cmp(&b.settings.subject.len())
+                    .then_with(|| b_name.cmp(a_name))
+            })
             .map(|(name, t)| (name.clone(), t.settings.clone()))
     }
 
@@ -553,15 +569,7 @@ impl Registry {
         let bytes = serde_json::to_vec(&settings).expect("settings serialise");
         match &self.inner.store {
             Store::Memory => {
-                self.inner
-                    .types
-                    .write()
-                    .entry(type_name.to_string())
-                    .and_modify(|t| t.settings = settings.clone())
-                    .or_insert_with(|| TypeEntry {
-                        settings: settings.clone(),
-                        versions: BTreeMap::new(),
-                    });
+                set_settings(&mut self.inner.types.write(), type_name, settings);
                 self.inner.changed.send_modify(|n| *n += 1);
                 Ok(())
             }
@@ -600,7 +608,7 @@ impl Registry {
                         }
                     }
                 }
-                self.wait_for(|r| r.get(type_name).is_some_and(|t| t.settings == settings))
+                self.wait_for(|r| r.settings(type_name).as_ref() == Some(&settings))
                     .await;
                 Ok(())
             }
@@ -645,7 +653,7 @@ impl Registry {
             ));
         }
         check_schema(&origin, &schema)?;
-        if self.get(type_name).is_none() {
+        if self.settings(type_name).is_none() {
             self.define(type_name, TypeSettings::new(type_name)).await?;
         }
         loop {
@@ -811,6 +819,22 @@ impl ValidationFailure {
     }
 }
 
+/// Sets a type's settings, creating the type if it is new.
+fn set_settings(types: &mut HashMap<String, TypeEntry>, type_name: &str, settings: TypeSettings) {
+    match types.get_mut(type_name) {
+        Some(t) => t.settings = settings,
+        None => {
+            types.insert(
+                type_name.to_string(),
+                TypeEntry {
+                    settings,
+                    versions: BTreeMap::new(),
+                },
+            );
+        }
+    }
+}
+
 /// Applies one bucket entry to the local copy.
 fn apply(inner: &Inner, entry: &async_nats::jetstream::kv::Entry) {
     if entry.operation != async_nats::jetstream::kv::Operation::Put {
@@ -823,15 +847,7 @@ fn apply(inner: &Inner, entry: &async_nats::jetstream::kv::Entry) {
     let mut types = inner.types.write();
     match version {
         None => match serde_json::from_slice::<TypeSettings>(&entry.value) {
-            Ok(settings) => {
-                types
-                    .entry(type_name.to_string())
-                    .and_modify(|t| t.settings = settings.clone())
-                    .or_insert_with(|| TypeEntry {
-                        settings: settings.clone(),
-                        versions: BTreeMap::new(),
-                    });
-            }
+            Ok(settings) => set_settings(&mut types, type_name, settings),
             Err(e) => {
                 tracing::warn!(key = %entry.key, error = %e, "schema registry: unreadable settings")
             }

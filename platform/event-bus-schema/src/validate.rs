@@ -32,7 +32,7 @@ fn type_of(
     claimed: Option<&str>,
 ) -> Option<(String, TypeSettings)> {
     match claimed {
-        Some(t) => registry.get(t).map(|e| (t.to_string(), e.settings)),
+        Some(t) => registry.settings(t).map(|s| (t.to_string(), s)),
         None => registry.type_for_subject(subject),
     }
 }

@@ -75,30 +75,18 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The header that carries the W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
 
-/// Opens a span at `INFO` on NATS and `TRACE` otherwise; the fields are
-/// evaluated only if the span is enabled. Without any `tracing` subscriber
-/// it is `Span::none()` at once: `tracing`'s fallback to the `log` crate
-/// (feature `log`, which dependencies often enable) would otherwise build
-/// each span's fields for a logger, per message.
+/// Opens a span at `$level` (`Level::INFO` or `Level::DEBUG`) on NATS and
+/// `TRACE` otherwise; the fields are evaluated only if the span is enabled.
+/// Without any `tracing` subscriber it is `Span::none()` at once:
+/// `tracing`'s fallback to the `log` crate (feature `log`, which
+/// dependencies often enable) would otherwise build each span's fields for
+/// a logger, per message.
 macro_rules! messaging_span {
-    ($system:expr, $name:literal, $($fields:tt)*) => {
+    ($level:expr, $system:expr, $name:literal, $($fields:tt)*) => {
         if !tracing::dispatcher::has_been_set() {
             tracing::Span::none()
         } else if $system == "nats" {
-            tracing::info_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
-        } else {
-            tracing::trace_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
-        }
-    };
-}
-
-/// As [`messaging_span!`], at `DEBUG` on NATS.
-macro_rules! detail_span {
-    ($system:expr, $name:literal, $($fields:tt)*) => {
-        if !tracing::dispatcher::has_been_set() {
-            tracing::Span::none()
-        } else if $system == "nats" {
-            tracing::debug_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
+            tracing::span!(target: concat!("event_bus::", $name), $level, $name, messaging.system = $system, $($fields)*)
         } else {
             tracing::trace_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)
         }
@@ -109,6 +97,7 @@ macro_rules! detail_span {
 /// while the message is built, it is the context written into it.
 pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize) -> Span {
     messaging_span!(
+        tracing::Level::INFO,
         system,
         "publish",
         otel.name = %format_args!("publish {subject}"),
@@ -163,6 +152,7 @@ pub fn process_span(
     delivery_count: u32,
 ) -> Span {
     let span = messaging_span!(
+        tracing::Level::INFO,
         system,
         "process",
         otel.name = %format_args!("process {pattern}"),
@@ -192,7 +182,8 @@ pub(crate) fn record_failure(span: &Span, kind: &'static str) {
 /// handed `message` over: `receive {pattern}`, child of the producer's
 /// context.
 pub(crate) fn received(system: &'static str, pattern: &str, message: &BusMessage) {
-    let span = detail_span!(
+    let span = messaging_span!(
+        tracing::Level::DEBUG,
         system,
         "receive",
         otel.name = %format_args!("receive {pattern}"),
@@ -215,7 +206,8 @@ pub(crate) fn settle_span(
     consumer: &str,
     message: &BusMessage,
 ) -> Span {
-    let span = detail_span!(
+    let span = messaging_span!(
+        tracing::Level::DEBUG,
         system,
         "settle",
         otel.name = %format_args!("{operation} {consumer}"),

@@ -1,18 +1,31 @@
-//! Helpers shared by the endpoint tests.
+//! Helpers shared by the endpoint tests (each test binary uses a part).
+#![allow(dead_code)]
 
+use event_bus::consumer::lag::LagMonitor;
+use event_bus::status::BusCheck;
+use event_bus::{ConsumerConfig, ConsumerStream, Delivery, EventBus, InMemoryBus};
+use event_bus_http::Monitoring;
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `GET path` over a fresh HTTP/1.1 connection: (status code, body).
-pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
+/// `GET path` as HTTP/1.0 on a fresh connection (so that no server chunks
+/// the body or keeps the connection), within 5 s: (status code, body).
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&raw).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET http://{addr}{path}: no answer within 5 s"))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
     let code = text
         .split_whitespace()
         .nth(1)
@@ -23,4 +36,75 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (code, body)
+}
+
+/// Serves `m` on a free loopback port; returns the address.
+pub async fn serve(m: Monitoring) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, m.router()).await.unwrap() });
+    addr
+}
+
+/// An in-memory bus whose durable consumer `mailer` (on `mail.>`) holds one
+/// of three deliveries unanswered, watched by a `LagMonitor` (50 ms samples,
+/// windows of 4) and served with a `BusCheck`: it stalls within a second.
+pub struct StalledMailer {
+    /// The bus.
+    pub bus: Arc<dyn EventBus>,
+    /// The monitoring endpoints.
+    pub addr: SocketAddr,
+    consumer: ConsumerStream,
+    held: Delivery,
+    _lag: Arc<LagMonitor>,
+}
+
+impl StalledMailer {
+    /// Sets it up (see the type).
+    pub async fn start() -> Self {
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+        let mut consumer = bus
+            .consume(ConsumerConfig::new("mailer", "mail.>").ack_wait(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            bus.publish("mail.send", vec![i]).await.unwrap();
+        }
+        let held = consumer.next().await.unwrap().unwrap();
+        let lag = Arc::new(LagMonitor::spawn(
+            bus.clone(),
+            [("mailer".to_string(), "mail.>".to_string())],
+            Duration::from_millis(50),
+            4,
+        ));
+        let addr = serve(
+            Monitoring::new()
+                .check(BusCheck::new(bus.clone()))
+                .shared_check(lag.clone()),
+        )
+        .await;
+        StalledMailer {
+            bus,
+            addr,
+            consumer,
+            held,
+            _lag: lag,
+        }
+    }
+
+    /// Answers everything: the mailer catches up.
+    pub async fn catch_up(mut self) -> SocketAddr {
+        self.held.ack().await.unwrap();
+        for _ in 0..2 {
+            self.consumer
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .ack()
+                .await
+                .unwrap();
+        }
+        self.addr
+    }
 }

@@ -1,0 +1,597 @@
+//! One event's stages in the runner: the attempt (the handler, in its
+//! unit of work, in its process span), retries with backoff, duplicates,
+//! drops, dead letters, the acknowledgement, and the hand-back at shutdown.
+//! The runner's loop (`mod.rs`) starts [`process`] (or a slot's
+//! [`process_ref`]) per event.
+
+use super::*;
+
+pub(super) enum Attempt {
+    Acked,
+    Duplicate,
+    Dropped,
+    DeadLetter(String),
+    Failed {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// The inbox could not begin or commit for a reason that passes (see
+    /// [`inbox_unavailable`]): the attempt is made again after a backoff of
+    /// its own, without counting it against the handler's retries.
+    InboxUnavailable(String),
+}
+
+/// Whether an inbox error is one that passes by itself: a timeout, a lost
+/// connection or a server restarting (a PostgreSQL failover), or a claim
+/// held by another worker for the moment. Such errors say nothing about the
+/// event, so they do not use up the handler's attempts.
+pub(super) fn inbox_unavailable(e: &BusError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Conflict
+    )
+}
+
+/// The backoff between attempts the inbox could not serve: from 50 ms up
+/// to 5 s, with jitter; without limit in number (the event is kept alive
+/// meanwhile, and shutdown hands it back).
+pub(super) fn inbox_backoff(waits: u32) -> Duration {
+    RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(5),
+        multiplier: 2.0,
+        jitter: 0.2,
+    }
+    .delay(waits)
+}
+
+pub(super) async fn cancelled(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+pub(super) fn dlq_headers(handler: &str) -> Headers {
+    let mut h = Headers::new();
+    h.insert(dlq::HANDLER, handler);
+    h
+}
+
+/// Processes one event; see the module docs for the stages. The common path
+/// (the attempt completes at once and is acknowledged) is kept small, since
+/// this future is boxed per event: waiting for a slow attempt, retries and
+/// dead-lettering are boxed separately.
+pub(super) async fn process<T, I, C>(
+    ctx: Arc<TaskCtx<I>>,
+    h: Arc<Registered<T, I, C>>,
+    delivery: Delivery,
+    decoded: Result<T, String>,
+) where
+    T: Send + Sync + 'static,
+    I: Inbox,
+    C: HandlerFn<T, I::Tx>,
+{
+    if process_ref(&ctx, &h, delivery, decoded).await {
+        ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// [`process`] on borrowed context and handler (a slot's, which the runner's
+/// loop owns). `true` if the first attempt acked, for the caller to count
+/// (a slot counts without a locked add); any other end is counted here.
+///
+/// Written as an `async move` block rather than an `async fn`: an `async
+/// fn` stores its arguments twice in its future (as given, and moved into
+/// the body), and this future is written per event.
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+pub(super) fn process_ref<'a, T, I, C>(
+    ctx: &'a TaskCtx<I>,
+    h: &'a Registered<T, I, C>,
+    delivery: Delivery,
+    decoded: Result<T, String>,
+) -> impl Future<Output = bool> + 'a
+where
+    T: Send + Sync + 'static,
+    I: Inbox,
+    C: HandlerFn<T, I::Tx>,
+{
+    async move {
+        // The common case, kept in this (small) future: the first attempt
+        // acks. Anything else continues in `process_rest`, boxed apart.
+        let result = match &decoded {
+            Ok(data) => match one_attempt(ctx, h, &delivery, data, 1).await {
+                Some(result) => Some(result),
+                // Shutdown deadline passed: the unit of work was dropped (rolled back).
+                None => {
+                    Box::pin(hand_back(ctx, delivery)).await;
+                    return false;
+                }
+            },
+            Err(_) => None,
+        };
+        match result {
+            Some(Attempt::Acked) => {
+                // Polled once here before `bounded`: an answer that completes
+                // at once (in memory) skips its future, about 100
+                // instructions per event on this path.
+                let mut answer = std::pin::pin!(delivery.answer(AckKind::Ack));
+                let answered = match futures::poll!(answer.as_mut()) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => bounded(ctx.answer_timeout, answer).await,
+                };
+                if let Err(e) = answered {
+                    answer_failed(&h.handler.name, &e);
+                }
+                true
+            }
+            first => {
+                Box::pin(process_rest(ctx, h, delivery, decoded, first)).await;
+                false
+            }
+        }
+    }
+}
+
+/// One attempt. Most handlers finish at once: only those that do not set
+/// up the cancellation watch and the keep-alive timer. Without an inbox the
+/// attempt is the handler alone (a small state, kept inline); with one,
+/// its begin/commit state is boxed apart. `None` if the shutdown deadline
+/// passed first.
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+pub(super) fn one_attempt<'a, T, I, C>(
+    ctx: &'a TaskCtx<I>,
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    data: &'a T,
+    attempt: u32,
+) -> impl Future<Output = Option<Attempt>> + 'a
+where
+    T: Send + Sync + 'static,
+    I: Inbox,
+    C: HandlerFn<T, I::Tx>,
+{
+    async move {
+        match ctx.inbox.trivial_tx() {
+            Some(tx) => {
+                let work = attempt_without_inbox(h, delivery, data, attempt, tx);
+                tokio::pin!(work);
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work)).await,
+                }
+            }
+            None => {
+                let mut work = Box::pin(run_attempt(ctx, h, delivery, data, attempt));
+                match futures::poll!(work.as_mut()) {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work.as_mut())).await,
+                }
+            }
+        }
+    }
+}
+
+/// The stages after a first attempt that did not simply ack (or before
+/// any, for an undecodable payload): retries, duplicates, drops, dead
+/// letters. `first` is the first attempt's result, if it was made.
+pub(super) async fn process_rest<T, I, C>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I, C>,
+    delivery: Delivery,
+    decoded: Result<T, String>,
+    mut first: Option<Attempt>,
+) where
+    T: Send + Sync + 'static,
+    I: Inbox,
+    C: HandlerFn<T, I::Tx>,
+{
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(reason) => {
+            ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
+        }
+    };
+    // Attempts of the handler (1-based), and waits for the inbox, counted apart.
+    let mut attempt = 1;
+    let mut inbox_waits = 0;
+    loop {
+        let result = match first.take() {
+            Some(done) => done,
+            None => match one_attempt(ctx, h, &delivery, &decoded, attempt).await {
+                Some(result) => result,
+                None => return Box::pin(hand_back(ctx, delivery)).await,
+            },
+        };
+        let answer = match result {
+            Attempt::Acked => {
+                ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
+                AckKind::Ack
+            }
+            Attempt::Duplicate => {
+                ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                AckKind::Ack
+            }
+            Attempt::Dropped => {
+                ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                AckKind::Ack
+            }
+            Attempt::DeadLetter(reason) => {
+                ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
+            }
+            Attempt::Failed { after, reason } => {
+                if attempt >= h.handler.retry.max_attempts {
+                    ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!("{reason} (after {attempt} attempts)");
+                    return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
+                }
+                ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
+                let wait = after.unwrap_or_else(|| h.handler.retry.delay(attempt));
+                tracing::debug!(handler = %h.handler.name, attempt, ?wait, reason, "handler failed; retrying");
+                if !Box::pin(retry_wait(ctx, &delivery, wait)).await {
+                    return Box::pin(hand_back(ctx, delivery)).await;
+                }
+                attempt += 1;
+                continue;
+            }
+            Attempt::InboxUnavailable(reason) => {
+                ctx.counters.inbox_retries.fetch_add(1, Ordering::Relaxed);
+                inbox_waits += 1;
+                let wait = inbox_backoff(inbox_waits);
+                tracing::warn!(handler = %h.handler.name, attempt, inbox_waits, ?wait, reason, "the inbox is unavailable; trying again (not counted as a failed attempt)");
+                if !Box::pin(retry_wait(ctx, &delivery, wait)).await {
+                    return Box::pin(hand_back(ctx, delivery)).await;
+                }
+                continue;
+            }
+        };
+        if let Err(e) = bounded(ctx.answer_timeout, delivery.answer(answer)).await {
+            answer_failed(&h.handler.name, &e);
+        }
+        return;
+    }
+}
+
+/// Waits for an attempt that did not complete at once, keeping the delivery
+/// alive; `None` if the shutdown deadline passed first.
+pub(super) async fn wait_attempt<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    delivery: &Delivery,
+    work: std::pin::Pin<&mut impl Future<Output = Attempt>>,
+) -> Option<Attempt> {
+    tokio::select! {
+        _ = cancelled(ctx.cancel.clone()) => None,
+        r = work => Some(r),
+        _ = keep_alive(ctx, delivery) => unreachable!("keep_alive never completes"),
+    }
+}
+
+/// Waits before a retry, keeping the delivery alive; `false` if the shutdown
+/// deadline passed first.
+pub(super) async fn retry_wait<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    delivery: &Delivery,
+    wait: Duration,
+) -> bool {
+    tokio::select! {
+        _ = cancelled(ctx.cancel.clone()) => false,
+        _ = tokio::time::sleep(wait) => true,
+        _ = keep_alive(ctx, delivery) => unreachable!("keep_alive never completes"),
+    }
+}
+
+/// Hands an event back to the backend (shutdown deadline passed).
+pub(super) async fn hand_back<I: Inbox>(ctx: &TaskCtx<I>, delivery: Delivery) {
+    ctx.counters.handed_back.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = bounded(ctx.answer_timeout, delivery.nack(None)).await {
+        tracing::warn!(error = %e, "handing an event back failed; it will be redelivered after its ack wait");
+    }
+}
+
+pub(super) async fn dead_letter<I: Inbox>(
+    ctx: &TaskCtx<I>,
+    handler: &str,
+    delivery: Delivery,
+    reason: String,
+) {
+    let dead = delivery.dead_letter_with(reason, dlq_headers(handler));
+    if let Err(e) = bounded(ctx.answer_timeout, dead).await {
+        tracing::warn!(handler, error = %e, "dead-lettering failed; the event will be redelivered");
+    }
+}
+
+/// Sends "in progress" periodically so that an event whose handling takes
+/// long (a slow handler, a retry's backoff, a wait behind its key) keeps
+/// its delivery.
+pub(super) async fn keep_alive<I>(ctx: &TaskCtx<I>, delivery: &Delivery) {
+    let every = (ctx.ack_wait / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let _ = bounded(ctx.answer_timeout, delivery.in_progress()).await;
+    }
+}
+
+/// An answer to the backend (ack, nack, term, in-progress, a dead letter),
+/// waiting at most `limit` for it: a backend that takes no answers (a NATS
+/// outage) must not hold an event, or shutdown, forever. An answer that
+/// times out is as if lost: the backend redelivers the event after its ack
+/// wait.
+pub(super) async fn bounded(
+    limit: Duration,
+    answer: impl Future<Output = Result<(), BusError>>,
+) -> Result<(), BusError> {
+    // Most answers complete at once (in memory, or queued in the NATS
+    // client): those need no timer.
+    let mut answer = std::pin::pin!(answer);
+    if let Poll::Ready(r) = futures::poll!(answer.as_mut()) {
+        return r;
+    }
+    match tokio::time::timeout(limit, answer).await {
+        Ok(r) => r,
+        Err(_) => Err(BusError::new(
+            ErrorKind::Timeout,
+            format!("the backend did not take the answer within {limit:?}"),
+        )),
+    }
+}
+
+/// A panic caught while a handler ran.
+pub(super) type Panic = Box<dyn Any + Send>;
+
+/// What follows a handler's future: its process span, and when this
+/// attempt is timed, the start.
+pub(super) struct Traced {
+    span: tracing::Span,
+    started: Option<std::time::Instant>,
+}
+
+/// What [`invoke`] returns: the handler's call (or its panic), and the
+/// attempt's span and start when it is traced or timed.
+pub(super) type Invoked<F> = (Result<Call<F>, Panic>, Option<Box<Traced>>);
+
+/// Calls the handler with the event; a panic is caught. Without a
+/// `tracing` dispatcher and unless this attempt is timed (one in
+/// [`PROCESS_SAMPLE`](crate::metrics::PROCESS_SAMPLE)), that is all: the
+/// span and the timing are made in [`invoke_traced`], and returned (boxed)
+/// for the handler's future.
+#[inline]
+pub(super) fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+) -> Invoked<C::Future<'a>> {
+    let timed = crate::metrics::sample_process();
+    if timed || tracing::dispatcher::has_been_set() {
+        return invoke_traced(h, delivery, decoded, attempt, tx, timed);
+    }
+    (call(h, delivery, decoded, attempt, tx), None)
+}
+
+/// The handler's call with the event; a panic is caught.
+pub(super) fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+) -> Result<Call<C::Future<'a>>, Panic> {
+    let event = Event {
+        data: decoded,
+        message: delivery.message(),
+        attempt,
+        delivery_count: delivery.delivery_count(),
+    };
+    std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)))
+}
+
+/// [`invoke`] in the attempt's process span, timed if `timed`.
+#[inline(never)]
+pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+    timed: bool,
+) -> Invoked<C::Future<'a>> {
+    let started = timed.then(std::time::Instant::now);
+    let span = crate::trace::process_span(
+        h.system,
+        &h.handler.pattern,
+        Some(&h.consumer),
+        delivery.message(),
+        delivery.delivery_count(),
+    );
+    let called = span.in_scope(|| call(h, delivery, decoded, attempt, tx));
+    let finished = |outcome| {
+        record_outcome(&span, outcome);
+        if let Some(t) = started {
+            h.process_duration.record(t.elapsed());
+        }
+    };
+    match &called {
+        Ok(Call::Now(outcome)) => finished(Ok(outcome)),
+        Err(_) => finished(Err(())),
+        Ok(Call::Later(_)) => {}
+    }
+    let traced =
+        (!span.is_disabled() || started.is_some()).then(|| Box::new(Traced { span, started }));
+    (called, traced)
+}
+
+/// Records a failed attempt's kind (`error.type`) on its process span.
+pub(super) fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>) {
+    let kind = match outcome {
+        Ok(Outcome::Ack) | Ok(Outcome::Drop) => return,
+        Ok(Outcome::Retry { .. }) => "retry",
+        Ok(Outcome::DeadLetter(_)) => "dead_letter",
+        Err(()) => "panic",
+    };
+    crate::trace::record_failure(span, kind);
+}
+
+/// The handler's outcome as a future; a panic while the handler runs (or
+/// while its future is polled) is caught. A traced or timed attempt's
+/// future is boxed apart (with its span and clock), so that the common one
+/// stays the handler's own.
+pub(super) type HandlerFuture<'a, F> = futures::future::Either<
+    futures::future::Ready<Result<Outcome, Panic>>,
+    futures::future::Either<
+        futures::future::CatchUnwind<AssertUnwindSafe<F>>,
+        BoxFuture<'a, Result<Outcome, Panic>>,
+    >,
+>;
+
+/// Calls the handler with the event: its outcome, as a future.
+pub(super) fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+) -> HandlerFuture<'a, C::Future<'a>> {
+    use futures::future::{ready, Either};
+    use futures::FutureExt;
+    match invoke(h, delivery, decoded, attempt, tx) {
+        (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
+        (Ok(Call::Later(fut)), None) => {
+            Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind()))
+        }
+        (Ok(Call::Later(fut)), Some(traced)) => {
+            use tracing::Instrument;
+            let Traced { span, started } = *traced;
+            let histogram = h.process_duration.clone();
+            let traced = async move {
+                let outcome = AssertUnwindSafe(fut.instrument(span.clone()))
+                    .catch_unwind()
+                    .await;
+                record_outcome(&span, outcome.as_ref().map_err(|_| ()));
+                if let Some(t) = started {
+                    histogram.record(t.elapsed());
+                }
+                outcome
+            };
+            Either::Right(Either::Right(Box::pin(traced)))
+        }
+        (Err(panic), _) => Either::Left(ready(Err(panic))),
+    }
+}
+
+/// Acknowledges a delivery whose handler acked (a slot's fast path),
+/// waiting at most `limit` ([`bounded`]).
+pub(super) fn acknowledge(
+    delivery: Delivery,
+    limit: Duration,
+) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    bounded(limit, delivery.answer(AckKind::Ack))
+}
+
+/// One attempt when the inbox does not de-duplicate: the handler alone.
+#[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
+pub(super) fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    mut tx: I::Tx,
+) -> impl Future<Output = Attempt> + 'a {
+    async move {
+        match call_handler(h, delivery, decoded, attempt, &mut tx).await {
+            Ok(outcome) => settle(outcome),
+            Err(panic) => panicked(panic),
+        }
+    }
+}
+
+/// The attempt's result for a handler's outcome (once the unit of work is
+/// settled).
+pub(super) fn settle(outcome: Outcome) -> Attempt {
+    match outcome {
+        Outcome::Ack => Attempt::Acked,
+        Outcome::Retry { after, reason } => Attempt::Failed { after, reason },
+        Outcome::DeadLetter(reason) => Attempt::DeadLetter(reason),
+        Outcome::Drop => Attempt::Dropped,
+    }
+}
+
+/// A caught panic as a failed attempt.
+#[cold]
+pub(super) fn panicked(panic: Panic) -> Attempt {
+    Attempt::Failed {
+        after: None,
+        reason: format!("handler panicked: {}", panic_message(&panic)),
+    }
+}
+
+/// The message of a caught panic.
+pub(super) fn panic_message(panic: &Panic) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a non-string panic".into())
+}
+
+/// One attempt through a de-duplicating inbox: claim, handle, then commit
+/// the claim with the handler's writes, or roll both back.
+pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I, C>,
+    delivery: &Delivery,
+    decoded: &T,
+    attempt: u32,
+) -> Attempt {
+    let mut tx = match ctx.inbox.begin(&h.inbox_consumer, &delivery.id).await {
+        Ok(Some(tx)) => tx,
+        Ok(None) => return Attempt::Duplicate,
+        Err(e) if inbox_unavailable(&e) => return Attempt::InboxUnavailable(format!("inbox: {e}")),
+        Err(e) => {
+            return Attempt::Failed {
+                after: None,
+                reason: format!("inbox: {e}"),
+            }
+        }
+    };
+    let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
+    match outcome {
+        // A commit whose outcome is unknown (the connection was lost) is
+        // attempted again: the claim finds a committed unit of work as a
+        // duplicate, and runs the handler again otherwise.
+        Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
+            Ok(()) => Attempt::Acked,
+            Err(e) if inbox_unavailable(&e) => {
+                Attempt::InboxUnavailable(format!("committing: {e}"))
+            }
+            Err(e) => Attempt::Failed {
+                after: None,
+                reason: format!("committing: {e}"),
+            },
+        },
+        Ok(outcome) => {
+            rollback(ctx, tx).await;
+            settle(outcome)
+        }
+        Err(panic) => {
+            rollback(ctx, tx).await;
+            panicked(panic)
+        }
+    }
+}
+
+/// Rolls a unit of work back, waiting at most the answer timeout (a
+/// rollback that does not complete is dropped, which ends the transaction
+/// with its connection).
+pub(super) async fn rollback<I: Inbox>(ctx: &TaskCtx<I>, tx: I::Tx) {
+    if tokio::time::timeout(ctx.answer_timeout, ctx.inbox.rollback(tx))
+        .await
+        .is_err()
+    {
+        tracing::warn!("an inbox rollback did not complete in time; dropped");
+    }
+}
