@@ -90,6 +90,13 @@ pub mod dlq {
 /// no count arithmetic can overflow).
 pub const MAX_DELIVER: u32 = 1_000_000;
 
+/// How long a message handed back at shutdown (by a consumer stream or the
+/// runner) waits before it is delivered again: long enough for the
+/// handing-back instance's pull to be gone, so that the message goes to
+/// another instance rather than back to the pull that is closing (where,
+/// on NATS, it would wait out its ack wait).
+pub const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
 /// The longest wait a consumer takes: [`ConsumerConfig::ack_wait`] and each
 /// [`ConsumerConfig::backoff`] step above it are refused, and nack delays
 /// above it are shortened to it (one week).

@@ -20,7 +20,8 @@
 use super::convert::{api_error, stored_ns, to_bus_message};
 use super::NatsBus;
 use crate::consumer::{
-    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, MAX_WAIT,
+    AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition, HAND_BACK_DELAY,
+    MAX_WAIT,
 };
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -36,11 +37,6 @@ use tokio::sync::mpsc;
 /// Messages requested per pull.
 const MAX_BATCH: usize = 256;
 const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long a handed-back message waits before the server delivers it
-/// again: long enough for the handing-back pull to be gone, so that the
-/// message goes to another instance rather than back to the pull that
-/// is closing (where it would wait out its ack wait).
-const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
 const EXPIRES: Duration = Duration::from_secs(30);
 
 type Consumer = async_nats::jetstream::consumer::Consumer<pull::Config>;

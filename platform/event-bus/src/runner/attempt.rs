@@ -287,7 +287,8 @@ pub(super) async fn retry_wait<I: Inbox>(
 /// Hands an event back to the backend (shutdown deadline passed).
 pub(super) async fn hand_back<I: Inbox>(ctx: &TaskCtx<I>, delivery: Delivery) {
     ctx.counters.handed_back.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = bounded(ctx.answer_timeout, delivery.nack(None)).await {
+    let handed = delivery.nack(Some(crate::consumer::HAND_BACK_DELAY));
+    if let Err(e) = bounded(ctx.answer_timeout, handed).await {
         tracing::warn!(error = %e, "handing an event back failed; it will be redelivered after its ack wait");
     }
 }
