@@ -10,13 +10,18 @@
 //! 2. NatsBus publish (64 concurrent publishers sharing one bus, each
 //!    awaiting every publish, as in `nats_compare`) through a
 //!    `ValidatingBus` (validation, CloudEvents headers, a UUIDv7 id) against
-//!    the same NatsBus without it, on a real nats-server the bench starts;
-//!    median of alternating runs (`SCHEMA_BENCH_MESSAGES`, default 20,000;
-//!    `SCHEMA_BENCH_REPS`, default 5).
+//!    the same NatsBus without it, and against the NatsBus sending the same
+//!    id and headers without validating (what validation alone costs); raw
+//!    async-nats with and without that id and those headers shows what
+//!    NATS itself charges for them. On a real nats-server the bench starts;
+//!    median of alternating runs (`SCHEMA_BENCH_MESSAGES`, default 50,000;
+//!    `SCHEMA_BENCH_REPS`, default 7), with the CPU per message of this
+//!    process and of nats-server.
 
 use event_bus::config::StreamSpec;
 use event_bus::{EventBus, NatsBus};
 use event_bus_schema::{Registry, TypeSettings, ValidatingBus};
+use event_bus_testkit::cpu::cpu_time;
 use event_bus_testkit::nats_server::NatsServer;
 use serde_json::{json, Value};
 use std::hint::black_box;
@@ -128,53 +133,86 @@ async fn main() {
     });
     println!("validation per event: {} bytes of JSON, 15 top-level fields (ns/event, best of 5 rounds of {n})", payload.len());
     println!("  parse the payload into a serde_json::Value (baseline)  {parse:>8.0}");
-    println!("  check the parsed value against the compiled schema      {check:>8.0}");
+    println!("  Version::validate on a parsed serde_json::Value         {check:>8.0}");
     println!("  Registry::validate (look-up + parse + check)            {whole:>8.0}");
 
-    let messages = env_usize("SCHEMA_BENCH_MESSAGES", 20_000);
-    let reps = env_usize("SCHEMA_BENCH_REPS", 5);
+    let messages = env_usize("SCHEMA_BENCH_MESSAGES", 50_000);
+    let reps = env_usize("SCHEMA_BENCH_REPS", 7);
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let server_pid = server.pid().map(|p| p.to_string()).unwrap_or_default();
     let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
     nats.ensure_streams(&[StreamSpec::new("SHOP", ["shop.>"])])
         .await
         .unwrap();
-    let raw: Arc<dyn EventBus> = Arc::new(nats);
-    let validating_registry = registry.clone();
-    let validating: Arc<dyn EventBus> = Arc::new(ValidatingBus::new(raw.clone(), registry));
-    // The same messages as the ValidatingBus sends (an id and the seven
-    // CloudEvents headers), published directly: what the headers cost.
-    let with_headers: Arc<dyn EventBus> = Arc::new(HeadersOnly(raw.clone()));
-    let no_headers: Arc<dyn EventBus> =
-        Arc::new(ValidatingBus::new(raw.clone(), validating_registry).cloudevents_headers(false));
-    let sides = [
-        ("NatsBus", &raw),
+    let raw_js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let bus: Arc<dyn EventBus> = Arc::new(nats);
+    let sides: Vec<(&str, Arc<dyn EventBus>)> = vec![
+        ("NatsBus", bus.clone()),
         (
-            "NatsBus, CloudEvents headers + id, no validation",
-            &with_headers,
+            "NatsBus, the same id + CloudEvents headers",
+            Arc::new(HeadersOnly(bus.clone())),
         ),
-        ("ValidatingBus over NatsBus", &validating),
-        ("ValidatingBus, cloudevents_headers(false)", &no_headers),
+        (
+            "ValidatingBus over NatsBus",
+            Arc::new(ValidatingBus::new(bus.clone(), registry.clone())),
+        ),
+        (
+            "ValidatingBus, cloudevents_headers(false)",
+            Arc::new(ValidatingBus::new(bus.clone(), registry.clone()).cloudevents_headers(false)),
+        ),
+        (
+            "raw async-nats",
+            Arc::new(RawJetStream {
+                js: raw_js.clone(),
+                headers: false,
+            }),
+        ),
+        (
+            "raw async-nats, the same id + headers",
+            Arc::new(RawJetStream {
+                js: raw_js,
+                headers: true,
+            }),
+        ),
     ];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); sides.len()];
     for rep in 0..reps {
         let mut order: Vec<usize> = (0..sides.len()).collect();
         if rep % 2 == 1 {
             order.reverse();
         }
         for i in order {
-            rates[i].push(publish_rate(sides[i].1, &payload, messages).await);
+            runs[i].push(publish_run(&sides[i].1, &payload, messages, &server_pid).await);
         }
     }
-    println!("NatsBus publish, 64 publishers, {messages} messages, median of {reps} (msgs/s, ratio to NatsBus)");
-    let base = median(rates[0].clone());
+    println!(
+        "NatsBus publish, 64 publishers each awaiting its ack, {messages} messages of {} bytes, median of {reps} alternated runs",
+        payload.len()
+    );
+    println!(
+        "  {:<44} {:>9} {:>8} {:>14}",
+        "side", "msg/s", "ratio", "CPU us/msg c/s"
+    );
+    let medians: Vec<Run> = runs.into_iter().map(Run::median).collect();
     for (i, (name, _)) in sides.iter().enumerate() {
-        let m = median(rates[i].clone());
-        println!("  {name:<50} {m:>10.0}   {:.2}x", m / base);
+        let m = medians[i];
+        println!(
+            "  {name:<44} {:>9.0} {:>7.2}x {:>6.1}/{:<6.1}",
+            m.rate,
+            m.rate / medians[0].rate,
+            m.client_us,
+            m.server_us
+        );
     }
+    println!(
+        "validation alone (ValidatingBus / the same messages unvalidated): {:.2}x; the headers on raw async-nats: {:.2}x",
+        medians[2].rate / medians[1].rate,
+        medians[5].rate / medians[4].rate
+    );
 }
 
-/// Publishes through `publish_envelope` with what a `ValidatingBus` adds
-/// (a UUIDv7 id and the CloudEvents headers), without validating.
+/// Publishes what a `ValidatingBus` sends (a UUIDv7 id and the seven
+/// CloudEvents headers) through `publish_envelope`, without validating.
 struct HeadersOnly(Arc<dyn EventBus>);
 
 #[async_trait::async_trait]
@@ -187,9 +225,9 @@ impl EventBus for HeadersOnly {
             event_bus_schema::cloudevents::set_binary(
                 &mut env.headers,
                 &id,
-                "shop.order.placed",
+                TYPE,
                 "/event-bus",
-                "urn:event-bus:schema:shop.order.placed:v1",
+                DATASCHEMA,
             );
             self.0.publish_envelope(env).await.map(|_| ())
         })
@@ -202,13 +240,91 @@ impl EventBus for HeadersOnly {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+const TYPE: &str = "shop.order.placed";
+const DATASCHEMA: &str = "urn:event-bus:schema:shop.order.placed:v1";
+
+/// Raw async-nats JetStream publishing (awaiting each ack), with or without
+/// the id and headers a `ValidatingBus` adds: what NATS charges for them.
+struct RawJetStream {
+    js: async_nats::jetstream::Context,
+    headers: bool,
 }
 
-async fn publish_rate(bus: &Arc<dyn EventBus>, payload: &[u8], n: usize) -> f64 {
+#[async_trait::async_trait]
+impl EventBus for RawJetStream {
+    fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> event_bus::PublishFuture<'a> {
+        event_bus::PublishFuture::new(async move {
+            let sent = if self.headers {
+                let id = uuid::Uuid::now_v7().to_string();
+                let now =
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Nats-Msg-Id", id.as_str());
+                for (name, value) in [
+                    ("ce-specversion", "1.0"),
+                    ("ce-id", id.as_str()),
+                    ("ce-type", TYPE),
+                    ("ce-source", "/event-bus"),
+                    ("ce-time", now.as_str()),
+                    ("ce-datacontenttype", "application/json"),
+                    ("ce-dataschema", DATASCHEMA),
+                ] {
+                    h.insert(name, value);
+                }
+                self.js
+                    .publish_with_headers(subject.to_string(), h, payload.into())
+                    .await
+            } else {
+                self.js.publish(subject.to_string(), payload.into()).await
+            };
+            let ack = sent.map_err(|e| {
+                event_bus::BusError::new(event_bus::ErrorKind::Backend, e.to_string())
+            })?;
+            ack.await
+                .map(|_| ())
+                .map_err(|e| event_bus::BusError::new(event_bus::ErrorKind::Backend, e.to_string()))
+        })
+    }
+    async fn subscribe(
+        &self,
+        _pattern: &str,
+    ) -> Result<event_bus::Subscription, event_bus::BusError> {
+        Err(event_bus::BusError::new(
+            event_bus::ErrorKind::Unsupported,
+            "publish only",
+        ))
+    }
+}
+
+/// One timed run: throughput and CPU per message of this process and of
+/// nats-server.
+#[derive(Clone, Copy)]
+struct Run {
+    rate: f64,
+    client_us: f64,
+    server_us: f64,
+}
+
+impl Run {
+    /// Each figure's median on its own.
+    fn median(runs: Vec<Run>) -> Run {
+        let m = |f: fn(&Run) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        Run {
+            rate: m(|r| r.rate),
+            client_us: m(|r| r.client_us),
+            server_us: m(|r| r.server_us),
+        }
+    }
+}
+
+async fn publish_run(bus: &Arc<dyn EventBus>, payload: &[u8], n: usize, server_pid: &str) -> Run {
     let publishers = 64;
+    let sent = n / publishers * publishers;
+    let (client, server) = (cpu_time("self"), cpu_time(server_pid));
     let started = Instant::now();
     let tasks: Vec<_> = (0..publishers)
         .map(|_| {
@@ -226,5 +342,11 @@ async fn publish_rate(bus: &Arc<dyn EventBus>, payload: &[u8], n: usize) -> f64 
     for t in tasks {
         t.await.unwrap();
     }
-    (n / publishers * publishers) as f64 / started.elapsed().as_secs_f64()
+    let wall = started.elapsed();
+    let per_msg = |d: std::time::Duration| d.as_secs_f64() * 1e6 / sent as f64;
+    Run {
+        rate: sent as f64 / wall.as_secs_f64(),
+        client_us: per_msg(cpu_time("self").saturating_sub(client)),
+        server_us: per_msg(cpu_time(server_pid).saturating_sub(server)),
+    }
 }

@@ -16,6 +16,7 @@ pub mod cloudevents;
 pub mod compat;
 pub mod contract;
 pub mod contracts;
+mod instance;
 pub mod registry;
 pub mod validate;
 

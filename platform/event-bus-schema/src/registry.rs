@@ -10,6 +10,7 @@
 //! within a moment (tested: under a second).
 
 use crate::compat::{self, Change, Mode};
+use crate::instance::{Instance, InstanceJson};
 use event_bus::{BusError, ErrorKind};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -94,7 +95,7 @@ pub struct Version {
     pub version: u32,
     /// The schema.
     pub schema: Value,
-    validator: OnceLock<Result<jsonschema::Validator, String>>,
+    validator: OnceLock<Result<jsonschema::Validator<InstanceJson>, String>>,
 }
 
 impl Version {
@@ -115,6 +116,11 @@ impl Version {
     /// Checks `instance` against this version: the violations, each with
     /// the JSON Pointer of the offending value.
     pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
+        self.check(&Instance::from_value(instance))
+    }
+
+    /// Checks a parsed payload against this version.
+    pub(crate) fn check(&self, instance: &Instance<'_>) -> Result<(), Vec<Violation>> {
         let validator = self
             .validator
             .get_or_init(|| compile(&self.schema))
@@ -149,8 +155,8 @@ impl std::fmt::Debug for Version {
 
 /// Compiles a schema: draft 2020-12 unless it says otherwise; references
 /// resolve inside the schema only (nothing is fetched).
-fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::options()
+fn compile(schema: &Value) -> Result<jsonschema::Validator<InstanceJson>, String> {
+    jsonschema::options_for::<InstanceJson>()
         .with_draft(jsonschema::Draft::Draft202012)
         .build(schema)
         .map_err(|e| format!("{e} (at {})", e.schema_path()))
@@ -206,9 +212,36 @@ enum Store {
 struct Inner {
     store: Store,
     types: RwLock<HashMap<String, TypeEntry>>,
+    /// What [`Registry::type_for_subject`] found per subject (a publish
+    /// looks its subject up once, not against every type); emptied on every
+    /// change and when it reaches [`SUBJECT_CACHE`] entries.
+    by_subject: RwLock<HashMap<String, Option<Arc<SubjectType>>>>,
     changed: tokio::sync::watch::Sender<u64>,
     /// The task applying the bucket's changes (NATS).
     watcher: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+/// The type of a subject, as the registry stood when it was looked up.
+#[derive(Debug)]
+pub(crate) struct SubjectType {
+    /// The type's name.
+    pub(crate) name: String,
+    /// Its settings.
+    pub(crate) settings: TypeSettings,
+    /// Its newest version, if any.
+    pub(crate) latest: Option<Arc<Version>>,
+}
+
+/// Subjects whose type [`Inner::by_subject`] remembers, at most.
+const SUBJECT_CACHE: usize = 4096;
+
+impl Inner {
+    /// After a change of `types` (its write lock released): forget the
+    /// subjects' types, wake the watchers.
+    fn changed(&self) {
+        self.by_subject.write().clear();
+        self.changed.send_modify(|n| *n += 1);
+    }
 }
 
 impl Drop for Inner {
@@ -416,6 +449,7 @@ impl Registry {
             inner: Arc::new(Inner {
                 store: Store::Memory,
                 types: RwLock::new(HashMap::new()),
+                by_subject: RwLock::new(HashMap::new()),
                 changed: tokio::sync::watch::channel(0).0,
                 watcher: OnceLock::new(),
             }),
@@ -452,6 +486,7 @@ impl Registry {
         let inner = Arc::new(Inner {
             store: Store::Kv(Box::new(kv.clone())),
             types,
+            by_subject: RwLock::new(HashMap::new()),
             changed,
             watcher: OnceLock::new(),
         });
@@ -546,8 +581,18 @@ impl Registry {
     /// The type whose subject pattern matches `subject` (the most specific
     /// if several do: the longest pattern), with its settings.
     pub fn type_for_subject(&self, subject: &str) -> Option<(String, TypeSettings)> {
+        self.subject_type(subject)
+            .map(|t| (t.name.clone(), t.settings.clone()))
+    }
+
+    /// [`type_for_subject`](Self::type_for_subject) with the type's newest
+    /// version, remembered per subject until the registry changes.
+    pub(crate) fn subject_type(&self, subject: &str) -> Option<Arc<SubjectType>> {
+        if let Some(found) = self.inner.by_subject.read().get(subject) {
+            return found.clone();
+        }
         let types = self.inner.types.read();
-        types
+        let found = types
             .iter()
             .filter(|(_, t)| event_bus::subject::matches(&t.settings.subject, subject))
             // The longest pattern wins; between equals, the first name.
@@ -558,7 +603,21 @@ impl Registry {
                     .cmp(&b.settings.subject.len())
                     .then_with(|| b_name.cmp(a_name))
             })
-            .map(|(name, t)| (name.clone(), t.settings.clone()))
+            .map(|(name, t)| {
+                Arc::new(SubjectType {
+                    name: name.clone(),
+                    settings: t.settings.clone(),
+                    latest: t.latest().cloned(),
+                })
+            });
+        // Remembered while `types` is still read-locked: a change waits for
+        // the lock and empties the cache after, so nothing stale stays.
+        let mut cache = self.inner.by_subject.write();
+        if cache.len() >= SUBJECT_CACHE {
+            cache.clear();
+        }
+        cache.insert(subject.to_string(), found.clone());
+        found
     }
 
     /// Defines a type or changes its settings (compare-and-set on NATS: a
@@ -570,7 +629,7 @@ impl Registry {
         match &self.inner.store {
             Store::Memory => {
                 set_settings(&mut self.inner.types.write(), type_name, settings);
-                self.inner.changed.send_modify(|n| *n += 1);
+                self.inner.changed();
                 Ok(())
             }
             Store::Kv(kv) => {
@@ -688,7 +747,7 @@ impl Registry {
                     t.versions
                         .insert(version, Arc::new(Version::new(type_name, version, schema)));
                     drop(types);
-                    self.inner.changed.send_modify(|n| *n += 1);
+                    self.inner.changed();
                     return Ok(version);
                 }
                 Store::Kv(kv) => {
@@ -739,6 +798,30 @@ impl Registry {
         version: Option<u32>,
         payload: &[u8],
     ) -> Result<Arc<Version>, ValidationFailure> {
+        self.validate_instance(
+            type_name,
+            version,
+            Instance::parse(payload).map_err(|e| format!("not JSON: {e}")),
+        )
+    }
+
+    /// Validates a parsed JSON value (a structured CloudEvent's `data`)
+    /// like [`validate`](Self::validate).
+    pub fn validate_value(
+        &self,
+        type_name: &str,
+        version: Option<u32>,
+        value: &Value,
+    ) -> Result<Arc<Version>, ValidationFailure> {
+        self.validate_instance(type_name, version, Ok(Instance::from_value(value)))
+    }
+
+    fn validate_instance(
+        &self,
+        type_name: &str,
+        version: Option<u32>,
+        instance: Result<Instance<'_>, String>,
+    ) -> Result<Arc<Version>, ValidationFailure> {
         let found = match version {
             Some(v) => self.version(type_name, v),
             None => self.latest(type_name),
@@ -749,25 +832,39 @@ impl Registry {
                 version,
             });
         };
-        let instance: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                return Err(ValidationFailure::Invalid {
-                    version: schema,
-                    violations: vec![Violation {
-                        pointer: String::new(),
-                        message: format!("not JSON: {e}"),
-                    }],
-                })
-            }
-        };
-        match schema.validate(&instance) {
-            Ok(()) => Ok(schema),
-            Err(violations) => Err(ValidationFailure::Invalid {
-                version: schema,
-                violations,
-            }),
-        }
+        validate_against(schema, instance)
+    }
+}
+
+/// Validates a JSON payload against `schema`: the version, or why not.
+pub(crate) fn validate_payload(
+    schema: Arc<Version>,
+    payload: &[u8],
+) -> Result<Arc<Version>, ValidationFailure> {
+    validate_against(
+        schema,
+        Instance::parse(payload).map_err(|e| format!("not JSON: {e}")),
+    )
+}
+
+fn validate_against(
+    schema: Arc<Version>,
+    instance: Result<Instance<'_>, String>,
+) -> Result<Arc<Version>, ValidationFailure> {
+    let checked = instance
+        .map_err(|message| {
+            vec![Violation {
+                pointer: String::new(),
+                message,
+            }]
+        })
+        .and_then(|instance| schema.check(&instance));
+    match checked {
+        Ok(()) => Ok(schema),
+        Err(violations) => Err(ValidationFailure::Invalid {
+            version: schema,
+            violations,
+        }),
     }
 }
 
@@ -870,7 +967,7 @@ fn apply(inner: &Inner, entry: &async_nats::jetstream::kv::Entry) {
         },
     }
     drop(types);
-    inner.changed.send_modify(|n| *n += 1);
+    inner.changed();
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 //! [`EventCheck`]).
 
 use crate::cloudevents::{self, Data};
-use crate::registry::{Registry, TypeSettings, Validation, ValidationFailure};
+use crate::registry::{self, Registry, SubjectType, Validation, ValidationFailure, Version};
 use async_trait::async_trait;
 use event_bus::consumer::ConsumerState;
 use event_bus::runner::EventCheck;
 use event_bus::{
-    BusError, BusMessage, ConsumerConfig, ConsumerStream, Envelope, ErrorKind, EventBus,
+    BusError, BusMessage, ConsumerConfig, ConsumerStream, Envelope, ErrorKind, EventBus, Headers,
     HealthReport, MessageId, PublishAck, PublishFuture, Subscription,
 };
 use std::sync::Arc;
@@ -26,14 +26,30 @@ pub enum UnknownTypes {
 
 /// The type an event is of: its `ce-type` if given, else the registered
 /// type whose subject matches.
-fn type_of(
-    registry: &Registry,
-    subject: &str,
-    claimed: Option<&str>,
-) -> Option<(String, TypeSettings)> {
+fn type_of(registry: &Registry, subject: &str, claimed: Option<&str>) -> Option<Arc<SubjectType>> {
     match claimed {
-        Some(t) => registry.settings(t).map(|s| (t.to_string(), s)),
-        None => registry.type_for_subject(subject),
+        Some(t) => registry.settings(t).map(|settings| {
+            Arc::new(SubjectType {
+                name: t.to_string(),
+                settings,
+                latest: registry.latest(t),
+            })
+        }),
+        None => registry.subject_type(subject),
+    }
+}
+
+/// Validates `payload` as an event of type `found`, version `version`
+/// (its latest if `None`).
+fn validate(
+    registry: &Registry,
+    found: &SubjectType,
+    version: Option<u32>,
+    payload: &[u8],
+) -> Result<Arc<Version>, ValidationFailure> {
+    match (version, &found.latest) {
+        (None, Some(latest)) => registry::validate_payload(latest.clone(), payload),
+        _ => registry.validate(&found.name, version, payload),
     }
 }
 
@@ -107,54 +123,8 @@ impl ValidatingBus {
 
     /// Validates `env` and sets its CloudEvents headers and id.
     pub fn prepare(&self, mut env: Envelope) -> Result<Envelope, BusError> {
-        let claimed = cloudevents::header(&env.headers, cloudevents::TYPE).map(str::to_string);
-        let Some((type_name, settings)) = type_of(&self.registry, &env.subject, claimed.as_deref())
-        else {
-            return match (self.unknown, claimed) {
-                (UnknownTypes::Allow, _) => Ok(env),
-                (UnknownTypes::Refuse, Some(t)) => Err(BusError::new(
-                    ErrorKind::SchemaViolation,
-                    format!(
-                        "event on {:?} claims type {t:?}, which is not registered",
-                        env.subject
-                    ),
-                )),
-                (UnknownTypes::Refuse, None) => Err(BusError::new(
-                    ErrorKind::SchemaViolation,
-                    format!("no event type is registered for subject {:?}", env.subject),
-                )),
-            };
-        };
-        let version = cloudevents::header(&env.headers, cloudevents::DATASCHEMA)
-            .and_then(cloudevents::parse_dataschema)
-            .map(|(_, v)| v);
-        let checked = match settings.validation {
-            Validation::Off => match version {
-                Some(v) => self.registry.version(&type_name, v),
-                None => self.registry.latest(&type_name),
-            },
-            Validation::Warn | Validation::Enforce => {
-                match self.registry.validate(&type_name, version, &env.payload) {
-                    Ok(v) => Some(v),
-                    Err(failure) if settings.validation == Validation::Warn => {
-                        tracing::warn!(
-                            subject = %env.subject,
-                            problem = %failure.describe(&env.subject),
-                            "publishing an event that does not match its schema (validation: warn)"
-                        );
-                        match failure {
-                            ValidationFailure::Invalid { version, .. } => Some(version),
-                            ValidationFailure::UnknownVersion { .. } => None,
-                        }
-                    }
-                    Err(failure) => {
-                        return Err(BusError::new(
-                            ErrorKind::SchemaViolation,
-                            failure.describe(&env.subject),
-                        ))
-                    }
-                }
-            }
+        let Some((found, checked)) = self.check(&env.subject, &env.headers, &env.payload)? else {
+            return Ok(env);
         };
         if !self.headers {
             return Ok(env);
@@ -168,11 +138,74 @@ impl ValidatingBus {
             }
         };
         let dataschema = checked.map(|v| v.uri()).unwrap_or_default();
-        cloudevents::set_binary(&mut env.headers, &id, &type_name, &self.source, &dataschema);
+        cloudevents::set_binary(
+            &mut env.headers,
+            &id,
+            &found.name,
+            &self.source,
+            &dataschema,
+        );
         if dataschema.is_empty() {
             env.headers.remove(cloudevents::DATASCHEMA);
         }
         Ok(env)
+    }
+
+    /// Validates an event: its type and the version it was checked against
+    /// (`None` for a subject of no type, allowed), or why it is refused.
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        subject: &str,
+        headers: &Headers,
+        payload: &[u8],
+    ) -> Result<Option<(Arc<SubjectType>, Option<Arc<Version>>)>, BusError> {
+        let claimed = cloudevents::header(headers, cloudevents::TYPE);
+        let Some(found) = type_of(&self.registry, subject, claimed) else {
+            return match (self.unknown, claimed) {
+                (UnknownTypes::Allow, _) => Ok(None),
+                (UnknownTypes::Refuse, Some(t)) => Err(BusError::new(
+                    ErrorKind::SchemaViolation,
+                    format!("event on {subject:?} claims type {t:?}, which is not registered"),
+                )),
+                (UnknownTypes::Refuse, None) => Err(BusError::new(
+                    ErrorKind::SchemaViolation,
+                    format!("no event type is registered for subject {subject:?}"),
+                )),
+            };
+        };
+        let version = cloudevents::header(headers, cloudevents::DATASCHEMA)
+            .and_then(cloudevents::parse_dataschema)
+            .map(|(_, v)| v);
+        let checked = match found.settings.validation {
+            Validation::Off => match version {
+                Some(v) => self.registry.version(&found.name, v),
+                None => found.latest.clone(),
+            },
+            Validation::Warn | Validation::Enforce => {
+                match validate(&self.registry, &found, version, payload) {
+                    Ok(v) => Some(v),
+                    Err(failure) if found.settings.validation == Validation::Warn => {
+                        tracing::warn!(
+                            subject = %subject,
+                            problem = %failure.describe(subject),
+                            "publishing an event that does not match its schema (validation: warn)"
+                        );
+                        match failure {
+                            ValidationFailure::Invalid { version, .. } => Some(version),
+                            ValidationFailure::UnknownVersion { .. } => None,
+                        }
+                    }
+                    Err(failure) => {
+                        return Err(BusError::new(
+                            ErrorKind::SchemaViolation,
+                            failure.describe(subject),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(Some((found, checked)))
     }
 }
 
@@ -181,12 +214,10 @@ impl EventBus for ValidatingBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         if !self.headers {
             // Validate here, then the wrapped bus's own publish.
-            let env = match self.prepare(Envelope::new(subject, payload)) {
-                Ok(env) => env,
-                Err(e) => return PublishFuture::ready(Err(e)),
+            return match self.check(subject, &Headers::new(), &payload) {
+                Ok(_) => self.inner.publish(subject, payload),
+                Err(e) => PublishFuture::ready(Err(e)),
             };
-            let payload = Vec::from(env.payload);
-            return self.inner.publish(subject, payload);
         }
         PublishFuture::new(async move {
             self.publish_envelope(Envelope::new(subject, payload))
@@ -283,9 +314,7 @@ impl EventCheck for SchemaCheck {
     fn check(&self, message: &BusMessage) -> Result<(), String> {
         let incoming = cloudevents::incoming(message);
         let subject = message.subject.as_str();
-        let Some((type_name, settings)) =
-            type_of(&self.registry, subject, incoming.type_name.as_deref())
-        else {
+        let Some(found) = type_of(&self.registry, subject, incoming.type_name.as_deref()) else {
             return match self.unknown {
                 UnknownTypes::Allow => Ok(()),
                 UnknownTypes::Refuse => Err(format!(
@@ -294,22 +323,20 @@ impl EventCheck for SchemaCheck {
                 )),
             };
         };
-        if settings.validation == Validation::Off {
+        if found.settings.validation == Validation::Off {
             return Ok(());
         }
         let result = match &incoming.data {
-            Data::Payload => self
-                .registry
-                .validate(&type_name, incoming.version, &message.payload),
+            Data::Payload => validate(&self.registry, &found, incoming.version, &message.payload),
             Data::Structured(data) => {
-                let bytes = serde_json::to_vec(data).expect("a Value serialises");
-                self.registry.validate(&type_name, incoming.version, &bytes)
+                self.registry
+                    .validate_value(&found.name, incoming.version, data)
             }
             Data::Unreadable(why) => return Err(format!("event on {subject:?}: {why}")),
         };
         match result {
             Ok(_) => Ok(()),
-            Err(failure) if settings.validation == Validation::Warn => {
+            Err(failure) if found.settings.validation == Validation::Warn => {
                 tracing::warn!(
                     subject,
                     problem = %failure.describe(subject),

@@ -235,6 +235,32 @@ async fn services_share_the_registry_through_jetstream_kv() {
         b.get("auth.user.created").unwrap().settings.subject,
         "auth.events.user.created"
     );
+    // B's subject look-up (remembered per subject) follows A's changes.
+    assert_eq!(
+        b.type_for_subject("auth.events.user.created").unwrap().0,
+        "auth.user.created"
+    );
+    assert!(b.type_for_subject("auth.events.user.deleted").is_none());
+    a.define("auth.user.any", TypeSettings::new("auth.events.user.*"))
+        .await
+        .unwrap();
+    let defined = Instant::now();
+    while b.type_for_subject("auth.events.user.deleted").is_none() {
+        assert!(
+            defined.elapsed() < Duration::from_secs(1),
+            "not seen within 1 s"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), b.changed()).await;
+    }
+    assert_eq!(
+        b.type_for_subject("auth.events.user.deleted").unwrap().0,
+        "auth.user.any"
+    );
+    assert_eq!(
+        b.type_for_subject("auth.events.user.created").unwrap().0,
+        "auth.user.created",
+        "the exact pattern is more specific"
+    );
     // B checks against what A registered.
     let err = b
         .register("auth.user.created", user_breaking())
@@ -334,6 +360,31 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
         Some("urn:event-bus:schema:auth.user.created:v1")
     );
     assert!(h("ce-time").is_some_and(|t| t.ends_with('Z')));
+
+    // Without the CloudEvents headers: validated all the same, sent bare.
+    let bare = ValidatingBus::new(inner.clone(), registry.clone()).cloudevents_headers(false);
+    let err = bare
+        .publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert!(err.to_string().contains("/user_id"), "{err}");
+    bare.publish(
+        "auth.events.user.created",
+        br#"{"user_id": "u2", "email": "b@example.com"}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.payload.as_ref(),
+        br#"{"user_id": "u2", "email": "b@example.com"}"#,
+        "the invalid one was never published"
+    );
+    assert!(m.headers.iter().all(|(n, _)| !n.starts_with("ce-")));
 
     // Unknown subjects: allowed by default, refused when configured.
     bus.publish("other.thing", b"not json".to_vec())
@@ -477,4 +528,146 @@ async fn validation_can_warn_or_be_off() {
     );
     use event_bus::runner::EventCheck;
     assert!(check.check(&m).is_ok(), "validation off");
+}
+
+#[tokio::test]
+async fn subject_look_ups_follow_definitions() {
+    let registry = Registry::memory();
+    registry
+        .define("shop.any", TypeSettings::new("shop.>"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.type_for_subject("shop.order.placed").unwrap().0,
+        "shop.any"
+    );
+    assert!(registry.type_for_subject("bank.paid").is_none());
+    registry
+        .define("shop.order.placed", TypeSettings::new("shop.order.placed"))
+        .await
+        .unwrap();
+    registry
+        .define("bank.paid", TypeSettings::new("bank.paid"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.type_for_subject("shop.order.placed").unwrap().0,
+        "shop.order.placed"
+    );
+    assert_eq!(
+        registry.type_for_subject("bank.paid").unwrap().0,
+        "bank.paid"
+    );
+    // Many distinct subjects: each answered right, the memory bounded.
+    for i in 0..10_000 {
+        let subject = format!("shop.order.{i}");
+        assert_eq!(registry.type_for_subject(&subject).unwrap().0, "shop.any");
+    }
+    registry
+        .define("shop.any", TypeSettings::new("shop.*.*.*"))
+        .await
+        .unwrap();
+    assert!(registry.type_for_subject("shop.order.7").is_none());
+}
+
+#[tokio::test]
+async fn a_new_version_is_validated_against_at_once() {
+    let (bus, registry) = validating(Arc::new(InMemoryBus::new())).await;
+    let event = br#"{"user_id": "u", "email": "u@example.com", "locale": 5}"#;
+    bus.publish("auth.events.user.created", event.to_vec())
+        .await
+        .expect("v1 says nothing of `locale`");
+    // v2 makes `locale` a string: the same event is refused from now on.
+    assert_eq!(
+        registry
+            .register("auth.user.created", user_v2())
+            .await
+            .unwrap(),
+        2
+    );
+    let err = bus
+        .publish("auth.events.user.created", event.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert!(
+        err.to_string().contains("auth.user.created v2") && err.to_string().contains("/locale"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn consumed_events_are_checked_in_either_content_mode() {
+    use event_bus::runner::EventCheck;
+    use event_bus::{BusMessage, Headers, MessageId, Subject};
+    let (_bus, registry) = validating(Arc::new(InMemoryBus::new())).await;
+    let check = SchemaCheck::new(registry);
+    let message = |headers: Headers, body: &[u8]| {
+        BusMessage::new(
+            Subject::new("auth.events.user.created").unwrap(),
+            body.to_vec(),
+            headers,
+            MessageId::new("m-1"),
+            1,
+        )
+    };
+    let mut binary = Headers::new();
+    binary.insert("ce-type", "auth.user.created");
+    assert!(check
+        .check(&message(
+            binary.clone(),
+            br#"{"user_id": "u", "email": "u@example.com"}"#
+        ))
+        .is_ok());
+    let e = check
+        .check(&message(
+            binary.clone(),
+            br#"{"user_id": 7, "email": "u@example.com"}"#,
+        ))
+        .unwrap_err();
+    assert!(e.contains("/user_id"), "{e}");
+    // Escaped text (a string the parser cannot borrow) and a repeated name
+    // (the last one counts, as for any JSON reader of this crate).
+    assert!(check
+        .check(&message(
+            binary.clone(),
+            br#"{"user_id": "\u00e9", "em\u0061il": "u@example.com"}"#
+        ))
+        .is_ok());
+    let e = check
+        .check(&message(
+            binary.clone(),
+            br#"{"user_id": "u", "user_id": 1, "email": "u@example.com"}"#,
+        ))
+        .unwrap_err();
+    assert!(e.contains("/user_id"), "{e}");
+    let e = check
+        .check(&message(binary, br#"{"user_id": "u", "email": "#))
+        .unwrap_err();
+    assert!(e.contains("not JSON"), "{e}");
+
+    let mut structured = Headers::new();
+    structured.insert("content-type", "application/cloudevents+json");
+    let event = |data: Value| {
+        serde_json::to_vec(&json!({
+            "specversion": "1.0", "id": "1", "source": "/auth",
+            "type": "auth.user.created",
+            "dataschema": "urn:event-bus:schema:auth.user.created:v1",
+            "data": data
+        }))
+        .unwrap()
+    };
+    assert!(check
+        .check(&message(
+            structured.clone(),
+            &event(json!({"user_id": "u", "email": "u@example.com"}))
+        ))
+        .is_ok());
+    let e = check
+        .check(&message(structured, &event(json!({"user_id": "u"}))))
+        .unwrap_err();
+    assert!(
+        e.contains("email") && e.contains("auth.user.created v1"),
+        "{e}"
+    );
 }

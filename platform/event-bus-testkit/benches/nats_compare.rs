@@ -41,6 +41,7 @@
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use bytes::Bytes;
 use event_bus::{Envelope, EventBus, NatsBus};
+use event_bus_testkit::cpu::cpu_time;
 use event_bus_testkit::nats_server::NatsServer;
 use futures::StreamExt;
 use std::collections::VecDeque;
@@ -87,20 +88,6 @@ fn index_of(payload: &[u8]) -> Res<u64> {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
-}
-
-/// On-CPU time of every thread of process `pid` ("self" for this one), from
-/// `/proc/<pid>/task/*/schedstat` (nanoseconds; Linux only, zero elsewhere).
-fn cpu_time(pid: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
 }
 
 /// One timed run: wall time plus CPU used by this process (bus or raw

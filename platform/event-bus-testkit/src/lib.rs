@@ -7,10 +7,12 @@
 //! * [`postgres`]: a real PostgreSQL (throwaway server, or a fresh database in
 //!   `DATABASE_URL`) for integration tests.
 //! * [`wait`]: waiting for a condition with a deadline.
+//! * [`cpu`]: a process's on-CPU time, for benches.
 
 #![warn(missing_docs)]
 
 pub mod conformance;
+pub mod cpu;
 mod local;
 pub mod nats_server;
 mod orphans;
