@@ -29,6 +29,14 @@
 //! 3. `memory 1:1`: one publisher, one subscriber, through `dyn EventBus`
 //!    (in-memory spans are TRACE: filtered out).
 //!
+//! `OBS_BENCH_SIDES=off,on,off-tp,...` picks the sides (the first is the
+//! baseline): `metrics` (the recorder alone), `traces` (the layer alone),
+//! `on-lean` (the layer without code locations, thread names and busy/idle
+//! times), `on-1pct` (a parent-based sampler keeping 1 % of new traces),
+//! `on-nopub` (publish spans filtered out), and `off-tp`: nothing
+//! installed, but every message published with a `traceparent` header, as
+//! a traced publish sends it: what NATS charges for propagation alone.
+//!
 //! Environment: `OBS_BENCH_MESSAGES` (NATS messages per run, default
 //! 20 000; the in-memory case uses 50x), `OBS_BENCH_REPS` (runs per side,
 //! default 5).
@@ -43,6 +51,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WORKLOADS: &[&str] = &["nats publish", "nats runner", "memory 1:1"];
+
+/// Side `off-tp`: every message carries this header (as a traced publish's).
+static TRACEPARENT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// `subject`'s message, with a `traceparent` header on side `off-tp`.
+fn envelope(subject: &str, payload: Vec<u8>) -> event_bus::Envelope {
+    let env = event_bus::Envelope::new(subject, payload);
+    match TRACEPARENT.get() {
+        Some(tp) => env.header("traceparent", *tp),
+        None => env,
+    }
+}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -129,6 +149,9 @@ fn child(workload: &str, side: &str) -> f64 {
         .build()
         .unwrap();
     rt.block_on(async move {
+        if side == "off-tp" {
+            let _ = TRACEPARENT.set("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        }
         let (prometheus, provider) = install(side);
         let n = env_usize("OBS_BENCH_MESSAGES", 20_000);
         let rate = match workload {
@@ -238,7 +261,13 @@ async fn nats_publish(n: usize) -> f64 {
             let bus = bus.clone();
             tokio::spawn(async move {
                 for _ in 0..n / publishers {
-                    bus.publish("b.event", vec![7u8; 128]).await.unwrap();
+                    if TRACEPARENT.get().is_some() {
+                        bus.publish_envelope(envelope("b.event", vec![7u8; 128]))
+                            .await
+                            .unwrap();
+                    } else {
+                        bus.publish("b.event", vec![7u8; 128]).await.unwrap();
+                    }
                 }
                 p
             })
@@ -252,7 +281,7 @@ async fn nats_runner(n: usize) -> f64 {
     let (_server, bus) = nats("R", "r.>").await;
     let bus: Arc<dyn EventBus> = Arc::new(bus);
     let batch: Vec<_> = (0..n)
-        .map(|i| event_bus::Envelope::new("r.event", format!("{{\"id\":{i}}}").into_bytes()))
+        .map(|i| envelope("r.event", format!("{{\"id\":{i}}}").into_bytes()))
         .collect();
     for r in bus.publish_batch(batch).await {
         r.unwrap();
