@@ -25,6 +25,8 @@ cargo run -q -p event-bus-postgres --example outbox_chain
 echo "== platform demo, --once (in-memory bus, throwaway PostgreSQL)"
 cargo run -q -p event-bus-demo -- --once
 
+echo "== bench-peers (a crate of its own): formatted, lint-free, compiles"
+(cd bench-peers && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings)
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [ "$fuzz_seconds" -le 0 ]; then echo "== fuzz targets: NOT RUN (FUZZ_SECONDS=$fuzz_seconds)"; fi
 if [ "$fuzz_seconds" -gt 0 ]; then

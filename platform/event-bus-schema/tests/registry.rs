@@ -312,6 +312,14 @@ async fn validating(inner: Arc<dyn EventBus>) -> (ValidatingBus, Registry) {
     )
 }
 
+/// The subscription's next message, within 10 s.
+async fn next_message(sub: &mut event_bus::Subscription) -> event_bus::BusMessage {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("the subscription is open")
+}
+
 async fn publish_validates_on(inner: Arc<dyn EventBus>) {
     let (bus, registry) = validating(inner.clone()).await;
     let mut sub = inner.subscribe("auth.events.>").await.unwrap();
@@ -338,10 +346,7 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
     assert!(!ack.duplicate);
     // The first message the subscriber gets is the valid one: the invalid
     // one was never published.
-    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut sub).await;
     assert_eq!(
         m.payload.as_ref(),
         br#"{"user_id": "u1", "email": "a@example.com"}"#
@@ -375,10 +380,7 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
     )
     .await
     .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let m = next_message(&mut sub).await;
     assert_eq!(
         m.payload.as_ref(),
         br#"{"user_id": "u2", "email": "b@example.com"}"#,
