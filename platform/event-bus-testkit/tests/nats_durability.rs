@@ -117,23 +117,32 @@ async fn stored(js: &jetstream::Context, stream: &str) -> Vec<u64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let (total, consumer) = loop {
         let attempt = async {
-            let mut s = js.get_stream(stream).await.ok()?;
-            let total = s.info().await.ok()?.state.messages as usize;
+            let mut s = js
+                .get_stream(stream)
+                .await
+                .map_err(|e| format!("get_stream: {e}"))?;
+            let total = s
+                .info()
+                .await
+                .map_err(|e| format!("stream info: {e}"))?
+                .state
+                .messages as usize;
             let c = s
                 .create_consumer(pull::OrderedConfig {
                     deliver_policy: DeliverPolicy::All,
                     ..Default::default()
                 })
                 .await
-                .ok()?;
-            Some((total, c))
+                .map_err(|e| format!("create an ordered consumer: {e}"))?;
+            Ok::<_, String>((total, c))
         };
-        if let Some(found) = attempt.await {
-            break found;
-        }
+        let last_error = match attempt.await {
+            Ok(found) => break found,
+            Err(e) => e,
+        };
         assert!(
             std::time::Instant::now() < deadline,
-            "stream {stream} did not answer within 60 s"
+            "stream {stream} did not answer within 60 s; last error: {last_error}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
