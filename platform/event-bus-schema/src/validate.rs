@@ -39,6 +39,10 @@ fn type_of(registry: &Registry, subject: &str, claimed: Option<&str>) -> Option<
     }
 }
 
+/// What [`ValidatingBus::check`] found: the event's type and the version
+/// it was checked against, or `None` for a subject of no type (allowed).
+type Checked = Option<(Arc<SubjectType>, Option<Arc<Version>>)>;
+
 /// Validates `payload` as an event of type `found`, version `version`
 /// (its latest if `None`).
 fn validate(
@@ -153,13 +157,7 @@ impl ValidatingBus {
 
     /// Validates an event: its type and the version it was checked against
     /// (`None` for a subject of no type, allowed), or why it is refused.
-    #[allow(clippy::type_complexity)]
-    fn check(
-        &self,
-        subject: &str,
-        headers: &Headers,
-        payload: &[u8],
-    ) -> Result<Option<(Arc<SubjectType>, Option<Arc<Version>>)>, BusError> {
+    fn check(&self, subject: &str, headers: &Headers, payload: &[u8]) -> Result<Checked, BusError> {
         let claimed = cloudevents::header(headers, cloudevents::TYPE);
         let Some(found) = type_of(&self.registry, subject, claimed) else {
             return match (self.unknown, claimed) {
