@@ -7,6 +7,8 @@
 //! * [`registry`]: the versions per type, in a JetStream key-value bucket
 //!   (or in memory), watched by every service; a contracts directory
 //!   loaded at start-up ([`contracts`]).
+//! * [`version`]: one version of a type's schema: checking a schema,
+//!   its compiled validator, what a failed validation says.
 //! * [`validate`]: validation on publish (a decorator of any bus) and on
 //!   consume (the runner's check), with [`cloudevents`] headers.
 //! * [`contract`]: Rust types as contracts (schemas generated with
@@ -19,6 +21,7 @@ pub mod contracts;
 mod instance;
 pub mod registry;
 pub mod validate;
+pub mod version;
 
 pub use compat::Mode;
 pub use registry::{Registry, TypeSettings, Validation};

@@ -1,6 +1,6 @@
 //! The registry: versioned JSON Schemas per event type, shared through a
 //! JetStream key-value bucket on NATS (or held in memory), with the
-//! compatibility rules of [`compat`](crate::compat) checked at registration.
+//! compatibility rules of [`compat`] checked at registration.
 //!
 //! On NATS every version is one immutable key, `<type>.v<N>`, written with
 //! `create` (a second writer of the same version is refused by the server),
@@ -10,16 +10,17 @@
 //! within a moment (tested: under a second).
 
 use crate::compat::{self, Change, Mode};
-use crate::instance::{Instance, InstanceJson};
+use crate::instance::Instance;
+use crate::version::validate_against;
+pub use crate::version::{
+    check_schema, describe, parse_schema, ValidationFailure, Version, Violation, MAX_SCHEMA_BYTES,
+};
 use event_bus::{BusError, ErrorKind};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
-
-/// The largest schema the registry accepts, in bytes of JSON.
-pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
 
 /// The default bucket on NATS.
 pub const DEFAULT_BUCKET: &str = "EVENT_CONTRACTS";
@@ -84,107 +85,6 @@ mod mode_name {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
-}
-
-/// One registered version of a type's schema, with its validator compiled
-/// on first use.
-pub struct Version {
-    /// The type.
-    pub type_name: String,
-    /// Its number (1, 2, ...).
-    pub version: u32,
-    /// The schema.
-    pub schema: Value,
-    validator: OnceLock<Result<jsonschema::Validator<InstanceJson>, String>>,
-}
-
-impl Version {
-    fn new(type_name: &str, version: u32, schema: Value) -> Self {
-        Version {
-            type_name: type_name.to_string(),
-            version,
-            schema,
-            validator: OnceLock::new(),
-        }
-    }
-
-    /// The `ce-dataschema` URI naming this version.
-    pub fn uri(&self) -> String {
-        format!("urn:event-bus:schema:{}:v{}", self.type_name, self.version)
-    }
-
-    /// Checks `instance` against this version: the violations, each with
-    /// the JSON Pointer of the offending value.
-    pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
-        self.check(&Instance::from_value(instance))
-    }
-
-    /// Checks a parsed payload against this version.
-    pub(crate) fn check(&self, instance: &Instance<'_>) -> Result<(), Vec<Violation>> {
-        let validator = self
-            .validator
-            .get_or_init(|| compile(&self.schema))
-            .as_ref()
-            .map_err(|e| {
-                vec![Violation {
-                    pointer: String::new(),
-                    message: format!("the schema does not compile: {e}"),
-                }]
-            })?;
-        if validator.is_valid(instance) {
-            return Ok(());
-        }
-        Err(validator
-            .iter_errors(instance)
-            .map(|e| Violation {
-                pointer: e.instance_path().to_string(),
-                message: e.to_string(),
-            })
-            .collect())
-    }
-}
-
-impl std::fmt::Debug for Version {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Version")
-            .field("type_name", &self.type_name)
-            .field("version", &self.version)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Compiles a schema: draft 2020-12 unless it says otherwise; references
-/// resolve inside the schema only (nothing is fetched).
-fn compile(schema: &Value) -> Result<jsonschema::Validator<InstanceJson>, String> {
-    jsonschema::options_for::<InstanceJson>()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(schema)
-        .map_err(|e| format!("{e} (at {})", e.schema_path()))
-}
-
-/// One way an event does not match its schema.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Violation {
-    /// JSON Pointer of the offending value in the event ("" for the root).
-    pub pointer: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Formats violations for an error message: `"/email: ..., /age: ..."`.
-pub fn describe(violations: &[Violation]) -> String {
-    violations
-        .iter()
-        .map(|v| {
-            let at = if v.pointer.is_empty() {
-                "/"
-            } else {
-                &v.pointer
-            };
-            format!("{at}: {}", v.message)
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A type as the registry knows it.
@@ -307,131 +207,6 @@ fn parse_key(key: &str) -> Option<(&str, Option<u32>)> {
         return Some((type_name, None));
     }
     Some((type_name, Some(parse_version_token(last)?)))
-}
-
-/// Parses and checks a schema: JSON, at most [`MAX_SCHEMA_BYTES`], valid
-/// against its meta-schema, and compilable (references resolve inside it).
-/// `origin` names where it came from (a file, a type and version).
-pub fn parse_schema(origin: &str, bytes: &[u8]) -> Result<Value, BusError> {
-    if bytes.len() > MAX_SCHEMA_BYTES {
-        return Err(BusError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "schema {origin} is {} bytes, over the limit of {MAX_SCHEMA_BYTES} bytes",
-                bytes.len()
-            ),
-        ));
-    }
-    let schema: Value = serde_json::from_slice(bytes).map_err(|e| {
-        BusError::with_source(
-            ErrorKind::Codec,
-            format!("schema {origin} is not JSON: {e}"),
-            e,
-        )
-    })?;
-    check_schema(origin, &schema)?;
-    Ok(schema)
-}
-
-/// Checks a schema value (see [`parse_schema`]).
-pub fn check_schema(origin: &str, schema: &Value) -> Result<(), BusError> {
-    if !schema.is_object() && !schema.is_boolean() {
-        return Err(BusError::new(
-            ErrorKind::Config,
-            format!("schema {origin} at /: a schema is an object or a boolean"),
-        ));
-    }
-    if let Some(cycle) = ref_cycle(schema) {
-        return Err(BusError::new(
-            ErrorKind::Config,
-            format!(
-                "schema {origin} at {}: a $ref cycle ({}) never reaches a schema",
-                cycle[0],
-                cycle.join(" -> ")
-            ),
-        ));
-    }
-    if let Err(e) = jsonschema::meta::validate(schema) {
-        let at = e.instance_path().to_string();
-        return Err(BusError::new(
-            ErrorKind::Config,
-            format!(
-                "schema {origin} at {}: {e}",
-                if at.is_empty() { "/" } else { &at }
-            ),
-        ));
-    }
-    compile(schema).map_err(|e| {
-        BusError::new(
-            ErrorKind::Config,
-            format!("schema {origin} does not compile: {e}"),
-        )
-    })?;
-    Ok(())
-}
-
-/// A chain of local `$ref`s that comes back to where it started without
-/// passing through any other keyword (`a` → `b` → `a`): its pointers.
-/// (Recursion through `properties` or `items` is legitimate and allowed.)
-fn ref_cycle(schema: &Value) -> Option<Vec<String>> {
-    fn walk(schema: &Value, at: &mut String, node: &Value, found: &mut Option<Vec<String>>) {
-        if found.is_some() {
-            return;
-        }
-        match node {
-            Value::Object(map) => {
-                if map.contains_key("$ref") {
-                    let mut chain = vec![if at.is_empty() {
-                        "/".to_string()
-                    } else {
-                        at.clone()
-                    }];
-                    let mut current = node;
-                    while let Some(target) = current
-                        .get("$ref")
-                        .and_then(Value::as_str)
-                        .and_then(|r| r.strip_prefix('#'))
-                    {
-                        let shown = if target.is_empty() {
-                            "/".to_string()
-                        } else {
-                            target.to_string()
-                        };
-                        if chain.contains(&shown) {
-                            chain.push(shown);
-                            *found = Some(chain);
-                            return;
-                        }
-                        chain.push(shown);
-                        match schema.pointer(target) {
-                            Some(next) => current = next,
-                            None => break,
-                        }
-                    }
-                }
-                for (key, value) in map {
-                    let len = at.len();
-                    at.push('/');
-                    at.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                    walk(schema, at, value, found);
-                    at.truncate(len);
-                }
-            }
-            Value::Array(items) => {
-                for (i, value) in items.iter().enumerate() {
-                    let len = at.len();
-                    at.push('/');
-                    at.push_str(&i.to_string());
-                    walk(schema, at, value, found);
-                    at.truncate(len);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut found = None;
-    walk(schema, &mut String::new(), schema, &mut found);
-    found
 }
 
 fn kv_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
@@ -836,86 +611,6 @@ impl Registry {
     }
 }
 
-/// Validates a JSON payload against `schema`: the version, or why not.
-pub(crate) fn validate_payload(
-    schema: Arc<Version>,
-    payload: &[u8],
-) -> Result<Arc<Version>, ValidationFailure> {
-    validate_against(
-        schema,
-        Instance::parse(payload).map_err(|e| format!("not JSON: {e}")),
-    )
-}
-
-fn validate_against(
-    schema: Arc<Version>,
-    instance: Result<Instance<'_>, String>,
-) -> Result<Arc<Version>, ValidationFailure> {
-    let checked = instance
-        .map_err(|message| {
-            vec![Violation {
-                pointer: String::new(),
-                message,
-            }]
-        })
-        .and_then(|instance| schema.check(&instance));
-    match checked {
-        Ok(()) => Ok(schema),
-        Err(violations) => Err(ValidationFailure::Invalid {
-            version: schema,
-            violations,
-        }),
-    }
-}
-
-/// Why a payload did not validate.
-#[derive(Debug)]
-pub enum ValidationFailure {
-    /// The type or the version is not registered.
-    UnknownVersion {
-        /// The type.
-        type_name: String,
-        /// The version asked for (`None`: the latest, and there is none).
-        version: Option<u32>,
-    },
-    /// It does not match the version.
-    Invalid {
-        /// The version checked.
-        version: Arc<Version>,
-        /// What is wrong, by JSON Pointer.
-        violations: Vec<Violation>,
-    },
-}
-
-impl ValidationFailure {
-    /// An error message naming the subject, type, version and violations.
-    pub fn describe(&self, subject: &str) -> String {
-        match self {
-            ValidationFailure::UnknownVersion {
-                type_name,
-                version: Some(v),
-            } => {
-                format!("event on {subject:?} claims {type_name} v{v}, which is not registered")
-            }
-            ValidationFailure::UnknownVersion {
-                type_name,
-                version: None,
-            } => {
-                format!("event on {subject:?}: type {type_name} has no registered version")
-            }
-            ValidationFailure::Invalid {
-                version,
-                violations,
-            } => format!(
-                "event on {subject:?} does not match {} v{}: {}",
-                version.type_name,
-                version.version,
-                describe(violations)
-            ),
-        }
-    }
-}
-
 /// Sets a type's settings, creating the type if it is new.
 fn set_settings(types: &mut HashMap<String, TypeEntry>, type_name: &str, settings: TypeSettings) {
     match types.get_mut(type_name) {
@@ -973,24 +668,6 @@ fn apply(inner: &Inner, entry: &async_nats::jetstream::kv::Entry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ref_cycles_are_found_and_recursion_allowed() {
-        let cycle = serde_json::json!({
-            "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
-            "$ref": "#/$defs/a"
-        });
-        assert_eq!(
-            ref_cycle(&cycle).unwrap(),
-            vec!["/", "/$defs/a", "/$defs/b", "/$defs/a"]
-        );
-        assert!(ref_cycle(&serde_json::json!({"$ref": "#"})).is_some());
-        let tree = serde_json::json!({
-            "$defs": {"node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
-            "$ref": "#/$defs/node"
-        });
-        assert_eq!(ref_cycle(&tree), None);
-    }
 
     #[test]
     fn type_names_and_keys() {

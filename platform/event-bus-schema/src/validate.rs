@@ -3,7 +3,8 @@
 //! [`EventCheck`]).
 
 use crate::cloudevents::{self, Data};
-use crate::registry::{self, Registry, SubjectType, Validation, ValidationFailure, Version};
+use crate::registry::{Registry, SubjectType, Validation, ValidationFailure, Version};
+use crate::version::validate_payload;
 use async_trait::async_trait;
 use event_bus::consumer::ConsumerState;
 use event_bus::runner::EventCheck;
@@ -27,7 +28,11 @@ pub enum UnknownTypes {
 /// The type an event is of: its `ce-type` if given, else the registered
 /// type whose subject matches.
 fn type_of(registry: &Registry, subject: &str, claimed: Option<&str>) -> Option<Arc<SubjectType>> {
+    let by_subject = registry.subject_type(subject);
     match claimed {
+        // The common case (what a `ValidatingBus` sends): the claimed type
+        // is the subject's, remembered per subject.
+        Some(t) if by_subject.as_ref().is_some_and(|s| s.name == t) => by_subject,
         Some(t) => registry.settings(t).map(|settings| {
             Arc::new(SubjectType {
                 name: t.to_string(),
@@ -35,7 +40,7 @@ fn type_of(registry: &Registry, subject: &str, claimed: Option<&str>) -> Option<
                 latest: registry.latest(t),
             })
         }),
-        None => registry.subject_type(subject),
+        None => by_subject,
     }
 }
 
@@ -52,7 +57,7 @@ fn validate(
     payload: &[u8],
 ) -> Result<Arc<Version>, ValidationFailure> {
     match (version, &found.latest) {
-        (None, Some(latest)) => registry::validate_payload(latest.clone(), payload),
+        (None, Some(latest)) => validate_payload(latest.clone(), payload),
         _ => registry.validate(&found.name, version, payload),
     }
 }
