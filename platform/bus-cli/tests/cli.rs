@@ -37,13 +37,13 @@ fn json(out: &Output) -> Value {
 
 async fn server_with_streams() -> (NatsServer, NatsBus) {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[
-        StreamSpec::new("ORDERS", ["orders.>"]),
-        StreamSpec::new("DLQ", ["dlq.>"]),
-    ])
-    .await
-    .unwrap();
+    let nats = server
+        .bus(&[
+            StreamSpec::new("ORDERS", ["orders.>"]),
+            StreamSpec::new("DLQ", ["dlq.>"]),
+        ])
+        .await
+        .unwrap();
     (server, nats)
 }
 

@@ -244,8 +244,8 @@ fn install(
 
 async fn nats(stream: &str, subjects: &str) -> (NatsServer, NatsBus) {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    bus.ensure_streams(&[StreamSpec::new(stream, [subjects])])
+    let bus = server
+        .bus(&[StreamSpec::new(stream, [subjects])])
         .await
         .unwrap();
     (server, bus)

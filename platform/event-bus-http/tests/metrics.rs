@@ -7,7 +7,7 @@
 
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus, NatsBus};
+use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;
@@ -40,10 +40,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
 
     let memory: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[StreamSpec::new("M", ["m.>"])])
-        .await
-        .unwrap();
+    let nats = server.bus(&[StreamSpec::new("M", ["m.>"])]).await.unwrap();
     let nats: Arc<dyn EventBus> = Arc::new(nats);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,9 +10,7 @@
 use event_bus::config::StreamSpec;
 use event_bus::consumer::lag::LagMonitor;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
-use event_bus::{
-    ConsumerConfig, EventBus, InMemoryBus, NatsBus, Overflow, StartPosition, SubscribeOptions,
-};
+use event_bus::{ConsumerConfig, EventBus, InMemoryBus, Overflow, StartPosition, SubscribeOptions};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;
 use futures::StreamExt;
@@ -103,13 +101,13 @@ async fn prometheus_scrapes_alerts_fire_and_dashboard_queries_answer() {
     // stalled one, lag monitors, a runner.
     let memory: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(InMemoryBus::new());
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[
-        StreamSpec::new("P", ["p.>"]),
-        StreamSpec::new("PDLQ", ["dlq.>"]),
-    ])
-    .await
-    .unwrap();
+    let nats = server
+        .bus(&[
+            StreamSpec::new("P", ["p.>"]),
+            StreamSpec::new("PDLQ", ["dlq.>"]),
+        ])
+        .await
+        .unwrap();
     let nats: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(nats);
 
     for i in 0..20 {

@@ -18,7 +18,7 @@
 //! `OUTBOX_BENCH_LATENCY_SAMPLES`, default 300).
 
 use event_bus::config::StreamSpec;
-use event_bus::{Envelope, EventBus, NatsBus};
+use event_bus::{Envelope, EventBus};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
@@ -204,10 +204,7 @@ fn main() {
         let _server_keep;
         let _pg_keep;
         let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-        let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-        nats.ensure_streams(&[StreamSpec::new("BENCH", ["bench.>"])])
-            .await
-            .unwrap();
+        let nats = server.bus(&[StreamSpec::new("BENCH", ["bench.>"])]).await.unwrap();
         let bus: Arc<dyn EventBus> = Arc::new(nats);
         _server_keep = server;
         let pg = TestPostgres::start().await.unwrap_or_else(|e| panic!("{e}"));

@@ -7,7 +7,7 @@
 
 use event_bus::config::StreamSpec;
 use event_bus::{
-    BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, NatsBus, StartPosition,
+    BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition,
 };
 use event_bus_postgres::outbox::FailedEvent;
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
@@ -42,8 +42,8 @@ async fn outbox(pool: &PgPool) -> Outbox {
 /// default two-minute duplicate window).
 async fn nats() -> (NatsServer, Arc<dyn EventBus>) {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    bus.ensure_streams(&[StreamSpec::new("OUT", ["out.>"])])
+    let bus = server
+        .bus(&[StreamSpec::new("OUT", ["out.>"])])
         .await
         .unwrap();
     (server, Arc::new(bus))
@@ -378,8 +378,8 @@ async fn a_refused_row_goes_to_the_failure_table_and_can_be_retried() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[StreamSpec::new("OUT", ["out.>"])])
+    let nats = server
+        .bus(&[StreamSpec::new("OUT", ["out.>"])])
         .await
         .unwrap();
     let bus: Arc<dyn EventBus> = Arc::new(nats);
@@ -442,7 +442,10 @@ async fn a_missing_stream_delays_rows_without_failing_them() {
     let (_pg, pool) = pg().await;
     let outbox = outbox(&pool).await;
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap())
+    let nats = server
+        .bus(&[])
+        .await
+        .unwrap()
         .with_auto_create_streams(false);
     let bus: Arc<dyn EventBus> = Arc::new(nats.clone());
     let relay = relay(&outbox, &bus)
@@ -507,7 +510,10 @@ async fn the_backlog_drains_when_the_bus_comes_back() {
     // Publishes fail fast (100 ms) while the server is down, so that only
     // the relay's backoff spaces its attempts.
     let bus: Arc<dyn EventBus> = Arc::new(
-        NatsBus::new(async_nats::connect(server.url()).await.unwrap())
+        server
+            .bus(&[])
+            .await
+            .unwrap()
             .with_publish_timeout(Duration::from_millis(100)),
     );
     let relay = relay(&outbox, &bus)

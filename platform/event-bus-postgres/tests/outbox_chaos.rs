@@ -8,7 +8,7 @@
 
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
-use event_bus::{ConsumerConfig, Envelope, EventBus, NatsBus, StartPosition};
+use event_bus::{ConsumerConfig, Envelope, EventBus, StartPosition};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay, PgInbox, RelayHandle};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
@@ -69,8 +69,8 @@ async fn chaos(strict: bool) {
     let outbox = Outbox::new(pool.clone());
     outbox.migrate().await.unwrap();
     let mut server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[StreamSpec::new("CHAOS", ["chaos.>"])])
+    let nats = server
+        .bus(&[StreamSpec::new("CHAOS", ["chaos.>"])])
         .await
         .unwrap();
     let bus: Arc<dyn EventBus> = Arc::new(nats);

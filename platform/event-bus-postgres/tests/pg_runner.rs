@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Inbox, Outcome, RetryPolicy, Runner};
-use event_bus::{BusError, Envelope, ErrorKind, EventBus, InMemoryBus, MemoryConfig, NatsBus};
+use event_bus::{BusError, Envelope, ErrorKind, EventBus, InMemoryBus, MemoryConfig};
 use event_bus_postgres::PgInbox;
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
@@ -69,12 +69,10 @@ async fn memory() -> Env {
 async fn nats() -> Env {
     let (pg, pool) = pg().await;
     let server = NatsServer::start().await.expect("start nats-server");
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    bus.ensure_streams(&[
-        StreamSpec::new("WORK", ["work.>"]).duplicate_window(Duration::from_millis(100))
-    ])
-    .await
-    .unwrap();
+    let bus = server
+        .bus(&[StreamSpec::new("WORK", ["work.>"]).duplicate_window(Duration::from_millis(100))])
+        .await
+        .unwrap();
     Env {
         bus: Arc::new(bus),
         pool,

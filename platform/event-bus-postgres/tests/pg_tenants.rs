@@ -3,7 +3,7 @@
 //! tenant.
 
 use event_bus::runner::{Event, Handler, Outcome, Runner};
-use event_bus::{Envelope, EventBus, NatsBus};
+use event_bus::{Envelope, EventBus};
 use event_bus_postgres::PgInbox;
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
@@ -31,7 +31,7 @@ async fn tenants_sharing_an_inbox_table_never_collide() {
     let inbox = PgInbox::new(pool.clone());
     inbox.migrate().await.unwrap();
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let root = server.bus(&[]).await.unwrap();
 
     let handled: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut runners = Vec::new();

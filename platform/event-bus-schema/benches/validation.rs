@@ -19,7 +19,7 @@
 //!    process and of nats-server.
 
 use event_bus::config::StreamSpec;
-use event_bus::{EventBus, NatsBus};
+use event_bus::EventBus;
 use event_bus_schema::{Registry, TypeSettings, ValidatingBus};
 use event_bus_testkit::cpu::cpu_time;
 use event_bus_testkit::nats_server::NatsServer;
@@ -140,8 +140,8 @@ async fn main() {
     let reps = env_usize("SCHEMA_BENCH_REPS", 7);
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     let server_pid = server.pid().map(|p| p.to_string()).unwrap_or_default();
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[StreamSpec::new("SHOP", ["shop.>"])])
+    let nats = server
+        .bus(&[StreamSpec::new("SHOP", ["shop.>"])])
         .await
         .unwrap();
     let raw_js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());

@@ -5,7 +5,7 @@
 
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
-use event_bus::{Envelope, ErrorKind, EventBus, InMemoryBus, NatsBus, StartPosition};
+use event_bus::{Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition};
 use event_bus_schema::cloudevents;
 use event_bus_schema::compat::Mode;
 use event_bus_schema::registry::{Registry, TypeSettings, Validation, MAX_SCHEMA_BYTES};
@@ -409,13 +409,13 @@ async fn publish_validates_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_validates_on_nats() {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[
-        StreamSpec::new("AUTH", ["auth.events.>"]),
-        StreamSpec::new("OTHER", ["other.>"]),
-    ])
-    .await
-    .unwrap();
+    let nats = server
+        .bus(&[
+            StreamSpec::new("AUTH", ["auth.events.>"]),
+            StreamSpec::new("OTHER", ["other.>"]),
+        ])
+        .await
+        .unwrap();
     publish_validates_on(Arc::new(nats)).await;
 }
 
@@ -486,13 +486,13 @@ async fn the_runner_dead_letters_invalid_events_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runner_dead_letters_invalid_events_on_nats() {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
-    nats.ensure_streams(&[
-        StreamSpec::new("AUTH", ["auth.events.>"]),
-        StreamSpec::new("DLQ", ["dlq.>"]),
-    ])
-    .await
-    .unwrap();
+    let nats = server
+        .bus(&[
+            StreamSpec::new("AUTH", ["auth.events.>"]),
+            StreamSpec::new("DLQ", ["dlq.>"]),
+        ])
+        .await
+        .unwrap();
     runner_dead_letters_on(Arc::new(nats)).await;
 }
 

@@ -817,6 +817,28 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// A [`NatsBus`](event_bus::NatsBus) on a new connection to this
+    /// server, with `streams` declared (`ensure_streams`; none if empty).
+    pub async fn bus(
+        &self,
+        streams: &[event_bus::config::StreamSpec],
+    ) -> Result<event_bus::NatsBus, event_bus::BusError> {
+        let client = event_bus::async_nats::connect(self.url())
+            .await
+            .map_err(|e| {
+                event_bus::BusError::with_source(
+                    event_bus::ErrorKind::Unavailable,
+                    format!("connect to {}: {e}", self.url()),
+                    e,
+                )
+            })?;
+        let bus = event_bus::NatsBus::new(client);
+        if !streams.is_empty() {
+            bus.ensure_streams(streams).await?;
+        }
+        Ok(bus)
+    }
+
     /// Client port.
     pub fn port(&self) -> u16 {
         self.port

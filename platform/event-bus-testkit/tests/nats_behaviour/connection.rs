@@ -50,7 +50,7 @@ async fn payload_over_server_max_is_refused() {
     let server = NatsServer::start_with(NatsServerOptions::default().max_payload(64 * 1024))
         .await
         .unwrap();
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let bus = server.bus(&[]).await.unwrap();
     bus.publish("big.ok", vec![1; 60 * 1024]).await.unwrap();
     let err = bus
         .publish("big.no", vec![1; 100 * 1024])

@@ -7,7 +7,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_streams_are_reconciled() {
     let server = NatsServer::start().await.unwrap();
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let bus = server.bus(&[]).await.unwrap();
     let spec = StreamSpec::new("ORDERS", ["orders.>"]).max_age(Duration::from_secs(3600));
     let r = bus
         .ensure_streams(std::slice::from_ref(&spec))
@@ -133,7 +133,7 @@ duplicate_window = "30s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcard_first_token_follows_new_streams() {
     let server = NatsServer::start().await.unwrap();
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let bus = server.bus(&[]).await.unwrap();
     bus.publish("old.events.x", b"before".to_vec())
         .await
         .unwrap();
@@ -164,7 +164,7 @@ async fn wildcard_first_token_follows_new_streams() {
 async fn wildcard_subscriptions_never_read_key_value_buckets() {
     use async_nats::jetstream::kv;
     let server = NatsServer::start().await.unwrap();
-    let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let bus = server.bus(&[]).await.unwrap();
     let js = bus.jetstream().clone();
     let before = js
         .create_key_value(kv::Config {
@@ -210,7 +210,7 @@ async fn assigned_ids_are_unique_across_stream_incarnations() {
     let mut incarnations = Vec::new();
     for round in 0..2 {
         // A fresh bus each round: its cache of known streams is empty.
-        let bus = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+        let bus = server.bus(&[]).await.unwrap();
         let mut sub = bus.subscribe("reborn.>").await.unwrap();
         for i in 0..5 {
             bus.publish("reborn.x", format!("{round}-{i}").into_bytes())

@@ -79,7 +79,7 @@ async fn tenants_in_separate_accounts_are_isolated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_prefixes_confine_subjects_and_streams() {
     let server = NatsServer::start().await.unwrap();
-    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let root = server.bus(&[]).await.unwrap();
     let t1 = root.for_tenant("t1").unwrap();
     let t2 = root.for_tenant("t2").unwrap();
     let mut s1 = t1.subscribe("orders.*").await.unwrap();
@@ -132,7 +132,7 @@ async fn tenant_prefixes_confine_subjects_and_streams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_stream_names_never_collide() {
     let server = NatsServer::start().await.unwrap();
-    let root = NatsBus::new(async_nats::connect(server.url()).await.unwrap());
+    let root = server.bus(&[]).await.unwrap();
     let acme = root.for_tenant("acme").unwrap();
     let acme_eu = root.for_tenant("acme_eu").unwrap();
     assert_ne!(
