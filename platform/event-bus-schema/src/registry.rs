@@ -11,10 +11,10 @@
 
 use crate::compat::{self, Change, Mode};
 use crate::instance::Instance;
-use crate::version::validate_against;
 pub use crate::version::{
     check_schema, describe, parse_schema, ValidationFailure, Version, Violation, MAX_SCHEMA_BYTES,
 };
+use crate::version::{check_size, validate_against};
 use event_bus::{BusError, ErrorKind};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -477,15 +477,7 @@ impl Registry {
         validate_type_name(type_name)?;
         let origin = format!("for {type_name}");
         let bytes = serde_json::to_vec(&schema).expect("a Value serialises");
-        if bytes.len() > MAX_SCHEMA_BYTES {
-            return Err(BusError::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "schema {origin} is {} bytes, over the limit of {MAX_SCHEMA_BYTES} bytes",
-                    bytes.len()
-                ),
-            ));
-        }
+        check_size(&origin, bytes.len())?;
         check_schema(&origin, &schema)?;
         if self.settings(type_name).is_none() {
             self.define(type_name, TypeSettings::new(type_name)).await?;

@@ -117,15 +117,7 @@ pub fn describe(violations: &[Violation]) -> String {
 /// against its meta-schema, and compilable (references resolve inside it).
 /// `origin` names where it came from (a file, a type and version).
 pub fn parse_schema(origin: &str, bytes: &[u8]) -> Result<Value, BusError> {
-    if bytes.len() > MAX_SCHEMA_BYTES {
-        return Err(BusError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "schema {origin} is {} bytes, over the limit of {MAX_SCHEMA_BYTES} bytes",
-                bytes.len()
-            ),
-        ));
-    }
+    check_size(origin, bytes.len())?;
     let schema: Value = serde_json::from_slice(bytes).map_err(|e| {
         BusError::with_source(
             ErrorKind::Codec,
@@ -135,6 +127,17 @@ pub fn parse_schema(origin: &str, bytes: &[u8]) -> Result<Value, BusError> {
     })?;
     check_schema(origin, &schema)?;
     Ok(schema)
+}
+
+/// Refuses a schema of more than [`MAX_SCHEMA_BYTES`] bytes of JSON.
+pub(crate) fn check_size(origin: &str, bytes: usize) -> Result<(), BusError> {
+    if bytes > MAX_SCHEMA_BYTES {
+        return Err(BusError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("schema {origin} is {bytes} bytes, over the limit of {MAX_SCHEMA_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a schema value (see [`parse_schema`]).
