@@ -1,6 +1,6 @@
 //! `bus outbox` (PostgreSQL) and `bus schema` (the contracts registry).
 
-use crate::commands::print_object;
+use crate::commands::{print_object, print_rows};
 use crate::{Cli, OutboxCommand, SchemaCommand};
 use event_bus::{BusConfig, BusError, BusType, ErrorKind};
 use event_bus_postgres::{sqlx, Outbox};
@@ -61,10 +61,8 @@ pub async fn outbox(
                     })
                 })
                 .collect();
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
-                for r in &rows {
+            print_rows(cli, rows, |rows| {
+                for r in rows {
                     println!(
                         "{} {} {} : {}",
                         r["seq"],
@@ -74,7 +72,7 @@ pub async fn outbox(
                     );
                 }
                 println!("{} failed row(s)", rows.len());
-            }
+            });
         }
         OutboxCommand::Retry { seqs } => {
             let seqs: Vec<i64> = if seqs.is_empty() {
@@ -148,10 +146,8 @@ pub async fn schema(
                     })
                 })
                 .collect();
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
-                for r in &rows {
+            print_rows(cli, rows, |rows| {
+                for r in rows {
                     println!(
                         "{}  {}  {}  versions {}",
                         r["type"].as_str().unwrap_or(""),
@@ -160,7 +156,7 @@ pub async fn schema(
                         r["versions"]
                     );
                 }
-            }
+            });
             Ok(ExitCode::SUCCESS)
         }
         SchemaCommand::Show { type_name, version } => {

@@ -1,6 +1,6 @@
 //! What each subcommand does.
 
-use crate::{Cli, Command, ConsumersCommand, DlqCommand, DlqFilter, StreamsCommand};
+use crate::{Cli, Command, ConsumersCommand, DlqCommand, DlqFilter, StreamsCommand, Until};
 use event_bus::runner::{DeadLetter, DeadLetterQueue};
 use event_bus::{BusError, BusType, Envelope, ErrorKind, EventBus, MessageId, NatsBus};
 use futures::StreamExt;
@@ -38,22 +38,12 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
         }
         Command::Sub {
             pattern,
-            count,
-            timeout,
+            until,
             headers,
             raw,
         } => {
             let bus = event_bus::connect(&config).await?;
-            subscribe(
-                cli,
-                bus.as_ref(),
-                pattern,
-                *count,
-                timeout.map(Into::into),
-                *headers,
-                *raw,
-            )
-            .await
+            subscribe(cli, bus.as_ref(), pattern, until, *headers, *raw).await
         }
         Command::Context(_) => unreachable!("handled above"),
         Command::Health => {
@@ -77,21 +67,11 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
         Command::Consume {
             name,
             pattern,
-            count,
-            timeout,
+            until,
             no_ack,
         } => {
             let bus = event_bus::connect(&config).await?;
-            consume(
-                cli,
-                bus.as_ref(),
-                name,
-                pattern,
-                *count,
-                timeout.map(Into::into),
-                *no_ack,
-            )
-            .await
+            consume(cli, bus.as_ref(), name, pattern, until, *no_ack).await
         }
         Command::Outbox {
             database_url,
@@ -223,12 +203,28 @@ fn message_json(m: &event_bus::BusMessage, with_headers: bool) -> Value {
     v
 }
 
+impl Until {
+    /// The next item of `stream`, or `None` once `seen` items reached the
+    /// count, the timeout passed without one, or the stream ended.
+    async fn next<S: futures::Stream + Unpin>(&self, seen: u64, stream: &mut S) -> Option<S::Item> {
+        if self.count.is_some_and(|c| seen >= c) {
+            return None;
+        }
+        match self.timeout {
+            Some(t) => tokio::time::timeout(t.into(), stream.next())
+                .await
+                .ok()
+                .flatten(),
+            None => stream.next().await,
+        }
+    }
+}
+
 async fn subscribe(
     cli: &Cli,
     bus: &dyn EventBus,
     pattern: &str,
-    count: Option<u64>,
-    timeout: Option<Duration>,
+    until: &Until,
     with_headers: bool,
     raw: bool,
 ) -> Result<ExitCode, BusError> {
@@ -237,15 +233,7 @@ async fn subscribe(
         eprintln!("listening on {pattern}");
     }
     let mut seen = 0u64;
-    while count.is_none_or(|c| seen < c) {
-        let next = match timeout {
-            Some(t) => match tokio::time::timeout(t, sub.next()).await {
-                Ok(m) => m,
-                Err(_) => break,
-            },
-            None => sub.next().await,
-        };
-        let Some(m) = next else { break };
+    while let Some(m) = until.next(seen, &mut sub).await {
         seen += 1;
         if raw {
             use std::io::Write;
@@ -264,7 +252,7 @@ async fn subscribe(
             println!("{}", String::from_utf8_lossy(&m.payload));
         }
     }
-    if let Some(c) = count {
+    if let Some(c) = until.count {
         if seen < c {
             return Err(BusError::new(
                 ErrorKind::Timeout,
@@ -280,23 +268,14 @@ async fn consume(
     bus: &dyn EventBus,
     name: &str,
     pattern: &str,
-    count: Option<u64>,
-    timeout: Option<Duration>,
+    until: &Until,
     no_ack: bool,
 ) -> Result<ExitCode, BusError> {
     let mut stream = bus
         .consume(event_bus::ConsumerConfig::new(name, pattern).start(event_bus::StartPosition::All))
         .await?;
     let mut seen = 0u64;
-    while count.is_none_or(|c| seen < c) {
-        let next = match timeout {
-            Some(t) => match tokio::time::timeout(t, stream.next()).await {
-                Ok(d) => d,
-                Err(_) => break,
-            },
-            None => stream.next().await,
-        };
-        let Some(delivery) = next else { break };
+    while let Some(delivery) = until.next(seen, &mut stream).await {
         let delivery = delivery?;
         seen += 1;
         if cli.json {
@@ -338,9 +317,7 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                 }));
             }
             rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
+            print_rows(cli, rows, |rows| {
                 print_table(
                     &["stream", "subjects", "messages", "bytes", "consumers"],
                     rows.iter().map(|r| {
@@ -361,7 +338,7 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                         ]
                     }),
                 );
-            }
+            });
         }
         StreamsCommand::Ensure { file } => {
             let declared = event_bus::BusConfig::from_file(file)?;
@@ -380,10 +357,8 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                     json!({"stream": r.name, "action": action, "drift": drift})
                 })
                 .collect();
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
-                for r in &rows {
+            print_rows(cli, rows, |rows| {
+                for r in rows {
                     println!(
                         "{} {}",
                         r["stream"].as_str().unwrap_or_default(),
@@ -393,7 +368,7 @@ async fn streams(cli: &Cli, bus: &NatsBus, cmd: &StreamsCommand) -> Result<ExitC
                         println!("  {}", d.as_str().unwrap_or_default());
                     }
                 }
-            }
+            });
         }
         StreamsCommand::Info { name } => {
             let mut stream = js.get_stream(name).await.map_err(|e| {
@@ -458,9 +433,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
             }
             rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             lag_statuses(bus, &mut rows, (*window).into()).await;
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
+            print_rows(cli, rows, |rows| {
                 print_table(
                     &[
                         "consumer",
@@ -481,7 +454,7 @@ async fn consumers(cli: &Cli, bus: &NatsBus, cmd: &ConsumersCommand) -> Result<E
                         ]
                     }),
                 );
-            }
+            });
         }
         ConsumersCommand::Info {
             stream,
@@ -600,9 +573,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             for d in found {
                 d.keep_for(None).await?;
             }
-            if cli.json {
-                println!("{}", Value::Array(rows));
-            } else {
+            print_rows(cli, rows, |rows| {
                 print_table(
                     &["id", "original subject", "consumer", "deliveries", "reason"],
                     rows.iter().map(|r| {
@@ -623,7 +594,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
                         ]
                     }),
                 );
-            }
+            });
         }
         DlqCommand::Show { subject, id } => {
             let filter = DlqFilter {
@@ -743,6 +714,15 @@ pub fn print_object(cli: &Cli, v: &Value) {
         for (k, v) in map {
             println!("{k:>28}: {v}");
         }
+    }
+}
+
+/// Prints `rows`: one JSON array with `--json`, else as `text` prints them.
+pub fn print_rows(cli: &Cli, rows: Vec<Value>, text: impl FnOnce(&[Value])) {
+    if cli.json {
+        println!("{}", Value::Array(rows));
+    } else {
+        text(&rows);
     }
 }
 

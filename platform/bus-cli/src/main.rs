@@ -16,6 +16,18 @@ use event_bus::{BusConfig, BusType};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// When `sub` and `consume` stop: after `--count` messages, or `--timeout`
+/// without one (neither: when interrupted).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Until {
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this long without a message (e.g. `5s`).
+    #[arg(long)]
+    timeout: Option<humantime::Duration>,
+}
+
 /// Operate an event bus: publish, subscribe, streams, consumers, dead
 /// letters, health.
 #[derive(Parser, Debug)]
@@ -67,12 +79,9 @@ pub enum Command {
     Sub {
         /// The subject pattern (`*`, `>` wildcards).
         pattern: String,
-        /// Stop after this many messages.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Stop after this long without a message (e.g. `5s`).
-        #[arg(long)]
-        timeout: Option<humantime::Duration>,
+        /// When to stop.
+        #[command(flatten)]
+        until: Until,
         /// Print headers too.
         #[arg(long)]
         headers: bool,
@@ -86,12 +95,9 @@ pub enum Command {
         name: String,
         /// Its filter pattern.
         pattern: String,
-        /// Stop after this many messages.
-        #[arg(long)]
-        count: Option<u64>,
-        /// Stop after this long without a message (e.g. `5s`).
-        #[arg(long)]
-        timeout: Option<humantime::Duration>,
+        /// When to stop.
+        #[command(flatten)]
+        until: Until,
         /// Leave them unacknowledged (they are delivered again after the ack wait).
         #[arg(long)]
         no_ack: bool,

@@ -24,15 +24,51 @@ fn bus(url: &str, args: &[&str]) -> Output {
         .expect("run bus")
 }
 
-fn json(out: &Output) -> Value {
+/// Checks that a `bus` run succeeded (its output shown if not).
+fn succeeded(out: &Output) {
     assert!(
         out.status.success(),
         "bus failed: {}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Publishes `{"i": i}` to `audit.login` for each `i`.
+fn publish_audit_logins(url: &str, numbers: std::ops::Range<u32>) {
+    for i in numbers {
+        succeeded(&bus(
+            url,
+            &["pub", "audit.login", &format!("{{\"i\":{i}}}")],
+        ));
+    }
+}
+
+fn json(out: &Output) -> Value {
+    succeeded(out);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// [`json`] of a `bus` run, on a blocking thread (the test's runtime keeps
+/// serving the runner meanwhile).
+async fn json_off_thread(url: &str, args: &[&str]) -> Value {
+    let url = url.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        json(&bus(&url, &args))
+    })
+    .await
+    .expect("the bus run's thread")
+}
+
+/// The subject of the next event the test's handler handled, within 10 s.
+async fn next_handled(handled: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("an event handled within 10 s")
+        .expect("the handler is alive")
 }
 
 async fn server_with_streams() -> (NatsServer, NatsBus) {
@@ -96,11 +132,7 @@ async fn publish_subscribe_streams_consumers_and_health() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let acks: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -115,11 +147,7 @@ async fn publish_subscribe_streams_consumers_and_health() {
     assert_eq!(json(&again)["duplicate"], true);
 
     let sub = sub.await.unwrap();
-    assert!(
-        sub.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sub.stderr)
-    );
+    succeeded(&sub);
     let got: Vec<Value> = String::from_utf8_lossy(&sub.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -201,13 +229,7 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     bus_.publish("orders.good", br#"{"poison": false}"#.to_vec())
         .await
         .unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), handled.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        "orders.good"
-    );
+    assert_eq!(next_handled(&mut handled).await, "orders.good");
 
     // The DLQ shows the poison event, with why.
     let u = url.clone();
@@ -260,57 +282,33 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     assert_eq!(recent.as_array().unwrap().len(), 1, "{recent}");
 
     // A dry run changes nothing; filters that match nothing replay nothing.
-    let u = url.clone();
-    let dry = tokio::task::spawn_blocking(move || {
-        json(&bus(
-            &u,
-            &["dlq", "replay", "dlq.billing", "--dry-run", "--json"],
-        ))
-    })
-    .await
-    .unwrap();
+    let dry = json_off_thread(
+        &url,
+        &["dlq", "replay", "dlq.billing", "--dry-run", "--json"],
+    )
+    .await;
     assert_eq!(dry["count"], 1);
-    let u = url.clone();
-    let none = tokio::task::spawn_blocking(move || {
-        json(&bus(
-            &u,
-            &[
-                "dlq",
-                "replay",
-                "dlq.billing",
-                "--error-contains",
-                "timeout",
-                "--json",
-            ],
-        ))
-    })
-    .await
-    .unwrap();
+    let none = json_off_thread(
+        &url,
+        &[
+            "dlq",
+            "replay",
+            "dlq.billing",
+            "--error-contains",
+            "timeout",
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(none["count"], 0);
 
     // The handler is fixed; replay brings the event back and it is handled.
     fixed.store(true, Ordering::SeqCst);
-    let u = url.clone();
-    let replayed = tokio::task::spawn_blocking(move || {
-        json(&bus(&u, &["dlq", "replay", "dlq.billing", "--json"]))
-    })
-    .await
-    .unwrap();
+    let replayed = json_off_thread(&url, &["dlq", "replay", "dlq.billing", "--json"]).await;
     assert_eq!(replayed["count"], 1, "{replayed}");
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(10), handled.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        "orders.bad"
-    );
+    assert_eq!(next_handled(&mut handled).await, "orders.bad");
     // Nothing left in the DLQ.
-    let u = url.clone();
-    let after = tokio::task::spawn_blocking(move || {
-        json(&bus(&u, &["dlq", "ls", "dlq.billing", "--json"]))
-    })
-    .await
-    .unwrap();
+    let after = json_off_thread(&url, &["dlq", "ls", "dlq.billing", "--json"]).await;
     assert_eq!(after.as_array().unwrap().len(), 0, "{after}");
 
     let consumers = json(&bus(&url, &["consumers", "ls", "ORDERS", "--json"]));
@@ -356,13 +354,7 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
     );
 
     // consume: a durable consumer reads what was stored, acknowledging it.
-    for i in 0..2 {
-        assert!(
-            bus(&url, &["pub", "audit.login", &format!("{{\"i\":{i}}}")])
-                .status
-                .success()
-        );
-    }
+    publish_audit_logins(&url, 0..2);
     let out = bus(
         &url,
         &[
@@ -376,11 +368,7 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
             "--json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     let consumers = json(&bus(
         &url,
@@ -401,13 +389,7 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
         "no window, no status: {consumers}"
     );
     // Two more events read without acknowledging: lag that does not shrink.
-    for i in 2..4 {
-        assert!(
-            bus(&url, &["pub", "audit.login", &format!("{{\"i\":{i}}}")])
-                .status
-                .success()
-        );
-    }
+    publish_audit_logins(&url, 2..4);
     let out = bus(
         &url,
         &[
@@ -421,11 +403,7 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
             "--no-ack",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let held = json(&bus(
         &url,
         &[
