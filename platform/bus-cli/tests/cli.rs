@@ -7,6 +7,7 @@ use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{EventBus, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;
+use event_bus_testkit::wait;
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,18 +106,15 @@ async fn publish_subscribe_streams_consumers_and_health() {
         )
     });
     // Wait until the subscription exists: a consumer appears on ORDERS.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = json(&bus(&url, &["streams", "info", "ORDERS", "--json"]));
-        if v["consumers"].as_u64() > Some(0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the subscriber did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait::until(
+        Duration::from_secs(10),
+        "the subscriber to start (a consumer on ORDERS)",
+        || {
+            json(&bus(&url, &["streams", "info", "ORDERS", "--json"]))["consumers"].as_u64()
+                > Some(0)
+        },
+    )
+    .await;
     let out = bus(
         &url,
         &[
@@ -232,18 +230,20 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     assert_eq!(next_handled(&mut handled).await, "orders.good");
 
     // The DLQ shows the poison event, with why.
-    let u = url.clone();
-    let listed = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let v = json(&bus(&u, &["dlq", "ls", "dlq.billing", "--json"]));
-            if !v.as_array().unwrap().is_empty() || std::time::Instant::now() > deadline {
-                return v;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let ls = ["dlq", "ls", "dlq.billing", "--json"];
+    wait::until_async(
+        Duration::from_secs(10),
+        "the poison event in `bus dlq ls`",
+        || async {
+            !json_off_thread(&url, &ls)
+                .await
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    )
+    .await;
+    let listed = json_off_thread(&url, &ls).await;
     let dead = listed.as_array().unwrap();
     assert_eq!(dead.len(), 1, "{listed}");
     assert_eq!(dead[0]["original_subject"], "orders.bad");
