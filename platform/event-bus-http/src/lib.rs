@@ -8,7 +8,10 @@
 //! * `GET /`: the same as a small HTML page (server-rendered, no JavaScript);
 //! * `GET /metrics`: the Prometheus exposition of the `metrics` facade, when
 //!   a recorder from [`install_prometheus`] is given
-//!   ([`Monitoring::metrics`]).
+//!   ([`Monitoring::metrics`]). Each scrape runs the checks first (within
+//!   their timeout), so that the gauges a check samples, such as the
+//!   outbox's pending rows and oldest pending age, are as fresh as the
+//!   scrape even when nothing else asks for `/readyz`.
 //!
 //! The checks are [`StatusCheck`]s: the bus's health
 //! ([`BusCheck`](event_bus::status::BusCheck)), consumer lag
@@ -135,7 +138,8 @@ impl Monitoring {
         self
     }
 
-    /// Serves `handle`'s exposition on `/metrics`.
+    /// Serves `handle`'s exposition on `/metrics`, after running the checks
+    /// (which refresh the gauges they sample).
     pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
         self.metrics = Some(handle);
         self
@@ -187,6 +191,9 @@ impl Monitoring {
 async fn metrics(State(m): State<Arc<Monitoring>>) -> Response {
     match &m.metrics {
         Some(handle) => {
+            // The checks set the gauges they sample (outbox, health); their
+            // verdicts are `/readyz`'s business, not the exposition's.
+            let _ = m.run().await;
             handle.run_upkeep();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
