@@ -76,21 +76,42 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         .spawn()
         .await
         .unwrap();
+    // An async handler that takes at least 2 ms: its timed attempts
+    // measure the handler's future until its outcome, not only the call.
+    let slow = Runner::builder(memory.clone(), "slow-runner")
+        .handler(Handler::new(
+            "h",
+            "r.slow",
+            |_e: Event<'_, u32>, _tx: &mut ()| {
+                Box::pin(async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    Outcome::Ack
+                })
+            },
+        ))
+        .build()
+        .spawn()
+        .await
+        .unwrap();
     for i in 0..64u32 {
-        memory
-            .publish("r.x", i.to_string().into_bytes())
-            .await
-            .unwrap();
+        for subject in ["r.x", "r.slow"] {
+            memory
+                .publish(subject, i.to_string().into_bytes())
+                .await
+                .unwrap();
+        }
     }
 
     let exposition = || async { get(addr, "/metrics").await.1 };
     wait::until_async(
         Duration::from_secs(10),
-        "the runner's results exported",
+        "both runners' results exported",
         || async {
             series(&exposition().await, "event_bus_runner_events_total")
                 .iter()
-                .any(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 64.0)
+                .filter(|l| l.contains("event_bus_result=\"processed\"") && value(l) == 64.0)
+                .count()
+                == 2
         },
     )
     .await;
@@ -141,6 +162,24 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         ),
         "{process:?}"
     );
+    let slow_count = process
+        .iter()
+        .find(|l| l.contains("messaging_consumer_group_name=\"slow-runner-h\""))
+        .map(|l| value(l))
+        .unwrap_or_else(|| panic!("the async handler timed: {process:?}"));
+    assert!(
+        (1.0..=64.0 / 16.0 + 2.0).contains(&slow_count),
+        "{process:?}"
+    );
+    let slow_sum = series(&text, "messaging_process_duration_seconds_sum")
+        .into_iter()
+        .find(|l| l.contains("messaging_consumer_group_name=\"slow-runner-h\""))
+        .map(value)
+        .expect("the async handler's duration sum");
+    assert!(
+        slow_sum / slow_count >= 0.002,
+        "each timed attempt lasted the handler's 2 ms: sum {slow_sum} over {slow_count}"
+    );
 
     let consumed = series(&text, "messaging_client_consumed_messages_total");
     assert!(
@@ -159,6 +198,7 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
     // Prometheus's own linter accepts the exposition.
     promtool_accepts(&text);
     runner.shutdown().await;
+    slow.shutdown().await;
 }
 
 /// `promtool check metrics` on `exposition`: exits 0 (lint problems such

@@ -84,6 +84,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 /// Whether this handler attempt is one of the timed ones (a per-thread
 /// count: no shared state per event).
+#[inline]
 pub(crate) fn sample_process() -> bool {
     thread_local!(static TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
     TICK.with(|t| {

@@ -343,38 +343,44 @@ pub(super) async fn bounded(
 /// A panic caught while a handler ran.
 pub(super) type Panic = Box<dyn Any + Send>;
 
-/// What follows a handler's future: its process span, and when this
-/// attempt is timed, the start.
-pub(super) struct Traced {
-    span: tracing::Span,
-    started: Option<std::time::Instant>,
+/// Whether this attempt's handler duration is measured
+/// (`messaging.process.duration`): one attempt in
+/// [`PROCESS_SAMPLE`](crate::metrics::PROCESS_SAMPLE), from its call until
+/// its outcome. The callers time around [`call_handler`] (or [`call_now`]):
+/// a clock in their own state, no wrapper around the handler's future.
+#[inline]
+pub(super) fn timer() -> Option<std::time::Instant> {
+    crate::metrics::sample_process().then(std::time::Instant::now)
 }
 
-/// What [`invoke`] returns: the handler's call (or its panic), and the
-/// attempt's span and start when it is traced or timed.
-pub(super) type Invoked<F> = (Result<Call<F>, Panic>, Option<Box<Traced>>);
-
-/// Calls the handler with the event; a panic is caught. Without a
-/// `tracing` dispatcher and unless this attempt is timed (one in
-/// [`PROCESS_SAMPLE`](crate::metrics::PROCESS_SAMPLE)), that is all: the
-/// span and the timing are made in [`invoke_traced`], and returned (boxed)
-/// for the handler's future.
+/// Records a timed attempt's duration.
 #[inline]
-pub(super) fn invoke<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+pub(super) fn record_duration(histogram: &metrics::Histogram, started: Option<std::time::Instant>) {
+    if let Some(t) = started {
+        histogram.record(t.elapsed());
+    }
+}
+
+/// Calls a [`Handler::sync`](super::Handler::sync) handler with the event:
+/// its outcome (or its panic), in its process span when a `tracing`
+/// dispatcher is set.
+#[inline]
+pub(super) fn call_now<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> Invoked<C::Future<'a>> {
-    let timed = crate::metrics::sample_process();
-    if timed || tracing::dispatcher::has_been_set() {
-        return invoke_traced(h, delivery, decoded, attempt, tx, timed);
+) -> Result<Call<C::Future<'a>>, Panic> {
+    if tracing::dispatcher::has_been_set() {
+        invoke_traced(h, delivery, decoded, attempt, tx).0
+    } else {
+        call(h, delivery, decoded, attempt, tx)
     }
-    (call(h, delivery, decoded, attempt, tx), None)
 }
 
 /// The handler's call with the event; a panic is caught.
+#[inline(always)]
 pub(super) fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
@@ -391,7 +397,8 @@ pub(super) fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     std::panic::catch_unwind(AssertUnwindSafe(move || h.handler.f.call(event, tx)))
 }
 
-/// [`invoke`] in the attempt's process span, timed if `timed`.
+/// The handler's [`call`] in the attempt's process span, and the span
+/// when it is enabled (the handler's future is then polled in it).
 #[inline(never)]
 pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
@@ -399,9 +406,7 @@ pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-    timed: bool,
-) -> Invoked<C::Future<'a>> {
-    let started = timed.then(std::time::Instant::now);
+) -> (Result<Call<C::Future<'a>>, Panic>, Option<tracing::Span>) {
     let span = crate::trace::process_span(
         h.system,
         &h.handler.pattern,
@@ -410,20 +415,12 @@ pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
         delivery.delivery_count(),
     );
     let called = span.in_scope(|| call(h, delivery, decoded, attempt, tx));
-    let finished = |outcome| {
-        record_outcome(&span, outcome);
-        if let Some(t) = started {
-            h.process_duration.record(t.elapsed());
-        }
-    };
     match &called {
-        Ok(Call::Now(outcome)) => finished(Ok(outcome)),
-        Err(_) => finished(Err(())),
+        Ok(Call::Now(outcome)) => record_outcome(&span, Ok(outcome)),
+        Err(_) => record_outcome(&span, Err(())),
         Ok(Call::Later(_)) => {}
     }
-    let traced =
-        (!span.is_disabled() || started.is_some()).then(|| Box::new(Traced { span, started }));
-    (called, traced)
+    (called, (!span.is_disabled()).then_some(span))
 }
 
 /// Records a failed attempt's kind (`error.type`) on its process span.
@@ -438,9 +435,9 @@ pub(super) fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>
 }
 
 /// The handler's outcome as a future; a panic while the handler runs (or
-/// while its future is polled) is caught. A traced or timed attempt's
-/// future is boxed apart (with its span and clock), so that the common one
-/// stays the handler's own.
+/// while its future is polled) is caught. A traced attempt's future is
+/// boxed apart (with its span), so that the common one stays the handler's
+/// own.
 pub(super) type HandlerFuture<'a, F> = futures::future::Either<
     futures::future::Ready<Result<Outcome, Panic>>,
     futures::future::Either<
@@ -449,7 +446,11 @@ pub(super) type HandlerFuture<'a, F> = futures::future::Either<
     >,
 >;
 
-/// Calls the handler with the event: its outcome, as a future.
+/// Calls the handler with the event: its outcome, as a future. Without a
+/// `tracing` dispatcher that is the handler's [`call`] alone; with one it
+/// goes through [`call_handler_traced`], kept out of line so that the
+/// common path stays small enough to inline.
+#[inline]
 pub(super) fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
@@ -459,23 +460,42 @@ pub(super) fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 ) -> HandlerFuture<'a, C::Future<'a>> {
     use futures::future::{ready, Either};
     use futures::FutureExt;
-    match invoke(h, delivery, decoded, attempt, tx) {
+    if tracing::dispatcher::has_been_set() {
+        return call_handler_traced(h, delivery, decoded, attempt, tx);
+    }
+    match call(h, delivery, decoded, attempt, tx) {
+        Ok(Call::Now(outcome)) => Either::Left(ready(Ok(outcome))),
+        Ok(Call::Later(fut)) => Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind())),
+        Err(panic) => Either::Left(ready(Err(panic))),
+    }
+}
+
+/// [`call_handler`] in the attempt's process span: a future the handler
+/// returns is polled in the span (boxed with it), and a failure recorded
+/// on it.
+#[cold]
+#[inline(never)]
+fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+    h: &'a Registered<T, I, C>,
+    delivery: &'a Delivery,
+    decoded: &'a T,
+    attempt: u32,
+    tx: &'a mut I::Tx,
+) -> HandlerFuture<'a, C::Future<'a>> {
+    use futures::future::{ready, Either};
+    use futures::FutureExt;
+    match invoke_traced(h, delivery, decoded, attempt, tx) {
         (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
         (Ok(Call::Later(fut)), None) => {
             Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind()))
         }
-        (Ok(Call::Later(fut)), Some(traced)) => {
+        (Ok(Call::Later(fut)), Some(span)) => {
             use tracing::Instrument;
-            let Traced { span, started } = *traced;
-            let histogram = h.process_duration.clone();
             let traced = async move {
                 let outcome = AssertUnwindSafe(fut.instrument(span.clone()))
                     .catch_unwind()
                     .await;
                 record_outcome(&span, outcome.as_ref().map_err(|_| ()));
-                if let Some(t) = started {
-                    histogram.record(t.elapsed());
-                }
                 outcome
             };
             Either::Right(Either::Right(Box::pin(traced)))
@@ -503,7 +523,10 @@ pub(super) fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     mut tx: I::Tx,
 ) -> impl Future<Output = Attempt> + 'a {
     async move {
-        match call_handler(h, delivery, decoded, attempt, &mut tx).await {
+        let started = timer();
+        let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
+        record_duration(&h.process_duration, started);
+        match outcome {
             Ok(outcome) => settle(outcome),
             Err(panic) => panicked(panic),
         }
@@ -559,7 +582,9 @@ pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
             }
         }
     };
+    let started = timer();
     let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
+    record_duration(&h.process_duration, started);
     match outcome {
         // A commit whose outcome is unknown (the connection was lost) is
         // attempted again: the claim finds a committed unit of work as a

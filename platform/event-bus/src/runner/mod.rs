@@ -352,7 +352,10 @@ where
     /// The first attempt of a [`Handler::sync`] handler without a
     /// de-duplicating inbox, made at once: the handler's outcome.
     fn call_now(&self, delivery: &Delivery, data: &T, mut tx: I::Tx) -> Result<Outcome, Panic> {
-        match invoke(self.handler, delivery, data, 1, &mut tx).0? {
+        let started = timer();
+        let called = call_now(self.handler, delivery, data, 1, &mut tx);
+        record_duration(&self.handler.process_duration, started);
+        match called? {
             Call::Now(outcome) => Ok(outcome),
             Call::Later(_) => unreachable!("a sync handler returned a future"),
         }
