@@ -251,18 +251,24 @@ impl ConsumerMetrics {
 
     /// Counts an answer (by [`slot`](Self::slot)); failures are counted
     /// under their error kind (registered then: they are rare).
+    #[inline]
     pub(crate) fn answered(&self, slot: usize, error: Option<crate::ErrorKind>) {
         match error {
             None => self.answers[slot].increment(1),
-            Some(e) => metrics::counter!(
+            Some(e) => self.answer_failed(slot, e),
+        }
+    }
+
+    #[cold]
+    fn answer_failed(&self, slot: usize, e: crate::ErrorKind) {
+        metrics::counter!(
                 ANSWERS,
                 "messaging.system" => self.system,
                 "messaging.consumer.group.name" => self.consumer.clone(),
                 "event_bus.answer" => ANSWER_KINDS[slot],
                 "error.type" => e.as_str()
-            )
-            .increment(1),
-        }
+        )
+        .increment(1)
     }
 }
 

@@ -180,8 +180,17 @@ pub(crate) fn record_failure(span: &Span, kind: &'static str) {
 
 /// Records, in a span that closes at once, that a subscription or consumer
 /// handed `message` over: `receive {pattern}`, child of the producer's
-/// context.
+/// context. Without a `tracing` dispatcher, nothing (not even a disabled
+/// span, whose drop is not free with `tracing`'s `log` feature on).
+#[inline]
 pub(crate) fn received(system: &'static str, pattern: &str, message: &BusMessage) {
+    if tracing::dispatcher::has_been_set() {
+        received_span(system, pattern, message);
+    }
+}
+
+#[inline(never)]
+fn received_span(system: &'static str, pattern: &str, message: &BusMessage) {
     let span = messaging_span!(
         tracing::Level::DEBUG,
         system,

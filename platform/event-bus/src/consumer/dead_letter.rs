@@ -404,9 +404,14 @@ impl Acker for DeadLetterAcker {
         match kind {
             AckKind::Ack | AckKind::InProgress => {
                 let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-                let span = self.settle_span(&kind);
-                let result = self.inner.answer_nowait(kind).await;
-                crate::trace::record_publish(&span, &result, None);
+                let result = if tracing::dispatcher::has_been_set() {
+                    let span = self.settle_span(&kind);
+                    let result = self.inner.answer_nowait(kind).await;
+                    crate::trace::record_publish(&span, &result, None);
+                    result
+                } else {
+                    self.inner.answer_nowait(kind).await
+                };
                 self.shared
                     .metrics
                     .answered(slot, result.as_ref().err().map(BusError::kind));
