@@ -230,6 +230,7 @@ async fn a_handler_continues_the_publishers_trace_across_nats() {
             &[
                 "POST /orders",
                 "publish orders.created",
+                "receive orders.>",
                 "process orders.>",
                 "ack billing-record",
             ],
@@ -250,6 +251,11 @@ async fn a_handler_continues_the_publishers_trace_across_nats() {
     );
     assert_eq!(process.kind, SpanKind::Consumer as i32);
     assert_eq!(ack.parent_span_id, publish.span_id);
+    let receive = named(&spans, "receive orders.>").unwrap();
+    assert_eq!(
+        receive.parent_span_id, publish.span_id,
+        "the consumer's receive continues the publish"
+    );
     assert_eq!(attr(publish, "messaging.system").as_deref(), Some("nats"));
     assert_eq!(
         attr(publish, "messaging.destination.name").as_deref(),
