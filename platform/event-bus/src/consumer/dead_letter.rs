@@ -382,17 +382,21 @@ struct DeadLetterAcker {
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
         let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-        let result = if tracing::dispatcher::has_been_set() {
-            // Traced: boxed apart, so that the common future stays small.
-            Box::pin(async {
-                let span = self.settle_span(&kind);
-                let result = self.answer_counted(kind).instrument(span.clone()).await;
-                crate::trace::record_publish(&span, &result, None);
-                result
-            })
-            .await
-        } else {
-            self.answer_counted(kind).await
+        // Traced (a dispatcher set and the settle span's level enabled):
+        // boxed apart, so that the common future stays small.
+        let span = tracing::dispatcher::has_been_set()
+            .then(|| self.settle_span(&kind))
+            .filter(|span| !span.is_disabled());
+        let result = match span {
+            Some(span) => {
+                Box::pin(async {
+                    let result = self.answer_counted(kind).instrument(span.clone()).await;
+                    crate::trace::record_publish(&span, &result, None);
+                    result
+                })
+                .await
+            }
+            None => self.answer_counted(kind).await,
         };
         self.shared
             .metrics
