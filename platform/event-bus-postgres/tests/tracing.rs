@@ -147,6 +147,19 @@ fn attr(span: &Span, key: &str) -> Option<String> {
         })
 }
 
+/// An integer attribute (`None` when absent or of another type: numbers
+/// must be exported as numbers).
+fn int_attr(span: &Span, key: &str) -> Option<i64> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::IntValue(i) => Some(*i),
+            _ => None,
+        })
+}
+
 /// A runner on its own connection whose handler reports the trace id of
 /// the span it runs in.
 async fn traced_runner(
@@ -269,10 +282,10 @@ async fn a_handler_continues_the_publishers_trace_across_nats() {
         attr(process, "messaging.consumer.group.name").as_deref(),
         Some("billing-record")
     );
-    assert_eq!(
-        attr(process, "messaging.nats.delivery_count").as_deref(),
-        Some("1")
-    );
+    assert_eq!(int_attr(process, "messaging.nats.delivery_count"), Some(1));
+    // `{"id":1}`: 8 bytes, as a number on both sides.
+    assert_eq!(int_attr(publish, "messaging.message.body.size"), Some(8));
+    assert_eq!(int_attr(process, "messaging.message.body.size"), Some(8));
     assert_eq!(
         attr(process, "messaging.operation.type").as_deref(),
         Some("process")

@@ -352,6 +352,17 @@ impl fmt::Debug for MessageId {
 }
 
 impl MessageId {
+    /// The display form, borrowed for a given id and built without the
+    /// formatting machinery otherwise (a span field per message).
+    pub(crate) fn display_str(&self) -> std::borrow::Cow<'_, str> {
+        match &self.0 {
+            IdRepr::Given(s) => std::borrow::Cow::Borrowed(s),
+            _ => self.with_display_bytes(|b| {
+                std::borrow::Cow::Owned(String::from_utf8_lossy(b).into_owned())
+            }),
+        }
+    }
+
     /// Compares the display form with `other` without allocating.
     fn display_eq(&self, other: &str) -> bool {
         self.with_display_bytes(|b| b == other.as_bytes())
@@ -737,6 +748,7 @@ mod tests {
             assert_eq!(hashes(&copy), hashes(&id), "{id}");
             assert!(id.display_eq(&id.to_string()));
             assert!(!id.display_eq(&format!("{id}0")));
+            assert_eq!(id.display_str(), id.to_string());
         }
     }
 }

@@ -357,7 +357,7 @@ impl Outbox {
             messaging.operation.name = "create",
             messaging.operation.type = "create",
             messaging.destination.name = envelope.subject.as_str(),
-            messaging.message.body.size = envelope.payload.len(),
+            messaging.message.body.size = envelope.payload.len() as i64,
             messaging.message.id = tracing::field::Empty,
         );
         // The row keeps the context it was written in (feature `otel`): the
