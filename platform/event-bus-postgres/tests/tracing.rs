@@ -179,13 +179,21 @@ async fn traced_runner(
             "record",
             pattern,
             move |e: Event<'_, serde_json::Value>, _tx: &mut ()| {
-                let trace_id = tracing::Span::current()
-                    .context()
-                    .span()
-                    .span_context()
-                    .trace_id();
-                let _ = tx.send((e.message.subject.to_string(), trace_id));
-                Box::pin(async { Outcome::Ack })
+                let current = || {
+                    tracing::Span::current()
+                        .context()
+                        .span()
+                        .span_context()
+                        .trace_id()
+                };
+                let (subject, tx) = (e.message.subject.to_string(), tx.clone());
+                // Reported from the handler's future after a real
+                // suspension: it is polled in the process span too.
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    let _ = tx.send((subject, current()));
+                    Outcome::Ack
+                })
             },
         ))
         .start(StartPosition::All)

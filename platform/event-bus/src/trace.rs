@@ -257,22 +257,29 @@ fn continue_trace(span: &Span, headers: &Headers) {
     let _ = (span, headers);
 }
 
-/// The trace headers to add to a message being published: the current
-/// span's context, unless `headers` already carry a `traceparent` or there
-/// is no valid context (always none without the `otel` feature).
-pub(crate) fn outgoing(headers: &Headers) -> Option<Vec<(String, String)>> {
+/// The trace headers to add to a message being published: the context of
+/// its publish `span` (the current span's when that one is disabled, e.g.
+/// filtered out), unless `headers` already carry a `traceparent` or there
+/// is no valid context (always none without the `otel` feature). The span
+/// is not entered for this.
+pub(crate) fn outgoing(span: &Span, headers: &Headers) -> Option<Vec<(String, String)>> {
     #[cfg(feature = "otel")]
     {
         if !tracing::dispatcher::has_been_set() || headers.get(TRACEPARENT).is_some() {
             return None;
         }
+        let cx = if span.is_disabled() {
+            context_of(&Span::current())
+        } else {
+            context_of(span)
+        }?;
         let mut out = Vec::new();
-        inject_into(&context_of(&Span::current())?, &mut out);
+        inject_into(&cx, &mut out);
         (!out.is_empty()).then_some(out)
     }
     #[cfg(not(feature = "otel"))]
     {
-        let _ = headers;
+        let _ = (span, headers);
         None
     }
 }
@@ -510,9 +517,48 @@ mod tests {
         assert!(checked > 300, "{checked} valid contexts checked");
     }
 
+    /// A publish writes its own span's context into the message; with
+    /// publish spans filtered out, the current span's (the request's)
+    /// instead.
+    #[test]
+    fn a_publish_carries_its_span_or_else_the_current_one() {
+        use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+        let ids = |span: &Span| {
+            let sc = span.context().span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        };
+        for publish_level in [tracing::Level::INFO, tracing::Level::WARN] {
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+            let subscriber = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(tracing::Level::INFO)
+                        .with_target("event_bus::publish", publish_level),
+                )
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            tracing::subscriber::with_default(subscriber, || {
+                let request = tracing::info_span!("request");
+                let _in_request = request.enter();
+                let span = publish_span("nats", "orders.created", 8);
+                assert_eq!(span.is_disabled(), publish_level == tracing::Level::WARN);
+                let out = outgoing(&span, &Headers::new()).expect("a context to carry");
+                let parent = &out.iter().find(|(n, _)| n == TRACEPARENT).unwrap().1;
+                let (trace, span_id) = if span.is_disabled() {
+                    ids(&request)
+                } else {
+                    ids(&span)
+                };
+                assert_eq!(parent, &format!("00-{trace}-{span_id}-01"), "{publish_level}");
+                assert_eq!(ids(&request).0, trace, "one trace");
+            });
+        }
+    }
+
     #[test]
     fn nothing_is_injected_without_a_span() {
-        assert!(outgoing(&Headers::new()).is_none());
+        assert!(outgoing(&Span::none(), &Headers::new()).is_none());
         let mut h = Headers::new();
         assert!(!inject_current(&mut h));
         assert!(h.is_empty());

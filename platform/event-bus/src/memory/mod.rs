@@ -546,8 +546,7 @@ impl InMemoryBus {
         let span = crate::trace::publish_span("memory", &subject, payload.len());
         let mut headers = headers;
         if !span.is_disabled() {
-            for (name, value) in span
-                .in_scope(|| crate::trace::outgoing(&headers))
+            for (name, value) in crate::trace::outgoing(&span, &headers)
                 .into_iter()
                 .flatten()
             {

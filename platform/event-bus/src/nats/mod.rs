@@ -373,7 +373,7 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
-        let (wire, msg) = self.prepare(subject, payload, headers, id)?;
+        let (wire, msg) = self.prepare(subject, payload, headers, id, &tracing::Span::current())?;
         let started = self
             .inner
             .violations
@@ -395,20 +395,21 @@ impl NatsBus {
         }
     }
 
-    /// Validates and builds the wire message.
+    /// Validates and builds the wire message, with `span`'s trace context
+    /// (feature `otel`).
     fn prepare(
         &self,
         subject: &str,
         payload: Bytes,
         headers: &Headers,
         id: Option<&MessageId>,
+        span: &tracing::Span,
     ) -> Result<(String, PublishMessage), BusError> {
         validate_bus_subject(subject)?;
         crate::message::validate_parts(headers, id)?;
         let wire = self.wire(subject).into_owned();
         let id_text = id.map(|i| i.to_string());
-        // The current (publish) span's trace context, feature `otel`.
-        let trace = crate::trace::outgoing(headers);
+        let trace = crate::trace::outgoing(span, headers);
         let trace_len = trace
             .as_ref()
             .map_or(0, |t| t.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
@@ -717,7 +718,7 @@ impl EventBus for NatsBus {
         // A handle on the payload (no copy) is kept for one retry, should the
         // stream have been deleted meanwhile.
         let retry = self.inner.auto_create.then(|| payload.clone());
-        let prepared = span.in_scope(|| self.prepare(subject, payload, &Headers::new(), None));
+        let prepared = self.prepare(subject, payload, &Headers::new(), None, &span);
         match prepared {
             Ok((wire, msg)) => {
                 // The span lives until the acknowledgement, without being
@@ -828,14 +829,11 @@ impl EventBus for NatsBus {
                 } = env;
                 let kept = self.inner.auto_create.then(|| payload.clone());
                 let span = crate::trace::publish_span("nats", &subject, payload.len());
-                let prepared =
-                    span.in_scope(|| self.prepare(&subject, payload, &headers, id.as_ref()));
+                let prepared = self.prepare(&subject, payload, &headers, id.as_ref(), &span);
+                // The span lives until the acknowledgement (it is kept in the
+                // window) without being entered: nothing runs in it.
                 let sent = match prepared {
-                    Ok((wire, msg)) => {
-                        self.send(&subject, wire, msg)
-                            .instrument(span.clone())
-                            .await
-                    }
+                    Ok((wire, msg)) => self.send(&subject, wire, msg).await,
                     Err(e) => Err(e),
                 };
                 let retry = kept.map(|payload| Retry {

@@ -490,11 +490,17 @@ fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
             Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind()))
         }
         (Ok(Call::Later(fut)), Some(span)) => {
-            use tracing::Instrument;
             let traced = async move {
-                let outcome = AssertUnwindSafe(fut.instrument(span.clone()))
-                    .catch_unwind()
-                    .await;
+                // Polled in the span (entered per poll, as `Instrument`
+                // does, but without a clone of the span, nor an entry to
+                // drop the finished future).
+                let mut fut = std::pin::pin!(fut);
+                let outcome = AssertUnwindSafe(std::future::poll_fn(|cx| {
+                    let _entered = span.enter();
+                    fut.as_mut().poll(cx)
+                }))
+                .catch_unwind()
+                .await;
                 record_outcome(&span, outcome.as_ref().map_err(|_| ()));
                 outcome
             };
