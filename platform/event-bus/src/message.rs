@@ -202,7 +202,13 @@ pub fn validate_header(name: &str, value: &str) -> Result<(), BusError> {
             "the name is longer than {MAX_HEADER_NAME_LEN} bytes"
         )));
     }
-    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic() || *c == ':') {
+    // Bytes, not chars: a check per header per publish (any non-ASCII byte
+    // fails `is_ascii_graphic`; the error then names the char).
+    if name.bytes().any(|b| !b.is_ascii_graphic() || b == b':') {
+        let c = name
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || *c == ':')
+            .unwrap_or_default();
         return Err(bad(&format!(
             "the name contains {c:?}; names are printable ASCII without ':' or spaces"
         )));
@@ -212,10 +218,10 @@ pub fn validate_header(name: &str, value: &str) -> Result<(), BusError> {
             "the message id is set with Envelope::id, not as a header",
         ));
     }
-    if value.contains(['\r', '\n']) {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
         return Err(bad(&format!("the value {value:?} contains a line break")));
     }
-    if value.trim() != value {
+    if value.trim().len() != value.len() {
         return Err(bad(&format!(
             "the value {value:?} starts or ends with whitespace, which NATS does not carry (it trims values)"
         )));
