@@ -15,21 +15,14 @@ use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
 use futures::StreamExt;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+mod common;
 
 async fn pg() -> (TestPostgres, PgPool) {
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
-    (pg, pool)
+    common::postgres(16).await
 }
 
 async fn outbox(pool: &PgPool) -> Outbox {

@@ -11,15 +11,14 @@ use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
 use event_bus::{ConsumerConfig, Envelope, EventBus, StartPosition};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay, PgInbox, RelayHandle};
 use event_bus_testkit::nats_server::NatsServer;
-use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+mod common;
 
 const WRITERS: u64 = 8;
 const EVENTS: u64 = 20_000;
@@ -54,14 +53,7 @@ async fn committed_events_have_one_effect_under_relay_and_server_crashes() {
 }
 
 async fn chaos(strict: bool) {
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(20)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
+    let (_pg, pool) = common::postgres(20).await;
     sqlx::raw_sql("CREATE TABLE effects (writer BIGINT NOT NULL, n BIGINT NOT NULL)")
         .execute(&pool)
         .await

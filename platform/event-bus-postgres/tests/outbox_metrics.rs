@@ -11,13 +11,12 @@ use event_bus::{Envelope, EventBus};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_postgres::{Outbox, OutboxRelay};
 use event_bus_testkit::nats_server::{NatsServer, NatsServerOptions};
-use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
-use sqlx::postgres::PgPoolOptions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+mod common;
 
 /// `GET /metrics` over HTTP/1.0 within 10 s: the exposition.
 async fn scrape(addr: SocketAddr) -> String {
@@ -49,14 +48,7 @@ fn gauge(exposition: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_gauges_are_as_fresh_as_the_scrape() {
     let handle = install_prometheus().expect("the first recorder of this process");
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
+    let (_pg, pool) = common::postgres(8).await;
     let outbox = Outbox::new(pool.clone());
     outbox.migrate().await.expect("create the outbox tables");
     // A server whose max_payload refuses the poison row for good.

@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+mod common;
 
 #[derive(Serialize, Deserialize)]
 struct Job {
@@ -36,14 +37,7 @@ struct Env {
 }
 
 async fn pg() -> (TestPostgres, PgPool) {
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(12)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
+    let (pg, pool) = common::postgres(12).await;
     sqlx::raw_sql(
         "CREATE TABLE effects (event_id BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())",
     )

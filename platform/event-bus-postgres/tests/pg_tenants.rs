@@ -6,12 +6,11 @@ use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, EventBus};
 use event_bus_postgres::PgInbox;
 use event_bus_testkit::nats_server::NatsServer;
-use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
 use parking_lot::Mutex;
-use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::Duration;
+mod common;
 
 #[derive(serde::Deserialize)]
 struct Order {
@@ -20,14 +19,7 @@ struct Order {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_sharing_an_inbox_table_never_collide() {
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
+    let (_pg, pool) = common::postgres(4).await;
     let inbox = PgInbox::new(pool.clone());
     inbox.migrate().await.unwrap();
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));

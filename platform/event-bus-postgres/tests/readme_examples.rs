@@ -12,10 +12,11 @@ use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+mod common;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,15 +61,7 @@ fn every_readme_block_is_here() {
 }
 
 async fn pool() -> (TestPostgres, PgPool) {
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&pg.url())
-        .await
-        .expect("connect to the test database");
-    (pg, pool)
+    common::postgres(8).await
 }
 
 #[rustfmt::skip] // the README's block, verbatim

@@ -9,9 +9,8 @@ use axum::body::Bytes;
 use event_bus::config::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, EventBus, NatsBus, StartPosition};
-use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_postgres::{Outbox, OutboxRelay};
 use event_bus_testkit::nats_server::NatsServer;
-use event_bus_testkit::postgres::TestPostgres;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -23,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
+mod common;
 
 /// What the OTLP receiver got, and the provider to flush.
 struct Collector {
@@ -333,14 +333,7 @@ async fn a_malformed_traceparent_starts_a_new_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_request_through_the_outbox_to_the_handler() {
     let c = collector();
-    let pg = TestPostgres::start()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg.url())
-        .await
-        .unwrap();
+    let (_pg, pool) = common::postgres(4).await;
     let outbox = Outbox::new(pool.clone());
     outbox.migrate().await.unwrap();
     let (server, bus) = nats_with("SHOP", "shop.>").await;

@@ -458,12 +458,18 @@ pub(super) fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     attempt: u32,
     tx: &'a mut I::Tx,
 ) -> HandlerFuture<'a, C::Future<'a>> {
-    use futures::future::{ready, Either};
-    use futures::FutureExt;
     if tracing::dispatcher::has_been_set() {
         return call_handler_traced(h, delivery, decoded, attempt, tx);
     }
-    match call(h, delivery, decoded, attempt, tx) {
+    untraced(call(h, delivery, decoded, attempt, tx))
+}
+
+/// A handler's call as its [`HandlerFuture`], with no span around it.
+#[inline(always)]
+fn untraced<'a, F: Future>(called: Result<Call<F>, Panic>) -> HandlerFuture<'a, F> {
+    use futures::future::{ready, Either};
+    use futures::FutureExt;
+    match called {
         Ok(Call::Now(outcome)) => Either::Left(ready(Ok(outcome))),
         Ok(Call::Later(fut)) => Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind())),
         Err(panic) => Either::Left(ready(Err(panic))),
@@ -482,13 +488,9 @@ fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     attempt: u32,
     tx: &'a mut I::Tx,
 ) -> HandlerFuture<'a, C::Future<'a>> {
-    use futures::future::{ready, Either};
+    use futures::future::Either;
     use futures::FutureExt;
     match invoke_traced(h, delivery, decoded, attempt, tx) {
-        (Ok(Call::Now(outcome)), _) => Either::Left(ready(Ok(outcome))),
-        (Ok(Call::Later(fut)), None) => {
-            Either::Right(Either::Left(AssertUnwindSafe(fut).catch_unwind()))
-        }
         (Ok(Call::Later(fut)), Some(span)) => {
             let traced = async move {
                 // Polled in the span (entered per poll, as `Instrument`
@@ -506,7 +508,7 @@ fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
             };
             Either::Right(Either::Right(Box::pin(traced)))
         }
-        (Err(panic), _) => Either::Left(ready(Err(panic))),
+        (called, _) => untraced(called),
     }
 }
 
