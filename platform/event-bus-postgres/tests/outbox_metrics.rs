@@ -15,25 +15,13 @@ use event_bus_testkit::wait;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod common;
 
-/// `GET /metrics` over HTTP/1.0 within 10 s: the exposition.
+/// `GET /metrics`: the exposition.
 async fn scrape(addr: SocketAddr) -> String {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        std::io::Result::Ok(String::from_utf8_lossy(&raw).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("/metrics answers within 10 s")
-        .expect("/metrics over HTTP");
-    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    let (code, body) = event_bus_testkit::http::get(addr, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    body
 }
 
 /// The value of the one sample of `name` for the default table, if any.

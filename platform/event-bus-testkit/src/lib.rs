@@ -8,11 +8,13 @@
 //!   `DATABASE_URL`) for integration tests.
 //! * [`wait`]: waiting for a condition with a deadline.
 //! * [`cpu`]: a process's on-CPU time, for benches.
+//! * [`http`]: a plain HTTP GET, for tests of the monitoring endpoints.
 
 #![warn(missing_docs)]
 
 pub mod conformance;
 pub mod cpu;
+pub mod http;
 mod local;
 pub mod nats_server;
 mod orphans;
