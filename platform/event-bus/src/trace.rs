@@ -104,8 +104,8 @@ fn span_name(operation: &str, destination: &str) -> String {
     name
 }
 
-/// The span of one publish: `publish {subject}`, a producer span. Entered
-/// while the message is built, it is the context written into it.
+/// The span of one publish: `publish {subject}`, a producer span. Its
+/// context is written into the message ([`outgoing`]); it is not entered.
 pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize) -> Span {
     messaging_span!(
         tracing::Level::INFO,
@@ -314,14 +314,8 @@ pub fn inject_current(headers: &mut Headers) -> bool {
 pub fn extract(headers: &Headers) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::TraceContextExt;
     let raw = headers.get(TRACEPARENT)?;
-    let cx = opentelemetry::global::get_text_map_propagator(|p| {
-        // The application's propagator, if it set one (it has fields).
-        p.fields()
-            .next()
-            .is_some()
-            .then(|| p.extract(&Carrier(headers)))
-    })
-    .unwrap_or_else(|| w3c_extract(raw, headers));
+    let cx = with_custom_propagator(|p| p.extract(&Carrier(headers)))
+        .unwrap_or_else(|| w3c_extract(raw, headers));
     if cx.span().span_context().is_valid() {
         Some(cx)
     } else {
@@ -397,16 +391,19 @@ fn inject_into(cx: &opentelemetry::Context, out: &mut Vec<(String, String)>) {
             }
         }
     }
-    let injected = opentelemetry::global::get_text_map_propagator(|p| {
-        let custom = p.fields().next().is_some();
-        if custom {
-            p.inject_context(cx, &mut Out(out));
-        }
-        custom
-    });
-    if !injected {
+    if with_custom_propagator(|p| p.inject_context(cx, &mut Out(out))).is_none() {
         w3c_inject(cx, out);
     }
+}
+
+/// Runs `f` with OpenTelemetry's global propagator if the application set
+/// one (the default no-op propagator has no fields); `None` otherwise,
+/// where the bus reads and writes W3C trace context itself.
+#[cfg(feature = "otel")]
+fn with_custom_propagator<R>(
+    mut f: impl FnMut(&dyn opentelemetry::propagation::TextMapPropagator) -> R,
+) -> Option<R> {
+    opentelemetry::global::get_text_map_propagator(|p| p.fields().next().is_some().then(|| f(p)))
 }
 
 /// What OpenTelemetry's `TraceContextPropagator` injects (a `traceparent`,

@@ -382,12 +382,8 @@ struct DeadLetterAcker {
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
         let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-        // Traced (a dispatcher set and the settle span's level enabled):
-        // boxed apart, so that the common future stays small.
-        let span = tracing::dispatcher::has_been_set()
-            .then(|| self.settle_span(&kind))
-            .filter(|span| !span.is_disabled());
-        let result = match span {
+        // Traced: boxed apart, so that the common future stays small.
+        let result = match self.settle_span(&kind) {
             Some(span) => {
                 Box::pin(async {
                     let result = self.answer_counted(kind).instrument(span.clone()).await;
@@ -408,14 +404,11 @@ impl Acker for DeadLetterAcker {
         match kind {
             AckKind::Ack | AckKind::InProgress => {
                 let slot = crate::metrics::ConsumerMetrics::slot(&kind);
-                let result = if tracing::dispatcher::has_been_set() {
-                    let span = self.settle_span(&kind);
-                    let result = self.inner.answer_nowait(kind).await;
-                    crate::trace::record_publish(&span, &result, None);
-                    result
-                } else {
-                    self.inner.answer_nowait(kind).await
-                };
+                let span = self.settle_span(&kind);
+                let result = self.inner.answer_nowait(kind).await;
+                if let Some(span) = &span {
+                    crate::trace::record_publish(span, &result, None);
+                }
                 self.shared
                     .metrics
                     .answered(slot, result.as_ref().err().map(BusError::kind));
@@ -428,7 +421,12 @@ impl Acker for DeadLetterAcker {
 }
 
 impl DeadLetterAcker {
-    fn settle_span(&self, kind: &AckKind) -> tracing::Span {
+    /// The answer's settle span, if it is traced: a `tracing` dispatcher is
+    /// set and the span's level enabled (none is built otherwise).
+    fn settle_span(&self, kind: &AckKind) -> Option<tracing::Span> {
+        if !tracing::dispatcher::has_been_set() {
+            return None;
+        }
         let operation = match kind {
             AckKind::Ack => "ack",
             AckKind::Nack { .. } => "nack",
@@ -436,12 +434,13 @@ impl DeadLetterAcker {
             AckKind::InProgress => "in_progress",
             AckKind::DeadLetter { .. } => "dead_letter",
         };
-        crate::trace::settle_span(
+        let span = crate::trace::settle_span(
             self.shared.system,
             operation,
             &self.shared.consumer,
             &self.msg,
-        )
+        );
+        (!span.is_disabled()).then_some(span)
     }
 
     async fn answer_counted(&self, kind: AckKind) -> Result<(), BusError> {
