@@ -275,6 +275,7 @@ impl ConsumerMetrics {
 /// A bus's publish handles.
 pub(crate) struct PublishMetrics {
     pub(crate) sent: Counter,
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // timed on NATS only
     pub(crate) duration: Histogram,
     system: &'static str,
     tenant: Option<String>,

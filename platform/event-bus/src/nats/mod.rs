@@ -48,6 +48,7 @@
 
 pub(crate) mod convert; // pub(crate): re-exported by `crate::fuzzing`
 mod durable;
+mod publish;
 pub mod streams;
 mod subscription;
 mod tokens;
@@ -56,10 +57,9 @@ use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscripti
 use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
-use crate::message::{Envelope, Headers, MessageId, PublishAck};
-use crate::subject::{validate_bus_pattern, validate_bus_subject};
-use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::{self, message::PublishMessage};
+use crate::message::{Envelope, Headers, PublishAck};
+use crate::subject::validate_bus_pattern;
+use async_nats::jetstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -70,13 +70,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 pub use streams::StreamReport;
-
-/// What a batch keeps of an envelope for one retry (its subject aside).
-struct Retry {
-    payload: Bytes,
-    headers: Headers,
-    id: Option<MessageId>,
-}
 
 /// Default bound on how long a publish waits for its acknowledgement.
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -278,34 +271,6 @@ impl NatsBus {
         }
     }
 
-    /// Counts a publish's outcome (and its duration, when timed).
-    /// Records a publish's outcome: metrics, and on its span the message's
-    /// stream position or the error kind.
-    fn finish<T>(
-        &self,
-        span: &tracing::Span,
-        result: &Result<T, BusError>,
-        ack: Option<&PublishAck>,
-        started: Option<std::time::Instant>,
-    ) {
-        crate::trace::record_publish(span, result, ack);
-        self.observe(result, started);
-    }
-
-    fn observe<T>(&self, result: &Result<T, BusError>, started: Option<std::time::Instant>) {
-        let m = &self.inner.metrics;
-        let seconds = started.map(|t| t.elapsed().as_secs_f64());
-        match result {
-            Ok(_) => {
-                m.sent.increment(1);
-                if let Some(s) = seconds {
-                    m.duration.record(s);
-                }
-            }
-            Err(e) => m.failed(e.kind(), seconds),
-        }
-    }
-
     /// The declared streams the server does not have (one listing request).
     async fn missing_streams(&self) -> Result<Vec<String>, BusError> {
         use futures::TryStreamExt;
@@ -363,286 +328,6 @@ impl NatsBus {
         match &self.inner.tenant {
             None => Cow::Borrowed(subject),
             Some(t) => Cow::Owned(format!("{t}.{subject}")),
-        }
-    }
-
-    async fn publish_one(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let (wire, msg) = self.prepare(subject, payload, headers, id, &tracing::Span::current())?;
-        let started = self
-            .inner
-            .violations
-            .as_ref()
-            .map(|_| std::time::Instant::now());
-        let result = match self.send(subject, wire, msg).await {
-            Ok(fut) => self.await_ack(subject, fut).await,
-            Err(e) => Err(e),
-        };
-        match (result, started) {
-            (Err(e), Some(started)) => Err(convert::explain(
-                e,
-                self.inner.violations.as_deref(),
-                started,
-                &self.wire(subject),
-                &format!("publish to {subject:?}"),
-            )),
-            (result, _) => result,
-        }
-    }
-
-    /// Validates and builds the wire message, with `span`'s trace context
-    /// (feature `otel`).
-    fn prepare(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-        span: &tracing::Span,
-    ) -> Result<(String, PublishMessage), BusError> {
-        validate_bus_subject(subject)?;
-        crate::message::validate_parts(headers, id)?;
-        let wire = self.wire(subject).into_owned();
-        let id_text = id.map(|i| i.to_string());
-        let trace = crate::trace::outgoing(span, headers);
-        let trace_len = trace
-            .as_ref()
-            .map_or(0, |t| t.iter().map(|(n, v)| n.len() + v.len() + 4).sum());
-        let header_len = if headers.is_empty() && id_text.is_none() && trace.is_none() {
-            0
-        } else {
-            // "NATS/1.0\r\n" + each "name: value\r\n" + "\r\n"
-            12 + headers.wire_len() + trace_len + id_text.as_ref().map_or(0, |i| i.len() + 15)
-        };
-        let max = self.inner.client.max_payload();
-        if payload.len() + header_len > max {
-            return Err(BusError::new(
-                ErrorKind::PayloadTooLarge,
-                format!(
-                    "message on {subject:?} is {} bytes (payload {} + headers {header_len}), over the server's max_payload of {max} bytes",
-                    payload.len() + header_len,
-                    payload.len()
-                ),
-            ));
-        }
-        let mut msg = PublishMessage::build().payload(payload);
-        if !headers.is_empty() || trace.is_some() {
-            let mut map = convert::to_header_map(headers);
-            for (name, value) in trace.iter().flatten() {
-                map.insert(name.as_str(), value.as_str());
-            }
-            msg = msg.headers(map);
-        }
-        if let Some(id) = id_text {
-            msg = msg.message_id(id);
-        }
-        Ok((wire, msg))
-    }
-
-    /// Sends one message (not waiting for its acknowledgement), creating the
-    /// default stream first when the server says nothing stores the subject.
-    async fn send(
-        &self,
-        subject: &str,
-        wire: String,
-        msg: PublishMessage,
-    ) -> Result<PublishAckFuture, BusError> {
-        // The JetStream context bounds the send (and, in `await_ack`, the
-        // acknowledgement) by `publish_timeout`: no timer of our own per publish.
-        self.inner
-            .js
-            .send_publish(wire, msg)
-            .await
-            .map_err(|e| convert::publish_error(subject, e))
-    }
-
-    async fn await_ack(
-        &self,
-        subject: &str,
-        fut: PublishAckFuture,
-    ) -> Result<PublishAck, BusError> {
-        match fut.await {
-            Ok(ack) => Ok(PublishAck::new(
-                Some(ack.stream),
-                ack.sequence,
-                ack.duplicate,
-            )),
-            Err(e) => Err(convert::publish_error(subject, e)),
-        }
-    }
-
-    /// Publishes with one retry after creating the default stream if the first
-    /// attempt found no stream.
-    async fn publish_with_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
-        if !self.inner.auto_create {
-            return self.publish_one(subject, payload, headers, id).await;
-        }
-        if self.inner.published.contains(first) {
-            let result = self
-                .publish_one(subject, payload.clone(), headers, id)
-                .await;
-            if matches!(&result, Err(e) if e.kind() == ErrorKind::NotFound) {
-                // The stream went away (deleted): make it again, publish once more.
-                return Box::pin(self.republish_after_not_found(subject, payload, headers, id))
-                    .await;
-            }
-            return result;
-        }
-        // The first publish to a token may have to create its stream: that
-        // path is boxed on its own so that the steady-state future stays small
-        // (it is boxed and moved on every publish).
-        Box::pin(self.publish_creating_stream(subject, payload, headers, id, first)).await
-    }
-
-    async fn publish_creating_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-        first: &str,
-    ) -> Result<PublishAck, BusError> {
-        let result = match self
-            .publish_one(subject, payload.clone(), headers, id)
-            .await
-        {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.republish_creating_stream(subject, payload, headers, id)
-                    .await
-            }
-            other => other,
-        };
-        if result.is_ok() {
-            self.mark_published(first);
-        }
-        result
-    }
-
-    /// After a publish found no stream: creates the default stream for the
-    /// subject's first token and publishes once more.
-    async fn republish_creating_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        // The server said that no stream stores the subject: what the bus
-        // remembers about its default stream is stale (deleted since).
-        self.forget_default_stream(subject);
-        self.ensure_default_stream(subject).await?;
-        self.publish_one(subject, payload, headers, id).await
-    }
-
-    /// A publish to a token known to have a stream found none (deleted
-    /// since): creates the default stream again and publishes once more.
-    #[cold]
-    async fn republish_after_not_found(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
-        self.inner.published.remove(first);
-        tracing::warn!(
-            subject,
-            "no stream stores the subject any more (deleted?); creating its default stream again"
-        );
-        let result = self
-            .republish_creating_stream(subject, payload, headers, id)
-            .await;
-        if result.is_ok() {
-            self.mark_published(first);
-        }
-        result
-    }
-
-    /// Forgets that the default stream for `subject`'s first token exists.
-    fn forget_default_stream(&self, subject: &str) {
-        let first = subject.split('.').next().unwrap_or_default();
-        self.inner.known_streams.lock().remove(first);
-    }
-
-    /// Records that a stream takes publishes to `first` (a valid first token,
-    /// since a publish to it was acknowledged).
-    fn mark_published(&self, first: &str) {
-        if !self.inner.published.contains(first) {
-            self.inner.published.insert(first);
-        }
-    }
-
-    /// Sends a prepared message to a token known to have a stream and waits for
-    /// the acknowledgement (the steady-state publish path).
-    async fn publish_prepared(
-        &self,
-        subject: &str,
-        first: &str,
-        wire: String,
-        msg: PublishMessage,
-        retry: Option<Bytes>,
-    ) -> Result<(), BusError> {
-        let started = self
-            .inner
-            .violations
-            .as_ref()
-            .map(|_| std::time::Instant::now());
-        // async-nats' send future (~840 bytes) is boxed apart: both boxes
-        // then fit glibc's per-thread cache (up to 1032 bytes), which one
-        // box holding both did not.
-        let result = match Box::pin(self.inner.js.send_publish(wire, msg)).await {
-            Ok(ack) => ack
-                .await
-                .map(|_| ())
-                .map_err(|e| convert::publish_error(subject, e)),
-            Err(e) => Err(convert::publish_error(subject, e)),
-        };
-        match (result, retry) {
-            (Ok(()), _) => Ok(()),
-            (Err(e), Some(payload)) if e.kind() == ErrorKind::NotFound => {
-                // The stream went away (deleted): make it again, publish once more.
-                Box::pin(self.republish_after_not_found(subject, payload, &Headers::new(), None))
-                    .await
-                    .map(|_| ())
-            }
-            (Err(e), _) => Err(self.publish_failed(e, subject, first, started)),
-        }
-    }
-
-    #[cold]
-    fn publish_failed(
-        &self,
-        e: BusError,
-        subject: &str,
-        first: &str,
-        started: Option<std::time::Instant>,
-    ) -> BusError {
-        if e.kind() == ErrorKind::NotFound {
-            // The stream went away: take the creating path next time.
-            self.inner.published.remove(first);
-        }
-        match started {
-            Some(started) => convert::explain(
-                e,
-                self.inner.violations.as_deref(),
-                started,
-                &self.wire(subject),
-                &format!("publish to {subject:?}"),
-            ),
-            None => e,
         }
     }
 
@@ -795,96 +480,7 @@ impl EventBus for NatsBus {
     }
 
     async fn publish_batch(&self, envelopes: Vec<Envelope>) -> Vec<Result<PublishAck, BusError>> {
-        let mut results: Vec<Result<PublishAck, BusError>> = Vec::with_capacity(envelopes.len());
-        let mut envelopes = envelopes.into_iter().peekable();
-        // The last first token found published to: its envelopes need no copy
-        // kept for a retry.
-        let mut known_first: Option<String> = None;
-        while envelopes.peek().is_some() {
-            // Send a window, then await its acknowledgements (in order). The
-            // payload (a handle, no copy), headers and id are kept for one
-            // retry, should no stream store the subject (not created yet, or
-            // deleted since).
-            let mut window: Vec<(
-                String,
-                Option<Retry>,
-                bool,
-                Result<PublishAckFuture, BusError>,
-                tracing::Span,
-            )> = Vec::with_capacity(BATCH_WINDOW);
-            for env in envelopes.by_ref().take(BATCH_WINDOW) {
-                let first = env.subject.split('.').next().unwrap_or_default();
-                let known = !self.inner.auto_create
-                    || known_first.as_deref() == Some(first)
-                    || self.inner.published.contains(first);
-                if known && known_first.as_deref() != Some(first) {
-                    known_first = Some(first.to_string());
-                }
-                let Envelope {
-                    subject,
-                    payload,
-                    headers,
-                    id,
-                    ..
-                } = env;
-                let kept = self.inner.auto_create.then(|| payload.clone());
-                let span = crate::trace::publish_span("nats", &subject, payload.len());
-                let prepared = self.prepare(&subject, payload, &headers, id.as_ref(), &span);
-                // The span lives until the acknowledgement (it is kept in the
-                // window) without being entered: nothing runs in it.
-                let sent = match prepared {
-                    Ok((wire, msg)) => self.send(&subject, wire, msg).await,
-                    Err(e) => Err(e),
-                };
-                let retry = kept.map(|payload| Retry {
-                    payload,
-                    headers,
-                    id,
-                });
-                window.push((subject, retry, !known, sent, span));
-            }
-            for (subject, retry, newly, sent, span) in window {
-                let result = match sent {
-                    Ok(fut) => self.await_ack(&subject, fut).await,
-                    Err(e) => Err(e),
-                };
-                let first = subject.split('.').next().unwrap_or_default();
-                let result = match (result, retry) {
-                    (Err(e), Some(r)) if e.kind() == ErrorKind::NotFound => {
-                        // No stream (yet, or deleted since): create it and
-                        // publish this one again (the rest of the window may
-                        // also have missed it, and is retried the same way,
-                        // in order).
-                        self.inner.published.remove(first);
-                        let result = self
-                            .republish_creating_stream(
-                                &subject,
-                                r.payload,
-                                &r.headers,
-                                r.id.as_ref(),
-                            )
-                            .instrument(span.clone())
-                            .await;
-                        if result.is_ok() {
-                            self.mark_published(first);
-                        }
-                        result
-                    }
-                    (result, _) => {
-                        if newly && result.is_ok() {
-                            self.mark_published(first);
-                        }
-                        result
-                    }
-                };
-                crate::trace::record_publish(&span, &result, result.as_ref().ok());
-                results.push(result);
-            }
-        }
-        for result in &results {
-            self.observe(result, None);
-        }
-        results
+        self.publish_in_windows(envelopes).await
     }
 
     async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
@@ -1086,41 +682,5 @@ impl std::fmt::Debug for NatsBus {
             .field("tenant", &self.inner.tenant)
             .field("publish_timeout", &self.inner.publish_timeout)
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every publish boxes its future: keep the steady-state path small (the
-    /// rarely taken stream-creation path is boxed separately).
-    #[tokio::test]
-    async fn publish_future_stays_small() {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect("127.0.0.1:9")
-            .await
-            .expect("a client that connects in the background");
-        let bus = NatsBus::new(client);
-        let headers = Headers::new();
-        let fut = bus.publish_with_stream("a.b", Bytes::new(), &headers, None);
-        println!(
-            "publish_with_stream future: {} bytes",
-            std::mem::size_of_val(&fut)
-        );
-        drop(fut);
-        let fut = bus.publish_prepared(
-            "a.b",
-            "a",
-            "a.b".to_string(),
-            PublishMessage::build(),
-            Some(Bytes::new()),
-        );
-        let size = std::mem::size_of_val(&fut);
-        println!("publish future: {size} bytes");
-        // async-nats' send future (~840 bytes) is boxed on its own; both
-        // stay within glibc's per-thread cache (1032 bytes).
-        assert!(size <= 512, "the publish future is {size} bytes");
     }
 }
