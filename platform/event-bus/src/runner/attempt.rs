@@ -512,6 +512,11 @@ fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     }
 }
 
+/// Logs a delivery whose answer did not reach the backend.
+pub(super) fn answer_failed(handler: &str, e: &BusError) {
+    tracing::warn!(handler, error = %e, "answering a delivery failed; it will be redelivered");
+}
+
 /// Acknowledges a delivery whose handler acked (a slot's fast path),
 /// waiting at most `limit` ([`bounded`]).
 pub(super) fn acknowledge(
