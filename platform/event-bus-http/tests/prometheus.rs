@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod common;
 use common::get;
 
@@ -601,16 +600,9 @@ impl Prometheus {
 
 /// Whether `/-/ready` answers 200 (connection refused: not yet).
 async fn ready(addr: SocketAddr) -> bool {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        std::io::Result::Ok(raw.starts_with(b"HTTP/1.0 200") || raw.starts_with(b"HTTP/1.1 200"))
-    };
     matches!(
-        tokio::time::timeout(Duration::from_secs(2), exchange).await,
-        Ok(Ok(true))
+        event_bus_testkit::http::try_get(addr, "/-/ready", Duration::from_secs(2)).await,
+        Ok((200, _))
     )
 }
 

@@ -68,7 +68,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Minimum supported `nats-server` version (major, minor, patch).
@@ -384,43 +384,9 @@ fn unique_suffix() -> String {
     format!("{}-{n}-{nanos:x}", std::process::id())
 }
 
-/// Performs `GET path` against `127.0.0.1:port` with raw HTTP/1.0.
-/// Returns (status code, body).
+/// `GET path` against the monitoring port `127.0.0.1:port`.
 async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
-    let fut = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let req =
-            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "bad HTTP response: {:?}",
-                        text.chars().take(80).collect::<String>()
-                    ),
-                )
-            })?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
-    };
-    match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "HTTP probe timed out",
-        )),
-    }
+    crate::http::try_get(([127, 0, 0, 1], port).into(), path, PROBE_TIMEOUT).await
 }
 
 /// True if the client port accepts a connection and greets with `INFO `.
