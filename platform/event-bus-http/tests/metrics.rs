@@ -65,7 +65,14 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         .await
         .unwrap();
     for _ in 0..3 {
-        consumer.next().await.unwrap().unwrap().ack().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery within 10 s")
+            .unwrap()
+            .unwrap()
+            .ack()
+            .await
+            .unwrap();
     }
     // A runner: its results, copied once a second.
     let runner = Runner::builder(memory.clone(), "metered-runner")

@@ -40,7 +40,10 @@ async fn the_applications_propagator_carries_baggage_across_the_bus() {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
         span.context().span().span_context().trace_id()
     };
-    let message = sub.next().await.unwrap();
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), sub.next())
+        .await
+        .expect("the message within 5 s")
+        .expect("the subscription is open");
     assert_eq!(
         message.headers.get("baggage"),
         Some("tenant=acme"),
