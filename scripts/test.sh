@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# What git says of the tree now: a test run must leave it as it found it
+# (a test or build that rewrites a tracked file, e.g. a lock file, fails).
+tree_before=$(git status --porcelain 2>/dev/null || true)
+
 eval "$(./scripts/install-test-deps.sh)"
 export NATS_SERVER_BIN
 echo "== using nats-server $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
@@ -48,3 +52,11 @@ if [ "$fuzz_seconds" -gt 0 ]; then
 		echo "fuzz $target: $(grep -E '^Done' "$scratch/$target.log"), no crash"
 	done
 fi
+
+tree_after=$(git status --porcelain 2>/dev/null || true)
+if [ "$tree_after" != "$tree_before" ]; then
+	echo "the test run changed the work tree (a build or test rewrote or left files):" >&2
+	diff <(printf '%s\n' "$tree_before") <(printf '%s\n' "$tree_after") >&2 || true
+	exit 1
+fi
+echo "== work tree unchanged by the run"
