@@ -196,13 +196,13 @@ async fn durable_consumers() -> Result<(), Error> {
 
 #[derive(serde::Deserialize)]
 struct UserCreated {
-    user_id: String,
+    user_id: i64,
     email: String,
 }
 
 async fn mail_table(pool: &PgPool) {
     sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS outgoing_mail (user_id TEXT PRIMARY KEY, email TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS outgoing_mail (user_id BIGINT PRIMARY KEY, email TEXT NOT NULL)",
     )
     .execute(pool)
     .await
@@ -220,7 +220,7 @@ async fn publish_users(bus: &Arc<dyn EventBus>, n: usize) {
     for i in 0..n {
         bus.publish(
             "auth.events.user.created",
-            format!(r#"{{"user_id":"u{i}","email":"u{i}@example.com"}}"#).into_bytes(),
+            format!(r#"{{"user_id":{i},"email":"u{i}@example.com"}}"#).into_bytes(),
         )
         .await
         .unwrap();
@@ -236,18 +236,15 @@ async fn wait_for_mails(pool: &PgPool, n: i64) {
     .await;
 }
 
+/// The README's runner block (its first part, verbatim), as a function the
+/// composed service below starts too.
 #[rustfmt::skip] // the README's block, verbatim
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_runner() -> Result<(), Error> {
-    let (_pg, pool) = pool().await;
-    mail_table(&pool).await;
-    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-
+async fn readme_runner(bus: Arc<dyn EventBus>, pool: PgPool) -> Result<event_bus::runner::RunnerHandle, Error> {
     use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
     use event_bus_postgres::PgInbox;
 
     #[derive(serde::Deserialize)]
-    struct UserCreated { user_id: String, email: String }
+    struct UserCreated { user_id: i64, email: String }          // as the outbox example below sends it
 
     let inbox = PgInbox::new(pool.clone());
     inbox.migrate().await?;
@@ -257,18 +254,26 @@ async fn the_runner() -> Result<(), Error> {
         .handler(Handler::new("welcome-mail", "auth.events.user.created",
             |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
                 sqlx::query("INSERT INTO outgoing_mail (user_id, email) VALUES ($1, $2)")
-                    .bind(&e.data.user_id).bind(&e.data.email)
+                    .bind(e.data.user_id).bind(&e.data.email)
                     .execute(&mut **tx).await
                     .map(|_| ()).into()                              // Err => retry
             }))
             .retry(RetryPolicy::new(5, Duration::from_millis(200)))
-            .key(|u: &UserCreated| u.user_id.clone()))              // per-key order
+            .key(|u: &UserCreated| u.user_id.to_string()))          // per-key order
         .build()
         .spawn().await?;
+    Ok(runner)
+}
 
+#[rustfmt::skip] // the README's block's end, verbatim
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner() -> Result<(), Error> {
+    let (_pg, pool) = pool().await;
+    mail_table(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let runner = readme_runner(bus.clone(), pool.clone()).await?;
     publish_users(&bus, 3).await;
     wait_for_mails(&pool, 3).await;
-    // (the README's shutdown, below)
     // ... on shutdown:
     let report = runner.shutdown().await;                            // finishes or hands back in-flight events
 
@@ -279,7 +284,7 @@ async fn the_runner() -> Result<(), Error> {
 #[rustfmt::skip] // the README's block, verbatim
 async fn welcome_mail(e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>) -> Outcome {
     sqlx::query("INSERT INTO outgoing_mail (user_id, email) VALUES ($1, $2)")
-        .bind(&e.data.user_id).bind(&e.data.email)
+        .bind(e.data.user_id).bind(&e.data.email)
         .execute(&mut **tx).await
         .map(|_| ()).into()
 }
@@ -314,7 +319,7 @@ async fn handler_sync() -> Result<(), Error> {
     Runner::builder(bus.clone(), "user-directory")
         .handler(Handler::sync("project", "auth.events.user.>",
             move |e: Event<'_, UserCreated>, _tx| {
-                p.lock().insert(e.data.user_id.clone(), e.data.email.clone());
+                p.lock().insert(e.data.user_id, e.data.email.clone());
                 Outcome::Ack
             }))
         .build()
@@ -322,7 +327,7 @@ async fn handler_sync() -> Result<(), Error> {
 
     publish_users(&bus, 1).await;
     wait::until(Duration::from_secs(10), "the projection has the user", || {
-        projection.lock().get("u0").map(String::as_str) == Some("u0@example.com")
+        projection.lock().get(&0).map(String::as_str) == Some("u0@example.com")
     })
     .await;
     Ok(())
@@ -337,10 +342,10 @@ mod outbox_readme {
     use std::time::Duration;
 
     #[rustfmt::skip] // the README's block, verbatim
-    mod block {
+    pub(super) mod block {
         use super::Error;
 use event_bus::EventBus;
-use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_postgres::{sqlx, Outbox, OutboxRelay, RelayHandle};
 use std::sync::Arc;
 
 pub async fn create_user(pool: &sqlx::PgPool, outbox: &Outbox, email: &str) -> Result<String, Error> {
@@ -356,13 +361,15 @@ pub async fn create_user(pool: &sqlx::PgPool, outbox: &Outbox, email: &str) -> R
     Ok(event_id.to_string())
 }
 
-pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox, Error> {
+pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<(Outbox, RelayHandle), Error> {
     let outbox = Outbox::new(pool);
     outbox.migrate().await?; // event_bus_outbox, _failed, _lease (PostgreSQL >= 13)
     let relay = OutboxRelay::builder(outbox.clone(), bus).build()?.spawn();
-    drop(relay); // keeps running detached; keep the handle to shut it down and read its report
-    Ok(outbox)
+    Ok((outbox, relay))
 }
+// ... on shutdown: finishes the batch in flight, releases the lease at once
+// (a restarted instance publishes without waiting for it to expire)
+// let report = relay.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,7 +382,7 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox,
             .await?;
         let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
         let mut events = bus.subscribe("auth.events.>").await?;
-        let outbox = block::start(pool.clone(), bus.clone()).await?;
+        let (outbox, relay) = block::start(pool.clone(), bus.clone()).await?;
         let id = block::create_user(&pool, &outbox, "ada@example.com").await?;
         let m = tokio::time::timeout(Duration::from_secs(5), events.next())
             .await?
@@ -392,6 +399,61 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox,
                 .is_err()
         );
         assert_eq!(outbox.status().await?.pending, 0);
+        relay.shutdown().await;
         Ok(())
     }
+}
+
+/// The README's examples put together as one service, as a reader would
+/// copy them: the outbox block's `create_user` and `start`, the runner
+/// block's handler, and the monitoring block's endpoints. An event the
+/// outbox example sends must decode in the runner example (it did not:
+/// a number against a `String`, every event dead-lettered), and the
+/// monitoring example must serve `/metrics`.
+#[rustfmt::skip] // the README's monitoring block, verbatim, around the set-up
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
+    use event_bus::consumer::lag::LagMonitor;
+    let (_pg, pool) = pool().await;
+    sqlx::raw_sql("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL)")
+        .execute(&pool)
+        .await?;
+    mail_table(&pool).await;
+    let addr = "127.0.0.1:0";
+
+    use event_bus::status::BusCheck;
+    use event_bus_http::{install_prometheus, Monitoring};
+
+    let metrics = install_prometheus()?;                   // first, before buses, runners and relays
+    // ... the bus, the outbox, the runners, the lag monitor ...
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let (outbox, relay) = outbox_readme::block::start(pool.clone(), bus.clone()).await?;
+    let runner = readme_runner(bus.clone(), pool.clone()).await?;
+    let lag_monitor = Arc::new(LagMonitor::spawn(
+        bus.clone(),
+        [("auth-mailer".to_string(), "auth.events.user.created".to_string())],
+        Duration::from_millis(100),
+        10,
+    ));
+    let app = Monitoring::new()
+        .check(BusCheck::new(bus.clone()))
+        .shared_check(lag_monitor.clone())
+        .check(outbox.status_check(Duration::from_secs(30)))
+        .metrics(metrics)                                  // serves /metrics (404 without it)
+        .router();
+    let listener = tokio::net::TcpListener::bind(addr).await?;   // e.g. "0.0.0.0:9090"
+    let local = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    for email in ["ada@example.com", "grace@example.com"] {
+        outbox_readme::block::create_user(&pool, &outbox, email).await?;
+    }
+    wait_for_mails(&pool, 2).await;
+    let report = runner.shutdown().await;
+    assert_eq!((report.processed, report.dead_lettered), (2, 0), "{report:?}");
+    relay.shutdown().await;
+    let (code, scrape) = event_bus_testkit::http::get(local, "/metrics").await;
+    assert_eq!(code, 200, "/metrics: {scrape}");
+    assert!(scrape.contains("event_bus_runner"), "no runner series on /metrics:\n{scrape}");
+    Ok(())
 }
