@@ -139,6 +139,15 @@ impl Registry {
                         let got = self.register(&type_name, schema).await.map_err(|e| {
                             BusError::new(e.kind(), format!("contracts: {}: {e}", file.display()))
                         })?;
+                        if got < *number {
+                            return Err(BusError::new(
+                                ErrorKind::Conflict,
+                                format!(
+                                    "contracts: {} is the same schema as {type_name} v{got}; a version must differ from the earlier ones",
+                                    file.display()
+                                ),
+                            ));
+                        }
                         if got != *number {
                             return Err(BusError::new(
                                 ErrorKind::Conflict,
