@@ -90,6 +90,226 @@ async fn versions_are_checked_at_registration_in_memory() {
     );
 }
 
+/// Registering a schema an earlier version has returns that version and
+/// adds nothing, as Confluent does: under the default rule and under
+/// BACKWARD, where checking v1 again against v2 would refuse it.
+#[tokio::test]
+async fn a_schema_an_earlier_version_has_registers_as_that_version() {
+    let mut email_optional = user_v1();
+    email_optional["required"] = json!(["user_id"]);
+    for (mode, v2) in [
+        (Mode::FullTransitive, user_v2()),
+        (Mode::Backward, email_optional),
+    ] {
+        let r = Registry::memory();
+        let settings = TypeSettings::new("auth.events.user.created").compatibility(mode);
+        r.define("auth.user.created", settings).await.unwrap();
+        assert_eq!(r.register("auth.user.created", user_v1()).await.unwrap(), 1);
+        assert_eq!(
+            r.register("auth.user.created", v2.clone()).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            r.register("auth.user.created", user_v1()).await.unwrap(),
+            1,
+            "{mode}: v1's schema again is v1"
+        );
+        assert_eq!(r.check("auth.user.created", &user_v1()), Ok(1), "{mode}");
+        let t = r.get("auth.user.created").unwrap();
+        assert_eq!(
+            t.versions.keys().copied().collect::<Vec<_>>(),
+            [1, 2],
+            "{mode}"
+        );
+        assert_eq!(
+            r.register("auth.user.created", v2).await.unwrap(),
+            2,
+            "{mode}"
+        );
+    }
+}
+
+/// A schema is compiled in the draft its `$schema` names: a draft-07 tuple
+/// (`items` as a list, `additionalItems`) that passes its meta-schema also
+/// compiles and validates as draft 7; an unknown `$schema` is an error
+/// naming it.
+#[tokio::test]
+async fn schemas_are_compiled_in_the_draft_they_declare() {
+    let r = Registry::memory();
+    let draft7 = json!({
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {
+            "point": {
+                "type": "array",
+                "items": [{"type": "string"}, {"type": "integer"}],
+                "additionalItems": false
+            },
+            "coupon": {"type": "string"},
+            "email": {"type": "string"}
+        },
+        "dependencies": {"coupon": ["email"]}
+    });
+    assert_eq!(r.register("geo.point", draft7).await.unwrap(), 1);
+    let ok = br#"{"point": ["a", 1], "coupon": "c", "email": "e"}"#;
+    r.validate("geo.point", None, ok).unwrap();
+    for (bad, at) in [
+        (&br#"{"point": ["a", "b"]}"#[..], "/point/1"),
+        (br#"{"point": ["a", 1, 2]}"#, "/point"),
+        (br#"{"coupon": "c"}"#, ""),
+    ] {
+        let failure = r.validate("geo.point", None, bad).unwrap_err();
+        let text = failure.describe("geo");
+        let event_bus_schema::registry::ValidationFailure::Invalid { violations, .. } = failure
+        else {
+            panic!("{text}")
+        };
+        assert_eq!(violations[0].pointer, at, "{text}");
+    }
+
+    let draft2019 = json!({
+        "$schema": "https://json-schema.org/draft/2019-09/schema",
+        "type": "array",
+        "items": [{"type": "string"}],
+        "additionalItems": {"type": "integer"}
+    });
+    assert_eq!(r.register("geo.line", draft2019).await.unwrap(), 1);
+    r.validate("geo.line", None, br#"["a", 1, 2]"#).unwrap();
+    r.validate("geo.line", None, br#"["a", "b"]"#).unwrap_err();
+
+    // Without `$schema`: 2020-12, where a list is not a valid `items`.
+    let err = r
+        .register("geo.bare", json!({"items": [{"type": "string"}]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+
+    let unknown = json!({"$schema": "https://example.com/my-dialect", "type": "object"});
+    let err = r.register("geo.custom", unknown).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    let text = err.to_string();
+    assert!(
+        text.contains("https://example.com/my-dialect") && text.contains("$schema"),
+        "{text}"
+    );
+}
+
+/// The checker and the validator agree: when a v2 adding a keyword is
+/// accepted under FULL_TRANSITIVE, an event v1's producers send is valid
+/// under v2, and an event v2's producers send is valid under v1. Keywords
+/// the checker does not analyse must not be taken for nothing.
+#[tokio::test]
+async fn an_accepted_version_accepts_what_the_earlier_one_produced() {
+    let draft7 = "http://json-schema.org/draft-07/schema#";
+    // Draft 7 (`tags` a one-string tuple) or 2020-12.
+    let base = |schema_uri: Option<&str>| {
+        let mut s = json!({
+            "type": "object",
+            "properties": {
+                "email": {"type": "string"},
+                "coupon": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string"}}
+            }
+        });
+        if let Some(uri) = schema_uri {
+            s["$schema"] = json!(uri);
+            s["properties"]["tags"]["items"] = json!([{"type": "string"}]);
+        }
+        s
+    };
+    let with = |mut s: Value, pointer: &str, kw: &str, value: Value| {
+        s.pointer_mut(pointer).unwrap()[kw] = value;
+        s
+    };
+    let coupon = json!({"coupon": "SPRING"});
+    let cases = [
+        // (v1, v2, an event of v1's producers)
+        (
+            base(Some(draft7)),
+            with(
+                base(Some(draft7)),
+                "",
+                "dependencies",
+                json!({"coupon": ["email"]}),
+            ),
+            coupon.clone(),
+        ),
+        (
+            base(None),
+            with(
+                base(None),
+                "",
+                "dependentRequired",
+                json!({"coupon": ["email"]}),
+            ),
+            coupon.clone(),
+        ),
+        (
+            base(None),
+            with(
+                base(None),
+                "",
+                "dependentSchemas",
+                json!({"coupon": {"required": ["email"]}}),
+            ),
+            coupon.clone(),
+        ),
+        (
+            base(Some(draft7)),
+            with(
+                base(Some(draft7)),
+                "/properties/tags",
+                "additionalItems",
+                json!(false),
+            ),
+            json!({"tags": ["a", "b"]}),
+        ),
+        // Controls: the keyword unchanged, an optional property added.
+        (
+            with(
+                base(Some(draft7)),
+                "",
+                "dependencies",
+                json!({"coupon": ["email"]}),
+            ),
+            with(
+                with(
+                    base(Some(draft7)),
+                    "",
+                    "dependencies",
+                    json!({"coupon": ["email"]}),
+                ),
+                "/properties",
+                "name",
+                json!({"type": "string"}),
+            ),
+            json!({"coupon": "SPRING", "email": "a@example.com"}),
+        ),
+    ];
+    let mut accepted = 0;
+    for (v1, v2, event) in cases {
+        let r = Registry::memory();
+        r.register("shop.order", v1.clone()).await.unwrap();
+        let payload = serde_json::to_vec(&event).unwrap();
+        r.validate("shop.order", Some(1), &payload)
+            .unwrap_or_else(|f| panic!("the event is valid under v1: {}", f.describe("t")));
+        match r.register("shop.order", v2.clone()).await {
+            Ok(2) => {
+                accepted += 1;
+                if let Err(f) = r.validate("shop.order", Some(2), &payload) {
+                    panic!(
+                        "v2 was accepted under FULL_TRANSITIVE but refuses an event of v1: {}\nv1 {v1}\nv2 {v2}",
+                        f.describe("t")
+                    );
+                }
+            }
+            Ok(n) => panic!("registered as v{n}"),
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        }
+    }
+    assert_eq!(accepted, 1, "only the control is accepted");
+}
+
 #[tokio::test]
 async fn bad_schemas_are_errors_naming_the_problem() {
     let r = Registry::memory();
@@ -281,7 +501,12 @@ async fn services_share_the_registry_through_jetstream_kv() {
     got.sort();
     assert_eq!(got, [3, 4]);
 
-    // A restart of nats-server keeps every version.
+    // A service still on v1 (a rollback, a rolling deploy) registering at
+    // start-up gets v1 back: nothing is added.
+    assert_eq!(b.register("auth.user.created", user_v1()).await.unwrap(), 1);
+    assert_eq!(a.register("auth.user.created", user_v2()).await.unwrap(), 2);
+
+    // A restart of nats-server keeps every version (and no other).
     drop((a, b));
     server.restart().await.unwrap();
     let c = nats_registry(&server).await;
