@@ -460,7 +460,7 @@ impl Registry {
         let Some(t) = types.get(type_name) else {
             return Ok(1);
         };
-        if let Some(existing) = registered_as(t, schema) {
+        if let Some(existing) = existing_version(t, schema) {
             return Ok(existing);
         }
         let earlier: Vec<(u32, &Value)> = t
@@ -490,10 +490,7 @@ impl Registry {
             self.define(type_name, TypeSettings::new(type_name)).await?;
         }
         loop {
-            let types = self.inner.types.read();
-            let existing = types.get(type_name).and_then(|t| registered_as(t, &schema));
-            drop(types);
-            if let Some(version) = existing {
+            if let Some(version) = self.registered_as(type_name, &schema) {
                 return Ok(version);
             }
             let version = self.check(type_name, &schema).map_err(|changes| {
@@ -547,6 +544,12 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// The number of `type_name`'s version whose schema is `schema`, if any.
+    fn registered_as(&self, type_name: &str, schema: &Value) -> Option<u32> {
+        let types = self.inner.types.read();
+        existing_version(types.get(type_name)?, schema)
     }
 
     /// Waits (at most 10 s) until the watched copy satisfies `done`: what
@@ -612,7 +615,7 @@ impl Registry {
 }
 
 /// The number of the type's version whose schema is `schema`, if any.
-fn registered_as(t: &TypeEntry, schema: &Value) -> Option<u32> {
+fn existing_version(t: &TypeEntry, schema: &Value) -> Option<u32> {
     t.versions
         .values()
         .find(|v| v.schema == *schema)

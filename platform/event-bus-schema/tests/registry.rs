@@ -721,40 +721,189 @@ async fn the_runner_dead_letters_invalid_events_on_nats() {
     runner_dead_letters_on(Arc::new(nats)).await;
 }
 
+/// The `WARN` events logged while it lives on this thread, as
+/// `field=value` text.
+struct Warnings(Arc<parking_lot::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::WARN {
+            return;
+        }
+        let mut text = String::new();
+        event.record(
+            &mut |field: &tracing::field::Field, value: &dyn std::fmt::Debug| {
+                text.push_str(&format!("{}={value:?} ", field.name()));
+            },
+        );
+        self.0.lock().push(text);
+    }
+}
+
+/// Captures this thread's `WARN` events until the guard is dropped.
+fn capture_warnings() -> (
+    Arc<parking_lot::Mutex<Vec<String>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(Warnings(seen.clone()));
+    (seen, tracing::subscriber::set_default(subscriber))
+}
+
+/// `warn` publishes and consumes an invalid event and logs a `WARN` naming
+/// the subject and the violation; `off` neither checks nor logs; `enforce`
+/// refuses. (On a current-thread runtime: the capture is per thread.)
 #[tokio::test]
 async fn validation_can_warn_or_be_off() {
+    use event_bus::runner::EventCheck;
+    let (warnings, _guard) = capture_warnings();
     let inner: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut sub = inner.subscribe("auth.events.>").await.unwrap();
     let (bus, registry) = validating(inner).await;
-    registry
-        .define(
-            "auth.user.created",
-            TypeSettings::new("auth.events.user.created").validation(Validation::Warn),
+    let set = |validation| {
+        let registry = registry.clone();
+        async move {
+            let settings = TypeSettings::new("auth.events.user.created").validation(validation);
+            registry
+                .define("auth.user.created", settings)
+                .await
+                .unwrap();
+        }
+    };
+    let check = SchemaCheck::new(registry.clone());
+    let message = |payload: &[u8]| {
+        event_bus::BusMessage::new(
+            event_bus::Subject::new("auth.events.user.created").unwrap(),
+            payload.to_vec(),
+            event_bus::Headers::new(),
+            event_bus::MessageId::new("1"),
+            1,
         )
+    };
+
+    set(Validation::Warn).await;
+    bus.publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
         .await
-        .unwrap();
-    bus.publish("auth.events.user.created", b"{}".to_vec())
-        .await
-        .unwrap();
-    registry
-        .define(
-            "auth.user.created",
-            TypeSettings::new("auth.events.user.created").validation(Validation::Off),
-        )
-        .await
-        .unwrap();
+        .expect("warn publishes");
+    assert_eq!(
+        next_message(&mut sub).await.payload.as_ref(),
+        br#"{"user_id": 7}"#
+    );
+    let logged = std::mem::take(&mut *warnings.lock());
+    assert_eq!(logged.len(), 1, "one warning for the publish: {logged:?}");
+    assert!(
+        logged[0].contains("auth.events.user.created")
+            && logged[0].contains("/user_id")
+            && logged[0].contains("validation: warn"),
+        "{logged:?}"
+    );
+    check
+        .check(&message(br#"{"user_id": 7}"#))
+        .expect("warn lets the event through on consume");
+    let logged = std::mem::take(&mut *warnings.lock());
+    assert_eq!(logged.len(), 1, "one warning for the consume: {logged:?}");
+    assert!(
+        logged[0].contains("/user_id") && logged[0].contains("consuming"),
+        "{logged:?}"
+    );
+
+    set(Validation::Off).await;
     bus.publish("auth.events.user.created", b"not even json".to_vec())
         .await
-        .unwrap();
-    let check = SchemaCheck::new(registry);
-    let m = event_bus::BusMessage::new(
-        event_bus::Subject::new("auth.events.user.created").unwrap(),
-        b"{}".to_vec(),
-        event_bus::Headers::new(),
-        event_bus::MessageId::new("1"),
-        1,
+        .expect("off publishes anything");
+    assert_eq!(
+        next_message(&mut sub).await.payload.as_ref(),
+        b"not even json"
     );
-    use event_bus::runner::EventCheck;
-    assert!(check.check(&m).is_ok(), "validation off");
+    check
+        .check(&message(b"not even json"))
+        .expect("validation off");
+    assert!(
+        warnings.lock().is_empty(),
+        "off logs nothing: {:?}",
+        warnings.lock()
+    );
+
+    set(Validation::Enforce).await;
+    let err = bus
+        .publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    check
+        .check(&message(br#"{"user_id": 7}"#))
+        .expect_err("enforce refuses on consume");
+    assert!(warnings.lock().is_empty(), "{:?}", warnings.lock());
+}
+
+/// A batch through a `ValidatingBus`: each event is validated; an invalid
+/// one is refused in its place (`SchemaViolation`) and never published, the
+/// valid ones around it are, in order, with their CloudEvents headers (as
+/// `EventBus::publish_batch` documents: one failure does not stop the others).
+async fn publish_batch_validates_on(inner: Arc<dyn EventBus>) {
+    let (bus, _registry) = validating(inner.clone()).await;
+    let mut sub = inner.subscribe("auth.events.>").await.unwrap();
+    let event =
+        |payload: &str| Envelope::new("auth.events.user.created", payload.as_bytes().to_vec());
+    let valid_a = r#"{"user_id": "a", "email": "a@example.com"}"#;
+    let invalid = r#"{"user_id": 7, "email": "b@example.com"}"#;
+    let valid_c = r#"{"user_id": "c", "email": "c@example.com"}"#;
+    let results = bus
+        .publish_batch(vec![event(valid_a), event(invalid), event(valid_c)])
+        .await;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    let err = results[1]
+        .as_ref()
+        .expect_err("the invalid event is refused");
+    assert_eq!(err.kind(), ErrorKind::SchemaViolation, "{err}");
+    assert!(
+        err.to_string().contains("/user_id") && err.to_string().contains("auth.user.created v1"),
+        "{err}"
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+
+    // What arrives: a, c, then a marker published after the batch: the
+    // invalid event never went out.
+    bus.publish_envelope(event(r#"{"user_id": "marker", "email": "m@example.com"}"#))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = next_message(&mut sub).await;
+        assert_eq!(
+            cloudevents::header(&m.headers, "ce-type"),
+            Some("auth.user.created")
+        );
+        let payload: Value = serde_json::from_slice(&m.payload).unwrap();
+        got.push(payload["user_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["a", "c", "marker"]);
+
+    // A batch of only invalid events publishes nothing and says why, each.
+    let results = bus.publish_batch(vec![event(invalid), event("{}")]).await;
+    assert!(
+        results.iter().all(|r| r
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::SchemaViolation)),
+        "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn publish_batch_validates_each_event_in_memory() {
+    publish_batch_validates_on(Arc::new(InMemoryBus::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_batch_validates_each_event_on_nats() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let nats = server
+        .bus(&[StreamSpec::new("AUTH", ["auth.events.>"])])
+        .await
+        .unwrap();
+    publish_batch_validates_on(Arc::new(nats)).await;
 }
 
 #[tokio::test]
