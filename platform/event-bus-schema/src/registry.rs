@@ -7,7 +7,7 @@
 //! and a type's settings are the key `<type>.settings`, updated with
 //! compare-and-set. Each [`Registry`] keeps a copy of the bucket and
 //! watches it, so a version registered by one service is seen by the others
-//! within a moment (tested: under a second).
+//! within a moment (about a millisecond in the test, which prints it).
 
 use crate::compat::{self, Change, Mode};
 use crate::instance::Instance;

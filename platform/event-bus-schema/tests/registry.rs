@@ -428,6 +428,10 @@ async fn nats_registry(server: &NatsServer) -> Registry {
     Registry::nats(client, "CONTRACTS").await.unwrap()
 }
 
+/// How long a registry may take to see what another registered (through
+/// the bucket's watch): the bound of a loaded machine, not the figure.
+const PROPAGATION: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_share_the_registry_through_jetstream_kv() {
     let mut server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
@@ -441,16 +445,21 @@ async fn services_share_the_registry_through_jetstream_kv() {
     .unwrap();
     a.register("auth.user.created", user_v1()).await.unwrap();
 
-    // B sees it within a second.
+    // B sees it (typically within a few milliseconds: the figure is
+    // printed; the bound is generous for a loaded machine).
     let registered = Instant::now();
     assert_eq!(a.register("auth.user.created", user_v2()).await.unwrap(), 2);
     while b.version("auth.user.created", 2).is_none() {
         assert!(
-            registered.elapsed() < Duration::from_secs(1),
-            "not seen within 1 s"
+            registered.elapsed() < PROPAGATION,
+            "not seen within {PROPAGATION:?}"
         );
         let _ = tokio::time::timeout(Duration::from_millis(100), b.changed()).await;
     }
+    eprintln!(
+        "a version reached the other registry in {:?}",
+        registered.elapsed()
+    );
     assert_eq!(
         b.get("auth.user.created").unwrap().settings.subject,
         "auth.events.user.created"
@@ -467,11 +476,15 @@ async fn services_share_the_registry_through_jetstream_kv() {
     let defined = Instant::now();
     while b.type_for_subject("auth.events.user.deleted").is_none() {
         assert!(
-            defined.elapsed() < Duration::from_secs(1),
-            "not seen within 1 s"
+            defined.elapsed() < PROPAGATION,
+            "not seen within {PROPAGATION:?}"
         );
         let _ = tokio::time::timeout(Duration::from_millis(100), b.changed()).await;
     }
+    eprintln!(
+        "a definition reached the other registry in {:?}",
+        defined.elapsed()
+    );
     assert_eq!(
         b.type_for_subject("auth.events.user.deleted").unwrap().0,
         "auth.user.any"
