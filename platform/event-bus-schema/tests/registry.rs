@@ -416,6 +416,16 @@ async fn a_contracts_directory_loads_and_versions_stay_immutable() {
         err.to_string().contains("v3.json") && err.to_string().contains("line 1"),
         "{err}"
     );
+    // A new file repeating an earlier version: refused, naming both.
+    std::fs::write(t.join("v3.json"), user_v1().to_string()).unwrap();
+    let err = r.load_dir(dir.path()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("v3.json") && text.contains("same schema as auth.user.created v1"),
+        "{text}"
+    );
+    let t_entry = r.get("auth.user.created").unwrap();
+    assert_eq!(t_entry.versions.keys().copied().collect::<Vec<_>>(), [1, 2]);
     // A gap in the numbering.
     std::fs::remove_file(t.join("v3.json")).unwrap();
     std::fs::write(t.join("v4.json"), user_v2().to_string()).unwrap();
