@@ -177,6 +177,17 @@ async fn schemas_are_compiled_in_the_draft_they_declare() {
     r.validate("geo.line", None, br#"["a", 1, 2]"#).unwrap();
     r.validate("geo.line", None, br#"["a", "b"]"#).unwrap_err();
 
+    // Draft 4: a boolean `exclusiveMinimum` modifies `minimum`.
+    let draft4 = json!({
+        "$schema": "http://json-schema.org/draft-04/schema#",
+        "type": "integer",
+        "minimum": 0,
+        "exclusiveMinimum": true
+    });
+    assert_eq!(r.register("geo.count", draft4).await.unwrap(), 1);
+    r.validate("geo.count", None, b"1").unwrap();
+    r.validate("geo.count", None, b"0").unwrap_err();
+
     // Without `$schema`: 2020-12, where a list is not a valid `items`.
     let err = r
         .register("geo.bare", json!({"items": [{"type": "string"}]}))
