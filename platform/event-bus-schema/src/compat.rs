@@ -43,15 +43,16 @@
 //! directions), `not`/`if`/`then`/`else`, `prefixItems`/`contains`, tuple
 //! `items` (a list, drafts 7 and 2019-09), keywords next to a `$ref` (must be
 //! equal on both sides), and every keyword not listed here or among the
-//! annotations below (raw JSON equality, [`ChangeKind::UnsupportedKeywordChanged`]):
-//! `dependencies`, `dependentRequired`, `dependentSchemas`, `additionalItems`,
+//! annotations below (raw JSON equality, reported as
+//! [`ChangeKind::UnsupportedKeywordChanged`]): `dependencies`,
+//! `dependentRequired`, `dependentSchemas`, `additionalItems`,
 //! `patternProperties`, `propertyNames`, `unevaluatedProperties`,
 //! `unevaluatedItems`, `$dynamicRef`, `$recursiveRef`, `contentSchema`,
 //! `contentEncoding`, `contentMediaType`, draft 4's boolean
 //! `exclusiveMinimum`/`exclusiveMaximum`, vendor extensions and misspellings
 //! alike: a keyword the checker does not understand is never taken for
-//! nothing, since the validator may enforce it. A writer `enum` narrows its types but
-//! its values are not checked against reader bounds such as `maxLength` (a
+//! nothing, since the validator may enforce it. A writer `enum` narrows its
+//! types but its values are not checked against reader bounds such as `maxLength` (a
 //! bound the writer schema lacks is reported). The closed-writer model
 //! applies to any writer: `{}` or `true` may produce any type, but objects
 //! only with the properties it declares (none). Remote references and
