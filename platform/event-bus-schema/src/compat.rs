@@ -20,7 +20,7 @@
 //! whose `additionalProperties` is a schema object (a map) is taken to produce
 //! extra properties matching it.
 //!
-//! # Supported keywords (a draft 2020-12 subset)
+//! # Supported keywords (a subset of drafts 4 to 2020-12)
 //!
 //! * boolean schemas; `{}` and an absent subschema accept anything;
 //! * `type` (string or list; `integer` is a subset of `number`), `enum`,
@@ -31,8 +31,8 @@
 //!   than the writer's is a break;
 //! * `pattern`, `format`: a reader that adds one breaks; two different values
 //!   break both ways (regular-expression inclusion is not analysed);
-//! * `properties`, `required`, `additionalProperties`, `items`, walked
-//!   recursively;
+//! * `properties`, `required`, `additionalProperties`, `items` (one schema),
+//!   walked recursively;
 //! * `$ref` to a local JSON Pointer (`#`, `#/$defs/...`, `#/definitions/...`);
 //!   each (reader, writer) pair of locations is visited once, so cycles end.
 //!
@@ -40,18 +40,26 @@
 //!
 //! Anything else is only accepted when it is the same on both sides:
 //! `allOf`/`anyOf`/`oneOf` (same length, branches pairwise compatible in both
-//! directions), `not`/`if`/`then`/`else`, `prefixItems`/`contains`, keywords
-//! next to a `$ref` (must be equal on both sides), and `patternProperties`,
-//! `propertyNames`, `dependentRequired`, `dependentSchemas`,
-//! `unevaluatedProperties`, `unevaluatedItems`, `$dynamicRef`,
-//! `contentSchema` (raw JSON equality). A writer `enum` narrows its types but
-//! its values are not checked against reader bounds such as `maxLength` (a
+//! directions), `not`/`if`/`then`/`else`, `prefixItems`/`contains`, tuple
+//! `items` (a list, drafts 7 and 2019-09), keywords next to a `$ref` (must be
+//! equal on both sides), and every keyword not listed here or among the
+//! annotations below (raw JSON equality, reported as
+//! [`ChangeKind::UnsupportedKeywordChanged`]): `dependencies`,
+//! `dependentRequired`, `dependentSchemas`, `additionalItems`,
+//! `patternProperties`, `propertyNames`, `unevaluatedProperties`,
+//! `unevaluatedItems`, `$dynamicRef`, `$recursiveRef`, `contentSchema`,
+//! `contentEncoding`, `contentMediaType`, draft 4's boolean
+//! `exclusiveMinimum`/`exclusiveMaximum`, vendor extensions and misspellings
+//! alike: a keyword the checker does not understand is never taken for
+//! nothing, since the validator may enforce it. A writer `enum` narrows its
+//! types but its values are not checked against reader bounds such as `maxLength` (a
 //! bound the writer schema lacks is reported). The closed-writer model
 //! applies to any writer: `{}` or `true` may produce any type, but objects
 //! only with the properties it declares (none). Remote references and
 //! `$anchor` references are reported as [`ChangeKind::RefUnresolved`].
-//! Annotations (`title`, `description`, `default`, `examples`, ...) and
-//! unknown keywords are ignored.
+//! Annotations (`$schema`, `$id`, `$comment`, `$defs`, `definitions`,
+//! `title`, `description`, `default`, `examples`, `deprecated`, `readOnly`,
+//! `writeOnly`, ...) are ignored.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -203,7 +211,7 @@ pub enum ChangeKind {
     ConstraintLoosened,
     /// A `pattern` or `format` was replaced by another (not analysed).
     ConstraintChanged,
-    /// `prefixItems`/`contains` differ (compared conservatively).
+    /// `prefixItems`/`contains` or tuple `items` differ (compared conservatively).
     ItemsChanged,
     /// `allOf`/`anyOf`/`oneOf`/`not`/`if`/`then`/`else`, or keywords next to a
     /// `$ref`, differ (compared conservatively).
@@ -398,21 +406,38 @@ const UNKNOWN: Kinds = (
 );
 const UNRESOLVED: Kinds = (ChangeKind::RefUnresolved, ChangeKind::RefUnresolved);
 
-/// Keywords that never change what a schema accepts.
+/// Keywords that never change what a schema accepts. (`contentEncoding` and
+/// `contentMediaType` are not among them: drafts 6 and 7 assert them.)
 #[rustfmt::skip]
 const ANNOTATIONS: &[&str] = &[
     "$schema", "$id", "$comment", "$anchor", "$dynamicAnchor", "$vocabulary", "$defs",
     "definitions", "title", "description", "default", "examples", "deprecated", "readOnly",
-    "writeOnly", "contentEncoding", "contentMediaType",
+    "writeOnly",
 ];
 const COMPOSITION: &[&str] = &["allOf", "anyOf", "oneOf", "not", "if", "then", "else"];
 const TUPLES: &[&str] = &["prefixItems", "contains", "minContains", "maxContains"];
-/// Keywords compared as raw JSON.
+/// The assertion and applicator keywords the walk analyses.
 #[rustfmt::skip]
-const UNSUPPORTED: &[&str] = &[
-    "patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
-    "unevaluatedProperties", "unevaluatedItems", "$dynamicRef", "$recursiveRef", "contentSchema",
+const ANALYSED: &[&str] = &[
+    "$ref", "type", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "pattern", "format", "items",
+    "minItems", "maxItems", "uniqueItems", "properties", "required", "additionalProperties",
+    "minProperties", "maxProperties",
 ];
+
+/// Whether the walk understands keyword `kw` with this value. Every other
+/// keyword (`dependencies`, `dependentRequired`, `additionalItems`,
+/// `patternProperties`, a vendor extension, ...) is compared as raw JSON: a
+/// difference is a change, never nothing.
+fn understood(kw: &str, value: &Value) -> bool {
+    // Draft 4's boolean `exclusiveMinimum`/`exclusiveMaximum` modify
+    // `minimum`/`maximum`: not analysed.
+    let legacy_bound = kw.starts_with("exclusiveM") && value.is_boolean();
+    [ANNOTATIONS, COMPOSITION, TUPLES, ANALYSED]
+        .iter()
+        .any(|list| list.contains(&kw))
+        && !legacy_bound
+}
 const ALL_TYPES: &[&str] = &["null", "boolean", "object", "array", "number", "string"];
 
 /// The recursive walk over a reader and a writer schema, collecting breaks.
@@ -502,7 +527,16 @@ impl Walk {
                 self.report(&r, &w, &format!("/{kw}"), COMPOSED, detail);
             }
         }
-        for kw in UNSUPPORTED {
+        let mut others: Vec<&str> = [&r, &w]
+            .into_iter()
+            .filter_map(|n| n.schema.as_object())
+            .flatten()
+            .filter(|(kw, value)| !understood(kw, value))
+            .map(|(kw, _)| kw.as_str())
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        for kw in others {
             if r.get(kw) != w.get(kw) {
                 let detail = format!("`{kw}` differs; it is not analysed, only compared as JSON");
                 self.report(&r, &w, &format!("/{kw}"), UNKNOWN, detail);
@@ -644,7 +678,16 @@ impl Walk {
         self.count(r, w, "minItems", false);
         self.count(r, w, "maxItems", true);
         self.same_or_absent(r, w, "uniqueItems");
-        self.walk(r.child("items"), w.child("items"));
+        let tuple = |n: &Node| n.get("items").is_some_and(Value::is_array);
+        if tuple(r) || tuple(w) {
+            // Draft 7 and 2019-09 tuples (`items` as a list of schemas).
+            if !self.equivalent(r, w, "items") {
+                let detail = "tuple `items` differs; it must be equivalent".to_string();
+                self.report(r, w, "/items", TUPLED, detail);
+            }
+        } else {
+            self.walk(r.child("items"), w.child("items"));
+        }
     }
 
     fn objects<'a>(&mut self, r: &Node<'a>, w: &Node<'a>) {

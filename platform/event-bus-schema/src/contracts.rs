@@ -14,7 +14,8 @@
 //! gaps. Loading registers the versions the registry does not have yet, in
 //! order, each checked against the earlier ones; a file that differs from
 //! the version registered under its number is an error (versions are
-//! immutable: add a new one).
+//! immutable: add a new one), and so is a new file repeating an earlier
+//! version's schema (registering it would return that version).
 
 use crate::registry::{parse_schema, validate_type_name, Registry, TypeSettings};
 use event_bus::{BusError, ErrorKind};
@@ -139,6 +140,15 @@ impl Registry {
                         let got = self.register(&type_name, schema).await.map_err(|e| {
                             BusError::new(e.kind(), format!("contracts: {}: {e}", file.display()))
                         })?;
+                        if got < *number {
+                            return Err(BusError::new(
+                                ErrorKind::Conflict,
+                                format!(
+                                    "contracts: {} is the same schema as {type_name} v{got}; a version must differ from the earlier ones",
+                                    file.display()
+                                ),
+                            ));
+                        }
                         if got != *number {
                             return Err(BusError::new(
                                 ErrorKind::Conflict,

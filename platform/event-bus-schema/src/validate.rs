@@ -71,7 +71,10 @@ fn validate(
 /// match is a [`SchemaViolation`](ErrorKind::SchemaViolation) error naming
 /// the subject, type, version and each violation's JSON Pointer, and
 /// nothing is published (with [`Validation::Warn`] it is logged and
-/// published).
+/// published). In a [`publish_batch`](EventBus::publish_batch) each event is
+/// validated: an invalid one gets that error in its place and is not
+/// published, the valid ones are, in order (one failure does not stop the
+/// others, as for any batch).
 #[derive(Clone)]
 pub struct ValidatingBus {
     inner: Arc<dyn EventBus>,

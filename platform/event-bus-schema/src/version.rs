@@ -79,13 +79,34 @@ impl std::fmt::Debug for Version {
     }
 }
 
-/// Compiles a schema: draft 2020-12 unless it says otherwise; references
-/// resolve inside the schema only (nothing is fetched).
+/// Compiles a schema in the draft its `$schema` names (2020-12 without
+/// one); references resolve inside the schema only (nothing is fetched).
 fn compile(schema: &Value) -> Result<jsonschema::Validator<InstanceJson>, String> {
     jsonschema::options_for::<InstanceJson>()
-        .with_draft(jsonschema::Draft::Draft202012)
+        .with_draft(draft(schema)?)
         .build(schema)
         .map_err(|e| format!("{e} (at {})", e.schema_path()))
+}
+
+/// The draft a schema is written in: the one its `$schema` names (draft 4,
+/// 6, 7, 2019-09 or 2020-12), or 2020-12 without `$schema`. Any other
+/// `$schema` is an error naming it.
+fn draft(schema: &Value) -> Result<jsonschema::Draft, String> {
+    use jsonschema::Draft;
+    let Some(declared) = schema.as_object().and_then(|s| s.get("$schema")) else {
+        return Ok(Draft::Draft202012);
+    };
+    let uri = declared
+        .as_str()
+        .ok_or_else(|| format!("`$schema` {declared} is not a string"))?;
+    match Draft::from_schema_uri(uri) {
+        Draft::Unknown => Err(format!(
+            "unknown `$schema` {uri:?}: expected the meta-schema of draft 4, 6, 7, 2019-09 \
+             or 2020-12 (e.g. \"https://json-schema.org/draft/2020-12/schema\"), or no `$schema` \
+             for 2020-12"
+        )),
+        known => Ok(known),
+    }
 }
 
 /// One way an event does not match its schema.
@@ -114,7 +135,8 @@ pub fn describe(violations: &[Violation]) -> String {
 }
 
 /// Parses and checks a schema: JSON, at most [`MAX_SCHEMA_BYTES`], valid
-/// against its meta-schema, and compilable (references resolve inside it).
+/// against its meta-schema (the draft its `$schema` names: 4, 6, 7, 2019-09
+/// or 2020-12, the default), and compilable (references resolve inside it).
 /// `origin` names where it came from (a file, a type and version).
 pub fn parse_schema(origin: &str, bytes: &[u8]) -> Result<Value, BusError> {
     check_size(origin, bytes.len())?;
@@ -156,6 +178,12 @@ pub fn check_schema(origin: &str, schema: &Value) -> Result<(), BusError> {
                 cycle[0],
                 cycle.join(" -> ")
             ),
+        ));
+    }
+    if let Err(e) = draft(schema) {
+        return Err(BusError::new(
+            ErrorKind::Config,
+            format!("schema {origin} at /$schema: {e}"),
         ));
     }
     if let Err(e) = jsonschema::meta::validate(schema) {

@@ -127,6 +127,12 @@ fn lines(qty: Value, required: &[&str]) -> Value {
     )
 }
 
+/// A draft 7 tuple: `[string, integer]`, with the keywords of `extra`.
+fn pair(extra: Value) -> Value {
+    let items = json!([{ "type": "string" }, { "type": "integer" }]);
+    with(json!({ "type": "array", "items": items }), extra)
+}
+
 /// Two properties referring to one `$defs` entry.
 fn with_defs(zip: Value) -> Value {
     json!({
@@ -676,6 +682,135 @@ fn evolutions() -> Vec<Evolution> {
                 (2, B, "/properties/name", RequiredAdded),
             ],
         ),
+        // Keywords the checker does not analyse (but the validator may
+        // enforce) count as changes, never as nothing.
+        evo(
+            "dependencies added",
+            user(),
+            with(user(), json!({ "dependencies": { "coupon": ["email"] } })),
+        )
+        .fails(
+            FullTransitive,
+            &[
+                (1, B, "/dependencies", UnsupportedKeywordChanged),
+                (1, F, "/dependencies", UnsupportedKeywordChanged),
+            ],
+        )
+        .fails(
+            Backward,
+            &[(1, B, "/dependencies", UnsupportedKeywordChanged)],
+        )
+        .fails(
+            Forward,
+            &[(1, F, "/dependencies", UnsupportedKeywordChanged)],
+        )
+        .ok(Mode::None),
+        evo(
+            "dependentRequired added",
+            user(),
+            with(
+                user(),
+                json!({ "dependentRequired": { "email": ["name"] } }),
+            ),
+        )
+        .fails(
+            Backward,
+            &[(1, B, "/dependentRequired", UnsupportedKeywordChanged)],
+        ),
+        evo(
+            "dependentSchemas added",
+            user(),
+            with(
+                user(),
+                json!({ "dependentSchemas": { "email": { "required": ["name"] } } }),
+            ),
+        )
+        .fails(
+            Backward,
+            &[(1, B, "/dependentSchemas", UnsupportedKeywordChanged)],
+        ),
+        evo(
+            "unknown keyword in a nested schema, and a vendor keyword",
+            one(string(json!({}))),
+            one(string(
+                json!({ "x-max-words": 3, "contentMediaType": "application/json" }),
+            )),
+        )
+        .fails(
+            Forward,
+            &[
+                (
+                    1,
+                    F,
+                    "/properties/p/contentMediaType",
+                    UnsupportedKeywordChanged,
+                ),
+                (1, F, "/properties/p/x-max-words", UnsupportedKeywordChanged),
+            ],
+        ),
+        evo(
+            "dependencies unchanged, optional property added",
+            with(user(), json!({ "dependencies": { "email": ["id"] } })),
+            with(
+                user_with("name", json!({ "type": "string" }), &["id"]),
+                json!({ "dependencies": { "email": ["id"] } }),
+            ),
+        )
+        .ok(FullTransitive),
+        // Draft 4's boolean exclusive bounds are not analysed.
+        evo(
+            "draft 4 exclusiveMinimum added",
+            one(int(json!({ "minimum": 0 }))),
+            one(int(json!({ "minimum": 0, "exclusiveMinimum": true }))),
+        )
+        .fails(
+            Backward,
+            &[(
+                1,
+                B,
+                "/properties/p/exclusiveMinimum",
+                UnsupportedKeywordChanged,
+            )],
+        ),
+        // Draft 7 tuples: `items` as a list, `additionalItems`.
+        evo(
+            "tuple items unchanged",
+            one(pair(json!({}))),
+            one(pair(json!({}))),
+        )
+        .ok(FullTransitive),
+        evo(
+            "tuple item type changed",
+            one(pair(json!({}))),
+            one(json!({ "type": "array", "items": [{ "type": "string" }, { "type": "string" }] })),
+        )
+        .fails(
+            Full,
+            &[
+                (1, B, "/properties/p/items", ItemsChanged),
+                (1, F, "/properties/p/items", ItemsChanged),
+            ],
+        ),
+        evo(
+            "tuple closed with additionalItems",
+            one(pair(json!({}))),
+            one(pair(json!({ "additionalItems": false }))),
+        )
+        .fails(
+            Backward,
+            &[(
+                1,
+                B,
+                "/properties/p/additionalItems",
+                UnsupportedKeywordChanged,
+            )],
+        ),
+        evo(
+            "one items schema became a tuple",
+            one(array(json!({}))),
+            one(json!({ "type": "array", "items": [{ "type": "string" }] })),
+        )
+        .fails(Forward, &[(1, F, "/properties/p/items", ItemsChanged)]),
         // NONE, and nothing registered yet.
         evo("type changed under NONE", user(), email_int.clone()).ok(Mode::None),
         history("first version", vec![], user()).ok(FullTransitive),

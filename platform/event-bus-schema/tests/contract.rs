@@ -107,3 +107,33 @@ async fn publishing_a_typed_event_validates_and_sets_its_type() {
         Some("urn:event-bus:schema:auth.user.created:v2")
     );
 }
+
+/// An old service (a rollback, the old half of a rolling deploy) calling
+/// `register_contract` at start-up gets its version back; nothing is added.
+#[tokio::test]
+async fn an_old_service_registering_its_contract_gets_its_version_back() {
+    let registry = Registry::memory();
+    assert_eq!(
+        registry.register_contract::<UserCreated>().await.unwrap(),
+        1
+    );
+    assert_eq!(
+        registry
+            .register_contract::<UserCreatedWithLocale>()
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        registry.register_contract::<UserCreated>().await.unwrap(),
+        1,
+        "the version that has this schema"
+    );
+    let versions = registry.get(UserCreated::TYPE).unwrap().versions;
+    assert_eq!(versions.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        registry.check(UserCreated::TYPE, &UserCreated::schema()),
+        Ok(1)
+    );
+    contract::check::<UserCreated>(&registry).unwrap();
+}
