@@ -10,11 +10,11 @@
 //! within a moment (about a millisecond in the test, which prints it).
 
 use crate::compat::{self, Change, Mode};
-use crate::instance::Instance;
+use crate::version::check_size;
 pub use crate::version::{
-    check_schema, describe, parse_schema, ValidationFailure, Version, Violation, MAX_SCHEMA_BYTES,
+    check_schema, describe, parse_schema, Payload, ValidationFailure, Version, Violation,
+    MAX_SCHEMA_BYTES,
 };
-use crate::version::{check_size, validate_against};
 use event_bus::{BusError, ErrorKind};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
@@ -568,37 +568,28 @@ impl Registry {
         }
     }
 
-    /// Validates a JSON payload against `type_name`'s version `version`
-    /// (the latest if `None`): the version checked, or why not.
-    pub fn validate(
+    /// Validates an event's payload against `type_name`'s version `version`
+    /// (the latest if `None`): the version checked, or why not. This is
+    /// the one way to validate a payload: JSON bytes as they travel
+    /// (`&[u8]`, `&Vec<u8>`) or a parsed value (`&serde_json::Value`), see
+    /// [`Payload`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use event_bus_schema::Registry;
+    /// let registry = Registry::memory();
+    /// let schema = serde_json::json!({"type": "integer", "minimum": 1});
+    /// registry.register("geo.count", schema).await.unwrap();
+    /// assert!(registry.validate("geo.count", None, b"1").is_ok());
+    /// assert!(registry.validate("geo.count", None, &serde_json::json!(0)).is_err());
+    /// # }
+    /// ```
+    pub fn validate<'a>(
         &self,
         type_name: &str,
         version: Option<u32>,
-        payload: &[u8],
-    ) -> Result<Arc<Version>, ValidationFailure> {
-        self.validate_instance(
-            type_name,
-            version,
-            Instance::parse(payload).map_err(|e| format!("not JSON: {e}")),
-        )
-    }
-
-    /// Validates a parsed JSON value (a structured CloudEvent's `data`)
-    /// like [`validate`](Self::validate).
-    pub fn validate_value(
-        &self,
-        type_name: &str,
-        version: Option<u32>,
-        value: &Value,
-    ) -> Result<Arc<Version>, ValidationFailure> {
-        self.validate_instance(type_name, version, Ok(Instance::from_value(value)))
-    }
-
-    fn validate_instance(
-        &self,
-        type_name: &str,
-        version: Option<u32>,
-        instance: Result<Instance<'_>, String>,
+        payload: impl Into<Payload<'a>>,
     ) -> Result<Arc<Version>, ValidationFailure> {
         let found = match version {
             Some(v) => self.version(type_name, v),
@@ -610,7 +601,7 @@ impl Registry {
                 version,
             });
         };
-        validate_against(schema, instance)
+        schema.validate(payload.into())
     }
 }
 

@@ -3,8 +3,7 @@
 //! [`EventCheck`]).
 
 use crate::cloudevents::{self, Data};
-use crate::registry::{Registry, SubjectType, Validation, ValidationFailure, Version};
-use crate::version::validate_payload;
+use crate::registry::{Payload, Registry, SubjectType, Validation, ValidationFailure, Version};
 use async_trait::async_trait;
 use event_bus::consumer::ConsumerState;
 use event_bus::runner::EventCheck;
@@ -49,15 +48,16 @@ fn type_of(registry: &Registry, subject: &str, claimed: Option<&str>) -> Option<
 type Checked = Option<(Arc<SubjectType>, Option<Arc<Version>>)>;
 
 /// Validates `payload` as an event of type `found`, version `version`
-/// (its latest if `None`).
+/// (its latest if `None`): [`Registry::validate`], without looking the
+/// latest version up again when the subject's look-up found it.
 fn validate(
     registry: &Registry,
     found: &SubjectType,
     version: Option<u32>,
-    payload: &[u8],
+    payload: Payload<'_>,
 ) -> Result<Arc<Version>, ValidationFailure> {
     match (version, &found.latest) {
-        (None, Some(latest)) => validate_payload(latest.clone(), payload),
+        (None, Some(latest)) => latest.validate(payload),
         _ => registry.validate(&found.name, version, payload),
     }
 }
@@ -189,7 +189,7 @@ impl ValidatingBus {
                 None => found.latest.clone(),
             },
             Validation::Warn | Validation::Enforce => {
-                match validate(&self.registry, &found, version, payload) {
+                match validate(&self.registry, &found, version, Payload::Json(payload)) {
                     Ok(v) => Some(v),
                     Err(failure) if found.settings.validation == Validation::Warn => {
                         tracing::warn!(
@@ -333,11 +333,18 @@ impl EventCheck for SchemaCheck {
             return Ok(());
         }
         let result = match &incoming.data {
-            Data::Payload => validate(&self.registry, &found, incoming.version, &message.payload),
-            Data::Structured(data) => {
-                self.registry
-                    .validate_value(&found.name, incoming.version, data)
-            }
+            Data::Payload => validate(
+                &self.registry,
+                &found,
+                incoming.version,
+                Payload::Json(&message.payload),
+            ),
+            Data::Structured(data) => validate(
+                &self.registry,
+                &found,
+                incoming.version,
+                Payload::Value(data),
+            ),
             Data::Unreadable(why) => return Err(format!("event on {subject:?}: {why}")),
         };
         match result {

@@ -39,34 +39,48 @@ impl Version {
         format!("urn:event-bus:schema:{}:v{}", self.type_name, self.version)
     }
 
-    /// Checks `instance` against this version: the violations, each with
-    /// the JSON Pointer of the offending value.
-    pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
-        self.check(&Instance::from_value(instance))
-    }
-
-    /// Checks a parsed payload against this version.
-    pub(crate) fn check(&self, instance: &Instance<'_>) -> Result<(), Vec<Violation>> {
+    /// Validates `payload` against this version: the version, or why not
+    /// (the one way in is [`Registry::validate`](crate::Registry::validate),
+    /// which looks the version up first).
+    pub(crate) fn validate(
+        self: &Arc<Self>,
+        payload: Payload<'_>,
+    ) -> Result<Arc<Version>, ValidationFailure> {
+        let invalid = |violations| ValidationFailure::Invalid {
+            version: self.clone(),
+            violations,
+        };
+        let instance = match payload {
+            Payload::Json(bytes) => Instance::parse(bytes).map_err(|e| {
+                invalid(vec![Violation {
+                    pointer: String::new(),
+                    message: format!("not JSON: {e}"),
+                }])
+            })?,
+            Payload::Value(value) => Instance::from_value(value),
+        };
         let validator = self
             .validator
             .get_or_init(|| compile(&self.schema))
             .as_ref()
             .map_err(|e| {
-                vec![Violation {
+                invalid(vec![Violation {
                     pointer: String::new(),
                     message: format!("the schema does not compile: {e}"),
-                }]
+                }])
             })?;
-        if validator.is_valid(instance) {
-            return Ok(());
+        if validator.is_valid(&instance) {
+            return Ok(self.clone());
         }
-        Err(validator
-            .iter_errors(instance)
-            .map(|e| Violation {
-                pointer: e.instance_path().to_string(),
-                message: e.to_string(),
-            })
-            .collect())
+        Err(invalid(
+            validator
+                .iter_errors(&instance)
+                .map(|e| Violation {
+                    pointer: e.instance_path().to_string(),
+                    message: e.to_string(),
+                })
+                .collect(),
+        ))
     }
 }
 
@@ -269,35 +283,39 @@ fn ref_cycle(schema: &Value) -> Option<Vec<String>> {
     found
 }
 
-/// Validates a JSON payload against `schema`: the version, or why not.
-pub(crate) fn validate_payload(
-    schema: Arc<Version>,
-    payload: &[u8],
-) -> Result<Arc<Version>, ValidationFailure> {
-    validate_against(
-        schema,
-        Instance::parse(payload).map_err(|e| format!("not JSON: {e}")),
-    )
+/// An event's payload to validate: JSON text as it travels, or a value
+/// already parsed (a structured CloudEvent's `data`). `&[u8]`, `&Vec<u8>`,
+/// a byte string literal and `&serde_json::Value` convert into it.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Bytes of JSON text (parsed here; text that is not JSON is a
+    /// violation at the root).
+    Json(&'a [u8]),
+    /// A parsed JSON value.
+    Value(&'a Value),
 }
 
-pub(crate) fn validate_against(
-    schema: Arc<Version>,
-    instance: Result<Instance<'_>, String>,
-) -> Result<Arc<Version>, ValidationFailure> {
-    let checked = instance
-        .map_err(|message| {
-            vec![Violation {
-                pointer: String::new(),
-                message,
-            }]
-        })
-        .and_then(|instance| schema.check(&instance));
-    match checked {
-        Ok(()) => Ok(schema),
-        Err(violations) => Err(ValidationFailure::Invalid {
-            version: schema,
-            violations,
-        }),
+impl<'a> From<&'a [u8]> for Payload<'a> {
+    fn from(bytes: &'a [u8]) -> Self {
+        Payload::Json(bytes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Payload<'a> {
+    fn from(bytes: &'a [u8; N]) -> Self {
+        Payload::Json(bytes)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for Payload<'a> {
+    fn from(bytes: &'a Vec<u8>) -> Self {
+        Payload::Json(bytes)
+    }
+}
+
+impl<'a> From<&'a Value> for Payload<'a> {
+    fn from(value: &'a Value) -> Self {
+        Payload::Value(value)
     }
 }
 

@@ -9,7 +9,7 @@ use event_bus::{Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition};
 use event_bus_schema::cloudevents;
 use event_bus_schema::compat::Mode;
 use event_bus_schema::registry::{Registry, TypeSettings, Validation, MAX_SCHEMA_BYTES};
-use event_bus_schema::{SchemaCheck, UnknownTypes, ValidatingBus};
+use event_bus_schema::{SchemaCheck, UnknownTypes, ValidatingBus, ValidationFailure};
 use event_bus_testkit::nats_server::NatsServer;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -125,6 +125,57 @@ async fn a_schema_an_earlier_version_has_registers_as_that_version() {
             r.register("auth.user.created", v2).await.unwrap(),
             2,
             "{mode}"
+        );
+    }
+}
+
+/// `Registry::validate` is the one way to validate a payload: JSON bytes
+/// and the same document parsed give the same verdict and violations; text
+/// that is not JSON is a violation at the root; an unknown type or version
+/// says so.
+#[tokio::test]
+async fn validate_takes_bytes_or_a_parsed_value_alike() {
+    let r = Registry::memory();
+    r.register("geo.user", user_v1()).await.unwrap();
+    let docs = [
+        json!({"user_id": "u1", "email": "a@example.com"}),
+        json!({"user_id": 1}),
+        json!({"email": 2}),
+        json!([]),
+        json!(null),
+    ];
+    for doc in docs {
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let from_bytes = r.validate("geo.user", None, &bytes);
+        let from_value = r.validate("geo.user", Some(1), &doc);
+        match (from_bytes, from_value) {
+            (Ok(a), Ok(b)) => assert_eq!((a.version, b.version), (1, 1), "{doc}"),
+            (
+                Err(ValidationFailure::Invalid { violations: a, .. }),
+                Err(ValidationFailure::Invalid { violations: b, .. }),
+            ) => {
+                assert!(!a.is_empty(), "{doc}");
+                assert_eq!(a, b, "{doc}");
+            }
+            (a, b) => panic!("{doc}: bytes {a:?}, value {b:?}"),
+        }
+    }
+    let Err(ValidationFailure::Invalid { violations, .. }) =
+        r.validate("geo.user", None, b"{\"id\":")
+    else {
+        panic!("text that is not JSON is refused")
+    };
+    assert_eq!(violations[0].pointer, "");
+    assert!(
+        violations[0].message.starts_with("not JSON"),
+        "{violations:?}"
+    );
+    for (type_name, version) in [("geo.none", None), ("geo.user", Some(2))] {
+        let failure = r.validate(type_name, version, &json!({})).unwrap_err();
+        assert!(
+            matches!(failure, ValidationFailure::UnknownVersion { .. }),
+            "{}",
+            failure.describe("s")
         );
     }
 }

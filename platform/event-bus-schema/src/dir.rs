@@ -1,5 +1,5 @@
-//! A contracts directory, kept in git and reviewed like code, loaded into
-//! the registry at start-up:
+//! A contracts directory: the JSON Schema files of each event type, kept
+//! in git and reviewed like code, loaded into the registry at start-up:
 //!
 //! ```text
 //! contracts/events/
@@ -41,7 +41,7 @@ fn io_error(path: &Path, e: std::io::Error) -> BusError {
 }
 
 impl Registry {
-    /// Loads a contracts directory (see the [module docs](crate::contracts)).
+    /// Loads a contracts directory (see the [module docs](crate::dir)).
     /// Errors name the file and, for a schema, the JSON Pointer at fault.
     pub async fn load_dir(&self, dir: impl AsRef<Path>) -> Result<LoadReport, BusError> {
         let dir = dir.as_ref();

@@ -3,7 +3,7 @@
 //! directory.
 
 use event_bus::{EventBus, InMemoryBus};
-use event_bus_schema::contract::{self, Contract};
+use event_bus_schema::typed::{self, Contract};
 use event_bus_schema::{Registry, ValidatingBus};
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
@@ -57,14 +57,13 @@ fn contracts_dir() -> tempfile::TempDir {
 #[tokio::test]
 async fn a_compatible_type_passes_and_a_drifted_one_fails_the_contract_test() {
     let dir = contracts_dir();
-    contract::assert_compatible::<UserCreated>(dir.path()).await;
-    contract::assert_compatible::<UserCreatedWithLocale>(dir.path()).await;
-    let failed = std::panic::AssertUnwindSafe(contract::assert_compatible::<UserCreatedNumeric>(
-        dir.path(),
-    ))
-    .catch_unwind()
-    .await
-    .expect_err("the drifted type fails");
+    typed::assert_compatible::<UserCreated>(dir.path()).await;
+    typed::assert_compatible::<UserCreatedWithLocale>(dir.path()).await;
+    let failed =
+        std::panic::AssertUnwindSafe(typed::assert_compatible::<UserCreatedNumeric>(dir.path()))
+            .catch_unwind()
+            .await
+            .expect_err("the drifted type fails");
     let message = failed.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         message.contains("auth.user.created") && message.contains("/properties/user_id/type"),
@@ -135,5 +134,5 @@ async fn an_old_service_registering_its_contract_gets_its_version_back() {
         registry.check(UserCreated::TYPE, &UserCreated::schema()),
         Ok(1)
     );
-    contract::check::<UserCreated>(&registry).unwrap();
+    typed::check::<UserCreated>(&registry).unwrap();
 }

@@ -1,11 +1,11 @@
-//! Typed events: a Rust type is an event contract when it names its event
+//! Typed contracts: a Rust type is an event contract when it names its event
 //! type and subject; its schema is generated from the type (`schemars`),
 //! publishing a value validates it and sets the CloudEvents headers, and a
 //! test fails `cargo test` when the type drifts from its registered versions
 //! (contract testing before deploy instead of at run time).
 //!
 //! ```
-//! use event_bus_schema::contract::Contract;
+//! use event_bus_schema::Contract;
 //!
 //! #[derive(serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 //! struct UserCreated {
@@ -28,7 +28,7 @@
 //! ```text
 //! #[tokio::test]
 //! async fn user_created_keeps_its_contract() {
-//!     event_bus_schema::contract::assert_compatible::<UserCreated>("contracts/events").await;
+//!     event_bus_schema::typed::assert_compatible::<UserCreated>("contracts/events").await;
 //! }
 //! ```
 
