@@ -90,8 +90,8 @@ mod mode_name {
 /// A type as the registry knows it.
 #[derive(Clone, Debug)]
 pub struct TypeEntry {
-    /// Its settings (`None` until defined: a version registered first gets
-    /// defaults on the type's own name as subject).
+    /// Its settings (a type whose first version was registered before it
+    /// was defined has the defaults, its own name as subject).
     pub settings: TypeSettings,
     /// Its versions by number.
     pub versions: BTreeMap<u32, Arc<Version>>,
