@@ -667,8 +667,8 @@ async fn publish_pipelined(
     deadline: tokio::time::Instant,
 ) -> Option<Vec<Option<Result<PublishAck, BusError>>>> {
     let mut seen = std::collections::HashSet::new();
-    let (mut first, mut rest): (Vec<(usize, Envelope)>, Vec<(usize, Envelope)>) =
-        (Vec::new(), Vec::new());
+    let mut first: Vec<(usize, Envelope)> = Vec::new();
+    let mut rest: Vec<(usize, Envelope)> = Vec::new();
     for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
         if seen.insert(*key) {
             first.push((i, envelope));
