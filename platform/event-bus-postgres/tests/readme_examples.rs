@@ -340,7 +340,7 @@ mod outbox_readme {
     mod block {
         use super::Error;
 use event_bus::EventBus;
-use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_postgres::{sqlx, Outbox, OutboxRelay, RelayHandle};
 use std::sync::Arc;
 
 pub async fn create_user(pool: &sqlx::PgPool, outbox: &Outbox, email: &str) -> Result<String, Error> {
@@ -356,12 +356,13 @@ pub async fn create_user(pool: &sqlx::PgPool, outbox: &Outbox, email: &str) -> R
     Ok(event_id.to_string())
 }
 
-pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox, Error> {
+pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<(Outbox, RelayHandle), Error> {
     let outbox = Outbox::new(pool);
     outbox.migrate().await?; // event_bus_outbox, _failed, _lease (PostgreSQL >= 13)
     let relay = OutboxRelay::builder(outbox.clone(), bus).build()?.spawn();
-    drop(relay); // keeps running detached; keep the handle to shut it down and read its report
-    Ok(outbox)
+    // Keep the handle while the service runs: `relay.shutdown().await` (or dropping it)
+    // stops the relay and releases its lease, so that a restarted instance publishes at once.
+    Ok((outbox, relay))
 }
     }
 
@@ -375,7 +376,7 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox,
             .await?;
         let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
         let mut events = bus.subscribe("auth.events.>").await?;
-        let outbox = block::start(pool.clone(), bus.clone()).await?;
+        let (outbox, relay) = block::start(pool.clone(), bus.clone()).await?;
         let id = block::create_user(&pool, &outbox, "ada@example.com").await?;
         let m = tokio::time::timeout(Duration::from_secs(5), events.next())
             .await?
@@ -392,6 +393,7 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<Outbox,
                 .is_err()
         );
         assert_eq!(outbox.status().await?.pending, 0);
+        relay.shutdown().await;
         Ok(())
     }
 }
