@@ -360,8 +360,8 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<(Outbox
     let outbox = Outbox::new(pool);
     outbox.migrate().await?; // event_bus_outbox, _failed, _lease (PostgreSQL >= 13)
     let relay = OutboxRelay::builder(outbox.clone(), bus).build()?.spawn();
-    // Keep the handle while the service runs: `relay.shutdown().await` (or dropping it)
-    // stops the relay and releases its lease, so that a restarted instance publishes at once.
+    // Keep the handle while the service runs and call `relay.shutdown().await` at exit (dropping it
+    // does the same in the background): the lease is released, a restarted instance publishes at once.
     Ok((outbox, relay))
 }
     }

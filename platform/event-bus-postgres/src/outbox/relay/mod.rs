@@ -252,8 +252,11 @@ impl OutboxRelayBuilder {
 
     /// Publish at most one row per ordering key at a time (default off).
     ///
-    /// By default a batch is pipelined: rows of one key follow each other
-    /// on the wire before the first is acknowledged. If the connection to
+    /// By default a batch is pipelined in two rounds: each key's first row,
+    /// then (for the keys whose first row was acknowledged) the key's later
+    /// rows, following each other on the wire before the first is
+    /// acknowledged; a row refused before it is sent (a schema check) as
+    /// its key's first row holds the rest of its key back. If the connection to
     /// the broker breaks in the middle, a row sent before the break can be
     /// lost while a later row of its key, sent after the reconnect, is
     /// stored; the lost row is published again afterwards, out of order.
