@@ -734,9 +734,11 @@ async fn kept_rows_record_their_stream_position() {
 }
 
 /// A refused row holds back its key only, never other keys; in strict
-/// order nothing of its key is sent past it until it moves to the failure
-/// table (pipelined, the rows behind it in the same batch were already
-/// sent, and are counted).
+/// order nothing of its key is sent past it, and once it moves to the
+/// failure table its key's later rows wait for it there (here: until it is
+/// discarded). Pipelined, a row refused in the same round as later rows of
+/// its key (it is not its key's first row in the batch) has them sent
+/// before its refusal is known: they are counted as out of order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_row_holds_back_its_key_only() {
     for strict in [false, true] {
@@ -771,7 +773,9 @@ async fn a_refused_row_holds_back_its_key_only() {
             .spawn();
         let mut got = Vec::new();
         let mut failed_when = HashMap::new();
-        for _ in 0..5 {
+        // Strict: a, x, y before the refused row fails (b, c wait);
+        // pipelined: all five.
+        for _ in 0..if strict { 3 } else { 5 } {
             let m = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .expect("published")
@@ -786,6 +790,28 @@ async fn a_refused_row_holds_back_its_key_only() {
             || relay.report().failed == 1,
         )
         .await;
+        let failed = outbox.failed(10).await.unwrap();
+        assert_eq!(failed[0].payload.len(), 200);
+        if strict {
+            // b and c wait for the failed row, pending, until it is
+            // discarded (or retried).
+            assert!(
+                tokio::time::timeout(Duration::from_millis(500), events.next())
+                    .await
+                    .is_err(),
+                "a row of key k was published ahead of its failed row"
+            );
+            let status = outbox.status().await.unwrap();
+            assert_eq!((status.pending, status.blocked), (2, 2), "{status:?}");
+            assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
+            for _ in 0..2 {
+                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                    .await
+                    .expect("published once the failed row is discarded")
+                    .unwrap();
+                got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+            }
+        }
         let report = relay.shutdown().await;
         assert_eq!(report.refusals, 3, "strict {strict}: {report:?}");
         let k: Vec<&str> = got
@@ -794,15 +820,7 @@ async fn a_refused_row_holds_back_its_key_only() {
             .filter(|b| ["a", "b", "c"].contains(b))
             .collect();
         assert_eq!(k, ["a", "b", "c"], "strict {strict}: {got:?}");
-        // Strict: key k's later rows came only after the refused one was
-        // moved aside. Pipelined: they were in its batch, sent behind it
-        // before its refusal was known (counted as out of order). Key other
-        // did not wait for it either way.
         if strict {
-            assert_eq!(
-                failed_when["b"], 1,
-                "b was published before the refused row moved aside"
-            );
             assert_eq!(report.out_of_order, 0, "{report:?}");
         } else {
             assert_eq!(report.out_of_order, 2, "{report:?}");
@@ -811,7 +829,6 @@ async fn a_refused_row_holds_back_its_key_only() {
             failed_when["y"], 0,
             "strict {strict}: key other waited for key k"
         );
-        assert_eq!(outbox.failed(10).await.unwrap()[0].payload.len(), 200);
     }
 }
 
@@ -846,4 +863,315 @@ async fn the_status_check_names_what_holds_delivery_back() {
     assert_eq!(report.details["pending"], 1, "{}", report.details);
     assert!(report.details["held_by"]["pid"].as_i64().unwrap() > 0);
     open.rollback().await.unwrap();
+}
+
+/// A bus that checks events against a schema before sending them, as
+/// `ValidatingBus` does: a payload whose `email` is not a non-empty string
+/// is refused with `SchemaViolation` (nothing sent); the rest goes to an
+/// in-memory bus. `fixed` stands for a corrected schema: nothing refused.
+struct SchemaCheckBus {
+    inner: InMemoryBus,
+    fixed: std::sync::atomic::AtomicBool,
+}
+
+impl SchemaCheckBus {
+    fn check(&self, e: &Envelope) -> Result<(), event_bus::BusError> {
+        if self.fixed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&e.payload).unwrap_or_default();
+        match v["email"].as_str() {
+            Some(s) if !s.is_empty() => Ok(()),
+            _ => Err(event_bus::BusError::new(
+                ErrorKind::SchemaViolation,
+                format!(
+                    "{} does not match its schema: /email must be a non-empty string",
+                    e.subject
+                ),
+            )),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventBus for SchemaCheckBus {
+    fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> event_bus::PublishFuture<'a> {
+        match self.check(&Envelope::new(subject, payload.clone())) {
+            Err(e) => event_bus::PublishFuture::ready(Err(e)),
+            Ok(()) => self.inner.publish(subject, payload),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &str,
+    ) -> Result<event_bus::Subscription, event_bus::BusError> {
+        self.inner.subscribe(pattern).await
+    }
+
+    async fn publish_envelope(
+        &self,
+        envelope: Envelope,
+    ) -> Result<event_bus::PublishAck, event_bus::BusError> {
+        self.check(&envelope)?;
+        self.inner.publish_envelope(envelope).await
+    }
+
+    async fn publish_batch(
+        &self,
+        envelopes: Vec<Envelope>,
+    ) -> Vec<Result<event_bus::PublishAck, event_bus::BusError>> {
+        // As ValidatingBus: the valid ones go out in one batch, in order.
+        let checked: Vec<Result<Envelope, event_bus::BusError>> = envelopes
+            .into_iter()
+            .map(|e| self.check(&e).map(|()| e))
+            .collect();
+        let valid = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
+        let mut sent = self.inner.publish_batch(valid).await.into_iter();
+        checked
+            .into_iter()
+            .map(|c| c.and_then(|_| sent.next().expect("one result per envelope")))
+            .collect()
+    }
+}
+
+async fn enqueue_user(
+    outbox: &Outbox,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    key: &str,
+    email: &str,
+) -> String {
+    outbox
+        .enqueue_with_key(
+            tx,
+            key,
+            Envelope::new(
+                "out.user.created",
+                serde_json::to_vec(&serde_json::json!({ "email": email })).unwrap(),
+            ),
+        )
+        .await
+        .unwrap()
+        .to_string()
+}
+
+/// Outbox × contracts: a row the bus refuses for its schema
+/// (`SchemaViolation`, known before sending) is counted, moved to the
+/// failure table with the error, and does not keep `/readyz` failing; the
+/// later rows of its key are never published ahead of it, in the default
+/// pipelined mode as in strict order: they wait, pending, until it is
+/// discarded or retried (back at its place, ahead of them); other keys go
+/// on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
+    use event_bus::status::StatusCheck;
+    for strict in [false, true] {
+        let (_pg, pool) = pg().await;
+        let outbox = outbox(&pool).await;
+        let schema = Arc::new(SchemaCheckBus {
+            inner: InMemoryBus::new(),
+            fixed: false.into(),
+        });
+        let bus: Arc<dyn EventBus> = schema.clone();
+        let mut events = bus.subscribe("out.>").await.unwrap();
+        // Key ada: INVALID, then two valid rows; key bob: one valid row.
+        let mut tx = pool.begin().await.unwrap();
+        let bad = enqueue_user(&outbox, &mut tx, "ada", "").await;
+        let ada1 = enqueue_user(&outbox, &mut tx, "ada", "ada1@example.com").await;
+        let bob = enqueue_user(&outbox, &mut tx, "bob", "bob@example.com").await;
+        let ada2 = enqueue_user(&outbox, &mut tx, "ada", "ada2@example.com").await;
+        outbox.commit(tx).await.unwrap();
+        let relay = relay(&outbox, &bus)
+            .strict_order(strict)
+            .max_attempts(3)
+            .backoff(Duration::from_millis(20), Duration::from_millis(100))
+            .build()
+            .unwrap()
+            .spawn();
+        let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("key bob published")
+            .unwrap();
+        assert_eq!(m.id.to_string(), bob, "strict {strict}");
+        wait::until(
+            Duration::from_secs(20),
+            "the refused row in the failure table",
+            || relay.report().failed == 1,
+        )
+        .await;
+        let report = relay.report();
+        assert_eq!(
+            (report.refusals, report.bus_errors, report.out_of_order),
+            (3, 0, 0),
+            "strict {strict}: {report:?}"
+        );
+        let failed = outbox.failed(10).await.unwrap();
+        assert_eq!(failed.len(), 1, "strict {strict}: {failed:?}");
+        assert_eq!(failed[0].message_id, bad);
+        assert!(
+            failed[0].error.contains("schema_violation") && failed[0].error.contains("/email"),
+            "{}",
+            failed[0].error
+        );
+        // Key ada's later rows are held, not published ahead of it.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), events.next())
+                .await
+                .is_err(),
+            "strict {strict}: a row of key ada was published ahead of its refused row"
+        );
+        let status = outbox.status().await.unwrap();
+        assert_eq!(
+            (status.pending, status.blocked, status.failed),
+            (2, 2, 1),
+            "strict {strict}: {status:?}"
+        );
+        // Readiness: failed and blocked rows are reported, not unready.
+        // (A limit of zero: any row counted would make it unready.)
+        let check = outbox.status_check(Duration::ZERO);
+        let ready = check.check().await;
+        assert!(ready.ready, "{}", ready.summary);
+        assert!(
+            ready.summary.contains("1 failed") && ready.summary.contains("2 pending rows"),
+            "{}",
+            ready.summary
+        );
+        assert_eq!(ready.details["blocked"], 2, "{}", ready.details);
+
+        if strict {
+            // Discarded: the key goes on.
+            assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                    .await
+                    .expect("key ada goes on once its failed row is discarded")
+                    .unwrap();
+                ids.push(m.id.to_string());
+            }
+            assert_eq!(ids, [ada1.clone(), ada2.clone()]);
+        } else {
+            // The schema corrected, the row retried: back at its place,
+            // ahead of the rows that waited for it.
+            schema
+                .fixed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(outbox.retry_failed(&[failed[0].seq]).await.unwrap(), 1);
+            let mut ids = Vec::new();
+            for _ in 0..3 {
+                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                    .await
+                    .expect("key ada goes on once its failed row is retried")
+                    .unwrap();
+                ids.push(m.id.to_string());
+            }
+            assert_eq!(ids, [bad.clone(), ada1.clone(), ada2.clone()]);
+        }
+        let report = relay.shutdown().await;
+        assert_eq!(report.out_of_order, 0, "{report:?}");
+        assert_eq!(outbox.status().await.unwrap().pending, 0);
+    }
+}
+
+/// Dropping the relay's handle stops it and releases its lease: a relay
+/// started next (a restarted service) publishes at once, not after the
+/// lease (20 s here) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_relay_releases_its_lease() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let mut events = bus.subscribe("out.>").await.unwrap();
+    let build = || {
+        relay(&outbox, &bus)
+            .lease(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    };
+    let first = build().spawn();
+    enqueue_one(&outbox, &pool, "out.first", "1").await;
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the first relay publishes")
+        .unwrap();
+    assert!(first.is_leader());
+    let first_name = first.holder().to_string();
+    drop(first);
+    let started = std::time::Instant::now();
+    wait::until_async(Duration::from_secs(10), "the lease released", || async {
+        outbox.status().await.unwrap().relay.is_none()
+    })
+    .await;
+    let second = build().spawn();
+    assert_ne!(second.holder(), first_name);
+    let id = enqueue_one(&outbox, &pool, "out.second", "2").await;
+    let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the next relay publishes well within the dropped one's lease")
+        .unwrap();
+    assert_eq!(m.id.to_string(), id);
+    println!(
+        "published by the next relay {:?} after the drop",
+        started.elapsed()
+    );
+    assert_eq!(second.shutdown().await.published, 1);
+}
+
+/// `keep_published` retention: a published row is kept while younger than
+/// the retention and removed once older.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_rows_are_removed_after_the_retention() {
+    let (_pg, pool) = pg().await;
+    let outbox = outbox(&pool).await;
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let relay = relay(&outbox, &bus)
+        .keep_published(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .spawn();
+    let old = enqueue_one(&outbox, &pool, "out.old", "o").await;
+    let young = enqueue_one(&outbox, &pool, "out.young", "y").await;
+    wait::until_async(Duration::from_secs(10), "both published", || async {
+        outbox.status().await.unwrap().pending == 0
+    })
+    .await;
+    // Published an hour ago, and (its clock moved so that it stays young
+    // however slow this machine is) just now.
+    for (id, at) in [
+        (&old, "now() - interval '1 hour'"),
+        (&young, "now() + interval '1 hour'"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE event_bus_outbox SET published_at = {at} WHERE message_id = $1"
+        )))
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let kept = |id: String| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM event_bus_outbox WHERE message_id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n == 1
+        }
+    };
+    wait::until_async(Duration::from_secs(30), "the old row removed", || {
+        let k = kept(old.clone());
+        async move { !k.await }
+    })
+    .await;
+    assert!(
+        kept(young.clone()).await,
+        "a row younger than the retention was removed"
+    );
+    relay.shutdown().await;
 }

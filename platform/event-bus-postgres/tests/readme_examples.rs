@@ -367,8 +367,8 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<(Outbox
     let relay = OutboxRelay::builder(outbox.clone(), bus).build()?.spawn();
     Ok((outbox, relay))
 }
-// ... on shutdown: finishes the batch in flight, releases the lease at once
-// (a restarted instance publishes without waiting for it to expire)
+// ... on shutdown (dropping the handle does the same in the background): finishes
+// the batch in flight, releases the lease (a restarted instance publishes at once)
 // let report = relay.shutdown().await;
     }
 

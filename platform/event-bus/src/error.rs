@@ -72,12 +72,46 @@ impl ErrorKind {
         }
     }
 
-    /// Whether retrying the same operation later may succeed.
+    /// Whether retrying the same operation, unchanged, cannot succeed: the
+    /// request itself is refused (its subject, headers, size, payload,
+    /// schema, the caller's permissions or configuration), or the handle
+    /// it went through is closed. Someone has to change something (the
+    /// event, a schema, a permission, the configuration) first. The exact
+    /// complement of [`is_transient`](Self::is_transient).
+    ///
+    /// This `match` is the one place where kinds are classified (it has no
+    /// catch-all arm, so a new kind must be classified here to compile):
+    /// callers that decide between retrying and giving up (the outbox
+    /// relay, consumers) ask it instead of keeping their own lists.
+    pub fn is_permanent(self) -> bool {
+        match self {
+            ErrorKind::InvalidSubject
+            | ErrorKind::InvalidPattern
+            | ErrorKind::InvalidHeader
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::Closed
+            | ErrorKind::PermissionDenied
+            | ErrorKind::Unsupported
+            | ErrorKind::Config
+            | ErrorKind::Conflict
+            | ErrorKind::Codec
+            | ErrorKind::SchemaViolation => true,
+            // A condition of the backend that may pass by itself: a
+            // timeout, a lost connection, a stream not created yet or
+            // without a leader for the moment (NATS reports "no responders"
+            // during a leader election as a missing stream), any other
+            // backend failure.
+            ErrorKind::Timeout
+            | ErrorKind::Unavailable
+            | ErrorKind::NotFound
+            | ErrorKind::Backend => false,
+        }
+    }
+
+    /// Whether retrying the same operation later may succeed (the exact
+    /// complement of [`is_permanent`](Self::is_permanent)).
     pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Backend
-        )
+        !self.is_permanent()
     }
 }
 
@@ -224,5 +258,34 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some());
         assert!(e.to_string().ends_with("refused"));
         assert!(e.kind().is_transient());
+    }
+
+    #[test]
+    fn every_kind_is_either_permanent_or_transient() {
+        let permanent = [
+            ErrorKind::InvalidSubject,
+            ErrorKind::InvalidPattern,
+            ErrorKind::InvalidHeader,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::Closed,
+            ErrorKind::PermissionDenied,
+            ErrorKind::Unsupported,
+            ErrorKind::Config,
+            ErrorKind::Conflict,
+            ErrorKind::Codec,
+            ErrorKind::SchemaViolation,
+        ];
+        let transient = [
+            ErrorKind::Timeout,
+            ErrorKind::Unavailable,
+            ErrorKind::NotFound,
+            ErrorKind::Backend,
+        ];
+        for k in permanent {
+            assert!(k.is_permanent() && !k.is_transient(), "{k}");
+        }
+        for k in transient {
+            assert!(k.is_transient() && !k.is_permanent(), "{k}");
+        }
     }
 }

@@ -53,7 +53,11 @@
 //!   commit order; two transactions that overlap and enqueue under the same
 //!   key are published in the order they first wrote, even if the first
 //!   writer commits second. A failing row holds back its own key (with
-//!   backoff); other keys go on.
+//!   backoff); other keys go on. A row refused before it is sent (a schema
+//!   check) holds back the later rows of its key in the same batch too; a
+//!   row moved to the failure table keeps its key's later rows pending until
+//!   it is [retried](Outbox::retry_failed) (back at its place) or
+//!   [discarded](Outbox::discard_failed).
 //! * **Latency.** A transaction that has written anything (any table, any
 //!   database of the cluster) holds back every row enqueued after its first
 //!   write until it ends: a transaction open for a minute delays delivery by
@@ -162,13 +166,19 @@ pub struct FailedEvent {
 pub struct OutboxStatus {
     /// Rows not published yet.
     pub pending: u64,
-    /// The age of the oldest pending row.
+    /// The age of the oldest pending row that is not
+    /// [blocked](Self::blocked) behind a failed row.
     pub oldest_pending_age: Option<Duration>,
     /// Pending rows of finished transactions that are held back because an
     /// older transaction is still running (see [`held_by`](Self::held_by)).
     pub held_back: u64,
     /// Rows in the failure table.
     pub failed: u64,
+    /// Pending rows whose ordering key has a row in the failure table:
+    /// they wait for it (never published ahead of it) until it is
+    /// [retried](Outbox::retry_failed) or [discarded](Outbox::discard_failed).
+    /// Not counted in [`oldest_pending_age`](Self::oldest_pending_age).
+    pub blocked: u64,
     /// When rows are held back: the session whose running transaction
     /// holds the visibility horizon (the oldest one that has written).
     pub held_by: Option<BlockingSession>,
@@ -310,6 +320,9 @@ impl Outbox {
                 error TEXT NOT NULL,
                 failed_at TIMESTAMPTZ NOT NULL DEFAULT now()
             );
+            -- The row's place in line, so that a retried row goes back to it.
+            ALTER TABLE {failed} ADD COLUMN IF NOT EXISTS xid XID8;
+            CREATE INDEX IF NOT EXISTS {index}_failed_key ON {failed} (order_key);
             CREATE TABLE IF NOT EXISTS {lease} (
                 name TEXT PRIMARY KEY,
                 holder TEXT NOT NULL,
@@ -524,12 +537,15 @@ impl Outbox {
             lease,
             ..
         } = &self.tables;
-        let (pending, oldest, held_back): (i64, Option<f64>, i64) =
+        let (pending, oldest, held_back, blocked): (i64, Option<f64>, i64, i64) =
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT count(*),
-                        EXTRACT(EPOCH FROM now() - min(enqueued_at))::float8,
-                        count(*) FILTER (WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))
-                 FROM {rows} WHERE published_at IS NULL"
+                        EXTRACT(EPOCH FROM now() - min(enqueued_at) FILTER (WHERE NOT blocked))::float8,
+                        count(*) FILTER (WHERE xid >= pg_snapshot_xmin(pg_current_snapshot())),
+                        count(*) FILTER (WHERE blocked)
+                 FROM (SELECT enqueued_at, xid,
+                              EXISTS (SELECT 1 FROM {failed} AS f WHERE f.order_key = r.order_key) AS blocked
+                       FROM {rows} AS r WHERE published_at IS NULL) AS p"
             )))
             .fetch_one(&self.pool)
             .await
@@ -570,6 +586,7 @@ impl Outbox {
             oldest_pending_age: secs(oldest),
             held_back: held_back as u64,
             failed: failed_count as u64,
+            blocked: blocked as u64,
             held_by,
             prepared_transaction,
             relay: relay.map(|(h,)| h),
@@ -671,15 +688,18 @@ impl Outbox {
     }
 
     /// Moves failed events (by [`FailedEvent::seq`]) back to the pending
-    /// rows, behind everything pending now, with their ids unchanged;
-    /// returns how many were moved.
+    /// rows, at their place in line (ahead of the rows of their key that
+    /// waited for them), with their ids unchanged and their attempts reset;
+    /// returns how many were moved. (Rows failed before their place was
+    /// kept, by an older version, go behind everything pending now.)
     pub async fn retry_failed(&self, seqs: &[i64]) -> Result<u64, BusError> {
         let Tables { rows, failed, .. } = &self.tables;
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH moved AS (DELETE FROM {failed} WHERE seq = ANY($1)
-                 RETURNING seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at)
-             INSERT INTO {rows} (message_id, subject, order_key, header_names, header_values, payload, enqueued_at)
-             SELECT message_id, subject, order_key, header_names, header_values, payload, enqueued_at
+                 RETURNING seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at)
+             INSERT INTO {rows} (seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at)
+             OVERRIDING SYSTEM VALUE
+             SELECT seq, COALESCE(xid, pg_current_xact_id()), message_id, subject, order_key, header_names, header_values, payload, enqueued_at
              FROM moved ORDER BY seq"
         )))
         .bind(seqs)
@@ -691,6 +711,7 @@ impl Outbox {
     }
 
     /// Deletes failed events (by [`FailedEvent::seq`]); returns how many.
+    /// The rows of their keys that waited for them go on.
     pub async fn discard_failed(&self, seqs: &[i64]) -> Result<u64, BusError> {
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {} WHERE seq = ANY($1)",
@@ -700,6 +721,7 @@ impl Outbox {
         .execute(&self.pool)
         .await
         .map_err(|e| db_error("outbox: discarding failed rows", e))?;
+        self.wake();
         Ok(r.rows_affected())
     }
 }
@@ -707,7 +729,11 @@ impl Outbox {
 /// The outbox as a [`StatusCheck`](event_bus::status::StatusCheck) for the
 /// monitoring endpoints: ready while the oldest pending row is younger than
 /// `max_age` and the status can be read; the details are the
-/// [`OutboxStatus`]. Built by [`Outbox::status_check`].
+/// [`OutboxStatus`]. Rows in the failure table, and the rows of their keys
+/// that wait for them ([`OutboxStatus::blocked`]), do not make it unready
+/// (taking the instance out of a load balancer fixes none of them): they
+/// are in its summary and details, and in the `event_bus.outbox.failed_rows`
+/// gauge to alert on. Built by [`Outbox::status_check`].
 #[derive(Clone, Debug)]
 pub struct OutboxCheck {
     outbox: Outbox,
@@ -716,8 +742,10 @@ pub struct OutboxCheck {
 
 impl Outbox {
     /// This outbox as a status check: not ready once a row has waited
-    /// longer than `max_age` (the relay down, the bus refusing, a long
-    /// transaction holding delivery back).
+    /// longer than `max_age` (the relay down, the bus unavailable, a long
+    /// transaction holding delivery back); rows in the failure table and
+    /// the rows blocked behind them are reported, not counted against
+    /// readiness (see [`OutboxCheck`]).
     pub fn status_check(&self, max_age: Duration) -> OutboxCheck {
         OutboxCheck {
             outbox: self.clone(),
@@ -752,6 +780,12 @@ impl event_bus::status::StatusCheck for OutboxCheck {
                     self.max_age.as_secs_f64(),
                     s.failed
                 );
+                if s.blocked > 0 {
+                    summary.push_str(&format!(
+                        " ({} pending rows of their keys wait for them to be retried or discarded)",
+                        s.blocked
+                    ));
+                }
                 if let Some(b) = &s.held_by {
                     summary.push_str(&format!(
                         "; {} rows held back by session {} ({})",
@@ -769,6 +803,7 @@ impl event_bus::status::StatusCheck for OutboxCheck {
                         "oldest_pending_seconds": s.oldest_pending_age.map(|d| d.as_secs_f64()),
                         "held_back": s.held_back,
                         "failed": s.failed,
+                        "blocked": s.blocked,
                         "held_by": s.held_by.as_ref().map(|b| json!({
                             "pid": b.pid,
                             "database": b.database,

@@ -30,11 +30,13 @@ pub struct RelayReport {
     /// Rows moved to the failure table after the bus refused them
     /// `max_attempts` times.
     pub failed: u64,
-    /// Refused publishes counted against a row (invalid subject, too large,
-    /// permission, no stream).
+    /// Refused publishes counted against a row: errors whose kind
+    /// [is permanent](event_bus::ErrorKind::is_permanent) (a schema
+    /// violation, an invalid subject or header, too large, no permission).
     pub refusals: u64,
-    /// Publishes that failed without counting against the row (bus
-    /// unavailable, timeout): retried with backoff.
+    /// Publishes that failed without counting against the row (a
+    /// [transient](event_bus::ErrorKind::is_transient) error: bus
+    /// unavailable, timeout, no stream yet): retried with backoff.
     pub bus_errors: u64,
     /// Rows acknowledged after an earlier row of the same key failed in the
     /// same batch (published ahead of it: see the module docs).
@@ -128,9 +130,11 @@ impl OutboxRelay {
         &self.holder
     }
 
-    /// Starts the relay on the current Tokio runtime. Dropping the handle
-    /// leaves it running (detached); stop it with
-    /// [`RelayHandle::shutdown`].
+    /// Starts the relay on the current Tokio runtime. It runs as long as
+    /// the handle is kept: [`RelayHandle::shutdown`] stops it and returns
+    /// its report; dropping the handle stops it too (in the background:
+    /// the current batch finishes, the lease is released so that another
+    /// relay, e.g. a restarted service's, takes over at once).
     pub fn spawn(self) -> RelayHandle {
         let report = Arc::new(Mutex::new(RelayReport::default()));
         let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -163,6 +167,7 @@ impl OutboxRelay {
             task: Some(task),
             listener,
             holder,
+            stop_on_drop: true,
         }
     }
 }
@@ -207,8 +212,13 @@ impl OutboxRelayBuilder {
         self
     }
 
-    /// How many refusals (invalid subject, too large, permission, no
-    /// stream) a row gets before it moves to the failure table (default 5).
+    /// How many refusals (errors whose kind
+    /// [is permanent](event_bus::ErrorKind::is_permanent): a schema
+    /// violation, an invalid subject, too large, no permission) a row gets
+    /// before it moves to the failure table (default 5). The later rows of
+    /// its key then wait for it there, pending, until it is
+    /// [retried](super::Outbox::retry_failed) or
+    /// [discarded](super::Outbox::discard_failed).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.config.max_attempts = n;
         self
@@ -242,8 +252,11 @@ impl OutboxRelayBuilder {
 
     /// Publish at most one row per ordering key at a time (default off).
     ///
-    /// By default a batch is pipelined: rows of one key follow each other
-    /// on the wire before the first is acknowledged. If the connection to
+    /// By default a batch is pipelined in two rounds: each key's first row,
+    /// then (for the keys whose first row was acknowledged) the key's later
+    /// rows, following each other on the wire before the first is
+    /// acknowledged; a row refused before it is sent (a schema check) as
+    /// its key's first row holds the rest of its key back. If the connection to
     /// the broker breaks in the middle, a row sent before the break can be
     /// lost while a later row of its key, sent after the reconnect, is
     /// stored; the lost row is published again afterwards, out of order.
@@ -337,9 +350,12 @@ impl OutboxRelayBuilder {
     }
 }
 
-/// A running relay: its report, graceful shutdown.
+/// A running relay: its report, graceful shutdown. Dropping it stops the
+/// relay as [`shutdown`](Self::shutdown) does, without waiting: the
+/// current batch finishes and the lease is released (within the lease's
+/// length) on the relay's own task.
 #[derive(Debug)]
-#[must_use = "dropping the handle leaves the relay running detached; keep it to shut the relay down"]
+#[must_use = "dropping the handle stops the relay; keep it as long as the relay should run"]
 pub struct RelayHandle {
     report: Arc<Mutex<RelayReport>>,
     leader: Arc<std::sync::atomic::AtomicBool>,
@@ -347,6 +363,21 @@ pub struct RelayHandle {
     task: Option<tokio::task::JoinHandle<()>>,
     listener: Option<tokio::task::JoinHandle<()>>,
     holder: String,
+    /// False after [`abort`](Self::abort).
+    stop_on_drop: bool,
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        // The worker sees the stop, finishes its batch, releases the lease
+        // and ends, on its own task (nothing to await here).
+        if self.stop_on_drop {
+            let _ = self.stop.send(true);
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+    }
 }
 
 impl RelayHandle {
@@ -386,6 +417,7 @@ impl RelayHandle {
     /// lease is not released and the current batch may be published but
     /// not removed.
     pub fn abort(mut self) {
+        self.stop_on_drop = false;
         if let Some(task) = self.task.take() {
             task.abort();
         }

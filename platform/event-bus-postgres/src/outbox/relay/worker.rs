@@ -103,25 +103,6 @@ async fn finish(removal: Option<Removal>) -> Result<(), BusError> {
     }
 }
 
-/// Whether an error is the bus refusing this row for good (counted towards
-/// `max_attempts`: invalid subject or header, too large, permission), as
-/// opposed to a condition that passes (unavailable, timeout, no stream yet
-/// or no stream leader: NATS reports "no responders" during a leader
-/// election as a missing stream), which only delays the row.
-fn is_refusal(kind: ErrorKind) -> bool {
-    matches!(
-        kind,
-        ErrorKind::InvalidSubject
-            | ErrorKind::InvalidPattern
-            | ErrorKind::InvalidHeader
-            | ErrorKind::PayloadTooLarge
-            | ErrorKind::PermissionDenied
-            | ErrorKind::Unsupported
-            | ErrorKind::Config
-            | ErrorKind::Codec
-    )
-}
-
 fn backoff_step(config: &Config, failures: u32) -> Duration {
     let factor = 1u32
         .checked_shl(failures.saturating_sub(1).min(20))
@@ -210,7 +191,8 @@ impl Worker {
             tracing::warn!(error = %e, "outbox relay: removing the last published rows failed; they are published again (with their ids) by the next relay");
         }
         if self.lease_until.is_some() {
-            let _ = self.release().await;
+            // Bounded: past the lease it has expired anyway.
+            let _ = tokio::time::timeout(self.config.lease, self.release()).await;
         }
         self.leader
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -296,11 +278,7 @@ impl Worker {
                 // Chains stop at the deadline: what was acknowledged counts.
                 Some(publish_chains(self.bus.as_ref(), envelopes, &keys, deadline).await)
             } else {
-                let results = tokio::time::timeout_at(deadline, self.bus.publish_batch(envelopes));
-                results
-                    .await
-                    .ok()
-                    .map(|r| r.into_iter().map(Some).collect())
+                publish_pipelined(self.bus.as_ref(), envelopes, &keys, deadline).await
             }
         }
         .instrument(span);
@@ -434,8 +412,11 @@ impl Worker {
             .collect();
         let rows: Vec<Raw> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT seq, message_id, subject, order_key, header_names, header_values, payload, attempts
-             FROM {}
+             FROM {rows} AS r
              WHERE published_at IS NULL
+               -- a key with a row in the failure table waits for it (until
+               -- it is retried or discarded): never published ahead of it
+               AND NOT EXISTS (SELECT 1 FROM {failed} AS f WHERE f.order_key = r.order_key)
                AND (xid < pg_snapshot_xmin(pg_current_snapshot())
                     -- a committed row whose xid this cluster has not handed
                     -- out yet was copied from another cluster (restore):
@@ -444,7 +425,8 @@ impl Worker {
                AND NOT (seq = ANY($3))
              ORDER BY xid, seq
              LIMIT $2",
-            self.outbox.tables().rows
+            rows = self.outbox.tables().rows,
+            failed = self.outbox.tables().failed,
         )))
         .bind(held)
         .bind(self.batch_limit as i64)
@@ -505,7 +487,12 @@ impl Worker {
                 }
                 Err(e) => {
                     let first = failed_keys.insert(row.order_key.as_str(), ()).is_none();
-                    if is_refusal(e.kind()) {
+                    // Classified by the error itself (`ErrorKind::is_permanent`):
+                    // the bus refusing this row (a schema violation, an
+                    // invalid subject, too large, no permission) counts
+                    // against it; a condition that passes (unavailable,
+                    // timeout, no stream yet) only delays it.
+                    if e.kind().is_permanent() {
                         refused.push((row, e));
                     } else {
                         bus_errors += 1;
@@ -563,8 +550,8 @@ impl Worker {
                 self.move_to_failed(row.seq, &text).await?;
                 self.held.remove(row.order_key.as_str());
                 failed += 1;
-                tracing::error!(message_id = %row.message_id, subject = %row.subject, error = %text,
-                    "outbox relay: the bus refused the event {} times; moved to the failure table", self.config.max_attempts);
+                tracing::error!(message_id = %row.message_id, subject = %row.subject, order_key = %row.order_key, error = %text,
+                    "outbox relay: the bus refused the event {} times; moved to the failure table, where its key's later rows wait for it to be retried or discarded", self.config.max_attempts);
             } else {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE {rows_table} SET attempts = attempts + 1, last_error = $2 WHERE seq = $1"
@@ -651,9 +638,9 @@ impl Worker {
         let Tables { rows, failed, .. } = self.outbox.tables();
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "WITH moved AS (DELETE FROM {rows} WHERE seq = $1
-                 RETURNING seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts)
-             INSERT INTO {failed} (seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts, error)
-             SELECT seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts + 1, $2 FROM moved"
+                 RETURNING seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts)
+             INSERT INTO {failed} (seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts, error)
+             SELECT seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts + 1, $2 FROM moved"
         )))
         .bind(seq)
         .bind(error)
@@ -662,6 +649,69 @@ impl Worker {
         .map_err(|e| db_error("outbox relay: moving a refused row to the failure table", e))?;
         Ok(())
     }
+}
+
+/// Pipelined (the default): the batch in at most two pipelined rounds. The
+/// first sends each key's first row of the batch, the second the later rows
+/// of the keys whose first row the bus acknowledged. A key whose first row
+/// failed (refused before it was sent, e.g. by a schema check, or not
+/// acknowledged) keeps its later rows back (`None`: not sent), so they are
+/// never published ahead of it. A batch with one row per key takes one
+/// round. `None` when the first round missed the deadline; rows of the
+/// second round that missed it are timeouts (sent again later, same ids).
+/// Results in the order of `envelopes`.
+async fn publish_pipelined(
+    bus: &dyn EventBus,
+    envelopes: Vec<Envelope>,
+    keys: &[&str],
+    deadline: tokio::time::Instant,
+) -> Option<Vec<Option<Result<PublishAck, BusError>>>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut first: Vec<(usize, Envelope)> = Vec::new();
+    let mut rest: Vec<(usize, Envelope)> = Vec::new();
+    for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
+        if seen.insert(*key) {
+            first.push((i, envelope));
+        } else {
+            rest.push((i, envelope));
+        }
+    }
+    let mut results: Vec<Option<Result<PublishAck, BusError>>> =
+        (0..keys.len()).map(|_| None).collect();
+    let (at, batch): (Vec<usize>, Vec<Envelope>) = first.into_iter().unzip();
+    let acks = tokio::time::timeout_at(deadline, bus.publish_batch(batch))
+        .await
+        .ok()?;
+    let mut failed = std::collections::HashSet::new();
+    for (i, r) in at.into_iter().zip(acks) {
+        if r.is_err() {
+            failed.insert(keys[i]);
+        }
+        results[i] = Some(r);
+    }
+    let (at, batch): (Vec<usize>, Vec<Envelope>) = rest
+        .into_iter()
+        .filter(|(i, _)| !failed.contains(keys[*i]))
+        .unzip();
+    if batch.is_empty() {
+        return Some(results);
+    }
+    match tokio::time::timeout_at(deadline, bus.publish_batch(batch)).await {
+        Ok(acks) => {
+            for (i, r) in at.into_iter().zip(acks) {
+                results[i] = Some(r);
+            }
+        }
+        Err(_) => {
+            for i in at {
+                results[i] = Some(Err(BusError::new(
+                    ErrorKind::Timeout,
+                    "outbox relay: the publish was not acknowledged before the batch's deadline",
+                )));
+            }
+        }
+    }
+    Some(results)
 }
 
 /// Strict order: the rows of each key published one after another (the
