@@ -393,6 +393,18 @@ pub enum DlqCommand {
 }
 
 impl Cli {
+    /// Whether the in-memory bus was chosen explicitly (`EVENT_BUS_TYPE`, or
+    /// a configuration file or context), rather than left as the default.
+    fn memory_chosen(&self) -> bool {
+        std::env::var("EVENT_BUS_TYPE").is_ok_and(|t| !t.trim().is_empty())
+            || self.config.is_some()
+            || std::env::var("EVENT_BUS_CONFIG").is_ok_and(|c| !c.is_empty())
+            || context::chosen(self.context.as_deref())
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.config.is_some())
+    }
+
     /// The configuration: the file, else the environment, with the flags
     /// applied on top.
     fn bus_config(&self) -> Result<BusConfig, event_bus::BusError> {
