@@ -279,6 +279,7 @@ impl std::fmt::Debug for DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
 
     /// `next(Duration::MAX)` waits without a deadline (`Instant + wait`
     /// panicked): here it returns the dead letter published meanwhile.
@@ -300,5 +301,53 @@ mod tests {
             .unwrap()
             .expect("a dead letter");
         assert_eq!(&d.message().payload[..], b"x");
+    }
+
+    /// On the in-memory bus as on NATS: reading changes nothing (two
+    /// readers see the letter), a replay removes it from the log for every
+    /// reader, and a replay of a stale copy is refused.
+    #[tokio::test]
+    async fn replay_removes_the_letter_for_every_reader() {
+        let bus: Arc<dyn EventBus> =
+            Arc::new(crate::InMemoryBus::with_config(crate::MemoryConfig {
+                log_from_start: true,
+                ..Default::default()
+            }));
+        let mut replayed = bus.subscribe("orders.>").await.unwrap();
+        bus.publish_envelope(
+            Envelope::new("dlq.t", b"x".to_vec())
+                .header(dlq::ORIGINAL_SUBJECT, "orders.created")
+                .header(dlq::ORIGINAL_ID, "o-1"),
+        )
+        .await
+        .unwrap();
+        let open = |pattern: &'static str| DeadLetterQueue::open(bus.clone(), pattern, "r");
+        let first = open("dlq.t")
+            .await
+            .unwrap()
+            .list(10, Duration::ZERO)
+            .await
+            .unwrap();
+        let second = open("dlq.>")
+            .await
+            .unwrap()
+            .list(10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((first.len(), second.len()), (1, 1));
+        let mut first = first.into_iter();
+        first.next().unwrap().replay().await.unwrap();
+        let m = replayed.next().await.unwrap();
+        assert_eq!(m.subject, "orders.created");
+        let stale = second.into_iter().next().unwrap();
+        let e = stale.replay().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert!(open("dlq.>")
+            .await
+            .unwrap()
+            .next(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none());
     }
 }
