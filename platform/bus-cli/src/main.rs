@@ -1,7 +1,10 @@
 //! `bus`: operate an event bus from the command line.
 //!
 //! It connects from the same configuration as services (`EVENT_BUS_*`,
-//! `EVENT_BUS_CONFIG`), overridable with `--config`, `--url` and `--tenant`.
+//! `EVENT_BUS_CONFIG`), overridable with `--config`, `--url` and `--tenant`;
+//! without NATS configured every command fails saying how to configure it
+//! (an in-memory bus is reachable from no other process; `bench` alone uses
+//! one, when `EVENT_BUS_TYPE=memory` asks for it).
 //! Every command prints a table or lines for people, or with `--json` one
 //! JSON document (or one JSON object per line for streams of messages).
 //! Exit codes: 0 done, 1 failed (or unhealthy), 2 bad usage.
