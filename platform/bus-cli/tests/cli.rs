@@ -266,6 +266,20 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
             .is_some_and(|t| t.ends_with('Z')),
         "{listed}"
     );
+    // The table has the time column (as the README shows).
+    let u = url.clone();
+    let table = tokio::task::spawn_blocking(move || bus(&u, &["dlq", "ls", "dlq.billing"]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().next().is_some_and(|h| h.contains("TIME")),
+        "{text}"
+    );
+    assert!(
+        text.contains(dead[0]["dead_lettered_at"].as_str().unwrap()),
+        "{text}"
+    );
     let id = dead[0]["id"].as_str().unwrap().to_string();
     let (u, i) = (url.clone(), id.clone());
     let (shown, recent) = tokio::task::spawn_blocking(move || {
@@ -648,19 +662,7 @@ async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
 async fn named_contexts_choose_the_server() {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], extra: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
-        c.args(args)
-            .env("XDG_CONFIG_HOME", home.path())
-            .env_remove("EVENT_BUS_CONFIG")
-            .env_remove("EVENT_BUS_TYPE")
-            .env_remove("EVENT_BUS_NATS_URL")
-            .env_remove("BUS_CONTEXT");
-        for (k, v) in extra {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    };
+    let run = |args: &[&str], extra: &[(&str, &str)]| unconfigured(home.path(), args, extra);
     // Without a context (or any configuration) every command fails, saying
     // how to configure a backend: never a silent in-memory bus.
     no_backend(&run(&["health", "--json"], &[]));
@@ -692,6 +694,21 @@ async fn named_contexts_choose_the_server() {
     no_backend(&run(&["health", "--json"], &[]));
 }
 
+/// Runs `bus` with no configuration but `extra` (contexts kept in `home`).
+fn unconfigured(home: &std::path::Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
+    c.args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("EVENT_BUS_CONFIG")
+        .env_remove("EVENT_BUS_TYPE")
+        .env_remove("EVENT_BUS_NATS_URL")
+        .env_remove("BUS_CONTEXT");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
 /// Checks that a run failed for want of a configured backend, saying how
 /// to configure one.
 fn no_backend(out: &Output) {
@@ -709,19 +726,7 @@ fn no_backend(out: &Output) {
 #[test]
 fn without_a_configured_backend_every_command_fails_saying_how_to_configure_one() {
     let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], extra: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
-        c.args(args)
-            .env("XDG_CONFIG_HOME", home.path())
-            .env_remove("EVENT_BUS_CONFIG")
-            .env_remove("EVENT_BUS_TYPE")
-            .env_remove("EVENT_BUS_NATS_URL")
-            .env_remove("BUS_CONTEXT");
-        for (k, v) in extra {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    };
+    let run = |args: &[&str], extra: &[(&str, &str)]| unconfigured(home.path(), args, extra);
     for args in [
         &["health"][..],
         &["health", "--json"],
