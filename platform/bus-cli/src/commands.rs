@@ -603,8 +603,19 @@ async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<Dead
 async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<ExitCode, BusError> {
     match cmd {
         DlqCommand::Ls(filter) => {
-            let found = matching(bus, filter).await?;
+            let found = matching(bus.clone(), filter).await?;
             let rows: Vec<Value> = found.iter().map(dead_letter_json).collect();
+            if rows.is_empty() && !cli.json {
+                // Said on stderr: stdout stays the (empty) table.
+                if bus.stored_streams(&filter.subject).await?.is_empty() {
+                    eprintln!(
+                        "no stream stores subjects matching {:?}: no dead letters there",
+                        filter.subject
+                    );
+                } else {
+                    eprintln!("no dead letters on {:?}", filter.subject);
+                }
+            }
             print_rows(cli, rows, |rows| {
                 print_table(
                     &[

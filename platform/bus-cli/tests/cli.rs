@@ -846,6 +846,13 @@ async fn listing_dead_letters_creates_nothing() {
         let listed = json_off_thread(&url, &["dlq", "ls", pattern, "--json"]).await;
         assert_eq!(listed, serde_json::json!([]), "{pattern}");
     }
+    let text = bus(&url, &["dlq", "ls", "dlq.>"]);
+    succeeded(&text);
+    let said = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        said.contains("no stream stores subjects matching \"dlq.>\""),
+        "{said}"
+    );
     let streams = json(&bus(&url, &["streams", "ls", "--json"]));
     assert_eq!(streams, serde_json::json!([]), "no stream created");
     // The service's own stream for its dead letters: no overlap.
