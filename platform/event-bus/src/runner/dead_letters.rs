@@ -190,6 +190,25 @@ impl DeadLetter {
     /// the dead letter from its stream. A dead letter removed already (by
     /// another reader's replay or discard) is refused as `NotFound`.
     pub async fn replay(self) -> Result<PublishAck, BusError> {
+        // Refused before publishing when it is gone already (a copy listed
+        // before another reader removed it, perhaps past the duplicate
+        // window); a race with another replay past this check is
+        // de-duplicated by the derived id.
+        let stored = self
+            .bus
+            .read_stored(
+                &self.stream,
+                self.message.subject.as_str(),
+                self.message.sequence,
+                1,
+            )
+            .await?;
+        if stored
+            .first()
+            .is_none_or(|m| m.sequence != self.message.sequence)
+        {
+            return Err(self.gone("replayed"));
+        }
         let msg = &self.message;
         let subject = self
             .original_subject()
@@ -240,15 +259,19 @@ impl DeadLetter {
             .delete_stored(&self.stream, self.message.sequence)
             .await
             .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => BusError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "dead letter {} (stream {}, sequence {}) was already replayed or discarded (or expired); not {what} again",
-                        self.message.id, self.stream, self.message.sequence
-                    ),
-                ),
+                ErrorKind::NotFound => self.gone(what),
                 _ => e,
             })
+    }
+
+    fn gone(&self, what: &str) -> BusError {
+        BusError::new(
+            ErrorKind::NotFound,
+            format!(
+                "dead letter {} (stream {}, sequence {}) was already replayed or discarded (or expired); not {what} again",
+                self.message.id, self.stream, self.message.sequence
+            ),
+        )
     }
 
     /// Leaves the dead letter stored; this reader lists it again in a second.
@@ -305,12 +328,14 @@ mod tests {
 
     /// On the in-memory bus as on NATS: reading changes nothing (two
     /// readers see the letter), a replay removes it from the log for every
-    /// reader, and a replay of a stale copy is refused.
+    /// reader, and a replay of a stale copy is refused (before publishing:
+    /// the duplicate window here is too short to drop it).
     #[tokio::test]
     async fn replay_removes_the_letter_for_every_reader() {
         let bus: Arc<dyn EventBus> =
             Arc::new(crate::InMemoryBus::with_config(crate::MemoryConfig {
                 log_from_start: true,
+                dedup_window: Duration::from_nanos(1),
                 ..Default::default()
             }));
         let mut replayed = bus.subscribe("orders.>").await.unwrap();
@@ -342,6 +367,10 @@ mod tests {
         let stale = second.into_iter().next().unwrap();
         let e = stale.replay().await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        // Refused before publishing: the next message on the subscription
+        // is a marker published after.
+        bus.publish("orders.marker", b"m".to_vec()).await.unwrap();
+        assert_eq!(replayed.next().await.unwrap().subject, "orders.marker");
         assert!(open("dlq.>")
             .await
             .unwrap()
