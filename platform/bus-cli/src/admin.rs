@@ -14,6 +14,18 @@ fn secs(d: Option<std::time::Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
 
+/// A PostgreSQL error said once: the server's message and SQLSTATE (sqlx's
+/// own text adds "at line N", the line in the server's C source).
+fn pg_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// `bus outbox ...`.
 pub async fn outbox(
     cli: &Cli,
@@ -26,10 +38,13 @@ pub async fn outbox(
         .connect(url)
         .await
         .map_err(|e| {
-            BusError::with_source(
+            BusError::new(
                 ErrorKind::Unavailable,
-                format!("connecting to PostgreSQL: {e}"),
-                e,
+                format!(
+                    "cannot connect to PostgreSQL at {}: {}",
+                    event_bus::config::redact_url(url),
+                    pg_error(&e)
+                ),
             )
         })?;
     let outbox = Outbox::with_table(pool, table)?;

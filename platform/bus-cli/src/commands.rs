@@ -12,10 +12,24 @@ use std::time::Duration;
 
 /// Runs the command: the exit code, or the error to report.
 pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
-    if let Command::Context(cmd) = &cli.command {
-        return crate::context::run(cli, cmd);
+    match &cli.command {
+        Command::Context(cmd) => return crate::context::run(cli, cmd),
+        Command::Outbox {
+            database_url,
+            table,
+            command,
+        } => return crate::admin::outbox(cli, database_url, table, command).await,
+        _ => {}
     }
     let config = cli.bus_config()?;
+    // An in-memory bus lives inside one process: no command can reach a
+    // service's through it. Only a benchmark, which runs both sides
+    // itself, may use one, when asked for explicitly.
+    if config.bus_type != BusType::Nats
+        && !(matches!(cli.command, Command::Bench(_)) && cli.memory_chosen())
+    {
+        return Err(no_backend(cli.memory_chosen()));
+    }
     match &cli.command {
         Command::Pub {
             subject,
@@ -47,8 +61,16 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
         }
         Command::Context(_) => unreachable!("handled above"),
         Command::Health => {
-            let bus = event_bus::connect(&config).await?;
-            let h = bus.health().await;
+            // A server that cannot be reached is an unhealthy bus (the
+            // health shape, exit code 1), not a failed command.
+            let h = match event_bus::connect(&config).await {
+                Ok(bus) => bus.health().await,
+                Err(e) => event_bus::HealthReport::new(
+                    "nats",
+                    event_bus::HealthStatus::Unhealthy,
+                    e.to_string(),
+                ),
+            };
             let status = format!("{:?}", h.status).to_lowercase();
             if cli.json {
                 println!(
@@ -73,11 +95,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
             let bus = event_bus::connect(&config).await?;
             consume(cli, bus.as_ref(), name, pattern, until, *no_ack).await
         }
-        Command::Outbox {
-            database_url,
-            table,
-            command,
-        } => crate::admin::outbox(cli, database_url, table, command).await,
+        Command::Outbox { .. } => unreachable!("handled above"),
         Command::Schema { bucket, command } => {
             crate::admin::schema(cli, &config, bucket, command).await
         }
@@ -103,7 +121,23 @@ async fn nats(config: &event_bus::BusConfig) -> Result<NatsBus, BusError> {
 }
 
 fn backend(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> BusError {
-    BusError::with_source(ErrorKind::Backend, format!("{what}: {e}"), e)
+    // The source is printed after the message: not repeated in it.
+    BusError::with_source(ErrorKind::Backend, what, e)
+}
+
+/// Why a command refuses the in-memory bus, and how to configure NATS.
+fn no_backend(memory_chosen: bool) -> BusError {
+    let what = if memory_chosen {
+        "the configuration chooses the in-memory bus, which lives inside one process: `bus` cannot reach a service's through it (only `bus bench` can use it)"
+    } else {
+        "no event bus configured"
+    };
+    BusError::new(
+        ErrorKind::Config,
+        format!(
+            "{what}; point `bus` at NATS with --url nats://HOST:4222, or EVENT_BUS_TYPE=nats and EVENT_BUS_NATS_URL=nats://HOST:4222, or a configuration file with type = \"nats\" (--config FILE or EVENT_BUS_CONFIG), or a saved context (--context NAME; `bus context save NAME --server nats://HOST:4222`)"
+        ),
+    )
 }
 
 /// Replaces `{{counter}}` and `{{timestamp}}` (RFC 3339) in `template`.
@@ -524,6 +558,7 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
     let m = d.message();
     json!({
         "id": m.id.to_string(),
+        "stream": d.stream(),
         "sequence": m.sequence,
         "original_subject": d.original_subject(),
         "original_id": d.original_id(),
@@ -536,13 +571,15 @@ fn dead_letter_json(d: &DeadLetter) -> Value {
     })
 }
 
-/// The dead letters that pass `filter`; the others are kept (left).
+/// The dead letters stored on `filter.subject` that pass `filter`, read
+/// without creating anything on the bus (no stream, no consumer).
 async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<DeadLetter>, BusError> {
-    let reader = format!("bus-cli-{}", filter.subject.replace(['.', '*', '>'], "_"));
-    let mut queue = DeadLetterQueue::open(bus, &filter.subject, &reader).await?;
-    let all = queue.list(filter.max, Duration::from_millis(750)).await?;
+    let mut queue = DeadLetterQueue::open(bus, &filter.subject, "bus-cli").await?;
     let mut out = Vec::new();
-    for d in all {
+    while out.len() < filter.max {
+        let Some(d) = queue.next(Duration::ZERO).await? else {
+            break;
+        };
         let recent = filter.since.is_none_or(|since| {
             d.dead_lettered_at()
                 .is_some_and(|at| at.elapsed().unwrap_or_default() <= Duration::from(since))
@@ -558,8 +595,6 @@ async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<Dead
                 .is_none_or(|t| d.reason().is_some_and(|r| r.contains(t)));
         if keep {
             out.push(d);
-        } else {
-            d.keep_for(None).await?;
         }
     }
     Ok(out)
@@ -568,17 +603,33 @@ async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<Dead
 async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<ExitCode, BusError> {
     match cmd {
         DlqCommand::Ls(filter) => {
-            let found = matching(bus, filter).await?;
+            let found = matching(bus.clone(), filter).await?;
             let rows: Vec<Value> = found.iter().map(dead_letter_json).collect();
-            for d in found {
-                d.keep_for(None).await?;
+            if rows.is_empty() && !cli.json {
+                // Said on stderr: stdout stays the (empty) table.
+                if bus.stored_streams(&filter.subject).await?.is_empty() {
+                    eprintln!(
+                        "no stream stores subjects matching {:?}: no dead letters there",
+                        filter.subject
+                    );
+                } else {
+                    eprintln!("no dead letters on {:?}", filter.subject);
+                }
             }
             print_rows(cli, rows, |rows| {
                 print_table(
-                    &["id", "original subject", "consumer", "deliveries", "reason"],
+                    &[
+                        "id",
+                        "time",
+                        "original subject",
+                        "consumer",
+                        "deliveries",
+                        "reason",
+                    ],
                     rows.iter().map(|r| {
                         vec![
                             r["id"].as_str().unwrap_or_default().to_string(),
+                            r["dead_lettered_at"].as_str().unwrap_or("-").to_string(),
                             r["original_subject"]
                                 .as_str()
                                 .unwrap_or_default()
@@ -602,29 +653,26 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
                 consumer: None,
                 error_contains: None,
                 since: None,
-                max: 100_000,
+                max: usize::MAX,
             };
-            let mut found = None;
-            for d in matching(bus, &filter).await? {
-                if found.is_none() && d.message().id.to_string() == *id {
-                    let mut v = dead_letter_json(&d);
-                    v["headers"] = d
-                        .message()
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                        .collect::<serde_json::Map<_, _>>()
-                        .into();
-                    found = Some(v);
-                }
-                d.keep_for(None).await?;
-            }
-            let v = found.ok_or_else(|| {
+            let found = matching(bus, &filter)
+                .await?
+                .into_iter()
+                .find(|d| d.message().id.to_string() == *id);
+            let d = found.ok_or_else(|| {
                 BusError::new(
                     ErrorKind::NotFound,
                     format!("no dead letter {id:?} on {subject:?}"),
                 )
             })?;
+            let mut v = dead_letter_json(&d);
+            v["headers"] = d
+                .message()
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
             if cli.json {
                 println!("{v}");
             } else {
@@ -645,14 +693,11 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             for d in found {
                 bar.inc(1);
                 let row = dead_letter_json(&d);
-                if *dry_run {
-                    d.keep_for(None).await?;
-                } else {
-                    let ack = d.replay().await?;
+                if !*dry_run {
+                    d.replay().await?;
                     if let Some(p) = pause {
                         tokio::time::sleep(p).await;
                     }
-                    let _ = ack;
                 }
                 done.push(row);
             }
@@ -668,9 +713,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             let mut done = Vec::new();
             for d in found {
                 done.push(dead_letter_json(&d));
-                if *dry_run {
-                    d.keep_for(None).await?;
-                } else {
+                if !*dry_run {
                     d.discard().await?;
                 }
             }

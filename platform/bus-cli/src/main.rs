@@ -1,7 +1,10 @@
 //! `bus`: operate an event bus from the command line.
 //!
 //! It connects from the same configuration as services (`EVENT_BUS_*`,
-//! `EVENT_BUS_CONFIG`), overridable with `--config`, `--url` and `--tenant`.
+//! `EVENT_BUS_CONFIG`), overridable with `--config`, `--url` and `--tenant`;
+//! without NATS configured every command fails saying how to configure it
+//! (an in-memory bus is reachable from no other process; `bench` alone uses
+//! one, when `EVENT_BUS_TYPE=memory` asks for it).
 //! Every command prints a table or lines for people, or with `--json` one
 //! JSON document (or one JSON object per line for streams of messages).
 //! Exit codes: 0 done, 1 failed (or unhealthy), 2 bad usage.
@@ -393,6 +396,18 @@ pub enum DlqCommand {
 }
 
 impl Cli {
+    /// Whether the in-memory bus was chosen explicitly (`EVENT_BUS_TYPE`, or
+    /// a configuration file or context), rather than left as the default.
+    fn memory_chosen(&self) -> bool {
+        std::env::var("EVENT_BUS_TYPE").is_ok_and(|t| !t.trim().is_empty())
+            || self.config.is_some()
+            || std::env::var("EVENT_BUS_CONFIG").is_ok_and(|c| !c.is_empty())
+            || context::chosen(self.context.as_deref())
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.config.is_some())
+    }
+
     /// The configuration: the file, else the environment, with the flags
     /// applied on top.
     fn bus_config(&self) -> Result<BusConfig, event_bus::BusError> {

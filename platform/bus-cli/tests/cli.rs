@@ -185,7 +185,8 @@ async fn publish_subscribe_streams_consumers_and_health() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("orders..x"));
 
-    // Unhealthy: exit code 1 once the server is gone.
+    // Unhealthy: exit code 1 once the server is gone, and with `--json`
+    // the health shape of docs/cli.md (not the error shape).
     drop(server);
     let down = bus(&url, &["health"]);
     assert_eq!(
@@ -194,6 +195,14 @@ async fn publish_subscribe_streams_consumers_and_health() {
         "{}",
         String::from_utf8_lossy(&down.stdout)
     );
+    let down = bus(&url, &["health", "--json"]);
+    assert_eq!(down.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&down.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&down.stdout)));
+    assert_eq!(v["backend"], "nats", "{v}");
+    assert_eq!(v["status"], "unhealthy", "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    assert!(v.get("error").is_none(), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +266,20 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
             .is_some_and(|t| t.ends_with('Z')),
         "{listed}"
     );
+    // The table has the time column (as the README shows).
+    let u = url.clone();
+    let table = tokio::task::spawn_blocking(move || bus(&u, &["dlq", "ls", "dlq.billing"]))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().next().is_some_and(|h| h.contains("TIME")),
+        "{text}"
+    );
+    assert!(
+        text.contains(dead[0]["dead_lettered_at"].as_str().unwrap()),
+        "{text}"
+    );
     let id = dead[0]["id"].as_str().unwrap().to_string();
     let (u, i) = (url.clone(), id.clone());
     let (shown, recent) = tokio::task::spawn_blocking(move || {
@@ -288,6 +311,13 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     )
     .await;
     assert_eq!(dry["count"], 1);
+    // ... it published nothing (ORDERS holds the two events) and left the
+    // dead letter in place.
+    let orders_count =
+        |u: &str| json(&bus(u, &["streams", "info", "ORDERS", "--json"]))["messages"].clone();
+    assert_eq!(orders_count(&url), 2);
+    let still = json_off_thread(&url, &["dlq", "ls", "dlq.billing", "--json"]).await;
+    assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
     let none = json_off_thread(
         &url,
         &[
@@ -307,9 +337,18 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     let replayed = json_off_thread(&url, &["dlq", "replay", "dlq.billing", "--json"]).await;
     assert_eq!(replayed["count"], 1, "{replayed}");
     assert_eq!(next_handled(&mut handled).await, "orders.bad");
-    // Nothing left in the DLQ.
+    // Nothing left in the DLQ, for any reader: a fresh listing under
+    // another pattern, and the stream itself.
     let after = json_off_thread(&url, &["dlq", "ls", "dlq.billing", "--json"]).await;
     assert_eq!(after.as_array().unwrap().len(), 0, "{after}");
+    let after = json_off_thread(&url, &["dlq", "ls", "dlq.>", "--json"]).await;
+    assert_eq!(after.as_array().unwrap().len(), 0, "{after}");
+    let dlq_stream = json(&bus(&url, &["streams", "info", "DLQ", "--json"]));
+    assert_eq!(dlq_stream["messages"], 0, "{dlq_stream}");
+    // A second replay finds nothing to replay: the event was handled once.
+    let again = json_off_thread(&url, &["dlq", "replay", "dlq.>", "--json"]).await;
+    assert_eq!(again["count"], 0, "{again}");
+    assert_eq!(orders_count(&url), 3, "one replay published");
 
     let consumers = json(&bus(&url, &["consumers", "ls", "ORDERS", "--json"]));
     let billing = consumers
@@ -489,7 +528,7 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
     let pool = event_bus_postgres::sqlx::PgPool::connect(&pg.url())
         .await
         .unwrap();
-    event_bus_postgres::Outbox::new(pool)
+    event_bus_postgres::Outbox::new(pool.clone())
         .migrate()
         .await
         .unwrap();
@@ -510,6 +549,59 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
         serde_json::json!([])
     );
     assert_eq!(json(&with_db(&["outbox", "retry", "--json"]))["retried"], 0);
+
+    // With real rows: two pending events and one the bus refused.
+    let outbox = event_bus_postgres::Outbox::new(pool.clone());
+    let mut tx = pool.begin().await.unwrap();
+    for n in 0..2 {
+        outbox
+            .enqueue(
+                &mut tx,
+                event_bus::Envelope::new("audit.login", format!("{{\"n\":{n}}}").into_bytes()),
+            )
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    event_bus_postgres::sqlx::query(
+        "INSERT INTO event_bus_outbox_failed (seq, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts, error)
+         VALUES (1000, 'refused-1', 'audit.login', 'audit.login', '{}', '{}', '\\x7b7d', now(), 3, 'schema violation')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let status = json(&with_db(&["outbox", "status", "--json"]));
+    assert_eq!(status["pending"], 2, "{status}");
+    assert_eq!(status["failed"], 1, "{status}");
+    let failed = json(&with_db(&["outbox", "failed", "--json"]));
+    assert_eq!(failed[0]["message_id"], "refused-1", "{failed}");
+    assert_eq!(failed[0]["error"], "schema violation", "{failed}");
+    assert_eq!(json(&with_db(&["outbox", "retry", "--json"]))["retried"], 1);
+    let status = json(&with_db(&["outbox", "status", "--json"]));
+    assert_eq!(
+        status["pending"], 3,
+        "the refused row is pending again: {status}"
+    );
+    assert_eq!(status["failed"], 0, "{status}");
+    let (pending_again,): (i64,) = event_bus_postgres::sqlx::query_as(
+        "SELECT count(*) FROM event_bus_outbox WHERE message_id = 'refused-1' AND published_at IS NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pending_again, 1);
+
+    // A connection error is said once, without sqlx's "at line N" (the
+    // line in PostgreSQL's C source).
+    let bad_url = format!("{}_missing", pg.url());
+    let out = Command::new(env!("CARGO_BIN_EXE_bus"))
+        .args(["outbox", "--database-url", &bad_url, "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(!err.contains("at line"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,21 +662,10 @@ async fn bench_measures_the_bus_and_raw_async_nats_side_by_side() {
 async fn named_contexts_choose_the_server() {
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
     let home = tempfile::tempdir().unwrap();
-    let run = |args: &[&str], extra: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
-        c.args(args)
-            .env("XDG_CONFIG_HOME", home.path())
-            .env_remove("EVENT_BUS_CONFIG")
-            .env_remove("EVENT_BUS_TYPE")
-            .env_remove("EVENT_BUS_NATS_URL")
-            .env_remove("BUS_CONTEXT");
-        for (k, v) in extra {
-            c.env(k, v);
-        }
-        c.output().unwrap()
-    };
-    // Without a context the CLI uses the in-memory default.
-    assert_eq!(json(&run(&["health", "--json"], &[]))["backend"], "memory");
+    let run = |args: &[&str], extra: &[(&str, &str)]| unconfigured(home.path(), args, extra);
+    // Without a context (or any configuration) every command fails, saying
+    // how to configure a backend: never a silent in-memory bus.
+    no_backend(&run(&["health", "--json"], &[]));
     assert!(run(
         &["context", "save", "local", "--server", &server.url()],
         &[]
@@ -610,5 +691,192 @@ async fn named_contexts_choose_the_server() {
     let bad = run(&["context", "save", "../x"], &[]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(run(&["context", "rm", "local"], &[]).status.success());
-    assert_eq!(json(&run(&["health", "--json"], &[]))["backend"], "memory");
+    no_backend(&run(&["health", "--json"], &[]));
+}
+
+/// Runs `bus` with no configuration but `extra` (contexts kept in `home`).
+fn unconfigured(home: &std::path::Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
+    c.args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("EVENT_BUS_CONFIG")
+        .env_remove("EVENT_BUS_TYPE")
+        .env_remove("EVENT_BUS_NATS_URL")
+        .env_remove("BUS_CONTEXT");
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Checks that a run failed for want of a configured backend, saying how
+/// to configure one.
+fn no_backend(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for hint in ["--url nats://", "EVENT_BUS_NATS_URL", "EVENT_BUS_CONFIG"] {
+        assert!(stderr.contains(hint), "{hint:?} in: {stderr}");
+    }
+}
+
+/// With no URL, configuration or context, `bus` never falls back to an
+/// in-memory bus of its own (which no service can see): every command that
+/// needs a bus fails with exit code 1 and says how to configure NATS; so
+/// does an explicit `EVENT_BUS_TYPE=memory`, except for `bench`.
+#[test]
+fn without_a_configured_backend_every_command_fails_saying_how_to_configure_one() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], extra: &[(&str, &str)]| unconfigured(home.path(), args, extra);
+    for args in [
+        &["health"][..],
+        &["health", "--json"],
+        &["pub", "orders.created", "{}"],
+        &["sub", "orders.>", "--timeout", "1s"],
+        &["dlq", "ls", "dlq.>"],
+        &["dlq", "replay", "dlq.>"],
+        &["streams", "ls"],
+        &["schema", "ls"],
+        &["bench", "pub", "b.x", "--msgs", "10"],
+    ] {
+        let out = run(args, &[]);
+        assert!(
+            out.stdout.is_empty() || args.contains(&"--json"),
+            "{args:?}"
+        );
+        no_backend(&out);
+    }
+    let chosen = run(
+        &["pub", "orders.created", "{}"],
+        &[("EVENT_BUS_TYPE", "memory")],
+    );
+    no_backend(&chosen);
+    assert!(String::from_utf8_lossy(&chosen.stderr).contains("in-memory"));
+    let bench = run(
+        &["bench", "pub", "b.x", "--msgs", "10", "--clients", "1"],
+        &[("EVENT_BUS_TYPE", "memory")],
+    );
+    succeeded(&bench);
+}
+
+/// The library's dead-letter reader reads in place: two readers list the
+/// same dead letter; the first replays it, which removes it from its
+/// stream; the second's replay of its (stale) copy is refused, naming the
+/// letter, and publishes nothing more. Discard removes as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_replayed_once_by_two_readers() {
+    use event_bus::consumer::dlq;
+    use event_bus::runner::DeadLetterQueue;
+    let (_server, nats) = server_with_streams().await;
+    let bus_: Arc<dyn EventBus> = Arc::new(nats.clone());
+    for (n, id) in [(1, "order-1"), (2, "order-2")] {
+        bus_.publish_envelope(
+            event_bus::Envelope::new("dlq.billing", format!("{{\"n\":{n}}}").into_bytes())
+                .header(dlq::ORIGINAL_SUBJECT, "orders.created")
+                .header(dlq::ORIGINAL_ID, id)
+                .header(dlq::LAST_ERROR, "declined"),
+        )
+        .await
+        .unwrap();
+    }
+    let mut a = DeadLetterQueue::open(bus_.clone(), "dlq.billing", "a")
+        .await
+        .unwrap();
+    let mut b = DeadLetterQueue::open(bus_.clone(), "dlq.>", "b")
+        .await
+        .unwrap();
+    let from_a = a.list(10, Duration::ZERO).await.unwrap();
+    let from_b = b.list(10, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        (from_a.len(), from_b.len()),
+        (2, 2),
+        "both readers see both"
+    );
+    let mut from_a = from_a.into_iter();
+    let mut from_b = from_b.into_iter();
+    let (a1, b1) = (from_a.next().unwrap(), from_b.next().unwrap());
+    assert_eq!(a1.original_id(), Some("order-1"));
+    let ack = a1.replay().await.unwrap();
+    assert_eq!(ack.stream.as_deref(), Some("ORDERS"));
+    let refused = b1.replay().await.unwrap_err();
+    assert_eq!(refused.kind(), event_bus::ErrorKind::NotFound, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("already replayed or discarded"),
+        "{refused}"
+    );
+    let orders = nats
+        .jetstream()
+        .get_stream("ORDERS")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(orders.state.messages, 1, "the event published once");
+    // Discard by one reader: gone for the other, and from the stream.
+    from_b.next().unwrap().discard().await.unwrap();
+    let a2 = from_a.next().unwrap();
+    assert!(a2.discard().await.is_err(), "discarded twice");
+    let mut fresh = DeadLetterQueue::open(bus_.clone(), "dlq.>", "c")
+        .await
+        .unwrap();
+    assert!(fresh.list(10, Duration::ZERO).await.unwrap().is_empty());
+    let dlq_info = nats
+        .jetstream()
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    assert_eq!(dlq_info.state.messages, 0);
+}
+
+/// Listing dead letters creates nothing: on a fresh server `bus dlq ls`
+/// lists nothing and leaves no stream and no consumer, so a service can
+/// then declare its own `dlq.>` stream; readers of `dlq.*` and `dlq.>`
+/// never collide. A stream whose subjects overlap an existing one is
+/// refused naming that stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_dead_letters_creates_nothing() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let url = server.url();
+    for pattern in ["dlq.>", "dlq.billing"] {
+        let listed = json_off_thread(&url, &["dlq", "ls", pattern, "--json"]).await;
+        assert_eq!(listed, serde_json::json!([]), "{pattern}");
+    }
+    let text = bus(&url, &["dlq", "ls", "dlq.>"]);
+    succeeded(&text);
+    let said = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        said.contains("no stream stores subjects matching \"dlq.>\""),
+        "{said}"
+    );
+    let streams = json(&bus(&url, &["streams", "ls", "--json"]));
+    assert_eq!(streams, serde_json::json!([]), "no stream created");
+    // The service's own stream for its dead letters: no overlap.
+    let nats = server
+        .bus(&[StreamSpec::new("DEAD", ["dlq.>"])])
+        .await
+        .unwrap();
+    nats.publish_envelope(
+        event_bus::Envelope::new("dlq.billing", b"{}".to_vec())
+            .header(event_bus::consumer::dlq::ORIGINAL_SUBJECT, "orders.created"),
+    )
+    .await
+    .unwrap();
+    for pattern in ["dlq.*", "dlq.>", "dlq.*", "dlq.billing"] {
+        let listed = json_off_thread(&url, &["dlq", "ls", pattern, "--json"]).await;
+        assert_eq!(listed.as_array().unwrap().len(), 1, "{pattern}: {listed}");
+        assert_eq!(listed[0]["stream"], "DEAD", "{listed}");
+    }
+    let info = json(&bus(&url, &["streams", "info", "DEAD", "--json"]));
+    assert_eq!(info["consumers"], 0, "no consumer left behind: {info}");
+    // Another stream over part of those subjects: refused, naming DEAD.
+    let err = nats
+        .ensure_streams(&[StreamSpec::new("OTHER", ["dlq.billing.>", "dlq.billing"])])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("DEAD"), "{err}");
 }

@@ -288,6 +288,24 @@ impl EventBus for ValidatingBus {
     fn tenant(&self) -> Option<&str> {
         self.inner.tenant()
     }
+
+    async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
+        self.inner.stored_streams(pattern).await
+    }
+
+    async fn read_stored(
+        &self,
+        stream: &str,
+        pattern: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<BusMessage>, BusError> {
+        self.inner.read_stored(stream, pattern, from, max).await
+    }
+
+    async fn delete_stored(&self, stream: &str, sequence: u64) -> Result<(), BusError> {
+        self.inner.delete_stored(stream, sequence).await
+    }
 }
 
 /// The runner's check of consumed events against the registry

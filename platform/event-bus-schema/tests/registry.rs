@@ -717,7 +717,7 @@ async fn publish_validates_on_nats() {
 }
 
 async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
-    let (_bus, registry) = validating(inner.clone()).await;
+    let (validating_bus, registry) = validating(inner.clone()).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let runner = Runner::builder(inner.clone(), "mailer")
         .check(SchemaCheck::new(registry.clone()))
@@ -772,6 +772,18 @@ async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
         rx.try_recv().is_err(),
         "the invalid event never reached the handler"
     );
+    // The dead letters are readable through the ValidatingBus as well (it
+    // passes reads of stored messages on to the bus it wraps).
+    let through: Arc<dyn EventBus> = Arc::new(validating_bus);
+    let mut dlq = event_bus::runner::DeadLetterQueue::open(through, "dlq.mailer", "v")
+        .await
+        .unwrap();
+    let again = dlq
+        .next(Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the dead letter");
+    assert_eq!(again.message().id, dead.message().id);
     runner.shutdown().await;
 }
 

@@ -129,6 +129,47 @@ pub trait EventBus: Send + Sync {
         Ok(())
     }
 
+    /// The streams (the in-memory bus: its log, `"memory"`) that store
+    /// subjects matching `pattern`, read with
+    /// [`read_stored`](EventBus::read_stored). Creates nothing: a pattern
+    /// no stream stores has none.
+    async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
+        let _ = pattern;
+        Err(BusError::unsupported(
+            "reading stored messages",
+            self.backend_name(),
+        ))
+    }
+
+    /// Up to `max` messages stored in `stream` on subjects matching
+    /// `pattern`, from sequence `from` on, oldest first (each message's
+    /// `sequence` is its position in `stream`). A read: it creates no
+    /// consumer and changes nothing.
+    async fn read_stored(
+        &self,
+        stream: &str,
+        pattern: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<BusMessage>, BusError> {
+        let _ = (stream, pattern, from, max);
+        Err(BusError::unsupported(
+            "reading stored messages",
+            self.backend_name(),
+        ))
+    }
+
+    /// Removes the message at `sequence` from `stream`, for every reader.
+    /// [`NotFound`](crate::ErrorKind::NotFound) when it is no longer
+    /// stored (removed already, or expired).
+    async fn delete_stored(&self, stream: &str, sequence: u64) -> Result<(), BusError> {
+        let _ = (stream, sequence);
+        Err(BusError::unsupported(
+            "deleting stored messages",
+            self.backend_name(),
+        ))
+    }
+
     /// The tenant this bus is confined to, if any (`NatsBus::for_tenant`).
     /// What is stored outside the bus under its names (the runner's
     /// idempotency-inbox keys) is scoped by it, so that tenants sharing one

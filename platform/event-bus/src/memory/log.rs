@@ -89,6 +89,29 @@ impl Log {
         self.bytes
     }
 
+    /// Up to `max` logged messages on subjects matching `pattern`, from
+    /// sequence `from` on.
+    pub(crate) fn read(&self, pattern: &str, from: u64, max: usize) -> Vec<BusMessage> {
+        let start = self.entries.partition_point(|m| m.sequence < from);
+        self.entries
+            .range(start..)
+            .filter(|m| crate::subject::matches(pattern, m.subject.as_str()))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    /// Removes the message numbered `sequence`; false if it is not held.
+    pub(crate) fn remove(&mut self, sequence: u64) -> bool {
+        let Ok(at) = self.entries.binary_search_by_key(&sequence, |m| m.sequence) else {
+            return false;
+        };
+        if let Some(old) = self.entries.remove(at) {
+            self.bytes -= size(&old);
+        }
+        true
+    }
+
     /// The start of a consumer on `filter` from sequence `from` (`None`:
     /// the oldest message held), given that the bus has numbered messages
     /// up to `last_seq`. A sequence the log no longer (or never) held is

@@ -710,6 +710,54 @@ impl EventBus for InMemoryBus {
     fn backend_name(&self) -> &'static str {
         "memory"
     }
+
+    /// The log (`"memory"`), which holds what was published since the
+    /// first durable consumer (see [`MemoryConfig::log_from_start`]).
+    async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
+        validate_bus_pattern(pattern)?;
+        Ok(vec![LOG_STREAM.to_string()])
+    }
+
+    async fn read_stored(
+        &self,
+        stream: &str,
+        pattern: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<BusMessage>, BusError> {
+        validate_bus_pattern(pattern)?;
+        check_log_stream(stream)?;
+        Ok(self.inner.log.lock().read(pattern, from, max))
+    }
+
+    /// Removes the message from the log: later readers and durable
+    /// consumers created later do not see it (consumers that already had
+    /// it queued still deliver it).
+    async fn delete_stored(&self, stream: &str, sequence: u64) -> Result<(), BusError> {
+        check_log_stream(stream)?;
+        if self.inner.log.lock().remove(sequence) {
+            Ok(())
+        } else {
+            Err(BusError::new(
+                ErrorKind::NotFound,
+                format!("no message {sequence} in the in-memory bus's log (removed already, or past its limits)"),
+            ))
+        }
+    }
+}
+
+/// The name [`InMemoryBus`] gives its log as a stream.
+const LOG_STREAM: &str = "memory";
+
+fn check_log_stream(stream: &str) -> Result<(), BusError> {
+    if stream == LOG_STREAM {
+        Ok(())
+    } else {
+        Err(BusError::new(
+            ErrorKind::NotFound,
+            format!("the in-memory bus has no stream {stream:?} (only its log, {LOG_STREAM:?})"),
+        ))
+    }
 }
 
 impl std::fmt::Debug for InMemoryBus {

@@ -663,6 +663,41 @@ impl EventBus for NatsBus {
         }
     }
 
+    /// The JetStream streams whose subjects overlap `pattern` (none is
+    /// created).
+    async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
+        validate_bus_pattern(pattern)?;
+        let wire = self.wire(pattern).into_owned();
+        streams::streams_for(&self.inner.js, &wire).await
+    }
+
+    async fn read_stored(
+        &self,
+        stream: &str,
+        pattern: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<crate::message::BusMessage>, BusError> {
+        validate_bus_pattern(pattern)?;
+        let wire = self.wire(pattern).into_owned();
+        let strip = self.inner.tenant.as_ref().map(|t| format!("{t}."));
+        streams::read_messages(&self.inner.js, stream, &wire, from, max, strip.as_deref()).await
+    }
+
+    async fn delete_stored(&self, stream: &str, sequence: u64) -> Result<(), BusError> {
+        if self.inner.tenant.is_some() {
+            // A tenant removes only its own messages.
+            let own = self.read_stored(stream, ">", sequence, 1).await?;
+            if own.first().is_none_or(|m| m.sequence != sequence) {
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!("stream {stream} holds no message {sequence} of this tenant"),
+                ));
+            }
+        }
+        streams::delete_message(&self.inner.js, stream, sequence).await
+    }
+
     fn backend_name(&self) -> &'static str {
         "nats"
     }

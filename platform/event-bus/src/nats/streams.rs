@@ -272,6 +272,7 @@ const LEADER_WAIT: Duration = Duration::from_secs(10);
 async fn create(js: &jetstream::Context, config: Config) -> Result<(), BusError> {
     let name = config.name.clone();
     let subjects = config.subjects.join(", ");
+    let wanted = config.subjects.clone();
     match js.create_stream(config).await {
         Ok(stream) => {
             let has_leader = |info: &async_nats::jetstream::stream::Info| {
@@ -302,7 +303,10 @@ async fn create(js: &jetstream::Context, config: Config) -> Result<(), BusError>
             let (kind, why) = match e.kind() {
                 CreateStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP => (
                     ErrorKind::Conflict,
-                    format!("its subjects [{subjects}] overlap another stream's"),
+                    format!(
+                        "its subjects [{subjects}] overlap those of {}",
+                        overlapping(js, &wanted).await
+                    ),
                 ),
                 CreateStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_NAME_EXIST => (
                     ErrorKind::Conflict,
@@ -329,6 +333,24 @@ async fn create(js: &jetstream::Context, config: Config) -> Result<(), BusError>
                 e,
             ))
         }
+    }
+}
+
+/// Names the streams whose subjects overlap `subjects`, for an error
+/// message ("another stream" when they cannot be listed).
+async fn overlapping(js: &jetstream::Context, subjects: &[String]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for subject in subjects {
+        if let Ok(found) = streams_for(js, subject).await {
+            names.extend(found);
+        }
+    }
+    names.sort();
+    names.dedup();
+    match names.as_slice() {
+        [] => "another stream".to_string(),
+        [one] => format!("stream {one}"),
+        many => format!("streams {}", many.join(", ")),
     }
 }
 
@@ -428,6 +450,112 @@ pub(crate) async fn streams_for(
         if last_page || names.len() as u64 >= total {
             return Ok(names);
         }
+    }
+}
+
+/// Up to `max` messages of `stream` on subjects matching `wire_pattern`,
+/// from sequence `from` on, read with the stream's message-get API (no
+/// consumer); `strip` is the tenant prefix removed from their subjects.
+pub(crate) async fn read_messages(
+    js: &jetstream::Context,
+    stream: &str,
+    wire_pattern: &str,
+    from: u64,
+    max: usize,
+    strip: Option<&str>,
+) -> Result<Vec<crate::message::BusMessage>, BusError> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| api_error(&format!("stream {stream}"), e))?;
+    let mut out = Vec::new();
+    let mut seq = from.max(1);
+    while out.len() < max {
+        let got = handle
+            .raw_message_builder()
+            .sequence(seq)
+            .next_by_subject(wire_pattern)
+            .send()
+            .await;
+        let m = match got {
+            Ok(m) => m,
+            Err(e) if matches!(e.kind(), RawMessageErrorKind::NoMessageFound) => break,
+            Err(e) => {
+                return Err(api_error(
+                    &format!("reading {wire_pattern:?} from stream {stream} at sequence {seq}"),
+                    e,
+                ))
+            }
+        };
+        seq = m.sequence + 1;
+        let subject = match strip {
+            Some(prefix) => m
+                .subject
+                .as_str()
+                .strip_prefix(prefix)
+                .unwrap_or(&m.subject),
+            None => m.subject.as_str(),
+        };
+        let (headers, id) = super::convert::from_header_map(Some(&m.headers));
+        let id = match id {
+            Some(id) => crate::message::MessageId::new(id),
+            None => crate::message::MessageId::stream_position(
+                stream,
+                m.sequence,
+                u64::try_from(m.time.unix_timestamp_nanos()).unwrap_or(0),
+            ),
+        };
+        out.push(crate::message::BusMessage::new(
+            crate::subject::Subject::from_trusted(subject),
+            m.payload.clone(),
+            headers,
+            id,
+            m.sequence,
+        ));
+    }
+    Ok(out)
+}
+
+/// Removes message `sequence` from `stream`: `NotFound` when it is not
+/// there (any more).
+pub(crate) async fn delete_message(
+    js: &jetstream::Context,
+    stream: &str,
+    sequence: u64,
+) -> Result<(), BusError> {
+    use async_nats::jetstream::stream::DeleteMessageErrorKind;
+    let gone = || {
+        BusError::new(
+            ErrorKind::NotFound,
+            format!("stream {stream} holds no message {sequence} (removed already, or expired)"),
+        )
+    };
+    let handle = js.get_stream_no_info(stream).await.map_err(|e| {
+        if is_not_found(&e) {
+            BusError::new(ErrorKind::NotFound, format!("no stream {stream}"))
+        } else {
+            api_error(&format!("stream {stream}"), e)
+        }
+    })?;
+    match handle.delete_message(sequence).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(gone()),
+        Err(e) => match e.kind() {
+            DeleteMessageErrorKind::JetStream(je)
+                if je.error_code() == ErrorCode::NO_MESSAGE_FOUND
+                    || je.error_code() == ErrorCode::SEQUENCE_NOT_FOUND
+                    || (je.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                        && (je.to_string().contains("not found")
+                            || je.to_string().contains("no message"))) =>
+            {
+                Err(gone())
+            }
+            _ => Err(api_error(
+                &format!("removing message {sequence} from stream {stream}"),
+                e,
+            )),
+        },
     }
 }
 

@@ -1,61 +1,110 @@
 //! Listing, inspecting and replaying dead letters.
+//!
+//! The dead letters are read where they are stored (the JetStream stream
+//! holding the dead-letter subject, the in-memory bus's log) without
+//! creating anything: no stream, no consumer. Replaying or discarding one
+//! removes it from its stream, so that every reader sees it gone.
 
 use crate::bus::EventBus;
-use crate::consumer::{dlq, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
-use crate::error::BusError;
+use crate::consumer::dlq;
+use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers, PublishAck};
-use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The dead letters on one subject, read through a durable consumer (so
-/// that several operators see each dead letter once, and nothing is lost
-/// while nobody looks).
+/// Letters kept ([`DeadLetter::keep`]) and when to list them again.
+type Kept = Arc<Mutex<VecDeque<(tokio::time::Instant, String, BusMessage)>>>;
+
+/// The dead letters on one subject (pattern), read from the stream that
+/// stores them, oldest first. Reading changes nothing: several readers
+/// each see every dead letter until one replays or discards it.
 pub struct DeadLetterQueue {
     bus: Arc<dyn EventBus>,
-    consumer: ConsumerStream,
+    subject: String,
+    /// Per stream, the next sequence to read.
+    next_seq: BTreeMap<String, u64>,
+    kept: Kept,
 }
 
+/// How often [`DeadLetterQueue::next`] looks for new dead letters while it waits.
+const POLL: Duration = Duration::from_millis(100);
+
 impl DeadLetterQueue {
-    /// Opens (or creates) the reader `reader` on `subject`, reading from the
-    /// oldest dead letter kept. On the in-memory bus that is the oldest in
-    /// its log, which records from the first durable consumer's creation
-    /// (the runner's own consumer; `MemoryConfig::log_from_start` records
-    /// from the bus's start) within `log_max_messages`/`log_max_bytes`.
+    /// A reader of the dead letters on `subject` (a pattern such as
+    /// `dlq.>` is allowed), from the oldest kept. `reader` only names it in
+    /// logs: nothing is created on the bus. On the in-memory bus the dead
+    /// letters are those in its log, which records from the first durable
+    /// consumer's creation (the runner's own consumer;
+    /// `MemoryConfig::log_from_start` records from the bus's start) within
+    /// `log_max_messages`/`log_max_bytes`.
     pub async fn open(
         bus: Arc<dyn EventBus>,
         subject: &str,
         reader: &str,
     ) -> Result<Self, BusError> {
-        let config = ConsumerConfig::new(reader, subject)
-            .dead_letter_subject(None)
-            .max_deliver(1_000_000)
-            .ack_wait(Duration::from_secs(300))
-            .start(StartPosition::All);
-        let consumer = bus.consume(config).await?;
-        Ok(DeadLetterQueue { bus, consumer })
+        crate::subject::validate_bus_pattern(subject)?;
+        tracing::debug!(reader, subject, "reading dead letters");
+        Ok(DeadLetterQueue {
+            bus,
+            subject: subject.to_string(),
+            next_seq: BTreeMap::new(),
+            kept: Arc::default(),
+        })
     }
 
-    /// The next dead letter, waiting up to `wait`.
-    /// A wait too long to be a deadline (`Duration::MAX`) waits without one.
+    /// The next dead letter, waiting up to `wait` for one (it looks at
+    /// least once, also with a zero `wait`). A wait too long to be a
+    /// deadline (`Duration::MAX`) waits without one.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<DeadLetter>, BusError> {
         let deadline = tokio::time::Instant::now().checked_add(wait);
         loop {
-            let next = match deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, self.consumer.next()).await,
-                None => Ok(self.consumer.next().await),
-            };
-            match next {
-                Err(_) | Ok(None) => return Ok(None),
-                Ok(Some(Ok(d))) => {
-                    return Ok(Some(DeadLetter {
-                        delivery: d,
-                        bus: self.bus.clone(),
-                    }))
-                }
-                Ok(Some(Err(e))) if e.kind().is_transient() => continue,
-                Ok(Some(Err(e))) => return Err(e),
+            if let Some(d) = self.poll().await? {
+                return Ok(Some(d));
             }
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let pause = deadline.map_or(POLL, |d| POLL.min(d - now));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// A kept letter due again, else the next stored one, without waiting.
+    async fn poll(&mut self) -> Result<Option<DeadLetter>, BusError> {
+        let due = {
+            let mut kept = self.kept.lock();
+            let now = tokio::time::Instant::now();
+            match kept.iter().position(|(at, _, _)| *at <= now) {
+                Some(i) => kept.remove(i),
+                None => None,
+            }
+        };
+        if let Some((_, stream, message)) = due {
+            return Ok(Some(self.letter(stream, message)));
+        }
+        for stream in self.bus.stored_streams(&self.subject).await? {
+            let from = self.next_seq.get(&stream).copied().unwrap_or(1);
+            let found = self
+                .bus
+                .read_stored(&stream, &self.subject, from, 1)
+                .await?;
+            if let Some(message) = found.into_iter().next() {
+                self.next_seq.insert(stream.clone(), message.sequence + 1);
+                return Ok(Some(self.letter(stream, message)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn letter(&self, stream: String, message: BusMessage) -> DeadLetter {
+        DeadLetter {
+            message,
+            stream,
+            bus: self.bus.clone(),
+            kept: self.kept.clone(),
         }
     }
 
@@ -73,20 +122,29 @@ impl DeadLetterQueue {
 }
 
 /// One dead letter: inspect it, then [`replay`](Self::replay),
-/// [`discard`](Self::discard) or [`keep`](Self::keep) it.
+/// [`discard`](Self::discard) or [`keep`](Self::keep) it. Dropping it
+/// leaves it stored (as `keep`, but this reader does not list it again).
 pub struct DeadLetter {
-    delivery: Delivery,
+    message: BusMessage,
+    stream: String,
     bus: Arc<dyn EventBus>,
+    kept: Kept,
 }
 
 impl DeadLetter {
     /// The dead-letter message (payload and headers as dead-lettered).
     pub fn message(&self) -> &BusMessage {
-        self.delivery.message()
+        &self.message
+    }
+
+    /// The stream that stores it (`"memory"`: the in-memory bus's log);
+    /// its position there is `message().sequence`.
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.delivery.message().headers.get(name)
+        self.message.headers.get(name)
     }
 
     /// The subject the event was originally published to.
@@ -127,15 +185,36 @@ impl DeadLetter {
     }
 
     /// Publishes the original event again on its original subject (original
-    /// headers, a new message id derived from the original), then removes the
-    /// dead letter.
+    /// headers, a message id derived from the dead letter, so that the bus
+    /// drops a second replay of it within its duplicate window), then removes
+    /// the dead letter from its stream. A dead letter removed already (by
+    /// another reader's replay or discard) is refused as `NotFound`.
     pub async fn replay(self) -> Result<PublishAck, BusError> {
-        let msg = self.delivery.message();
+        // Refused before publishing when it is gone already (a copy listed
+        // before another reader removed it, perhaps past the duplicate
+        // window); a race with another replay past this check is
+        // de-duplicated by the derived id.
+        let stored = self
+            .bus
+            .read_stored(
+                &self.stream,
+                self.message.subject.as_str(),
+                self.message.sequence,
+                1,
+            )
+            .await?;
+        if stored
+            .first()
+            .is_none_or(|m| m.sequence != self.message.sequence)
+        {
+            return Err(self.gone("replayed"));
+        }
+        let msg = &self.message;
         let subject = self
             .original_subject()
             .ok_or_else(|| {
                 BusError::new(
-                    crate::ErrorKind::InvalidHeader,
+                    ErrorKind::InvalidHeader,
                     format!(
                         "dead letter {} has no {} header",
                         msg.id,
@@ -165,28 +244,47 @@ impl DeadLetter {
                     .id(id),
             )
             .await?;
-        self.delivery.ack().await?;
+        self.remove("replayed").await?;
         Ok(ack)
     }
 
-    /// Removes the dead letter without replaying it.
+    /// Removes the dead letter from its stream without replaying it (every
+    /// reader sees it gone). One removed already is refused as `NotFound`.
     pub async fn discard(self) -> Result<(), BusError> {
-        self.delivery.ack().await
+        self.remove("discarded").await
     }
 
-    /// Leaves the dead letter in the queue (it is listed again later).
-    pub async fn keep(self) -> Result<(), BusError> {
-        self.delivery.nack(Some(Duration::from_secs(1))).await
-    }
-
-    /// Leaves the dead letter in the queue, readable again after `delay`
-    /// (`None`: at once, for a reader that is done reading, such as a
-    /// command-line listing).
-    pub async fn keep_for(self, delay: Option<Duration>) -> Result<(), BusError> {
-        // An explicit zero: no delay means the consumer's backoff otherwise.
-        self.delivery
-            .nack(Some(delay.unwrap_or(Duration::ZERO)))
+    async fn remove(&self, what: &str) -> Result<(), BusError> {
+        self.bus
+            .delete_stored(&self.stream, self.message.sequence)
             .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => self.gone(what),
+                _ => e,
+            })
+    }
+
+    fn gone(&self, what: &str) -> BusError {
+        BusError::new(
+            ErrorKind::NotFound,
+            format!(
+                "dead letter {} (stream {}, sequence {}) was already replayed or discarded (or expired); not {what} again",
+                self.message.id, self.stream, self.message.sequence
+            ),
+        )
+    }
+
+    /// Leaves the dead letter stored; this reader lists it again in a second.
+    pub async fn keep(self) -> Result<(), BusError> {
+        self.keep_for(Some(Duration::from_secs(1))).await
+    }
+
+    /// Leaves the dead letter stored; this reader lists it again after
+    /// `delay` (`None`: at once). Other readers see it all along.
+    pub async fn keep_for(self, delay: Option<Duration>) -> Result<(), BusError> {
+        let at = tokio::time::Instant::now() + delay.unwrap_or(Duration::ZERO);
+        self.kept.lock().push_back((at, self.stream, self.message));
+        Ok(())
     }
 }
 
@@ -204,12 +302,17 @@ impl std::fmt::Debug for DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
 
     /// `next(Duration::MAX)` waits without a deadline (`Instant + wait`
     /// panicked): here it returns the dead letter published meanwhile.
     #[tokio::test]
     async fn next_with_the_longest_wait() {
-        let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
+        let bus: Arc<dyn EventBus> =
+            Arc::new(crate::InMemoryBus::with_config(crate::MemoryConfig {
+                log_from_start: true,
+                ..Default::default()
+            }));
         let mut dlq = DeadLetterQueue::open(bus.clone(), "dlq.t", "reader")
             .await
             .unwrap();
@@ -221,5 +324,59 @@ mod tests {
             .unwrap()
             .expect("a dead letter");
         assert_eq!(&d.message().payload[..], b"x");
+    }
+
+    /// On the in-memory bus as on NATS: reading changes nothing (two
+    /// readers see the letter), a replay removes it from the log for every
+    /// reader, and a replay of a stale copy is refused (before publishing:
+    /// the duplicate window here is too short to drop it).
+    #[tokio::test]
+    async fn replay_removes_the_letter_for_every_reader() {
+        let bus: Arc<dyn EventBus> =
+            Arc::new(crate::InMemoryBus::with_config(crate::MemoryConfig {
+                log_from_start: true,
+                dedup_window: Duration::from_nanos(1),
+                ..Default::default()
+            }));
+        let mut replayed = bus.subscribe("orders.>").await.unwrap();
+        bus.publish_envelope(
+            Envelope::new("dlq.t", b"x".to_vec())
+                .header(dlq::ORIGINAL_SUBJECT, "orders.created")
+                .header(dlq::ORIGINAL_ID, "o-1"),
+        )
+        .await
+        .unwrap();
+        let open = |pattern: &'static str| DeadLetterQueue::open(bus.clone(), pattern, "r");
+        let first = open("dlq.t")
+            .await
+            .unwrap()
+            .list(10, Duration::ZERO)
+            .await
+            .unwrap();
+        let second = open("dlq.>")
+            .await
+            .unwrap()
+            .list(10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!((first.len(), second.len()), (1, 1));
+        let mut first = first.into_iter();
+        first.next().unwrap().replay().await.unwrap();
+        let m = replayed.next().await.unwrap();
+        assert_eq!(m.subject, "orders.created");
+        let stale = second.into_iter().next().unwrap();
+        let e = stale.replay().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        // Refused before publishing: the next message on the subscription
+        // is a marker published after.
+        bus.publish("orders.marker", b"m".to_vec()).await.unwrap();
+        assert_eq!(replayed.next().await.unwrap().subject, "orders.marker");
+        assert!(open("dlq.>")
+            .await
+            .unwrap()
+            .next(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none());
     }
 }
