@@ -43,5 +43,15 @@ async fn the_demo_runs_twice_against_one_nats_server() {
             text.contains("outbox rows sent by the relay  4 (duplicates dropped by the bus: 0)"),
             "run {run}: the relay's events were dropped as duplicates:\n{text}"
         );
+        // Listing dead letters reads them in place: every run sees the
+        // earlier runs' letters, once each, and its own.
+        let dead = format!(
+            "dead letters                   1 (and {} from earlier runs)",
+            run - 1
+        );
+        assert!(
+            text.contains(&dead),
+            "run {run}: expected {dead:?}:\n{text}"
+        );
     }
 }
