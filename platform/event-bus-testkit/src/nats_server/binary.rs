@@ -2,13 +2,12 @@
 //! version probe behind it.
 
 use super::{HarnessError, MIN_NATS_SERVER_VERSION, VERSION_PROBE_TIMEOUT};
+use crate::process::run_blocking;
 use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
@@ -62,11 +61,12 @@ pub(super) fn python_scripts_dir() -> Option<PathBuf> {
         "-c",
         "import sysconfig;print(sysconfig.get_path('scripts'))",
     ]);
-    let out = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT).ok()?;
-    if !out.0.success() {
+    let out = run_blocking(cmd, VERSION_PROBE_TIMEOUT).ok()?;
+    if !out.status.success() {
         return None;
     }
-    let dir = out.1.trim();
+    let dir = String::from_utf8_lossy(&out.stdout);
+    let dir = dir.trim();
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
@@ -107,13 +107,18 @@ pub(super) fn resolve_from(candidates: Vec<(PathBuf, String)>) -> Result<PathBuf
 pub(super) fn probe_version(bin: &Path) -> Result<(u32, u32, u32), String> {
     let mut cmd = Command::new(bin);
     cmd.arg("--version");
-    let (status, stdout, stderr) = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT)
-        .map_err(|e| format!("--version failed: {e}"))?;
-    let text = format!("{stdout}{stderr}");
+    let out =
+        run_blocking(cmd, VERSION_PROBE_TIMEOUT).map_err(|e| format!("--version failed: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     match parse_version(&text) {
         Some(v) => Ok(v),
         None => Err(format!(
-            "--version exited with {status}, unrecognised output {:?}",
+            "--version exited with {}, unrecognised output {:?}",
+            out.status,
             text.trim()
         )),
     }
@@ -138,46 +143,4 @@ pub(super) fn parse_triplet(s: &str) -> Option<(u32, u32, u32)> {
     let minor = parts.next()?.parse().ok()?;
     let patch = parts.next()?.parse().ok()?;
     Some((major, minor, patch))
-}
-
-/// Runs a short-lived command with a timeout; returns (status, stdout, stderr).
-pub(super) fn run_with_timeout(
-    mut cmd: Command,
-    timeout: Duration,
-) -> io::Result<(ExitStatus, String, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut attempts = 0;
-    let mut child = loop {
-        match cmd.spawn() {
-            Ok(child) => break child,
-            // ETXTBSY: the file was just written by another thread; retry briefly.
-            Err(e) if e.raw_os_error() == Some(26) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            let out = child.wait_with_output()?;
-            return Ok((
-                out.status,
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no exit within {timeout:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

@@ -57,14 +57,15 @@
 //! # }
 //! ```
 
-use crate::local::tail_lines;
+use crate::local::unique_suffix;
+use crate::process::{read_from, tail_lines, NotReady, Process, LOG_TAIL_LINES};
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::io::AsyncReadExt;
@@ -90,10 +91,6 @@ const START_ATTEMPTS: usize = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout for `nats-server --version` / `python3 -c ...` probes.
 const VERSION_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Lines of log included in error messages.
-const LOG_TAIL_LINES: usize = 40;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Errors produced by the NATS test harness.
 ///
@@ -201,16 +198,6 @@ fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
 /// Quotes a string for the NATS config format.
 fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn unique_suffix() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}-{n}-{nanos:x}", std::process::id())
 }
 
 /// `GET path` against the monitoring port `127.0.0.1:port`.
@@ -386,21 +373,20 @@ struct ClusterSpec {
 /// SIGKILLs the process.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Option<Child>,
+    /// Dropped (SIGKILLed) before `_dir` is removed.
+    process: Process,
     binary: PathBuf,
     name: String,
     port: u16,
     monitor_port: u16,
     cluster_port: Option<u16>,
-    dir_path: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    output_path: PathBuf,
     store_dir: PathBuf,
     /// Monitoring path polled for readiness.
     ready_path: &'static str,
     startup_timeout: Duration,
-    // Declared last: removed after `Drop::drop` has killed the process.
+    // Declared last: removed after the process is killed.
     _dir: TempDir,
 }
 
@@ -502,17 +488,17 @@ impl NatsServer {
         fs::write(&config_path, conf)
             .map_err(|e| HarnessError::io(format!("writing {}", config_path.display()), e))?;
 
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c").arg(&config_path).current_dir(&dir_path);
         Ok(NatsServer {
-            child: None,
+            process: Process::new(cmd, output_path, config_path.clone(), false),
             binary: binary.to_path_buf(),
             name,
             port,
             monitor_port,
             cluster_port,
-            dir_path,
             config_path,
             log_path,
-            output_path,
             store_dir,
             ready_path: if cluster_port.is_some() {
                 // In clustered mode plain /healthz is 200 only once this node's
@@ -527,26 +513,9 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.output_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", self.output_path.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| HarnessError::io("cloning output file handle", e))?;
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.config_path)
-            .current_dir(&self.dir_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+        self.process
             .spawn()
-            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
-        crate::orphans::record(child.id(), &self.config_path);
-        self.child = Some(child);
-        Ok(())
+            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))
     }
 
     async fn spawn_and_wait(&mut self, deadline: Instant) -> Result<(), HarnessError> {
@@ -554,56 +523,37 @@ impl NatsServer {
         self.wait_ready(deadline).await
     }
 
-    /// Polls until the node is ready, it exits, or the deadline passes.
+    /// Polls until the node is ready (`ready_path` answers 200 and the
+    /// client port greets), it exits, or the deadline passes.
     async fn wait_ready(&mut self, deadline: Instant) -> Result<(), HarnessError> {
-        let started = Instant::now();
-        let mut backoff = INITIAL_BACKOFF;
-        loop {
-            if let Some(status) = self.try_exit_status()? {
-                if let Some(child) = self.child.take() {
-                    crate::orphans::forget(child.id());
-                }
-                return Err(HarnessError::Exited {
-                    server: self.name.clone(),
-                    status: status.to_string(),
-                    log_tail: self.log_tail(LOG_TAIL_LINES),
-                });
+        let (port, monitor_port, path) = (self.port, self.monitor_port, self.ready_path);
+        let probe = || async move {
+            match http_get(monitor_port, path).await {
+                Ok((200, _)) if client_port_greets(port).await => Ok(()),
+                Ok((200, _)) => Err(format!("{path} -> 200 but client port not greeting yet")),
+                Ok((code, body)) => Err(format!("{path} -> {code} {}", body.trim())),
+                Err(e) => Err(format!("{path} -> {e}")),
             }
-            let last = match http_get(self.monitor_port, self.ready_path).await {
-                Ok((200, _)) => {
-                    if client_port_greets(self.port).await {
-                        return Ok(());
-                    }
-                    format!(
-                        "{} -> 200 but client port not greeting yet",
-                        self.ready_path
-                    )
-                }
-                Ok((code, body)) => format!("{} -> {code} {}", self.ready_path, body.trim()),
-                Err(e) => format!("{} -> {e}", self.ready_path),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(HarnessError::Timeout {
-                    what: format!(
-                        "nats-server {} (port {}) to become ready",
-                        self.name, self.port
-                    ),
-                    waited: now - started,
-                    log_tail: format!("last probe: {last}\n{}", self.log_tail(LOG_TAIL_LINES)),
-                });
-            }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    fn try_exit_status(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
-        match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .map_err(|e| HarnessError::io("polling nats-server process", e)),
-            None => Ok(None),
+        };
+        match self.process.wait_ready(deadline, probe).await {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => Err(HarnessError::Exited {
+                server: self.name.clone(),
+                status: status.to_string(),
+                log_tail: self.log_tail(LOG_TAIL_LINES),
+            }),
+            Err(NotReady::Timeout { waited, last_probe }) => Err(HarnessError::Timeout {
+                what: format!(
+                    "nats-server {} (port {}) to become ready",
+                    self.name, self.port
+                ),
+                waited,
+                log_tail: format!(
+                    "last probe: {last_probe}\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                ),
+            }),
+            Err(NotReady::Io(e)) => Err(HarnessError::io("polling nats-server process", e)),
         }
     }
 
@@ -679,25 +629,22 @@ impl NatsServer {
     /// killed or stopped through the harness (a process that crashed on its
     /// own still reports its old pid; see [`NatsServer::is_running`]).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// True if the process is running (it was started and has not exited).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.try_exit_status(), Ok(None)) && self.child.is_some()
+        self.process.is_running()
     }
 
     /// Contents of the server log file plus anything the process wrote to
     /// stdout/stderr (config parse errors end up there).
     pub fn log_contents(&self) -> String {
-        let mut text = fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if let Ok(out) = fs::read(&self.output_path) {
-            if !out.is_empty() {
-                text.push_str("\n--- stdout/stderr ---\n");
-                text.push_str(&String::from_utf8_lossy(&out));
-            }
+        let mut text = read_from(&self.log_path, 0);
+        let out = read_from(self.process.output_path(), 0);
+        if !out.is_empty() {
+            text.push_str("\n--- stdout/stderr ---\n");
+            text.push_str(&out);
         }
         text
     }
@@ -708,67 +655,24 @@ impl NatsServer {
 
     /// SIGKILLs the process (`kill -9`) and reaps it. No-op if not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::orphans::forget(child.id());
-        }
+        self.process.kill();
     }
 
     /// Stops the process gracefully with SIGTERM and waits for it to exit
     /// (up to 10 s, after which it is SIGKILLed and an error is returned).
     /// No-op if not running.
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        if child
-            .try_wait()
-            .map_err(|e| HarnessError::io("polling nats-server process", e))?
-            .is_some()
-        {
-            crate::orphans::forget(child.id());
-            self.child = None;
+        if self.process.stop("TERM", STOP_TIMEOUT).await {
             return Ok(());
         }
-        let pid = child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-            // Fallback for systems without /bin/kill (procps): the shell builtin.
-            || Command::new("sh")
-                .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
-                .stdin(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if self.try_exit_status()?.is_some() {
-                if let Some(child) = self.child.take() {
-                    crate::orphans::forget(child.id());
-                }
-                return Ok(());
-            }
-            if !sent || Instant::now() >= deadline {
-                let tail = self.log_tail(LOG_TAIL_LINES);
-                self.kill();
-                return Err(HarnessError::Timeout {
-                    what: format!(
-                        "nats-server {} to exit after SIGTERM (sent: {sent}); it was SIGKILLed",
-                        self.name
-                    ),
-                    waited: STOP_TIMEOUT,
-                    log_tail: tail,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Err(HarnessError::Timeout {
+            what: format!(
+                "nats-server {} to exit after SIGTERM; it was SIGKILLed",
+                self.name
+            ),
+            waited: STOP_TIMEOUT,
+            log_tail: self.log_tail(LOG_TAIL_LINES),
+        })
     }
 
     /// Starts the server again on the same ports with the same config and
@@ -796,12 +700,6 @@ impl NatsServer {
     pub async fn meta_leader(&self) -> Result<Option<String>, HarnessError> {
         let (_, body) = self.monitor_get("/jsz").await?;
         Ok(parse_meta_leader(&body))
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
