@@ -248,15 +248,19 @@ impl Process {
     /// SIGKILLs the server, its children (PostgreSQL backends) and the
     /// wrapper, and reaps it (`kill -9`). No-op if not running.
     pub(crate) fn kill(&mut self) {
-        if let Some(pid) = self.pid() {
-            let children = children_of(pid);
-            send_signal(pid, "KILL");
-            for child in children {
-                send_signal(child, "KILL");
-            }
+        let Some(server) = self.pid() else {
+            self.reaped();
+            return;
+        };
+        let children = children_of(server);
+        if self.wrapped {
+            send_signal(server, "KILL");
         }
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
+        }
+        for pid in children {
+            send_signal(pid, "KILL");
         }
         self.reaped();
     }

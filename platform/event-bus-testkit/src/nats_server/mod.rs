@@ -68,14 +68,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 mod binary;
 mod cluster;
+mod config;
+mod monitor;
 
 pub use binary::nats_server_binary;
 pub use cluster::NatsCluster;
+pub use config::NatsServerOptions;
+
+use config::{config_text, ClusterSpec};
+use monitor::{client_port_greets, http_get, parse_meta_leader};
 
 /// Minimum supported `nats-server` version (major, minor, patch).
 pub const MIN_NATS_SERVER_VERSION: (u32, u32, u32) = (2, 10, 0);
@@ -186,186 +190,14 @@ impl std::error::Error for HarnessError {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Ports, config helpers, HTTP probe
-// ---------------------------------------------------------------------------
-
 /// Picks `n` distinct free loopback ports.
 fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
     crate::local::free_ports(n).map_err(|e| HarnessError::io("picking free loopback ports", e))
 }
 
-/// Quotes a string for the NATS config format.
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-/// `GET path` against the monitoring port `127.0.0.1:port`.
-async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
-    crate::http::try_get(([127, 0, 0, 1], port).into(), path, PROBE_TIMEOUT).await
-}
-
-/// True if the client port accepts a connection and greets with `INFO `.
-async fn client_port_greets(port: u16) -> bool {
-    let fut = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await?;
-        Ok::<bool, io::Error>(&buf == b"INFO ")
-    };
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, fut).await, Ok(Ok(true)))
-}
-
-/// Extracts `meta_cluster.leader` from a `/jsz` JSON body without a JSON crate.
-/// Returns `None` if there is no meta cluster or the leader is absent/empty.
-fn parse_meta_leader(json: &str) -> Option<String> {
-    const KEY: &str = "\"meta_cluster\"";
-    let start = json.find(KEY)? + KEY.len();
-    let obj = json[start..].trim_start().strip_prefix(':')?.trim_start();
-    if !obj.starts_with('{') {
-        return None;
-    }
-    let bytes = obj.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b'"' => {
-                let (s, end) = read_json_string(obj, i)?;
-                if depth == 1 && s == "leader" {
-                    if let Some(val) = obj[end..].trim_start().strip_prefix(':') {
-                        let val = val.trim_start();
-                        if val.starts_with('"') {
-                            let (leader, _) = read_json_string(val, 0)?;
-                            return (!leader.is_empty()).then(|| leader.to_string());
-                        }
-                        return None;
-                    }
-                }
-                i = end;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// Reads the JSON string starting at the quote at `start`; returns the raw
-/// content and the index just past the closing quote.
-fn read_json_string(s: &str, start: usize) -> Option<(&str, usize)> {
-    let bytes = s.as_bytes();
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some((&s[start + 1..i], i + 1)),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------
 // Single node
 // ---------------------------------------------------------------------------
-
-/// Options for [`NatsServer::start_with`] and [`NatsCluster::start_with`].
-///
-/// Construct with `NatsServerOptions::default()` and the builder methods, or
-/// with struct-update syntax.
-#[derive(Debug, Clone)]
-pub struct NatsServerOptions {
-    /// Enable JetStream (default `true`).
-    pub jetstream: bool,
-    /// Server `max_payload` in bytes (`None` = server default, 1 MiB).
-    /// Values above 8 MiB make the server warn; above 64 MiB it refuses to start.
-    pub max_payload: Option<usize>,
-    /// Config text appended verbatim at the top level of the config file, e.g.
-    /// `accounts { ... }` / `authorization { ... }` blocks. Note that when
-    /// accounts are configured, JetStream must be enabled per account
-    /// (`jetstream: enabled`) for that account to use it.
-    pub extra_config: String,
-    /// Config text inserted inside the `jetstream { ... }` block (for example
-    /// `max_memory_store: 256MB`). Ignored when `jetstream` is false.
-    pub jetstream_config: String,
-    /// Server name for a single node (default `test-<port>`). Cluster nodes are
-    /// always named `n1`..`nN`.
-    pub server_name: Option<String>,
-    /// Enable debug logging (`debug: true`) in the server log.
-    pub debug: bool,
-    /// Overall readiness deadline for start/restart (default 20 s).
-    pub startup_timeout: Duration,
-}
-
-impl Default for NatsServerOptions {
-    fn default() -> Self {
-        NatsServerOptions {
-            jetstream: true,
-            max_payload: None,
-            extra_config: String::new(),
-            jetstream_config: String::new(),
-            server_name: None,
-            debug: false,
-            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
-        }
-    }
-}
-
-impl NatsServerOptions {
-    /// Enables or disables JetStream.
-    pub fn jetstream(mut self, enabled: bool) -> Self {
-        self.jetstream = enabled;
-        self
-    }
-
-    /// Sets `max_payload` in bytes.
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = Some(bytes);
-        self
-    }
-
-    /// Appends config text at the top level (accounts, authorization, ...).
-    pub fn extra_config(mut self, text: impl AsRef<str>) -> Self {
-        self.extra_config.push_str(text.as_ref());
-        self.extra_config.push('\n');
-        self
-    }
-
-    /// Appends config text inside the `jetstream { ... }` block.
-    pub fn jetstream_config(mut self, text: impl AsRef<str>) -> Self {
-        self.jetstream_config.push_str(text.as_ref());
-        self.jetstream_config.push('\n');
-        self
-    }
-
-    /// Sets the server name of a single node.
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
-        self
-    }
-
-    /// Sets the readiness deadline used by start and restart.
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
-        self
-    }
-}
-
-/// Cluster part of a node's config.
-struct ClusterSpec {
-    name: String,
-    port: u16,
-    route_ports: Vec<u16>,
-}
 
 /// A real `nats-server` process (single node or cluster member).
 ///
@@ -442,49 +274,16 @@ impl NatsServer {
         let output_path = dir_path.join("stdout-stderr.log");
         let store_dir = dir_path.join("store");
 
-        let mut conf = String::new();
-        conf.push_str("# generated by event-bus-testkit nats_server harness\n");
-        conf.push_str(&format!("server_name: {}\n", quote(&name)));
-        conf.push_str(&format!("listen: \"127.0.0.1:{port}\"\n"));
-        conf.push_str(&format!("http: \"127.0.0.1:{monitor_port}\"\n"));
-        conf.push_str(&format!(
-            "log_file: {}\n",
-            quote(&log_path.to_string_lossy())
-        ));
-        if opts.debug {
-            conf.push_str("debug: true\n");
-        }
-        if let Some(max) = opts.max_payload {
-            conf.push_str(&format!("max_payload: {max}\n"));
-        }
-        if opts.jetstream {
-            conf.push_str("jetstream {\n");
-            conf.push_str(&format!(
-                "  store_dir: {}\n",
-                quote(&store_dir.to_string_lossy())
-            ));
-            conf.push_str(&opts.jetstream_config);
-            conf.push_str("\n}\n");
-        }
         let cluster_port = cluster.as_ref().map(|c| c.port);
-        if let Some(c) = &cluster {
-            // Arrays need explicit commas between quoted strings.
-            let routes: Vec<String> = c
-                .route_ports
-                .iter()
-                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-                .collect();
-            conf.push_str("cluster {\n");
-            conf.push_str(&format!("  name: {}\n", quote(&c.name)));
-            conf.push_str(&format!("  listen: \"127.0.0.1:{}\"\n", c.port));
-            conf.push_str(&format!("  routes: [{}]\n", routes.join(", ")));
-            conf.push_str("}\n");
-        }
-        if !opts.extra_config.is_empty() {
-            conf.push_str("\n# extra config\n");
-            conf.push_str(&opts.extra_config);
-            conf.push('\n');
-        }
+        let conf = config_text(
+            opts,
+            &name,
+            port,
+            monitor_port,
+            &log_path,
+            &store_dir,
+            cluster,
+        );
         fs::write(&config_path, conf)
             .map_err(|e| HarnessError::io(format!("writing {}", config_path.display()), e))?;
 
@@ -708,6 +507,7 @@ mod tests {
     use super::binary::{parse_version, probe_version, resolve_from};
     use super::*;
     use std::net::TcpListener;
+    use tokio::net::TcpStream;
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -729,24 +529,6 @@ mod tests {
         assert_eq!(parse_version("garbage"), None);
         assert!((2, 9, 10) < MIN_NATS_SERVER_VERSION);
         assert!((2, 10, 0) >= MIN_NATS_SERVER_VERSION);
-    }
-
-    #[test]
-    fn parses_meta_leader() {
-        let pretty = r#"{
-  "meta_cluster": {
-    "name": "tc1",
-    "leader": "n3",
-    "peer": "BXScrY9i",
-    "snapshot": { "pending_entries": 1 }
-  },
-  "total": 1
-}"#;
-        assert_eq!(parse_meta_leader(pretty), Some("n3".into()));
-        let no_leader = r#"{"meta_cluster":{"name":"tc1","replicas":[{"name":"n2","leader":"x"}],"cluster_size":2},"leader":"zz"}"#;
-        assert_eq!(parse_meta_leader(no_leader), None);
-        assert_eq!(parse_meta_leader(r#"{"meta_cluster":{"leader":""}}"#), None);
-        assert_eq!(parse_meta_leader(r#"{"memory":0}"#), None);
     }
 
     #[test]
