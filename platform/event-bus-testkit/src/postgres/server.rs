@@ -7,7 +7,7 @@ use super::user::{make_temp_dir, running_as_root, scrub_env, server_command};
 use super::{PgHarnessError, DEFAULT_STARTUP_TIMEOUT};
 use crate::process::{file_len, read_from, tail_lines, NotReady, Process, LOG_TAIL_LINES};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -106,11 +106,11 @@ impl Server {
     /// `postgres` on `port`, its output appended to the log; the data
     /// directory (on its command line) marks it for orphan reaping.
     fn process(
-        bin_dir: &std::path::Path,
+        bin_dir: &Path,
         port: u16,
-        root: &std::path::Path,
-        data_dir: &std::path::Path,
-        log_path: &std::path::Path,
+        root: &Path,
+        data_dir: &Path,
+        log_path: &Path,
     ) -> Process {
         let args: Vec<OsString> = vec![
             "-D".into(),
