@@ -19,6 +19,7 @@ mod local;
 pub mod nats_server;
 mod orphans;
 pub mod postgres;
+mod process;
 pub mod wait;
 
 /// Runs each named scenario on both backends: `on_both_backends!(memory,

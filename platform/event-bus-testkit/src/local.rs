@@ -1,9 +1,11 @@
-//! Helpers shared by the server harnesses.
+//! Loopback ports and unique names shared by the server harnesses.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Ports handed out by this process to any harness, never reused within it
 /// (a killed server's port is not given to another server of the same test
@@ -38,8 +40,14 @@ pub(crate) fn free_ports(n: usize) -> io::Result<Vec<u16>> {
     Ok(ports)
 }
 
-/// The last `n` lines of `text`.
-pub(crate) fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+/// `<pid>-<counter>-<nanos>`: unique across processes and calls (names of
+/// clusters and databases).
+pub(crate) fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{n}-{nanos:x}", std::process::id())
 }

