@@ -684,7 +684,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             dry_run,
             rate,
         } => {
-            let found = matching(bus, filter).await?;
+            let found = something_to(matching(bus, filter).await?, "replay", filter)?;
             let pause = rate
                 .filter(|r| *r > 0.0)
                 .map(|r| Duration::from_secs_f64(1.0 / r));
@@ -709,7 +709,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             );
         }
         DlqCommand::Discard { filter, dry_run } => {
-            let found = matching(bus, filter).await?;
+            let found = something_to(matching(bus, filter).await?, "discard", filter)?;
             let mut done = Vec::new();
             for d in found {
                 done.push(dead_letter_json(&d));
@@ -729,6 +729,40 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `found`, or an error saying there is nothing to `action` (a command
+/// with nothing to act on fails, exit 1, rather than report 0 and succeed).
+fn something_to(
+    found: Vec<DeadLetter>,
+    action: &str,
+    filter: &DlqFilter,
+) -> Result<Vec<DeadLetter>, BusError> {
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let mut only = Vec::new();
+    if let Some(c) = &filter.consumer {
+        only.push(format!("consumer {c:?}"));
+    }
+    if let Some(e) = &filter.error_contains {
+        only.push(format!("error containing {e:?}"));
+    }
+    if filter.since.is_some() {
+        only.push("within --since".to_string());
+    }
+    let only = if only.is_empty() {
+        String::new()
+    } else {
+        format!(" (only {})", only.join(", "))
+    };
+    Err(BusError::new(
+        ErrorKind::NotFound,
+        format!(
+            "nothing to {action}: no dead letter on {:?}{only}; `bus dlq ls {}` lists what is there",
+            filter.subject, filter.subject
+        ),
+    ))
 }
 
 fn report(cli: &Cli, what: &str, rows: &[Value]) {
