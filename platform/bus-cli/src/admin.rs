@@ -100,7 +100,36 @@ pub async fn outbox(
             } else {
                 seqs.clone()
             };
+            if seqs.is_empty() {
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "nothing to retry: the failure table of {:?} is empty",
+                        outbox.table()
+                    ),
+                ));
+            }
             let moved = outbox.retry_failed(&seqs).await?;
+            if moved < seqs.len() as u64 {
+                let present: std::collections::HashSet<i64> = outbox
+                    .failed(u32::MAX)
+                    .await?
+                    .into_iter()
+                    .map(|f| f.seq)
+                    .collect();
+                let missing: Vec<String> = seqs
+                    .iter()
+                    .filter(|s| !present.contains(s))
+                    .map(|s| s.to_string())
+                    .collect();
+                return Err(BusError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "moved {moved} row(s) back; no failed row with seq {} (`bus outbox failed` lists them)",
+                        missing.join(", ")
+                    ),
+                ));
+            }
             if cli.json {
                 println!("{}", json!({"retried": moved}));
             } else {
