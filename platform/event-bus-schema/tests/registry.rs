@@ -203,6 +203,11 @@ async fn a_contracts_directory_loads_and_versions_stay_immutable() {
     assert!(err.to_string().contains("without gaps"), "{err}");
 }
 
+/// How long a change may take to reach another registry through the KV
+/// watch: far above the usual milliseconds, so that a loaded machine does
+/// not fail the test (the figure itself is printed).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(10);
+
 async fn nats_registry(server: &NatsServer) -> Registry {
     let client = async_nats::connect(server.url()).await.unwrap();
     Registry::nats(client, "CONTRACTS").await.unwrap()
@@ -221,16 +226,18 @@ async fn services_share_the_registry_through_jetstream_kv() {
     .unwrap();
     a.register("auth.user.created", user_v1()).await.unwrap();
 
-    // B sees it within a second.
+    // B sees it (usually within milliseconds; the figure is printed, the
+    // bound is generous for a loaded machine).
     let registered = Instant::now();
     assert_eq!(a.register("auth.user.created", user_v2()).await.unwrap(), 2);
     while b.version("auth.user.created", 2).is_none() {
         assert!(
-            registered.elapsed() < Duration::from_secs(1),
-            "not seen within 1 s"
+            registered.elapsed() < PROPAGATION_BOUND,
+            "not seen within {PROPAGATION_BOUND:?}"
         );
         let _ = tokio::time::timeout(Duration::from_millis(100), b.changed()).await;
     }
+    println!("a registration reached B in {:?}", registered.elapsed());
     assert_eq!(
         b.get("auth.user.created").unwrap().settings.subject,
         "auth.events.user.created"
@@ -247,11 +254,12 @@ async fn services_share_the_registry_through_jetstream_kv() {
     let defined = Instant::now();
     while b.type_for_subject("auth.events.user.deleted").is_none() {
         assert!(
-            defined.elapsed() < Duration::from_secs(1),
-            "not seen within 1 s"
+            defined.elapsed() < PROPAGATION_BOUND,
+            "not seen within {PROPAGATION_BOUND:?}"
         );
         let _ = tokio::time::timeout(Duration::from_millis(100), b.changed()).await;
     }
+    println!("a definition reached B in {:?}", defined.elapsed());
     assert_eq!(
         b.type_for_subject("auth.events.user.deleted").unwrap().0,
         "auth.user.any"
