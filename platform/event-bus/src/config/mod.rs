@@ -659,9 +659,8 @@ impl BusConfig {
     /// `name(field)` says (the environment variable that set it, after
     /// [`apply_env`](Self::apply_env)).
     fn validate_as(&self, name: &dyn Fn(&str) -> String) -> Result<(), BusError> {
-        let config = |field: &str, value: &str, why: &str| {
-            BusError::config(&name(field), value, why)
-        };
+        let config =
+            |field: &str, value: &str, why: &str| BusError::config(&name(field), value, why);
         if self.bus_type == BusType::Memory {
             if let Some(t) = &self.nats.tenant {
                 return Err(config(
@@ -672,27 +671,15 @@ impl BusConfig {
             }
         }
         if self.memory.capacity == 0 {
-            return Err(config(
-                "memory.capacity",
-                "0",
-                "must be at least 1",
-            ));
+            return Err(config("memory.capacity", "0", "must be at least 1"));
         }
         if self.memory.max_payload == 0 {
-            return Err(config(
-                "memory.max_payload",
-                "0",
-                "must be at least 1",
-            ));
+            return Err(config("memory.max_payload", "0", "must be at least 1"));
         }
         if self.bus_type == BusType::Nats {
             let n = &self.nats;
             if n.urls.is_empty() {
-                return Err(config(
-                    "nats.urls",
-                    "",
-                    "at least one server URL is needed",
-                ));
+                return Err(config("nats.urls", "", "at least one server URL is needed"));
             }
             for url in &n.urls {
                 let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
@@ -715,18 +702,10 @@ impl BusConfig {
                 ));
             }
             if n.connect_timeout.is_zero() {
-                return Err(config(
-                    "nats.connect_timeout",
-                    "0s",
-                    "must be positive",
-                ));
+                return Err(config("nats.connect_timeout", "0s", "must be positive"));
             }
             if n.publish_timeout.is_zero() {
-                return Err(config(
-                    "nats.publish_timeout",
-                    "0s",
-                    "must be positive",
-                ));
+                return Err(config("nats.publish_timeout", "0s", "must be positive"));
             }
             for (field, value) in [
                 ("nats.connect_timeout", n.connect_timeout),
@@ -933,7 +912,10 @@ mod tests {
     fn env_values_failing_validation_name_the_variable() {
         let cases: &[(&[(&str, &str)], &str, &str)] = &[
             (
-                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_URL", "http://x")],
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_URL", "http://x"),
+                ],
                 "EVENT_BUS_NATS_URL",
                 "nats.urls",
             ),
@@ -948,7 +930,10 @@ mod tests {
                 "memory.max_payload",
             ),
             (
-                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_PUBLISH_TIMEOUT", "0s")],
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_PUBLISH_TIMEOUT", "0s"),
+                ],
                 "EVENT_BUS_NATS_PUBLISH_TIMEOUT",
                 "nats.publish_timeout",
             ),
@@ -958,12 +943,18 @@ mod tests {
                 "nats.user",
             ),
             (
-                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_TENANT", "acme.eu")],
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_TENANT", "acme.eu"),
+                ],
                 "EVENT_BUS_NATS_TENANT",
                 "nats.tenant",
             ),
             (
-                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_TENANT", "$SYS")],
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_TENANT", "$SYS"),
+                ],
                 "EVENT_BUS_NATS_TENANT",
                 "nats.tenant",
             ),
@@ -978,7 +969,10 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Config);
             let text = err.to_string();
             assert!(text.contains(&format!("`{var}`")), "{vars:?}: {text}");
-            assert!(!text.contains(field), "{vars:?} names the file's field: {text}");
+            assert!(
+                !text.contains(field),
+                "{vars:?} names the file's field: {text}"
+            );
         }
         // Set by the file, the same value is reported under the field.
         let file = BusConfig::from_toml_str("[memory]\ncapacity = 0\n")
