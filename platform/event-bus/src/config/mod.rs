@@ -910,7 +910,9 @@ mod tests {
     /// variable that set it (the documented promise), not the file's field.
     #[test]
     fn env_values_failing_validation_name_the_variable() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        // The variables set, the one the error names, the field it must not name.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
             (
                 &[
                     ("EVENT_BUS_TYPE", "nats"),
