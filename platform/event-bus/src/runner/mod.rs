@@ -104,7 +104,7 @@ mod slot;
 pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_ACK_WAIT};
 pub use dead_letters::{DeadLetter, DeadLetterQueue};
 use handle::DeadLetterPlace;
-pub use handle::RunnerHandle;
+pub use handle::{RunnerCheck, RunnerHandle};
 pub use handler::{Event, EventCheck, Handler};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
 use slot::{Erased, EventSlot, Registered};
@@ -410,13 +410,19 @@ impl<I: Inbox> Runner<I> {
             .options
             .shutdown_timeout
             .saturating_add(self.options.answer_timeout.saturating_mul(3));
-        let task = tokio::spawn(self.drive(streams, async move {
+        let state = Arc::new(handle::RunState::default());
+        let running = handle::StoppedOnDrop(state.clone());
+        let drive = self.drive(streams, async move {
             // A dropped handle (the sender gone without a message) detaches
             // the runner: it does not stop.
             if stopped.await.is_err() {
                 std::future::pending::<()>().await;
             }
-        }));
+        });
+        let task = tokio::spawn(async move {
+            let _running = running;
+            drive.await
+        });
         Ok(RunnerHandle {
             stop: Some(stop),
             task,
@@ -424,6 +430,7 @@ impl<I: Inbox> Runner<I> {
             stop_within,
             dead_letters,
             name,
+            state,
         })
     }
 
