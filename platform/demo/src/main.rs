@@ -120,8 +120,9 @@ async fn run(once: bool) -> Result<bool, Error> {
 
     // One port: the API and the monitoring endpoints.
     let seen = directory.clone();
-    let app = Monitoring::new()
+    let monitoring = Monitoring::new()
         .check(BusCheck::new(bus.clone()))
+        .check(runner.status_check())
         .check(outbox.status_check(Duration::from_secs(30)))
         .check(from_fn("directory", move || {
             let n = seen.load(Ordering::Relaxed);
@@ -131,7 +132,10 @@ async fn run(once: bool) -> Result<bool, Error> {
                 json!({"users_seen": n}),
             )
         }))
-        .metrics(metrics)
+        .metrics(metrics);
+    // Marks the service not ready (/readyz 503) when it begins shutting down.
+    let shutdown = monitoring.shutdown_handle();
+    let app = monitoring
         .router()
         .merge(auth::router(pool.clone(), outbox.clone(), registry.clone()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
@@ -231,6 +235,7 @@ async fn run(once: bool) -> Result<bool, Error> {
         println!("serving http://{addr}/ (status page), /status, /metrics, /users; Ctrl-C to stop");
         tokio::signal::ctrl_c().await?;
     }
+    shutdown.begin("the demo is stopping");
     runner.shutdown().await;
     relay.shutdown().await;
     Ok(ok)

@@ -20,6 +20,26 @@
 //! (`event_bus_postgres::Outbox::status_check`), and anything else
 //! ([`from_fn`](event_bus::status::from_fn)). Each check is bounded by a
 //! timeout (default 5 s; a check that does not answer is not ready).
+//! A spawned runner's check is `RunnerHandle::status_check` (not ready once
+//! the runner stops).
+//!
+//! **Shutdown.** [`Monitoring::shutdown_handle`] gives a [`ShutdownHandle`];
+//! call [`begin`](ShutdownHandle::begin) when the service starts shutting
+//! down, *before* stopping its relay and runners: `/readyz` answers 503 from
+//! then on (a check named `shutdown` with the reason), so that a load
+//! balancer drains the instance while it finishes its work.
+//!
+//! ```no_run
+//! # use event_bus_http::Monitoring;
+//! # async fn example(runner: event_bus::runner::RunnerHandle) {
+//! let monitoring = Monitoring::new().check(runner.status_check());
+//! let shutdown = monitoring.shutdown_handle();
+//! let app = monitoring.router();
+//! // ... serve `app`; then, on SIGTERM:
+//! shutdown.begin("SIGTERM received");
+//! runner.shutdown().await;
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use event_bus::status::BusCheck;
@@ -48,8 +68,27 @@ use axum::{Json, Router};
 use event_bus::status::{CheckReport, StatusCheck};
 use serde_json::json;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// Marks a service as shutting down: from [`begin`](Self::begin) on, the
+/// [`Monitoring`] it came from ([`Monitoring::shutdown_handle`]) answers
+/// `/readyz` with 503. Clones share the mark; it cannot be undone.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownHandle(Arc<OnceLock<String>>);
+
+impl ShutdownHandle {
+    /// Begins the shutdown, for `reason` (shown on `/readyz`, `/status` and
+    /// the page). A second call keeps the first reason.
+    pub fn begin(&self, reason: impl Into<String>) {
+        let _ = self.0.set(reason.into());
+    }
+
+    /// Why the service is shutting down, once [`begin`](Self::begin) was called.
+    pub fn reason(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
 
 /// The checks behind the endpoints; [`router`](Monitoring::router) serves
 /// them.
@@ -58,6 +97,7 @@ pub struct Monitoring {
     checks: Vec<Arc<dyn StatusCheck>>,
     timeout: Option<Duration>,
     metrics: Option<PrometheusHandle>,
+    shutdown: ShutdownHandle,
 }
 
 /// Installs a Prometheus recorder as the global `metrics` recorder, with
@@ -106,6 +146,7 @@ impl std::fmt::Debug for Monitoring {
             )
             .field("timeout", &self.timeout())
             .field("metrics", &self.metrics.is_some())
+            .field("shutting_down", &self.shutdown.reason())
             .finish()
     }
 }
@@ -151,14 +192,29 @@ impl Monitoring {
         self
     }
 
+    /// The handle that marks this service as shutting down (`/readyz` 503
+    /// from then on); take it before [`router`](Self::router).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
     fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)
     }
 
-    /// Runs every check concurrently, each within the timeout.
+    /// Runs every check concurrently, each within the timeout; once the
+    /// shutdown has begun, a failing `shutdown` verdict comes first.
     async fn run(&self) -> Vec<Verdict> {
         let timeout = self.timeout();
-        futures::future::join_all(self.checks.iter().map(|c| async move {
+        let shutdown = self.shutdown.reason().map(|reason| Verdict {
+            name: "shutdown".to_string(),
+            report: CheckReport::new(
+                false,
+                format!("shutting down: {reason}"),
+                json!({ "reason": reason }),
+            ),
+        });
+        let checks = futures::future::join_all(self.checks.iter().map(|c| async move {
             let report = match tokio::time::timeout(timeout, c.check()).await {
                 Ok(report) => report,
                 Err(_) => CheckReport::new(
@@ -172,7 +228,8 @@ impl Monitoring {
                 report,
             }
         }))
-        .await
+        .await;
+        shutdown.into_iter().chain(checks).collect()
     }
 
     /// The router: `/livez`, `/readyz`, `/status`, `/` and, with a

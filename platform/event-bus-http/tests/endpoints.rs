@@ -1,8 +1,10 @@
 //! The monitoring endpoints over real HTTP on loopback: `/readyz` follows the
 //! bus (a real nats-server killed and restarted) and consumer lag (a stalled
 //! consumer), `/status` carries the details, `/` is escaped HTML, a check
-//! that hangs is bounded.
+//! that hangs is bounded, `/readyz` fails once the service begins shutting
+//! down and once its runner has stopped.
 
+use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle};
 use event_bus::status::{from_fn, BusCheck, CheckReport, StatusCheck};
 use event_bus::{EventBus, NatsBus};
 use event_bus_http::Monitoring;
@@ -121,6 +123,86 @@ async fn readyz_follows_a_killed_and_restarted_nats_server() {
     )
     .await;
     assert!(back.elapsed() < Duration::from_secs(5));
+}
+
+async fn mailer(bus: &Arc<dyn EventBus>, name: &str) -> RunnerHandle {
+    Runner::builder(bus.clone(), name)
+        .handler(Handler::sync("h", "mail.x", |_e: Event<'_, u32>, _tx| {
+            Outcome::Ack
+        }))
+        .build()
+        .spawn()
+        .await
+        .unwrap()
+}
+
+/// Shutdown × readiness (real nats-server): `/readyz` answers 503 from the
+/// moment the service begins shutting down, before its runner stops (a load
+/// balancer drains it first); a runner that has stopped fails its check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_once_shutdown_begins_and_once_the_runner_stopped() {
+    let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let bus: Arc<dyn EventBus> = Arc::new(server.bus(&[]).await.unwrap());
+    let runner = mailer(&bus, "mailer").await;
+    let monitoring = Monitoring::new()
+        .check(BusCheck::new(bus.clone()))
+        .check(runner.status_check());
+    let shutdown = monitoring.shutdown_handle();
+    let addr = serve(monitoring).await;
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("runner mailer") && body.contains("running"),
+        "{body}"
+    );
+
+    shutdown.begin("SIGTERM received");
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 503, "not ready once the shutdown began: {body}");
+    assert!(body.contains("shutting down: SIGTERM received"), "{body}");
+    let (_, page) = get(addr, "/").await;
+    assert!(
+        page.contains("NOT READY") && page.contains("SIGTERM received"),
+        "{page}"
+    );
+    // The runner still works while the instance drains.
+    bus.publish("mail.x", b"1".to_vec()).await.unwrap();
+    wait::until(
+        Duration::from_secs(30),
+        "the draining runner handled it",
+        || runner.report().processed == 1,
+    )
+    .await;
+    assert_eq!(runner.shutdown().await.processed, 1);
+
+    // Without the mark, a stopped runner's own check fails /readyz.
+    let second = mailer(&bus, "second").await;
+    let addr = serve(
+        Monitoring::new()
+            .check(BusCheck::new(bus.clone()))
+            .check(second.status_check()),
+    )
+    .await;
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    second.shutdown().await;
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 503, "a stopped runner is not ready: {body}");
+    assert!(
+        body.contains("runner second") && body.contains("stopped"),
+        "{body}"
+    );
+
+    // An aborted runner (its task gone) likewise.
+    let third = mailer(&bus, "third").await;
+    let check = third.status_check();
+    assert!(check.check().await.ready);
+    third.abort();
+    wait::until_async(
+        Duration::from_secs(30),
+        "the aborted runner's check fails",
+        || async { !check.check().await.ready },
+    )
+    .await;
 }
 
 struct Hangs;

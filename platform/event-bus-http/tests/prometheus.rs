@@ -382,8 +382,9 @@ async fn prometheus_scrapes_alerts_fire_and_dashboard_queries_answer() {
     runner.shutdown().await;
     drop(prometheus);
     let took = began.elapsed();
+    // Printed, not asserted: a loaded machine may take longer; the
+    // assertions above are the test.
     println!("prometheus test took {took:?}");
-    assert!(took < Duration::from_secs(90), "took {took:?}");
 }
 
 /// The next delivery, within 10 s.

@@ -425,7 +425,7 @@ async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
     use event_bus_http::{install_prometheus, Monitoring};
 
     let metrics = install_prometheus()?;                   // first, before buses, runners and relays
-    // ... the bus, the outbox, the runners, the lag monitor ...
+    // ... the bus, the outbox, the relay, the runners, the lag monitor ...
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let (outbox, relay) = outbox_readme::block::start(pool.clone(), bus.clone()).await?;
     let runner = readme_runner(bus.clone(), pool.clone()).await?;
@@ -435,12 +435,14 @@ async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
         Duration::from_millis(100),
         10,
     ));
-    let app = Monitoring::new()
+    let monitoring = Monitoring::new()
         .check(BusCheck::new(bus.clone()))
         .shared_check(lag_monitor.clone())
         .check(outbox.status_check(Duration::from_secs(30)))
-        .metrics(metrics)                                  // serves /metrics (404 without it)
-        .router();
+        .check(runner.status_check())
+        .metrics(metrics);                                 // serves /metrics (404 without it)
+    let shutdown = monitoring.shutdown_handle();
+    let app = monitoring.router();
     let listener = tokio::net::TcpListener::bind(addr).await?;   // e.g. "0.0.0.0:9090"
     let local = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -449,11 +451,19 @@ async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
         outbox_readme::block::create_user(&pool, &outbox, email).await?;
     }
     wait_for_mails(&pool, 2).await;
-    let report = runner.shutdown().await;
-    assert_eq!((report.processed, report.dead_lettered), (2, 0), "{report:?}");
-    relay.shutdown().await;
+    let (code, body) = event_bus_testkit::http::get(local, "/readyz").await;
+    assert_eq!(code, 200, "/readyz while serving: {body}");
     let (code, scrape) = event_bus_testkit::http::get(local, "/metrics").await;
     assert_eq!(code, 200, "/metrics: {scrape}");
     assert!(scrape.contains("event_bus_runner"), "no runner series on /metrics:\n{scrape}");
+    let report = runner.report();
+    assert_eq!((report.processed, report.dead_lettered), (2, 0), "{report:?}");
+
+    // ... on SIGTERM: not ready first, so that a load balancer drains the instance
+    shutdown.begin("SIGTERM");
+    let (code, body) = event_bus_testkit::http::get(local, "/readyz").await;
+    assert_eq!(code, 503, "/readyz once shutdown began: {body}");
+    runner.shutdown().await;
+    relay.shutdown().await;
     Ok(())
 }

@@ -489,3 +489,79 @@ async fn durable_consumer_survives_cluster_leader_kill() {
     // duplicates are reported, not bounded; nothing may be lost.
     assert_eq!(seen.len(), total, "nothing lost");
 }
+
+/// Opening a durable consumer retries transient failures within
+/// `ConsumerConfig::open_timeout`: with the only server holding its stream
+/// (one replica) killed, it gives up after the bound, naming the consumer,
+/// the stream and how long it waited; with that server restarted while it
+/// retries, it succeeds and the consumer works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_open_retries_while_its_stream_is_offline() {
+    let mut cluster = NatsCluster::start(3).await.expect("start a 3-node cluster");
+    let client = async_nats::ConnectOptions::new()
+        .connect(cluster.urls())
+        .await
+        .expect("connect to the cluster");
+    let js = jetstream::new(client.clone());
+    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(3));
+    declare_replicated(&bus, StreamSpec::new("OFFLINE", ["offline.>"]).replicas(1)).await;
+    bus.publish("offline.job", b"1".to_vec()).await.unwrap();
+    let holder = kill_stream_leader(&js, &mut cluster, "OFFLINE").await;
+    let holder = cluster.node_index_by_name(&holder).unwrap();
+    // The others agree on a meta leader (the killed node may have been it):
+    // the stream is known, only its one replica is gone.
+    cluster
+        .wait_for_meta_leader(Duration::from_secs(60))
+        .await
+        .expect("a meta leader among the survivors");
+
+    let bound = Duration::from_secs(3);
+    let began = Instant::now();
+    let err = bus
+        .consume(
+            event_bus::ConsumerConfig::new("patient", "offline.>")
+                .start(event_bus::StartPosition::All)
+                .open_timeout(bound),
+        )
+        .await
+        .err()
+        .expect("no consumer while its stream is offline");
+    let took = began.elapsed();
+    println!("gave up after {took:?}: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"patient\"")
+            && text.contains("OFFLINE")
+            && text.contains("open_timeout 3s"),
+        "the error names the consumer, the stream and the bound: {text}"
+    );
+    assert!(took >= bound, "gave up before the bound: {took:?}");
+
+    // Opened while the node is down, the consumer comes up once it is back.
+    let opening = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            bus.consume(
+                event_bus::ConsumerConfig::new("patient", "offline.>")
+                    .start(event_bus::StartPosition::All),
+            )
+            .await
+        }
+    });
+    cluster
+        .restart(holder)
+        .await
+        .expect("restart the stream's node");
+    let mut consumer = tokio::time::timeout(Duration::from_secs(60), opening)
+        .await
+        .expect("opened within its 30 s bound of the restart")
+        .unwrap()
+        .expect("the consumer opens once its stream is back");
+    let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("a delivery within 30 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.message().payload, b"1".to_vec());
+    delivery.ack().await.unwrap();
+}

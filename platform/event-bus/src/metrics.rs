@@ -12,17 +12,27 @@
 //! runner, outbox table, answer kind, error kind, tenant; never a subject
 //! or a message id.
 //!
+//! Every series of a bus, consumer or runner on a bus confined to a tenant
+//! (`NatsBus::for_tenant`, `nats.tenant`) carries `event_bus.tenant` (the
+//! tenant's name); without a tenant the label is absent (Prometheus reads an
+//! absent label as the empty value), so that two tenants running the same
+//! consumer or runner name have series of their own.
+//!
+//! Counters are only ever incremented: a runner adds what it did since its
+//! last flush, so a runner restarted in the same process, or several
+//! instances of one runner name, add up.
+//!
 //! | name | type | labels |
 //! |---|---|---|
 //! | `messaging.client.sent.messages` | counter | `messaging.system`, `error.type` (failures only), `event_bus.tenant` (NATS, when set); in memory, `publish` counts failures only (its 1:1 path stays as fast as a raw channel), `publish_envelope` and `publish_batch` count both |
 //! | `messaging.client.operation.duration` | histogram, seconds | `messaging.system`, `messaging.operation.name` (`publish`), `error.type` (failures only) |
-//! | `messaging.client.consumed.messages` | counter | `messaging.system`, `messaging.consumer.group.name` |
+//! | `messaging.client.consumed.messages` | counter | `messaging.system`, `messaging.consumer.group.name`, `event_bus.tenant` (when set; so every per-consumer and runner series below) |
 //! | `event_bus.consumer.redeliveries` | counter | `messaging.system`, `messaging.consumer.group.name` |
 //! | `event_bus.consumer.answers` | counter | `messaging.system`, `messaging.consumer.group.name`, `event_bus.answer` (`ack`, `nack`, `term`, `in_progress`, `dead_letter`), `error.type` (failures only) |
 //! | `event_bus.consumer.dead_letters` | counter | `messaging.system`, `messaging.consumer.group.name` |
 //! | `event_bus.memory.dropped` | counter | (messages an in-memory subscription dropped by its overflow policy) |
 //! | `messaging.process.duration` | histogram, seconds | `messaging.system`, `messaging.consumer.group.name` (one handler attempt in 16 timed: quantiles, not counts) |
-//! | `event_bus.runner.events` | counter | `event_bus.runner`, `event_bus.result` (`processed`, `duplicate`, `retry`, `dead_lettered`, `dropped`, `handed_back`, `inbox_retry`) |
+//! | `event_bus.runner.events` | counter | `event_bus.runner`, `event_bus.tenant` (when set), `event_bus.result` (`processed`, `duplicate`, `retry`, `dead_lettered`, `dropped`, `handed_back`, `inbox_retry`) |
 //! | `event_bus.outbox.events` | counter | `event_bus.outbox.table`, `event_bus.result` (`published`, `duplicate`, `refused`, `failed`, `bus_error`) |
 //! | `event_bus.outbox.pending`, `event_bus.outbox.failed_rows` | gauge | `event_bus.outbox.table` (set by each `Outbox::status`) |
 //! | `event_bus.outbox.oldest_pending_age` | gauge, seconds | `event_bus.outbox.table` |
@@ -94,6 +104,20 @@ pub(crate) fn sample_process() -> bool {
     })
 }
 
+/// The label `event_bus.tenant`, when the bus has a tenant.
+pub(crate) const TENANT: &str = "event_bus.tenant";
+
+/// `labels` with [`TENANT`] added when there is a tenant (absent otherwise).
+pub(crate) fn with_tenant(
+    mut labels: Vec<(&'static str, String)>,
+    tenant: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    if let Some(t) = tenant {
+        labels.push((TENANT, t.to_string()));
+    }
+    labels
+}
+
 /// The sampled gauges of one durable consumer.
 pub(crate) struct LagGauges {
     pending: metrics::Gauge,
@@ -103,12 +127,15 @@ pub(crate) struct LagGauges {
 }
 
 impl LagGauges {
-    pub(crate) fn new(system: &'static str, consumer: &str) -> Self {
+    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
         use crate::consumer::lag::LagStatus;
-        let labels = [
-            ("messaging.system", system.to_string()),
-            ("messaging.consumer.group.name", consumer.to_string()),
-        ];
+        let labels = with_tenant(
+            vec![
+                ("messaging.system", system.to_string()),
+                ("messaging.consumer.group.name", consumer.to_string()),
+            ],
+            tenant,
+        );
         let status = [
             LagStatus::Ok,
             LagStatus::Warn,
@@ -209,6 +236,7 @@ pub(crate) struct ConsumerMetrics {
     pub(crate) dead_letters: Counter,
     system: &'static str,
     consumer: String,
+    tenant: Option<String>,
     answers: [Counter; 5],
 }
 
@@ -216,12 +244,15 @@ pub(crate) struct ConsumerMetrics {
 const ANSWER_KINDS: [&str; 5] = ["ack", "nack", "term", "in_progress", "dead_letter"];
 
 impl ConsumerMetrics {
-    pub(crate) fn new(system: &'static str, consumer: &str) -> Self {
+    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
         let labels = |extra: Option<&'static str>| {
-            let mut l = vec![
-                ("messaging.system", system.to_string()),
-                ("messaging.consumer.group.name", consumer.to_string()),
-            ];
+            let mut l = with_tenant(
+                vec![
+                    ("messaging.system", system.to_string()),
+                    ("messaging.consumer.group.name", consumer.to_string()),
+                ],
+                tenant,
+            );
             if let Some(a) = extra {
                 l.push(("event_bus.answer", a.to_string()));
             }
@@ -234,6 +265,7 @@ impl ConsumerMetrics {
             answers: ANSWER_KINDS.map(|k| metrics::counter!(ANSWERS, &labels(Some(k)))),
             system,
             consumer: consumer.to_string(),
+            tenant: tenant.map(str::to_string),
         }
     }
 
@@ -261,14 +293,16 @@ impl ConsumerMetrics {
 
     #[cold]
     fn answer_failed(&self, slot: usize, e: crate::ErrorKind) {
-        metrics::counter!(
-                ANSWERS,
-                "messaging.system" => self.system,
-                "messaging.consumer.group.name" => self.consumer.clone(),
-                "event_bus.answer" => ANSWER_KINDS[slot],
-                "error.type" => e.as_str()
-        )
-        .increment(1)
+        let labels = with_tenant(
+            vec![
+                ("messaging.system", self.system.to_string()),
+                ("messaging.consumer.group.name", self.consumer.clone()),
+                ("event_bus.answer", ANSWER_KINDS[slot].to_string()),
+                ("error.type", e.as_str().to_string()),
+            ],
+            self.tenant.as_deref(),
+        );
+        metrics::counter!(ANSWERS, &labels).increment(1)
     }
 }
 
@@ -283,10 +317,7 @@ pub(crate) struct PublishMetrics {
 
 impl PublishMetrics {
     pub(crate) fn new(system: &'static str, tenant: Option<&str>) -> Self {
-        let mut labels = vec![("messaging.system", system.to_string())];
-        if let Some(t) = tenant {
-            labels.push(("event_bus.tenant", t.to_string()));
-        }
+        let labels = with_tenant(vec![("messaging.system", system.to_string())], tenant);
         let mut timed = labels.clone();
         timed.push(("messaging.operation.name", "publish".to_string()));
         PublishMetrics {
@@ -301,13 +332,13 @@ impl PublishMetrics {
     #[cold]
     #[inline(never)]
     pub(crate) fn failed(&self, kind: crate::ErrorKind, seconds: Option<f64>) {
-        let mut labels = vec![
-            ("messaging.system", self.system.to_string()),
-            ("error.type", kind.as_str().to_string()),
-        ];
-        if let Some(t) = &self.tenant {
-            labels.push(("event_bus.tenant", t.clone()));
-        }
+        let mut labels = with_tenant(
+            vec![
+                ("messaging.system", self.system.to_string()),
+                ("error.type", kind.as_str().to_string()),
+            ],
+            self.tenant.as_deref(),
+        );
         metrics::counter!(SENT_MESSAGES, &labels).increment(1);
         if let Some(s) = seconds {
             labels.push(("messaging.operation.name", "publish".to_string()));

@@ -376,7 +376,8 @@ async fn consumer_lookup_failure_never_repoints_an_existing_consumer() {
     config.user = Some("noinfo".into());
     let limited = NatsBus::connect(&config).await.unwrap();
     let err = limited
-        .consume(ConsumerConfig::new("shared", "lookup.b"))
+        // The denied lookup times out, which is retried as transient: bound it.
+        .consume(ConsumerConfig::new("shared", "lookup.b").open_timeout(Duration::from_secs(2)))
         .await
         .err()
         .expect("the lookup failed: no consumer is created or changed");

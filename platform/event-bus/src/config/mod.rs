@@ -527,7 +527,8 @@ impl BusConfig {
 
     /// Applies `EVENT_BUS_*` variables read through `get` (testable without
     /// touching the process environment). A bad value is an error naming the
-    /// variable and the value.
+    /// variable and the value, also when it parses but fails validation
+    /// (`EVENT_BUS_MEMORY_CAPACITY=0`, `EVENT_BUS_NATS_TENANT=acme.eu`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), BusError> {
         fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, BusError>
         where
@@ -626,33 +627,59 @@ impl BusConfig {
         if let Some(v) = get("EVENT_BUS_NATS_TENANT") {
             n.tenant = Some(v);
         }
-        self.validate()
+        // A value that parses but is invalid is reported under the variable
+        // that set it, not the file's field name the variable overrides.
+        self.validate_as(&|field| {
+            let vars: &[&str] = match field {
+                "type" => &["EVENT_BUS_TYPE"],
+                "memory.capacity" => &["EVENT_BUS_MEMORY_CAPACITY"],
+                "memory.max_payload" => &["EVENT_BUS_MEMORY_MAX_PAYLOAD"],
+                "nats.urls" => &["EVENT_BUS_NATS_URL"],
+                "nats.user/nats.password" => &["EVENT_BUS_NATS_USER", "EVENT_BUS_NATS_PASSWORD"],
+                "nats.connect_timeout" => &["EVENT_BUS_NATS_CONNECT_TIMEOUT"],
+                "nats.publish_timeout" => &["EVENT_BUS_NATS_PUBLISH_TIMEOUT"],
+                "nats.tenant" => &["EVENT_BUS_NATS_TENANT"],
+                _ => &[],
+            };
+            let set: Vec<&str> = vars.iter().copied().filter(|v| get(v).is_some()).collect();
+            if set.is_empty() {
+                field.to_string()
+            } else {
+                set.join("/")
+            }
+        })
     }
 
     /// Checks values that parse but make no sense; the error names the field.
     pub fn validate(&self) -> Result<(), BusError> {
+        self.validate_as(&|field| field.to_string())
+    }
+
+    /// [`validate`](Self::validate), the error naming each field as
+    /// `name(field)` says (the environment variable that set it, after
+    /// [`apply_env`](Self::apply_env)).
+    fn validate_as(&self, name: &dyn Fn(&str) -> String) -> Result<(), BusError> {
+        let config =
+            |field: &str, value: &str, why: &str| BusError::config(&name(field), value, why);
+        if self.bus_type == BusType::Memory {
+            if let Some(t) = &self.nats.tenant {
+                return Err(config(
+                    "nats.tenant",
+                    t,
+                    "a tenant is supported on NATS only (`type = nats`); with `type = memory` it would be ignored. Remove it, or give each tenant its own InMemoryBus (separate buses share nothing)",
+                ));
+            }
+        }
         if self.memory.capacity == 0 {
-            return Err(BusError::config(
-                "memory.capacity",
-                "0",
-                "must be at least 1",
-            ));
+            return Err(config("memory.capacity", "0", "must be at least 1"));
         }
         if self.memory.max_payload == 0 {
-            return Err(BusError::config(
-                "memory.max_payload",
-                "0",
-                "must be at least 1",
-            ));
+            return Err(config("memory.max_payload", "0", "must be at least 1"));
         }
         if self.bus_type == BusType::Nats {
             let n = &self.nats;
             if n.urls.is_empty() {
-                return Err(BusError::config(
-                    "nats.urls",
-                    "",
-                    "at least one server URL is needed",
-                ));
+                return Err(config("nats.urls", "", "at least one server URL is needed"));
             }
             for url in &n.urls {
                 let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
@@ -660,7 +687,7 @@ impl BusConfig {
                     .any(|s| url.starts_with(s))
                     || !url.contains("://");
                 if !scheme_ok || url.trim().is_empty() {
-                    return Err(BusError::config(
+                    return Err(config(
                         "nats.urls",
                         &redact_url(url),
                         "expected nats://host:port (or tls://, ws://, wss://, or host:port)",
@@ -668,35 +695,27 @@ impl BusConfig {
                 }
             }
             if n.user.is_some() != n.password.is_some() {
-                return Err(BusError::config(
+                return Err(config(
                     "nats.user/nats.password",
                     n.user.as_deref().unwrap_or(""),
                     "user and password must be given together",
                 ));
             }
             if n.connect_timeout.is_zero() {
-                return Err(BusError::config(
-                    "nats.connect_timeout",
-                    "0s",
-                    "must be positive",
-                ));
+                return Err(config("nats.connect_timeout", "0s", "must be positive"));
             }
             if n.publish_timeout.is_zero() {
-                return Err(BusError::config(
-                    "nats.publish_timeout",
-                    "0s",
-                    "must be positive",
-                ));
+                return Err(config("nats.publish_timeout", "0s", "must be positive"));
             }
             for (field, value) in [
                 ("nats.connect_timeout", n.connect_timeout),
                 ("nats.publish_timeout", n.publish_timeout),
             ] {
                 if value > MAX_TIMEOUT {
-                    return Err(BusError::config(
+                    return Err(config(
                         field,
                         &humantime::format_duration(value).to_string(),
-                        format!(
+                        &format!(
                             "must be at most {}",
                             humantime::format_duration(MAX_TIMEOUT)
                         ),
@@ -707,7 +726,7 @@ impl BusConfig {
                 spec.validate()?;
             }
             if let Some(t) = &n.tenant {
-                validate_tenant("nats.tenant", t)?;
+                validate_tenant(&name("nats.tenant"), t)?;
             }
         }
         Ok(())
@@ -885,22 +904,106 @@ mod tests {
             let text = err.to_string();
             assert!(text.contains(var) && text.contains(val), "{text}");
         }
-        let err = BusConfig::default()
-            .apply_env(env(&[
-                ("EVENT_BUS_TYPE", "nats"),
-                ("EVENT_BUS_NATS_URL", "http://x"),
-            ]))
-            .unwrap_err();
-        assert!(err.to_string().contains("nats.urls") && err.to_string().contains("http://x"));
-        for tenant in ["acme.eu", "$SYS", "a b"] {
-            let err = BusConfig::default()
-                .apply_env(env(&[
+    }
+
+    /// A value that parses but fails validation is reported under the
+    /// variable that set it (the documented promise), not the file's field.
+    #[test]
+    fn env_values_failing_validation_name_the_variable() {
+        // The variables set, the one the error names, the field it must not name.
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case<'_>] = &[
+            (
+                &[
                     ("EVENT_BUS_TYPE", "nats"),
-                    ("EVENT_BUS_NATS_TENANT", tenant),
-                ]))
-                .unwrap_err();
-            assert!(err.to_string().contains("nats.tenant"), "{err}");
+                    ("EVENT_BUS_NATS_URL", "http://x"),
+                ],
+                "EVENT_BUS_NATS_URL",
+                "nats.urls",
+            ),
+            (
+                &[("EVENT_BUS_MEMORY_CAPACITY", "0")],
+                "EVENT_BUS_MEMORY_CAPACITY",
+                "memory.capacity",
+            ),
+            (
+                &[("EVENT_BUS_MEMORY_MAX_PAYLOAD", "0")],
+                "EVENT_BUS_MEMORY_MAX_PAYLOAD",
+                "memory.max_payload",
+            ),
+            (
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_PUBLISH_TIMEOUT", "0s"),
+                ],
+                "EVENT_BUS_NATS_PUBLISH_TIMEOUT",
+                "nats.publish_timeout",
+            ),
+            (
+                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_USER", "u")],
+                "EVENT_BUS_NATS_USER",
+                "nats.user",
+            ),
+            (
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_TENANT", "acme.eu"),
+                ],
+                "EVENT_BUS_NATS_TENANT",
+                "nats.tenant",
+            ),
+            (
+                &[
+                    ("EVENT_BUS_TYPE", "nats"),
+                    ("EVENT_BUS_NATS_TENANT", "$SYS"),
+                ],
+                "EVENT_BUS_NATS_TENANT",
+                "nats.tenant",
+            ),
+            (
+                &[("EVENT_BUS_TYPE", "nats"), ("EVENT_BUS_NATS_TENANT", "a b")],
+                "EVENT_BUS_NATS_TENANT",
+                "nats.tenant",
+            ),
+        ];
+        for (vars, var, field) in cases {
+            let err = BusConfig::default().apply_env(env(vars)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            let text = err.to_string();
+            assert!(text.contains(&format!("`{var}`")), "{vars:?}: {text}");
+            assert!(
+                !text.contains(field),
+                "{vars:?} names the file's field: {text}"
+            );
         }
+        // Set by the file, the same value is reported under the field.
+        let file = BusConfig::from_toml_str("[memory]\ncapacity = 0\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(file.to_string().contains("memory.capacity"), "{file}");
+    }
+
+    /// A tenant with the in-memory backend is refused, never ignored.
+    #[test]
+    fn a_tenant_with_the_memory_backend_is_refused() {
+        let mut c = BusConfig::memory();
+        c.nats.tenant = Some("acme".into());
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string().contains("nats.tenant") && err.to_string().contains("NATS only"),
+            "{err}"
+        );
+        let err = BusConfig::default()
+            .apply_env(env(&[("EVENT_BUS_NATS_TENANT", "acme")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("`EVENT_BUS_NATS_TENANT`"), "{err}");
+        let err = BusConfig::from_toml_str("type = \"memory\"\n[nats]\ntenant = \"acme\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("nats.tenant"), "{err}");
     }
 
     /// Timeouts far beyond any sensible value are refused, naming the field

@@ -307,7 +307,8 @@ pub(crate) fn with_dead_letters(
     bus: Arc<dyn EventBus>,
     config: &ConsumerConfig,
 ) -> ConsumerStream {
-    let metrics = crate::metrics::ConsumerMetrics::new(bus.backend_name(), &config.name);
+    let metrics =
+        crate::metrics::ConsumerMetrics::new(bus.backend_name(), &config.name, bus.tenant());
     let shared = Arc::new(Shared {
         system: bus.backend_name(),
         filter: config.filter.clone(),

@@ -223,7 +223,7 @@ impl LagMonitor {
         let watched: Vec<Watched> = consumers
             .into_iter()
             .map(|(name, filter)| Watched {
-                gauges: crate::metrics::LagGauges::new(bus.backend_name(), &name),
+                gauges: crate::metrics::LagGauges::new(bus.backend_name(), &name, bus.tenant()),
                 name,
                 filter,
                 window: LagWindow::new(capacity),

@@ -237,7 +237,17 @@ pub struct ConsumerConfig {
     pub max_ack_pending: usize,
     /// Where a newly created consumer starts.
     pub start: StartPosition,
+    /// How long opening the consumer ([`EventBus::consume`](crate::EventBus::consume))
+    /// retries transient failures, with backoff, before giving up with an
+    /// error saying what it waited for: on NATS, timeouts and a cluster
+    /// without a JetStream leader yet (e.g. a busy or re-electing meta
+    /// leader). Zero: one attempt. Default [`DEFAULT_OPEN_TIMEOUT`].
+    pub open_timeout: Duration,
 }
+
+/// The default [`ConsumerConfig::open_timeout`]: generous, as a service
+/// that cannot open its consumers does nothing else useful.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl ConsumerConfig {
     /// A consumer named `name` on `filter`, with defaults: 30 s ack wait,
@@ -254,6 +264,7 @@ impl ConsumerConfig {
             backoff: Vec::new(),
             max_ack_pending: 1000,
             start: StartPosition::New,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
         }
     }
 
@@ -290,6 +301,12 @@ impl ConsumerConfig {
     /// Sets [`start`](Self::start).
     pub fn start(mut self, start: StartPosition) -> Self {
         self.start = start;
+        self
+    }
+
+    /// Sets [`open_timeout`](Self::open_timeout).
+    pub fn open_timeout(mut self, d: Duration) -> Self {
+        self.open_timeout = d;
         self
     }
 }

@@ -41,6 +41,86 @@ const EXPIRES: Duration = Duration::from_secs(30);
 
 type Consumer = async_nats::jetstream::consumer::Consumer<pull::Config>;
 
+/// Whether opening a consumer may succeed if tried again: a timeout, no
+/// responders, or JetStream saying it has no leader or quorum for now.
+fn open_retryable(e: &BusError) -> bool {
+    let text = format!("{e:#}").to_ascii_lowercase();
+    if text.contains("not enabled") {
+        return false; // JetStream off: no retry mends it
+    }
+    if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Unavailable) {
+        return true;
+    }
+    [
+        "temporarily unavailable",
+        "not available",
+        "leader",
+        "offline",
+        "no suitable peers",
+        "insufficient resources",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
+/// Runs `attempt` (which records the stream it found in its argument) until
+/// it succeeds, fails for good, or `config.open_timeout` has passed since
+/// the first try; transient failures ([`open_retryable`]) are retried with
+/// backoff (100 ms doubling to 2 s); an attempt under way when the bound
+/// passes finishes first (each is bounded by the bus's request timeout).
+/// Giving up, the error names the
+/// consumer, its stream (when found), how long and how often it tried, and
+/// the last failure.
+pub(crate) async fn retry_open<T, F, Fut>(
+    config: &ConsumerConfig,
+    mut attempt: F,
+) -> Result<T, BusError>
+where
+    F: FnMut(Arc<parking_lot::Mutex<Option<String>>>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BusError>>,
+{
+    let started = tokio::time::Instant::now();
+    let found = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let e = match attempt(found.clone()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if open_retryable(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let waited = started.elapsed();
+        let stream = found.lock().clone();
+        if waited + delay > config.open_timeout {
+            let on = match &stream {
+                Some(s) => format!("on stream {s}"),
+                None => format!("(the stream of {:?} not found yet)", config.filter),
+            };
+            return Err(BusError::with_source(
+                e.kind(),
+                format!(
+                    "gave up opening durable consumer {:?} {on} after {} ({tries} attempt(s); open_timeout {}): the server kept answering with transient failures (timeouts, no JetStream leader); the last one",
+                    config.name,
+                    humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
+                    humantime::format_duration(config.open_timeout),
+                ),
+                e,
+            ));
+        }
+        tracing::warn!(
+            consumer = %config.name,
+            stream = stream.as_deref().unwrap_or("?"),
+            attempt = tries,
+            retry_in = ?delay,
+            error = %e,
+            "opening a durable consumer failed transiently; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 pub(crate) async fn open(
     bus: &NatsBus,
     stream_name: String,

@@ -488,27 +488,37 @@ impl EventBus for NatsBus {
         self.check_version()?;
         let pattern = config.filter.as_str();
         let wire = self.wire(pattern).into_owned();
-        let names = self.streams_for_pattern(pattern, &wire).await?;
-        let stream = match names.as_slice() {
-            [one] => one.clone(),
-            [] => {
-                return Err(BusError::new(
-                    ErrorKind::NotFound,
-                    format!("no JetStream stream stores subjects matching {pattern:?} for consumer {:?}", config.name),
-                ))
+        // Transient failures (timeouts, no leader yet) are retried within
+        // `config.open_timeout`; the stream looked up each time.
+        let raw = durable::retry_open(&config, |found| {
+            let wire = wire.clone();
+            let config = &config;
+            async move {
+                let names = self.streams_for_pattern(pattern, &wire).await?;
+                let stream = match names.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(BusError::new(
+                            ErrorKind::NotFound,
+                            format!("no JetStream stream stores subjects matching {pattern:?} for consumer {:?}", config.name),
+                        ))
+                    }
+                    many => {
+                        return Err(BusError::new(
+                            ErrorKind::Config,
+                            format!(
+                                "consumer {:?}: filter {pattern:?} spans several streams ({}); a durable consumer reads one stream, narrow the filter",
+                                config.name,
+                                many.join(", ")
+                            ),
+                        ))
+                    }
+                };
+                *found.lock() = Some(stream.clone());
+                durable::open(self, stream, wire, config).await
             }
-            many => {
-                return Err(BusError::new(
-                    ErrorKind::Config,
-                    format!(
-                        "consumer {:?}: filter {pattern:?} spans several streams ({}); a durable consumer reads one stream, narrow the filter",
-                        config.name,
-                        many.join(", ")
-                    ),
-                ))
-            }
-        };
-        let raw = durable::open(self, stream, wire, &config).await?;
+        })
+        .await?;
         Ok(crate::consumer::with_dead_letters(
             raw,
             Arc::new(self.clone()),

@@ -147,8 +147,13 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
             system: self.bus.backend_name(),
             process_duration: metrics::histogram!(
                 crate::metrics::PROCESS_DURATION,
-                "messaging.system" => self.bus.backend_name(),
-                "messaging.consumer.group.name" => consumer.clone()
+                &crate::metrics::with_tenant(
+                    vec![
+                        ("messaging.system", self.bus.backend_name().to_string()),
+                        ("messaging.consumer.group.name", consumer.clone()),
+                    ],
+                    self.bus.tenant(),
+                )
             ),
             consumer,
             handler: h,

@@ -12,6 +12,78 @@ pub struct RunnerHandle {
     pub(super) stop_within: Duration,
     pub(super) dead_letters: DeadLetterPlace,
     pub(super) name: String,
+    /// Running, stopping or stopped (read by [`RunnerCheck`]).
+    pub(super) state: Arc<RunState>,
+}
+
+/// Whether a spawned runner runs: shared by its handle, its task and its
+/// [`RunnerCheck`]s.
+#[derive(Debug, Default)]
+pub(super) struct RunState(std::sync::atomic::AtomicU8);
+
+impl RunState {
+    const RUNNING: u8 = 0;
+    const STOPPING: u8 = 1;
+    const STOPPED: u8 = 2;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Shutdown has begun (unless the runner has already stopped).
+    fn stopping(&self) {
+        let _ = self.0.compare_exchange(
+            Self::RUNNING,
+            Self::STOPPING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
+/// Marks the runner stopped when its task ends, however it ends (returned,
+/// aborted, panicked): held by the task.
+pub(super) struct StoppedOnDrop(pub(super) Arc<RunState>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0 .0.store(RunState::STOPPED, Ordering::Release);
+    }
+}
+
+/// A spawned runner as a [`StatusCheck`](crate::status::StatusCheck)
+/// ([`RunnerHandle::status_check`]): ready while the runner runs; not ready
+/// once its shutdown has begun, or once it has stopped for any reason (shut
+/// down, aborted, its task failed), so that `/readyz` tells a load balancer
+/// to stop sending work to a service whose runner is gone.
+pub struct RunnerCheck {
+    name: String,
+    state: Arc<RunState>,
+    counters: Arc<Counters>,
+}
+
+#[async_trait::async_trait]
+impl crate::status::StatusCheck for RunnerCheck {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn check(&self) -> crate::status::CheckReport {
+        let report = self.counters.report();
+        let (ready, status) = match self.state.get() {
+            RunState::RUNNING => (true, "running"),
+            RunState::STOPPING => (false, "shutting down"),
+            _ => (false, "stopped"),
+        };
+        crate::status::CheckReport::new(
+            ready,
+            format!(
+                "{status}: {} processed, {} dead-lettered",
+                report.processed, report.dead_lettered
+            ),
+            serde_json::json!({ "status": status, "report": report }),
+        )
+    }
 }
 
 /// Where a runner's dead letters are, to open a [`DeadLetterQueue`] on them.
@@ -44,6 +116,18 @@ impl RunnerHandle {
         self.counters.report()
     }
 
+    /// A check for the monitoring endpoints (`event_bus_http::Monitoring`),
+    /// named `runner <name>`: ready while the runner runs, not ready from
+    /// the moment [`shutdown`](Self::shutdown) begins or once the runner has
+    /// stopped (see [`RunnerCheck`]).
+    pub fn status_check(&self) -> RunnerCheck {
+        RunnerCheck {
+            name: format!("runner {}", self.name),
+            state: self.state.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
     /// The dead letters of this runner: list, inspect, replay (the same as
     /// [`Runner::dead_letters`]).
     pub async fn dead_letters(&self) -> Result<DeadLetterQueue, BusError> {
@@ -58,6 +142,7 @@ impl RunnerHandle {
     /// stopped as by [`abort`](Self::abort), and what was in flight is
     /// redelivered after its ack wait.
     pub async fn shutdown(mut self) -> RunReport {
+        self.state.stopping();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -82,6 +167,7 @@ impl RunnerHandle {
     /// neither acknowledged nor handed back (the backend redelivers them after
     /// the ack wait). For tests of crash recovery.
     pub fn abort(mut self) {
+        self.state.stopping();
         self.stop = None;
         self.task.abort();
     }

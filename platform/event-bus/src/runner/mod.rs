@@ -104,7 +104,7 @@ mod slot;
 pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_ACK_WAIT};
 pub use dead_letters::{DeadLetter, DeadLetterQueue};
 use handle::DeadLetterPlace;
-pub use handle::RunnerHandle;
+pub use handle::{RunnerCheck, RunnerHandle};
 pub use handler::{Event, EventCheck, Handler};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
 use slot::{Erased, EventSlot, Registered};
@@ -410,13 +410,19 @@ impl<I: Inbox> Runner<I> {
             .options
             .shutdown_timeout
             .saturating_add(self.options.answer_timeout.saturating_mul(3));
-        let task = tokio::spawn(self.drive(streams, async move {
+        let state = Arc::new(handle::RunState::default());
+        let running = handle::StoppedOnDrop(state.clone());
+        let drive = self.drive(streams, async move {
             // A dropped handle (the sender gone without a message) detaches
             // the runner: it does not stop.
             if stopped.await.is_err() {
                 std::future::pending::<()>().await;
             }
-        }));
+        });
+        let task = tokio::spawn(async move {
+            let _running = running;
+            drive.await
+        });
         Ok(RunnerHandle {
             stop: Some(stop),
             task,
@@ -424,6 +430,7 @@ impl<I: Inbox> Runner<I> {
             stop_within,
             dead_letters,
             name,
+            state,
         })
     }
 
@@ -437,7 +444,7 @@ impl<I: Inbox> Runner<I> {
         let mut tasks = tokio::task::JoinSet::new();
         // Metrics from the runner's counters, copied once a second: nothing
         // per event.
-        let metrics = RunnerMetrics::new(&self.name);
+        let metrics = RunnerMetrics::new(&self.name, self.bus.tenant());
         let exporter = tokio::spawn({
             let counters = Arc::downgrade(&self.counters);
             let metrics = metrics.clone();
@@ -446,7 +453,7 @@ impl<I: Inbox> Runner<I> {
                 loop {
                     tick.tick().await;
                     match counters.upgrade() {
-                        Some(c) => metrics.set(&c.report()),
+                        Some(c) => metrics.flush(&c.report()),
                         None => return,
                     }
                 }
@@ -547,15 +554,22 @@ impl<I: Inbox> Runner<I> {
         }
         exporter.abort();
         let report = self.counters.report();
-        metrics.set(&report);
+        metrics.flush(&report);
         report
     }
 }
 
 /// A runner's counters as `event_bus.runner.events` (see [`crate::metrics`]).
+///
+/// Counters only increase, and one series may be shared by several runner
+/// instances (restarts in one process, instances of one name): each flush
+/// adds what this instance did since its previous flush, never its total
+/// (an absolute value would keep the largest instance's total, not the sum).
 #[derive(Clone)]
 struct RunnerMetrics {
     by_result: [metrics::Counter; 7],
+    /// What this instance has already added, in the order of `RESULTS`.
+    flushed: Arc<Mutex<[u64; 7]>>,
 }
 
 impl RunnerMetrics {
@@ -569,19 +583,25 @@ impl RunnerMetrics {
         "inbox_retry",
     ];
 
-    fn new(runner: &str) -> Self {
+    fn new(runner: &str, tenant: Option<&str>) -> Self {
         RunnerMetrics {
             by_result: Self::RESULTS.map(|r| {
-                metrics::counter!(
-                    crate::metrics::RUNNER_EVENTS,
-                    "event_bus.runner" => runner.to_string(),
-                    "event_bus.result" => r
-                )
+                let labels = crate::metrics::with_tenant(
+                    vec![
+                        ("event_bus.runner", runner.to_string()),
+                        ("event_bus.result", r.to_string()),
+                    ],
+                    tenant,
+                );
+                metrics::counter!(crate::metrics::RUNNER_EVENTS, &labels)
             }),
+            flushed: Arc::default(),
         }
     }
 
-    fn set(&self, r: &RunReport) {
+    /// Adds what `r` counts beyond the previous flush (once a second and at
+    /// the end of a run: nothing per event).
+    fn flush(&self, r: &RunReport) {
         let values = [
             r.processed,
             r.duplicates,
@@ -591,8 +611,12 @@ impl RunnerMetrics {
             r.handed_back,
             r.inbox_retries,
         ];
-        for (c, v) in self.by_result.iter().zip(values) {
-            c.absolute(v);
+        let mut flushed = self.flushed.lock();
+        for ((c, v), done) in self.by_result.iter().zip(values).zip(flushed.iter_mut()) {
+            if v > *done {
+                c.increment(v - *done);
+                *done = v;
+            }
         }
     }
 }
