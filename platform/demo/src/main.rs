@@ -135,9 +135,10 @@ async fn run(once: bool) -> Result<bool, Error> {
         .metrics(metrics);
     // Marks the service not ready (/readyz 503) when it begins shutting down.
     let shutdown = monitoring.shutdown_handle();
-    let app = monitoring
-        .router()
-        .merge(auth::router(pool.clone(), outbox.clone(), registry.clone()));
+    let app =
+        monitoring
+            .router()
+            .merge(auth::router(pool.clone(), outbox.clone(), registry.clone()));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port())).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
