@@ -1,10 +1,12 @@
-//! Every Rust code block of the README, run as written.
+//! Every Rust code block of the README and of its guides in `docs/`, run as
+//! written.
 //!
 //! Each block is pasted verbatim into a test below, with the set-up it
 //! assumes (a bus, a pool, the event types) written around it;
-//! `every_readme_block_is_here` fails when the lines of a README block are
-//! not found here in order (set-up may sit between them), so the README
-//! cannot drift from code that runs.
+//! `every_documented_block_is_here` fails when the lines of a block are
+//! not found here in order (set-up may sit between them), so the docs
+//! cannot drift from code that runs. The README's examples are also put
+//! together as one service (`the_readme_examples_compose_into_one_service`).
 
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{EventBus, InMemoryBus};
@@ -20,14 +22,38 @@ mod common;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const README: &str = include_str!("../../../README.md");
+/// The documents whose ```rust blocks must run: the README and the guides
+/// (the original design note, `docs/EVENTBUS.md`, is run by
+/// `event-bus/tests/spec_examples.rs`).
+const DOCUMENTS: &[(&str, &str)] = &[
+    ("README.md", include_str!("../../../README.md")),
+    ("ARCHITECTURE.md", include_str!("../../../ARCHITECTURE.md")),
+    ("docs/runner.md", include_str!("../../../docs/runner.md")),
+    ("docs/outbox.md", include_str!("../../../docs/outbox.md")),
+    (
+        "docs/operations.md",
+        include_str!("../../../docs/operations.md"),
+    ),
+    (
+        "docs/contracts.md",
+        include_str!("../../../docs/contracts.md"),
+    ),
+    (
+        "docs/configuration.md",
+        include_str!("../../../docs/configuration.md"),
+    ),
+    (
+        "docs/performance.md",
+        include_str!("../../../docs/performance.md"),
+    ),
+];
 const THIS_FILE: &str = include_str!("readme_examples.rs");
 
-/// The README's ```rust blocks, each as its trimmed non-empty lines.
-fn readme_blocks() -> Vec<Vec<&'static str>> {
+/// The ```rust blocks of `doc`, each as its trimmed non-empty lines.
+fn rust_blocks(doc: &'static str) -> Vec<Vec<&'static str>> {
     let mut blocks = Vec::new();
     let mut current: Option<Vec<&str>> = None;
-    for line in README.lines() {
+    for line in doc.lines() {
         let t = line.trim();
         match (&mut current, t) {
             (None, "```rust") => current = Some(Vec::new()),
@@ -40,24 +66,27 @@ fn readme_blocks() -> Vec<Vec<&'static str>> {
 }
 
 #[test]
-fn every_readme_block_is_here() {
+fn every_documented_block_is_here() {
     let here: Vec<&str> = THIS_FILE
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let blocks = readme_blocks();
-    assert!(blocks.len() >= 6, "found {} rust blocks", blocks.len());
-    for block in blocks {
-        // Every line of the block, in order (set-up may sit between them).
-        let mut rest = here.iter();
-        let found = block.iter().all(|line| rest.any(|h| h == line));
-        assert!(
-            found,
-            "this README block is not in tests/readme_examples.rs verbatim:\n{}",
-            block.join("\n")
-        );
+    let mut count = 0;
+    for (name, doc) in DOCUMENTS {
+        for block in rust_blocks(doc) {
+            count += 1;
+            // Every line of the block, in order (set-up may sit between them).
+            let mut rest = here.iter();
+            let found = block.iter().all(|line| rest.any(|h| h == line));
+            assert!(
+                found,
+                "this block of {name} is not in tests/readme_examples.rs verbatim:\n{}",
+                block.join("\n")
+            );
+        }
     }
+    assert!(count >= 8, "found {count} rust blocks");
 }
 
 async fn pool() -> (TestPostgres, PgPool) {

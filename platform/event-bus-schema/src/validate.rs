@@ -110,7 +110,7 @@ impl ValidatingBus {
     /// yes). Without them a plain `publish` takes the wrapped bus's own
     /// fast path after validation: on NATS the headers and the id (which
     /// JetStream de-duplicates on) cost more than the validation (see the
-    /// README's figures).
+    /// docs/performance.md).
     pub fn cloudevents_headers(mut self, on: bool) -> Self {
         self.headers = on;
         self

@@ -99,15 +99,10 @@
 //!
 //! ## Semantics per backend
 //!
-//! | | `InMemoryBus` | `NatsBus` |
-//! |---|---|---|
-//! | `publish` returns `Ok` when | queued for every current matching subscriber | stored in a JetStream stream and acknowledged by the server |
-//! | ordering | publish order per publisher, for every subscriber | stream order (one total order per stream) |
-//! | delivery to `subscribe` | every message published after `subscribe` returns, exactly once | every message stored after `subscribe` returns, resumed without gaps across reconnects |
-//! | overflow (slow subscriber) | lossless by default: publishers of matching subjects wait; `drop_newest`/`drop_oldest` count every drop | the stream holds the backlog (bounded by its limits) |
-//! | durability | none: gone with the process | file or memory storage, replicated as configured |
-//! | de-duplication by message id | within a window (default 2 min) | within the stream's duplicate window |
-//! | max payload | `memory.max_payload` (default 1 MiB) | the server's `max_payload` (default 1 MiB) |
+//! What `publish` returning `Ok` means, ordering, delivery, slow
+//! subscribers, durability, de-duplication and limits on each backend are
+//! in one table: the "Semantics" section of the repository's `README.md`
+//! (kept there only, so that it cannot disagree with itself).
 //!
 //! ## Why the trait looks like this
 //!

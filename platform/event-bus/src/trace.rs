@@ -33,7 +33,7 @@
 //! With no `tracing` subscriber, or one whose filter leaves these levels
 //! out, a span costs a check of a static (a nanosecond or two). With an
 //! OpenTelemetry layer, each span costs a few microseconds of CPU
-//! (`tracing-opentelemetry` and the SDK), sampled or not: see the README's
+//! (`tracing-opentelemetry` and the SDK), sampled or not: see docs/performance.md's
 //! figures (`cargo bench -p event-bus-http --bench observability_overhead`).
 //!
 //! # Across the bus (feature `otel`)

@@ -36,7 +36,7 @@
 //! so that distinct tenant and token pairs never share a name). A tenant is
 //! one subject token: tenants never nest or prefix each other. For isolation
 //! that holds even against a misbehaving client, give each tenant its own
-//! NATS account (see the README): accounts have separate subject spaces and
+//! NATS account (see docs/configuration.md): accounts have separate subject spaces and
 //! separate JetStream namespaces.
 //!
 //! # Server versions
