@@ -55,7 +55,7 @@ struct Row {
     attempts: i32,
 }
 
-/// A key held back after a failed publish of its first row.
+/// A key held back after a failed publish of one of its rows.
 struct Held {
     until: Instant,
     failures: u32,
