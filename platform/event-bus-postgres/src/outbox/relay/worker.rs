@@ -634,8 +634,10 @@ impl Worker {
 }
 
 /// Pipelined (the default): the whole batch sent without waiting for
-/// acknowledgements. Each row's publish is started (polled once) before the
-/// next row's, so a key's rows reach the bus in order. A publish that fails
+/// acknowledgements, then the acknowledgements awaited in order. Each row's
+/// publish is started (polled once) before the next row's, so a key's rows
+/// reach the bus in order (a publish that had to wait before it was sent
+/// waits in line, or is sent when awaited, in order). A publish that fails
 /// at once (refused before it was sent, e.g. by a schema check) keeps its
 /// key's later rows in the batch back (`None`: not sent), so they are never
 /// published ahead of it; a failure known only later (not acknowledged) finds
@@ -648,18 +650,18 @@ async fn publish_pipelined(
     keys: &[&str],
     deadline: tokio::time::Instant,
 ) -> Vec<Option<Result<PublishAck, BusError>>> {
-    use futures::StreamExt;
     let mut results: Vec<Option<Result<PublishAck, BusError>>> =
         (0..keys.len()).map(|_| None).collect();
     let mut cut = std::collections::HashSet::new();
-    let mut sent = Vec::new();
-    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut in_flight = Vec::new();
     for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
         if cut.contains(key) {
             continue;
         }
-        // Unconstrained: tokio's cooperative budget would otherwise make a
-        // publish yield before it is on its way, and go out after later ones.
+        // Unconstrained: past the first hundred or so publishes of a batch,
+        // tokio's cooperative budget would stop a publish before it is on
+        // its way; it would then go out only when awaited below, after the
+        // acknowledgement of the rows before it (a round trip per row).
         let mut publish = tokio::task::unconstrained(bus.publish_envelope(envelope));
         match futures::poll!(&mut publish) {
             std::task::Poll::Ready(result) => {
@@ -668,15 +670,14 @@ async fn publish_pipelined(
                 }
                 results[i] = Some(result);
             }
-            std::task::Poll::Pending => {
-                sent.push(i);
-                in_flight.push(async move { (i, publish.await) });
-            }
+            std::task::Poll::Pending => in_flight.push((i, publish)),
         }
     }
+    // All on their way: their acknowledgements, in order.
+    let sent: Vec<usize> = in_flight.iter().map(|(i, _)| *i).collect();
     let acks = async {
-        while let Some((i, result)) = in_flight.next().await {
-            results[i] = Some(result);
+        for (i, publish) in in_flight {
+            results[i] = Some(publish.await);
         }
     };
     if tokio::time::timeout_at(deadline, acks).await.is_err() {
