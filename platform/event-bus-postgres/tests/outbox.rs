@@ -733,12 +733,12 @@ async fn kept_rows_record_their_stream_position() {
     relay.shutdown().await;
 }
 
-/// A refused row holds back its key only, never other keys; in strict
-/// order nothing of its key is sent past it, and once it moves to the
+/// A refused row holds back its key only, never other keys; nothing of its
+/// key is sent past it (refused before it was sent, here too large, it
+/// holds back its key's later rows in the batch, pipelined as in strict
+/// order, though it is not its key's first row), and once it moves to the
 /// failure table its key's later rows wait for it there (here: until it is
-/// discarded). Pipelined, a row refused in the same round as later rows of
-/// its key (it is not its key's first row in the batch) has them sent
-/// before its refusal is known: they are counted as out of order.
+/// discarded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_row_holds_back_its_key_only() {
     for strict in [false, true] {
@@ -773,9 +773,8 @@ async fn a_refused_row_holds_back_its_key_only() {
             .spawn();
         let mut got = Vec::new();
         let mut failed_when = HashMap::new();
-        // Strict: a, x, y before the refused row fails (b, c wait);
-        // pipelined: all five.
-        for _ in 0..if strict { 3 } else { 5 } {
+        // a, x, y before the refused row fails (b, c wait).
+        for _ in 0..3 {
             let m = tokio::time::timeout(Duration::from_secs(10), events.next())
                 .await
                 .expect("published")
@@ -792,25 +791,23 @@ async fn a_refused_row_holds_back_its_key_only() {
         .await;
         let failed = outbox.failed(10).await.unwrap();
         assert_eq!(failed[0].payload.len(), 200);
-        if strict {
-            // b and c wait for the failed row, pending, until it is
-            // discarded (or retried).
-            assert!(
-                tokio::time::timeout(Duration::from_millis(500), events.next())
-                    .await
-                    .is_err(),
-                "a row of key k was published ahead of its failed row"
-            );
-            let status = outbox.status().await.unwrap();
-            assert_eq!((status.pending, status.blocked), (2, 2), "{status:?}");
-            assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
-            for _ in 0..2 {
-                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
-                    .await
-                    .expect("published once the failed row is discarded")
-                    .unwrap();
-                got.push(String::from_utf8(m.payload.to_vec()).unwrap());
-            }
+        // b and c wait for the failed row, pending, until it is
+        // discarded (or retried).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), events.next())
+                .await
+                .is_err(),
+            "strict {strict}: a row of key k was published ahead of its failed row"
+        );
+        let status = outbox.status().await.unwrap();
+        assert_eq!((status.pending, status.blocked), (2, 2), "{status:?}");
+        assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("published once the failed row is discarded")
+                .unwrap();
+            got.push(String::from_utf8(m.payload.to_vec()).unwrap());
         }
         let report = relay.shutdown().await;
         assert_eq!(report.refusals, 3, "strict {strict}: {report:?}");
@@ -820,11 +817,7 @@ async fn a_refused_row_holds_back_its_key_only() {
             .filter(|b| ["a", "b", "c"].contains(b))
             .collect();
         assert_eq!(k, ["a", "b", "c"], "strict {strict}: {got:?}");
-        if strict {
-            assert_eq!(report.out_of_order, 0, "{report:?}");
-        } else {
-            assert_eq!(report.out_of_order, 2, "{report:?}");
-        }
+        assert_eq!(report.out_of_order, 0, "strict {strict}: {report:?}");
         assert_eq!(
             failed_when["y"], 0,
             "strict {strict}: key other waited for key k"
@@ -958,13 +951,27 @@ async fn enqueue_user(
         .to_string()
 }
 
+/// The ids of the next `n` messages (each within 10 s).
+async fn next_ids(events: &mut event_bus::Subscription, n: usize, what: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: {ids:?} so far"))
+            .unwrap();
+        ids.push(m.id.to_string());
+    }
+    ids
+}
+
 /// Outbox × contracts: a row the bus refuses for its schema
 /// (`SchemaViolation`, known before sending) is counted, moved to the
 /// failure table with the error, and does not keep `/readyz` failing; the
 /// later rows of its key are never published ahead of it, in the default
-/// pipelined mode as in strict order: they wait, pending, until it is
-/// discarded or retried (back at its place, ahead of them); other keys go
-/// on.
+/// pipelined mode as in strict order, whether it is its key's first row in
+/// the batch (key ada) or a later one (key cy: its first row goes out, its
+/// third waits): they wait, pending, until it is discarded or retried (back
+/// at its place, ahead of them); other keys go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
     use event_bus::status::StatusCheck;
@@ -977,12 +984,16 @@ async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
         });
         let bus: Arc<dyn EventBus> = schema.clone();
         let mut events = bus.subscribe("out.>").await.unwrap();
-        // Key ada: INVALID, then two valid rows; key bob: one valid row.
+        // One batch. Key ada: INVALID, then two valid rows; key cy: valid,
+        // INVALID, valid; key bob: one valid row.
         let mut tx = pool.begin().await.unwrap();
         let bad = enqueue_user(&outbox, &mut tx, "ada", "").await;
         let ada1 = enqueue_user(&outbox, &mut tx, "ada", "ada1@example.com").await;
+        let cy1 = enqueue_user(&outbox, &mut tx, "cy", "cy1@example.com").await;
         let bob = enqueue_user(&outbox, &mut tx, "bob", "bob@example.com").await;
+        let cy_bad = enqueue_user(&outbox, &mut tx, "cy", "").await;
         let ada2 = enqueue_user(&outbox, &mut tx, "ada", "ada2@example.com").await;
+        let cy2 = enqueue_user(&outbox, &mut tx, "cy", "cy2@example.com").await;
         outbox.commit(tx).await.unwrap();
         let relay = relay(&outbox, &bus)
             .strict_order(strict)
@@ -991,42 +1002,47 @@ async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
             .build()
             .unwrap()
             .spawn();
-        let m = tokio::time::timeout(Duration::from_secs(10), events.next())
-            .await
-            .expect("key bob published")
-            .unwrap();
-        assert_eq!(m.id.to_string(), bob, "strict {strict}");
+        let mut first = next_ids(&mut events, 2, "keys bob and cy (first row) published").await;
+        first.sort();
+        let mut want = vec![bob.clone(), cy1.clone()];
+        want.sort();
+        assert_eq!(first, want, "strict {strict}");
         wait::until(
             Duration::from_secs(20),
-            "the refused row in the failure table",
-            || relay.report().failed == 1,
+            "the refused rows in the failure table",
+            || relay.report().failed == 2,
         )
         .await;
         let report = relay.report();
         assert_eq!(
             (report.refusals, report.bus_errors, report.out_of_order),
-            (3, 0, 0),
+            (6, 0, 0),
             "strict {strict}: {report:?}"
         );
-        let failed = outbox.failed(10).await.unwrap();
-        assert_eq!(failed.len(), 1, "strict {strict}: {failed:?}");
-        assert_eq!(failed[0].message_id, bad);
+        let mut failed = outbox.failed(10).await.unwrap();
+        failed.sort_by_key(|f| f.seq);
+        assert_eq!(failed.len(), 2, "strict {strict}: {failed:?}");
+        assert_eq!(
+            [&failed[0].message_id, &failed[1].message_id],
+            [&bad, &cy_bad]
+        );
         assert!(
             failed[0].error.contains("schema_violation") && failed[0].error.contains("/email"),
             "{}",
             failed[0].error
         );
-        // Key ada's later rows are held, not published ahead of it.
+        // The later rows of keys ada and cy are held, not published ahead
+        // of their refused rows.
         assert!(
             tokio::time::timeout(Duration::from_millis(500), events.next())
                 .await
                 .is_err(),
-            "strict {strict}: a row of key ada was published ahead of its refused row"
+            "strict {strict}: a row of key ada or cy was published ahead of its refused row"
         );
         let status = outbox.status().await.unwrap();
         assert_eq!(
             (status.pending, status.blocked, status.failed),
-            (2, 2, 1),
+            (3, 3, 2),
             "strict {strict}: {status:?}"
         );
         // Readiness: failed and blocked rows are reported, not unready.
@@ -1035,41 +1051,40 @@ async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
         let ready = check.check().await;
         assert!(ready.ready, "{}", ready.summary);
         assert!(
-            ready.summary.contains("1 failed") && ready.summary.contains("2 pending rows"),
+            ready.summary.contains("2 failed") && ready.summary.contains("3 pending rows"),
             "{}",
             ready.summary
         );
-        assert_eq!(ready.details["blocked"], 2, "{}", ready.details);
+        assert_eq!(ready.details["blocked"], 3, "{}", ready.details);
 
-        if strict {
-            // Discarded: the key goes on.
-            assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
-            let mut ids = Vec::new();
-            for _ in 0..2 {
-                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
-                    .await
-                    .expect("key ada goes on once its failed row is discarded")
-                    .unwrap();
-                ids.push(m.id.to_string());
-            }
-            assert_eq!(ids, [ada1.clone(), ada2.clone()]);
+        let seqs = [failed[0].seq, failed[1].seq];
+        let (ada_after, cy_after) = if strict {
+            // Discarded: the keys go on.
+            assert_eq!(outbox.discard_failed(&seqs).await.unwrap(), 2);
+            (vec![ada1.clone(), ada2.clone()], vec![cy2.clone()])
         } else {
-            // The schema corrected, the row retried: back at its place,
-            // ahead of the rows that waited for it.
+            // The schema corrected, the rows retried: back at their place,
+            // ahead of the rows that waited for them.
             schema
                 .fixed
                 .store(true, std::sync::atomic::Ordering::SeqCst);
-            assert_eq!(outbox.retry_failed(&[failed[0].seq]).await.unwrap(), 1);
-            let mut ids = Vec::new();
-            for _ in 0..3 {
-                let m = tokio::time::timeout(Duration::from_secs(10), events.next())
-                    .await
-                    .expect("key ada goes on once its failed row is retried")
-                    .unwrap();
-                ids.push(m.id.to_string());
-            }
-            assert_eq!(ids, [bad.clone(), ada1.clone(), ada2.clone()]);
-        }
+            assert_eq!(outbox.retry_failed(&seqs).await.unwrap(), 2);
+            (
+                vec![bad.clone(), ada1.clone(), ada2.clone()],
+                vec![cy_bad.clone(), cy2.clone()],
+            )
+        };
+        let ids = next_ids(
+            &mut events,
+            ada_after.len() + cy_after.len(),
+            "keys ada and cy go on once their failed rows are discarded or retried",
+        )
+        .await;
+        let of = |key: &[String]| -> Vec<String> {
+            ids.iter().filter(|i| key.contains(i)).cloned().collect()
+        };
+        assert_eq!(of(&ada_after), ada_after, "strict {strict}: {ids:?}");
+        assert_eq!(of(&cy_after), cy_after, "strict {strict}: {ids:?}");
         let report = relay.shutdown().await;
         assert_eq!(report.out_of_order, 0, "{report:?}");
         assert_eq!(outbox.status().await.unwrap().pending, 0);

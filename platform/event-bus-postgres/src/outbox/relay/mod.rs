@@ -1,7 +1,8 @@
 //! [`OutboxRelay`]: reads committed outbox rows and publishes them.
 //!
 //! One plain loop per relay: hold the lease, read a batch of visible rows in
-//! order, publish it with `publish_batch`, remove (or mark) what the bus
+//! order, publish it (pipelined, or in per-key chains with
+//! [`strict_order`](OutboxRelayBuilder::strict_order)), remove (or mark) what the bus
 //! acknowledged, count what it refused, wait when there is nothing to do.
 //! Several relays (instances of a service) may run: the one holding the
 //! lease works, the others stand by and take over when its lease expires.
@@ -252,11 +253,10 @@ impl OutboxRelayBuilder {
 
     /// Publish at most one row per ordering key at a time (default off).
     ///
-    /// By default a batch is pipelined in two rounds: each key's first row,
-    /// then (for the keys whose first row was acknowledged) the key's later
-    /// rows, following each other on the wire before the first is
-    /// acknowledged; a row refused before it is sent (a schema check) as
-    /// its key's first row holds the rest of its key back. If the connection to
+    /// By default a batch is pipelined: its rows follow each other on the
+    /// wire, a key's rows in order, before the first is acknowledged; a row
+    /// refused before it is sent (a schema check, too large) holds back its
+    /// key's later rows, wherever it stands in the batch. If the connection to
     /// the broker breaks in the middle, a row sent before the break can be
     /// lost while a later row of its key, sent after the reconnect, is
     /// stored; the lost row is published again afterwards, out of order.

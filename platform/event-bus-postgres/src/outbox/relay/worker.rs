@@ -55,7 +55,7 @@ struct Row {
     attempts: i32,
 }
 
-/// A key held back after a failed publish of its first row.
+/// A key held back after a failed publish of one of its rows.
 struct Held {
     until: Instant,
     failures: u32,
@@ -273,44 +273,25 @@ impl Worker {
         let keys: Vec<&str> = rows.iter().map(|r| r.order_key.as_str()).collect();
         let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
         let span = send_span(&self.outbox.tables().rows, &envelopes);
+        // Both stop at the deadline: what was acknowledged counts.
         let publish = async {
             if self.config.strict_order {
-                // Chains stop at the deadline: what was acknowledged counts.
-                Some(publish_chains(self.bus.as_ref(), envelopes, &keys, deadline).await)
+                publish_chains(self.bus.as_ref(), envelopes, &keys, deadline).await
             } else {
                 publish_pipelined(self.bus.as_ref(), envelopes, &keys, deadline).await
             }
         }
         .instrument(span);
-        let (published, removed) = tokio::join!(publish, finish(self.removing.take()));
-        let timed_out = match &published {
-            None => true,
-            Some(results) => results
-                .iter()
-                .any(|r| matches!(r, Some(Err(e)) if e.kind() == ErrorKind::Timeout)),
-        };
+        let (results, removed) = tokio::join!(publish, finish(self.removing.take()));
+        let timed_out = results
+            .iter()
+            .any(|r| matches!(r, Some(Err(e)) if e.kind() == ErrorKind::Timeout));
         if timed_out {
             // A slow bus or a large batch: smaller batches until they fit.
             self.batch_limit = (self.batch_limit / 2).max(1);
         } else if self.batch_limit < self.config.batch_size {
             self.batch_limit = (self.batch_limit * 2).min(self.config.batch_size);
         }
-        let results = match published {
-            Some(results) => results,
-            None => rows
-                .iter()
-                .map(|_| {
-                    Some(Err(BusError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "outbox relay: publishing a batch of {} rows took longer than {:?}",
-                            rows.len(),
-                            self.config.publish_timeout
-                        ),
-                    )))
-                })
-                .collect(),
-        };
         let next = self.settle(&rows, results).await;
         removed?;
         next
@@ -470,7 +451,8 @@ impl Worker {
         let mut transient_keys: Vec<&str> = Vec::new();
         for (row, result) in rows.iter().zip(results) {
             let Some(result) = result else {
-                // Not sent: an earlier row of its key failed (strict order).
+                // Not sent: an earlier row of its key failed (strict order), or
+                // failed before it was sent (pipelined).
                 continue;
             };
             match result {
@@ -651,67 +633,64 @@ impl Worker {
     }
 }
 
-/// Pipelined (the default): the batch in at most two pipelined rounds. The
-/// first sends each key's first row of the batch, the second the later rows
-/// of the keys whose first row the bus acknowledged. A key whose first row
-/// failed (refused before it was sent, e.g. by a schema check, or not
-/// acknowledged) keeps its later rows back (`None`: not sent), so they are
-/// never published ahead of it. A batch with one row per key takes one
-/// round. `None` when the first round missed the deadline; rows of the
-/// second round that missed it are timeouts (sent again later, same ids).
+/// Pipelined (the default): the whole batch sent without waiting for
+/// acknowledgements, then the acknowledgements awaited in order. Each row's
+/// publish is started (polled once) before the next row's, so a key's rows
+/// reach the bus in order (a publish that had to wait before it was sent
+/// waits in line, or is sent when awaited, in order). A publish that fails
+/// at once (refused before it was sent, e.g. by a schema check) keeps its
+/// key's later rows in the batch back (`None`: not sent), so they are never
+/// published ahead of it; a failure known only later (not acknowledged) finds
+/// them sent already (counted `out_of_order` if acknowledged). Rows not
+/// acknowledged by the deadline are timeouts (sent again later, same ids).
 /// Results in the order of `envelopes`.
 async fn publish_pipelined(
     bus: &dyn EventBus,
     envelopes: Vec<Envelope>,
     keys: &[&str],
     deadline: tokio::time::Instant,
-) -> Option<Vec<Option<Result<PublishAck, BusError>>>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut first: Vec<(usize, Envelope)> = Vec::new();
-    let mut rest: Vec<(usize, Envelope)> = Vec::new();
-    for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
-        if seen.insert(*key) {
-            first.push((i, envelope));
-        } else {
-            rest.push((i, envelope));
-        }
-    }
+) -> Vec<Option<Result<PublishAck, BusError>>> {
     let mut results: Vec<Option<Result<PublishAck, BusError>>> =
         (0..keys.len()).map(|_| None).collect();
-    let (at, batch): (Vec<usize>, Vec<Envelope>) = first.into_iter().unzip();
-    let acks = tokio::time::timeout_at(deadline, bus.publish_batch(batch))
-        .await
-        .ok()?;
-    let mut failed = std::collections::HashSet::new();
-    for (i, r) in at.into_iter().zip(acks) {
-        if r.is_err() {
-            failed.insert(keys[i]);
+    let mut cut = std::collections::HashSet::new();
+    let mut in_flight = Vec::new();
+    for (i, (envelope, key)) in envelopes.into_iter().zip(keys).enumerate() {
+        if cut.contains(key) {
+            continue;
         }
-        results[i] = Some(r);
-    }
-    let (at, batch): (Vec<usize>, Vec<Envelope>) = rest
-        .into_iter()
-        .filter(|(i, _)| !failed.contains(keys[*i]))
-        .unzip();
-    if batch.is_empty() {
-        return Some(results);
-    }
-    match tokio::time::timeout_at(deadline, bus.publish_batch(batch)).await {
-        Ok(acks) => {
-            for (i, r) in at.into_iter().zip(acks) {
-                results[i] = Some(r);
+        // Unconstrained: past the first hundred or so publishes of a batch,
+        // tokio's cooperative budget would stop a publish before it is on
+        // its way; it would then go out only when awaited below, after the
+        // acknowledgement of the rows before it (a round trip per row).
+        let mut publish = tokio::task::unconstrained(bus.publish_envelope(envelope));
+        match futures::poll!(&mut publish) {
+            std::task::Poll::Ready(result) => {
+                if result.is_err() {
+                    cut.insert(*key);
+                }
+                results[i] = Some(result);
             }
+            std::task::Poll::Pending => in_flight.push((i, publish)),
         }
-        Err(_) => {
-            for i in at {
-                results[i] = Some(Err(BusError::new(
+    }
+    // All on their way: their acknowledgements, in order.
+    let sent: Vec<usize> = in_flight.iter().map(|(i, _)| *i).collect();
+    let acks = async {
+        for (i, publish) in in_flight {
+            results[i] = Some(publish.await);
+        }
+    };
+    if tokio::time::timeout_at(deadline, acks).await.is_err() {
+        for i in sent {
+            results[i].get_or_insert_with(|| {
+                Err(BusError::new(
                     ErrorKind::Timeout,
                     "outbox relay: the publish was not acknowledged before the batch's deadline",
-                )));
-            }
+                ))
+            });
         }
     }
-    Some(results)
+    results
 }
 
 /// Strict order: the rows of each key published one after another (the
