@@ -58,7 +58,7 @@ use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, PublishAck};
-use crate::subject::validate_bus_pattern;
+use crate::subject::{first_token, validate_bus_pattern};
 use async_nats::jetstream;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -255,7 +255,7 @@ impl NatsBus {
     /// The name of the default stream for `subject` (a literal or pattern whose
     /// first token is literal), following the bus's convention.
     pub fn default_stream_name(&self, subject: &str) -> String {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         streams::default_stream_name(self.inner.tenant.as_deref(), first)
     }
 
@@ -341,7 +341,7 @@ impl NatsBus {
         wire: &str,
     ) -> Result<Vec<String>, BusError> {
         let names = streams::streams_for(&self.inner.js, wire).await?;
-        let first = pattern.split('.').next().unwrap_or_default();
+        let first = first_token(pattern);
         if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
             self.ensure_default_stream(first).await?;
             return streams::streams_for(&self.inner.js, wire).await;
@@ -352,7 +352,7 @@ impl NatsBus {
     /// Makes sure the default stream for `subject`'s first token exists.
     async fn ensure_default_stream(&self, subject: &str) -> Result<(), BusError> {
         self.check_version()?;
-        let first = subject.split('.').next().unwrap_or_default().to_string();
+        let first = first_token(subject).to_string();
         if self.inner.known_streams.lock().contains(&first) {
             return Ok(());
         }
@@ -378,7 +378,7 @@ impl EventBus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         let started = std::time::Instant::now();
         let span = crate::trace::publish_span("nats", subject, payload.len());
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         if self.inner.auto_create && !self.inner.published.contains(first) {
             // First publish to this token: the path that may create its stream.
             return PublishFuture::new(
@@ -443,7 +443,7 @@ impl EventBus for NatsBus {
             .streams_for_pattern(pattern, &wire)
             .await
             .map_err(explain)?;
-        let first = pattern.split('.').next().unwrap_or_default();
+        let first = first_token(pattern);
         if names.is_empty() && first != "*" && first != ">" {
             return Err(BusError::new(
                 ErrorKind::NotFound,

@@ -7,7 +7,7 @@
 use super::{convert, NatsBus, BATCH_WINDOW};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, MessageId, PublishAck};
-use crate::subject::validate_bus_subject;
+use crate::subject::{first_token, validate_bus_subject};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
@@ -184,7 +184,7 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         if !self.inner.auto_create {
             return self.publish_one(subject, payload, headers, id).await;
         }
@@ -255,7 +255,7 @@ impl NatsBus {
         headers: &Headers,
         id: Option<&MessageId>,
     ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         self.inner.published.remove(first);
         tracing::warn!(
             subject,
@@ -272,7 +272,7 @@ impl NatsBus {
 
     /// Forgets that the default stream for `subject`'s first token exists.
     pub(super) fn forget_default_stream(&self, subject: &str) {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         self.inner.known_streams.lock().remove(first);
     }
 
@@ -363,7 +363,7 @@ impl NatsBus {
             // deleted since).
             let mut window: Vec<Sent> = Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
-                let first = env.subject.split('.').next().unwrap_or_default();
+                let first = first_token(&env.subject);
                 let known = !self.inner.auto_create
                     || known_first.as_deref() == Some(first)
                     || self.inner.published.contains(first);
@@ -411,7 +411,7 @@ impl NatsBus {
                     Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
                 };
-                let first = subject.split('.').next().unwrap_or_default();
+                let first = first_token(&subject);
                 let result = match (result, retry) {
                     (Err(e), Some(r)) if e.kind() == ErrorKind::NotFound => {
                         // No stream (yet, or deleted since): create it and
