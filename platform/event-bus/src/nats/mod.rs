@@ -51,13 +51,12 @@ mod durable;
 mod publish;
 pub mod streams;
 mod subscription;
-mod tokens;
 
 use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
-use crate::message::{Envelope, Headers, PublishAck};
+use crate::message::{Envelope, PublishAck};
 use crate::subject::{first_token, validate_bus_pattern};
 use async_nats::jetstream;
 use async_trait::async_trait;
@@ -67,7 +66,6 @@ use rustc_hash::FxHashSet;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tracing::Instrument;
 
 pub use streams::StreamReport;
 
@@ -97,9 +95,6 @@ struct Inner {
     /// Streams declared through [`NatsBus::ensure_streams`] (names as on the
     /// server): [`health`](EventBus::health) checks they still exist.
     declared: Mutex<Vec<String>>,
-    /// First tokens that a publish has reached a stream with: their publishes
-    /// skip the retry bookkeeping (no copy of the payload).
-    published: tokens::TokenSet,
     /// Serialises default-stream creation per bus (rare path only).
     create_lock: tokio::sync::Mutex<()>,
     version_ok: OnceLock<Result<(), String>>,
@@ -145,7 +140,6 @@ impl NatsBus {
                 auto_create,
                 known_streams: Mutex::new(FxHashSet::default()),
                 declared: Mutex::new(Vec::new()),
-                published: tokens::TokenSet::default(),
                 create_lock: tokio::sync::Mutex::new(()),
                 version_ok: OnceLock::new(),
                 violations,
@@ -378,42 +372,24 @@ impl EventBus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         let started = std::time::Instant::now();
         let span = crate::trace::publish_span("nats", subject, payload.len());
-        let first = first_token(subject);
-        if self.inner.auto_create && !self.inner.published.contains(first) {
-            // First publish to this token: the path that may create its stream.
-            return PublishFuture::new(
-                async move {
-                    let result = self
-                        .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
-                        .await;
-                    self.finish(
-                        &tracing::Span::current(),
-                        &result,
-                        result.as_ref().ok(),
-                        Some(started),
-                    );
-                    result.map(|_| ())
-                }
-                .instrument(span),
-            );
-        }
-        // Steady state: validate and build the message here, and box only the
-        // send and the wait for the acknowledgement (a small future).
+        // Validate and build the message here, and box only the send and the
+        // wait for the acknowledgement (a small future).
         let payload = Bytes::from(payload);
-        // A handle on the payload (no copy) is kept for one retry, should the
-        // stream have been deleted meanwhile.
-        let retry = self.inner.auto_create.then(|| payload.clone());
-        let prepared = self.prepare(subject, payload, &Headers::new(), None, &span);
-        match prepared {
-            Ok((wire, msg)) => {
+        // A handle on the payload (no copy) is kept for one retry, should no
+        // stream store the subject (not created yet, or deleted since).
+        let retry = self.inner.auto_create.then(|| publish::Retry {
+            payload: payload.clone(),
+            headers: &publish::NO_HEADERS,
+            id: None,
+        });
+        match self.prepare(subject, payload, &publish::NO_HEADERS, None, &span) {
+            Ok(prepared) => {
                 // The span lives until the acknowledgement, without being
                 // entered on each poll (nothing runs in it after `prepare`).
                 PublishFuture::new(async move {
-                    let result = self
-                        .publish_prepared(subject, first, wire, msg, retry)
-                        .await;
-                    self.finish(&span, &result, None, Some(started));
-                    result
+                    let result = self.publish_prepared(subject, prepared, retry, &span).await;
+                    self.finish(&span, &result, result.as_ref().ok(), Some(started));
+                    result.map(|_| ())
                 })
             }
             Err(e) => {
@@ -466,15 +442,25 @@ impl EventBus for NatsBus {
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
         let started = std::time::Instant::now();
         let span = crate::trace::publish_span("nats", &envelope.subject, envelope.payload.len());
-        let result = self
-            .publish_with_stream(
-                &envelope.subject,
-                envelope.payload,
-                &envelope.headers,
-                envelope.id.as_ref(),
-            )
-            .instrument(span.clone())
-            .await;
+        let Envelope {
+            subject,
+            payload,
+            headers,
+            id,
+            ..
+        } = envelope;
+        let retry = self.inner.auto_create.then(|| publish::Retry {
+            payload: payload.clone(),
+            headers: &headers,
+            id: id.as_ref(),
+        });
+        let result = match self.prepare(&subject, payload, &headers, id.as_ref(), &span) {
+            Ok(prepared) => {
+                self.publish_prepared(&subject, prepared, retry, &span)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.finish(&span, &result, result.as_ref().ok(), Some(started));
         result
     }
