@@ -1,6 +1,6 @@
 //! `bus outbox` (PostgreSQL) and `bus schema` (the contracts registry).
 
-use crate::commands::{print_object, print_rows};
+use crate::output::{print_object, print_rows};
 use crate::{Cli, OutboxCommand, SchemaCommand};
 use event_bus::{BusConfig, BusError, BusType, ErrorKind};
 use event_bus_postgres::{sqlx, Outbox};

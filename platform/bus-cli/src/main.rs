@@ -13,6 +13,7 @@ mod admin;
 mod bench;
 mod commands;
 mod context;
+mod output;
 
 use clap::{Parser, Subcommand};
 use event_bus::{BusConfig, BusType};

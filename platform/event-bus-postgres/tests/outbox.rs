@@ -435,11 +435,10 @@ async fn a_missing_stream_delays_rows_without_failing_them() {
     let (_pg, pool) = pg().await;
     let outbox = outbox(&pool).await;
     let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
-    let nats = server
-        .bus(&[])
-        .await
-        .unwrap()
-        .with_auto_create_streams(false);
+    let nats = event_bus::NatsBus::builder(server.bus(&[]).await.unwrap().client().clone())
+        .auto_create_streams(false)
+        .build()
+        .unwrap();
     let bus: Arc<dyn EventBus> = Arc::new(nats.clone());
     let relay = relay(&outbox, &bus)
         .max_attempts(2)
@@ -503,11 +502,10 @@ async fn the_backlog_drains_when_the_bus_comes_back() {
     // Publishes fail fast (100 ms) while the server is down, so that only
     // the relay's backoff spaces its attempts.
     let bus: Arc<dyn EventBus> = Arc::new(
-        server
-            .bus(&[])
-            .await
-            .unwrap()
-            .with_publish_timeout(Duration::from_millis(100)),
+        event_bus::NatsBus::builder(server.bus(&[]).await.unwrap().client().clone())
+            .publish_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap(),
     );
     let relay = relay(&outbox, &bus)
         .publish_timeout(Duration::from_millis(300))

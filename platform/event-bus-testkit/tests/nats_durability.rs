@@ -258,7 +258,10 @@ async fn kill_9_mid_publish_loses_nothing_acknowledged() {
         .expect("start nats-server");
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client.clone());
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(1));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let bus: Arc<dyn EventBus> = Arc::new(bus);
     let mut sub = bus
         .subscribe("dur.>")
@@ -318,7 +321,10 @@ async fn cluster_stream_leader_killed_mid_stream() {
         .await
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(2));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let reports = declare_replicated(&bus, StreamSpec::new("CLU", ["clu.>"]).replicas(3)).await;
     assert_eq!(reports.len(), 1);
     let bus: Arc<dyn EventBus> = Arc::new(bus);
@@ -409,7 +415,10 @@ async fn process(
 async fn durable_consumer_resumes_across_kill_9() {
     let mut server = NatsServer::start().await.expect("start nats-server");
     let client = async_nats::connect(server.url()).await.expect("connect");
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(2));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let config = event_bus::ConsumerConfig::new("worker", "job.>").ack_wait(Duration::from_secs(2));
     let mut consumer = bus
         .consume(config.clone())
@@ -460,7 +469,10 @@ async fn durable_consumer_survives_cluster_leader_kill() {
         .await
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(3));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
     declare_replicated(&bus, StreamSpec::new("JOBS", ["jobs.>"]).replicas(3)).await;
     let config =
         event_bus::ConsumerConfig::new("cluster-worker", "jobs.>").ack_wait(Duration::from_secs(3));

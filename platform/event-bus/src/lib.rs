@@ -163,7 +163,7 @@ pub use error::{BusError, ErrorKind};
 pub use memory::{InMemoryBus, MemoryConfig, MemorySubscription, Overflow, SubscribeOptions};
 pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 #[cfg(feature = "nats")]
-pub use nats::NatsBus;
+pub use nats::{NatsBus, NatsBusBuilder};
 pub use subject::Subject;
 
 /// The async-nats version this crate is built against (for `NatsBus::new(client)`).

@@ -187,7 +187,10 @@ async fn answers_during_an_outage_fail_within_the_publish_timeout() {
     use event_bus::{ConsumerConfig, StartPosition};
     let mut server = NatsServer::start().await.expect("start nats-server");
     let client = async_nats::connect(server.url()).await.unwrap();
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_millis(800));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
     for i in 0..4 {
         bus.publish("ackdown.job", i.to_string().into_bytes())
             .await
@@ -266,7 +269,10 @@ async fn failed_dead_letter_publish_keeps_the_message_until_it_succeeds() {
     let server = NatsServer::start().await.expect("start nats-server");
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    let bus = NatsBus::new(client).with_auto_create_streams(false);
+    let bus = NatsBus::builder(client)
+        .auto_create_streams(false)
+        .build()
+        .unwrap();
     NatsBus::new(js.client())
         .ensure_streams(&[StreamSpec::new("JOBS", ["jobs.>"])])
         .await

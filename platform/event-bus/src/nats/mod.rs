@@ -51,14 +51,13 @@ mod durable;
 mod publish;
 pub mod streams;
 mod subscription;
-mod tokens;
 
 use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
-use crate::message::{Envelope, Headers, PublishAck};
-use crate::subject::validate_bus_pattern;
+use crate::message::{Envelope, PublishAck};
+use crate::subject::{first_token, validate_bus_pattern};
 use async_nats::jetstream;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,7 +66,6 @@ use rustc_hash::FxHashSet;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tracing::Instrument;
 
 pub use streams::StreamReport;
 
@@ -97,9 +95,6 @@ struct Inner {
     /// Streams declared through [`NatsBus::ensure_streams`] (names as on the
     /// server): [`health`](EventBus::health) checks they still exist.
     declared: Mutex<Vec<String>>,
-    /// First tokens that a publish has reached a stream with: their publishes
-    /// skip the retry bookkeeping (no copy of the payload).
-    published: tokens::TokenSet,
     /// Serialises default-stream creation per bus (rare path only).
     create_lock: tokio::sync::Mutex<()>,
     version_ok: OnceLock<Result<(), String>>,
@@ -117,41 +112,110 @@ pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 /// How long [`NatsBus::health`](EventBus::health) waits for JetStream to answer.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Builds a [`NatsBus`] over a connection: [`NatsBus::builder`], then
+/// consuming setters, then [`build`](NatsBusBuilder::build).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), event_bus::BusError> {
+/// # let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+/// use std::time::Duration;
+/// let bus = event_bus::NatsBus::builder(client)
+///     .tenant("acme")
+///     .publish_timeout(Duration::from_secs(2))
+///     .auto_create_streams(false)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a builder does nothing until `build`"]
+pub struct NatsBusBuilder {
+    client: async_nats::Client,
+    publish_timeout: Duration,
+    tenant: Option<String>,
+    auto_create: bool,
+    violations: Option<Arc<convert::Violations>>,
+}
+
+impl NatsBusBuilder {
+    /// How long a publish may wait for its acknowledgement (default
+    /// [`DEFAULT_PUBLISH_TIMEOUT`]).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    /// Confines the bus to `tenant`, one subject token (see
+    /// [`validate_tenant`](crate::config::validate_tenant), checked by
+    /// [`build`](Self::build)): subjects are prefixed with `<tenant>.` on the
+    /// wire and default streams are named per tenant.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Whether the bus creates default streams (default on).
+    pub fn auto_create_streams(mut self, on: bool) -> Self {
+        self.auto_create = on;
+        self
+    }
+
+    /// The bus. Fails (a `Config` error) when the tenant is not one valid
+    /// subject token.
+    pub fn build(self) -> Result<NatsBus, BusError> {
+        if let Some(t) = &self.tenant {
+            crate::config::validate_tenant("tenant", t)?;
+        }
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(self.publish_timeout)
+            .max_ack_inflight(16_384)
+            .backpressure_on_inflight(true)
+            .build(self.client.clone());
+        let metrics = crate::metrics::PublishMetrics::new("nats", self.tenant.as_deref());
+        Ok(NatsBus {
+            inner: Arc::new(Inner {
+                client: self.client,
+                js,
+                publish_timeout: self.publish_timeout,
+                tenant: self.tenant,
+                auto_create: self.auto_create,
+                known_streams: Mutex::new(FxHashSet::default()),
+                declared: Mutex::new(Vec::new()),
+                create_lock: tokio::sync::Mutex::new(()),
+                version_ok: OnceLock::new(),
+                violations: self.violations,
+                down_since: Mutex::new(None),
+                metrics,
+            }),
+        })
+    }
+}
+
+impl std::fmt::Debug for NatsBusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBusBuilder")
+            .field("tenant", &self.tenant)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("auto_create_streams", &self.auto_create)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NatsBus {
     /// A bus over an existing connection, with default options. Synchronous and infallible.
     pub fn new(client: async_nats::Client) -> Self {
-        Self::with_options(client, DEFAULT_PUBLISH_TIMEOUT, None, true, None)
+        Self::builder(client)
+            .build()
+            .expect("a bus without a tenant always builds")
     }
 
-    fn with_options(
-        client: async_nats::Client,
-        publish_timeout: Duration,
-        tenant: Option<String>,
-        auto_create: bool,
-        violations: Option<Arc<convert::Violations>>,
-    ) -> Self {
-        let tenant_label = tenant.clone();
-        let js = jetstream::context::ContextBuilder::new()
-            .timeout(publish_timeout)
-            .max_ack_inflight(16_384)
-            .backpressure_on_inflight(true)
-            .build(client.clone());
-        NatsBus {
-            inner: Arc::new(Inner {
-                client,
-                js,
-                publish_timeout,
-                tenant,
-                auto_create,
-                known_streams: Mutex::new(FxHashSet::default()),
-                declared: Mutex::new(Vec::new()),
-                published: tokens::TokenSet::default(),
-                create_lock: tokio::sync::Mutex::new(()),
-                version_ok: OnceLock::new(),
-                violations,
-                down_since: Mutex::new(None),
-                metrics: crate::metrics::PublishMetrics::new("nats", tenant_label.as_deref()),
-            }),
+    /// A builder for a bus over an existing connection, to set its tenant,
+    /// publish timeout or default-stream creation.
+    pub fn builder(client: async_nats::Client) -> NatsBusBuilder {
+        NatsBusBuilder {
+            client,
+            publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+            tenant: None,
+            auto_create: true,
+            violations: None,
         }
     }
 
@@ -159,13 +223,12 @@ impl NatsBus {
     /// declared streams. Bounded by `config.connect_timeout`.
     pub async fn connect(config: &NatsConfig) -> Result<Self, BusError> {
         let (client, violations) = convert::connect(config).await?;
-        let bus = Self::with_options(
-            client,
-            config.publish_timeout,
-            config.tenant.clone(),
-            config.auto_create_streams,
-            Some(violations),
-        );
+        let mut builder = Self::builder(client)
+            .publish_timeout(config.publish_timeout)
+            .auto_create_streams(config.auto_create_streams);
+        builder.tenant = config.tenant.clone();
+        builder.violations = Some(violations);
+        let bus = builder.build()?;
         bus.check_version()?;
         if !config.streams.is_empty() {
             bus.ensure_streams(&config.streams).await?;
@@ -173,11 +236,11 @@ impl NatsBus {
         Ok(bus)
     }
 
-    /// The same connection, confined to `tenant`, one subject token (see
-    /// [`validate_tenant`](crate::config::validate_tenant)): subjects are
-    /// prefixed with `<tenant>.` on the wire and default streams are named
-    /// per tenant. A bus that is already confined to a tenant cannot be
-    /// confined again (a `Config` error): tenants do not nest.
+    /// The same connection and options, confined to `tenant`, one subject
+    /// token (see [`validate_tenant`](crate::config::validate_tenant)):
+    /// subjects are prefixed with `<tenant>.` on the wire and default streams
+    /// are named per tenant. A bus that is already confined to a tenant
+    /// cannot be confined again (a `Config` error): tenants do not nest.
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, BusError> {
         crate::config::validate_tenant("tenant", tenant)?;
         if let Some(t) = &self.inner.tenant {
@@ -187,36 +250,12 @@ impl NatsBus {
                 format!("this bus is already confined to tenant {t:?}; tenants do not nest (use for_tenant on an untenanted bus)"),
             ));
         }
-        let full = tenant.to_string();
-        Ok(Self::with_options(
-            self.inner.client.clone(),
-            self.inner.publish_timeout,
-            Some(full),
-            self.inner.auto_create,
-            self.inner.violations.clone(),
-        ))
-    }
-
-    /// Sets how long a publish may wait for its acknowledgement.
-    pub fn with_publish_timeout(&self, timeout: Duration) -> Self {
-        Self::with_options(
-            self.inner.client.clone(),
-            timeout,
-            self.inner.tenant.clone(),
-            self.inner.auto_create,
-            self.inner.violations.clone(),
-        )
-    }
-
-    /// Turns the creation of default streams on or off.
-    pub fn with_auto_create_streams(&self, on: bool) -> Self {
-        Self::with_options(
-            self.inner.client.clone(),
-            self.inner.publish_timeout,
-            self.inner.tenant.clone(),
-            on,
-            self.inner.violations.clone(),
-        )
+        let mut builder = Self::builder(self.inner.client.clone())
+            .publish_timeout(self.inner.publish_timeout)
+            .auto_create_streams(self.inner.auto_create)
+            .tenant(tenant);
+        builder.violations = self.inner.violations.clone();
+        builder.build()
     }
 
     /// The underlying client.
@@ -255,7 +294,7 @@ impl NatsBus {
     /// The name of the default stream for `subject` (a literal or pattern whose
     /// first token is literal), following the bus's convention.
     pub fn default_stream_name(&self, subject: &str) -> String {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = first_token(subject);
         streams::default_stream_name(self.inner.tenant.as_deref(), first)
     }
 
@@ -341,7 +380,7 @@ impl NatsBus {
         wire: &str,
     ) -> Result<Vec<String>, BusError> {
         let names = streams::streams_for(&self.inner.js, wire).await?;
-        let first = pattern.split('.').next().unwrap_or_default();
+        let first = first_token(pattern);
         if names.is_empty() && first != "*" && first != ">" && self.inner.auto_create {
             self.ensure_default_stream(first).await?;
             return streams::streams_for(&self.inner.js, wire).await;
@@ -352,7 +391,7 @@ impl NatsBus {
     /// Makes sure the default stream for `subject`'s first token exists.
     async fn ensure_default_stream(&self, subject: &str) -> Result<(), BusError> {
         self.check_version()?;
-        let first = subject.split('.').next().unwrap_or_default().to_string();
+        let first = first_token(subject).to_string();
         if self.inner.known_streams.lock().contains(&first) {
             return Ok(());
         }
@@ -378,42 +417,24 @@ impl EventBus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Vec<u8>) -> PublishFuture<'a> {
         let started = std::time::Instant::now();
         let span = crate::trace::publish_span("nats", subject, payload.len());
-        let first = subject.split('.').next().unwrap_or_default();
-        if self.inner.auto_create && !self.inner.published.contains(first) {
-            // First publish to this token: the path that may create its stream.
-            return PublishFuture::new(
-                async move {
-                    let result = self
-                        .publish_with_stream(subject, Bytes::from(payload), &Headers::new(), None)
-                        .await;
-                    self.finish(
-                        &tracing::Span::current(),
-                        &result,
-                        result.as_ref().ok(),
-                        Some(started),
-                    );
-                    result.map(|_| ())
-                }
-                .instrument(span),
-            );
-        }
-        // Steady state: validate and build the message here, and box only the
-        // send and the wait for the acknowledgement (a small future).
+        // Validate and build the message here, and box only the send and the
+        // wait for the acknowledgement (a small future).
         let payload = Bytes::from(payload);
-        // A handle on the payload (no copy) is kept for one retry, should the
-        // stream have been deleted meanwhile.
-        let retry = self.inner.auto_create.then(|| payload.clone());
-        let prepared = self.prepare(subject, payload, &Headers::new(), None, &span);
-        match prepared {
-            Ok((wire, msg)) => {
+        // A handle on the payload (no copy) is kept for one retry, should no
+        // stream store the subject (not created yet, or deleted since).
+        let retry = self.inner.auto_create.then(|| publish::Retry {
+            payload: payload.clone(),
+            headers: &publish::NO_HEADERS,
+            id: None,
+        });
+        match self.prepare(subject, payload, &publish::NO_HEADERS, None, &span) {
+            Ok(prepared) => {
                 // The span lives until the acknowledgement, without being
                 // entered on each poll (nothing runs in it after `prepare`).
                 PublishFuture::new(async move {
-                    let result = self
-                        .publish_prepared(subject, first, wire, msg, retry)
-                        .await;
-                    self.finish(&span, &result, None, Some(started));
-                    result
+                    let result = self.publish_prepared(subject, prepared, retry, &span).await;
+                    self.finish(&span, &result, result.as_ref().ok(), Some(started));
+                    result.map(|_| ())
                 })
             }
             Err(e) => {
@@ -443,7 +464,7 @@ impl EventBus for NatsBus {
             .streams_for_pattern(pattern, &wire)
             .await
             .map_err(explain)?;
-        let first = pattern.split('.').next().unwrap_or_default();
+        let first = first_token(pattern);
         if names.is_empty() && first != "*" && first != ">" {
             return Err(BusError::new(
                 ErrorKind::NotFound,
@@ -466,15 +487,25 @@ impl EventBus for NatsBus {
     async fn publish_envelope(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
         let started = std::time::Instant::now();
         let span = crate::trace::publish_span("nats", &envelope.subject, envelope.payload.len());
-        let result = self
-            .publish_with_stream(
-                &envelope.subject,
-                envelope.payload,
-                &envelope.headers,
-                envelope.id.as_ref(),
-            )
-            .instrument(span.clone())
-            .await;
+        let Envelope {
+            subject,
+            payload,
+            headers,
+            id,
+            ..
+        } = envelope;
+        let retry = self.inner.auto_create.then(|| publish::Retry {
+            payload: payload.clone(),
+            headers: &headers,
+            id: id.as_ref(),
+        });
+        let result = match self.prepare(&subject, payload, &headers, id.as_ref(), &span) {
+            Ok(prepared) => {
+                self.publish_prepared(&subject, prepared, retry, &span)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         self.finish(&span, &result, result.as_ref().ok(), Some(started));
         result
     }
@@ -727,5 +758,63 @@ impl std::fmt::Debug for NatsBus {
             .field("tenant", &self.inner.tenant)
             .field("publish_timeout", &self.inner.publish_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn client() -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect("127.0.0.1:9")
+            .await
+            .expect("a client that connects in the background")
+    }
+
+    #[tokio::test]
+    async fn builder_sets_each_option() {
+        let bus = NatsBus::builder(client().await)
+            .tenant("acme")
+            .publish_timeout(Duration::from_millis(700))
+            .auto_create_streams(false)
+            .build()
+            .expect("a valid tenant");
+        assert_eq!(bus.tenant(), Some("acme"));
+        assert_eq!(bus.inner.publish_timeout, Duration::from_millis(700));
+        assert!(!bus.inner.auto_create);
+
+        let plain = NatsBus::new(client().await);
+        assert_eq!(plain.tenant(), None);
+        assert_eq!(plain.inner.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+        assert!(plain.inner.auto_create);
+    }
+
+    #[tokio::test]
+    async fn builder_refuses_a_tenant_that_is_not_one_token() {
+        let err = NatsBus::builder(client().await)
+            .tenant("a.b")
+            .build()
+            .expect_err("a tenant of two tokens");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("tenant"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn for_tenant_keeps_the_options() {
+        let bus = NatsBus::builder(client().await)
+            .publish_timeout(Duration::from_millis(700))
+            .auto_create_streams(false)
+            .build()
+            .expect("no tenant");
+        let acme = bus.for_tenant("acme").expect("a valid tenant");
+        assert_eq!(acme.tenant(), Some("acme"));
+        assert_eq!(acme.inner.publish_timeout, Duration::from_millis(700));
+        assert!(!acme.inner.auto_create);
+        assert_eq!(
+            acme.for_tenant("other").expect_err("nested").kind(),
+            ErrorKind::Config
+        );
     }
 }

@@ -1,32 +1,45 @@
-//! How a message reaches JetStream: validate and build it (with the
-//! publish span's trace context), send it, await its acknowledgement,
-//! count the outcome; create the default stream and publish once more when
-//! the server says nothing stores the subject; batches in windows of
-//! [`BATCH_WINDOW`] sends before their acknowledgements.
+//! How a message reaches JetStream, one path for plain, envelope and batch
+//! publishes: [`prepare`](NatsBus::prepare) (validate and build it, with the
+//! publish span's trace context), [`send`](NatsBus::send) it, await its
+//! acknowledgement, then [`settle`](NatsBus::settle): when the server says
+//! nothing stores the subject, create the default stream and publish once
+//! more. Batches send windows of [`BATCH_WINDOW`] before awaiting their
+//! acknowledgements.
 
 use super::{convert, NatsBus, BATCH_WINDOW};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, Headers, MessageId, PublishAck};
-use crate::subject::validate_bus_subject;
+use crate::subject::{first_token, validate_bus_subject};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
+use futures::future::{ready, BoxFuture, Either, Ready};
+use futures::FutureExt;
+use std::future::Future;
 use tracing::Instrument;
 
-/// What a batch keeps of an envelope for one retry (its subject aside).
-struct Retry {
-    payload: Bytes,
-    headers: Headers,
-    id: Option<MessageId>,
+/// What a publish keeps for its one retry (see [`NatsBus::settle`]): what
+/// [`NatsBus::prepare`] takes again.
+pub(super) struct Retry<'a> {
+    pub(super) payload: Bytes,
+    pub(super) headers: &'a Headers,
+    pub(super) id: Option<&'a MessageId>,
 }
+
+/// A publish's outcome, or the future of its one retry (see [`NatsBus::settle`]).
+pub(super) type Settled<'a> = Either<Ready<Published>, BoxFuture<'a, Published>>;
+type Published = Result<PublishAck, BusError>;
+
+/// The headers of a plain publish.
+pub(super) static NO_HEADERS: Headers = Headers::new();
 
 /// One envelope of a batch's window, sent and awaiting its acknowledgement.
 struct Sent {
     subject: String,
-    /// What a retry needs, when no stream may store the subject yet.
-    retry: Option<Retry>,
-    /// Whether the subject's first token had no known stream before.
-    newly: bool,
+    /// The payload kept for a retry, when no stream may store the subject yet.
+    kept: Option<Bytes>,
+    headers: Headers,
+    id: Option<MessageId>,
     sent: Result<PublishAckFuture, BusError>,
     /// The publish span, kept (not entered) until the acknowledgement.
     span: tracing::Span,
@@ -62,35 +75,6 @@ impl NatsBus {
                 }
             }
             Err(e) => m.failed(e.kind(), seconds),
-        }
-    }
-
-    pub(super) async fn publish_one(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let (wire, msg) = self.prepare(subject, payload, headers, id, &tracing::Span::current())?;
-        let started = self
-            .inner
-            .violations
-            .as_ref()
-            .map(|_| std::time::Instant::now());
-        let result = match self.send(subject, wire, msg).await {
-            Ok(fut) => self.await_ack(subject, fut).await,
-            Err(e) => Err(e),
-        };
-        match (result, started) {
-            (Err(e), Some(started)) => Err(convert::explain(
-                e,
-                self.inner.violations.as_deref(),
-                started,
-                &self.wire(subject),
-                &format!("publish to {subject:?}"),
-            )),
-            (result, _) => result,
         }
     }
 
@@ -143,8 +127,7 @@ impl NatsBus {
         Ok((wire, msg))
     }
 
-    /// Sends one message (not waiting for its acknowledgement), creating the
-    /// default stream first when the server says nothing stores the subject.
+    /// Sends one message (not waiting for its acknowledgement).
     pub(super) async fn send(
         &self,
         subject: &str,
@@ -160,179 +143,117 @@ impl NatsBus {
             .map_err(|e| convert::publish_error(subject, e))
     }
 
-    pub(super) async fn await_ack(
+    /// Waits for a sent message's acknowledgement (a plain future, no state
+    /// of its own: the publish future stays small).
+    pub(super) fn await_ack<'a>(
         &self,
-        subject: &str,
+        subject: &'a str,
         fut: PublishAckFuture,
-    ) -> Result<PublishAck, BusError> {
-        match fut.await {
+    ) -> impl Future<Output = Result<PublishAck, BusError>> + Send + 'a {
+        std::future::IntoFuture::into_future(fut).map(move |acked| match acked {
             Ok(ack) => Ok(PublishAck::new(
                 Some(ack.stream),
                 ack.sequence,
                 ack.duplicate,
             )),
             Err(e) => Err(convert::publish_error(subject, e)),
-        }
+        })
     }
 
-    /// Publishes with one retry after creating the default stream if the first
-    /// attempt found no stream.
-    pub(super) async fn publish_with_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
-        if !self.inner.auto_create {
-            return self.publish_one(subject, payload, headers, id).await;
-        }
-        if self.inner.published.contains(first) {
-            let result = self
-                .publish_one(subject, payload.clone(), headers, id)
-                .await;
-            if matches!(&result, Err(e) if e.kind() == ErrorKind::NotFound) {
-                // The stream went away (deleted): make it again, publish once more.
-                return Box::pin(self.republish_after_not_found(subject, payload, headers, id))
-                    .await;
-            }
-            return result;
-        }
-        // The first publish to a token may have to create its stream: that
-        // path is boxed on its own so that the steady-state future stays small
-        // (it is boxed and moved on every publish).
-        Box::pin(self.publish_creating_stream(subject, payload, headers, id, first)).await
-    }
-
-    pub(super) async fn publish_creating_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-        first: &str,
-    ) -> Result<PublishAck, BusError> {
-        let result = match self
-            .publish_one(subject, payload.clone(), headers, id)
-            .await
-        {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.republish_creating_stream(subject, payload, headers, id)
-                    .await
-            }
-            other => other,
-        };
-        if result.is_ok() {
-            self.mark_published(first);
-        }
-        result
-    }
-
-    /// After a publish found no stream: creates the default stream for the
-    /// subject's first token and publishes once more.
-    pub(super) async fn republish_creating_stream(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        // The server said that no stream stores the subject: what the bus
-        // remembers about its default stream is stale (deleted since).
-        self.forget_default_stream(subject);
-        self.ensure_default_stream(subject).await?;
-        self.publish_one(subject, payload, headers, id).await
-    }
-
-    /// A publish to a token known to have a stream found none (deleted
-    /// since): creates the default stream again and publishes once more.
-    #[cold]
-    pub(super) async fn republish_after_not_found(
-        &self,
-        subject: &str,
-        payload: Bytes,
-        headers: &Headers,
-        id: Option<&MessageId>,
-    ) -> Result<PublishAck, BusError> {
-        let first = subject.split('.').next().unwrap_or_default();
-        self.inner.published.remove(first);
-        tracing::warn!(
-            subject,
-            "no stream stores the subject any more (deleted?); creating its default stream again"
-        );
-        let result = self
-            .republish_creating_stream(subject, payload, headers, id)
-            .await;
-        if result.is_ok() {
-            self.mark_published(first);
-        }
-        result
-    }
-
-    /// Forgets that the default stream for `subject`'s first token exists.
-    pub(super) fn forget_default_stream(&self, subject: &str) {
-        let first = subject.split('.').next().unwrap_or_default();
-        self.inner.known_streams.lock().remove(first);
-    }
-
-    /// Records that a stream takes publishes to `first` (a valid first token,
-    /// since a publish to it was acknowledged).
-    pub(super) fn mark_published(&self, first: &str) {
-        if !self.inner.published.contains(first) {
-            self.inner.published.insert(first);
-        }
-    }
-
-    /// Sends a prepared message to a token known to have a stream and waits for
-    /// the acknowledgement (the steady-state publish path).
+    /// The publish path, for plain, envelope and batch publishes: sends the
+    /// prepared message, awaits its acknowledgement, then [`settle`](Self::settle)s it.
     pub(super) async fn publish_prepared(
         &self,
         subject: &str,
-        first: &str,
-        wire: String,
-        msg: PublishMessage,
-        retry: Option<Bytes>,
-    ) -> Result<(), BusError> {
-        let started = self
-            .inner
-            .violations
-            .as_ref()
-            .map(|_| std::time::Instant::now());
+        (wire, msg): (String, PublishMessage),
+        retry: Option<Retry<'_>>,
+        span: &tracing::Span,
+    ) -> Result<PublishAck, BusError> {
+        let started = self.violations_clock();
         // async-nats' send future (~840 bytes) is boxed apart: both boxes
         // then fit glibc's per-thread cache (up to 1032 bytes), which one
         // box holding both did not.
-        let result = match Box::pin(self.inner.js.send_publish(wire, msg)).await {
-            Ok(ack) => ack
-                .await
-                .map(|_| ())
-                .map_err(|e| convert::publish_error(subject, e)),
-            Err(e) => Err(convert::publish_error(subject, e)),
+        let result = match Box::pin(self.send(subject, wire, msg)).await {
+            Ok(fut) => self.await_ack(subject, fut).await,
+            Err(e) => Err(e),
         };
+        self.settle(subject, result, retry, span, started).await
+    }
+
+    /// What follows a sent publish: when the server says that no stream
+    /// stores the subject and a `retry` is kept (the bus creates default
+    /// streams), makes the default stream and publishes once more; any other
+    /// failure is explained (`started`: see [`violations_clock`](Self::violations_clock)).
+    /// A plain function returning the (boxed, rare) retry's future or the
+    /// outcome: the publish future stays small.
+    pub(super) fn settle<'a>(
+        &'a self,
+        subject: &'a str,
+        result: Result<PublishAck, BusError>,
+        retry: Option<Retry<'a>>,
+        span: &'a tracing::Span,
+        started: Option<std::time::Instant>,
+    ) -> Settled<'a> {
         match (result, retry) {
-            (Ok(()), _) => Ok(()),
-            (Err(e), Some(payload)) if e.kind() == ErrorKind::NotFound => {
-                // The stream went away (deleted): make it again, publish once more.
-                Box::pin(self.republish_after_not_found(subject, payload, &Headers::new(), None))
-                    .await
-                    .map(|_| ())
+            (Ok(ack), _) => Either::Left(ready(Ok(ack))),
+            (Err(e), Some(retry)) if e.kind() == ErrorKind::NotFound => {
+                Either::Right(Box::pin(self.republish(subject, retry, span)))
             }
-            (Err(e), _) => Err(self.publish_failed(e, subject, first, started)),
+            (Err(e), _) => Either::Left(ready(Err(self.explained(e, subject, started)))),
         }
     }
 
+    /// After a publish found no stream: creates the default stream for the
+    /// subject's first token and publishes once more (no further retry).
     #[cold]
-    pub(super) fn publish_failed(
+    async fn republish(
+        &self,
+        subject: &str,
+        retry: Retry<'_>,
+        span: &tracing::Span,
+    ) -> Result<PublishAck, BusError> {
+        // The server said that no stream stores the subject: what the bus
+        // remembers about its default stream is stale (deleted since).
+        if self.inner.known_streams.lock().remove(first_token(subject)) {
+            tracing::warn!(
+                subject,
+                "no stream stores the subject any more (deleted?); creating its default stream again"
+            );
+        }
+        async {
+            self.ensure_default_stream(subject).await?;
+            let started = self.violations_clock();
+            let (wire, msg) =
+                self.prepare(subject, retry.payload, retry.headers, retry.id, span)?;
+            let result = match self.send(subject, wire, msg).await {
+                Ok(fut) => self.await_ack(subject, fut).await,
+                Err(e) => Err(e),
+            };
+            result.map_err(|e| self.explained(e, subject, started))
+        }
+        .instrument(span.clone())
+        .await
+    }
+
+    /// When the connection reports permission violations (made by
+    /// [`connect`](NatsBus::connect)): the time a publish started, to find
+    /// the violations reported since.
+    fn violations_clock(&self) -> Option<std::time::Instant> {
+        self.inner
+            .violations
+            .as_ref()
+            .map(|_| std::time::Instant::now())
+    }
+
+    /// `e`, with the permission violation reported since `started` that
+    /// explains it, if any.
+    #[cold]
+    fn explained(
         &self,
         e: BusError,
         subject: &str,
-        first: &str,
         started: Option<std::time::Instant>,
     ) -> BusError {
-        if e.kind() == ErrorKind::NotFound {
-            // The stream went away: take the creating path next time.
-            self.inner.published.remove(first);
-        }
         match started {
             Some(started) => convert::explain(
                 e,
@@ -353,9 +274,6 @@ impl NatsBus {
     ) -> Vec<Result<PublishAck, BusError>> {
         let mut results: Vec<Result<PublishAck, BusError>> = Vec::with_capacity(envelopes.len());
         let mut envelopes = envelopes.into_iter().peekable();
-        // The last first token found published to: its envelopes need no copy
-        // kept for a retry.
-        let mut known_first: Option<String> = None;
         while envelopes.peek().is_some() {
             // Send a window, then await its acknowledgements (in order). The
             // payload (a handle, no copy), headers and id are kept for one
@@ -363,13 +281,6 @@ impl NatsBus {
             // deleted since).
             let mut window: Vec<Sent> = Vec::with_capacity(BATCH_WINDOW);
             for env in envelopes.by_ref().take(BATCH_WINDOW) {
-                let first = env.subject.split('.').next().unwrap_or_default();
-                let known = !self.inner.auto_create
-                    || known_first.as_deref() == Some(first)
-                    || self.inner.published.contains(first);
-                if known && known_first.as_deref() != Some(first) {
-                    known_first = Some(first.to_string());
-                }
                 let Envelope {
                     subject,
                     payload,
@@ -386,23 +297,20 @@ impl NatsBus {
                     Ok((wire, msg)) => self.send(&subject, wire, msg).await,
                     Err(e) => Err(e),
                 };
-                let retry = kept.map(|payload| Retry {
-                    payload,
-                    headers,
-                    id,
-                });
                 window.push(Sent {
                     subject,
-                    retry,
-                    newly: !known,
+                    kept,
+                    headers,
+                    id,
                     sent,
                     span,
                 });
             }
             for Sent {
                 subject,
-                retry,
-                newly,
+                kept,
+                headers,
+                id,
                 sent,
                 span,
             } in window
@@ -411,35 +319,15 @@ impl NatsBus {
                     Ok(fut) => self.await_ack(&subject, fut).await,
                     Err(e) => Err(e),
                 };
-                let first = subject.split('.').next().unwrap_or_default();
-                let result = match (result, retry) {
-                    (Err(e), Some(r)) if e.kind() == ErrorKind::NotFound => {
-                        // No stream (yet, or deleted since): create it and
-                        // publish this one again (the rest of the window may
-                        // also have missed it, and is retried the same way,
-                        // in order).
-                        self.inner.published.remove(first);
-                        let result = self
-                            .republish_creating_stream(
-                                &subject,
-                                r.payload,
-                                &r.headers,
-                                r.id.as_ref(),
-                            )
-                            .instrument(span.clone())
-                            .await;
-                        if result.is_ok() {
-                            self.mark_published(first);
-                        }
-                        result
-                    }
-                    (result, _) => {
-                        if newly && result.is_ok() {
-                            self.mark_published(first);
-                        }
-                        result
-                    }
-                };
+                // No stream (yet, or deleted since): the rest of the window
+                // may also have missed it, and is retried the same way, in
+                // order.
+                let retry = kept.map(|payload| Retry {
+                    payload,
+                    headers: &headers,
+                    id: id.as_ref(),
+                });
+                let result = self.settle(&subject, result, retry, &span, None).await;
                 crate::trace::record_publish(&span, &result, result.as_ref().ok());
                 results.push(result);
             }
@@ -455,8 +343,8 @@ impl NatsBus {
 mod tests {
     use super::*;
 
-    /// Every publish boxes its future: keep the steady-state path small (the
-    /// rarely taken stream-creation path is boxed separately).
+    /// Every publish boxes its future: keep it small (the rarely taken
+    /// stream-creation path is boxed separately).
     #[tokio::test]
     async fn publish_future_stays_small() {
         let client = async_nats::ConnectOptions::new()
@@ -465,19 +353,17 @@ mod tests {
             .await
             .expect("a client that connects in the background");
         let bus = NatsBus::new(client);
-        let headers = Headers::new();
-        let fut = bus.publish_with_stream("a.b", Bytes::new(), &headers, None);
-        println!(
-            "publish_with_stream future: {} bytes",
-            std::mem::size_of_val(&fut)
-        );
-        drop(fut);
+        let span = tracing::Span::none();
+        let retry = Retry {
+            payload: Bytes::new(),
+            headers: &NO_HEADERS,
+            id: None,
+        };
         let fut = bus.publish_prepared(
             "a.b",
-            "a",
-            "a.b".to_string(),
-            PublishMessage::build(),
-            Some(Bytes::new()),
+            ("a.b".to_string(), PublishMessage::build()),
+            Some(retry),
+            &span,
         );
         let size = std::mem::size_of_val(&fut);
         println!("publish future: {size} bytes");

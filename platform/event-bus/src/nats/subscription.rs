@@ -21,7 +21,7 @@ use super::convert::{api_error, stored_ns, to_bus_message};
 use crate::bus::Subscription;
 use crate::error::BusError;
 use crate::message::BusMessage;
-use crate::subject::matches;
+use crate::subject::{first_token, matches};
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream::Stream as JsStream};
 use futures::StreamExt;
@@ -86,7 +86,7 @@ pub(crate) async fn subscribe(
         let consumer = follower.create().await?;
         tokio::spawn(follower.run(consumer));
     }
-    let first = user_pattern.split('.').next().unwrap_or_default();
+    let first = first_token(&user_pattern);
     if first == "*" || first == ">" {
         // The pattern can match streams created later (one per first token):
         // watch for them and read each new one from its start, since all of

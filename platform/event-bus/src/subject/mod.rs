@@ -228,6 +228,14 @@ pub fn validate_pattern(pattern: &str) -> Result<(), BusError> {
     check(pattern, false)
 }
 
+/// The first token of a subject or pattern: `"orders"` for `"orders.eu.created"`,
+/// the whole string when it has one token (and `""` for `""`). The NATS backend
+/// keys its default streams by it.
+#[inline]
+pub fn first_token(subject: &str) -> &str {
+    subject.split_once('.').map_or(subject, |(first, _)| first)
+}
+
 /// Whether `pattern` has a wildcard token.
 pub fn is_wildcard(pattern: &str) -> bool {
     pattern
@@ -311,6 +319,11 @@ impl Subject {
     pub fn tokens(&self) -> std::str::Split<'_, char> {
         self.0.split('.')
     }
+
+    /// The subject's first token (see [`first_token`]).
+    pub fn first_token(&self) -> &str {
+        first_token(&self.0)
+    }
 }
 
 impl Deref for Subject {
@@ -371,6 +384,16 @@ impl serde::Serialize for Subject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_token_of_subjects_and_patterns() {
+        assert_eq!(first_token("orders.eu.created"), "orders");
+        assert_eq!(first_token("orders"), "orders");
+        assert_eq!(first_token("orders.>"), "orders");
+        assert_eq!(first_token("*.created"), "*");
+        assert_eq!(first_token(""), "");
+        assert_eq!(Subject::new("a.b").unwrap().first_token(), "a");
+    }
 
     // Cases follow nats-server's server/sublist_test.go
     // (TestSublistValidLiteralSubjects, TestSublistValidSubjects, TestSublistMatchLiterals).
