@@ -168,7 +168,7 @@ pub(crate) async fn open(
         client: bus.client().clone(),
         timeout: bus.inner.publish_timeout,
     });
-    let closing = Arc::new(Closing::default());
+    let closing = Arc::new(Closing::new(bus.inner.hand_backs.clone()));
     tokio::spawn(pump(
         source,
         consumer,
@@ -370,7 +370,7 @@ impl Drop for Fetched {
         // they are not sent, and the deliveries come back after their ack
         // wait. `NatsBus::flush` waits for this task.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let handing_back = HandingBack::start();
+            let handing_back = self.closing.hand_backs.start();
             rt.spawn(async move {
                 for delivery in ahead {
                     let (_, _, acker) = delivery.into_parts();
@@ -424,46 +424,82 @@ async fn hand_back_received(messages: &mut pull::Stream, target: &AckTarget) {
     }
 }
 
-/// Hand-backs (nacks of fetched, unconsumed deliveries) still being queued,
-/// across the process: [`NatsBus::flush`] waits for them.
-static HANDING_BACK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static HANDED_BACK: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// The hand-backs (nacks of fetched, unconsumed deliveries) one
+/// connection's consumers are still queuing: [`NatsBus::flush`] waits for
+/// them, and only for them (not for other connections'). Held in the bus's
+/// shared state; buses over the same connection
+/// ([`NatsBus::for_tenant`]) share it.
+#[derive(Default)]
+pub(super) struct HandBacks {
+    running: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
 
-/// One hand-back in progress (counted in [`HANDING_BACK`] while alive).
-struct HandingBack;
+impl HandBacks {
+    /// Counts one hand-back until the returned guard is dropped.
+    fn start(self: &Arc<Self>) -> HandingBack {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        HandingBack(self.clone())
+    }
 
-impl HandingBack {
-    fn start() -> Self {
-        HANDING_BACK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        HandingBack
+    /// Waits until no hand-back is running.
+    async fn settled(&self) {
+        loop {
+            let done = self.done.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 }
 
+/// One hand-back in progress (counted in its connection's [`HandBacks`]
+/// while alive).
+struct HandingBack(Arc<HandBacks>);
+
 impl Drop for HandingBack {
     fn drop(&mut self) {
-        if HANDING_BACK.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            HANDED_BACK.notify_waiters();
+        if self
+            .0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.done.notify_waiters();
         }
     }
 }
 
 /// Shared by a consumer stream and its pump: when the stream is dropped
 /// while the pump runs, the pump's hand-back is counted until it ends.
-#[derive(Default)]
-struct Closing(parking_lot::Mutex<(bool, Option<HandingBack>)>);
+struct Closing {
+    /// Where the hand-back is counted (the bus's connection).
+    hand_backs: Arc<HandBacks>,
+    /// Whether the pump has ended, and the hand-back while it runs.
+    state: parking_lot::Mutex<(bool, Option<HandingBack>)>,
+}
 
 impl Closing {
+    fn new(hand_backs: Arc<HandBacks>) -> Self {
+        Closing {
+            hand_backs,
+            state: parking_lot::Mutex::new((false, None)),
+        }
+    }
+
     /// The stream is dropped.
     fn begin(&self) {
-        let mut state = self.0.lock();
+        let mut state = self.state.lock();
         if !state.0 {
-            state.1 = Some(HandingBack::start());
+            state.1 = Some(self.hand_backs.start());
         }
     }
 
     /// The pump has ended.
     fn end(&self) {
-        let mut state = self.0.lock();
+        let mut state = self.state.lock();
         state.0 = true;
         state.1 = None;
     }
@@ -482,8 +518,8 @@ impl NatsBus {
     /// Waits until the server has received everything this connection has
     /// sent so far: answers sent with
     /// [`Delivery::ack_nowait`](crate::Delivery::ack_nowait), and the
-    /// hand-back of what dropped consumer streams had fetched. Bounded by
-    /// the publish timeout.
+    /// hand-back of what its dropped consumer streams had fetched (not other
+    /// connections' hand-backs). Bounded by the publish timeout.
     ///
     /// To close a durable consumer with a flush, drop its stream and then
     /// call this. (Answers awaited with [`Delivery::ack`](crate::Delivery::ack)
@@ -491,13 +527,7 @@ impl NatsBus {
     pub async fn flush(&self) -> Result<(), BusError> {
         let timeout = self.inner.publish_timeout;
         let flushed = async {
-            loop {
-                let handed_back = HANDED_BACK.notified();
-                if HANDING_BACK.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                    break;
-                }
-                handed_back.await;
-            }
+            self.inner.hand_backs.settled().await;
             self.client().flush().await
         };
         match tokio::time::timeout(timeout, flushed).await {
@@ -779,5 +809,49 @@ impl Acker for JsAcker {
                 ),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_bus_testkit::nats_server::NatsServer;
+
+    async fn bus(server: &NatsServer) -> NatsBus {
+        NatsBus::new(async_nats::connect(server.url()).await.expect("connect"))
+    }
+
+    /// `flush` waits for the hand-backs of its own connection (and of the
+    /// buses `for_tenant` made over it), not for other connections'.
+    #[tokio::test]
+    async fn flush_waits_for_its_own_connections_hand_backs_only() {
+        let server = NatsServer::start().await.expect("start nats-server");
+        let (a, b) = (bus(&server).await, bus(&server).await);
+
+        let on_b = b.inner.hand_backs.start();
+        tokio::time::timeout(Duration::from_secs(5), a.flush())
+            .await
+            .expect("a hand-back on another connection does not hold up flush")
+            .expect("flush");
+
+        let on_a = a
+            .for_tenant("acme")
+            .expect("tenant")
+            .inner
+            .hand_backs
+            .start();
+        let mut flushing = std::pin::pin!(a.flush());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), flushing.as_mut())
+                .await
+                .is_err(),
+            "flush waits for a hand-back on its own connection"
+        );
+        drop(on_a);
+        tokio::time::timeout(Duration::from_secs(5), flushing)
+            .await
+            .expect("flush ends once the hand-back has")
+            .expect("flush");
+        drop(on_b);
     }
 }

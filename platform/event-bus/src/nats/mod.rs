@@ -103,6 +103,9 @@ struct Inner {
     /// When `health` first saw the connection down (cleared once it is up).
     down_since: Mutex<Option<std::time::Instant>>,
     metrics: crate::metrics::PublishMetrics,
+    /// Hand-backs this connection's consumers are still queuing (shared
+    /// with the buses [`NatsBus::for_tenant`] makes over the same client).
+    hand_backs: Arc<durable::HandBacks>,
 }
 
 /// How long a lost connection is reported as degraded (the client
@@ -133,6 +136,8 @@ pub struct NatsBusBuilder {
     tenant: Option<String>,
     auto_create: bool,
     violations: Option<Arc<convert::Violations>>,
+    /// Set by [`NatsBus::for_tenant`]: the parent's (same connection).
+    hand_backs: Option<Arc<durable::HandBacks>>,
 }
 
 impl NatsBusBuilder {
@@ -184,6 +189,7 @@ impl NatsBusBuilder {
                 violations: self.violations,
                 down_since: Mutex::new(None),
                 metrics,
+                hand_backs: self.hand_backs.unwrap_or_default(),
             }),
         })
     }
@@ -216,6 +222,7 @@ impl NatsBus {
             tenant: None,
             auto_create: true,
             violations: None,
+            hand_backs: None,
         }
     }
 
@@ -255,6 +262,7 @@ impl NatsBus {
             .auto_create_streams(self.inner.auto_create)
             .tenant(tenant);
         builder.violations = self.inner.violations.clone();
+        builder.hand_backs = Some(self.inner.hand_backs.clone());
         builder.build()
     }
 
