@@ -1,4 +1,4 @@
-//! Durable consumers on NATS: hand-back on drop, acks confirmed by the server, answers during an outage, dead letters that cannot be published, consumer lookup.
+//! Durable consumers on NATS: hand-back on drop (awaited by `flush` on its own connection only), acks confirmed by the server, answers during an outage, dead letters that cannot be published, consumer lookup.
 
 use super::*;
 
@@ -61,6 +61,80 @@ async fn dropped_consumer_hands_back_what_it_fetched() {
         "the acked message stays acked"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// `flush` waits for its own connection's hand-backs only: connection B's
+/// consumer is dropped while messages keep arriving, so its pump goes on
+/// handing back what reaches it (until a handed-back message comes round
+/// again, after `HAND_BACK_DELAY`), and `flush` on connection A, to the same
+/// server, returns meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_does_not_wait_for_another_connections_hand_backs() {
+    use event_bus::{ConsumerConfig, StartPosition};
+    let server = NatsServer::start().await.expect("start nats-server");
+    let a = server.bus(&[]).await.expect("connection A");
+    let b = server.bus(&[]).await.expect("connection B");
+    b.publish("busy.job", b"first".to_vec()).await.unwrap();
+    let mut consumer = b
+        .consume(
+            ConsumerConfig::new("busy", "busy.>")
+                .start(StartPosition::All)
+                .ack_wait(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap()
+        .unwrap();
+    first.ack().await.unwrap();
+    // A third connection keeps messages coming (core publishes, stored by
+    // the stream), every one of them to B's pull.
+    let feeder = async_nats::connect(server.url()).await.unwrap();
+    let feeding = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(2));
+        loop {
+            every.tick().await;
+            feeder.publish("busy.job", "more".into()).await.unwrap();
+        }
+    });
+    wait::until_async(Duration::from_secs(10), "B's pull receiving", || {
+        let js = jetstream::new(a.client().clone());
+        async move {
+            let mut c: jetstream::consumer::PullConsumer = js
+                .get_stream("BUS_BUSY")
+                .await
+                .unwrap()
+                .get_consumer("busy")
+                .await
+                .unwrap();
+            c.info().await.unwrap().num_ack_pending > 10
+        }
+    })
+    .await;
+
+    drop(consumer); // B's hand-back starts
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), a.flush())
+        .await
+        .expect("A's flush within 10 s")
+        .expect("A's flush");
+    let a_took = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(10), b.flush())
+        .await
+        .expect("B's flush within 10 s")
+        .expect("B's flush");
+    let b_took = started.elapsed();
+    feeding.abort();
+    assert!(
+        b_took >= Duration::from_millis(500),
+        "B's hand-back runs until a handed-back message comes round again (1 s): B's flush took {b_took:?}"
+    );
+    assert!(
+        a_took * 2 < b_took,
+        "A's flush does not wait for B's hand-back: it took {a_took:?} (B's: {b_took:?})"
+    );
 }
 
 /// How a consumer in [`ack_and_exit`] answers.
