@@ -515,7 +515,10 @@ async fn consumer_open_retries_while_its_stream_is_offline() {
         .await
         .expect("connect to the cluster");
     let js = jetstream::new(client.clone());
-    let bus = NatsBus::new(client).with_publish_timeout(Duration::from_secs(3));
+    let bus = NatsBus::builder(client)
+        .publish_timeout(Duration::from_secs(3))
+        .build()
+        .expect("no tenant");
     declare_replicated(&bus, StreamSpec::new("OFFLINE", ["offline.>"]).replicas(1)).await;
     bus.publish("offline.job", b"1".to_vec()).await.unwrap();
     let holder = kill_stream_leader(&js, &mut cluster, "OFFLINE").await;
