@@ -7,6 +7,7 @@
 //! Several relays (instances of a service) may run: the one holding the
 //! lease works, the others stand by and take over when its lease expires.
 
+mod sql;
 mod worker;
 
 use super::Outbox;
