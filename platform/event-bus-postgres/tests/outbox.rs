@@ -823,6 +823,77 @@ async fn a_refused_row_holds_back_its_key_only() {
     }
 }
 
+/// The relay reads the next batch while a full one publishes: rows of a
+/// key whose row failed in that batch, read ahead before it failed, are not
+/// published ahead of it (batches of 2: `a, TOO BIG` then `b, x` read
+/// ahead; `b` waits for the failed row, `x` goes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_ahead_wait_for_a_row_of_their_key_that_failed() {
+    for strict in [false, true] {
+        let (_pg, pool) = pg().await;
+        let outbox = outbox(&pool).await;
+        let mut config = event_bus::MemoryConfig::default();
+        config.max_payload = 100;
+        let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::with_config(config));
+        let mut events = bus.subscribe("out.>").await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        for (subject, body) in [
+            ("out.k", "a".to_string()),
+            ("out.k", "B".repeat(200)),
+            ("out.k", "b".to_string()),
+            ("out.other", "x".to_string()),
+            ("out.k", "c".to_string()),
+            ("out.other", "y".to_string()),
+        ] {
+            outbox
+                .enqueue(&mut tx, Envelope::new(subject, body.into_bytes()))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        let relay = relay(&outbox, &bus)
+            .strict_order(strict)
+            .batch_size(2)
+            .max_attempts(1)
+            .build()
+            .unwrap()
+            .spawn();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("published")
+                .unwrap();
+            got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got, ["a", "x", "y"], "strict {strict}");
+        wait::until(
+            Duration::from_secs(10),
+            "the refused row moved aside",
+            || relay.report().failed == 1,
+        )
+        .await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), events.next())
+                .await
+                .is_err(),
+            "strict {strict}: a row of key k was published ahead of its failed row"
+        );
+        let failed = outbox.failed(10).await.unwrap();
+        assert_eq!(outbox.discard_failed(&[failed[0].seq]).await.unwrap(), 1);
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("published once the failed row is discarded")
+                .unwrap();
+            got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+        assert_eq!(got, ["a", "x", "y", "b", "c"], "strict {strict}");
+        let report = relay.shutdown().await;
+        assert_eq!(report.out_of_order, 0, "strict {strict}: {report:?}");
+    }
+}
+
 /// The outbox as a status check: ready while nothing waits too long; not
 /// ready once a row is older than the limit, naming the session that holds
 /// it back.

@@ -1,9 +1,9 @@
 //! The relay's loop: lease, read, publish, settle, wait (see the parent
 //! module for what it guarantees).
 
+use super::sql::{self, PendingRow as Row};
 use super::{Config, RelayReport};
-use crate::error::db_error;
-use crate::outbox::{headers_from, Outbox, Tables};
+use crate::outbox::{headers_from, Outbox};
 use event_bus::{BusError, Envelope, ErrorKind, EventBus, MessageId, PublishAck};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,19 +42,6 @@ pub(super) async fn listen(outbox: Outbox, retry: Duration) {
     }
 }
 
-/// A row read for publishing (its payload and headers move into the
-/// envelope).
-struct Row {
-    seq: i64,
-    message_id: String,
-    subject: String,
-    order_key: String,
-    names: Vec<String>,
-    values: Vec<String>,
-    payload: Vec<u8>,
-    attempts: i32,
-}
-
 /// A key held back after a failed publish of one of its rows.
 struct Held {
     until: Instant,
@@ -79,6 +66,11 @@ pub(super) struct Worker {
     /// The removal of the last published batch, running while the next
     /// batch is read and published.
     removing: Option<Removal>,
+    /// The next batch, read while the last one was published (when it was
+    /// full): its rows follow the last batch's in (xid, seq) order, and it
+    /// holds no row of a key that failed in the last batch. Used by the
+    /// next turn only if the last one ended in `Next::Again`.
+    read_ahead: Option<Vec<Row>>,
     /// Rows per read now: `batch_size`, halved after a publish timeout,
     /// doubled back after a batch that finished in time.
     batch_limit: usize,
@@ -140,6 +132,7 @@ impl Worker {
             bus_backoff: None,
             last_cleanup: Instant::now(),
             removing: None,
+            read_ahead: None,
             metrics: ["published", "duplicate", "refused", "failed", "bus_error"].map(|r| {
                 metrics::counter!(
                     event_bus::metrics::OUTBOX_EVENTS,
@@ -211,6 +204,8 @@ impl Worker {
     /// One turn of the loop.
     async fn step(&mut self) -> Result<Next, BusError> {
         let now = Instant::now();
+        // Dropped on every way out but publishing (its rows are read again).
+        let ahead = self.read_ahead.take();
         // The lease: renew when a third of it has passed, stand by when
         // another relay holds it.
         let renew_at = self.config.lease / 3 * 2;
@@ -231,8 +226,14 @@ impl Worker {
         self.held.retain(|_, h| h.until + forget > now);
         self.cleanup().await?;
 
-        let rows = self.read().await?;
-        self.update(|r| r.reads += 1);
+        let rows = match ahead {
+            Some(rows) if !rows.is_empty() => rows,
+            _ => {
+                let rows = self.read().await?;
+                self.update(|r| r.reads += 1);
+                rows
+            }
+        };
         if rows.is_empty() {
             finish(self.removing.take()).await?;
             let next_held = self
@@ -282,7 +283,41 @@ impl Worker {
             }
         }
         .instrument(span);
-        let (results, removed) = tokio::join!(publish, finish(self.removing.take()));
+        // A full batch: more rows are likely waiting, so the next batch is
+        // read meanwhile, leaving out this batch's rows and those being
+        // removed (it is published only once this one is settled, so a
+        // key's rows still go out in order).
+        let removing = self.removing.take();
+        let skip: Option<Vec<i64>> = (rows.len() >= self.batch_limit).then(|| {
+            let mut skip: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+            skip.extend(removing.iter().flat_map(|r| r.seqs.iter().copied()));
+            skip
+        });
+        let held = self.held_keys();
+        let read_ahead = async {
+            match &skip {
+                Some(skip) => Some(
+                    sql::read_pending(
+                        self.outbox.pool(),
+                        self.outbox.tables(),
+                        &held,
+                        self.batch_limit,
+                        skip,
+                    )
+                    .await,
+                ),
+                None => None,
+            }
+        };
+        let (results, removed, ahead) = tokio::join!(publish, finish(removing), read_ahead);
+        drop(held);
+        // The keys of rows not published: their rows read ahead wait.
+        let failed_keys: std::collections::HashSet<String> = rows
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| !matches!(r, Some(Ok(_))))
+            .map(|(row, _)| row.order_key.clone())
+            .collect();
         let timed_out = results
             .iter()
             .any(|r| matches!(r, Some(Err(e)) if e.kind() == ErrorKind::Timeout));
@@ -294,27 +329,42 @@ impl Worker {
         }
         let next = self.settle(&rows, results).await;
         removed?;
-        next
+        let next = next?;
+        if let (Next::Again, Some(ahead)) = (&next, ahead) {
+            let mut ahead = ahead?;
+            self.update(|r| r.reads += 1);
+            ahead.retain(|r| !failed_keys.contains(&r.order_key));
+            // A prefix keeps the order (the rest is read again).
+            ahead.truncate(self.batch_limit);
+            self.read_ahead = Some(ahead);
+        }
+        Ok(next)
+    }
+
+    /// The keys in their backoff. (A key stays in the map, with its failure
+    /// count, until a row of it is published or moved to the failure
+    /// table, so that its backoff grows.)
+    fn held_keys(&self) -> Vec<&str> {
+        let now = Instant::now();
+        self.held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(k, _)| k.as_str())
+            .collect()
     }
 
     /// Tries to take or renew the lease; true when this relay holds it.
     async fn acquire(&mut self) -> Result<bool, BusError> {
         let sent = Instant::now();
-        let got: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {lease} AS l (name, holder, expires_at)
-             VALUES ('relay', $1, now() + make_interval(secs => $2))
-             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-             WHERE l.holder = EXCLUDED.holder OR l.expires_at < now()
-             RETURNING holder",
-            lease = self.outbox.tables().lease
-        )))
-        .bind(&self.holder)
-        .bind(self.config.lease.as_secs_f64())
-        .fetch_optional(self.outbox.pool())
-        .await
-        .map_err(|e| db_error("outbox relay: taking the lease", e))?;
+        let got = sql::take_lease(
+            self.outbox.pool(),
+            self.outbox.tables(),
+            &self.holder,
+            self.config.lease,
+        )
+        .await?;
         let had = self.lease_until.is_some();
-        if got.is_some() {
+        if got {
             // Measured from before the request: the server's expiry is later.
             self.lease_until = Some(sent + self.config.lease);
             if !had {
@@ -336,15 +386,7 @@ impl Worker {
 
     async fn release(&mut self) -> Result<(), BusError> {
         self.lease_until = None;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE name = 'relay' AND holder = $1",
-            self.outbox.tables().lease
-        )))
-        .bind(&self.holder)
-        .execute(self.outbox.pool())
-        .await
-        .map_err(|e| db_error("outbox relay: releasing the lease", e))?;
-        Ok(())
+        sql::release_lease(self.outbox.pool(), self.outbox.tables(), &self.holder).await
     }
 
     /// Removes published rows kept longer than the retention.
@@ -356,80 +398,21 @@ impl Worker {
             return Ok(());
         }
         self.last_cleanup = Instant::now();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {} WHERE published_at < now() - make_interval(secs => $1)",
-            self.outbox.tables().rows
-        )))
-        .bind(keep.as_secs_f64())
-        .execute(self.outbox.pool())
-        .await
-        .map_err(|e| db_error("outbox relay: removing old published rows", e))?;
-        Ok(())
+        sql::remove_old_published(self.outbox.pool(), self.outbox.tables(), keep).await
     }
 
     /// The next rows to publish: of finished transactions only (below the
     /// oldest running transaction id), in (transaction id, enqueue) order,
     /// skipping keys held back after a failure.
     async fn read(&mut self) -> Result<Vec<Row>, BusError> {
-        type Raw = (
-            i64,
-            String,
-            String,
-            String,
-            Vec<String>,
-            Vec<String>,
-            Vec<u8>,
-            i32,
-        );
-        // Keys in their backoff. (A key stays in the map, with its failure
-        // count, until a row of it is published or moved to the failure
-        // table, so that its backoff grows.)
-        let now = Instant::now();
-        let held: Vec<&str> = self
-            .held
-            .iter()
-            .filter(|(_, h)| h.until > now)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let rows: Vec<Raw> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT seq, message_id, subject, order_key, header_names, header_values, payload, attempts
-             FROM {rows} AS r
-             WHERE published_at IS NULL
-               -- a key with a row in the failure table waits for it (until
-               -- it is retried or discarded): never published ahead of it
-               AND NOT EXISTS (SELECT 1 FROM {failed} AS f WHERE f.order_key = r.order_key)
-               AND (xid < pg_snapshot_xmin(pg_current_snapshot())
-                    -- a committed row whose xid this cluster has not handed
-                    -- out yet was copied from another cluster (restore):
-                    OR xid >= pg_snapshot_xmax(pg_current_snapshot()))
-               AND NOT (order_key = ANY($1))
-               AND NOT (seq = ANY($3))
-             ORDER BY xid, seq
-             LIMIT $2",
-            rows = self.outbox.tables().rows,
-            failed = self.outbox.tables().failed,
-        )))
-        .bind(held)
-        .bind(self.batch_limit as i64)
-        .bind(self.removing.as_ref().map_or(&[][..], |r| &r.seqs[..]))
-        .fetch_all(self.outbox.pool())
+        sql::read_pending(
+            self.outbox.pool(),
+            self.outbox.tables(),
+            &self.held_keys(),
+            self.batch_limit,
+            self.removing.as_ref().map_or(&[][..], |r| &r.seqs[..]),
+        )
         .await
-        .map_err(|e| db_error("outbox relay: reading pending rows", e))?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(seq, message_id, subject, order_key, names, values, payload, attempts)| Row {
-                    seq,
-                    message_id,
-                    subject,
-                    order_key,
-                    names,
-                    values,
-                    payload,
-                    attempts,
-                },
-            )
-            .collect())
     }
 
     /// Removes what the bus took, counts what it refused, holds back the
@@ -496,32 +479,13 @@ impl Worker {
             let keep = self.config.keep_published.is_some();
             let seqs = done_seqs.clone();
             let done = Box::pin(async move {
-                let q = if keep {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "UPDATE {rows_table} AS t SET published_at = now(), stream = u.stream, stream_seq = u.stream_seq
-                         FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS u(seq, stream, stream_seq)
-                         WHERE t.seq = u.seq"
-                    )))
-                    .bind(seqs)
-                    .bind(streams)
-                    .bind(stream_seqs)
-                } else {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DELETE FROM {rows_table} WHERE seq = ANY($1)"
-                    )))
-                    .bind(seqs)
-                };
-                q.execute(&pool)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| db_error("outbox relay: removing published rows", e))
+                sql::settle_published(&pool, &rows_table, keep, seqs, streams, stream_seqs).await
             });
             self.removing = Some(Removal {
                 seqs: done_seqs,
                 done,
             });
         }
-        let rows_table = self.outbox.tables().rows.clone();
         let mut failed = 0;
         // Each key's backoff grows once per batch, however many of its rows
         // were refused.
@@ -529,20 +493,15 @@ impl Worker {
         for (row, e) in &refused {
             let text = e.to_string();
             if row.attempts.saturating_add(1) as u32 >= self.config.max_attempts {
-                self.move_to_failed(row.seq, &text).await?;
+                sql::move_to_failed(self.outbox.pool(), self.outbox.tables(), row.seq, &text)
+                    .await?;
                 self.held.remove(row.order_key.as_str());
                 failed += 1;
                 tracing::error!(message_id = %row.message_id, subject = %row.subject, order_key = %row.order_key, error = %text,
                     "outbox relay: the bus refused the event {} times; moved to the failure table, where its key's later rows wait for it to be retried or discarded", self.config.max_attempts);
             } else {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE {rows_table} SET attempts = attempts + 1, last_error = $2 WHERE seq = $1"
-                )))
-                .bind(row.seq)
-                .bind(&text)
-                .execute(self.outbox.pool())
-                .await
-                .map_err(|e| db_error("outbox relay: counting a refused publish", e))?;
+                sql::count_refusal(self.outbox.pool(), self.outbox.tables(), row.seq, &text)
+                    .await?;
                 let first = if held_now.insert(row.order_key.as_str()) {
                     self.hold(&row.order_key)
                 } else {
@@ -614,22 +573,6 @@ impl Worker {
         entry.failures = entry.failures.saturating_add(1);
         entry.until = Instant::now() + backoff_step(config, entry.failures);
         entry.failures == 1
-    }
-
-    async fn move_to_failed(&mut self, seq: i64, error: &str) -> Result<(), BusError> {
-        let Tables { rows, failed, .. } = self.outbox.tables();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "WITH moved AS (DELETE FROM {rows} WHERE seq = $1
-                 RETURNING seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts)
-             INSERT INTO {failed} (seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts, error)
-             SELECT seq, xid, message_id, subject, order_key, header_names, header_values, payload, enqueued_at, attempts + 1, $2 FROM moved"
-        )))
-        .bind(seq)
-        .bind(error)
-        .execute(self.outbox.pool())
-        .await
-        .map_err(|e| db_error("outbox relay: moving a refused row to the failure table", e))?;
-        Ok(())
     }
 }
 
