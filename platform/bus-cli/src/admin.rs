@@ -104,7 +104,7 @@ pub async fn outbox(
                 return Err(BusError::new(
                     ErrorKind::NotFound,
                     format!(
-                        "nothing to retry: the failure table of {:?} is empty",
+                        "nothing to retry: the outbox {:?} has no failed rows",
                         outbox.table()
                     ),
                 ));

@@ -571,7 +571,11 @@ async fn streams_ensure_consume_schema_and_outbox_commands() {
         json(&with_db(&["outbox", "failed", "--json"])),
         serde_json::json!([])
     );
-    assert_eq!(json(&with_db(&["outbox", "retry", "--json"]))["retried"], 0);
+    // Nothing to retry: a failure that says so, not "retried 0".
+    let nothing = with_db(&["outbox", "retry"]);
+    assert_eq!(nothing.status.code(), Some(1), "{nothing:?}");
+    let why = String::from_utf8_lossy(&nothing.stderr);
+    assert!(why.contains("nothing to retry"), "{why}");
 
     // With real rows: two pending events and one the bus refused.
     let outbox = event_bus_postgres::Outbox::new(pool.clone());
