@@ -5,7 +5,7 @@
 //! go to the failure table, several relays hand over, the bus going away
 //! only delays.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::{
     BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition,
 };

@@ -3,7 +3,7 @@
 //! validation on publish on both backends, and the runner dead-lettering an
 //! event that does not match its schema.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition};
 use event_bus_schema::cloudevents;
