@@ -190,8 +190,59 @@ pub struct ConsumerLag {
     pub error: Option<String>,
 }
 
+/// The sampled gauges of one durable consumer.
+pub(crate) struct LagGauges {
+    pending: metrics::Gauge,
+    ack_pending: metrics::Gauge,
+    redelivered: metrics::Gauge,
+    status: Vec<(LagStatus, metrics::Gauge)>,
+}
+
+impl LagGauges {
+    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
+        let labels = crate::metrics::with_tenant(
+            vec![
+                ("messaging.system", system.to_string()),
+                ("messaging.consumer.group.name", consumer.to_string()),
+            ],
+            tenant,
+        );
+        let status = [
+            LagStatus::Ok,
+            LagStatus::Warn,
+            LagStatus::Stall,
+            LagStatus::Stop,
+            LagStatus::Rewind,
+        ]
+        .into_iter()
+        .map(|st| {
+            let mut l = labels.to_vec();
+            l.push(("event_bus.lag_status", st.as_str().to_string()));
+            (st, metrics::gauge!(crate::metrics::CONSUMER_LAG_STATUS, &l))
+        })
+        .collect();
+        LagGauges {
+            pending: metrics::gauge!(crate::metrics::CONSUMER_PENDING, &labels),
+            ack_pending: metrics::gauge!(crate::metrics::CONSUMER_ACK_PENDING, &labels),
+            redelivered: metrics::gauge!(crate::metrics::CONSUMER_REDELIVERED, &labels),
+            status,
+        }
+    }
+
+    pub(crate) fn set(&self, state: Option<&ConsumerState>, status: LagStatus) {
+        if let Some(s) = state {
+            self.pending.set(s.pending as f64);
+            self.ack_pending.set(s.ack_pending as f64);
+            self.redelivered.set(s.redelivered as f64);
+        }
+        for (st, g) in &self.status {
+            g.set(if *st == status { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 struct Watched {
-    gauges: crate::metrics::LagGauges,
+    gauges: LagGauges,
     name: String,
     filter: String,
     window: LagWindow,
@@ -223,7 +274,7 @@ impl LagMonitor {
         let watched: Vec<Watched> = consumers
             .into_iter()
             .map(|(name, filter)| Watched {
-                gauges: crate::metrics::LagGauges::new(bus.backend_name(), &name, bus.tenant()),
+                gauges: LagGauges::new(bus.backend_name(), &name, bus.tenant()),
                 name,
                 filter,
                 window: LagWindow::new(capacity),
