@@ -867,7 +867,7 @@ async fn the_status_check_names_what_holds_delivery_back() {
 
 /// A bus that checks events against a schema before sending them, as
 /// `ValidatingBus` does: a payload whose `email` is not a non-empty string
-/// is refused with `SchemaViolation` (nothing sent); the rest goes to an
+/// is refused with `Rejected` (nothing sent); the rest goes to an
 /// in-memory bus. `fixed` stands for a corrected schema: nothing refused.
 struct SchemaCheckBus {
     inner: InMemoryBus,
@@ -883,9 +883,9 @@ impl SchemaCheckBus {
         match v["email"].as_str() {
             Some(s) if !s.is_empty() => Ok(()),
             _ => Err(event_bus::BusError::new(
-                ErrorKind::SchemaViolation,
+                ErrorKind::Rejected,
                 format!(
-                    "{} does not match its schema: /email must be a non-empty string",
+                    "schema violation: {} does not match its schema: /email must be a non-empty string",
                     e.subject
                 ),
             )),
@@ -959,7 +959,7 @@ async fn enqueue_user(
 }
 
 /// Outbox × contracts: a row the bus refuses for its schema
-/// (`SchemaViolation`, known before sending) is counted, moved to the
+/// (`Rejected`, known before sending) is counted, moved to the
 /// failure table with the error, and does not keep `/readyz` failing; the
 /// later rows of its key are never published ahead of it, in the default
 /// pipelined mode as in strict order: they wait, pending, until it is
@@ -1012,7 +1012,8 @@ async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
         assert_eq!(failed.len(), 1, "strict {strict}: {failed:?}");
         assert_eq!(failed[0].message_id, bad);
         assert!(
-            failed[0].error.contains("schema_violation") && failed[0].error.contains("/email"),
+            failed[0].error.contains("rejected: schema violation")
+                && failed[0].error.contains("/email"),
             "{}",
             failed[0].error
         );
