@@ -74,7 +74,7 @@ pub const OUTBOX_FAILED_ROWS: &str = "event_bus.outbox.failed_rows";
 /// `event_bus.outbox.oldest_pending_age` (seconds).
 pub const OUTBOX_OLDEST_AGE: &str = "event_bus.outbox.oldest_pending_age";
 /// Gauge: a durable consumer's messages not delivered yet (sampled by a
-/// [`LagMonitor`](crate::consumer::lag::LagMonitor)).
+/// [`LagMonitor`](crate::status::LagMonitor)).
 pub const CONSUMER_PENDING: &str = "event_bus.consumer.pending";
 /// Gauge: a durable consumer's messages delivered and not answered yet (sampled).
 pub const CONSUMER_ACK_PENDING: &str = "event_bus.consumer.ack_pending";
