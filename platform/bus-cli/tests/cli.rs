@@ -3,7 +3,7 @@
 //! dead-letter round trip (a poison event lands in the DLQ, `bus dlq ls`
 //! shows it, `bus dlq replay` brings it back and a fixed handler consumes it).
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{EventBus, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;

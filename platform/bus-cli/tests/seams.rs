@@ -16,7 +16,7 @@
 //!   one name;
 //! * shutdown × health: `/readyz` is 503 once shutdown begins.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle};
 use event_bus::status::BusCheck;
 use event_bus::{Envelope, EventBus};

@@ -23,7 +23,7 @@
 mod auth;
 mod notifications;
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::DeadLetterQueue;
 use event_bus::status::{from_fn, BusCheck, CheckReport};
 use event_bus::{BusConfig, BusType, EventBus};

@@ -41,7 +41,7 @@
 //! 20 000; the in-memory case uses 50x), `OBS_BENCH_REPS` (runs per side,
 //! default 5).
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{EventBus, InMemoryBus, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;

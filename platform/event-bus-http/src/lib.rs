@@ -15,7 +15,7 @@
 //!
 //! The checks are [`StatusCheck`]s: the bus's health
 //! ([`BusCheck`](event_bus::status::BusCheck)), consumer lag
-//! ([`LagMonitor`](event_bus::consumer::lag::LagMonitor): not ready while a
+//! ([`LagMonitor`](event_bus::status::LagMonitor): not ready while a
 //! consumer is `STALL` or `STOP`), the outbox
 //! (`event_bus_postgres::Outbox::status_check`), and anything else
 //! ([`from_fn`](event_bus::status::from_fn)). Each check is bounded by a

@@ -67,8 +67,8 @@ async fn readyz_fails_while_a_declared_stream_is_missing() {
     let client = async_nats::connect(server.url()).await.unwrap();
     let nats = NatsBus::new(client.clone());
     nats.ensure_streams(&[
-        event_bus::config::StreamSpec::new("ORDERS", ["orders.>"]),
-        event_bus::config::StreamSpec::new("AUDIT", ["audit.>"]),
+        event_bus::nats::StreamSpec::new("ORDERS", ["orders.>"]),
+        event_bus::nats::StreamSpec::new("AUDIT", ["audit.>"]),
     ])
     .await
     .unwrap();
@@ -91,7 +91,7 @@ async fn readyz_fails_while_a_declared_stream_is_missing() {
     );
 
     // Declaring it again makes the service ready again.
-    nats.ensure_streams(&[event_bus::config::StreamSpec::new("AUDIT", ["audit.>"])])
+    nats.ensure_streams(&[event_bus::nats::StreamSpec::new("AUDIT", ["audit.>"])])
         .await
         .unwrap();
     assert_eq!(get(addr, "/readyz").await.0, 200);

@@ -5,7 +5,7 @@
 //! and runner results counted, and `promtool check metrics` accepts the
 //! exposition. One test: the recorder is process-global.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
 use event_bus_http::{install_prometheus, Monitoring};

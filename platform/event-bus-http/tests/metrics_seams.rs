@@ -3,8 +3,8 @@
 //! tenants running the same runner name (a real nats-server). One test: the
 //! recorder is process-global.
 
-use event_bus::consumer::lag::LagMonitor;
 use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle};
+use event_bus::status::LagMonitor;
 use event_bus::{EventBus, InMemoryBus};
 use event_bus_http::install_prometheus;
 use event_bus_testkit::nats_server::NatsServer;

@@ -7,9 +7,9 @@
 //! metrics this test produces return data. One test: the recorder is
 //! process-global.
 
-use event_bus::config::StreamSpec;
-use event_bus::consumer::lag::LagMonitor;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::status::LagMonitor;
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus, Overflow, StartPosition, SubscribeOptions};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;

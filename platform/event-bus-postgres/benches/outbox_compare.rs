@@ -17,7 +17,7 @@
 //! (`OUTBOX_BENCH_EVENTS`, default 20,000; `OUTBOX_BENCH_REPS`, default 3;
 //! `OUTBOX_BENCH_LATENCY_SAMPLES`, default 300).
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::{Envelope, EventBus};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
 use event_bus_testkit::nats_server::NatsServer;

@@ -5,7 +5,7 @@
 //! go to the failure table, several relays hand over, the bus going away
 //! only delays.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::{
     BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition,
 };
@@ -929,7 +929,7 @@ async fn the_status_check_names_what_holds_delivery_back() {
 
 /// A bus that checks events against a schema before sending them, as
 /// `ValidatingBus` does: a payload whose `email` is not a non-empty string
-/// is refused with `SchemaViolation` (nothing sent); the rest goes to an
+/// is refused with `Rejected` (nothing sent); the rest goes to an
 /// in-memory bus. `fixed` stands for a corrected schema: nothing refused.
 struct SchemaCheckBus {
     inner: InMemoryBus,
@@ -945,9 +945,9 @@ impl SchemaCheckBus {
         match v["email"].as_str() {
             Some(s) if !s.is_empty() => Ok(()),
             _ => Err(event_bus::BusError::new(
-                ErrorKind::SchemaViolation,
+                ErrorKind::Rejected,
                 format!(
-                    "{} does not match its schema: /email must be a non-empty string",
+                    "schema violation: {} does not match its schema: /email must be a non-empty string",
                     e.subject
                 ),
             )),
@@ -1034,7 +1034,7 @@ async fn next_ids(events: &mut event_bus::Subscription, n: usize, what: &str) ->
 }
 
 /// Outbox × contracts: a row the bus refuses for its schema
-/// (`SchemaViolation`, known before sending) is counted, moved to the
+/// (`Rejected`, known before sending) is counted, moved to the
 /// failure table with the error, and does not keep `/readyz` failing; the
 /// later rows of its key are never published ahead of it, in the default
 /// pipelined mode as in strict order, whether it is its key's first row in
@@ -1096,7 +1096,8 @@ async fn a_schema_violation_fails_its_row_and_its_key_waits_for_it() {
             [&bad, &cy_bad]
         );
         assert!(
-            failed[0].error.contains("schema_violation") && failed[0].error.contains("/email"),
+            failed[0].error.contains("rejected: schema violation")
+                && failed[0].error.contains("/email"),
             "{}",
             failed[0].error
         );

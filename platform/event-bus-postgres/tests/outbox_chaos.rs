@@ -14,7 +14,7 @@
 //! The random choices come from a seed, printed, and taken from
 //! `OUTBOX_CHAOS_SEED` when set (the timing of the run is not reproduced).
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
 use event_bus::{
     BusError, ConsumerConfig, Envelope, ErrorKind, EventBus, PublishAck, PublishFuture,

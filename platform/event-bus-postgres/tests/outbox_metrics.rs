@@ -6,7 +6,7 @@
 //! to the failure table) the next scrape says so. One test: the recorder is
 //! process-global.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::{Envelope, EventBus};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_postgres::{Outbox, OutboxRelay};

@@ -4,7 +4,7 @@
 //! started from the installed binaries.
 
 use async_trait::async_trait;
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Inbox, Outcome, RetryPolicy, Runner};
 use event_bus::{BusError, Envelope, ErrorKind, EventBus, InMemoryBus, MemoryConfig};
 use event_bus_postgres::PgInbox;

@@ -442,7 +442,7 @@ pub async fn start(pool: sqlx::PgPool, bus: Arc<dyn EventBus>) -> Result<(Outbox
 #[rustfmt::skip] // the README's monitoring block, verbatim, around the set-up
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
-    use event_bus::consumer::lag::LagMonitor;
+    use event_bus::status::LagMonitor;
     let (_pg, pool) = pool().await;
     sqlx::raw_sql("CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT UNIQUE NOT NULL)")
         .execute(&pool)

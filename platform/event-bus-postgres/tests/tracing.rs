@@ -6,7 +6,7 @@
 //! published its event, directly or through the transactional outbox.
 
 use axum::body::Bytes;
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, EventBus, NatsBus, StartPosition};
 use event_bus_postgres::{Outbox, OutboxRelay};

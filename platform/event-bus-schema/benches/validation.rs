@@ -19,7 +19,7 @@
 //!    `SCHEMA_BENCH_REPS`, default 7), with the CPU per message of this
 //!    process and of nats-server.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::EventBus;
 use event_bus_schema::{Registry, TypeSettings, ValidatingBus};
 use event_bus_testkit::cpu::cpu_time;

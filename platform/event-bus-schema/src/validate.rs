@@ -19,9 +19,16 @@ pub enum UnknownTypes {
     /// Let it through unchecked, without CloudEvents headers.
     #[default]
     Allow,
-    /// Refuse it: a [`SchemaViolation`](ErrorKind::SchemaViolation) on
-    /// publish, a dead letter on consume.
+    /// Refuse it: a schema violation ([`ErrorKind::Rejected`]) on publish, a
+    /// dead letter on consume.
     Refuse,
+}
+
+/// The error refusing an event that breaks its contract: a
+/// [`Rejected`](ErrorKind::Rejected) error (core's kind for "refused by a
+/// check") whose message says it is a schema violation and why.
+fn violation(why: String) -> BusError {
+    BusError::new(ErrorKind::Rejected, format!("schema violation: {why}"))
 }
 
 /// The type an event is of: its `ce-type` if given, else the registered
@@ -68,8 +75,9 @@ fn validate(
 /// The event's type is its `ce-type` header if the publisher set one, else
 /// the type whose subject pattern matches; its version is the one its
 /// `ce-dataschema` names, else the type's latest. A payload that does not
-/// match is a [`SchemaViolation`](ErrorKind::SchemaViolation) error naming
-/// the subject, type, version and each violation's JSON Pointer, and
+/// match is a schema violation ([`ErrorKind::Rejected`], the message
+/// starting `schema violation:`) naming the subject, type, version and each
+/// violation's JSON Pointer, and
 /// nothing is published (with [`Validation::Warn`] it is logged and
 /// published). In a [`publish_batch`](EventBus::publish_batch) each event is
 /// validated: an invalid one gets that error in its place and is not
@@ -170,14 +178,12 @@ impl ValidatingBus {
         let Some(found) = type_of(&self.registry, subject, claimed) else {
             return match (self.unknown, claimed) {
                 (UnknownTypes::Allow, _) => Ok(None),
-                (UnknownTypes::Refuse, Some(t)) => Err(BusError::new(
-                    ErrorKind::SchemaViolation,
-                    format!("event on {subject:?} claims type {t:?}, which is not registered"),
-                )),
-                (UnknownTypes::Refuse, None) => Err(BusError::new(
-                    ErrorKind::SchemaViolation,
-                    format!("no event type is registered for subject {subject:?}"),
-                )),
+                (UnknownTypes::Refuse, Some(t)) => Err(violation(format!(
+                    "event on {subject:?} claims type {t:?}, which is not registered"
+                ))),
+                (UnknownTypes::Refuse, None) => Err(violation(format!(
+                    "no event type is registered for subject {subject:?}"
+                ))),
             };
         };
         let version = cloudevents::header(headers, cloudevents::DATASCHEMA)
@@ -202,12 +208,7 @@ impl ValidatingBus {
                             ValidationFailure::UnknownVersion { .. } => None,
                         }
                     }
-                    Err(failure) => {
-                        return Err(BusError::new(
-                            ErrorKind::SchemaViolation,
-                            failure.describe(subject),
-                        ))
-                    }
+                    Err(failure) => return Err(violation(failure.describe(subject))),
                 }
             }
         };

@@ -3,7 +3,7 @@
 //! validation on publish on both backends, and the runner dead-lettering an
 //! event that does not match its schema.
 
-use event_bus::config::StreamSpec;
+use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition};
 use event_bus_schema::cloudevents;
@@ -624,8 +624,9 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
         .publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
     let text = err.to_string();
+    assert!(text.starts_with("rejected: schema violation: "), "{text}");
     assert!(
         text.contains("auth.events.user.created") && text.contains("auth.user.created v1"),
         "{text}"
@@ -669,7 +670,7 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
         .publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
     assert!(err.to_string().contains("/user_id"), "{err}");
     bare.publish(
         "auth.events.user.created",
@@ -694,7 +695,7 @@ async fn publish_validates_on(inner: Arc<dyn EventBus>) {
         .publish("other.thing", b"{}".to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
     assert!(err.to_string().contains("other.thing"), "{err}");
 }
 
@@ -914,7 +915,7 @@ async fn validation_can_warn_or_be_off() {
         .publish("auth.events.user.created", br#"{"user_id": 7}"#.to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
     check
         .check(&message(br#"{"user_id": 7}"#))
         .expect_err("enforce refuses on consume");
@@ -922,7 +923,7 @@ async fn validation_can_warn_or_be_off() {
 }
 
 /// A batch through a `ValidatingBus`: each event is validated; an invalid
-/// one is refused in its place (`SchemaViolation`) and never published, the
+/// one is refused in its place (`Rejected`, a schema violation) and never published, the
 /// valid ones around it are, in order, with their CloudEvents headers (as
 /// `EventBus::publish_batch` documents: one failure does not stop the others).
 async fn publish_batch_validates_on(inner: Arc<dyn EventBus>) {
@@ -941,7 +942,7 @@ async fn publish_batch_validates_on(inner: Arc<dyn EventBus>) {
     let err = results[1]
         .as_ref()
         .expect_err("the invalid event is refused");
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     assert!(
         err.to_string().contains("/user_id") && err.to_string().contains("auth.user.created v1"),
         "{err}"
@@ -968,9 +969,9 @@ async fn publish_batch_validates_on(inner: Arc<dyn EventBus>) {
     // A batch of only invalid events publishes nothing and says why, each.
     let results = bus.publish_batch(vec![event(invalid), event("{}")]).await;
     assert!(
-        results.iter().all(|r| r
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::SchemaViolation)),
+        results
+            .iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.kind() == ErrorKind::Rejected)),
         "{results:?}"
     );
 }
@@ -1049,7 +1050,7 @@ async fn a_new_version_is_validated_against_at_once() {
         .publish("auth.events.user.created", event.to_vec())
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::SchemaViolation);
+    assert_eq!(err.kind(), ErrorKind::Rejected);
     assert!(
         err.to_string().contains("auth.user.created v2") && err.to_string().contains("/locale"),
         "{err}"

@@ -102,7 +102,7 @@ pub trait EventBus: Send + Sync {
     /// The state of the durable consumer `name` reading `filter` (as
     /// opened with [`consume`](EventBus::consume)): its position, pending
     /// and unanswered messages, whether an instance is consuming. Sampled
-    /// by [`LagMonitor`](crate::consumer::lag::LagMonitor). A consumer that
+    /// by [`LagMonitor`](crate::status::LagMonitor). A consumer that
     /// does not exist is [`NotFound`](crate::ErrorKind::NotFound).
     async fn consumer_state(&self, name: &str, filter: &str) -> Result<ConsumerState, BusError> {
         let _ = (name, filter);

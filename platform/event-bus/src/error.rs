@@ -43,9 +43,12 @@ pub enum ErrorKind {
     NotFound,
     /// A payload could not be encoded or decoded.
     Codec,
-    /// A payload does not match its event type's schema; the message names
-    /// the subject, the type and version, and each violation's JSON Pointer.
-    SchemaViolation,
+    /// A check the operation passes through refused it: a decorator over the
+    /// bus (schema validation in `event-bus-schema`, a policy, a user's own
+    /// check) said no to a request the backend itself would take. The
+    /// message names the check and why (e.g. `schema violation: ...` with
+    /// the subject, type, version and each violation's JSON Pointer).
+    Rejected,
     /// Any other failure reported by the backend; see the source.
     Backend,
 }
@@ -67,15 +70,15 @@ impl ErrorKind {
             ErrorKind::Conflict => "conflict",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Codec => "codec",
-            ErrorKind::SchemaViolation => "schema_violation",
+            ErrorKind::Rejected => "rejected",
             ErrorKind::Backend => "backend",
         }
     }
 
     /// Whether retrying the same operation, unchanged, cannot succeed: the
-    /// request itself is refused (its subject, headers, size, payload,
-    /// schema, the caller's permissions or configuration), or the handle
-    /// it went through is closed. Someone has to change something (the
+    /// request itself is refused (its subject, headers, size, payload, a
+    /// check such as a schema, the caller's permissions or configuration),
+    /// or the handle it went through is closed. Someone has to change something (the
     /// event, a schema, a permission, the configuration) first. The exact
     /// complement of [`is_transient`](Self::is_transient).
     ///
@@ -95,7 +98,7 @@ impl ErrorKind {
             | ErrorKind::Config
             | ErrorKind::Conflict
             | ErrorKind::Codec
-            | ErrorKind::SchemaViolation => true,
+            | ErrorKind::Rejected => true,
             // A condition of the backend that may pass by itself: a
             // timeout, a lost connection, a stream not created yet or
             // without a leader for the moment (NATS reports "no responders"
@@ -273,7 +276,7 @@ mod tests {
             ErrorKind::Config,
             ErrorKind::Conflict,
             ErrorKind::Codec,
-            ErrorKind::SchemaViolation,
+            ErrorKind::Rejected,
         ];
         let transient = [
             ErrorKind::Timeout,

@@ -142,6 +142,7 @@
 pub mod bus;
 pub mod config;
 pub mod consumer;
+mod duration_str;
 pub mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -151,6 +152,13 @@ pub mod message;
 pub mod metrics;
 #[cfg(feature = "nats")]
 pub mod nats;
+/// NATS JetStream: this build has no NATS backend (feature `nats` off), only
+/// its settings, so that a configuration naming NATS still parses.
+#[cfg(not(feature = "nats"))]
+pub mod nats {
+    mod config;
+    pub use self::config::*;
+}
 pub mod runner;
 pub mod status;
 pub mod subject;

@@ -74,7 +74,7 @@ pub const OUTBOX_FAILED_ROWS: &str = "event_bus.outbox.failed_rows";
 /// `event_bus.outbox.oldest_pending_age` (seconds).
 pub const OUTBOX_OLDEST_AGE: &str = "event_bus.outbox.oldest_pending_age";
 /// Gauge: a durable consumer's messages not delivered yet (sampled by a
-/// [`LagMonitor`](crate::consumer::lag::LagMonitor)).
+/// [`LagMonitor`](crate::status::LagMonitor)).
 pub const CONSUMER_PENDING: &str = "event_bus.consumer.pending";
 /// Gauge: a durable consumer's messages delivered and not answered yet (sampled).
 pub const CONSUMER_ACK_PENDING: &str = "event_bus.consumer.ack_pending";
@@ -116,62 +116,6 @@ pub(crate) fn with_tenant(
         labels.push((TENANT, t.to_string()));
     }
     labels
-}
-
-/// The sampled gauges of one durable consumer.
-pub(crate) struct LagGauges {
-    pending: metrics::Gauge,
-    ack_pending: metrics::Gauge,
-    redelivered: metrics::Gauge,
-    status: Vec<(crate::consumer::lag::LagStatus, metrics::Gauge)>,
-}
-
-impl LagGauges {
-    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
-        use crate::consumer::lag::LagStatus;
-        let labels = with_tenant(
-            vec![
-                ("messaging.system", system.to_string()),
-                ("messaging.consumer.group.name", consumer.to_string()),
-            ],
-            tenant,
-        );
-        let status = [
-            LagStatus::Ok,
-            LagStatus::Warn,
-            LagStatus::Stall,
-            LagStatus::Stop,
-            LagStatus::Rewind,
-        ]
-        .into_iter()
-        .map(|st| {
-            let mut l = labels.to_vec();
-            l.push(("event_bus.lag_status", st.as_str().to_string()));
-            (st, metrics::gauge!(CONSUMER_LAG_STATUS, &l))
-        })
-        .collect();
-        LagGauges {
-            pending: metrics::gauge!(CONSUMER_PENDING, &labels),
-            ack_pending: metrics::gauge!(CONSUMER_ACK_PENDING, &labels),
-            redelivered: metrics::gauge!(CONSUMER_REDELIVERED, &labels),
-            status,
-        }
-    }
-
-    pub(crate) fn set(
-        &self,
-        state: Option<&crate::consumer::ConsumerState>,
-        status: crate::consumer::lag::LagStatus,
-    ) {
-        if let Some(s) = state {
-            self.pending.set(s.pending as f64);
-            self.ack_pending.set(s.ack_pending as f64);
-            self.redelivered.set(s.redelivered as f64);
-        }
-        for (st, g) in &self.status {
-            g.set(if *st == status { 1.0 } else { 0.0 });
-        }
-    }
 }
 
 /// Registers a description and unit for every metric above (optional; for
@@ -229,83 +173,6 @@ pub fn describe() {
     );
 }
 
-/// A durable consumer's handles (registered once per consumer stream).
-pub(crate) struct ConsumerMetrics {
-    pub(crate) consumed: Counter,
-    pub(crate) redelivered: Counter,
-    pub(crate) dead_letters: Counter,
-    system: &'static str,
-    consumer: String,
-    tenant: Option<String>,
-    answers: [Counter; 5],
-}
-
-/// The answer kinds, in the order of `ConsumerMetrics::answers`.
-const ANSWER_KINDS: [&str; 5] = ["ack", "nack", "term", "in_progress", "dead_letter"];
-
-impl ConsumerMetrics {
-    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
-        let labels = |extra: Option<&'static str>| {
-            let mut l = with_tenant(
-                vec![
-                    ("messaging.system", system.to_string()),
-                    ("messaging.consumer.group.name", consumer.to_string()),
-                ],
-                tenant,
-            );
-            if let Some(a) = extra {
-                l.push(("event_bus.answer", a.to_string()));
-            }
-            l
-        };
-        ConsumerMetrics {
-            consumed: metrics::counter!(CONSUMED_MESSAGES, &labels(None)),
-            redelivered: metrics::counter!(REDELIVERIES, &labels(None)),
-            dead_letters: metrics::counter!(DEAD_LETTERS, &labels(None)),
-            answers: ANSWER_KINDS.map(|k| metrics::counter!(ANSWERS, &labels(Some(k)))),
-            system,
-            consumer: consumer.to_string(),
-            tenant: tenant.map(str::to_string),
-        }
-    }
-
-    /// The slot of an answer kind, taken before the answer moves it.
-    pub(crate) fn slot(kind: &crate::consumer::AckKind) -> usize {
-        use crate::consumer::AckKind;
-        match kind {
-            AckKind::Ack => 0,
-            AckKind::Nack { .. } => 1,
-            AckKind::Term { .. } => 2,
-            AckKind::InProgress => 3,
-            AckKind::DeadLetter { .. } => 4,
-        }
-    }
-
-    /// Counts an answer (by [`slot`](Self::slot)); failures are counted
-    /// under their error kind (registered then: they are rare).
-    #[inline]
-    pub(crate) fn answered(&self, slot: usize, error: Option<crate::ErrorKind>) {
-        match error {
-            None => self.answers[slot].increment(1),
-            Some(e) => self.answer_failed(slot, e),
-        }
-    }
-
-    #[cold]
-    fn answer_failed(&self, slot: usize, e: crate::ErrorKind) {
-        let labels = with_tenant(
-            vec![
-                ("messaging.system", self.system.to_string()),
-                ("messaging.consumer.group.name", self.consumer.clone()),
-                ("event_bus.answer", ANSWER_KINDS[slot].to_string()),
-                ("error.type", e.as_str().to_string()),
-            ],
-            self.tenant.as_deref(),
-        );
-        metrics::counter!(ANSWERS, &labels).increment(1)
-    }
-}
-
 /// A bus's publish handles.
 pub(crate) struct PublishMetrics {
     pub(crate) sent: Counter,
@@ -331,7 +198,7 @@ impl PublishMetrics {
     /// Counts a failed publish under its error kind.
     #[cold]
     #[inline(never)]
-    pub(crate) fn failed(&self, kind: crate::ErrorKind, seconds: Option<f64>) {
+    pub(crate) fn failed(&self, kind: crate::error::ErrorKind, seconds: Option<f64>) {
         let mut labels = with_tenant(
             vec![
                 ("messaging.system", self.system.to_string()),

@@ -22,10 +22,14 @@
 //! ```
 
 use crate::bus::{EventBus, HealthStatus};
-use crate::consumer::lag::LagMonitor;
+use crate::consumer::lag::{LagGauges, LagSample, LagStatus, LagWindow};
+use crate::consumer::ConsumerState;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde_json::json;
+use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What one check found.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,5 +174,129 @@ where
 
     async fn check(&self) -> CheckReport {
         (self.f)()
+    }
+}
+
+/// One consumer's lag as a [`LagMonitor`] last saw it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConsumerLag {
+    /// The durable name.
+    pub name: String,
+    /// Its status over the window.
+    pub status: LagStatus,
+    /// The last state sampled, if any sample succeeded.
+    pub state: Option<ConsumerState>,
+    /// The last sampling error (the consumer missing, the bus down), if the
+    /// last sample failed.
+    pub error: Option<String>,
+}
+
+struct Watched {
+    gauges: LagGauges,
+    name: String,
+    filter: String,
+    window: LagWindow,
+    state: Option<ConsumerState>,
+    error: Option<String>,
+}
+
+/// Samples durable consumers every interval into [`LagWindow`]s, in a task
+/// of its own; [`statuses`](LagMonitor::statuses) reads the result. Stops
+/// when dropped.
+///
+/// The window spans `capacity × every`: a consumer is `STALL` or `STOP`
+/// once that long without progress (e.g. 10 samples every 30 s: five
+/// minutes).
+pub struct LagMonitor {
+    watched: Arc<Mutex<Vec<Watched>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LagMonitor {
+    /// Watches `consumers` (durable name, filter) of `bus`, sampling every
+    /// `every` into windows of `capacity` samples.
+    pub fn spawn(
+        bus: Arc<dyn EventBus>,
+        consumers: impl IntoIterator<Item = (String, String)>,
+        every: Duration,
+        capacity: usize,
+    ) -> Self {
+        let watched: Vec<Watched> = consumers
+            .into_iter()
+            .map(|(name, filter)| Watched {
+                gauges: LagGauges::new(bus.backend_name(), &name, bus.tenant()),
+                name,
+                filter,
+                window: LagWindow::new(capacity),
+                state: None,
+                error: None,
+            })
+            .collect();
+        let watched = Arc::new(Mutex::new(watched));
+        let shared = watched.clone();
+        let every = every.max(Duration::from_millis(10));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let targets: Vec<(String, String)> = shared
+                    .lock()
+                    .iter()
+                    .map(|w| (w.name.clone(), w.filter.clone()))
+                    .collect();
+                for (i, (name, filter)) in targets.into_iter().enumerate() {
+                    let result = bus.consumer_state(&name, &filter).await;
+                    let now = Instant::now();
+                    let mut all = shared.lock();
+                    let w = &mut all[i];
+                    match result {
+                        Ok(state) => {
+                            w.window.push(LagSample {
+                                at: now,
+                                position: state.position,
+                                lag: state.lag(),
+                                last_active: state.idle_for.and_then(|d| now.checked_sub(d)),
+                            });
+                            w.state = Some(state);
+                            w.error = None;
+                        }
+                        Err(e) => w.error = Some(e.to_string()),
+                    }
+                    w.gauges.set(w.state.as_ref(), w.window.status(now));
+                }
+            }
+        });
+        LagMonitor { watched, task }
+    }
+
+    /// Every watched consumer's status now.
+    pub fn statuses(&self) -> Vec<ConsumerLag> {
+        let now = Instant::now();
+        self.watched
+            .lock()
+            .iter()
+            .map(|w| ConsumerLag {
+                name: w.name.clone(),
+                status: w.window.status(now),
+                state: w.state.clone(),
+                error: w.error.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for LagMonitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for LagMonitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LagMonitor")
+            .field("consumers", &self.watched.lock().len())
+            .finish()
     }
 }

@@ -1,8 +1,8 @@
 //! Helpers shared by the endpoint tests (each test binary uses a part).
 #![allow(dead_code)]
 
-use event_bus::consumer::lag::LagMonitor;
 use event_bus::status::BusCheck;
+use event_bus::status::LagMonitor;
 use event_bus::{ConsumerConfig, ConsumerStream, Delivery, EventBus, InMemoryBus};
 use event_bus_http::Monitoring;
 use futures::StreamExt;

@@ -627,7 +627,8 @@ mod parking_lot_free {
 /// deliveries without answering is `STALL` within the window; once it has
 /// answered everything, `OK`. The state names what is pending.
 pub async fn consumer_lag_status(f: &dyn BusFactory) {
-    use event_bus::consumer::lag::{LagMonitor, LagStatus};
+    use event_bus::consumer::lag::LagStatus;
+    use event_bus::status::LagMonitor;
     let c = Ctx::new(f, "clag").await;
     let config = c
         .consumer_config("lag", "l")

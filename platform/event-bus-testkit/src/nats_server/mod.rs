@@ -365,7 +365,7 @@ impl NatsServer {
     /// server, with `streams` declared (`ensure_streams`; none if empty).
     pub async fn bus(
         &self,
-        streams: &[event_bus::config::StreamSpec],
+        streams: &[event_bus::nats::StreamSpec],
     ) -> Result<event_bus::NatsBus, event_bus::BusError> {
         let client = event_bus::async_nats::connect(self.url())
             .await

@@ -267,7 +267,7 @@ async fn tls_with_client_certificates() {
     let with = |ca: bool, client_cert: bool| {
         let mut c = nats_config(&server.url(), None);
         c.connect_timeout = Duration::from_secs(3);
-        let mut tls = event_bus::config::TlsConfig::default();
+        let mut tls = event_bus::nats::TlsConfig::default();
         tls.required = true;
         tls.ca_file = ca.then(|| pki.ca.clone());
         tls.cert_file = client_cert.then(|| pki.client_cert.clone());
@@ -326,7 +326,7 @@ async fn tls_settings_imply_tls_and_errors_hide_credentials() {
     NatsBus::connect(&c)
         .await
         .expect("plaintext without TLS settings");
-    let mut tls = event_bus::config::TlsConfig::default();
+    let mut tls = event_bus::nats::TlsConfig::default();
     tls.ca_file = Some(pki.ca.clone());
     c.tls = Some(tls);
     let err = NatsBus::connect(&c).await.err().unwrap_or_else(|| {

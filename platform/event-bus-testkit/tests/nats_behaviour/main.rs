@@ -4,8 +4,9 @@
 //! servers), config-driven construction, and the spec's integration example.
 
 use async_nats::jetstream;
-use event_bus::config::{BusConfig, NatsConfig, StreamSpec, StreamStorage};
+use event_bus::config::BusConfig;
 use event_bus::nats::streams::StreamAction;
+use event_bus::nats::{NatsConfig, StreamSpec, StreamStorage};
 use event_bus::{Envelope, ErrorKind, EventBus, NatsBus, Subscription};
 use event_bus_testkit::nats_server::{NatsServer, NatsServerOptions};
 use event_bus_testkit::wait;

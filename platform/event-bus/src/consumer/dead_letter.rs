@@ -113,7 +113,7 @@ struct Shared {
     memos: Mutex<FxHashMap<String, Memo>>,
     /// Memos with `dead_letter` set: while 0, deliveries are not looked up.
     pending_dead_letters: AtomicUsize,
-    metrics: crate::metrics::ConsumerMetrics,
+    metrics: super::counters::ConsumerMetrics,
 }
 
 impl Shared {
@@ -308,7 +308,7 @@ pub(crate) fn with_dead_letters(
     config: &ConsumerConfig,
 ) -> ConsumerStream {
     let metrics =
-        crate::metrics::ConsumerMetrics::new(bus.backend_name(), &config.name, bus.tenant());
+        super::counters::ConsumerMetrics::new(bus.backend_name(), &config.name, bus.tenant());
     let shared = Arc::new(Shared {
         system: bus.backend_name(),
         filter: config.filter.clone(),
@@ -382,7 +382,7 @@ struct DeadLetterAcker {
 #[async_trait]
 impl Acker for DeadLetterAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
-        let slot = crate::metrics::ConsumerMetrics::slot(&kind);
+        let slot = super::counters::ConsumerMetrics::slot(&kind);
         // Traced: boxed apart, so that the common future stays small.
         let result = match self.settle_span(&kind) {
             Some(span) => {
@@ -404,7 +404,7 @@ impl Acker for DeadLetterAcker {
     async fn answer_nowait(&self, kind: AckKind) -> Result<(), BusError> {
         match kind {
             AckKind::Ack | AckKind::InProgress => {
-                let slot = crate::metrics::ConsumerMetrics::slot(&kind);
+                let slot = super::counters::ConsumerMetrics::slot(&kind);
                 let span = self.settle_span(&kind);
                 let result = self.inner.answer_nowait(kind).await;
                 if let Some(span) = &span {

@@ -20,8 +20,10 @@
 //!    (falling behind);
 //! 7. otherwise [`LagStatus::Ok`].
 //!
-//! [`LagMonitor`] does the sampling for a list of consumers, through
-//! [`EventBus::consumer_state`] (both backends).
+//! [`LagMonitor`](crate::status::LagMonitor) does the sampling for a list
+//! of consumers, through
+//! [`EventBus::consumer_state`](crate::EventBus::consumer_state) (both
+//! backends), and sets their [gauges](crate::metrics::CONSUMER_LAG_STATUS).
 //!
 //! ```
 //! use event_bus::consumer::lag::{LagSample, LagStatus, LagWindow};
@@ -38,12 +40,9 @@
 //! ```
 
 use crate::consumer::ConsumerState;
-use crate::EventBus;
-use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One observation of a durable consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,127 +174,55 @@ impl LagWindow {
     }
 }
 
-/// One consumer's lag as a [`LagMonitor`] last saw it.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ConsumerLag {
-    /// The durable name.
-    pub name: String,
-    /// Its status over the window.
-    pub status: LagStatus,
-    /// The last state sampled, if any sample succeeded.
-    pub state: Option<ConsumerState>,
-    /// The last sampling error (the consumer missing, the bus down), if the
-    /// last sample failed.
-    pub error: Option<String>,
+/// The sampled gauges of one durable consumer (set by the
+/// [`LagMonitor`](crate::status::LagMonitor) watching it).
+pub(crate) struct LagGauges {
+    pending: metrics::Gauge,
+    ack_pending: metrics::Gauge,
+    redelivered: metrics::Gauge,
+    status: Vec<(LagStatus, metrics::Gauge)>,
 }
 
-struct Watched {
-    gauges: crate::metrics::LagGauges,
-    name: String,
-    filter: String,
-    window: LagWindow,
-    state: Option<ConsumerState>,
-    error: Option<String>,
-}
-
-/// Samples durable consumers every interval into [`LagWindow`]s, in a task
-/// of its own; [`statuses`](LagMonitor::statuses) reads the result. Stops
-/// when dropped.
-///
-/// The window spans `capacity × every`: a consumer is `STALL` or `STOP`
-/// once that long without progress (e.g. 10 samples every 30 s: five
-/// minutes).
-pub struct LagMonitor {
-    watched: Arc<Mutex<Vec<Watched>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LagMonitor {
-    /// Watches `consumers` (durable name, filter) of `bus`, sampling every
-    /// `every` into windows of `capacity` samples.
-    pub fn spawn(
-        bus: Arc<dyn EventBus>,
-        consumers: impl IntoIterator<Item = (String, String)>,
-        every: Duration,
-        capacity: usize,
-    ) -> Self {
-        let watched: Vec<Watched> = consumers
-            .into_iter()
-            .map(|(name, filter)| Watched {
-                gauges: crate::metrics::LagGauges::new(bus.backend_name(), &name, bus.tenant()),
-                name,
-                filter,
-                window: LagWindow::new(capacity),
-                state: None,
-                error: None,
-            })
-            .collect();
-        let watched = Arc::new(Mutex::new(watched));
-        let shared = watched.clone();
-        let every = every.max(Duration::from_millis(10));
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let targets: Vec<(String, String)> = shared
-                    .lock()
-                    .iter()
-                    .map(|w| (w.name.clone(), w.filter.clone()))
-                    .collect();
-                for (i, (name, filter)) in targets.into_iter().enumerate() {
-                    let result = bus.consumer_state(&name, &filter).await;
-                    let now = Instant::now();
-                    let mut all = shared.lock();
-                    let w = &mut all[i];
-                    match result {
-                        Ok(state) => {
-                            w.window.push(LagSample {
-                                at: now,
-                                position: state.position,
-                                lag: state.lag(),
-                                last_active: state.idle_for.and_then(|d| now.checked_sub(d)),
-                            });
-                            w.state = Some(state);
-                            w.error = None;
-                        }
-                        Err(e) => w.error = Some(e.to_string()),
-                    }
-                    w.gauges.set(w.state.as_ref(), w.window.status(now));
-                }
-            }
-        });
-        LagMonitor { watched, task }
+impl LagGauges {
+    pub(crate) fn new(system: &'static str, consumer: &str, tenant: Option<&str>) -> Self {
+        let labels = crate::metrics::with_tenant(
+            vec![
+                ("messaging.system", system.to_string()),
+                ("messaging.consumer.group.name", consumer.to_string()),
+            ],
+            tenant,
+        );
+        let status = [
+            LagStatus::Ok,
+            LagStatus::Warn,
+            LagStatus::Stall,
+            LagStatus::Stop,
+            LagStatus::Rewind,
+        ]
+        .into_iter()
+        .map(|st| {
+            let mut l = labels.to_vec();
+            l.push(("event_bus.lag_status", st.as_str().to_string()));
+            (st, metrics::gauge!(crate::metrics::CONSUMER_LAG_STATUS, &l))
+        })
+        .collect();
+        LagGauges {
+            pending: metrics::gauge!(crate::metrics::CONSUMER_PENDING, &labels),
+            ack_pending: metrics::gauge!(crate::metrics::CONSUMER_ACK_PENDING, &labels),
+            redelivered: metrics::gauge!(crate::metrics::CONSUMER_REDELIVERED, &labels),
+            status,
+        }
     }
 
-    /// Every watched consumer's status now.
-    pub fn statuses(&self) -> Vec<ConsumerLag> {
-        let now = Instant::now();
-        self.watched
-            .lock()
-            .iter()
-            .map(|w| ConsumerLag {
-                name: w.name.clone(),
-                status: w.window.status(now),
-                state: w.state.clone(),
-                error: w.error.clone(),
-            })
-            .collect()
-    }
-}
-
-impl Drop for LagMonitor {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl fmt::Debug for LagMonitor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LagMonitor")
-            .field("consumers", &self.watched.lock().len())
-            .finish()
+    pub(crate) fn set(&self, state: Option<&ConsumerState>, status: LagStatus) {
+        if let Some(s) = state {
+            self.pending.set(s.pending as f64);
+            self.ack_pending.set(s.ack_pending as f64);
+            self.redelivered.set(s.redelivered as f64);
+        }
+        for (st, g) in &self.status {
+            g.set(if *st == status { 1.0 } else { 0.0 });
+        }
     }
 }
 

@@ -42,6 +42,7 @@
 //! failure is logged and yielded as an error item, and the dead-lettering is
 //! retried on later deliveries.
 
+mod counters;
 mod dead_letter;
 pub mod lag;
 

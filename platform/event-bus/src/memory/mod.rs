@@ -80,7 +80,7 @@ pub struct MemoryConfig {
     /// Literal subjects whose routes are cached.
     pub cache_size: usize,
     /// How long a message id is remembered for de-duplication.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration_str")]
     pub dedup_window: Duration,
     /// Most message ids remembered for de-duplication: beyond it the oldest
     /// is forgotten before its window ends (0 remembers none).
@@ -88,7 +88,7 @@ pub struct MemoryConfig {
     /// A durable consumer with no open instance for this long is deleted
     /// with what it holds (JetStream's `inactive_threshold`); re-opening it
     /// within the threshold resumes where it was.
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration_str")]
     pub durable_inactive_threshold: Duration,
     /// Most messages kept in the bus's log, which lets a durable consumer
     /// start with `StartPosition::All` or `Sequence(n)` (see below); 0

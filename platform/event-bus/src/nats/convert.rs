@@ -1,6 +1,6 @@
 //! Conversions between async-nats types and the bus's types.
 
-use crate::config::NatsConfig;
+use super::NatsConfig;
 use crate::error::{BusError, ErrorKind};
 use crate::message::{header, Headers};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -125,8 +125,8 @@ pub(crate) async fn connect(
         }
     }
     let urls: Vec<&str> = config.urls.iter().map(String::as_str).collect();
-    let what = crate::config::redact_urls(&config.urls);
-    if config.urls == crate::config::NatsConfig::default().urls {
+    let what = super::redact_urls(&config.urls);
+    if config.urls == NatsConfig::default().urls {
         tracing::warn!(url = %what, "no NATS URL configured (nats.urls / EVENT_BUS_NATS_URL); using the default");
     }
     tracing::info!(url = %what, "connecting to NATS");

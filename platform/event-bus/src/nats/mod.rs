@@ -24,7 +24,7 @@
 //!
 //! # Declared streams
 //!
-//! [`NatsConfig::streams`](crate::config::NatsConfig::streams) (or
+//! [`NatsConfig::streams`] (or
 //! [`NatsBus::ensure_streams`]) create or reconcile streams with explicit
 //! storage, replicas, retention and limits; see [`streams`].
 //!
@@ -46,6 +46,7 @@
 //! and a bus made with [`NatsBus::new`] fails its first stream or consumer
 //! operation with [`ErrorKind::Unsupported`], naming the version found.
 
+mod config;
 pub(crate) mod convert; // pub(crate): re-exported by `crate::fuzzing`
 mod durable;
 mod publish;
@@ -53,7 +54,6 @@ pub mod streams;
 mod subscription;
 
 use crate::bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
-use crate::config::{NatsConfig, StreamSpec};
 use crate::consumer::{ConsumerConfig, ConsumerStream};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, PublishAck};
@@ -67,6 +67,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+pub use config::{
+    redact_url, redact_urls, validate_tenant, NatsConfig, Secret, StreamDiscard, StreamRetention,
+    StreamSpec, StreamStorage, TlsConfig, MAX_TENANT_LEN, MAX_TIMEOUT,
+};
 pub use streams::StreamReport;
 
 /// Default bound on how long a publish waits for its acknowledgement.
@@ -244,12 +248,12 @@ impl NatsBus {
     }
 
     /// The same connection and options, confined to `tenant`, one subject
-    /// token (see [`validate_tenant`](crate::config::validate_tenant)):
+    /// token (see [`validate_tenant`]):
     /// subjects are prefixed with `<tenant>.` on the wire and default streams
     /// are named per tenant. A bus that is already confined to a tenant
     /// cannot be confined again (a `Config` error): tenants do not nest.
     pub fn for_tenant(&self, tenant: &str) -> Result<Self, BusError> {
-        crate::config::validate_tenant("tenant", tenant)?;
+        validate_tenant("tenant", tenant)?;
         if let Some(t) = &self.inner.tenant {
             return Err(BusError::config(
                 "tenant",

@@ -17,7 +17,7 @@
 //! this does.)
 
 use super::convert::api_error;
-use crate::config::{StreamDiscard, StreamRetention, StreamSpec, StreamStorage};
+use super::{StreamDiscard, StreamRetention, StreamSpec, StreamStorage};
 use crate::error::{BusError, ErrorKind};
 use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};

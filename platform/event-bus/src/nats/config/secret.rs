@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 /// the value.
 ///
 /// ```
-/// use event_bus::config::Secret;
+/// use event_bus::nats::Secret;
 /// let s = Secret::from("hunter2");
 /// assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
 /// assert_eq!(s.expose(), "hunter2");
@@ -60,7 +60,7 @@ impl Serialize for Secret {
 /// `nats://[redacted]@host`.
 ///
 /// ```
-/// use event_bus::config::redact_url;
+/// use event_bus::nats::redact_url;
 /// assert_eq!(redact_url("nats://app:pw@10.0.0.1:4222"), "nats://app:[redacted]@10.0.0.1:4222");
 /// assert_eq!(redact_url("tok@host:4222"), "[redacted]@host:4222");
 /// assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
