@@ -153,7 +153,7 @@ impl NatsBusBuilder {
     }
 
     /// Confines the bus to `tenant`, one subject token (see
-    /// [`validate_tenant`](crate::config::validate_tenant), checked by
+    /// [`validate_tenant`], checked by
     /// [`build`](Self::build)): subjects are prefixed with `<tenant>.` on the
     /// wire and default streams are named per tenant.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
@@ -171,7 +171,7 @@ impl NatsBusBuilder {
     /// subject token.
     pub fn build(self) -> Result<NatsBus, BusError> {
         if let Some(t) = &self.tenant {
-            crate::config::validate_tenant("tenant", t)?;
+            validate_tenant("tenant", t)?;
         }
         let js = jetstream::context::ContextBuilder::new()
             .timeout(self.publish_timeout)
