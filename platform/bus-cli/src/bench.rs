@@ -565,10 +565,10 @@ async fn bench_runner(
     let name = unique("bench");
     let runner = Runner::builder(bus.clone(), name)
         .concurrency(args.clients.max(1))
-        .handler(Handler::sync(
+        .handler(Handler::new(
             "h",
             subject,
-            |_e: Event<'_, serde_json::Value>, _tx| Outcome::Ack,
+            |_e: Event<'_, serde_json::Value>, _tx: &mut ()| Outcome::Ack,
         ))
         .start(StartPosition::New)
         .build()

@@ -235,10 +235,10 @@ async fn a_poison_event_goes_to_the_dlq_and_is_replayed_after_the_fix() {
     let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel::<String>();
     let f = fixed.clone();
     let runner = Runner::builder(bus_.clone(), "billing")
-        .handler(Handler::sync(
+        .handler(Handler::new(
             "charge",
             "orders.>",
-            move |e: Event<'_, Value>, _tx| {
+            move |e: Event<'_, Value>, _tx: &mut ()| {
                 if e.data["poison"] == true && !f.load(Ordering::SeqCst) {
                     return Outcome::DeadLetter("cannot charge a poison order".into());
                 }

@@ -17,7 +17,7 @@
 //! * shutdown × health: `/readyz` is 503 once shutdown begins.
 
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle};
+use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle, State};
 use event_bus::status::BusCheck;
 use event_bus::{Envelope, EventBus};
 use event_bus_http::{install_prometheus, Monitoring};
@@ -80,6 +80,25 @@ async fn dlq_ls(url: &str) -> Vec<Value> {
     }
 }
 
+/// The runner's handler: a mail row in the inbox's transaction; addresses
+/// at `@bounce.invalid` go to the dead letters until `fixed`.
+async fn welcome_mail(
+    fixed: State<'_, Arc<AtomicBool>>,
+    e: Event<'_, UserCreated>,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Outcome {
+    if e.data.email.ends_with("@bounce.invalid") && !fixed.load(Ordering::SeqCst) {
+        return Outcome::DeadLetter(format!("{} bounced", e.data.email));
+    }
+    sqlx::query("INSERT INTO mails (user_id, email) VALUES ($1, $2)")
+        .bind(e.data.user_id)
+        .bind(&e.data.email)
+        .execute(&mut **tx)
+        .await
+        .map(|_| Outcome::Ack)
+        .unwrap_or_else(Outcome::retry)
+}
+
 /// The mailer: records one mail per user in the handler's transaction
 /// (the inbox claim commits with it); refuses `@bounce.invalid` addresses
 /// to the dead letters until `fixed`.
@@ -92,29 +111,7 @@ async fn start_runner(
     Runner::builder(bus, RUNNER)
         .inbox(PgInbox::new(pool))
         .check(SchemaCheck::new(registry))
-        .handler(Handler::with_state(
-            "welcome-mail",
-            SUBJECT,
-            fixed,
-            |fixed: &Arc<AtomicBool>,
-             e: Event<'_, UserCreated>,
-             tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-                let bounce =
-                    e.data.email.ends_with("@bounce.invalid") && !fixed.load(Ordering::SeqCst);
-                Box::pin(async move {
-                    if bounce {
-                        return Outcome::DeadLetter(format!("{} bounced", e.data.email));
-                    }
-                    sqlx::query("INSERT INTO mails (user_id, email) VALUES ($1, $2)")
-                        .bind(e.data.user_id)
-                        .bind(&e.data.email)
-                        .execute(&mut **tx)
-                        .await
-                        .map(|_| Outcome::Ack)
-                        .unwrap_or_else(Outcome::retry)
-                })
-            },
-        ))
+        .handler(Handler::new("welcome-mail", SUBJECT, welcome_mail).with_state(fixed))
         .build()
         .spawn()
         .await

@@ -4,7 +4,7 @@
 //! to the dead letters.
 
 use crate::auth::{UserCreated, USER_CREATED};
-use event_bus::runner::{Event, Handler, Outcome, Runner, RunnerHandle};
+use event_bus::runner::{boxed, Event, Handler, Outcome, Runner, RunnerHandle};
 use event_bus::{BusError, EventBus};
 use event_bus_postgres::{sqlx, PgInbox};
 use event_bus_schema::{Registry, SchemaCheck};
@@ -37,23 +37,25 @@ pub async fn spawn(
         .handler(Handler::new(
             "welcome-mail",
             USER_CREATED,
-            |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-                Box::pin(async move {
-                    if e.data.email.ends_with("@bounce.invalid") {
-                        return Outcome::DeadLetter(format!(
-                            "the mailer rejected {} (domain does not exist)",
-                            e.data.email
-                        ));
-                    }
-                    sqlx::query("INSERT INTO welcome_mails (user_id, email) VALUES ($1, $2)")
-                        .bind(e.data.user_id)
-                        .bind(&e.data.email)
-                        .execute(&mut **tx)
-                        .await
-                        .map(|_| Outcome::Ack)
-                        .unwrap_or_else(Outcome::retry)
-                })
-            },
+            boxed(
+                |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+                    Box::pin(async move {
+                        if e.data.email.ends_with("@bounce.invalid") {
+                            return Outcome::DeadLetter(format!(
+                                "the mailer rejected {} (domain does not exist)",
+                                e.data.email
+                            ));
+                        }
+                        sqlx::query("INSERT INTO welcome_mails (user_id, email) VALUES ($1, $2)")
+                            .bind(e.data.user_id)
+                            .bind(&e.data.email)
+                            .execute(&mut **tx)
+                            .await
+                            .map(|_| Outcome::Ack)
+                            .unwrap_or_else(Outcome::retry)
+                    })
+                },
+            ),
         ))
         .build()
         .spawn()

@@ -42,7 +42,7 @@
 //! default 5).
 
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
 use event_bus::{EventBus, InMemoryBus, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;
 use futures::StreamExt;
@@ -292,7 +292,9 @@ async fn nats_runner(n: usize) -> f64 {
         .handler(Handler::new(
             "h",
             "r.>",
-            |_e: Event<'_, serde_json::Value>, _tx: &mut ()| Box::pin(async { Outcome::Ack }),
+            boxed(|_e: Event<'_, serde_json::Value>, _tx: &mut ()| {
+                Box::pin(async { Outcome::Ack })
+            }),
         ))
         .start(StartPosition::All)
         .build()

@@ -127,9 +127,11 @@ async fn readyz_follows_a_killed_and_restarted_nats_server() {
 
 async fn mailer(bus: &Arc<dyn EventBus>, name: &str) -> RunnerHandle {
     Runner::builder(bus.clone(), name)
-        .handler(Handler::sync("h", "mail.x", |_e: Event<'_, u32>, _tx| {
-            Outcome::Ack
-        }))
+        .handler(Handler::new(
+            "h",
+            "mail.x",
+            |_e: Event<'_, u32>, _tx: &mut ()| Outcome::Ack,
+        ))
         .build()
         .spawn()
         .await

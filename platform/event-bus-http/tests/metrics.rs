@@ -6,7 +6,7 @@
 //! exposition. One test: the recorder is process-global.
 
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;
@@ -76,9 +76,11 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
     }
     // A runner: its results, copied once a second.
     let runner = Runner::builder(memory.clone(), "metered-runner")
-        .handler(Handler::sync("h", "r.x", |_e: Event<'_, u32>, _tx| {
-            Outcome::Ack
-        }))
+        .handler(Handler::new(
+            "h",
+            "r.x",
+            |_e: Event<'_, u32>, _tx: &mut ()| Outcome::Ack,
+        ))
         .build()
         .spawn()
         .await
@@ -89,12 +91,12 @@ async fn operations_show_up_on_metrics_with_bounded_labels() {
         .handler(Handler::new(
             "h",
             "r.slow",
-            |_e: Event<'_, u32>, _tx: &mut ()| {
+            boxed(|_e: Event<'_, u32>, _tx| {
                 Box::pin(async {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build()
         .spawn()

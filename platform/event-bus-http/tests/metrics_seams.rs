@@ -32,9 +32,11 @@ fn sample(exposition: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 async fn spawn_runner(bus: Arc<dyn EventBus>, name: &str, subject: &str) -> RunnerHandle {
     Runner::builder(bus, name)
-        .handler(Handler::sync("h", subject, |_e: Event<'_, u32>, _tx| {
-            Outcome::Ack
-        }))
+        .handler(Handler::new(
+            "h",
+            subject,
+            |_e: Event<'_, u32>, _tx: &mut ()| Outcome::Ack,
+        ))
         .build()
         .spawn()
         .await

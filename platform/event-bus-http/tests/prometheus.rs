@@ -154,9 +154,11 @@ async fn prometheus_scrapes_alerts_fire_and_dashboard_queries_answer() {
         5,
     );
     let runner = Runner::builder(memory.clone(), "metered-runner")
-        .handler(Handler::sync("h", "r.x", |_e: Event<'_, u32>, _tx| {
-            Outcome::Ack
-        }))
+        .handler(Handler::new(
+            "h",
+            "r.x",
+            |_e: Event<'_, u32>, _tx: &mut ()| Outcome::Ack,
+        ))
         .build()
         .spawn()
         .await

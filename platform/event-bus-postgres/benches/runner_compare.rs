@@ -28,7 +28,7 @@
 //! `RUNNER_BENCH_ONLY=<text>` runs only the backlog cases whose names start with
 //! it, for a profiler).
 
-use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
+use event_bus::runner::{boxed, Event, Handler, MemoryInbox, Outcome, Runner, State};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
 use event_bus_postgres::PgInbox;
 use futures::StreamExt;
@@ -109,16 +109,20 @@ async fn handle_job_async(done: &Done, job: &Job, step: u64) -> Outcome {
 /// How the runner's handler is written.
 #[derive(Clone, Copy, PartialEq)]
 enum Shape {
-    /// `Handler::sync`: returns its outcome, like the loop's `handle_job`.
+    /// A sync closure: returns its outcome, like the loop's `handle_job`.
     Sync,
-    /// `Handler::with_state`: an async block, boxed per event.
+    /// A `boxed` closure: an async block, boxed per event.
     Async,
-    /// `Handler::from_fn_with_state`: an `async fn`, kept without a box.
+    /// An `async fn` taking `State`, kept without a box.
     AsyncFn,
 }
 
 /// The bench's handler as an `async fn`.
-async fn handle_job_fn<T: Send>(s: &(Arc<Done>, u64), e: Event<'_, Job>, _tx: &mut T) -> Outcome {
+async fn handle_job_fn<T: Send>(
+    State(s): State<'_, (Arc<Done>, u64)>,
+    e: Event<'_, Job>,
+    _tx: &mut T,
+) -> Outcome {
     handle_job(&s.0, e.data, s.1);
     Outcome::Ack
 }
@@ -134,7 +138,7 @@ fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static, S>
     match shape {
         Shape::Sync => {
             let d = done.clone();
-            builder.handler(Handler::sync(
+            builder.handler(Handler::new(
                 "h",
                 "bench.*",
                 move |e: Event<'_, Job>, _tx: &mut T| {
@@ -143,23 +147,25 @@ fn with_bench_handler<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static, S>
                 },
             ))
         }
-        Shape::Async => builder.handler(Handler::with_state(
-            "h",
-            "bench.*",
-            done.clone(),
-            move |d: &Arc<Done>, e: Event<'_, Job>, _tx: &mut T| {
-                Box::pin(async move {
-                    handle_job(d, e.data, step);
-                    Outcome::Ack
-                })
-            },
-        )),
-        Shape::AsyncFn => builder.handler(Handler::from_fn_with_state(
-            "h",
-            "bench.*",
-            (done.clone(), step),
-            handle_job_fn::<T>,
-        )),
+        Shape::Async => {
+            // A clone per event: a boxed closure cannot lend its captures to
+            // the future (the state shape borrows instead).
+            let d = done.clone();
+            builder.handler(Handler::new(
+                "h",
+                "bench.*",
+                boxed(move |e: Event<'_, Job>, _tx: &mut T| {
+                    let d = d.clone();
+                    Box::pin(async move {
+                        handle_job(&d, e.data, step);
+                        Outcome::Ack
+                    })
+                }),
+            ))
+        }
+        Shape::AsyncFn => builder.handler(
+            Handler::new("h", "bench.*", handle_job_fn::<T>).with_state((done.clone(), step)),
+        ),
     }
 }
 
@@ -331,7 +337,7 @@ struct PgDone {
 /// The PostgreSQL runner's handler: the effect row, in the inbox's
 /// transaction.
 async fn insert_effect(
-    s: &Arc<PgDone>,
+    s: State<'_, Arc<PgDone>>,
     e: Event<'_, Job>,
     tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
 ) -> Outcome {
@@ -360,12 +366,7 @@ async fn pg_runner(pool: &sqlx::PgPool, n: u64, concurrency: usize, run: usize) 
     let runner = Runner::builder(bus.clone(), format!("pgbench{concurrency}-{run}"))
         .inbox(inbox)
         .concurrency(concurrency)
-        .handler(Handler::from_fn_with_state(
-            "h",
-            "bench.*",
-            state.clone(),
-            insert_effect,
-        ))
+        .handler(Handler::new("h", "bench.*", insert_effect).with_state(state.clone()))
         .build()
         .spawn()
         .await

@@ -10,7 +10,7 @@
 //! default, `EVENT_BUS_TYPE=nats EVENT_BUS_NATS_URL=nats://127.0.0.1:4222`
 //! for NATS.
 
-use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
 use event_bus::{BusConfig, Envelope};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay, PgInbox};
 use event_bus_testkit::postgres::TestPostgres;
@@ -85,17 +85,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .handler(Handler::new(
             "welcome-mail",
             "auth.events.user.created",
-            |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-                Box::pin(async move {
-                    sqlx::query("INSERT INTO welcome_mails (user_id, email) VALUES ($1, $2)")
-                        .bind(e.data.user_id)
-                        .bind(&e.data.email)
-                        .execute(&mut **tx)
-                        .await
-                        .map(|_| Outcome::Ack)
-                        .unwrap_or_else(Outcome::retry)
-                })
-            },
+            boxed(
+                |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO welcome_mails (user_id, email) VALUES ($1, $2)")
+                            .bind(e.data.user_id)
+                            .bind(&e.data.email)
+                            .execute(&mut **tx)
+                            .await
+                            .map(|_| Outcome::Ack)
+                            .unwrap_or_else(Outcome::retry)
+                    })
+                },
+            ),
         ))
         .build()
         .spawn()

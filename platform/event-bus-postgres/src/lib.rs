@@ -10,7 +10,7 @@
 //! handler's transaction: a `PgPool` of another sqlx version is another type.
 //!
 //! ```no_run
-//! use event_bus::runner::{Event, Handler, Outcome, Runner};
+//! use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
 //! use event_bus_postgres::{sqlx, PgInbox};
 //! # async fn example(bus: std::sync::Arc<dyn event_bus::EventBus>, pool: sqlx::PgPool) -> Result<(), event_bus::BusError> {
 //! #[derive(serde::Deserialize)]
@@ -21,7 +21,7 @@
 //! let runner = Runner::builder(bus, "billing")
 //!     .inbox(inbox)
 //!     .handler(Handler::new("record-revenue", "orders.placed",
-//!         |e: Event<'_, OrderPlaced>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
+//!         boxed(|e: Event<'_, OrderPlaced>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
 //!             sqlx::query("INSERT INTO revenue (order_id, cents) VALUES ($1, $2)")
 //!                 .bind(&e.data.order_id)
 //!                 .bind(e.data.cents)
@@ -29,7 +29,7 @@
 //!                 .await
 //!                 .map(|_| ())
 //!                 .into()
-//!         })))
+//!         }))))
 //!     .build();
 //! # Ok(()) }
 //! ```

@@ -15,7 +15,7 @@
 //! `OUTBOX_CHAOS_SEED` when set (the timing of the run is not reproduced).
 
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
+use event_bus::runner::{boxed, Event, Handler, RetryPolicy, Runner};
 use event_bus::{
     BusError, ConsumerConfig, Envelope, ErrorKind, EventBus, PublishAck, PublishFuture,
     StartPosition, Subscription,
@@ -221,17 +221,19 @@ async fn chaos(strict: bool) {
             Handler::new(
                 "record",
                 "chaos.>",
-                |e: Event<'_, Ev>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO effects (writer, n) VALUES ($1, $2)")
-                            .bind(e.data.writer)
-                            .bind(e.data.n)
-                            .execute(&mut **tx)
-                            .await
-                            .map(|_| ())
-                            .into()
-                    })
-                },
+                boxed(
+                    |e: Event<'_, Ev>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO effects (writer, n) VALUES ($1, $2)")
+                                .bind(e.data.writer)
+                                .bind(e.data.n)
+                                .execute(&mut **tx)
+                                .await
+                                .map(|_| ())
+                                .into()
+                        })
+                    },
+                ),
             )
             .retry(
                 RetryPolicy::new(50, Duration::from_millis(5))

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, Inbox, Outcome, RetryPolicy, Runner};
+use event_bus::runner::{boxed, Event, Handler, Inbox, Outcome, RetryPolicy, Runner};
 use event_bus::{BusError, Envelope, ErrorKind, EventBus, InMemoryBus, MemoryConfig};
 use event_bus_postgres::PgInbox;
 use event_bus_testkit::nats_server::NatsServer;
@@ -86,25 +86,27 @@ fn handler(fail_rate: f64) -> Handler<Job, sqlx::Transaction<'static, sqlx::Post
     Handler::new(
         "record",
         "work.*",
-        move |e: Event<'_, Job>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
-            Box::pin(async move {
-                if e.data.poison {
-                    return Outcome::retry("poison event");
-                }
-                let written = sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
-                    .bind(e.data.id)
-                    .execute(&mut **tx)
-                    .await;
-                if let Err(err) = written {
-                    return Outcome::retry(err);
-                }
-                // Fail after the write: the rollback must undo it.
-                if fail_rate > 0.0 && rand_unit() < fail_rate {
-                    return Outcome::retry("random failure");
-                }
-                Outcome::Ack
-            })
-        },
+        boxed(
+            move |e: Event<'_, Job>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+                Box::pin(async move {
+                    if e.data.poison {
+                        return Outcome::retry("poison event");
+                    }
+                    let written = sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                        .bind(e.data.id)
+                        .execute(&mut **tx)
+                        .await;
+                    if let Err(err) = written {
+                        return Outcome::retry(err);
+                    }
+                    // Fail after the write: the rollback must undo it.
+                    if fail_rate > 0.0 && rand_unit() < fail_rate {
+                        return Outcome::retry("random failure");
+                    }
+                    Outcome::Ack
+                })
+            },
+        ),
     )
     .retry(RetryPolicy::new(20, Duration::from_millis(1)).max_backoff(Duration::from_millis(20)))
 }

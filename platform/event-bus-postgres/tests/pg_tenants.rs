@@ -33,10 +33,10 @@ async fn tenants_sharing_an_inbox_table_never_collide() {
         // Same runner and handler names, same given id: only the tenant differs.
         let runner = Runner::builder(bus.clone(), "billing")
             .inbox(PgInbox::new(pool.clone()))
-            .handler(Handler::sync(
+            .handler(Handler::new(
                 "orders",
                 "orders.>",
-                move |e: Event<'_, Order>, _tx| {
+                move |e: Event<'_, Order>, _tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
                     seen.lock().push(e.data.tenant.clone());
                     Outcome::Ack
                 },

@@ -269,7 +269,7 @@ async fn wait_for_mails(pool: &PgPool, n: i64) {
 /// composed service below starts too.
 #[rustfmt::skip] // the README's block, verbatim
 async fn readme_runner(bus: Arc<dyn EventBus>, pool: PgPool) -> Result<event_bus::runner::RunnerHandle, Error> {
-    use event_bus::runner::{Event, Handler, RetryPolicy, Runner};
+    use event_bus::runner::{boxed, Event, Handler, RetryPolicy, Runner};
     use event_bus_postgres::PgInbox;
 
     #[derive(serde::Deserialize)]
@@ -281,12 +281,12 @@ async fn readme_runner(bus: Arc<dyn EventBus>, pool: PgPool) -> Result<event_bus
         .inbox(inbox)                                                // exactly-once effects
         .concurrency(8)
         .handler(Handler::new("welcome-mail", "auth.events.user.created",
-            |e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
+            boxed(|e: Event<'_, UserCreated>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| Box::pin(async move {
                 sqlx::query("INSERT INTO outgoing_mail (user_id, email) VALUES ($1, $2)")
                     .bind(e.data.user_id).bind(&e.data.email)
                     .execute(&mut **tx).await
                     .map(|_| ()).into()                              // Err => retry
-            }))
+            })))
             .retry(RetryPolicy::new(5, Duration::from_millis(200)))
             .key(|u: &UserCreated| u.user_id.to_string()))          // per-key order
         .build()
@@ -328,7 +328,7 @@ async fn handler_from_fn() -> Result<(), Error> {
     inbox.migrate().await?;
     let runner = Runner::builder(bus.clone(), "auth-mailer").inbox(inbox)
     // ...
-        .handler(Handler::from_fn("welcome-mail", "auth.events.user.created", welcome_mail))
+        .handler(Handler::new("welcome-mail", "auth.events.user.created", welcome_mail))
         .build()
         .spawn()
         .await?;
@@ -346,8 +346,8 @@ async fn handler_sync() -> Result<(), Error> {
     let projection = Arc::new(Mutex::new(HashMap::new()));
     let p = projection.clone();
     Runner::builder(bus.clone(), "user-directory")
-        .handler(Handler::sync("project", "auth.events.user.>",
-            move |e: Event<'_, UserCreated>, _tx| {
+        .handler(Handler::new("project", "auth.events.user.>",
+            move |e: Event<'_, UserCreated>, _tx: &mut ()| {
                 p.lock().insert(e.data.user_id, e.data.email.clone());
                 Outcome::Ack
             }))

@@ -7,7 +7,7 @@
 
 use axum::body::Bytes;
 use event_bus::nats::StreamSpec;
-use event_bus::runner::{Event, Handler, Outcome, Runner};
+use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
 use event_bus::{Envelope, EventBus, NatsBus, StartPosition};
 use event_bus_postgres::{Outbox, OutboxRelay};
 use event_bus_testkit::nats_server::NatsServer;
@@ -178,7 +178,7 @@ async fn traced_runner(
         .handler(Handler::new(
             "record",
             pattern,
-            move |e: Event<'_, serde_json::Value>, _tx: &mut ()| {
+            boxed(move |e: Event<'_, serde_json::Value>, _tx: &mut ()| {
                 let current = || {
                     tracing::Span::current()
                         .context()
@@ -194,7 +194,7 @@ async fn traced_runner(
                     let _ = tx.send((subject, current()));
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .start(StartPosition::All)
         .build()

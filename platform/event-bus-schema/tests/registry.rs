@@ -722,10 +722,10 @@ async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let runner = Runner::builder(inner.clone(), "mailer")
         .check(SchemaCheck::new(registry.clone()))
-        .handler(Handler::sync(
+        .handler(Handler::new(
             "welcome",
             "auth.events.>",
-            move |e: Event<'_, Value>, _tx| {
+            move |e: Event<'_, Value>, _tx: &mut ()| {
                 let _ = tx.send(e.data["user_id"].to_string());
                 Outcome::Ack
             },

@@ -2,7 +2,9 @@
 //! with the in-memory inbox. PostgreSQL scenarios are in event-bus-postgres.
 
 use event_bus::consumer::dlq;
-use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, RetryPolicy, Runner, RunnerHandle};
+use event_bus::runner::{
+    boxed, Event, Handler, MemoryInbox, Outcome, RetryPolicy, Runner, RunnerHandle, State,
+};
 use event_bus::{Envelope, EventBus, InMemoryBus, NatsBus};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;
@@ -66,20 +68,24 @@ async fn fails_twice_then_succeeds(b: Backend) {
     let runner = Runner::builder(b.bus.clone(), "flaky")
         .inbox(MemoryInbox::default())
         .handler(
-            Handler::new("h", "flaky.jobs", move |ev: Event<'_, Job>, _tx| {
-                let (a, e, numbers) = (a.clone(), e.clone(), numbers.clone());
-                Box::pin(async move {
-                    let n = a.fetch_add(1, Ordering::SeqCst) + 1;
-                    // Checked after the run: a failing assertion in a
-                    // handler would only be a caught panic (a retry).
-                    numbers.lock().push(ev.attempt);
-                    if n <= 2 {
-                        return Outcome::retry(format!("transient failure {n}"));
-                    }
-                    e.fetch_add(1, Ordering::SeqCst);
-                    Outcome::Ack
-                })
-            })
+            Handler::new(
+                "h",
+                "flaky.jobs",
+                boxed(move |ev: Event<'_, Job>, _tx| {
+                    let (a, e, numbers) = (a.clone(), e.clone(), numbers.clone());
+                    Box::pin(async move {
+                        let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                        // Checked after the run: a failing assertion in a
+                        // handler would only be a caught panic (a retry).
+                        numbers.lock().push(ev.attempt);
+                        if n <= 2 {
+                            return Outcome::retry(format!("transient failure {n}"));
+                        }
+                        e.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Ack
+                    })
+                }),
+            )
             .retry(fast_retries(5)),
         )
         .build();
@@ -103,15 +109,19 @@ async fn a_panic_is_caught_and_retried(b: Backend) {
     let a = attempts.clone();
     let runner = Runner::builder(b.bus.clone(), "panicky")
         .handler(
-            Handler::new("h", "panic.x", move |_ev: Event<'_, Job>, _tx| {
-                let a = a.clone();
-                Box::pin(async move {
-                    if a.fetch_add(1, Ordering::SeqCst) == 0 {
-                        panic!("handler bug on the first attempt");
-                    }
-                    Outcome::Ack
-                })
-            })
+            Handler::new(
+                "h",
+                "panic.x",
+                boxed(move |_ev: Event<'_, Job>, _tx| {
+                    let a = a.clone();
+                    Box::pin(async move {
+                        if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                            panic!("handler bug on the first attempt");
+                        }
+                        Outcome::Ack
+                    })
+                }),
+            )
             .retry(fast_retries(3)),
         )
         .build();
@@ -137,17 +147,21 @@ async fn always_fails_is_dead_lettered_and_replayable(b: Backend) {
     let (a, h) = (attempts.clone(), healed.clone());
     let runner = Runner::builder(b.bus.clone(), "broken")
         .handler(
-            Handler::new("charge", "pay.*", move |_ev: Event<'_, Job>, _tx| {
-                let (a, h) = (a.clone(), h.clone());
-                Box::pin(async move {
-                    a.fetch_add(1, Ordering::SeqCst);
-                    if h.load(Ordering::SeqCst) {
-                        Outcome::Ack
-                    } else {
-                        Err::<(), _>("card declined").into()
-                    }
-                })
-            })
+            Handler::new(
+                "charge",
+                "pay.*",
+                boxed(move |_ev: Event<'_, Job>, _tx| {
+                    let (a, h) = (a.clone(), h.clone());
+                    Box::pin(async move {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        if h.load(Ordering::SeqCst) {
+                            Outcome::Ack
+                        } else {
+                            Err::<(), _>("card declined").into()
+                        }
+                    })
+                }),
+            )
             .retry(fast_retries(3)),
         )
         .build();
@@ -203,13 +217,13 @@ async fn undecodable_is_dead_lettered_at_once(b: Backend) {
         .handler(Handler::new(
             "h",
             "dec.x",
-            move |_ev: Event<'_, Job>, _tx| {
+            boxed(move |_ev: Event<'_, Job>, _tx| {
                 let a = a.clone();
                 Box::pin(async move {
                     a.fetch_add(1, Ordering::SeqCst);
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build();
     let mut dead = runner.dead_letters().await.unwrap();
@@ -239,19 +253,23 @@ async fn per_key_order_with_concurrency_8(b: Backend) {
     let runner = Runner::builder(b.bus.clone(), "ordered")
         .concurrency(8)
         .handler(
-            Handler::new("h", "ord.>", move |ev: Event<'_, Job>, _tx| {
-                let (s, d) = (s.clone(), d.clone());
-                Box::pin(async move {
-                    // Uneven work so that out-of-order completion would show.
-                    tokio::time::sleep(Duration::from_micros((ev.data.id * 7919) % 3000)).await;
-                    s.lock()
-                        .entry(ev.data.key.clone())
-                        .or_default()
-                        .push(ev.data.id);
-                    d.fetch_add(1, Ordering::SeqCst);
-                    Outcome::Ack
-                })
-            })
+            Handler::new(
+                "h",
+                "ord.>",
+                boxed(move |ev: Event<'_, Job>, _tx| {
+                    let (s, d) = (s.clone(), d.clone());
+                    Box::pin(async move {
+                        // Uneven work so that out-of-order completion would show.
+                        tokio::time::sleep(Duration::from_micros((ev.data.id * 7919) % 3000)).await;
+                        s.lock()
+                            .entry(ev.data.key.clone())
+                            .or_default()
+                            .push(ev.data.id);
+                        d.fetch_add(1, Ordering::SeqCst);
+                        Outcome::Ack
+                    })
+                }),
+            )
             .key(|j: &Job| j.key.clone()),
         )
         .build();
@@ -303,21 +321,25 @@ async fn graceful_shutdown_loses_nothing(b: Backend) {
                 .concurrency(4)
                 .shutdown_timeout(Duration::from_millis(50))
                 .ack_wait(Duration::from_secs(10))
-                .handler(Handler::new("h", "gs.*", move |ev: Event<'_, Job>, _tx| {
-                    let (effects, in_flight) = (effects.clone(), in_flight.clone());
-                    Box::pin(async move {
-                        if slow && ev.data.id.is_multiple_of(10) {
-                            // Far beyond the shutdown deadline: cut short.
-                            in_flight.lock().push(ev.data.id);
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                            in_flight.lock().retain(|&i| i != ev.data.id);
-                        } else {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        *effects.lock().entry(ev.data.id).or_default() += 1;
-                        Outcome::Ack
-                    })
-                }))
+                .handler(Handler::new(
+                    "h",
+                    "gs.*",
+                    boxed(move |ev: Event<'_, Job>, _tx| {
+                        let (effects, in_flight) = (effects.clone(), in_flight.clone());
+                        Box::pin(async move {
+                            if slow && ev.data.id.is_multiple_of(10) {
+                                // Far beyond the shutdown deadline: cut short.
+                                in_flight.lock().push(ev.data.id);
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                in_flight.lock().retain(|&i| i != ev.data.id);
+                            } else {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            *effects.lock().entry(ev.data.id).or_default() += 1;
+                            Outcome::Ack
+                        })
+                    }),
+                ))
                 .build()
         };
     let handle = start(make(effects.clone(), slow_in_flight.clone(), true)).await;
@@ -378,14 +400,14 @@ async fn long_handlers_are_kept_alive(b: Backend) {
         .handler(Handler::new(
             "h",
             "long.e",
-            move |ev: Event<'_, Job>, _tx| {
+            boxed(move |ev: Event<'_, Job>, _tx| {
                 let s = s.clone();
                 Box::pin(async move {
                     tokio::time::sleep(ack_wait * 3).await;
                     s.lock().push((ev.data.id, ev.delivery_count));
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build();
     let handle = start(runner).await;
@@ -421,7 +443,7 @@ async fn concurrency_bounds_events_in_flight(b: Backend) {
         .handler(Handler::new(
             "h",
             "bound.e",
-            move |_ev: Event<'_, Job>, _tx| {
+            boxed(move |_ev: Event<'_, Job>, _tx| {
                 let (i, m, d) = (i.clone(), m.clone(), d.clone());
                 Box::pin(async move {
                     let now = i.fetch_add(1, Ordering::SeqCst) + 1;
@@ -431,7 +453,7 @@ async fn concurrency_bounds_events_in_flight(b: Backend) {
                     d.fetch_add(1, Ordering::SeqCst);
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build();
     let handle = start(runner).await;
@@ -453,10 +475,14 @@ async fn concurrency_bounds_events_in_flight(b: Backend) {
 /// (`keep`) is listed again later, the discarded ones are not.
 async fn dead_letters_list_and_keep(b: Backend) {
     let runner = Runner::builder(b.bus.clone(), "listed")
-        .handler(Handler::new("h", "listed.e", |ev: Event<'_, Job>, _tx| {
-            let id = ev.data.id;
-            Box::pin(async move { Outcome::DeadLetter(format!("refused {id}")) })
-        }))
+        .handler(Handler::new(
+            "h",
+            "listed.e",
+            boxed(|ev: Event<'_, Job>, _tx| {
+                let id = ev.data.id;
+                Box::pin(async move { Outcome::DeadLetter(format!("refused {id}")) })
+            }),
+        ))
         .build();
     let handle = start(runner).await;
     let mut dead = handle.dead_letters().await.unwrap();
@@ -509,39 +535,32 @@ struct User {
     name: String,
 }
 
+/// How often each job or user was seen.
+type Seen = Mutex<HashMap<String, u32>>;
+
+/// Counts a job; waits first, so that its events run as tasks.
+async fn seen_job(seen: State<'_, Arc<Seen>>, ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    *seen.lock().entry(ev.data.id.to_string()).or_default() += 1;
+    Outcome::Ack
+}
+
+/// Counts a user.
+async fn seen_user(seen: State<'_, Arc<Seen>>, ev: Event<'_, User>, _tx: &mut ()) -> Outcome {
+    *seen.lock().entry(ev.data.name.clone()).or_default() += 1;
+    Outcome::Ack
+}
+
 /// Two handlers with different event types in one runner: each gets exactly
 /// its own events. One of them waits (so events queue behind it as tasks);
 /// both carry state with `Handler::with_state`.
 async fn several_handlers_each_get_their_events(b: Backend) {
-    type Seen = Mutex<HashMap<String, u32>>;
     let jobs: Arc<Seen> = Arc::default();
     let users: Arc<Seen> = Arc::default();
     let runner = Runner::builder(b.bus.clone(), "multi")
         .concurrency(4)
-        .handler(Handler::with_state(
-            "jobs",
-            "multi.jobs",
-            jobs.clone(),
-            |seen: &Arc<Seen>, ev: Event<'_, Job>, _tx| {
-                Box::pin(async move {
-                    // Waits, so that this handler's events run as tasks.
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    *seen.lock().entry(ev.data.id.to_string()).or_default() += 1;
-                    Outcome::Ack
-                })
-            },
-        ))
-        .handler(Handler::with_state(
-            "users",
-            "multi.users.*",
-            users.clone(),
-            |seen: &Arc<Seen>, ev: Event<'_, User>, _tx| {
-                Box::pin(async move {
-                    *seen.lock().entry(ev.data.name.clone()).or_default() += 1;
-                    Outcome::Ack
-                })
-            },
-        ))
+        .handler(Handler::new("jobs", "multi.jobs", seen_job).with_state(jobs.clone()))
+        .handler(Handler::new("users", "multi.users.*", seen_user).with_state(users.clone()))
         .build();
     let handle = start(runner).await;
     let n = 20u64;
@@ -603,19 +622,25 @@ async fn sync_handlers_have_every_outcome(b: Backend) {
     let runner = Runner::builder(b.bus.clone(), "syncs")
         .concurrency(8)
         .handler(
-            Handler::sync("plain", "sync.plain", move |ev: Event<'_, Job>, _tx| {
-                o1(&ev)
-            })
+            Handler::new(
+                "plain",
+                "sync.plain",
+                move |ev: Event<'_, Job>, _tx: &mut ()| o1(&ev),
+            )
             .retry(fast_retries(3)),
         )
         .handler(
-            Handler::sync("keyed", "sync.keyed", move |ev: Event<'_, Job>, _tx| {
-                let o = o2(&ev);
-                if o == Outcome::Ack {
-                    acked2.lock().push((ev.data.key.clone(), ev.data.id));
-                }
-                o
-            })
+            Handler::new(
+                "keyed",
+                "sync.keyed",
+                move |ev: Event<'_, Job>, _tx: &mut ()| {
+                    let o = o2(&ev);
+                    if o == Outcome::Ack {
+                        acked2.lock().push((ev.data.key.clone(), ev.data.id));
+                    }
+                    o
+                },
+            )
             .key(|j: &Job| j.key.clone())
             .retry(fast_retries(3)),
         )
@@ -684,7 +709,7 @@ struct Ledger {
 }
 
 /// Fails the first attempt of every third event, waits on every fourth.
-async fn ledger_entry(ledger: &Ledger, ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
+async fn ledger_entry(ledger: State<'_, Ledger>, ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
     let n = {
         let mut a = ledger.attempts.lock();
         let n = a.entry(ev.data.id).or_default();
@@ -704,8 +729,8 @@ async fn ledger_entry(ledger: &Ledger, ev: Event<'_, Job>, _tx: &mut ()) -> Outc
 }
 
 /// [`ledger_entry`] on a ledger the test keeps a handle to.
-async fn shared_entry(ledger: &Arc<Ledger>, ev: Event<'_, Job>, tx: &mut ()) -> Outcome {
-    ledger_entry(ledger, ev, tx).await
+async fn shared_entry(ledger: State<'_, Arc<Ledger>>, ev: Event<'_, Job>, tx: &mut ()) -> Outcome {
+    ledger_entry(State(&ledger), ev, tx).await
 }
 
 /// A plain `async fn` handler.
@@ -716,25 +741,27 @@ async fn count_job(ev: Event<'_, Job>, _tx: &mut ()) -> Outcome {
     Outcome::Ack
 }
 
-/// `async fn` handlers (`Handler::from_fn`, `from_fn_with_state`), whose
+/// `async fn` handlers (plain and taking `State`), whose
 /// futures the runner keeps without a box: waiting, retried, keyed and
 /// dead-lettered events all take the same stages as boxed handlers.
 async fn async_fn_handlers_are_run_in_place(b: Backend) {
     let runner = Runner::builder(b.bus.clone(), "fns")
         .concurrency(8)
         .handler(
-            Handler::from_fn_with_state("ledger", "fns.ledger", Ledger::default(), ledger_entry)
+            Handler::new("ledger", "fns.ledger", ledger_entry)
+                .with_state(Ledger::default())
                 .key(|j: &Job| j.key.clone())
                 .retry(fast_retries(3)),
         )
-        .handler(Handler::from_fn("count", "fns.count", count_job));
+        .handler(Handler::new("count", "fns.count", count_job));
     // The ledger is owned by the handler: reach it through a second,
     // shared one for the assertions.
     let shared = Arc::new(Ledger::default());
     let s2 = shared.clone();
     let runner = runner
         .handler(
-            Handler::from_fn_with_state("shared", "fns.shared", s2, shared_entry)
+            Handler::new("shared", "fns.shared", shared_entry)
+                .with_state(s2)
                 .retry(fast_retries(3)),
         )
         .build();
@@ -788,17 +815,21 @@ async fn waiting_behind_a_key_is_kept_alive(b: Backend) {
         .concurrency(8)
         .ack_wait(ack_wait)
         .handler(
-            Handler::new("h", "wait.>", move |ev: Event<'_, Job>, _tx| {
-                let s = s.clone();
-                Box::pin(async move {
-                    if ev.data.id == 1 {
-                        // Five ack waits: the events behind it wait as long.
-                        tokio::time::sleep(ack_wait * 5).await;
-                    }
-                    s.lock().push((ev.data.id, ev.delivery_count));
-                    Outcome::Ack
-                })
-            })
+            Handler::new(
+                "h",
+                "wait.>",
+                boxed(move |ev: Event<'_, Job>, _tx| {
+                    let s = s.clone();
+                    Box::pin(async move {
+                        if ev.data.id == 1 {
+                            // Five ack waits: the events behind it wait as long.
+                            tokio::time::sleep(ack_wait * 5).await;
+                        }
+                        s.lock().push((ev.data.id, ev.delivery_count));
+                        Outcome::Ack
+                    })
+                }),
+            )
             .key(|j: &Job| j.key.clone()),
         )
         .build();
@@ -829,13 +860,17 @@ async fn a_panicking_key_is_dead_lettered(b: Backend) {
     let h = handled.clone();
     let runner = Runner::builder(b.bus.clone(), "badkey")
         .handler(
-            Handler::new("h", "badkey.e", move |ev: Event<'_, Job>, _tx| {
-                let h = h.clone();
-                Box::pin(async move {
-                    h.lock().push(ev.data.id);
-                    Outcome::Ack
-                })
-            })
+            Handler::new(
+                "h",
+                "badkey.e",
+                boxed(move |ev: Event<'_, Job>, _tx| {
+                    let h = h.clone();
+                    Box::pin(async move {
+                        h.lock().push(ev.data.id);
+                        Outcome::Ack
+                    })
+                }),
+            )
             .key(|j: &Job| {
                 assert!(j.id != 2, "no key for event 2");
                 j.key.clone()
@@ -879,7 +914,7 @@ async fn a_dropped_handle_leaves_the_runner_running(b: Backend) {
         .handler(Handler::new(
             "h",
             "det.e",
-            move |ev: Event<'_, Job>, _tx| {
+            boxed(move |ev: Event<'_, Job>, _tx| {
                 let h = h.clone();
                 Box::pin(async move {
                     if ev.data.id == 0 {
@@ -888,7 +923,7 @@ async fn a_dropped_handle_leaves_the_runner_running(b: Backend) {
                     h.fetch_add(1, Ordering::SeqCst);
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build();
     let handle = start(runner).await;
@@ -966,7 +1001,7 @@ async fn shutdown_returns_during_a_nats_outage() {
         .handler(Handler::new(
             "h",
             "outage.e",
-            move |_ev: Event<'_, Job>, _tx| {
+            boxed(move |_ev: Event<'_, Job>, _tx| {
                 let s = s.clone();
                 Box::pin(async move {
                     s.fetch_add(1, Ordering::SeqCst);
@@ -974,7 +1009,7 @@ async fn shutdown_returns_during_a_nats_outage() {
                     tokio::time::sleep(Duration::from_secs(600)).await;
                     Outcome::Ack
                 })
-            },
+            }),
         ))
         .build();
     let handle = start(runner).await;
@@ -1013,14 +1048,18 @@ async fn a_concurrent_duplicate_waits_for_the_claim() {
         let runner = Runner::builder(bus.clone(), "dup")
             .inbox(inbox.clone())
             .handler(
-                Handler::new("h", "dup.e", move |_ev: Event<'_, Job>, _tx| {
-                    let e = e.clone();
-                    Box::pin(async move {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        e.fetch_add(1, Ordering::SeqCst);
-                        Outcome::Ack
-                    })
-                })
+                Handler::new(
+                    "h",
+                    "dup.e",
+                    boxed(move |_ev: Event<'_, Job>, _tx| {
+                        let e = e.clone();
+                        Box::pin(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            e.fetch_add(1, Ordering::SeqCst);
+                            Outcome::Ack
+                        })
+                    }),
+                )
                 .retry(fast_retries(2)),
             )
             .build();

@@ -361,7 +361,7 @@ pub(super) fn record_duration(histogram: &metrics::Histogram, started: Option<st
     }
 }
 
-/// Calls a [`Handler::sync`](super::Handler::sync) handler with the event:
+/// Calls a sync closure handler with the event:
 /// its outcome (or its panic), in its process span when a `tracing`
 /// dispatcher is set.
 #[inline]

@@ -63,7 +63,7 @@ impl RunnerOptions {
 /// use event_bus::runner::{Event, Handler, MemoryInbox, Outcome, Runner};
 /// # let bus: std::sync::Arc<dyn event_bus::EventBus> = std::sync::Arc::new(event_bus::InMemoryBus::new());
 /// let runner = Runner::builder(bus, "r")
-///     .handler(Handler::sync("h", "x.y", |_e: Event<'_, u64>, _tx| Outcome::Ack))
+///     .handler(Handler::new("h", "x.y", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack))
 ///     .inbox(MemoryInbox::default()); // error: no method `inbox` once a handler is added
 /// ```
 pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {

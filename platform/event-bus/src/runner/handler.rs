@@ -1,28 +1,43 @@
-//! Handlers: what the runner calls for each event, and the ways to write one.
+//! Handlers: what the runner calls for each event, and the shapes of
+//! function [`Handler::new`] takes (through [`IntoHandlerFn`], implemented
+//! for each; the shape is inferred).
 //!
-//! | constructor | the function | per event |
-//! |---|---|---|
-//! | [`Handler::from_fn`] | an `async fn(Event<'_, T>, &mut Tx) -> Outcome` | no allocation |
-//! | [`Handler::from_fn_with_state`] | an `async fn(&S, Event<'_, T>, &mut Tx) -> Outcome` | no allocation |
-//! | [`Handler::sync`] | a closure returning the [`Outcome`] at once | no allocation |
-//! | [`Handler::new`] | a closure returning `Box::pin(async move { ... })` | one box |
-//! | [`Handler::with_state`] | the same, borrowing state | one box |
+//! | the function | per event |
+//! |---|---|
+//! | an `async fn(Event<'_, T>, &mut Tx) -> Outcome` | no allocation |
+//! | an `async fn(State<'_, S>, Event<'_, T>, &mut Tx) -> Outcome`, then [`Handler::with_state`] | no allocation |
+//! | a closure `\|e: Event<'_, T>, tx: &mut Tx\| -> Outcome`, returning at once | no allocation |
+//! | [`boxed`]`(\|e, tx\| Box::pin(async move { ... }))` | one box |
 //!
-//! Closures that return an async block have to box it: the future borrows
-//! the event, and stable Rust cannot tie a closure's returned future to the
-//! lifetime of its arguments, nor state that an async closure's future is
-//! `Send`. A named `async fn` has no such problem, so [`Handler::from_fn`]
-//! keeps its future in place, without a box. A closure given to `from_fn`
-//! whose async block uses the event does not compile (rustc 1.9x says
-//! "lifetime may not live long enough"): name the function instead.
+//! State is passed the way axum passes it: the function's first parameter
+//! is a [`State`], and the handler gets the state once, with
+//! [`Handler::with_state`]. A closure captures its state instead.
+//!
+//! Closures that return an async block have to box it, through [`boxed`]:
+//! the future borrows the event, and stable Rust cannot tie a closure's
+//! returned future to the lifetime of its arguments through a generic
+//! bound. A named `async fn` has no such problem and is kept in place,
+//! without a box. Such a closure given to [`Handler::new`] directly does
+//! not compile: name the function, or wrap the closure in [`boxed`].
 //!
 //! ```compile_fail
 //! use event_bus::runner::{Event, Handler, Outcome};
-//! let h: Handler<u64, (), _> = Handler::from_fn("h", "x.y",
+//! let h = Handler::new("h", "x.y",
 //!     |e: Event<'_, u64>, _tx: &mut ()| async move { println!("{}", e.data); Outcome::Ack });
 //! ```
 //!
-//! Every kind gets the same stages (decode, de-duplication, retries, dead
+//! A function taking [`State`] is not a handler the runner takes until its
+//! state is given:
+//!
+//! ```compile_fail
+//! use event_bus::runner::{Event, Handler, Outcome, Runner, State};
+//! async fn count(n: State<'_, u64>, _e: Event<'_, u64>, _tx: &mut ()) -> Outcome { Outcome::Ack }
+//! let bus: std::sync::Arc<dyn event_bus::EventBus> =
+//!     std::sync::Arc::new(event_bus::InMemoryBus::new());
+//! let r = Runner::builder(bus, "r").handler(Handler::new("h", "x.y", count)).build();
+//! ```
+//!
+//! Every shape gets the same stages (decode, de-duplication, retries, dead
 //! letters, shutdown); see the [runner](super).
 
 use super::{Outcome, RetryPolicy};
@@ -46,8 +61,8 @@ pub struct Event<'a, T> {
 
 pub(crate) type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
 
-/// What calling a handler function gives: the outcome at once (a
-/// [`Handler::sync`] function) or a future of it.
+/// What calling a handler function gives: the outcome at once (a sync
+/// closure) or a future of it.
 #[doc(hidden)]
 pub enum Call<F> {
     /// The outcome, at once.
@@ -60,8 +75,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A handler function as the runner calls it. The [`Handler`] constructors
-/// build the types that implement it; it cannot be implemented elsewhere.
+/// A handler function as the runner calls it. [`Handler::new`] builds the
+/// types that implement it; it cannot be implemented elsewhere.
 pub trait HandlerFn<T, Tx>: sealed::Sealed + Send + Sync + 'static {
     /// The future of one call.
     #[doc(hidden)]
@@ -77,8 +92,7 @@ pub trait HandlerFn<T, Tx>: sealed::Sealed + Send + Sync + 'static {
 }
 
 /// A handler function behind a pointer, returning a boxed future or its
-/// outcome at once: what [`Handler::new`], [`Handler::with_state`] and
-/// [`Handler::sync`] build.
+/// outcome at once: what a sync closure and [`boxed`] become.
 pub struct Boxed<T, Tx>(Arc<dyn DynCall<T, Tx>>);
 
 /// The object-safe form of a [`Boxed`] function.
@@ -96,7 +110,7 @@ impl<T: 'static, Tx: 'static> HandlerFn<T, Tx> for Boxed<T, Tx> {
     }
 }
 
-/// A function that returns the outcome at once ([`Handler::sync`]).
+/// A closure that returns the outcome at once.
 struct Immediate<F>(F);
 
 impl<T, Tx, F> DynCall<T, Tx> for Immediate<F>
@@ -108,7 +122,7 @@ where
     }
 }
 
-/// A function of the event alone ([`Handler::new`]).
+/// A closure returning a boxed future ([`boxed`]).
 struct Plain<F>(F);
 
 impl<T, Tx, F> DynCall<T, Tx> for Plain<F>
@@ -120,19 +134,17 @@ where
     }
 }
 
-/// A function that borrows state the handler owns ([`Handler::with_state`]).
-struct Stateful<S, F> {
-    state: S,
-    f: F,
-}
+/// The state a handler borrows for the whole event, given once with
+/// [`Handler::with_state`]: the first parameter of an
+/// `async fn(State<'_, S>, Event<'_, T>, &mut Tx) -> Outcome`, as axum's
+/// `State` extractor. It dereferences to `S`.
+pub struct State<'a, S>(pub &'a S);
 
-impl<T, Tx, S, F> DynCall<T, Tx> for Stateful<S, F>
-where
-    S: Send + Sync,
-    F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync,
-{
-    fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Call<BoxFuture<'a, Outcome>> {
-        Call::Later((self.f)(&self.state, e, tx))
+impl<S> std::ops::Deref for State<'_, S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        self.0
     }
 }
 
@@ -159,28 +171,27 @@ where
 }
 
 /// An async function of state and an event:
-/// `async fn(&S, Event<'_, T>, &mut Tx) -> Outcome` with a `Send` future.
+/// `async fn(State<'_, S>, Event<'_, T>, &mut Tx) -> Outcome` with a `Send` future.
 pub trait AsyncStateHandlerFn<'a, S: 'a, T: 'a, Tx: 'a>: Send + Sync + 'static {
     /// The function's future.
     type Future: Future<Output = Outcome> + Send + 'a;
     /// Calls the function.
-    fn call(&self, state: &'a S, e: Event<'a, T>, tx: &'a mut Tx) -> Self::Future;
+    fn call(&self, state: State<'a, S>, e: Event<'a, T>, tx: &'a mut Tx) -> Self::Future;
 }
 
 impl<'a, S: 'a, T: 'a, Tx: 'a, F, Fut> AsyncStateHandlerFn<'a, S, T, Tx> for F
 where
-    F: Fn(&'a S, Event<'a, T>, &'a mut Tx) -> Fut + Send + Sync + 'static,
+    F: Fn(State<'a, S>, Event<'a, T>, &'a mut Tx) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'a,
 {
     type Future = Fut;
 
-    fn call(&self, state: &'a S, e: Event<'a, T>, tx: &'a mut Tx) -> Fut {
+    fn call(&self, state: State<'a, S>, e: Event<'a, T>, tx: &'a mut Tx) -> Fut {
         self(state, e, tx)
     }
 }
 
-/// An `async fn` handler ([`Handler::from_fn`]): its future is kept in
-/// place, without a box.
+/// An `async fn` handler: its future is kept in place, without a box.
 pub struct FromFn<F>(F);
 
 impl<F> sealed::Sealed for FromFn<F> {}
@@ -196,7 +207,14 @@ where
     }
 }
 
-/// An `async fn` handler with state ([`Handler::from_fn_with_state`]).
+/// An `async fn` handler taking [`State`], before its state is given:
+/// the runner does not take it until [`Handler::with_state`] has been called.
+pub struct NeedsState<S, F> {
+    f: F,
+    _state: std::marker::PhantomData<fn() -> S>,
+}
+
+/// An `async fn` handler taking [`State`], with its state.
 pub struct FromFnWithState<S, F> {
     state: S,
     f: F,
@@ -212,18 +230,117 @@ where
     type Future<'a> = <F as AsyncStateHandlerFn<'a, S, T, Tx>>::Future;
 
     fn call<'a>(&'a self, e: Event<'a, T>, tx: &'a mut Tx) -> Call<Self::Future<'a>> {
-        Call::Later(self.f.call(&self.state, e, tx))
+        Call::Later(self.f.call(State(&self.state), e, tx))
     }
 }
 
+/// Which shape of function a handler is (the `M` of [`IntoHandlerFn`]):
+/// inferred, never written.
+#[doc(hidden)]
+pub mod shape {
+    /// `async fn(Event<'_, T>, &mut Tx) -> Outcome`.
+    pub struct Async;
+    /// `async fn(State<'_, S>, Event<'_, T>, &mut Tx) -> Outcome`.
+    pub struct AsyncWithState<S>(std::marker::PhantomData<fn() -> S>);
+    /// `|e: Event<'_, T>, tx: &mut Tx| -> Outcome`.
+    pub struct Sync;
+    /// A [`boxed`](super::boxed) closure.
+    pub struct Boxed;
+}
+
+/// What [`Handler::new`] takes: any function of one of the shapes of the
+/// [module docs](self). Implemented for every such function; `M` (the
+/// shape) is inferred.
+pub trait IntoHandlerFn<T, Tx, M>: Sized {
+    /// The function as the runner keeps it.
+    #[doc(hidden)]
+    type Fn;
+    /// Whether the function returns its outcome at once, without a future.
+    #[doc(hidden)]
+    const SYNC: bool = false;
+    /// Converts the function.
+    #[doc(hidden)]
+    fn into_fn(self) -> Self::Fn;
+}
+
+impl<T: 'static, Tx: 'static, F> IntoHandlerFn<T, Tx, shape::Async> for F
+where
+    F: for<'a> AsyncHandlerFn<'a, T, Tx>,
+{
+    type Fn = FromFn<F>;
+
+    fn into_fn(self) -> FromFn<F> {
+        FromFn(self)
+    }
+}
+
+impl<T: 'static, Tx: 'static, S: 'static, F> IntoHandlerFn<T, Tx, shape::AsyncWithState<S>> for F
+where
+    F: for<'a> AsyncStateHandlerFn<'a, S, T, Tx>,
+{
+    type Fn = NeedsState<S, F>;
+
+    fn into_fn(self) -> NeedsState<S, F> {
+        NeedsState {
+            f: self,
+            _state: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: 'static, Tx: 'static, F> IntoHandlerFn<T, Tx, shape::Sync> for F
+where
+    F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> Outcome + Send + Sync + 'static,
+{
+    type Fn = Boxed<T, Tx>;
+    const SYNC: bool = true;
+
+    fn into_fn(self) -> Boxed<T, Tx> {
+        Boxed(Arc::new(Immediate(self)))
+    }
+}
+
+impl<T, Tx> IntoHandlerFn<T, Tx, shape::Boxed> for Boxed<T, Tx> {
+    type Fn = Boxed<T, Tx>;
+
+    fn into_fn(self) -> Boxed<T, Tx> {
+        self
+    }
+}
+
+/// A closure returning `Box::pin(async move { ... })`, for [`Handler::new`].
+///
+/// Only a closure whose async block uses the event needs it: stable Rust
+/// cannot tie a closure's returned future to the lifetime of its arguments
+/// through a generic bound, so such a closure given to [`Handler::new`]
+/// directly does not compile; `boxed` states the closure's signature for
+/// it. A named `async fn` needs no box.
+///
+/// ```
+/// use event_bus::runner::{boxed, Event, Handler, Outcome};
+///
+/// let h = Handler::new("h", "x.y", boxed(|e: Event<'_, u64>, _tx: &mut ()| Box::pin(async move {
+///     println!("{}", e.data);
+///     Outcome::Ack
+/// })));
+/// ```
+pub fn boxed<T, Tx, F>(f: F) -> Boxed<T, Tx>
+where
+    T: 'static,
+    Tx: 'static,
+    F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync + 'static,
+{
+    Boxed(Arc::new(Plain(f)))
+}
+
 /// A typed handler: a name, a subject pattern and a function (see the
-/// [module docs](self) for the ways to write one).
+/// [module docs](self) for the shapes a function can have).
 pub struct Handler<T, Tx, F = Boxed<T, Tx>> {
     pub(crate) name: String,
     pub(crate) pattern: String,
     pub(crate) retry: RetryPolicy,
     pub(crate) f: F,
-    /// Whether `f` returns its outcome at once ([`Handler::sync`]).
+    /// Whether `f` returns its outcome at once (a sync closure).
     pub(crate) sync: bool,
     pub(crate) key: Option<Arc<KeyFn<T>>>,
     _tx: std::marker::PhantomData<fn(&mut Tx)>,
@@ -237,100 +354,8 @@ where
     /// A handler named `name` (it names the durable consumer
     /// `<runner>-<name>` and appears in dead letters) for `pattern`. `f` gets
     /// the decoded event and the inbox's unit of work (`&mut Transaction` with
-    /// the PostgreSQL inbox) and returns an [`Outcome`]; write it as
-    /// `|e, tx| Box::pin(async move { ... })`. (An `async fn` given to
-    /// [`from_fn`](Handler::from_fn) needs no box.)
-    pub fn new<F>(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self
-    where
-        F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome> + Send + Sync + 'static,
-    {
-        Handler::build(name.into(), pattern.into(), Boxed(Arc::new(Plain(f))))
-    }
-
-    /// Like [`new`](Self::new), for a handler with state (a connection
-    /// pool, a client, counters): `f` borrows `state` for the whole event,
-    /// so nothing has to be cloned per event.
-    ///
-    /// ```
-    /// use event_bus::runner::{Event, Handler, Outcome};
-    /// use std::sync::atomic::{AtomicU64, Ordering};
-    ///
-    /// #[derive(serde::Deserialize)]
-    /// struct Paid { cents: u64 }
-    ///
-    /// let h: Handler<Paid, ()> = Handler::with_state(
-    ///     "revenue",
-    ///     "billing.paid",
-    ///     AtomicU64::new(0),
-    ///     |total: &AtomicU64, e: Event<'_, Paid>, _tx| Box::pin(async move {
-    ///         total.fetch_add(e.data.cents, Ordering::Relaxed);
-    ///         Outcome::Ack
-    ///     }),
-    /// );
-    /// ```
-    pub fn with_state<S, F>(
-        name: impl Into<String>,
-        pattern: impl Into<String>,
-        state: S,
-        f: F,
-    ) -> Self
-    where
-        S: Send + Sync + 'static,
-        F: for<'a> Fn(&'a S, Event<'a, T>, &'a mut Tx) -> BoxFuture<'a, Outcome>
-            + Send
-            + Sync
-            + 'static,
-    {
-        Handler::build(
-            name.into(),
-            pattern.into(),
-            Boxed(Arc::new(Stateful { state, f })),
-        )
-    }
-
-    /// A handler whose function returns its [`Outcome`] at once, without a
-    /// future: the shape of the spec's hand-written loop
-    /// (`match handle_event(&msg)`), for handlers that do not wait for
-    /// anything (update in-process state, count, route). It gets the same
-    /// stages as an async handler (decode, de-duplication, retries with
-    /// backoff, dead letters, shutdown) and costs less per event: no
-    /// future is allocated for it, and without a de-duplicating inbox an
-    /// event it acknowledges is handled without any per-event state of the
-    /// runner's. It runs on the runner's task, so it must not block. State
-    /// is captured by the closure (it is borrowed per call, never cloned).
-    ///
-    /// ```
-    /// use event_bus::runner::{Event, Handler, Outcome};
-    /// use std::sync::atomic::{AtomicU64, Ordering};
-    ///
-    /// #[derive(serde::Deserialize)]
-    /// struct Paid { cents: u64 }
-    ///
-    /// let total = AtomicU64::new(0);
-    /// let h: Handler<Paid, ()> = Handler::sync("revenue", "billing.paid",
-    ///     move |e: Event<'_, Paid>, _tx| {
-    ///         total.fetch_add(e.data.cents, Ordering::Relaxed);
-    ///         Outcome::Ack
-    ///     });
-    /// ```
-    pub fn sync<F>(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self
-    where
-        F: for<'a> Fn(Event<'a, T>, &'a mut Tx) -> Outcome + Send + Sync + 'static,
-    {
-        let mut h = Handler::build(name.into(), pattern.into(), Boxed(Arc::new(Immediate(f))));
-        h.sync = true;
-        h
-    }
-}
-
-impl<T, Tx, F> Handler<T, Tx, FromFn<F>>
-where
-    T: DeserializeOwned + Send + Sync + 'static,
-    Tx: Send + 'static,
-    F: for<'a> AsyncHandlerFn<'a, T, Tx>,
-{
-    /// A handler whose function is an `async fn(Event<'_, T>, &mut Tx) ->
-    /// Outcome`. Its future is kept in place, without a box per event.
+    /// the PostgreSQL inbox) and returns an [`Outcome`]; it is any function
+    /// of the shapes in the [module docs](self).
     ///
     /// ```
     /// use event_bus::runner::{Event, Handler, Outcome};
@@ -343,44 +368,55 @@ where
     ///     Outcome::Ack
     /// }
     ///
-    /// let h = Handler::from_fn("send-welcome", "auth.events.user.created", welcome);
+    /// let h = Handler::new("send-welcome", "auth.events.user.created", welcome);
     /// ```
-    pub fn from_fn(name: impl Into<String>, pattern: impl Into<String>, f: F) -> Self {
-        Handler::build(name.into(), pattern.into(), FromFn(f))
+    pub fn new<M, F>(
+        name: impl Into<String>,
+        pattern: impl Into<String>,
+        f: F,
+    ) -> Handler<T, Tx, F::Fn>
+    where
+        F: IntoHandlerFn<T, Tx, M>,
+    {
+        let mut h = Handler::build(name.into(), pattern.into(), f.into_fn());
+        h.sync = F::SYNC;
+        h
     }
 }
 
-impl<T, Tx, S, F> Handler<T, Tx, FromFnWithState<S, F>>
+impl<T, Tx, S, F> Handler<T, Tx, NeedsState<S, F>>
 where
-    T: DeserializeOwned + Send + Sync + 'static,
-    Tx: Send + 'static,
     S: Send + Sync + 'static,
-    F: for<'a> AsyncStateHandlerFn<'a, S, T, Tx>,
 {
-    /// Like [`from_fn`](Handler::from_fn), for an `async fn(&S, Event<'_,
-    /// T>, &mut Tx) -> Outcome` that borrows `state` for the whole event.
+    /// Gives a handler whose function takes [`State`] its state (a
+    /// connection pool, a client, counters): the function borrows it for
+    /// the whole event, so nothing is cloned per event. The runner takes
+    /// such a handler only once its state is given.
     ///
     /// ```
-    /// use event_bus::runner::{Event, Handler, Outcome};
+    /// use event_bus::runner::{Event, Handler, Outcome, State};
     /// use std::sync::atomic::{AtomicU64, Ordering};
     ///
     /// #[derive(serde::Deserialize)]
     /// struct Paid { cents: u64 }
     ///
-    /// async fn revenue(total: &AtomicU64, e: Event<'_, Paid>, _tx: &mut ()) -> Outcome {
+    /// async fn revenue(total: State<'_, AtomicU64>, e: Event<'_, Paid>, _tx: &mut ()) -> Outcome {
     ///     total.fetch_add(e.data.cents, Ordering::Relaxed);
     ///     Outcome::Ack
     /// }
     ///
-    /// let h = Handler::from_fn_with_state("revenue", "billing.paid", AtomicU64::new(0), revenue);
+    /// let h = Handler::new("revenue", "billing.paid", revenue).with_state(AtomicU64::new(0));
     /// ```
-    pub fn from_fn_with_state(
-        name: impl Into<String>,
-        pattern: impl Into<String>,
-        state: S,
-        f: F,
-    ) -> Self {
-        Handler::build(name.into(), pattern.into(), FromFnWithState { state, f })
+    pub fn with_state(self, state: S) -> Handler<T, Tx, FromFnWithState<S, F>> {
+        Handler {
+            name: self.name,
+            pattern: self.pattern,
+            retry: self.retry,
+            f: FromFnWithState { state, f: self.f.f },
+            sync: false,
+            key: self.key,
+            _tx: std::marker::PhantomData,
+        }
     }
 }
 

@@ -13,15 +13,16 @@
 //! #[derive(serde::Deserialize)]
 //! struct UserCreated { user_id: String }
 //!
+//! async fn welcome(e: Event<'_, UserCreated>, _tx: &mut ()) -> Outcome {
+//!     println!("welcome {}", e.data.user_id);
+//!     Outcome::Ack
+//! }
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), event_bus::BusError> {
 //! let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
 //! let runner = Runner::builder(bus.clone(), "welcome-mails")
-//!     .handler(Handler::new("send-welcome", "auth.events.user.created",
-//!         |e: Event<'_, UserCreated>, _tx| Box::pin(async move {
-//!             println!("welcome {}", e.data.user_id);
-//!             Outcome::Ack
-//!         })))
+//!     .handler(Handler::new("send-welcome", "auth.events.user.created", welcome))
 //!     .build();
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let running = tokio::spawn(runner.run(async { let _ = stopped.await; }));
@@ -30,9 +31,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! A handler can also be a named `async fn` ([`Handler::from_fn`], no box
-//! per event) or a function that returns its outcome at once
-//! ([`Handler::sync`]); see [`handler`] for all five ways to write one.
+//! [`Handler::new`] takes any shape of handler function: a named `async fn`
+//! (kept without a box), one taking [`State`] (given with
+//! [`Handler::with_state`]), a closure that returns its outcome at once,
+//! or a [`boxed`] closure; see [`handler`].
 //!
 //! # Stages, in this fixed order
 //!
@@ -105,7 +107,7 @@ pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_AC
 pub use dead_letters::{DeadLetter, DeadLetterQueue};
 use handle::DeadLetterPlace;
 pub use handle::{RunnerCheck, RunnerHandle};
-pub use handler::{Event, EventCheck, Handler};
+pub use handler::{boxed, Event, EventCheck, Handler, IntoHandlerFn, State};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
 use slot::{Erased, EventSlot, Registered};
 
@@ -751,7 +753,7 @@ mod tests {
     #[test]
     fn max_ack_pending_default_and_set() {
         let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
-        let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
+        let handler = || Handler::new("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
         let window = |r: &Runner| r.consumer_config(r.handlers[0].as_ref()).max_ack_pending;
         let r = Runner::builder(bus.clone(), "r").handler(handler()).build();
         assert_eq!(
@@ -818,7 +820,7 @@ mod tests {
     #[tokio::test]
     async fn ack_wait_beyond_the_limit_is_refused() {
         let bus: Arc<dyn EventBus> = Arc::new(crate::InMemoryBus::new());
-        let handler = || Handler::sync("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
+        let handler = || Handler::new("h", "x.>", |_e: Event<'_, u64>, _tx: &mut ()| Outcome::Ack);
         let err = Runner::builder(bus.clone(), "r")
             .ack_wait(Duration::MAX)
             .handler(handler())
@@ -857,9 +859,11 @@ mod tests {
             inbox_consumer: "r-h".into(),
             system: "memory",
             process_duration: metrics::Histogram::noop(),
-            handler: Handler::new("h", "x", |_e: Event<'_, u64>, _tx: &mut ()| {
-                Box::pin(async { Outcome::Ack })
-            }),
+            handler: Handler::new(
+                "h",
+                "x",
+                boxed(|_e: Event<'_, u64>, _tx| Box::pin(async { Outcome::Ack })),
+            ),
         });
         let msg = BusMessage::new(
             Subject::new("x").unwrap(),

@@ -113,7 +113,7 @@ where
     F: Future<Output = bool> + Send,
     A: Future<Output = Result<(), BusError>> + Send,
 {
-    /// The first attempt of a [`Handler::sync`] handler without a
+    /// The first attempt of a sync closure handler without a
     /// de-duplicating inbox, made at once: the handler's outcome.
     fn call_now(&self, delivery: &Delivery, data: &T, mut tx: I::Tx) -> Result<Outcome, Panic> {
         let started = timer();
