@@ -4,9 +4,6 @@
 //! order, publish it (pipelined, or in per-key chains with
 //! [`strict_order`](OutboxRelayBuilder::strict_order)), remove (or mark) what the bus
 //! acknowledged, count what it refused, wait when there is nothing to do.
-//! While a full batch publishes, the removal of the previous one and the
-//! read of the next one run beside it; the next batch is published only
-//! once this one is settled, without the rows of keys that failed in it.
 //! Several relays (instances of a service) may run: the one holding the
 //! lease works, the others stand by and take over when its lease expires.
 

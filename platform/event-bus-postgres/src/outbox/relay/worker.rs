@@ -66,11 +66,6 @@ pub(super) struct Worker {
     /// The removal of the last published batch, running while the next
     /// batch is read and published.
     removing: Option<Removal>,
-    /// The next batch, read while the last one was published (when it was
-    /// full): its rows follow the last batch's in (xid, seq) order, and it
-    /// holds no row of a key that failed in the last batch. Used by the
-    /// next turn only if the last one ended in `Next::Again`.
-    read_ahead: Option<Vec<Row>>,
     /// Rows per read now: `batch_size`, halved after a publish timeout,
     /// doubled back after a batch that finished in time.
     batch_limit: usize,
@@ -132,7 +127,6 @@ impl Worker {
             bus_backoff: None,
             last_cleanup: Instant::now(),
             removing: None,
-            read_ahead: None,
             metrics: ["published", "duplicate", "refused", "failed", "bus_error"].map(|r| {
                 metrics::counter!(
                     event_bus::metrics::OUTBOX_EVENTS,
@@ -204,8 +198,6 @@ impl Worker {
     /// One turn of the loop.
     async fn step(&mut self) -> Result<Next, BusError> {
         let now = Instant::now();
-        // Dropped on every way out but publishing (its rows are read again).
-        let ahead = self.read_ahead.take();
         // The lease: renew when a third of it has passed, stand by when
         // another relay holds it.
         let renew_at = self.config.lease / 3 * 2;
@@ -226,14 +218,8 @@ impl Worker {
         self.held.retain(|_, h| h.until + forget > now);
         self.cleanup().await?;
 
-        let rows = match ahead {
-            Some(rows) if !rows.is_empty() => rows,
-            _ => {
-                let rows = self.read().await?;
-                self.update(|r| r.reads += 1);
-                rows
-            }
-        };
+        let rows = self.read().await?;
+        self.update(|r| r.reads += 1);
         if rows.is_empty() {
             finish(self.removing.take()).await?;
             let next_held = self
@@ -283,41 +269,7 @@ impl Worker {
             }
         }
         .instrument(span);
-        // A full batch: more rows are likely waiting, so the next batch is
-        // read meanwhile, leaving out this batch's rows and those being
-        // removed (it is published only once this one is settled, so a
-        // key's rows still go out in order).
-        let removing = self.removing.take();
-        let skip: Option<Vec<i64>> = (rows.len() >= self.batch_limit).then(|| {
-            let mut skip: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-            skip.extend(removing.iter().flat_map(|r| r.seqs.iter().copied()));
-            skip
-        });
-        let held = self.held_keys();
-        let read_ahead = async {
-            match &skip {
-                Some(skip) => Some(
-                    sql::read_pending(
-                        self.outbox.pool(),
-                        self.outbox.tables(),
-                        &held,
-                        self.batch_limit,
-                        skip,
-                    )
-                    .await,
-                ),
-                None => None,
-            }
-        };
-        let (results, removed, ahead) = tokio::join!(publish, finish(removing), read_ahead);
-        drop(held);
-        // The keys of rows not published: their rows read ahead wait.
-        let failed_keys: std::collections::HashSet<String> = rows
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| !matches!(r, Some(Ok(_))))
-            .map(|(row, _)| row.order_key.clone())
-            .collect();
+        let (results, removed) = tokio::join!(publish, finish(self.removing.take()));
         let timed_out = results
             .iter()
             .any(|r| matches!(r, Some(Err(e)) if e.kind() == ErrorKind::Timeout));
@@ -329,28 +281,7 @@ impl Worker {
         }
         let next = self.settle(&rows, results).await;
         removed?;
-        let next = next?;
-        if let (Next::Again, Some(ahead)) = (&next, ahead) {
-            let mut ahead = ahead?;
-            self.update(|r| r.reads += 1);
-            ahead.retain(|r| !failed_keys.contains(&r.order_key));
-            // A prefix keeps the order (the rest is read again).
-            ahead.truncate(self.batch_limit);
-            self.read_ahead = Some(ahead);
-        }
-        Ok(next)
-    }
-
-    /// The keys in their backoff. (A key stays in the map, with its failure
-    /// count, until a row of it is published or moved to the failure
-    /// table, so that its backoff grows.)
-    fn held_keys(&self) -> Vec<&str> {
-        let now = Instant::now();
-        self.held
-            .iter()
-            .filter(|(_, h)| h.until > now)
-            .map(|(k, _)| k.as_str())
-            .collect()
+        next
     }
 
     /// Tries to take or renew the lease; true when this relay holds it.
@@ -405,10 +336,20 @@ impl Worker {
     /// oldest running transaction id), in (transaction id, enqueue) order,
     /// skipping keys held back after a failure.
     async fn read(&mut self) -> Result<Vec<Row>, BusError> {
+        // Keys in their backoff. (A key stays in the map, with its failure
+        // count, until a row of it is published or moved to the failure
+        // table, so that its backoff grows.)
+        let now = Instant::now();
+        let held: Vec<&str> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(k, _)| k.as_str())
+            .collect();
         sql::read_pending(
             self.outbox.pool(),
             self.outbox.tables(),
-            &self.held_keys(),
+            &held,
             self.batch_limit,
             self.removing.as_ref().map_or(&[][..], |r| &r.seqs[..]),
         )
