@@ -4,9 +4,24 @@
 //! The runner's loop (`mod.rs`) starts [`process`] (or a slot's
 //! [`process_ref`]) per event.
 
-use super::*;
+use super::handler::{Call, Event, HandlerFn};
+use super::inbox::Inbox;
+use super::slot::Registered;
+use super::{layer, Outcome, RetryPolicy, TaskCtx};
+use crate::consumer::{dlq, AckKind, Delivery};
+use crate::error::{BusError, ErrorKind};
+use crate::message::Headers;
+use futures::future::BoxFuture;
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::sync::watch;
 
-pub(super) enum Attempt {
+pub(super) enum Settled {
     Acked,
     Duplicate,
     Dropped,
@@ -113,7 +128,7 @@ where
             Err(_) => None,
         };
         match result {
-            Some(Attempt::Acked) => {
+            Some(Settled::Acked) => {
                 // Polled once here before `bounded`: an answer that completes
                 // at once (in memory) skips its future, about 100
                 // instructions per event on this path.
@@ -135,6 +150,67 @@ where
     }
 }
 
+/// Whether attempts of `h` go through layers ([`super::layer`]): the
+/// runner's or the handler's own.
+#[inline]
+pub(super) fn has_layers<T, I: Inbox, C>(ctx: &TaskCtx<I>, h: &Registered<T, I, C>) -> bool {
+    !ctx.layers.is_empty() || !h.handler.layers.is_empty()
+}
+
+/// One attempt through the layers of the runner and of the handler, the
+/// inbox and the handler below them. The layers' outcome is settled as a
+/// handler's; when they pass on what the stack below them gave, that
+/// result is kept as it is (a duplicate stays a duplicate, an unavailable
+/// inbox is not counted as a failed attempt).
+pub(super) async fn layered_attempt<T, I, C>(
+    ctx: &TaskCtx<I>,
+    h: &Registered<T, I, C>,
+    delivery: &Delivery,
+    data: &T,
+    attempt: u32,
+) -> Settled
+where
+    T: Send + Sync + 'static,
+    I: Inbox,
+    C: HandlerFn<T, I::Tx>,
+{
+    use futures::FutureExt;
+    let mut below: Option<Settled> = None;
+    let outcome = {
+        let bottom = async {
+            let settled = match ctx.inbox.trivial_tx() {
+                Some(tx) => attempt_without_inbox(h, delivery, data, attempt, tx).await,
+                None => run_attempt(ctx, h, delivery, data, attempt).await,
+            };
+            let outcome = settled.outcome();
+            below = Some(settled);
+            outcome
+        };
+        let mut bottom = std::pin::pin!(bottom);
+        let info = layer::Attempt {
+            message: delivery.message(),
+            handler: &h.handler.name,
+            consumer: &h.consumer,
+            attempt,
+            delivery_count: delivery.delivery_count(),
+        };
+        let next = layer::Next::new([&ctx.layers, &h.handler.layers], &info, bottom.as_mut());
+        // Called inside the caught future: a layer's `call` that panics
+        // before returning its future is caught too.
+        AssertUnwindSafe(async move { next.run().await })
+            .catch_unwind()
+            .await
+    };
+    match (outcome, below) {
+        (Ok(outcome), Some(settled)) if settled.outcome() == outcome => settled,
+        (Ok(outcome), _) => settle(outcome),
+        (Err(panic), _) => Settled::Failed {
+            after: None,
+            reason: format!("a layer panicked: {}", panic_message(&panic)),
+        },
+    }
+}
+
 /// One attempt. Most handlers finish at once: only those that do not set
 /// up the cancellation watch and the keep-alive timer. Without an inbox the
 /// attempt is the handler alone (a small state, kept inline); with one,
@@ -147,13 +223,20 @@ pub(super) fn one_attempt<'a, T, I, C>(
     delivery: &'a Delivery,
     data: &'a T,
     attempt: u32,
-) -> impl Future<Output = Option<Attempt>> + 'a
+) -> impl Future<Output = Option<Settled>> + 'a
 where
     T: Send + Sync + 'static,
     I: Inbox,
     C: HandlerFn<T, I::Tx>,
 {
     async move {
+        if has_layers(ctx, h) {
+            let mut work = Box::pin(layered_attempt(ctx, h, delivery, data, attempt));
+            return match futures::poll!(work.as_mut()) {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => Box::pin(wait_attempt(ctx, delivery, work.as_mut())).await,
+            };
+        }
         match ctx.inbox.trivial_tx() {
             Some(tx) => {
                 let work = attempt_without_inbox(h, delivery, data, attempt, tx);
@@ -182,7 +265,7 @@ pub(super) async fn process_rest<T, I, C>(
     h: &Registered<T, I, C>,
     delivery: Delivery,
     decoded: Result<T, String>,
-    mut first: Option<Attempt>,
+    mut first: Option<Settled>,
 ) where
     T: Send + Sync + 'static,
     I: Inbox,
@@ -207,23 +290,23 @@ pub(super) async fn process_rest<T, I, C>(
             },
         };
         let answer = match result {
-            Attempt::Acked => {
+            Settled::Acked => {
                 ctx.counters.processed.fetch_add(1, Ordering::Relaxed);
                 AckKind::Ack
             }
-            Attempt::Duplicate => {
+            Settled::Duplicate => {
                 ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 AckKind::Ack
             }
-            Attempt::Dropped => {
+            Settled::Dropped => {
                 ctx.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 AckKind::Ack
             }
-            Attempt::DeadLetter(reason) => {
+            Settled::DeadLetter(reason) => {
                 ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 return Box::pin(dead_letter(ctx, &h.handler.name, delivery, reason)).await;
             }
-            Attempt::Failed { after, reason } => {
+            Settled::Failed { after, reason } => {
                 if attempt >= h.handler.retry.max_attempts {
                     ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     let reason = format!("{reason} (after {attempt} attempts)");
@@ -238,7 +321,7 @@ pub(super) async fn process_rest<T, I, C>(
                 attempt += 1;
                 continue;
             }
-            Attempt::InboxUnavailable(reason) => {
+            Settled::InboxUnavailable(reason) => {
                 ctx.counters.inbox_retries.fetch_add(1, Ordering::Relaxed);
                 inbox_waits += 1;
                 let wait = inbox_backoff(inbox_waits);
@@ -261,8 +344,8 @@ pub(super) async fn process_rest<T, I, C>(
 pub(super) async fn wait_attempt<I: Inbox>(
     ctx: &TaskCtx<I>,
     delivery: &Delivery,
-    work: std::pin::Pin<&mut impl Future<Output = Attempt>>,
-) -> Option<Attempt> {
+    work: std::pin::Pin<&mut impl Future<Output = Settled>>,
+) -> Option<Settled> {
     tokio::select! {
         _ = cancelled(ctx.cancel.clone()) => None,
         r = work => Some(r),
@@ -534,7 +617,7 @@ pub(super) fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     decoded: &'a T,
     attempt: u32,
     mut tx: I::Tx,
-) -> impl Future<Output = Attempt> + 'a {
+) -> impl Future<Output = Settled> + 'a {
     async move {
         let started = timer();
         let outcome = call_handler(h, delivery, decoded, attempt, &mut tx).await;
@@ -546,21 +629,38 @@ pub(super) fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     }
 }
 
+impl Settled {
+    /// The outcome a handler would have given for this result: what the
+    /// layers above the inbox see.
+    pub(super) fn outcome(&self) -> Outcome {
+        match self {
+            Settled::Acked | Settled::Duplicate => Outcome::Ack,
+            Settled::Dropped => Outcome::Drop,
+            Settled::DeadLetter(reason) => Outcome::DeadLetter(reason.clone()),
+            Settled::Failed { after, reason } => Outcome::Retry {
+                after: *after,
+                reason: reason.clone(),
+            },
+            Settled::InboxUnavailable(reason) => Outcome::retry(reason),
+        }
+    }
+}
+
 /// The attempt's result for a handler's outcome (once the unit of work is
 /// settled).
-pub(super) fn settle(outcome: Outcome) -> Attempt {
+pub(super) fn settle(outcome: Outcome) -> Settled {
     match outcome {
-        Outcome::Ack => Attempt::Acked,
-        Outcome::Retry { after, reason } => Attempt::Failed { after, reason },
-        Outcome::DeadLetter(reason) => Attempt::DeadLetter(reason),
-        Outcome::Drop => Attempt::Dropped,
+        Outcome::Ack => Settled::Acked,
+        Outcome::Retry { after, reason } => Settled::Failed { after, reason },
+        Outcome::DeadLetter(reason) => Settled::DeadLetter(reason),
+        Outcome::Drop => Settled::Dropped,
     }
 }
 
 /// A caught panic as a failed attempt.
 #[cold]
-pub(super) fn panicked(panic: Panic) -> Attempt {
-    Attempt::Failed {
+pub(super) fn panicked(panic: Panic) -> Settled {
+    Settled::Failed {
         after: None,
         reason: format!("handler panicked: {}", panic_message(&panic)),
     }
@@ -583,13 +683,13 @@ pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     delivery: &Delivery,
     decoded: &T,
     attempt: u32,
-) -> Attempt {
+) -> Settled {
     let mut tx = match ctx.inbox.begin(&h.inbox_consumer, &delivery.id).await {
         Ok(Some(tx)) => tx,
-        Ok(None) => return Attempt::Duplicate,
-        Err(e) if inbox_unavailable(&e) => return Attempt::InboxUnavailable(format!("inbox: {e}")),
+        Ok(None) => return Settled::Duplicate,
+        Err(e) if inbox_unavailable(&e) => return Settled::InboxUnavailable(format!("inbox: {e}")),
         Err(e) => {
-            return Attempt::Failed {
+            return Settled::Failed {
                 after: None,
                 reason: format!("inbox: {e}"),
             }
@@ -603,11 +703,11 @@ pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
         // attempted again: the claim finds a committed unit of work as a
         // duplicate, and runs the handler again otherwise.
         Ok(Outcome::Ack) => match ctx.inbox.commit(tx).await {
-            Ok(()) => Attempt::Acked,
+            Ok(()) => Settled::Acked,
             Err(e) if inbox_unavailable(&e) => {
-                Attempt::InboxUnavailable(format!("committing: {e}"))
+                Settled::InboxUnavailable(format!("committing: {e}"))
             }
-            Err(e) => Attempt::Failed {
+            Err(e) => Settled::Failed {
                 after: None,
                 reason: format!("committing: {e}"),
             },

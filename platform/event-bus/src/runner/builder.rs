@@ -2,7 +2,17 @@
 //! chosen before the handlers ([`NoHandlers`] → [`WithHandlers`]), the
 //! handlers and an optional [`EventCheck`].
 
-use super::*;
+use super::handler::HandlerFn;
+use super::slot::{Erased, Registered};
+use super::{
+    inbox_consumer, Counters, EventCheck, Handler, Inbox, Layer, NoInbox, Runner, DEFAULT_ANSWER_TIMEOUT,
+};
+use crate::bus::EventBus;
+use crate::consumer::StartPosition;
+use crate::error::BusError;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Settings of a [`Runner`].
 #[derive(Clone, Debug)]
@@ -73,6 +83,7 @@ pub struct RunnerBuilder<I: Inbox = NoInbox, S = NoHandlers> {
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
     check: Option<Arc<dyn EventCheck>>,
+    layers: Vec<Arc<dyn Layer>>,
     _state: std::marker::PhantomData<S>,
 }
 
@@ -111,6 +122,7 @@ impl Runner<NoInbox> {
             inbox: Arc::new(NoInbox),
             handlers: Vec::new(),
             check: None,
+            layers: Vec::new(),
             _state: std::marker::PhantomData,
         }
     }
@@ -127,6 +139,7 @@ impl<I: Inbox> RunnerBuilder<I, NoHandlers> {
             handlers: Vec::new(),
             options: self.options,
             check: self.check,
+            layers: self.layers,
             _state: std::marker::PhantomData,
         }
     }
@@ -165,6 +178,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
             handlers,
             options: self.options,
             check: self.check,
+            layers: self.layers,
             _state: std::marker::PhantomData,
         }
     }
@@ -241,6 +255,15 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
         self
     }
 
+    /// Adds a [`Layer`] around every handler's attempts (below the retries,
+    /// above the inbox; see [`layer`](super::layer)). Layers run in the order
+    /// added, the first outermost, and before a handler's own
+    /// ([`Handler::layer`]).
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
     /// The runner.
     pub fn build(self) -> Runner<I> {
         let handlers = self.handlers.len();
@@ -251,6 +274,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
             handlers: self.handlers,
             options: self.options,
             check: self.check,
+            layers: self.layers,
             counters: Arc::new(Counters::new(handlers)),
         }
     }

@@ -343,6 +343,8 @@ pub struct Handler<T, Tx, F = Boxed<T, Tx>> {
     /// Whether `f` returns its outcome at once (a sync closure).
     pub(crate) sync: bool,
     pub(crate) key: Option<Arc<KeyFn<T>>>,
+    /// [`Handler::layer`].
+    pub(crate) layers: Vec<Arc<dyn super::Layer>>,
     _tx: std::marker::PhantomData<fn(&mut Tx)>,
 }
 
@@ -415,6 +417,7 @@ where
             f: FromFnWithState { state, f: self.f.f },
             sync: false,
             key: self.key,
+            layers: self.layers,
             _tx: std::marker::PhantomData,
         }
     }
@@ -429,6 +432,7 @@ impl<T, Tx, F> Handler<T, Tx, F> {
             f,
             sync: false,
             key: None,
+            layers: Vec::new(),
             _tx: std::marker::PhantomData,
         }
     }
@@ -436,6 +440,14 @@ impl<T, Tx, F> Handler<T, Tx, F> {
     /// Sets the retry policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Adds a [`Layer`](super::Layer) around this handler's attempts, below
+    /// the runner's layers ([`RunnerBuilder::layer`](super::RunnerBuilder::layer));
+    /// in the order added, the first outermost. See [`layer`](super::layer).
+    pub fn layer(mut self, layer: impl super::Layer) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 

@@ -101,6 +101,7 @@ mod dead_letters;
 mod handle;
 pub mod handler;
 pub mod inbox;
+pub mod layer;
 mod slot;
 
 pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_ACK_WAIT};
@@ -109,24 +110,19 @@ use handle::DeadLetterPlace;
 pub use handle::{RunnerCheck, RunnerHandle};
 pub use handler::{boxed, Event, EventCheck, Handler, IntoHandlerFn, State};
 pub use inbox::{Inbox, MemoryInbox, NoInbox};
-use slot::{Erased, EventSlot, Registered};
-
-use handler::{Call, HandlerFn};
+pub use layer::{Attempt, ConcurrencyLimit, Layer, Next, RateLimit, Timeout};
+use slot::{Erased, EventSlot};
 
 use crate::bus::EventBus;
-use crate::consumer::{dlq, AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
-use crate::error::{BusError, ErrorKind};
-use crate::message::Headers;
-use futures::future::{BoxFuture, Shared};
+use crate::consumer::{ConsumerConfig, ConsumerStream, Delivery};
+use crate::error::BusError;
+use futures::future::Shared;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use serde::de::DeserializeOwned;
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -333,6 +329,8 @@ pub struct Runner<I: Inbox = NoInbox> {
     handlers: Vec<Arc<dyn Erased<I>>>,
     options: RunnerOptions,
     check: Option<Arc<dyn EventCheck>>,
+    /// [`RunnerBuilder::layer`]: around every handler's attempts.
+    layers: Vec<Arc<dyn Layer>>,
     counters: Arc<Counters>,
 }
 
@@ -469,6 +467,7 @@ impl<I: Inbox> Runner<I> {
             cancel: cancel_rx,
             chains: Chains::default(),
             check: self.check.clone(),
+            layers: self.layers.clone(),
         });
         tokio::pin!(shutdown);
         let name = self.name.as_str();
@@ -714,6 +713,8 @@ struct TaskCtx<I> {
     chains: Chains,
     /// [`RunnerBuilder::check`].
     check: Option<Arc<dyn EventCheck>>,
+    /// [`RunnerBuilder::layer`].
+    layers: Vec<Arc<dyn Layer>>,
 }
 
 fn log_task_failure(runner: &str, done: Result<(), tokio::task::JoinError>) {
@@ -735,8 +736,10 @@ fn inbox_consumer(tenant: Option<&str>, consumer: &str) -> String {
 mod tests {
     use super::attempt::process_ref;
     use super::*;
-    use crate::consumer::Acker;
-    use crate::message::{BusMessage, MessageId};
+    use crate::consumer::{AckKind, Acker};
+    use crate::error::ErrorKind;
+    use crate::message::{BusMessage, Headers, MessageId};
+    use slot::Registered;
     use crate::subject::Subject;
 
     struct NoAck;
@@ -853,6 +856,7 @@ mod tests {
             cancel: watch::channel(false).1,
             chains: Chains::default(),
             check: None,
+            layers: Vec::new(),
         });
         let h = Arc::new(Registered::<u64, NoInbox, _> {
             consumer: "r-h".into(),

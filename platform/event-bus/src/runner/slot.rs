@@ -3,7 +3,10 @@
 //! place, one at a time, without an allocation for an event that completes
 //! at once.
 
-use super::attempt::*;
+use super::attempt::{
+    acknowledge, answer_failed, call_now, cancelled, dead_letter, hand_back, has_layers, keep_alive,
+    panic_message, panicked, process, process_ref, process_rest, record_duration, settle, timer, Panic,
+};
 use super::handler::{Call, EventCheck, Handler, HandlerFn};
 use super::inbox::Inbox;
 use super::{Outcome, TaskCtx};
@@ -176,7 +179,8 @@ where
         // the handler is called right here and, if it acks, the event is
         // acknowledged without a processing future. Otherwise its first
         // attempt's result goes on to the rest of the stages.
-        if let (true, Ok(data)) = (self.handler.handler.sync, &decoded) {
+        let direct = self.handler.handler.sync && !has_layers(self.ctx, self.handler);
+        if let (true, Ok(data)) = (direct, &decoded) {
             if let Some(tx) = self.ctx.inbox.trivial_tx() {
                 let first = match self.call_now(&delivery, data, tx) {
                     Ok(Outcome::Ack) => {
