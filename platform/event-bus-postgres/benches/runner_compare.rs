@@ -23,14 +23,20 @@
 //! medians (runner / loop), so the ratio can be checked against its row.
 //! Runs alternate which side goes first.
 //!
+//! * the runner with one layer that does nothing against the same runner
+//!   without it (what a user layer costs by itself; target < 3 %).
+//!
 //! `cargo bench -p event-bus-postgres --bench runner_compare`
 //! (`RUNNER_BENCH_EVENTS`, default 100 000, and `RUNNER_BENCH_REPS`, default 7;
 //! `RUNNER_BENCH_ONLY=<text>` runs only the backlog cases whose names start with
-//! it, for a profiler).
+//! it, for a profiler; `layer` runs only the layer rows).
 
-use event_bus::runner::{boxed, Event, Handler, MemoryInbox, Outcome, Runner, State};
+use event_bus::runner::{
+    boxed, Attempt, Event, Handler, Layer, MemoryInbox, Next, Outcome, Runner, State,
+};
 use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
 use event_bus_postgres::PgInbox;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -177,17 +183,65 @@ async fn start_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     concurrency: usize,
     step: u64,
     shape: Shape,
+    layered: bool,
 ) -> (
     event_bus::runner::RunnerHandle,
     Arc<(AtomicU64, tokio::sync::Notify)>,
 ) {
     let done: Arc<Done> = Arc::default();
-    let builder = Runner::builder(bus.clone(), "bench")
+    let mut builder = Runner::builder(bus.clone(), "bench")
         .inbox(inbox)
         .concurrency(concurrency);
+    if layered {
+        builder = builder.layer(NoOp);
+    }
     let builder = with_bench_handler(builder, shape, &done, step);
     let runner = builder.build().spawn().await.unwrap();
     (runner, done)
+}
+
+/// A layer that does nothing but run the rest of the stack: what a layer
+/// costs by itself.
+struct NoOp;
+
+impl Layer for NoOp {
+    fn call<'a>(&'a self, _attempt: &'a Attempt<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        Box::pin(next.run())
+    }
+}
+
+/// A runner with one no-op layer against the same runner without, each on
+/// a bus of its own, chunk by chunk as in [`backlog_pair`]: a chunk is
+/// published (untimed) to one bus, its runner timed until it has handled
+/// it, then the same on the other bus (order alternating). Returns
+/// (without, with) times.
+async fn layer_pair(n: u64, shape: Shape) -> (Duration, Duration) {
+    let plain_bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let layered_bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let inbox = || event_bus::runner::NoInbox;
+    let (plain, plain_done) = start_runner(&plain_bus, inbox(), 16, CHUNK, shape, false).await;
+    let (layered, layered_done) = start_runner(&layered_bus, inbox(), 16, CHUNK, shape, true).await;
+    let time = async |bus: &Arc<dyn EventBus>, done: &Arc<Done>| {
+        publish_all(bus, CHUNK).await;
+        let start = Instant::now();
+        done.1.notified().await;
+        start.elapsed()
+    };
+    let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
+    for chunk in 0..n / CHUNK {
+        if chunk % 2 == 0 {
+            without += time(&plain_bus, &plain_done).await;
+            with += time(&layered_bus, &layered_done).await;
+        } else {
+            with += time(&layered_bus, &layered_done).await;
+            without += time(&plain_bus, &plain_done).await;
+        }
+    }
+    assert_eq!(plain_done.0.load(Ordering::Relaxed), n / CHUNK * CHUNK);
+    assert_eq!(layered_done.0.load(Ordering::Relaxed), n / CHUNK * CHUNK);
+    plain.shutdown().await;
+    layered.shutdown().await;
+    (without, with)
 }
 
 /// The consuming side alone, runner and loop interleaved chunk by chunk (on
@@ -204,7 +258,7 @@ async fn backlog_pair<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
 ) -> (Duration, Duration) {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
     let mut consumer = hand_consumer(&bus, "hand").await;
-    let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK, shape).await;
+    let (runner, done) = start_runner(&bus, inbox, concurrency, CHUNK, shape, false).await;
     let hand_done = Done::default();
     let (mut hand, mut run) = (Duration::ZERO, Duration::ZERO);
     for chunk in 0..n / CHUNK {
@@ -280,7 +334,7 @@ async fn live_runner<I: event_bus::runner::Inbox<Tx = T>, T: Send + 'static>(
     shape: Shape,
 ) -> Duration {
     let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
-    let (runner, done) = start_runner(&bus, inbox, concurrency, n, shape).await;
+    let (runner, done) = start_runner(&bus, inbox, concurrency, n, shape, false).await;
     let start = Instant::now();
     let publisher = spawn_publisher(&bus, n);
     done.1.notified().await;
@@ -550,9 +604,30 @@ fn main() {
         }
         report(&format!("backlog: runner, {name}"), hand, runner);
     }
+    if only.as_ref().is_none_or(|o| o.starts_with("layer")) {
+        println!();
+        println!("a layer that does nothing (Box::pin(next.run())), no inbox, concurrency 16: the runner with it vs without (\"hand loop\" column), backlog chunks alternated (target: < 3 % slower, ratio >= 0.97)");
+        for (name, shape) in [
+            ("sync handler", Shape::Sync),
+            ("async fn handler", Shape::AsyncFn),
+        ] {
+            let (mut without, mut with) = (vec![], vec![]);
+            for _ in 0..reps {
+                let (a, b) = single.block_on(layer_pair(n, shape));
+                without.push(a);
+                with.push(b);
+            }
+            report(
+                &format!("layer: runner + no-op layer, {name}"),
+                without,
+                with,
+            );
+        }
+    }
     if only.is_some() {
         return;
     }
+    println!();
     for (name, concurrency, mem, shape) in cases {
         let (mut hand, mut runner) = (vec![], vec![]);
         for rep in 0..reps {

@@ -362,6 +362,75 @@ async fn handler_sync() -> Result<(), Error> {
     Ok(())
 }
 
+/// The handler of the layers block: the spans it ran in, innermost first.
+static PROJECTED_IN: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+async fn project(_e: Event<'_, UserCreated>, _tx: &mut ()) -> Outcome {
+    use tracing_subscriber::registry::LookupSpan;
+    // Read outside `get_default` (a nested one sees no subscriber).
+    let current = tracing::Span::current().id();
+    let scope = tracing::dispatcher::get_default(|d| {
+        let Some(registry) = d.downcast_ref::<tracing_subscriber::Registry>() else {
+            return "no registry".to_string();
+        };
+        let Some(id) = &current else {
+            return "no current span".to_string();
+        };
+        match registry.span(id) {
+            Some(span) => span
+                .scope()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join(" < "),
+            None => "an unknown span".to_string(),
+        }
+    });
+    PROJECTED_IN.lock().push(scope);
+    Outcome::Ack
+}
+
+/// The guide's layers block, verbatim: the handler runs inside the span
+/// the user's layer opens (a subscriber is set for this thread; the
+/// current-thread runtime runs the runner here).
+#[rustfmt::skip] // the guide's block, verbatim
+#[tokio::test(flavor = "current_thread")]
+async fn layers() -> Result<(), Error> {
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+
+use event_bus::runner::{Attempt, Layer, Next, Outcome, Timeout};
+use futures::future::BoxFuture;
+use tracing::Instrument;
+
+/// Puts the message's `correlation-id` header on a span around each attempt.
+struct Correlation;
+
+impl Layer for Correlation {
+    fn call<'a>(&'a self, attempt: &'a Attempt<'a>, next: Next<'a>) -> BoxFuture<'a, Outcome> {
+        let id = attempt.message.headers.get("correlation-id").unwrap_or("none").to_owned();
+        let span = tracing::info_span!("event", correlation_id = %id, handler = attempt.handler);
+        Box::pin(next.run().instrument(span))
+    }
+}
+
+Runner::builder(bus.clone(), "user-directory")
+    .layer(Correlation)                                          // every handler's attempts
+    .handler(Handler::new("project", "auth.events.user.>", project)
+        .layer(Timeout::new(Duration::from_secs(5))))            // this handler's, inside
+    .build()
+    .spawn().await?;
+
+    publish_users(&bus, 1).await;
+    wait::until_async(Duration::from_secs(10), "the handler ran", || async {
+        tokio::task::yield_now().await;
+        !PROJECTED_IN.lock().is_empty()
+    })
+    .await;
+    // The runner's process span, inside the layer's.
+    assert_eq!(*PROJECTED_IN.lock(), vec!["process < event".to_string()]);
+    Ok(())
+}
+
 /// The README's outbox block, verbatim, then run: a user and its event
 /// commit together and the event is published once; a rolled-back user
 /// publishes nothing.

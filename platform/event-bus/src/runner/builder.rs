@@ -5,7 +5,8 @@
 use super::handler::HandlerFn;
 use super::slot::{Erased, Registered};
 use super::{
-    inbox_consumer, Counters, EventCheck, Handler, Inbox, Layer, NoInbox, Runner, DEFAULT_ANSWER_TIMEOUT,
+    inbox_consumer, Counters, EventCheck, Handler, Inbox, Layer, NoInbox, Runner,
+    DEFAULT_ANSWER_TIMEOUT,
 };
 use crate::bus::EventBus;
 use crate::consumer::StartPosition;
@@ -47,7 +48,7 @@ pub struct RunnerOptions {
 pub const MAX_ACK_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 impl RunnerOptions {
-    /// Checks the values that a backend cannot take: a [`Config`](ErrorKind::Config)
+    /// Checks the values that a backend cannot take: a [`Config`](crate::ErrorKind::Config)
     /// error naming the field. ([`Runner::run`] and [`Runner::spawn`] call it.)
     pub fn validate(&self) -> Result<(), BusError> {
         if self.ack_wait > MAX_ACK_WAIT {
@@ -209,7 +210,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
     }
 
     /// Deliveries each consumer may have awaiting their ack: the events in
-    /// flight plus those fetched ahead of them. Default: [`DEFAULT_PREFETCH`]
+    /// flight plus those fetched ahead of them. Default: [`DEFAULT_PREFETCH`](super::DEFAULT_PREFETCH)
     /// or twice the concurrency, whichever is larger.
     ///
     /// A wider window keeps NATS busy while fast handlers run (with 32,
@@ -227,7 +228,7 @@ impl<I: Inbox, S> RunnerBuilder<I, S> {
     /// How long one answer to the backend (ack, nack, term, in-progress, a
     /// dead letter, a hand-back) may take before the runner gives up on it
     /// (default 5 s). It bounds shutdown during a backend outage:
-    /// [`RunnerHandle::shutdown`] returns within the shutdown timeout plus
+    /// [`RunnerHandle::shutdown`](super::RunnerHandle::shutdown) returns within the shutdown timeout plus
     /// a few of these.
     pub fn answer_timeout(mut self, d: Duration) -> Self {
         self.options.answer_timeout = d.max(Duration::from_millis(1));

@@ -41,19 +41,24 @@
 //! 1. **Decode** the payload (serde JSON) into the handler's type. A payload
 //!    that cannot be decoded goes straight to the dead letters with the
 //!    decode error; it never enters a retry loop.
-//! 2. **De-duplicate** through the [`Inbox`]: claim `(consumer, message id)`;
+//! 2. **Layers** of your own around each attempt (each retry too), above
+//!    the inbox
+//!    ([`layer`]: a [`Timeout`], a [`ConcurrencyLimit`], a [`RateLimit`],
+//!    a correlation span): added with [`RunnerBuilder::layer`] and
+//!    [`Handler::layer`].
+//! 3. **De-duplicate** through the [`Inbox`]: claim `(consumer, message id)`;
 //!    an event whose effects were already committed is acknowledged without
 //!    running the handler.
-//! 3. **Handle**, with retries: the handler returns an [`Outcome`]. `Ack`
+//! 4. **Handle**, with retries: the handler returns an [`Outcome`]. `Ack`
 //!    commits the inbox unit of work (with the handler's own writes) and then
 //!    acknowledges; `Retry` (and any error, and a caught panic) rolls back and
 //!    tries again in process after an exponential backoff with jitter
 //!    ([`RetryPolicy`]), keeping the delivery alive meanwhile; `Drop`
 //!    acknowledges without effects; `DeadLetter` gives up at once.
-//! 4. **Dead-letter** when attempts run out (or on `DeadLetter`): the event
+//! 5. **Dead-letter** when attempts run out (or on `DeadLetter`): the event
 //!    goes to the dead-letter subject with headers for the reason, the
 //!    handler, the original subject and the delivery count
-//!    ([`dlq`]); [`DeadLetterQueue`] lists, inspects
+//!    ([`dlq`](crate::consumer::dlq)); [`DeadLetterQueue`] lists, inspects
 //!    and replays them.
 //!
 //! Retries run in process (not by redelivery) so that per-key order holds
@@ -739,8 +744,8 @@ mod tests {
     use crate::consumer::{AckKind, Acker};
     use crate::error::ErrorKind;
     use crate::message::{BusMessage, Headers, MessageId};
-    use slot::Registered;
     use crate::subject::Subject;
+    use slot::Registered;
 
     struct NoAck;
 

@@ -4,8 +4,9 @@
 //! at once.
 
 use super::attempt::{
-    acknowledge, answer_failed, call_now, cancelled, dead_letter, hand_back, has_layers, keep_alive,
-    panic_message, panicked, process, process_ref, process_rest, record_duration, settle, timer, Panic,
+    acknowledge, answer_failed, call_now, cancelled, dead_letter, hand_back, has_layers,
+    keep_alive, panic_message, panicked, process, process_ref, process_rest, record_duration,
+    settle, timer, Panic,
 };
 use super::handler::{Call, EventCheck, Handler, HandlerFn};
 use super::inbox::Inbox;
