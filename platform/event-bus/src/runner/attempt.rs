@@ -40,7 +40,7 @@ pub(super) enum Settled {
 /// connection or a server restarting (a PostgreSQL failover), or a claim
 /// held by another worker for the moment. Such errors say nothing about the
 /// event, so they do not use up the handler's attempts.
-pub(super) fn inbox_unavailable(e: &BusError) -> bool {
+fn inbox_unavailable(e: &BusError) -> bool {
     matches!(
         e.kind(),
         ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Conflict
@@ -50,7 +50,7 @@ pub(super) fn inbox_unavailable(e: &BusError) -> bool {
 /// The backoff between attempts the inbox could not serve: from 50 ms up
 /// to 5 s, with jitter; without limit in number (the event is kept alive
 /// meanwhile, and shutdown hands it back).
-pub(super) fn inbox_backoff(waits: u32) -> Duration {
+fn inbox_backoff(waits: u32) -> Duration {
     RetryPolicy {
         max_attempts: u32::MAX,
         initial_backoff: Duration::from_millis(50),
@@ -69,7 +69,7 @@ pub(super) async fn cancelled(mut rx: watch::Receiver<bool>) {
     }
 }
 
-pub(super) fn dlq_headers(handler: &str) -> Headers {
+fn dlq_headers(handler: &str) -> Headers {
     let mut h = Headers::new();
     h.insert(dlq::HANDLER, handler);
     h
@@ -162,7 +162,7 @@ pub(super) fn has_layers<T, I: Inbox, C>(ctx: &TaskCtx<I>, h: &Registered<T, I, 
 /// handler's; when they pass on what the stack below them gave, that
 /// result is kept as it is (a duplicate stays a duplicate, an unavailable
 /// inbox is not counted as a failed attempt).
-pub(super) async fn layered_attempt<T, I, C>(
+async fn layered_attempt<T, I, C>(
     ctx: &TaskCtx<I>,
     h: &Registered<T, I, C>,
     delivery: &Delivery,
@@ -217,7 +217,7 @@ where
 /// its begin/commit state is boxed apart. `None` if the shutdown deadline
 /// passed first.
 #[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
-pub(super) fn one_attempt<'a, T, I, C>(
+fn one_attempt<'a, T, I, C>(
     ctx: &'a TaskCtx<I>,
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
@@ -341,7 +341,7 @@ pub(super) async fn process_rest<T, I, C>(
 
 /// Waits for an attempt that did not complete at once, keeping the delivery
 /// alive; `None` if the shutdown deadline passed first.
-pub(super) async fn wait_attempt<I: Inbox>(
+async fn wait_attempt<I: Inbox>(
     ctx: &TaskCtx<I>,
     delivery: &Delivery,
     work: std::pin::Pin<&mut impl Future<Output = Settled>>,
@@ -355,7 +355,7 @@ pub(super) async fn wait_attempt<I: Inbox>(
 
 /// Waits before a retry, keeping the delivery alive; `false` if the shutdown
 /// deadline passed first.
-pub(super) async fn retry_wait<I: Inbox>(
+async fn retry_wait<I: Inbox>(
     ctx: &TaskCtx<I>,
     delivery: &Delivery,
     wait: Duration,
@@ -404,7 +404,7 @@ pub(super) async fn keep_alive<I>(ctx: &TaskCtx<I>, delivery: &Delivery) {
 /// outage) must not hold an event, or shutdown, forever. An answer that
 /// times out is as if lost: the backend redelivers the event after its ack
 /// wait.
-pub(super) async fn bounded(
+async fn bounded(
     limit: Duration,
     answer: impl Future<Output = Result<(), BusError>>,
 ) -> Result<(), BusError> {
@@ -464,7 +464,7 @@ pub(super) fn call_now<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 
 /// The handler's call with the event; a panic is caught.
 #[inline(always)]
-pub(super) fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
@@ -483,7 +483,7 @@ pub(super) fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 /// The handler's [`call`] in the attempt's process span, and the span
 /// when it is enabled (the handler's future is then polled in it).
 #[inline(never)]
-pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
@@ -507,7 +507,7 @@ pub(super) fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 }
 
 /// Records a failed attempt's kind (`error.type`) on its process span.
-pub(super) fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>) {
+fn record_outcome(span: &tracing::Span, outcome: Result<&Outcome, ()>) {
     let kind = match outcome {
         Ok(Outcome::Ack) | Ok(Outcome::Drop) => return,
         Ok(Outcome::Retry { .. }) => "retry",
@@ -534,7 +534,7 @@ pub(super) type HandlerFuture<'a, F> = futures::future::Either<
 /// goes through [`call_handler_traced`], kept out of line so that the
 /// common path stays small enough to inline.
 #[inline]
-pub(super) fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+fn call_handler<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
@@ -611,7 +611,7 @@ pub(super) fn acknowledge(
 
 /// One attempt when the inbox does not de-duplicate: the handler alone.
 #[allow(clippy::manual_async_fn)] // see `process_ref`: smaller than an `async fn`
-pub(super) fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
@@ -677,7 +677,7 @@ pub(super) fn panic_message(panic: &Panic) -> String {
 
 /// One attempt through a de-duplicating inbox: claim, handle, then commit
 /// the claim with the handler's writes, or roll both back.
-pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
+async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     ctx: &TaskCtx<I>,
     h: &Registered<T, I, C>,
     delivery: &Delivery,
@@ -726,7 +726,7 @@ pub(super) async fn run_attempt<T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 /// Rolls a unit of work back, waiting at most the answer timeout (a
 /// rollback that does not complete is dropped, which ends the transaction
 /// with its connection).
-pub(super) async fn rollback<I: Inbox>(ctx: &TaskCtx<I>, tx: I::Tx) {
+async fn rollback<I: Inbox>(ctx: &TaskCtx<I>, tx: I::Tx) {
     if tokio::time::timeout(ctx.answer_timeout, ctx.inbox.rollback(tx))
         .await
         .is_err()
