@@ -26,6 +26,11 @@
 //! dead-lettered, `Drop` is acknowledged. An outcome a layer changes after
 //! the unit of work has committed (an `Ack` turned into a `Retry`) cannot
 //! undo that commit: the next attempt finds the event a duplicate.
+//! What the stack below gives a layer: `Ack` for an event the inbox found
+//! already handled (the handler did not run), and `Retry` when the inbox
+//! could not be reached; passed on unchanged, these keep their meaning (a
+//! duplicate is counted as one, an unreachable inbox does not use up the
+//! handler's attempts).
 //!
 //! Shipped: [`Timeout`] (per attempt), [`ConcurrencyLimit`] and
 //! [`RateLimit`]. A layer of your own, putting a correlation id of the
