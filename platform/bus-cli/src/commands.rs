@@ -2,8 +2,10 @@
 
 use crate::output::{print_object, print_rows, print_table};
 use crate::{Cli, Command, ConsumersCommand, DlqCommand, DlqFilter, StreamsCommand, Until};
-use event_bus::runner::{DeadLetter, DeadLetterQueue};
-use event_bus::{BusError, BusType, Envelope, ErrorKind, EventBus, MessageId, NatsBus};
+use event_bus::dlq::{DeadLetter, DeadLetterQueue};
+use event_bus::{
+    BusError, BusType, Envelope, ErrorKind, EventBus, EventBusExt, MessageId, NatsBus,
+};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -94,7 +96,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
             no_ack,
         } => {
             let bus = event_bus::connect(&config).await?;
-            consume(cli, bus.as_ref(), name, pattern, until, *no_ack).await
+            consume(cli, bus, name, pattern, until, *no_ack).await
         }
         Command::Outbox { .. } => unreachable!("handled above"),
         Command::Schema { bucket, command } => {
@@ -300,7 +302,7 @@ async fn subscribe(
 
 async fn consume(
     cli: &Cli,
-    bus: &dyn EventBus,
+    bus: Arc<dyn EventBus>,
     name: &str,
     pattern: &str,
     until: &Until,

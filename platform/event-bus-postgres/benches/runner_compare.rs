@@ -29,7 +29,7 @@
 //! it, for a profiler).
 
 use event_bus::runner::{boxed, Event, Handler, MemoryInbox, Outcome, Runner, State};
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
+use event_bus::{ConsumerConfig, EventBus, EventBusExt, InMemoryBus};
 use event_bus_postgres::PgInbox;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -142,7 +142,17 @@ impl ValidatingBus {
     }
 
     /// Validates `env` and sets its CloudEvents headers and id.
+    ///
+    /// A dead letter (an envelope with the
+    /// [`dlq::ORIGINAL_SUBJECT`](event_bus::dlq::ORIGINAL_SUBJECT) header,
+    /// as the dead-letter layer of a consumer opened through this bus
+    /// publishes) passes unchanged: it is a copy of an event already on the
+    /// bus, often one dead-lettered for breaking its schema, and refusing it
+    /// would keep that event pending forever.
     pub fn prepare(&self, mut env: Envelope) -> Result<Envelope, BusError> {
+        if env.headers.get(event_bus::dlq::ORIGINAL_SUBJECT).is_some() {
+            return Ok(env);
+        }
         let Some((found, checked)) = self.check(&env.subject, &env.headers, &env.payload)? else {
             return Ok(env);
         };
@@ -266,8 +276,8 @@ impl EventBus for ValidatingBus {
             .collect()
     }
 
-    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
-        self.inner.consume(config).await
+    async fn open_consumer(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        self.inner.open_consumer(config).await
     }
 
     async fn consumer_state(&self, name: &str, filter: &str) -> Result<ConsumerState, BusError> {

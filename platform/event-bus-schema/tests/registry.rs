@@ -776,7 +776,7 @@ async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
     // The dead letters are readable through the ValidatingBus as well (it
     // passes reads of stored messages on to the bus it wraps).
     let through: Arc<dyn EventBus> = Arc::new(validating_bus);
-    let mut dlq = event_bus::runner::DeadLetterQueue::open(through, "dlq.mailer", "v")
+    let mut dlq = event_bus::dlq::DeadLetterQueue::open(through, "dlq.mailer", "v")
         .await
         .unwrap();
     let again = dlq

@@ -23,7 +23,8 @@
 //! or all at once with [`run_all`], which reports every failure instead of
 //! stopping at the first.
 
-use event_bus::consumer::dlq;
+use event_bus::dlq;
+use event_bus::EventBusExt;
 use event_bus::{
     BusMessage, ConsumerConfig, ConsumerStream, Delivery, Envelope, ErrorKind, EventBus, Headers,
     Subscription,

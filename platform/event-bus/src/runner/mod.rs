@@ -97,14 +97,12 @@
 
 mod attempt;
 mod builder;
-mod dead_letters;
 mod handle;
 pub mod handler;
 pub mod inbox;
 mod slot;
 
 pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_ACK_WAIT};
-pub use dead_letters::{DeadLetter, DeadLetterQueue};
 use handle::DeadLetterPlace;
 pub use handle::{RunnerCheck, RunnerHandle};
 pub use handler::{boxed, Event, EventCheck, Handler, IntoHandlerFn, State};
@@ -114,7 +112,8 @@ use slot::{Erased, EventSlot, Registered};
 use handler::{Call, HandlerFn};
 
 use crate::bus::EventBus;
-use crate::consumer::{dlq, AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
+use crate::consumer::{AckKind, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
+use crate::dlq::{self, DeadLetterQueue, EventBusExt};
 use crate::error::{BusError, ErrorKind};
 use crate::message::Headers;
 use futures::future::{BoxFuture, Shared};
