@@ -141,10 +141,12 @@ fn text(m: &BusMessage) -> String {
 }
 
 mod consumer;
+mod dead_letters;
 mod ids;
 mod pubsub;
 
 pub use consumer::*;
+pub use dead_letters::*;
 pub use ids::*;
 pub use pubsub::*;
 
@@ -209,6 +211,7 @@ scenario_table!(
     consumer_start_all,
     consumer_start_sequence,
     consumer_lag_status,
+    dead_letter_queue_replay_and_discard,
 );
 
 /// Runs every scenario in turn; returns the names of those that failed, with
