@@ -127,6 +127,11 @@
 //!     and a dead-letter subject ([`ConsumerConfig`]) on top, the same for
 //!     every backend ([`dlq`]).
 //!   * [`EventBus::health`]: a [`HealthReport`] for readiness probes.
+//! * **What every backend gets is built above the trait, once.** A backend
+//!   provides the raw capability (`open_consumer`, `read_stored`, ...);
+//!   [`EventBusExt::consume`] adds bounded redelivery, dead letters and the
+//!   consumer metrics, and [`dlq::DeadLetterQueue`] reads dead letters back,
+//!   for every backend alike, a third party's included ([`dlq`]).
 //! * **Metrics and tracing wrap the trait instead of widening it.** Because
 //!   every call goes through `dyn EventBus`, an observing decorator
 //!   (`Arc<dyn EventBus>` in, `Arc<dyn EventBus>` out) can count and time every

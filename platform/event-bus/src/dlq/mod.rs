@@ -21,13 +21,15 @@
 //! the same, once:
 //!
 //! * at most `max_deliver` deliveries shown to the handler; a nack on the
-//!   last one, a [`Delivery::dead_letter`](crate::Delivery::dead_letter), or a delivery beyond the limit
-//!   (the last one went unanswered) publishes a dead letter to
+//!   last one, a [`Delivery::dead_letter`](crate::Delivery::dead_letter),
+//!   or a delivery beyond the limit (the last one went unanswered)
+//!   publishes a dead letter to
 //!   [`ConsumerConfig::dead_letter_subject`] with the headers below, then
 //!   terminates the message; a dead letter that cannot be published keeps
 //!   the message pending (retried with a growing delay, reported as an
 //!   error item), it is never dropped;
-//! * nack delays from [`ConsumerConfig::backoff`];
+//! * nack delays from [`ConsumerConfig::backoff`] (the raw consumer is
+//!   handed a nack with the delay to apply);
 //! * the consumer metrics (`event_bus.consumer.*`, see [`crate::metrics`])
 //!   and the received/settle spans (see [`crate::trace`]).
 //!
