@@ -4,7 +4,7 @@
 
 use crate::{BenchArgs, BenchCommand, Cli};
 use event_bus::runner::{Event, Handler, Outcome, Runner};
-use event_bus::{BusError, ConsumerConfig, ErrorKind, EventBus, StartPosition};
+use event_bus::{BusError, ConsumerConfig, ErrorKind, EventBus, EventBusExt, StartPosition};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};

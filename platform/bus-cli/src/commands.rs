@@ -1,9 +1,11 @@
 //! What each subcommand does.
 
 use crate::output::{print_object, print_rows, print_table};
-use crate::{Cli, Command, ConsumersCommand, DlqCommand, DlqFilter, StreamsCommand, Until};
-use event_bus::runner::{DeadLetter, DeadLetterQueue};
-use event_bus::{BusError, BusType, Envelope, ErrorKind, EventBus, MessageId, NatsBus};
+use crate::{Cli, Command, ConsumersCommand, DlqCommand, StreamsCommand, Until};
+use event_bus::{
+    BusError, BusType, Envelope, ErrorKind, EventBus, EventBusExt, MessageId, NatsBus,
+};
+use event_bus_cli::dlq as dlq_cmd;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -94,7 +96,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
             no_ack,
         } => {
             let bus = event_bus::connect(&config).await?;
-            consume(cli, bus.as_ref(), name, pattern, until, *no_ack).await
+            consume(cli, bus, name, pattern, until, *no_ack).await
         }
         Command::Outbox { .. } => unreachable!("handled above"),
         Command::Schema { bucket, command } => {
@@ -300,7 +302,7 @@ async fn subscribe(
 
 async fn consume(
     cli: &Cli,
-    bus: &dyn EventBus,
+    bus: Arc<dyn EventBus>,
     name: &str,
     pattern: &str,
     until: &Until,
@@ -555,57 +557,10 @@ async fn lag_statuses(bus: &NatsBus, rows: &mut [Value], window: Duration) {
     }
 }
 
-fn dead_letter_json(d: &DeadLetter) -> Value {
-    let m = d.message();
-    json!({
-        "id": m.id.to_string(),
-        "stream": d.stream(),
-        "sequence": m.sequence,
-        "original_subject": d.original_subject(),
-        "original_id": d.original_id(),
-        "consumer": d.consumer(),
-        "handler": d.handler(),
-        "delivery_count": d.delivery_count(),
-        "reason": d.reason(),
-        "dead_lettered_at": d.dead_lettered_at().map(|t| humantime::format_rfc3339_millis(t).to_string()),
-        "payload": String::from_utf8_lossy(&m.payload),
-    })
-}
-
-/// The dead letters stored on `filter.subject` that pass `filter`, read
-/// without creating anything on the bus (no stream, no consumer).
-async fn matching(bus: Arc<dyn EventBus>, filter: &DlqFilter) -> Result<Vec<DeadLetter>, BusError> {
-    let mut queue = DeadLetterQueue::open(bus, &filter.subject, "bus-cli").await?;
-    let mut out = Vec::new();
-    while out.len() < filter.max {
-        let Some(d) = queue.next(Duration::ZERO).await? else {
-            break;
-        };
-        let recent = filter.since.is_none_or(|since| {
-            d.dead_lettered_at()
-                .is_some_and(|at| at.elapsed().unwrap_or_default() <= Duration::from(since))
-        });
-        let keep = recent
-            && filter
-                .consumer
-                .as_deref()
-                .is_none_or(|c| d.consumer() == Some(c))
-            && filter
-                .error_contains
-                .as_deref()
-                .is_none_or(|t| d.reason().is_some_and(|r| r.contains(t)));
-        if keep {
-            out.push(d);
-        }
-    }
-    Ok(out)
-}
-
 async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<ExitCode, BusError> {
     match cmd {
         DlqCommand::Ls(filter) => {
-            let found = matching(bus.clone(), filter).await?;
-            let rows: Vec<Value> = found.iter().map(dead_letter_json).collect();
+            let rows = dlq_cmd::list(bus.clone(), filter).await?;
             if rows.is_empty() && !cli.json {
                 // Said on stderr: stdout stays the (empty) table.
                 if bus.stored_streams(&filter.subject).await?.is_empty() {
@@ -649,31 +604,7 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             });
         }
         DlqCommand::Show { subject, id } => {
-            let filter = DlqFilter {
-                subject: subject.clone(),
-                consumer: None,
-                error_contains: None,
-                since: None,
-                max: usize::MAX,
-            };
-            let found = matching(bus, &filter)
-                .await?
-                .into_iter()
-                .find(|d| d.message().id.to_string() == *id);
-            let d = found.ok_or_else(|| {
-                BusError::new(
-                    ErrorKind::NotFound,
-                    format!("no dead letter {id:?} on {subject:?}"),
-                )
-            })?;
-            let mut v = dead_letter_json(&d);
-            v["headers"] = d
-                .message()
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .collect::<serde_json::Map<_, _>>()
-                .into();
+            let v = dlq_cmd::show(bus, subject, id).await?;
             if cli.json {
                 println!("{v}");
             } else {
@@ -685,39 +616,22 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
             dry_run,
             rate,
         } => {
-            let found = something_to(matching(bus, filter).await?, "replay", filter)?;
-            let pause = rate
-                .filter(|r| *r > 0.0)
-                .map(|r| Duration::from_secs_f64(1.0 / r));
-            let mut done = Vec::new();
-            let bar = crate::bench::progress(cli, false, found.len() as u64, "replaying");
-            for d in found {
+            // The bar's length is known once the letters are listed.
+            let bar = crate::bench::progress(cli, false, 0, "replaying");
+            let done = dlq_cmd::replay(bus, filter, *dry_run, *rate, |total| {
+                bar.set_length(total as u64);
                 bar.inc(1);
-                let row = dead_letter_json(&d);
-                if !*dry_run {
-                    d.replay().await?;
-                    if let Some(p) = pause {
-                        tokio::time::sleep(p).await;
-                    }
-                }
-                done.push(row);
-            }
+            })
+            .await;
             bar.finish_and_clear();
             report(
                 cli,
                 if *dry_run { "would replay" } else { "replayed" },
-                &done,
+                &done?,
             );
         }
         DlqCommand::Discard { filter, dry_run } => {
-            let found = something_to(matching(bus, filter).await?, "discard", filter)?;
-            let mut done = Vec::new();
-            for d in found {
-                done.push(dead_letter_json(&d));
-                if !*dry_run {
-                    d.discard().await?;
-                }
-            }
+            let done = dlq_cmd::discard(bus, filter, *dry_run).await?;
             report(
                 cli,
                 if *dry_run {
@@ -730,40 +644,6 @@ async fn dlq(cli: &Cli, bus: Arc<dyn EventBus>, cmd: &DlqCommand) -> Result<Exit
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `found`, or an error saying there is nothing to `action` (a command
-/// with nothing to act on fails, exit 1, rather than report 0 and succeed).
-fn something_to(
-    found: Vec<DeadLetter>,
-    action: &str,
-    filter: &DlqFilter,
-) -> Result<Vec<DeadLetter>, BusError> {
-    if !found.is_empty() {
-        return Ok(found);
-    }
-    let mut only = Vec::new();
-    if let Some(c) = &filter.consumer {
-        only.push(format!("consumer {c:?}"));
-    }
-    if let Some(e) = &filter.error_contains {
-        only.push(format!("error containing {e:?}"));
-    }
-    if filter.since.is_some() {
-        only.push("within --since".to_string());
-    }
-    let only = if only.is_empty() {
-        String::new()
-    } else {
-        format!(" (only {})", only.join(", "))
-    };
-    Err(BusError::new(
-        ErrorKind::NotFound,
-        format!(
-            "nothing to {action}: no dead letter on {:?}{only}; `bus dlq ls {}` lists what is there",
-            filter.subject, filter.subject
-        ),
-    ))
 }
 
 fn report(cli: &Cli, what: &str, rows: &[Value]) {

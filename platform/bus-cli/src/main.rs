@@ -17,6 +17,7 @@ mod output;
 
 use clap::{Parser, Subcommand};
 use event_bus::{BusConfig, BusType};
+use event_bus_cli::dlq::DlqFilter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -339,25 +340,6 @@ pub enum ConsumersCommand {
         #[arg(long, default_value = "2s")]
         window: humantime::Duration,
     },
-}
-
-/// Filters for dead letters.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DlqFilter {
-    /// The dead-letter subject (`dlq.<runner>` for a runner's).
-    subject: String,
-    /// Only those of this consumer.
-    #[arg(long)]
-    consumer: Option<String>,
-    /// Only those whose last error contains this text.
-    #[arg(long)]
-    error_contains: Option<String>,
-    /// Only those dead-lettered within this long (e.g. `1h`).
-    #[arg(long)]
-    since: Option<humantime::Duration>,
-    /// At most this many.
-    #[arg(long, default_value_t = 1000)]
-    max: usize,
 }
 
 /// `bus dlq`.

@@ -791,8 +791,8 @@ fn without_a_configured_backend_every_command_fails_saying_how_to_configure_one(
 /// letter, and publishes nothing more. Discard removes as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_replayed_once_by_two_readers() {
-    use event_bus::consumer::dlq;
-    use event_bus::runner::DeadLetterQueue;
+    use event_bus::dlq;
+    use event_bus::dlq::DeadLetterQueue;
     let (_server, nats) = server_with_streams().await;
     let bus_: Arc<dyn EventBus> = Arc::new(nats.clone());
     for (n, id) in [(1, "order-1"), (2, "order-2")] {
@@ -889,7 +889,7 @@ async fn listing_dead_letters_creates_nothing() {
         .unwrap();
     nats.publish_envelope(
         event_bus::Envelope::new("dlq.billing", b"{}".to_vec())
-            .header(event_bus::consumer::dlq::ORIGINAL_SUBJECT, "orders.created"),
+            .header(event_bus::dlq::ORIGINAL_SUBJECT, "orders.created"),
     )
     .await
     .unwrap();

@@ -23,8 +23,8 @@
 mod auth;
 mod notifications;
 
+use event_bus::dlq::DeadLetterQueue;
 use event_bus::nats::StreamSpec;
-use event_bus::runner::DeadLetterQueue;
 use event_bus::status::{from_fn, BusCheck, CheckReport};
 use event_bus::{BusConfig, BusType, EventBus};
 use event_bus_http::{install_prometheus, Monitoring};

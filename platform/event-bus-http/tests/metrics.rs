@@ -7,7 +7,7 @@
 
 use event_bus::nats::StreamSpec;
 use event_bus::runner::{boxed, Event, Handler, Outcome, Runner};
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
+use event_bus::{ConsumerConfig, EventBus, EventBusExt, InMemoryBus};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;

@@ -10,7 +10,9 @@
 use event_bus::nats::StreamSpec;
 use event_bus::runner::{Event, Handler, Outcome, Runner};
 use event_bus::status::LagMonitor;
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus, Overflow, StartPosition, SubscribeOptions};
+use event_bus::{
+    ConsumerConfig, EventBus, EventBusExt, InMemoryBus, Overflow, StartPosition, SubscribeOptions,
+};
 use event_bus_http::{install_prometheus, Monitoring};
 use event_bus_testkit::nats_server::NatsServer;
 use futures::StreamExt;

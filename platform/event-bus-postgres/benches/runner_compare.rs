@@ -34,7 +34,7 @@
 use event_bus::runner::{
     boxed, Attempt, Event, Handler, Layer, MemoryInbox, Next, Outcome, Runner, State,
 };
-use event_bus::{ConsumerConfig, EventBus, InMemoryBus};
+use event_bus::{ConsumerConfig, EventBus, EventBusExt, InMemoryBus};
 use event_bus_postgres::PgInbox;
 use futures::future::BoxFuture;
 use futures::StreamExt;

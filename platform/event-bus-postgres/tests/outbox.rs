@@ -7,7 +7,8 @@
 
 use event_bus::nats::StreamSpec;
 use event_bus::{
-    BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, InMemoryBus, StartPosition,
+    BusMessage, ConsumerConfig, Envelope, ErrorKind, EventBus, EventBusExt, InMemoryBus,
+    StartPosition,
 };
 use event_bus_postgres::outbox::FailedEvent;
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};

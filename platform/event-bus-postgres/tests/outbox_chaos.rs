@@ -17,8 +17,8 @@
 use event_bus::nats::StreamSpec;
 use event_bus::runner::{boxed, Event, Handler, RetryPolicy, Runner};
 use event_bus::{
-    BusError, ConsumerConfig, Envelope, ErrorKind, EventBus, PublishAck, PublishFuture,
-    StartPosition, Subscription,
+    BusError, ConsumerConfig, Envelope, ErrorKind, EventBus, EventBusExt, PublishAck,
+    PublishFuture, StartPosition, Subscription,
 };
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay, PgInbox, RelayHandle};
 use event_bus_testkit::nats_server::NatsServer;

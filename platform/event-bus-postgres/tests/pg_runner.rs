@@ -304,7 +304,7 @@ async fn chaos(env: Env) {
     // repeat within its duplicate window; this test's in-memory bus has a
     // 1 ms window, so a repeat may arrive, and must be that same letter.
     type Letters = std::collections::BTreeMap<i64, String>;
-    fn check(dead_ids: &mut Letters, d: &event_bus::runner::DeadLetter) {
+    fn check(dead_ids: &mut Letters, d: &event_bus::dlq::DeadLetter) {
         let j: Job = serde_json::from_slice(&d.message().payload).unwrap();
         assert!(j.poison, "a good event was dead-lettered: {}", j.id);
         let letter = d.message().id.to_string();

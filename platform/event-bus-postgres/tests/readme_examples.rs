@@ -163,7 +163,7 @@ async fn process(payload: &[u8]) -> Result<(), serde_json::Error> {
 
 #[rustfmt::skip] // the README's block, verbatim
 async fn durable_consumer_loop(bus: Arc<dyn EventBus>) -> Result<(), Error> {
-    use event_bus::ConsumerConfig;
+    use event_bus::{ConsumerConfig, EventBusExt};
     use futures::StreamExt;
     use std::time::Duration;
 

@@ -266,8 +266,15 @@ impl EventBus for ValidatingBus {
             .collect()
     }
 
-    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
-        self.inner.consume(config).await
+    async fn open_consumer(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        self.inner.open_consumer(config).await
+    }
+
+    /// Unchecked: a dead letter is the record of an event already on the
+    /// bus, often the one a check refused (see
+    /// [`EventBus::publish_dead_letter`]).
+    async fn publish_dead_letter(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
+        self.inner.publish_dead_letter(envelope).await
     }
 
     async fn consumer_state(&self, name: &str, filter: &str) -> Result<ConsumerState, BusError> {

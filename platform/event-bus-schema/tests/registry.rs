@@ -717,6 +717,61 @@ async fn publish_validates_on_nats() {
     publish_validates_on(Arc::new(nats)).await;
 }
 
+/// A consumer opened through a `ValidatingBus` publishes its dead letters
+/// through it (dead letters are applied above the backend): they pass
+/// unchecked, also under `UnknownTypes::Refuse` and for an event that
+/// breaks its schema (its dead letter keeps its CloudEvents headers).
+#[tokio::test]
+async fn dead_letters_pass_through_a_validating_bus() {
+    use event_bus::{ConsumerConfig, EventBusExt};
+    let inner: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let (validating_bus, _registry) = validating(inner.clone()).await;
+    let bus: Arc<dyn EventBus> = Arc::new(validating_bus.unknown_types(UnknownTypes::Refuse));
+    let mut dead = inner.subscribe("dlq.>").await.unwrap();
+    let mut consumer = bus
+        .consume(ConsumerConfig::new("mailer", "auth.events.>").max_deliver(1))
+        .await
+        .unwrap();
+    // Published around the validation, claiming its type: it breaks v1.
+    inner
+        .publish_envelope(
+            Envelope::new(
+                "auth.events.user.created",
+                br#"{"user_id": 1, "email": "x@example.com"}"#.to_vec(),
+            )
+            .header(cloudevents::TYPE, "auth.user.created"),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("a delivery")
+        .unwrap()
+        .unwrap();
+    d.nack_with_reason(None, "schema violation")
+        .await
+        .expect("the dead letter passes the ValidatingBus");
+    let letter = next_message(&mut dead).await;
+    assert_eq!(letter.subject, "dlq.mailer");
+    assert_eq!(
+        letter.headers.get(event_bus::dlq::ORIGINAL_SUBJECT),
+        Some("auth.events.user.created")
+    );
+    // Anything else on that subject is still refused.
+    let err = bus.publish("dlq.mailer", b"{}".to_vec()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    // A dead letter's headers are no way around the check: only the
+    // dead-letter layer's own path (`publish_dead_letter`) is unchecked.
+    let forged = Envelope::new(
+        "auth.events.user.created",
+        br#"{"user_id": 1, "email": "x@example.com"}"#.to_vec(),
+    )
+    .header(cloudevents::TYPE, "auth.user.created")
+    .header(event_bus::dlq::ORIGINAL_SUBJECT, "auth.events.user.created");
+    let err = bus.publish_envelope(forged).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+}
+
 async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
     let (validating_bus, registry) = validating(inner.clone()).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -776,7 +831,7 @@ async fn runner_dead_letters_on(inner: Arc<dyn EventBus>) {
     // The dead letters are readable through the ValidatingBus as well (it
     // passes reads of stored messages on to the bus it wraps).
     let through: Arc<dyn EventBus> = Arc::new(validating_bus);
-    let mut dlq = event_bus::runner::DeadLetterQueue::open(through, "dlq.mailer", "v")
+    let mut dlq = event_bus::dlq::DeadLetterQueue::open(through, "dlq.mailer", "v")
         .await
         .unwrap();
     let again = dlq

@@ -14,7 +14,7 @@
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy};
 use bytes::Bytes;
-use event_bus::{ConsumerConfig, EventBus, NatsBus, StartPosition};
+use event_bus::{ConsumerConfig, EventBus, EventBusExt, NatsBus, StartPosition};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;
 use futures::StreamExt;

@@ -9,6 +9,9 @@
 //! * [`wait`]: waiting for a condition with a deadline.
 //! * [`cpu`]: a process's on-CPU time, for benches.
 //! * [`http`]: a plain HTTP GET, for tests of the monitoring endpoints.
+//! * [`wrapped`]: [`WrappedBus`](wrapped::WrappedBus), a backend written
+//!   outside `event-bus` that forwards to an in-memory bus, with no
+//!   dead-letter code of its own.
 
 #![warn(missing_docs)]
 
@@ -21,6 +24,7 @@ mod orphans;
 pub mod postgres;
 mod process;
 pub mod wait;
+pub mod wrapped;
 
 /// Runs each named scenario on both backends: `on_both_backends!(memory,
 /// nats; scenario_a, scenario_b)` generates `memory_backend::scenario_a`,

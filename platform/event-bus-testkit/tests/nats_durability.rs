@@ -6,7 +6,7 @@
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy};
 use event_bus::nats::StreamSpec;
-use event_bus::{Envelope, EventBus, NatsBus, Subscription};
+use event_bus::{Envelope, EventBus, EventBusExt, NatsBus, Subscription};
 use event_bus_testkit::nats_server::{NatsCluster, NatsServer, NatsServerOptions};
 use event_bus_testkit::wait;
 use futures::StreamExt;

@@ -1,7 +1,7 @@
 //! The event runner on both backends (in-memory and a real nats-server),
 //! with the in-memory inbox. PostgreSQL scenarios are in event-bus-postgres.
 
-use event_bus::consumer::dlq;
+use event_bus::dlq;
 use event_bus::runner::{
     boxed, Event, Handler, MemoryInbox, Outcome, RetryPolicy, Runner, RunnerHandle, State,
 };

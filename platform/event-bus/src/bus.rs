@@ -76,6 +76,18 @@ pub trait EventBus: Send + Sync {
         Ok(PublishAck::default())
     }
 
+    /// Publishes a dead letter ([`crate::dlq`]): the record of an event a
+    /// consumer gave up on, with the event's payload and headers. The
+    /// dead-letter layer publishes through this, never through
+    /// [`publish_envelope`](EventBus::publish_envelope). The default is
+    /// `publish_envelope`; a decorator that checks the events it publishes
+    /// (`ValidatingBus`) hands a dead letter to its inner bus unchecked: a
+    /// dead letter is often the very event its check refused, and refusing
+    /// its record would keep it pending forever.
+    async fn publish_dead_letter(&self, envelope: Envelope) -> Result<PublishAck, BusError> {
+        self.publish_envelope(envelope).await
+    }
+
     /// Publishes many envelopes, letting the backend pipeline them; returns
     /// one result per envelope, in order. Envelopes are published in order;
     /// one failure does not stop the others.
@@ -87,11 +99,35 @@ pub trait EventBus: Send + Sync {
         out
     }
 
-    /// Opens (or joins) the named durable consumer described by `config`:
-    /// explicit ack, nack with delay, term, delivery counts, bounded
-    /// redelivery and a dead-letter subject. Instances sharing a name share
-    /// the work.
-    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+    /// The backend's raw durable consumer: opens (or joins) the named
+    /// durable consumer `config` describes. Callers use
+    /// [`EventBusExt::consume`](crate::EventBusExt::consume), which checks
+    /// `config`, calls this and adds dead letters on top; this method is
+    /// what a backend implements.
+    ///
+    /// What a backend provides: one consumer per [`ConsumerConfig::name`]
+    /// (instances opening the same name share its messages; a name already
+    /// used with another filter is a [`Conflict`](crate::ErrorKind::Conflict)),
+    /// reading [`ConsumerConfig::filter`] from
+    /// [`ConsumerConfig::start`], at most
+    /// [`ConsumerConfig::max_ack_pending`] unanswered deliveries at once, and
+    /// for each [`Delivery`](crate::Delivery) its delivery count (1 on the
+    /// first) and an [`Acker`](crate::Acker) applying
+    /// [`AckKind`](crate::AckKind)s: ack, nack (redelivered after the delay,
+    /// if any), term, in progress (restarts the ack timer), and redelivery of
+    /// what is not answered within [`ConsumerConfig::ack_wait`].
+    ///
+    /// What it leaves out: `max_deliver`, `backoff` and
+    /// `dead_letter_subject`. The raw consumer keeps delivering a message
+    /// until it is acked or terminated; the dead-letter layer
+    /// ([`dlq::with_dead_letters`](crate::dlq::with_dead_letters)) counts the
+    /// deliveries, publishes the dead letters and terminates the message (see
+    /// [`dlq`](crate::dlq)). An [`AckKind::DeadLetter`](crate::AckKind::DeadLetter)
+    /// never reaches it from that layer; treat one as a term.
+    ///
+    /// The default: [`Unsupported`](crate::ErrorKind::Unsupported) naming
+    /// durable consumers.
+    async fn open_consumer(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
         let _ = config;
         Err(BusError::unsupported(
             "durable consumers",
@@ -100,7 +136,7 @@ pub trait EventBus: Send + Sync {
     }
 
     /// The state of the durable consumer `name` reading `filter` (as
-    /// opened with [`consume`](EventBus::consume)): its position, pending
+    /// opened with [`open_consumer`](EventBus::open_consumer)): its position, pending
     /// and unanswered messages, whether an instance is consuming. Sampled
     /// by [`LagMonitor`](crate::status::LagMonitor). A consumer that
     /// does not exist is [`NotFound`](crate::ErrorKind::NotFound).

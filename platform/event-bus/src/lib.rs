@@ -120,11 +120,18 @@
 //!     ...) and a message id; NATS de-duplicates on it (`Nats-Msg-Id`) and the
 //!     [`PublishAck`] says whether it was a duplicate.
 //!   * [`EventBus::publish_batch`]: lets backends pipeline bulk publishes.
-//!   * [`EventBus::consume`]: named durable consumers with explicit
-//!     [`Delivery::ack`], [`Delivery::nack`] (with delay), [`Delivery::term`],
-//!     [`Delivery::in_progress`], delivery counts, bounded redelivery and a
-//!     dead-letter subject ([`ConsumerConfig`]).
+//!   * [`EventBus::open_consumer`]: a backend's raw named durable consumer
+//!     with explicit [`Delivery::ack`], [`Delivery::nack`] (with delay),
+//!     [`Delivery::term`], [`Delivery::in_progress`] and delivery counts.
+//!     Callers use [`EventBusExt::consume`], which adds bounded redelivery
+//!     and a dead-letter subject ([`ConsumerConfig`]) on top, the same for
+//!     every backend ([`dlq`]).
 //!   * [`EventBus::health`]: a [`HealthReport`] for readiness probes.
+//! * **What every backend gets is built above the trait, once.** A backend
+//!   provides the raw capability (`open_consumer`, `read_stored`, ...);
+//!   [`EventBusExt::consume`] adds bounded redelivery, dead letters and the
+//!   consumer metrics, and [`dlq::DeadLetterQueue`] reads dead letters back,
+//!   for every backend alike, a third party's included ([`dlq`]).
 //! * **Metrics and tracing wrap the trait instead of widening it.** Because
 //!   every call goes through `dyn EventBus`, an observing decorator
 //!   (`Arc<dyn EventBus>` in, `Arc<dyn EventBus>` out) can count and time every
@@ -142,6 +149,7 @@
 pub mod bus;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 mod duration_str;
 pub mod error;
 #[cfg(feature = "fuzzing")]
@@ -167,6 +175,7 @@ pub mod trace;
 pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 pub use config::{connect, BusConfig, BusType};
 pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
+pub use dlq::EventBusExt;
 pub use error::{BusError, ErrorKind};
 pub use memory::{InMemoryBus, MemoryConfig, MemorySubscription, Overflow, SubscribeOptions};
 pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};

@@ -3,7 +3,7 @@
 
 use event_bus::status::BusCheck;
 use event_bus::status::LagMonitor;
-use event_bus::{ConsumerConfig, ConsumerStream, Delivery, EventBus, InMemoryBus};
+use event_bus::{ConsumerConfig, ConsumerStream, Delivery, EventBus, EventBusExt, InMemoryBus};
 use event_bus_http::Monitoring;
 use futures::StreamExt;
 use std::net::SocketAddr;

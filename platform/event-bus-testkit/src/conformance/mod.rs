@@ -23,7 +23,8 @@
 //! or all at once with [`run_all`], which reports every failure instead of
 //! stopping at the first.
 
-use event_bus::consumer::dlq;
+use event_bus::dlq;
+use event_bus::EventBusExt;
 use event_bus::{
     BusMessage, ConsumerConfig, ConsumerStream, Delivery, Envelope, ErrorKind, EventBus, Headers,
     Subscription,
@@ -140,10 +141,12 @@ fn text(m: &BusMessage) -> String {
 }
 
 mod consumer;
+mod dead_letters;
 mod ids;
 mod pubsub;
 
 pub use consumer::*;
+pub use dead_letters::*;
 pub use ids::*;
 pub use pubsub::*;
 
@@ -208,6 +211,7 @@ scenario_table!(
     consumer_start_all,
     consumer_start_sequence,
     consumer_lag_status,
+    dead_letter_queue_replay_and_discard,
 );
 
 /// Runs every scenario in turn; returns the names of those that failed, with

@@ -338,7 +338,7 @@ async fn answers_during_an_outage_fail_within_the_publish_timeout() {
 /// message is dead-lettered and terminated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_dead_letter_publish_keeps_the_message_until_it_succeeds() {
-    use event_bus::consumer::dlq;
+    use event_bus::dlq;
     use event_bus::ConsumerConfig;
     let server = NatsServer::start().await.expect("start nats-server");
     let client = async_nats::connect(server.url()).await.unwrap();

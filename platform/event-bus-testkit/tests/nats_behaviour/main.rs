@@ -7,7 +7,7 @@ use async_nats::jetstream;
 use event_bus::config::BusConfig;
 use event_bus::nats::streams::StreamAction;
 use event_bus::nats::{NatsConfig, StreamSpec, StreamStorage};
-use event_bus::{Envelope, ErrorKind, EventBus, NatsBus, Subscription};
+use event_bus::{Envelope, ErrorKind, EventBus, EventBusExt, NatsBus, Subscription};
 use event_bus_testkit::nats_server::{NatsServer, NatsServerOptions};
 use event_bus_testkit::wait;
 use futures::{StreamExt, TryStreamExt};

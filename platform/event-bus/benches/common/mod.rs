@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use event_bus::{Bytes, EventBus, InMemoryBus, Subscription};
+use event_bus::{Bytes, EventBus, EventBusExt, InMemoryBus, Subscription};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

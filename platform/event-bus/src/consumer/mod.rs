@@ -1,4 +1,6 @@
-//! Durable consumption: the types of [`EventBus::consume`](crate::EventBus::consume).
+//! Durable consumption: the types of
+//! [`EventBusExt::consume`](crate::EventBusExt::consume) and of a backend's
+//! [`EventBus::open_consumer`](crate::EventBus::open_consumer).
 //!
 //! `subscribe` is a live view: what is published while nobody listens is not
 //! delivered to that subscription. Services that must not miss or
@@ -37,16 +39,12 @@
 //! Each delivery carries its delivery count. After
 //! [`ConsumerConfig::max_deliver`] deliveries a message that is still not
 //! acknowledged goes to [`ConsumerConfig::dead_letter_subject`] with headers
-//! naming its origin (see [`dlq`]), and is terminated. A message whose dead
+//! naming its origin (see [`dlq`](crate::dlq)), and is terminated. A message whose dead
 //! letter cannot be published is never dropped: it stays pending, the
 //! failure is logged and yielded as an error item, and the dead-lettering is
 //! retried on later deliveries.
 
-mod counters;
-mod dead_letter;
 pub mod lag;
-
-pub(crate) use dead_letter::with_dead_letters;
 
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
@@ -57,34 +55,6 @@ use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::time::Duration;
-
-/// Headers set on a dead letter.
-pub mod dlq {
-    /// The subject the message was originally published to.
-    pub const ORIGINAL_SUBJECT: &str = "Bus-Dlq-Original-Subject";
-    /// Its sequence in the original stream or bus.
-    pub const ORIGINAL_SEQUENCE: &str = "Bus-Dlq-Original-Sequence";
-    /// Its message id.
-    pub const ORIGINAL_ID: &str = "Bus-Dlq-Original-Id";
-    /// The consumer that gave up on it.
-    pub const CONSUMER: &str = "Bus-Dlq-Consumer";
-    /// How many times it was delivered.
-    pub const DELIVERY_COUNT: &str = "Bus-Dlq-Delivery-Count";
-    /// The last error (the reason given to the last nack or term).
-    pub const LAST_ERROR: &str = "Bus-Dlq-Last-Error";
-    /// The handler that gave up on it (set by the event runner).
-    pub const HANDLER: &str = "Bus-Dlq-Handler";
-    /// When it was dead-lettered (RFC 3339, UTC, milliseconds).
-    pub const TIME: &str = "Bus-Dlq-Time";
-    /// Set when the dead letter with the original payload would exceed the
-    /// size limit (`max_payload`): the dead letter then carries no payload
-    /// and none of the original headers (only the `Bus-Dlq-*` ones), and this
-    /// header gives the original payload's size in bytes. The original is
-    /// found by its subject, sequence and id (on NATS it stays in its stream).
-    pub const TRUNCATED: &str = "Bus-Dlq-Truncated";
-    /// Prefix shared by every dead-letter header.
-    pub const PREFIX: &str = "Bus-Dlq-";
-}
 
 /// The largest [`ConsumerConfig::max_deliver`] accepted (a million
 /// deliveries is "unlimited" in practice; larger values are refused so that
@@ -238,7 +208,7 @@ pub struct ConsumerConfig {
     pub max_ack_pending: usize,
     /// Where a newly created consumer starts.
     pub start: StartPosition,
-    /// How long opening the consumer ([`EventBus::consume`](crate::EventBus::consume))
+    /// How long opening the consumer ([`EventBusExt::consume`](crate::EventBusExt::consume))
     /// retries transient failures, with backoff, before giving up with an
     /// error saying what it waited for: on NATS, timeouts and a cluster
     /// without a JetStream leader yet (e.g. a busy or re-electing meta

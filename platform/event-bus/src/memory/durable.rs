@@ -248,17 +248,14 @@ fn settings(config: &ConsumerConfig) -> Settings {
 }
 
 impl InMemoryBus {
-    pub(crate) async fn consume_inner(
+    /// [`EventBus::open_consumer`](crate::EventBus::open_consumer): the raw
+    /// consumer, without dead letters.
+    pub(crate) fn open_consumer_inner(
         &self,
-        config: ConsumerConfig,
+        config: &ConsumerConfig,
     ) -> Result<ConsumerStream, BusError> {
-        crate::consumer::validate_config(&config)?;
-        let raw: ConsumerStream = Box::pin(self.open_instance(&config)?);
-        Ok(crate::consumer::with_dead_letters(
-            raw,
-            Arc::new(self.clone()),
-            &config,
-        ))
+        crate::consumer::validate_config(config)?;
+        Ok(Box::pin(self.open_instance(config)?))
     }
 
     /// Opens an instance of the durable consumer `config` names (creating
@@ -610,8 +607,8 @@ impl std::fmt::Debug for Durable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::EventBus;
     use crate::memory::MemoryConfig;
+    use crate::EventBusExt;
 
     /// Every poll registers the task's waker; the consumer keeps one per
     /// open instance however long it runs without a wake, and forgets it

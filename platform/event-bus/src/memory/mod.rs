@@ -677,8 +677,8 @@ impl EventBus for InMemoryBus {
         result
     }
 
-    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
-        self.consume_inner(config).await
+    async fn open_consumer(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+        self.open_consumer_inner(&config)
     }
 
     async fn consumer_state(

@@ -307,6 +307,7 @@ async fn dedup_window_is_bounded_by_time() {
 // ------------------------------------------------------------------ the log
 
 use crate::consumer::{ConsumerConfig, ConsumerStream, StartPosition};
+use crate::EventBusExt;
 
 async fn publish_n(bus: &InMemoryBus, subject: &str, range: std::ops::Range<u32>) -> Vec<u64> {
     let mut seqs = Vec::new();

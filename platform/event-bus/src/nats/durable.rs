@@ -5,7 +5,7 @@
 //! no delivery limit (`max_deliver` -1): the dead-letter layer enforces
 //! `max_deliver` and terminates a message only once its dead letter is
 //! published, so the server must never stop delivering it first (see
-//! `consumer::dead_letter`). `backoff` is applied by the bus to nacks, not
+//! `dlq::layer`). `backoff` is applied by the bus to nacks, not
 //! given to the server (whose backoff would replace the ack wait), so both
 //! backends behave alike.
 //!

@@ -526,14 +526,14 @@ impl EventBus for NatsBus {
         self.publish_in_windows(envelopes).await
     }
 
-    async fn consume(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+    async fn open_consumer(&self, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
         crate::consumer::validate_config(&config)?;
         self.check_version()?;
         let pattern = config.filter.as_str();
         let wire = self.wire(pattern).into_owned();
         // Transient failures (timeouts, no leader yet) are retried within
         // `config.open_timeout`; the stream looked up each time.
-        let raw = durable::retry_open(&config, |found| {
+        durable::retry_open(&config, |found| {
             let wire = wire.clone();
             let config = &config;
             async move {
@@ -561,12 +561,7 @@ impl EventBus for NatsBus {
                 durable::open(self, stream, wire, config).await
             }
         })
-        .await?;
-        Ok(crate::consumer::with_dead_letters(
-            raw,
-            Arc::new(self.clone()),
-            &config,
-        ))
+        .await
     }
 
     async fn consumer_state(

@@ -8,7 +8,8 @@ use super::handler::{Call, Event, HandlerFn};
 use super::inbox::Inbox;
 use super::slot::Registered;
 use super::{layer, Outcome, RetryPolicy, TaskCtx};
-use crate::consumer::{dlq, AckKind, Delivery};
+use crate::consumer::{AckKind, Delivery};
+use crate::dlq;
 use crate::error::{BusError, ErrorKind};
 use crate::message::Headers;
 use futures::future::BoxFuture;
@@ -355,11 +356,7 @@ async fn wait_attempt<I: Inbox>(
 
 /// Waits before a retry, keeping the delivery alive; `false` if the shutdown
 /// deadline passed first.
-async fn retry_wait<I: Inbox>(
-    ctx: &TaskCtx<I>,
-    delivery: &Delivery,
-    wait: Duration,
-) -> bool {
+async fn retry_wait<I: Inbox>(ctx: &TaskCtx<I>, delivery: &Delivery, wait: Duration) -> bool {
     tokio::select! {
         _ = cancelled(ctx.cancel.clone()) => false,
         _ = tokio::time::sleep(wait) => true,

@@ -6,7 +6,7 @@
 //!
 //! | stage | what it does |
 //! |---|---|
-//! | dead letter | an event the stages below give up on goes to the dead letters ([`dlq`](crate::consumer::dlq)) |
+//! | dead letter | an event the stages below give up on goes to the dead letters ([`dlq`](crate::dlq)) |
 //! | per-key order | [`Handler::key`](super::Handler::key): one event of a key at a time, in arrival order |
 //! | contract check, decode | [`RunnerBuilder::check`](super::RunnerBuilder::check), then serde: a refusal is dead-lettered at once |
 //! | retry with backoff | [`RetryPolicy`](super::RetryPolicy): each attempt below runs again after a failure |

@@ -58,7 +58,7 @@
 //! 5. **Dead-letter** when attempts run out (or on `DeadLetter`): the event
 //!    goes to the dead-letter subject with headers for the reason, the
 //!    handler, the original subject and the delivery count
-//!    ([`dlq`](crate::consumer::dlq)); [`DeadLetterQueue`] lists, inspects
+//!    ([`dlq`](crate::dlq)); [`DeadLetterQueue`] lists, inspects
 //!    and replays them.
 //!
 //! Retries run in process (not by redelivery) so that per-key order holds
@@ -102,7 +102,6 @@
 
 mod attempt;
 mod builder;
-mod dead_letters;
 mod handle;
 pub mod handler;
 pub mod inbox;
@@ -110,7 +109,6 @@ pub mod layer;
 mod slot;
 
 pub use builder::{NoHandlers, RunnerBuilder, RunnerOptions, WithHandlers, MAX_ACK_WAIT};
-pub use dead_letters::{DeadLetter, DeadLetterQueue};
 use handle::DeadLetterPlace;
 pub use handle::{RunnerCheck, RunnerHandle};
 pub use handler::{boxed, Event, EventCheck, Handler, IntoHandlerFn, State};
@@ -120,6 +118,7 @@ use slot::{Erased, EventSlot};
 
 use crate::bus::EventBus;
 use crate::consumer::{ConsumerConfig, ConsumerStream, Delivery};
+use crate::dlq::{DeadLetterQueue, EventBusExt};
 use crate::error::BusError;
 use futures::future::Shared;
 use futures::StreamExt;

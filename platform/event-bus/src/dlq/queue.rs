@@ -6,7 +6,7 @@
 //! removes it from its stream, so that every reader sees it gone.
 
 use crate::bus::EventBus;
-use crate::consumer::dlq;
+use crate::dlq;
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers, PublishAck};
 use parking_lot::Mutex;

@@ -1,7 +1,7 @@
 //! The counters of a durable consumer stream (registered once per
 //! stream; names in [`crate::metrics`]).
 
-use super::AckKind;
+use crate::consumer::AckKind;
 use crate::error::ErrorKind;
 use crate::metrics::{with_tenant, ANSWERS, CONSUMED_MESSAGES, DEAD_LETTERS, REDELIVERIES};
 use metrics::Counter;

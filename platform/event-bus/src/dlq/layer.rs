@@ -1,4 +1,5 @@
-//! Bounded redelivery and dead letters, shared by every backend.
+//! Bounded redelivery and dead letters, applied above every backend's raw
+//! consumer ([`with_dead_letters`]).
 //!
 //! This layer shows the handler at most `max_deliver` deliveries of a
 //! message:
@@ -27,8 +28,9 @@
 //! message this layer has not terminated (NATS: the server-side consumer has
 //! no delivery limit).
 
-use super::{dlq, AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, MAX_WAIT};
 use crate::bus::EventBus;
+use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, MAX_WAIT};
+use crate::dlq;
 use crate::error::{BusError, ErrorKind};
 use crate::message::{BusMessage, Envelope, Headers};
 use crate::message::{MessageId, MAX_ID_LEN};
@@ -200,7 +202,7 @@ impl Shared {
             .headers(headers)
             .id(id.clone());
         let mut truncated = false;
-        let published = match self.bus.publish_envelope(whole).await {
+        let published = match self.bus.publish_dead_letter(whole).await {
             Err(e) if e.kind() == ErrorKind::PayloadTooLarge => {
                 // Without the payload and the original headers it fits; the
                 // origin headers say where the original is.
@@ -211,7 +213,7 @@ impl Shared {
                 let env = Envelope::new(subject.clone(), Vec::new())
                     .headers(headers)
                     .id(id);
-                self.bus.publish_envelope(env).await
+                self.bus.publish_dead_letter(env).await
             }
             other => other,
         };
@@ -300,9 +302,21 @@ fn sanitize(reason: &str) -> String {
     one_line.chars().take(1024).collect()
 }
 
-/// Wraps a backend's raw deliveries with bounded redelivery and dead letters.
-/// `bus` publishes the dead letters.
-pub(crate) fn with_dead_letters(
+/// Wraps a backend's raw durable consumer (what
+/// [`EventBus::open_consumer`] returns for `config`) with bounded
+/// redelivery, dead letters, the consumer metrics and the received span:
+/// what [`EventBusExt::consume`](crate::EventBusExt::consume) does after
+/// opening the consumer. `bus` publishes the dead letters (and names the
+/// backend and tenant in metrics and spans).
+///
+/// Call it once per raw stream, with the `config` the stream was opened
+/// with (it is not checked again here: `consume` checks it before opening).
+/// The raw stream must keep delivering a message until it is acked or
+/// terminated: this layer decides when to give up on it. Its deliveries'
+/// answers pass through, except a nack on the last allowed delivery and
+/// [`AckKind::DeadLetter`], which publish the dead letter and then answer
+/// `Term`.
+pub fn with_dead_letters(
     raw: ConsumerStream,
     bus: Arc<dyn EventBus>,
     config: &ConsumerConfig,
@@ -481,7 +495,7 @@ impl DeadLetterAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EventBus, InMemoryBus};
+    use crate::{EventBus, EventBusExt, InMemoryBus};
     use futures::StreamExt;
 
     /// Dead-letter ids are valid message ids whatever the original id's
