@@ -20,6 +20,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== a backend author's build: event-bus without default features (no NATS, no network dependency)"
+cargo clippy -q -p event-bus --no-default-features -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
 echo "== quick-start example (in-memory default)"
