@@ -29,7 +29,9 @@
 //! `cargo bench -p event-bus-postgres --bench runner_compare`
 //! (`RUNNER_BENCH_EVENTS`, default 100 000, and `RUNNER_BENCH_REPS`, default 7;
 //! `RUNNER_BENCH_ONLY=<text>` runs only the backlog cases whose names start with
-//! it, for a profiler; `layer` runs only the layer rows).
+//! it, for a profiler; `layer` runs only the layer rows; `alone-plain`,
+//! `alone-layer` and their `-sync` forms run one runner alone, for an
+//! instruction count).
 
 use event_bus::runner::{
     boxed, Attempt, Event, Handler, Layer, MemoryInbox, Next, Outcome, Runner, State,
@@ -242,6 +244,18 @@ async fn layer_pair(n: u64, shape: Shape) -> (Duration, Duration) {
     plain.shutdown().await;
     layered.shutdown().await;
     (without, with)
+}
+
+/// For a profiler (`RUNNER_BENCH_ONLY=alone-plain|alone-layer[-sync]`): one
+/// runner alone handling a backlog of `n` events, with a no-op layer or
+/// without; instruction counts of two event counts give the cost per event.
+async fn runner_alone(n: u64, shape: Shape, layered: bool) {
+    let bus: Arc<dyn EventBus> = Arc::new(InMemoryBus::new());
+    let (runner, done) =
+        start_runner(&bus, event_bus::runner::NoInbox, 16, n, shape, layered).await;
+    publish_all(&bus, n).await;
+    done.1.notified().await;
+    runner.shutdown().await;
 }
 
 /// The consuming side alone, runner and loop interleaved chunk by chunk (on
@@ -583,6 +597,14 @@ fn main() {
     ];
     // For a profiler: the backlog cases whose names start with this, only.
     let only = std::env::var("RUNNER_BENCH_ONLY").ok();
+    if let Some(alone) = only.as_deref().and_then(|o| o.strip_prefix("alone-")) {
+        let shape = match alone.ends_with("-sync") {
+            true => Shape::Sync,
+            false => Shape::AsyncFn,
+        };
+        single.block_on(runner_alone(n, shape, alone.starts_with("layer")));
+        return;
+    }
     for (name, concurrency, mem, shape) in cases {
         if only.as_ref().is_some_and(|o| !name.starts_with(o.as_str())) {
             continue;

@@ -203,7 +203,7 @@ where
             .await
     };
     match (outcome, below) {
-        (Ok(outcome), Some(settled)) if settled.outcome() == outcome => settled,
+        (Ok(outcome), Some(settled)) if settled.gives(&outcome) => settled,
         (Ok(outcome), _) => settle(outcome),
         (Err(panic), _) => Settled::Failed {
             after: None,
@@ -627,6 +627,31 @@ fn attempt_without_inbox<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 }
 
 impl Settled {
+    /// Whether `outcome` is the one this result gives ([`Settled::outcome`]),
+    /// compared without building it.
+    fn gives(&self, outcome: &Outcome) -> bool {
+        match (self, outcome) {
+            (Settled::Acked | Settled::Duplicate, Outcome::Ack) => true,
+            (Settled::Dropped, Outcome::Drop) => true,
+            (Settled::DeadLetter(a), Outcome::DeadLetter(b)) => a == b,
+            (
+                Settled::Failed { after, reason },
+                Outcome::Retry {
+                    after: a,
+                    reason: r,
+                },
+            ) => after == a && reason == r,
+            (
+                Settled::InboxUnavailable(reason),
+                Outcome::Retry {
+                    after: None,
+                    reason: r,
+                },
+            ) => reason == r,
+            _ => false,
+        }
+    }
+
     /// The outcome a handler would have given for this result: what the
     /// layers above the inbox see.
     pub(super) fn outcome(&self) -> Outcome {
