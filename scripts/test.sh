@@ -26,6 +26,8 @@ echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
 echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
+echo "== a user-written layer example (a correlation id on a span around each attempt)"
+cargo run -q -p event-bus --example correlation_layer
 echo "== outbox chain example (in-memory bus, throwaway PostgreSQL)"
 cargo run -q -p event-bus-postgres --example outbox_chain
 echo "== platform demo, --once (in-memory bus, throwaway PostgreSQL)"
