@@ -233,8 +233,10 @@ async fn outbox_contracts_runner_inbox_dlq_cli_metrics_and_health_together() {
     enqueue(&outbox, &pool, "k2", 2, "").await;
     enqueue(&outbox, &pool, "k2", 3, "grace@example.com").await;
     enqueue(&outbox, &pool, "k3", 4, "nobody@bounce.invalid").await;
-    let relay = start_relay(&outbox, validated.clone());
+    // The runner first: its consumer starts with what is published after
+    // it is created (a relay started first could publish before that).
     let runner = start_runner(bus.clone(), pool.clone(), registry.clone(), fixed.clone()).await;
+    let relay = start_relay(&outbox, validated.clone());
 
     wait::until_async(BOUND, "ada mailed, the bounce dead-lettered", || async {
         mails(&pool).await.len() == 1 && runner.report().dead_lettered == 1

@@ -502,6 +502,66 @@ async fn postgres_restart_does_not_dead_letter(mut env: Env) {
     );
 }
 
+/// A `Timeout` layer over the PostgreSQL inbox: an attempt that writes its
+/// effect and then overruns the limit is dropped with its transaction (the
+/// write and the inbox claim roll back), the retry writes the effect once
+/// and commits: one effect per event, none from the timed-out attempts.
+async fn a_timed_out_attempt_rolls_back(env: Env) {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let a = attempts.clone();
+    let slow_first = Handler::new(
+        "record",
+        "work.*",
+        boxed(
+            move |e: Event<'_, Job>, tx: &mut sqlx::Transaction<'static, sqlx::Postgres>| {
+                let first = a.fetch_add(1, Ordering::SeqCst) < 3;
+                Box::pin(async move {
+                    let written = sqlx::query("INSERT INTO effects (event_id) VALUES ($1)")
+                        .bind(e.data.id)
+                        .execute(&mut **tx)
+                        .await;
+                    if let Err(err) = written {
+                        return Outcome::retry(err);
+                    }
+                    if first {
+                        // Written, not committed: the Timeout layer drops it.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                    Outcome::Ack
+                })
+            },
+        ),
+    )
+    .layer(event_bus::runner::Timeout::new(Duration::from_millis(300)))
+    .retry(RetryPolicy::new(5, Duration::from_millis(1)).max_backoff(Duration::from_millis(20)));
+    let handle = Runner::builder(env.bus.clone(), "pg-timeout")
+        .inbox(inbox(&env.pool).await)
+        .concurrency(8)
+        .handler(slow_first)
+        .build()
+        .spawn()
+        .await
+        .unwrap();
+    for id in 0..3 {
+        env.bus
+            .publish_envelope(Envelope::new("work.t", job(id, false)).id(format!("timeout-{id}")))
+            .await
+            .unwrap();
+    }
+    wait::until(Duration::from_secs(30), "3 events committed", || {
+        handle.report().processed == 3
+    })
+    .await;
+    let report = handle.shutdown().await;
+    assert_eq!(effect_counts(&env.pool).await, vec![(0, 1), (1, 1), (2, 1)]);
+    assert_eq!(report.retries, 3, "each timed-out attempt failed once");
+    assert_eq!(
+        report.duplicates, 0,
+        "a timed-out claim is not taken for a duplicate"
+    );
+    assert!(attempts.load(Ordering::SeqCst) >= 6);
+}
+
 event_bus_testkit::on_both_backends!(
     memory,
     nats;
@@ -509,7 +569,8 @@ event_bus_testkit::on_both_backends!(
     chaos,
     cleanup,
     inbox_failover_does_not_use_up_attempts,
-    postgres_restart_does_not_dead_letter
+    postgres_restart_does_not_dead_letter,
+    a_timed_out_attempt_rolls_back
 );
 
 /// Two workers claim the same `(consumer, message id)` at once: the second
