@@ -1,7 +1,14 @@
 //! A runner running in the background: its report, its dead letters and a
 //! bounded graceful shutdown.
 
-use super::*;
+use super::{Counters, RunReport};
+use crate::bus::EventBus;
+use crate::dlq::DeadLetterQueue;
+use crate::error::BusError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// A runner running in the background ([`Runner::spawn`]).
 pub struct RunnerHandle {
