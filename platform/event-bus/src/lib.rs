@@ -167,12 +167,22 @@ pub mod nats {
     mod config;
     pub use self::config::*;
 }
+/// Kafka: `KafkaBus` (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub mod kafka;
+/// Kafka: this build has no Kafka backend (feature `kafka` off), only its
+/// settings, so that a configuration naming Kafka still parses.
+#[cfg(not(feature = "kafka"))]
+pub mod kafka {
+    mod config;
+    pub use self::config::*;
+}
 pub mod runner;
 pub mod status;
 pub mod subject;
 pub mod trace;
 
-pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
+pub use bus::{BusCapabilities, EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 pub use config::{connect, BusConfig, BusType};
 pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 pub use dlq::EventBusExt;
@@ -182,6 +192,8 @@ pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsBusBuilder};
 pub use subject::Subject;
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaBus;
 
 /// The async-nats version this crate is built against (for `NatsBus::new(client)`).
 #[cfg(feature = "nats")]

@@ -432,6 +432,21 @@ pub async fn consumer_start_sequence(f: &dyn BusFactory) {
     let config = c
         .consumer_config("from3", "q.>")
         .start(event_bus::StartPosition::Sequence(seqs[2]));
+    if !c.bus.capabilities().start_at_sequence {
+        capability_note(
+            &c,
+            "consumer_start_sequence",
+            "start_at_sequence",
+            "a start sequence on a multi-partition stream is an Unsupported error naming it",
+        );
+        let err = match c.bus.consume(config).await {
+            Ok(_) => panic!("a start sequence must be refused when start_at_sequence is false"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("sequence"), "{err}");
+        return;
+    }
     let mut from = c.consume(config).await;
     assert_eq!(
         take_acked(&mut from, 2, "the messages from the start sequence on").await,
@@ -634,6 +649,23 @@ pub async fn consumer_lag_status(f: &dyn BusFactory) {
         .consumer_config("lag", "l")
         .ack_wait(Duration::from_secs(30));
     let (name, filter) = (config.name.clone(), config.filter.clone());
+    if !c.bus.capabilities().consumer_state {
+        capability_note(
+            &c,
+            "consumer_lag_status",
+            "consumer_state",
+            "consumer_state is an Unsupported error naming it",
+        );
+        let _consumer = c.consume(config).await;
+        let err = c
+            .bus
+            .consumer_state(&name, &filter)
+            .await
+            .expect_err("consumer_state must be refused when the capability is false");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("consumer state"), "{err}");
+        return;
+    }
     let mut consumer = c.consume(config).await;
     for i in 0..5 {
         c.publish("l", format!("m{i}")).await;

@@ -14,6 +14,11 @@ pub async fn dead_letter_queue_replay_and_discard(f: &dyn BusFactory) {
     let c = Ctx::new(f, "dlqq").await;
     let config = c.consumer_config("dlqq", "o.*").max_deliver(1);
     let dead_letters = config.dead_letter_subject.clone().unwrap();
+    let mut live = if c.bus.capabilities().stored_messages {
+        None
+    } else {
+        Some(c.bus.subscribe(&dead_letters).await.expect("subscribe to the dead letters"))
+    };
     let mut consumer = c.consume(config.clone()).await;
     c.publish("o.replayed", "first").await;
     c.publish("o.discarded", "second").await;
@@ -27,6 +32,27 @@ pub async fn dead_letter_queue_replay_and_discard(f: &dyn BusFactory) {
             .unwrap_or_else(|e| panic!("nack of the last delivery of {what:?}: {e}"));
     }
     drop(consumer);
+    if let Some(live) = live.as_mut() {
+        for what in ["first", "second"] {
+            let m = recv(live, &format!("the dead letter of {what:?}")).await;
+            assert_eq!(text(&m), what);
+            assert_eq!(m.headers.get(dlq::CONSUMER), Some(config.name.as_str()));
+        }
+        capability_note(
+            &c,
+            "dead_letter_queue_replay_and_discard",
+            "stored_messages",
+            "the dead letters are published (read live here); listing, replay and discard are Unsupported errors",
+        );
+        let err = c
+            .bus
+            .stored_streams(&dead_letters)
+            .await
+            .expect_err("stored_streams must be refused when stored_messages is false");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("stored messages"), "{err}");
+        return;
+    }
 
     let open = |reader: &'static str| {
         let bus = c.bus.clone();

@@ -136,6 +136,16 @@ pub async fn recv_n(sub: &mut Subscription, n: usize, what: &str) -> Vec<BusMess
     out
 }
 
+/// Says, in the test's output, that `scenario` meets a capability the
+/// backend declares it lacks, and which documented behaviour it asserts
+/// instead: never a silent skip.
+pub fn capability_note(c: &Ctx, scenario: &str, capability: &str, instead: &str) {
+    println!(
+        "conformance: {scenario} on {}: capability `{capability}` is false; asserting instead: {instead}",
+        c.bus.backend_name()
+    );
+}
+
 fn text(m: &BusMessage) -> String {
     String::from_utf8_lossy(&m.payload).into_owned()
 }
