@@ -8,7 +8,7 @@
 //! `~/.cache/event-bus-test-deps/tansu-0.6.0/bin/tansu`, else `tansu` on
 //! `PATH`. A missing binary is an error saying how to get it.
 
-use crate::process::{tail_lines, Process, LOG_TAIL_LINES, NotReady};
+use crate::process::{tail_lines, NotReady, Process, LOG_TAIL_LINES};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -187,13 +187,13 @@ pub use config::{connect, BusConfig, BusType};
 pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 pub use dlq::EventBusExt;
 pub use error::{BusError, ErrorKind};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaBus;
 pub use memory::{InMemoryBus, MemoryConfig, MemorySubscription, Overflow, SubscribeOptions};
 pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsBusBuilder};
 pub use subject::Subject;
-#[cfg(feature = "kafka")]
-pub use kafka::KafkaBus;
 
 /// The async-nats version this crate is built against (for `NatsBus::new(client)`).
 #[cfg(feature = "nats")]

@@ -17,7 +17,12 @@ pub async fn dead_letter_queue_replay_and_discard(f: &dyn BusFactory) {
     let mut live = if c.bus.capabilities().stored_messages {
         None
     } else {
-        Some(c.bus.subscribe(&dead_letters).await.expect("subscribe to the dead letters"))
+        Some(
+            c.bus
+                .subscribe(&dead_letters)
+                .await
+                .expect("subscribe to the dead letters"),
+        )
     };
     let mut consumer = c.consume(config.clone()).await;
     c.publish("o.replayed", "first").await;

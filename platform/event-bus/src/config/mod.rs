@@ -567,7 +567,9 @@ pub async fn connect(config: &BusConfig) -> Result<Arc<dyn EventBus>, BusError> 
 
 #[cfg(feature = "kafka")]
 async fn connect_kafka(config: &KafkaConfig) -> Result<Arc<dyn EventBus>, BusError> {
-    Ok(Arc::new(crate::kafka::KafkaBus::connect(config.clone()).await?))
+    Ok(Arc::new(
+        crate::kafka::KafkaBus::connect(config.clone()).await?,
+    ))
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -598,6 +600,19 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::time::Duration;
+
+    #[cfg(not(feature = "kafka"))]
+    #[tokio::test]
+    async fn kafka_without_the_feature_says_how_to_enable_it() {
+        let mut c = BusConfig::default();
+        c.bus_type = BusType::Kafka;
+        let err = match connect(&c).await {
+            Ok(_) => panic!("no Kafka backend in this build"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("`kafka` feature"), "{err}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
@@ -639,8 +654,39 @@ mod tests {
         assert_eq!(m.memory.log_max_bytes, 4096);
         assert!(m.memory.log_from_start);
 
-        for (var, val) in [
+        let mut kc = BusConfig::default();
+        kc.apply_env(env(&[
             ("EVENT_BUS_TYPE", "kafka"),
+            (
+                "EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS",
+                "10.0.0.1:9092,10.0.0.2:9092",
+            ),
+            ("EVENT_BUS_KAFKA_SASL_PASSWORD", "hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(kc.bus_type, BusType::Kafka);
+        assert_eq!(
+            kc.kafka.bootstrap_servers,
+            ["10.0.0.1:9092", "10.0.0.2:9092"]
+        );
+        assert!(!format!("{kc:?}").contains("hunter2"));
+        let bad = BusConfig::default()
+            .apply_env(env(&[
+                ("EVENT_BUS_TYPE", "kafka"),
+                ("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS", "nohost"),
+            ]))
+            .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS")
+                && bad.to_string().contains("nohost"),
+            "{bad}"
+        );
+
+        for (var, val) in [
+            ("EVENT_BUS_TYPE", "rabbitmq"),
+            ("EVENT_BUS_KAFKA_PARTITIONS", "many"),
+            ("EVENT_BUS_KAFKA_SECURITY_PROTOCOL", "carrier-pigeon"),
             ("EVENT_BUS_MEMORY_CAPACITY", "lots"),
             ("EVENT_BUS_MEMORY_OVERFLOW", "explode"),
             ("EVENT_BUS_NATS_CONNECT_TIMEOUT", "soon"),

@@ -35,8 +35,8 @@
 use super::subscription::{consumer_base, from_record};
 use super::topic::{group_for, topic_for_pattern};
 use super::{backend_err, KafkaBus};
-use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::consumer::MAX_WAIT;
+use crate::consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 use crate::error::{BusError, ErrorKind};
 use crate::message::BusMessage;
 use async_trait::async_trait;
@@ -157,7 +157,10 @@ impl Acker for KafkaAcker {
     }
 }
 
-pub(super) async fn open(bus: &KafkaBus, config: ConsumerConfig) -> Result<ConsumerStream, BusError> {
+pub(super) async fn open(
+    bus: &KafkaBus,
+    config: ConsumerConfig,
+) -> Result<ConsumerStream, BusError> {
     crate::consumer::validate_config(&config)?;
     let topic = topic_for_pattern(bus.tenant_opt(), &config.filter)?;
     bus.ensure_topic(&topic).await?;
@@ -244,7 +247,9 @@ pub(super) async fn open(bus: &KafkaBus, config: ConsumerConfig) -> Result<Consu
         cmd_tx,
     };
     tokio::spawn(driver.run(cmd_rx));
-    Ok(Box::pin(futures::stream::poll_fn(move |cx| out_rx.poll_recv(cx))))
+    Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+        out_rx.poll_recv(cx)
+    })))
 }
 
 struct Driver {
@@ -449,7 +454,6 @@ impl Driver {
                 }
                 drop(s);
             }
-            _ => drop(s),
         }
         let _ = reply.send(Ok(()));
     }

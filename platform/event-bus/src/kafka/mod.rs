@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -286,7 +286,6 @@ impl EventBus for KafkaBus {
     }
 
     async fn flush(&self) -> Result<(), BusError> {
-        use rdkafka::producer::Producer;
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.publish_timeout;
         tokio::task::spawn_blocking(move || producer.flush(timeout))

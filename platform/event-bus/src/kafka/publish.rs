@@ -3,7 +3,7 @@
 //! brokers' acknowledgement.
 
 use super::topic::{topic_for, ID_HEADER, KEY_HEADER, SUBJECT_HEADER};
-use super::{backend_err, KafkaBus, MAX_PAYLOAD};
+use super::{KafkaBus, MAX_PAYLOAD};
 use crate::error::{BusError, ErrorKind};
 use crate::message::{Envelope, PublishAck};
 use crate::subject::{first_token, validate_bus_subject};
@@ -120,9 +120,7 @@ impl KafkaBus {
 
 fn publish_error(subject: &str, topic: &str, e: KafkaError) -> BusError {
     let kind = match e.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::MessageSizeTooLarge2) => {
-            ErrorKind::PayloadTooLarge
-        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ErrorKind::PayloadTooLarge,
         Some(RDKafkaErrorCode::MessageTimedOut) | Some(RDKafkaErrorCode::RequestTimedOut) => {
             ErrorKind::Timeout
         }
@@ -130,7 +128,6 @@ fn publish_error(subject: &str, topic: &str, e: KafkaError) -> BusError {
         | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => ErrorKind::PermissionDenied,
         _ => ErrorKind::Unavailable,
     };
-    let _ = backend_err;
     BusError::new(
         kind,
         format!("kafka: publishing {subject:?} to topic {topic}: {e}"),
