@@ -5,6 +5,10 @@
 # all tests (unit, integration against real nats-server processes and
 # clusters, doc tests), the quick-start example and a short run of each fuzz
 # target from its committed corpus (FUZZ_SECONDS each, default 15; 0 skips).
+# KAFKA_TESTS=1 also lints and tests the `kafka` feature (KafkaBus on a tansu
+# broker; `./scripts/install-test-deps.sh kafka` builds tansu once, 20-40 min):
+# off by default: librdkafka's C build and the Kafka tests would push CI past
+# its time budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +26,16 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
+if [ "${KAFKA_TESTS:-0}" = 1 ]; then
+	eval "$(./scripts/install-test-deps.sh kafka | grep "^TANSU_BIN=")"
+	export TANSU_BIN
+	echo "== kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
+	cargo clippy -p event-bus -p event-bus-testkit --features event-bus/kafka,event-bus-testkit/kafka --all-targets -- -D warnings
+	cargo test -p event-bus --features kafka --lib kafka
+	cargo test -p event-bus-testkit --features kafka --test conformance_kafka
+else
+	echo "== kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
+fi
 echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
 echo "== outbox chain example (in-memory bus, throwaway PostgreSQL)"
