@@ -247,6 +247,15 @@ pub struct BusCapabilities {
     /// [`EventBus::consumer_state`] works (lag monitoring). When `false`
     /// it is `Unsupported`.
     pub consumer_state: bool,
+    /// A subscriber sees messages of different subjects in the order they
+    /// were stored (one stream per first token). When `false` (Kafka:
+    /// partitions keyed by subject), order holds per subject (per key) only.
+    pub order_across_subjects: bool,
+    /// Instances of one durable consumer share the messages of a single
+    /// subject. When `false` (Kafka: one partition per key, one owner per
+    /// partition), they share the work across subjects (keys), and one
+    /// subject's messages go to one instance at a time.
+    pub shares_within_a_subject: bool,
 }
 
 impl BusCapabilities {
@@ -256,6 +265,8 @@ impl BusCapabilities {
         start_at_sequence: true,
         stored_messages: true,
         consumer_state: true,
+        order_across_subjects: true,
+        shares_within_a_subject: true,
     };
 }
 

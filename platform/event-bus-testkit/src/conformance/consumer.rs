@@ -261,8 +261,22 @@ pub async fn consumer_work_sharing(f: &dyn BusFactory) {
     let mut a = c.consume(config.clone()).await;
     let mut b = c.consume(config.clone()).await;
     let n = 200usize;
+    let per_subject = c.bus.capabilities().shares_within_a_subject;
+    if !per_subject {
+        capability_note(
+            &c,
+            "consumer_work_sharing",
+            "shares_within_a_subject",
+            "the instances share events of 200 subjects (one event each) instead of 200 events of one subject",
+        );
+    }
     for i in 0..n {
-        c.publish("s.x", i.to_string()).await;
+        let subject = if per_subject {
+            "s.x".to_string()
+        } else {
+            format!("s.{i}")
+        };
+        c.publish(&subject, i.to_string()).await;
     }
     let seen = Arc::new(parking_lot_free::Counts::default());
     // Each instance counts what it processed; a handler awaits something

@@ -46,10 +46,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The largest payload `KafkaBus` publishes (8 MiB); larger ones are a
-/// `PayloadTooLarge` error naming the subject. Brokers must accept records
-/// this large (Apache Kafka's default `message.max.bytes` is 1 MiB).
-pub const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+/// The largest message `KafkaBus` publishes: payload, headers and message
+/// id together at most 1 MiB (as NATS's default `max_payload`; Apache
+/// Kafka's default `message.max.bytes` is 1 MiB plus record overhead, which
+/// the bus's own subject header fits in). Larger ones are a
+/// `PayloadTooLarge` error naming the subject and the sizes.
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// What Kafka guarantees of the trait's contract, and what it does not
 /// (see the README's semantics table).
@@ -100,7 +102,7 @@ impl KafkaBus {
                 "message.timeout.ms",
                 config.publish_timeout.as_millis().to_string(),
             )
-            .set("message.max.bytes", (MAX_PAYLOAD + 1024 * 1024).to_string());
+            .set("message.max.bytes", (MAX_PAYLOAD + 64 * 1024).to_string());
         let producer: FutureProducer = producer_cfg
             .create()
             .map_err(|e| BusError::new(ErrorKind::Config, format!("kafka producer: {e}")))?;
@@ -304,6 +306,8 @@ impl EventBus for KafkaBus {
         c.start_at_sequence = false;
         c.stored_messages = false;
         c.consumer_state = false;
+        c.order_across_subjects = false;
+        c.shares_within_a_subject = false;
         c
     }
 }

@@ -34,11 +34,14 @@ impl KafkaBus {
                 ));
             }
         }
-        if envelope.payload.len() > MAX_PAYLOAD {
+        let header_len = envelope.headers.wire_len()
+            + envelope.id.as_ref().map_or(0, |i| i.to_string().len() + 8);
+        if envelope.payload.len() + header_len > MAX_PAYLOAD {
             return Err(BusError::new(
                 ErrorKind::PayloadTooLarge,
                 format!(
-                    "message on {subject:?} has a payload of {} bytes, over KafkaBus's limit of {MAX_PAYLOAD} bytes",
+                    "message on {subject:?} is {} bytes (payload {} + headers {header_len}), over KafkaBus's limit of {MAX_PAYLOAD} bytes",
+                    envelope.payload.len() + header_len,
                     envelope.payload.len()
                 ),
             ));

@@ -58,10 +58,10 @@ pub(super) fn consumer_base(bus: &KafkaBus) -> rdkafka::ClientConfig {
     cfg.set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "100")
-        .set("fetch.max.bytes", (2 * super::MAX_PAYLOAD).to_string())
+        .set("fetch.max.bytes", (4 * super::MAX_PAYLOAD).to_string())
         .set(
             "max.partition.fetch.bytes",
-            (super::MAX_PAYLOAD + 1024 * 1024).to_string(),
+            (2 * super::MAX_PAYLOAD).to_string(),
         );
     cfg
 }
