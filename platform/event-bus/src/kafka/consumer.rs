@@ -29,6 +29,9 @@
 //!   has no offsets yet (before joining); `All` reads from the earliest
 //!   offset; `Sequence(n)` is offset `n - 1` on a one-partition topic and
 //!   `Unsupported` otherwise (sequences are per partition).
+//! * **ready**: opening returns once the group has given the instance its
+//!   first assignment (within `open_timeout`, else a `Timeout` error), so
+//!   instances opened one after the other all share what is published next.
 //! * **max_ack_pending**: the instance stops fetching while that many
 //!   deliveries are unanswered.
 
@@ -94,11 +97,19 @@ impl State {
 struct Ctx {
     topic: String,
     state: Arc<Mutex<State>>,
+    /// Set once the group has given this instance its first assignment.
+    assigned: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.assigned.send_replace(true);
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
@@ -181,10 +192,12 @@ pub(super) async fn open(
         _ => None,
     };
     let state = Arc::new(Mutex::new(State::default()));
+    let (assigned, mut assigned_rx) = tokio::sync::watch::channel(false);
     let mut cfg = consumer_base(bus);
     cfg.set("group.id", &group)
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
+        .set("max.poll.interval.ms", "10000")
         .set(
             "auto.offset.reset",
             if config.start == StartPosition::All {
@@ -197,6 +210,7 @@ pub(super) async fn open(
         .create_with_context(Ctx {
             topic: topic.clone(),
             state: state.clone(),
+            assigned,
         })
         .map_err(|e| backend_err("creating a consumer", e))?;
     let consumer = Arc::new(consumer);
@@ -236,6 +250,8 @@ pub(super) async fn open(
         .subscribe(&[&topic])
         .map_err(|e| backend_err(&format!("subscribing group {group} to {topic}"), e))?;
 
+    let config_open_timeout = config.open_timeout;
+    let name = config.name.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Result<Delivery, BusError>>();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Cmd>();
     let driver = Driver {
@@ -247,6 +263,21 @@ pub(super) async fn open(
         cmd_tx,
     };
     tokio::spawn(driver.run(cmd_rx));
+    // Ready means a member with an assignment (possibly empty, with more
+    // instances than partitions): events published after `consume`
+    // returns are then shared by the instances opened so far.
+    let wait = config_open_timeout.max(Duration::from_secs(1));
+    if tokio::time::timeout(wait, assigned_rx.wait_for(|a| *a))
+        .await
+        .is_err()
+    {
+        return Err(BusError::new(
+            ErrorKind::Timeout,
+            format!(
+                "kafka consumer {name:?}: the group {group} gave this instance no partition assignment within {wait:?}"
+            ),
+        ));
+    }
     Ok(Box::pin(futures::stream::poll_fn(move |cx| {
         out_rx.poll_recv(cx)
     })))
