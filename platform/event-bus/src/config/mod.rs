@@ -604,8 +604,10 @@ mod tests {
     #[cfg(not(feature = "kafka"))]
     #[tokio::test]
     async fn kafka_without_the_feature_says_how_to_enable_it() {
-        let mut c = BusConfig::default();
-        c.bus_type = BusType::Kafka;
+        let c = BusConfig {
+            bus_type: BusType::Kafka,
+            ..BusConfig::default()
+        };
         let err = match connect(&c).await {
             Ok(_) => panic!("no Kafka backend in this build"),
             Err(e) => e,
