@@ -61,7 +61,10 @@ fn candidates() -> Vec<PathBuf> {
 
 /// Locates the tansu binary, or says how to install it.
 pub fn tansu_binary() -> Result<PathBuf, KafkaHarnessError> {
-    let tried = candidates();
+    resolve(candidates())
+}
+
+fn resolve(tried: Vec<PathBuf>) -> Result<PathBuf, KafkaHarnessError> {
     if let Some(p) = tried.iter().find(|p| p.is_file()) {
         return Ok(p.clone());
     }
@@ -204,5 +207,21 @@ impl KafkaServer {
         event_bus::KafkaBus::connect(config)
             .await
             .unwrap_or_else(|e| panic!("connect to tansu at {}: {e}", self.bootstrap()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_how_to_get_it() {
+        let err = resolve(vec![PathBuf::from("/nonexistent/tansu")]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("./scripts/install-test-deps.sh kafka") && text.contains("TANSU_BIN"),
+            "{text}"
+        );
+        assert!(text.contains("/nonexistent/tansu"), "{text}");
     }
 }
