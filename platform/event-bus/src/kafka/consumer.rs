@@ -33,7 +33,9 @@
 //!   first assignment (within `open_timeout`, else a `Timeout` error), so
 //!   instances opened one after the other all share what is published next.
 //! * **max_ack_pending**: the instance stops fetching while that many
-//!   deliveries are unanswered.
+//!   deliveries are unanswered. (librdkafka's `max.poll.interval.ms`, 5
+//!   minutes, then applies: a window held unanswered longer than that makes
+//!   the instance leave the group, and its partitions go to the others.)
 
 use super::subscription::{consumer_base, from_record};
 use super::topic::{group_for, topic_for_pattern};
@@ -197,7 +199,6 @@ pub(super) async fn open(
     cfg.set("group.id", &group)
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500")
-        .set("max.poll.interval.ms", "10000")
         .set(
             "auto.offset.reset",
             if config.start == StartPosition::All {
