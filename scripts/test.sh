@@ -32,7 +32,7 @@ if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 	echo "== kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
 	cargo clippy -p event-bus -p event-bus-testkit --features event-bus/kafka,event-bus-testkit/kafka --all-targets -- -D warnings
 	cargo test -p event-bus --features kafka --lib kafka
-	cargo test -p event-bus-testkit --features kafka --test conformance_kafka
+	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour
 else
 	echo "== kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
 fi
