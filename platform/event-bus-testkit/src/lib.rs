@@ -18,6 +18,7 @@
 pub mod conformance;
 pub mod cpu;
 pub mod http;
+pub mod kafka_server;
 mod local;
 pub mod nats_server;
 mod orphans;

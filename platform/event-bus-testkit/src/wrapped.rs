@@ -117,4 +117,8 @@ impl EventBus for WrappedBus {
     fn tenant(&self) -> Option<&str> {
         EventBus::tenant(&self.inner)
     }
+
+    fn capabilities(&self) -> event_bus::BusCapabilities {
+        EventBus::capabilities(&self.inner)
+    }
 }

@@ -213,6 +213,61 @@ pub trait EventBus: Send + Sync {
     fn tenant(&self) -> Option<&str> {
         None
     }
+
+    /// What this backend guarantees where backends differ (see
+    /// [`BusCapabilities`]). The default is everything the trait's
+    /// documentation describes, as the in-memory bus and NATS give it; a
+    /// backend that cannot give one says so here, and a decorator forwards
+    /// its inner bus's answer.
+    fn capabilities(&self) -> BusCapabilities {
+        BusCapabilities::FULL
+    }
+}
+
+/// Where backends differ: what [`EventBus::capabilities`] declares. A module
+/// that relies on one reads it instead of assuming NATS; the conformance
+/// kit asserts, for each `false`, the documented fallback behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusCapabilities {
+    /// The backend drops a repeated message id within its de-duplication
+    /// window ([`PublishAck::duplicate`]). When `false` (Kafka), a repeated
+    /// id is stored and delivered again, always with `duplicate: false`;
+    /// the runner's idempotency inbox drops the repeat.
+    pub dedup_by_id: bool,
+    /// A durable consumer can start at any stored sequence
+    /// ([`StartPosition::Sequence`](crate::StartPosition::Sequence)). When
+    /// `false` (Kafka, whose positions are per partition), it can on a
+    /// one-partition topic and is `Unsupported` otherwise.
+    pub start_at_sequence: bool,
+    /// [`EventBus::stored_streams`], [`EventBus::read_stored`] and
+    /// [`EventBus::delete_stored`] work, so the dead-letter queue can be
+    /// listed, replayed and discarded. When `false` they are `Unsupported`.
+    pub stored_messages: bool,
+    /// [`EventBus::consumer_state`] works (lag monitoring). When `false`
+    /// it is `Unsupported`.
+    pub consumer_state: bool,
+    /// A subscriber sees messages of different subjects in the order they
+    /// were stored (one stream per first token). When `false` (Kafka:
+    /// partitions keyed by subject), order holds per subject (per key) only.
+    pub order_across_subjects: bool,
+    /// Instances of one durable consumer share the messages of a single
+    /// subject. When `false` (Kafka: one partition per key, one owner per
+    /// partition), they share the work across subjects (keys), and one
+    /// subject's messages go to one instance at a time.
+    pub shares_within_a_subject: bool,
+}
+
+impl BusCapabilities {
+    /// Everything the trait documents.
+    pub const FULL: BusCapabilities = BusCapabilities {
+        dedup_by_id: true,
+        start_at_sequence: true,
+        stored_messages: true,
+        consumer_state: true,
+        order_across_subjects: true,
+        shares_within_a_subject: true,
+    };
 }
 
 /// The future returned by [`EventBus::publish`]: either already complete or a

@@ -167,16 +167,28 @@ pub mod nats {
     mod config;
     pub use self::config::*;
 }
+/// Kafka: `KafkaBus` (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub mod kafka;
+/// Kafka: this build has no Kafka backend (feature `kafka` off), only its
+/// settings, so that a configuration naming Kafka still parses.
+#[cfg(not(feature = "kafka"))]
+pub mod kafka {
+    mod config;
+    pub use self::config::*;
+}
 pub mod runner;
 pub mod status;
 pub mod subject;
 pub mod trace;
 
-pub use bus::{EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
+pub use bus::{BusCapabilities, EventBus, HealthReport, HealthStatus, PublishFuture, Subscription};
 pub use config::{connect, BusConfig, BusType};
 pub use consumer::{AckKind, Acker, ConsumerConfig, ConsumerStream, Delivery, StartPosition};
 pub use dlq::EventBusExt;
 pub use error::{BusError, ErrorKind};
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaBus;
 pub use memory::{InMemoryBus, MemoryConfig, MemorySubscription, Overflow, SubscribeOptions};
 pub use message::{BusMessage, Envelope, Headers, MessageId, PublishAck};
 #[cfg(feature = "nats")]

@@ -261,8 +261,22 @@ pub async fn consumer_work_sharing(f: &dyn BusFactory) {
     let mut a = c.consume(config.clone()).await;
     let mut b = c.consume(config.clone()).await;
     let n = 200usize;
+    let per_subject = c.bus.capabilities().shares_within_a_subject;
+    if !per_subject {
+        capability_note(
+            &c,
+            "consumer_work_sharing",
+            "shares_within_a_subject",
+            "the instances share events of 200 subjects (one event each) instead of 200 events of one subject",
+        );
+    }
     for i in 0..n {
-        c.publish("s.x", i.to_string()).await;
+        let subject = if per_subject {
+            "s.x".to_string()
+        } else {
+            format!("s.{i}")
+        };
+        c.publish(&subject, i.to_string()).await;
     }
     let seen = Arc::new(parking_lot_free::Counts::default());
     // Each instance counts what it processed; a handler awaits something
@@ -301,7 +315,19 @@ pub async fn consumer_work_sharing(f: &dyn BusFactory) {
 
     // A takes one and stops without answering: it goes to B after the ack wait.
     c.publish("s.x", "orphan").await;
-    let d = next_delivery(&mut a, "orphan for A (or B)").await;
+    let d = if per_subject {
+        next_delivery(&mut a, "orphan for A (or B)").await
+    } else {
+        // One subject's events go to the instance owning its partition:
+        // whichever that is plays A.
+        tokio::select! {
+            d = next_delivery(&mut a, "orphan for A or B") => d,
+            d = next_delivery(&mut b, "orphan for A or B") => {
+                std::mem::swap(&mut a, &mut b);
+                d
+            }
+        }
+    };
     let first_count = d.delivery_count();
     drop(d);
     drop(a);
@@ -432,6 +458,21 @@ pub async fn consumer_start_sequence(f: &dyn BusFactory) {
     let config = c
         .consumer_config("from3", "q.>")
         .start(event_bus::StartPosition::Sequence(seqs[2]));
+    if !c.bus.capabilities().start_at_sequence {
+        capability_note(
+            &c,
+            "consumer_start_sequence",
+            "start_at_sequence",
+            "a start sequence on a multi-partition stream is an Unsupported error naming it",
+        );
+        let err = match c.bus.consume(config).await {
+            Ok(_) => panic!("a start sequence must be refused when start_at_sequence is false"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("sequence"), "{err}");
+        return;
+    }
     let mut from = c.consume(config).await;
     assert_eq!(
         take_acked(&mut from, 2, "the messages from the start sequence on").await,
@@ -634,6 +675,23 @@ pub async fn consumer_lag_status(f: &dyn BusFactory) {
         .consumer_config("lag", "l")
         .ack_wait(Duration::from_secs(30));
     let (name, filter) = (config.name.clone(), config.filter.clone());
+    if !c.bus.capabilities().consumer_state {
+        capability_note(
+            &c,
+            "consumer_lag_status",
+            "consumer_state",
+            "consumer_state is an Unsupported error naming it",
+        );
+        let _consumer = c.consume(config).await;
+        let err = c
+            .bus
+            .consumer_state(&name, &filter)
+            .await
+            .expect_err("consumer_state must be refused when the capability is false");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("consumer state"), "{err}");
+        return;
+    }
     let mut consumer = c.consume(config).await;
     for i in 0..5 {
         c.publish("l", format!("m{i}")).await;

@@ -14,19 +14,65 @@ pub async fn dead_letter_queue_replay_and_discard(f: &dyn BusFactory) {
     let c = Ctx::new(f, "dlqq").await;
     let config = c.consumer_config("dlqq", "o.*").max_deliver(1);
     let dead_letters = config.dead_letter_subject.clone().unwrap();
+    let mut live = if c.bus.capabilities().stored_messages {
+        None
+    } else {
+        Some(
+            c.bus
+                .subscribe(&dead_letters)
+                .await
+                .expect("subscribe to the dead letters"),
+        )
+    };
     let mut consumer = c.consume(config.clone()).await;
     c.publish("o.replayed", "first").await;
     c.publish("o.discarded", "second").await;
-    for what in ["first", "second"] {
-        let d = next_delivery(&mut consumer, what).await;
+    let ordered = c.bus.capabilities().order_across_subjects;
+    let mut got = Vec::new();
+    for expected in ["first", "second"] {
+        let d = next_delivery(&mut consumer, expected).await;
         assert_eq!(d.delivery_count(), 1);
-        assert_eq!(text(d.message()), what);
+        let what = text(d.message());
+        if ordered {
+            assert_eq!(what, expected);
+        } else {
+            // Two subjects: stored in order per subject only.
+            assert!(
+                ["first", "second"].contains(&what.as_str()) && !got.contains(&what),
+                "{what}"
+            );
+            got.push(what.clone());
+        }
         // The last allowed delivery: the nack dead-letters it.
         d.nack_with_reason(None, format!("broken {what}"))
             .await
             .unwrap_or_else(|e| panic!("nack of the last delivery of {what:?}: {e}"));
     }
     drop(consumer);
+    if let Some(live) = live.as_mut() {
+        let mut letters = Vec::new();
+        for _ in 0..2 {
+            let m = recv(live, "a dead letter").await;
+            assert_eq!(m.headers.get(dlq::CONSUMER), Some(config.name.as_str()));
+            letters.push(text(&m));
+        }
+        letters.sort();
+        assert_eq!(letters, ["first", "second"], "both dead letters, once each");
+        capability_note(
+            &c,
+            "dead_letter_queue_replay_and_discard",
+            "stored_messages",
+            "the dead letters are published (read live here); listing, replay and discard are Unsupported errors",
+        );
+        let err = c
+            .bus
+            .stored_streams(&dead_letters)
+            .await
+            .expect_err("stored_streams must be refused when stored_messages is false");
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("stored messages"), "{err}");
+        return;
+    }
 
     let open = |reader: &'static str| {
         let bus = c.bus.clone();

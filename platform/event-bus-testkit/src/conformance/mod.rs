@@ -136,6 +136,48 @@ pub async fn recv_n(sub: &mut Subscription, n: usize, what: &str) -> Vec<BusMess
     out
 }
 
+/// Says, in the test's output, that `scenario` meets a capability the
+/// backend declares it lacks, and which documented behaviour it asserts
+/// instead: never a silent skip.
+/// Written to the process's stderr directly, past the test harness's
+/// capture, so that it shows in every run.
+pub fn capability_note(c: &Ctx, scenario: &str, capability: &str, instead: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "conformance: {scenario} on {}: capability `{capability}` is false; asserting instead: {instead}",
+        c.bus.backend_name()
+    );
+}
+
+/// Asserts that `got` are the `want`ed payloads in order, or, on a backend
+/// without [`order_across_subjects`](event_bus::BusCapabilities), the same
+/// payloads in any order (callers use one message per subject, so per-subject
+/// order is all there is to check).
+pub fn assert_in_order_across_subjects(
+    c: &Ctx,
+    scenario: &str,
+    got: &[String],
+    want: &[&str],
+    what: &str,
+) {
+    if c.bus.capabilities().order_across_subjects {
+        assert_eq!(got, want, "{what}");
+        return;
+    }
+    capability_note(
+        c,
+        scenario,
+        "order_across_subjects",
+        "every message once, in any order across subjects (one message per subject)",
+    );
+    let mut got = got.to_vec();
+    got.sort();
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "{what}");
+}
+
 fn text(m: &BusMessage) -> String {
     String::from_utf8_lossy(&m.payload).into_owned()
 }

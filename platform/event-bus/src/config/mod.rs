@@ -45,6 +45,14 @@
 //! | `EVENT_BUS_NATS_CONNECT_TIMEOUT` | `nats.connect_timeout` | `5s` |
 //! | `EVENT_BUS_NATS_PUBLISH_TIMEOUT` | `nats.publish_timeout` | `5s` |
 //! | `EVENT_BUS_NATS_TENANT` | `nats.tenant` | `acme` |
+//! | `EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS` | `kafka.bootstrap_servers` (comma-separated) | `10.0.0.1:9092,10.0.0.2:9092` |
+//! | `EVENT_BUS_KAFKA_CLIENT_ID` | `kafka.client_id` | `billing` |
+//! | `EVENT_BUS_KAFKA_SECURITY_PROTOCOL` | `kafka.security_protocol` | `plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl` |
+//! | `EVENT_BUS_KAFKA_SASL_MECHANISM`, `EVENT_BUS_KAFKA_SASL_USERNAME`, `EVENT_BUS_KAFKA_SASL_PASSWORD` | `kafka.sasl_mechanism`, `kafka.sasl_username`, `kafka.sasl_password` | `SCRAM-SHA-512` |
+//! | `EVENT_BUS_KAFKA_TLS_CA`, `EVENT_BUS_KAFKA_TLS_CERT`, `EVENT_BUS_KAFKA_TLS_KEY`, `EVENT_BUS_KAFKA_TLS_KEY_PASSWORD` | `kafka.tls_ca_file`, `kafka.tls_cert_file`, `kafka.tls_key_file`, `kafka.tls_key_password` | |
+//! | `EVENT_BUS_KAFKA_TENANT` | `kafka.tenant` | `acme` |
+//! | `EVENT_BUS_KAFKA_PARTITIONS` | `kafka.partitions` | `3` |
+//! | `EVENT_BUS_KAFKA_PUBLISH_TIMEOUT` | `kafka.publish_timeout` | `10s` |
 //!
 //! Durations are written like `250ms`, `5s`, `2m`, `1h 30m`.
 //!
@@ -69,6 +77,8 @@ use std::sync::Arc;
 // `memory`); re-exported here so that `event_bus::config::NatsConfig` and
 // the other paths of earlier versions keep working.
 #[doc(no_inline)]
+pub use crate::kafka::{KafkaConfig, SecurityProtocol};
+#[doc(no_inline)]
 pub use crate::nats::{
     redact_url, redact_urls, validate_tenant, NatsConfig, Secret, StreamDiscard, StreamRetention,
     StreamSpec, StreamStorage, TlsConfig, MAX_TENANT_LEN, MAX_TIMEOUT,
@@ -84,6 +94,8 @@ pub enum BusType {
     Memory,
     /// `NatsBus`: NATS JetStream.
     Nats,
+    /// `KafkaBus`: Kafka (feature `kafka` of event-bus).
+    Kafka,
 }
 
 impl std::str::FromStr for BusType {
@@ -92,7 +104,8 @@ impl std::str::FromStr for BusType {
         match s.trim().to_ascii_lowercase().as_str() {
             "memory" | "inmemory" | "in_memory" | "in-memory" => Ok(BusType::Memory),
             "nats" | "jetstream" => Ok(BusType::Nats),
-            _ => Err("expected `memory` or `nats`".into()),
+            "kafka" => Ok(BusType::Kafka),
+            _ => Err("expected `memory`, `nats` or `kafka`".into()),
         }
     }
 }
@@ -109,6 +122,8 @@ pub struct BusConfig {
     pub memory: MemoryConfig,
     /// NATS settings (used when `type = "nats"`).
     pub nats: NatsConfig,
+    /// Kafka settings (used when `type = "kafka"`).
+    pub kafka: KafkaConfig,
 }
 
 impl BusConfig {
@@ -326,6 +341,52 @@ impl BusConfig {
         if let Some(v) = get("EVENT_BUS_NATS_TENANT") {
             n.tenant = Some(v);
         }
+        let k = &mut self.kafka;
+        if let Some(v) = get("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS") {
+            k.bootstrap_servers = crate::kafka::parse_bootstrap(&v);
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_CLIENT_ID") {
+            k.client_id = v;
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_SECURITY_PROTOCOL") {
+            k.security_protocol = v.parse().map_err(|_| {
+                BusError::config(
+                    "EVENT_BUS_KAFKA_SECURITY_PROTOCOL",
+                    &v,
+                    "expected plaintext, ssl, sasl_plaintext or sasl_ssl",
+                )
+            })?;
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_SASL_MECHANISM") {
+            k.sasl_mechanism = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_SASL_USERNAME") {
+            k.sasl_username = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_SASL_PASSWORD") {
+            k.sasl_password = Some(v.into());
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_TLS_CA") {
+            k.tls_ca_file = Some(v.into());
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_TLS_CERT") {
+            k.tls_cert_file = Some(v.into());
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_TLS_KEY") {
+            k.tls_key_file = Some(v.into());
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_TLS_KEY_PASSWORD") {
+            k.tls_key_password = Some(v.into());
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_TENANT") {
+            k.tenant = Some(v);
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_PARTITIONS") {
+            k.partitions = parse("EVENT_BUS_KAFKA_PARTITIONS", &v)?;
+        }
+        if let Some(v) = get("EVENT_BUS_KAFKA_PUBLISH_TIMEOUT") {
+            k.publish_timeout = dur("EVENT_BUS_KAFKA_PUBLISH_TIMEOUT", &v)?;
+        }
         // A value that parses but is invalid is reported under the variable
         // that set it, not the file's field name the variable overrides.
         self.validate_as(&|field| {
@@ -338,6 +399,11 @@ impl BusConfig {
                 "nats.connect_timeout" => &["EVENT_BUS_NATS_CONNECT_TIMEOUT"],
                 "nats.publish_timeout" => &["EVENT_BUS_NATS_PUBLISH_TIMEOUT"],
                 "nats.tenant" => &["EVENT_BUS_NATS_TENANT"],
+                "kafka.bootstrap_servers" => &["EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS"],
+                "kafka.client_id" => &["EVENT_BUS_KAFKA_CLIENT_ID"],
+                "kafka.tenant" => &["EVENT_BUS_KAFKA_TENANT"],
+                "kafka.partitions" => &["EVENT_BUS_KAFKA_PARTITIONS"],
+                "kafka.publish_timeout" => &["EVENT_BUS_KAFKA_PUBLISH_TIMEOUT"],
                 _ => &[],
             };
             let set: Vec<&str> = vars.iter().copied().filter(|v| get(v).is_some()).collect();
@@ -367,6 +433,22 @@ impl BusConfig {
                     t,
                     "a tenant is supported on NATS only (`type = nats`); with `type = memory` it would be ignored. Remove it, or give each tenant its own InMemoryBus (separate buses share nothing)",
                 ));
+            }
+        }
+        if self.bus_type == BusType::Kafka {
+            if let Err(e) = self.kafka.validate() {
+                // Name the variable that set the field, when one did.
+                let mut msg = e.message().to_string();
+                for field in [
+                    "kafka.bootstrap_servers",
+                    "kafka.client_id",
+                    "kafka.tenant",
+                    "kafka.partitions",
+                    "kafka.publish_timeout",
+                ] {
+                    msg = msg.replace(&format!("`{field}`"), &format!("`{}`", name(field)));
+                }
+                return Err(BusError::new(ErrorKind::Config, msg));
             }
         }
         if self.memory.capacity == 0 {
@@ -479,7 +561,24 @@ pub async fn connect(config: &BusConfig) -> Result<Arc<dyn EventBus>, BusError> 
     match config.bus_type {
         BusType::Memory => Ok(Arc::new(InMemoryBus::with_config(config.memory.clone()))),
         BusType::Nats => connect_nats(&config.nats).await,
+        BusType::Kafka => connect_kafka(&config.kafka).await,
     }
+}
+
+#[cfg(feature = "kafka")]
+async fn connect_kafka(config: &KafkaConfig) -> Result<Arc<dyn EventBus>, BusError> {
+    Ok(Arc::new(
+        crate::kafka::KafkaBus::connect(config.clone()).await?,
+    ))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn connect_kafka(_config: &KafkaConfig) -> Result<Arc<dyn EventBus>, BusError> {
+    Err(BusError::config(
+        "type",
+        "kafka",
+        "this build of event-bus has no Kafka backend: enable the `kafka` feature (`event-bus = { features = [\"kafka\"] }`, or `cargo build --features event-bus/kafka`)",
+    ))
 }
 
 #[cfg(feature = "nats")]
@@ -501,6 +600,21 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::time::Duration;
+
+    #[cfg(not(feature = "kafka"))]
+    #[tokio::test]
+    async fn kafka_without_the_feature_says_how_to_enable_it() {
+        let c = BusConfig {
+            bus_type: BusType::Kafka,
+            ..BusConfig::default()
+        };
+        let err = match connect(&c).await {
+            Ok(_) => panic!("no Kafka backend in this build"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("`kafka` feature"), "{err}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs
@@ -542,8 +656,39 @@ mod tests {
         assert_eq!(m.memory.log_max_bytes, 4096);
         assert!(m.memory.log_from_start);
 
-        for (var, val) in [
+        let mut kc = BusConfig::default();
+        kc.apply_env(env(&[
             ("EVENT_BUS_TYPE", "kafka"),
+            (
+                "EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS",
+                "10.0.0.1:9092,10.0.0.2:9092",
+            ),
+            ("EVENT_BUS_KAFKA_SASL_PASSWORD", "hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(kc.bus_type, BusType::Kafka);
+        assert_eq!(
+            kc.kafka.bootstrap_servers,
+            ["10.0.0.1:9092", "10.0.0.2:9092"]
+        );
+        assert!(!format!("{kc:?}").contains("hunter2"));
+        let bad = BusConfig::default()
+            .apply_env(env(&[
+                ("EVENT_BUS_TYPE", "kafka"),
+                ("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS", "nohost"),
+            ]))
+            .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS")
+                && bad.to_string().contains("nohost"),
+            "{bad}"
+        );
+
+        for (var, val) in [
+            ("EVENT_BUS_TYPE", "rabbitmq"),
+            ("EVENT_BUS_KAFKA_PARTITIONS", "many"),
+            ("EVENT_BUS_KAFKA_SECURITY_PROTOCOL", "carrier-pigeon"),
             ("EVENT_BUS_MEMORY_CAPACITY", "lots"),
             ("EVENT_BUS_MEMORY_OVERFLOW", "explode"),
             ("EVENT_BUS_NATS_CONNECT_TIMEOUT", "soon"),
