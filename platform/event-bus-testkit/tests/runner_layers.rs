@@ -186,7 +186,9 @@ async fn a_concurrency_limit_bounds_attempts(b: Backend) {
         let [now, most, done] = &*s;
         let n = now.fetch_add(1, Ordering::SeqCst) + 1;
         most.fetch_max(n, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Long enough that the next events arrive meanwhile, even on a
+        // loaded machine.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         now.fetch_sub(1, Ordering::SeqCst);
         done.fetch_add(1, Ordering::SeqCst);
         Outcome::Ack
