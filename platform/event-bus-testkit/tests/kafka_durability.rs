@@ -17,7 +17,15 @@ use std::time::Duration;
 
 const PUBLISHERS: u64 = 4;
 
+/// Fails on tansu 0.6.0 (hence ignored; `-- --ignored` runs it): the
+/// records acknowledged before the kill survive on PostgreSQL, but after
+/// the restart tansu answers the idempotent producer's new batches with
+/// `DUPLICATE_SEQUENCE_NUMBER` without storing them, and a Kafka client
+/// (librdkafka, as the Java client) takes that answer as "already
+/// written": those publishes are acknowledged and lost. Apache Kafka
+/// answers so only for a batch it holds. See the README's "On Kafka".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 acknowledges post-restart publishes with DUPLICATE_SEQUENCE_NUMBER without storing them"]
 async fn acknowledged_events_survive_a_broker_kill() {
     let pg = TestPostgres::start()
         .await
@@ -122,6 +130,18 @@ async fn acknowledged_events_survive_a_broker_kill() {
         acked.len(),
         errors.load(Ordering::SeqCst),
         stored.len()
+    );
+    let storage = pg
+        .psql("SELECT topition, count(*), min(offset_id), max(offset_id) FROM record GROUP BY topition ORDER BY topition")
+        .await
+        .unwrap_or_else(|e| e.to_string());
+    let watermarks = pg
+        .psql("SELECT * FROM watermark")
+        .await
+        .unwrap_or_else(|e| e.to_string());
+    println!(
+        "tansu's records (topition|count|min|max):\n{storage}\nwatermarks:\n{watermarks}\ntansu's log (tail):\n{}",
+        server.log_tail()
     );
     assert!(
         lost.is_empty(),
