@@ -245,6 +245,22 @@ if want kafka && [ ! -x "$TANSU_ROOT/bin/tansu" ]; then
 		die "cargo install tansu $TANSU_VERSION failed"
 fi
 
+# tansu's PostgreSQL storage engine creates no tables: its schema is the
+# repository's etc/initdb.d/010-schema.sql at the tag (not in the crate),
+# fetched once, pinned by its SHA-256; the broker-kill test applies it to a
+# throwaway database (`KafkaServer::start_on_postgres`).
+TANSU_SCHEMA="$TANSU_ROOT/initdb/010-schema.sql"
+TANSU_SCHEMA_SHA256=e4941efd0bb20bbadc16db1a8d52d4d3aed10d9f12147fea1a116d47cbce626e
+if want kafka && [ "$(sha256sum "$TANSU_SCHEMA" 2>/dev/null | cut -d' ' -f1)" != "$TANSU_SCHEMA_SHA256" ]; then
+	info "fetching tansu $TANSU_VERSION's PostgreSQL schema into $TANSU_SCHEMA"
+	mkdir -p "$(dirname "$TANSU_SCHEMA")"
+	curl -fsSL "https://raw.githubusercontent.com/tansu-io/tansu/v$TANSU_VERSION/etc/initdb.d/010-schema.sql" \
+		-o "$TANSU_SCHEMA.part" || die "fetching tansu's PostgreSQL schema failed"
+	[ "$(sha256sum "$TANSU_SCHEMA.part" | cut -d' ' -f1)" = "$TANSU_SCHEMA_SHA256" ] ||
+		die "tansu's PostgreSQL schema does not match its pinned SHA-256"
+	mv "$TANSU_SCHEMA.part" "$TANSU_SCHEMA"
+fi
+
 if want nats; then info "nats-server: $nats_bin (v$nats_ver)"; fi
 if want kafka; then
 	info "tansu: $TANSU_ROOT/bin/tansu"

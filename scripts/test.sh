@@ -32,9 +32,17 @@ if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 	eval "$(./scripts/install-test-deps.sh kafka | grep "^TANSU_BIN=")"
 	export TANSU_BIN
 	echo "== kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
-	cargo clippy -p event-bus -p event-bus-testkit --features event-bus/kafka,event-bus-testkit/kafka --all-targets -- -D warnings
+	cargo clippy -p event-bus -p event-bus-testkit -p event-bus-postgres -p event-bus-http -p event-bus-cli \
+		--features event-bus/kafka,event-bus-testkit/kafka,event-bus-postgres/kafka,event-bus-http/kafka,event-bus-cli/kafka \
+		--all-targets -- -D warnings
 	cargo test -p event-bus --features kafka --lib kafka
-	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour
+	# kafka_durability is built and its ignored test listed: it fails on
+	# tansu 0.6.0 (README, "On Kafka"); `-- --ignored` runs it.
+	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour --test kafka_durability
+	echo "== kafka: outbox → Kafka → runner → PgInbox, a consumer group losing a runner, bus --url kafka://, /readyz"
+	cargo test -p event-bus-postgres --features kafka --test kafka_chain
+	cargo test -p event-bus-cli --features kafka --test kafka_cli
+	cargo test -p event-bus-http --features kafka --test readyz_kafka
 else
 	echo "== kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
 fi

@@ -150,8 +150,12 @@ pub async fn schema(
     if config.bus_type != BusType::Nats {
         return Err(BusError::config(
             "type",
-            "memory",
-            "the shared registry lives on NATS: pass --url or set EVENT_BUS_TYPE=nats",
+            if config.bus_type == BusType::Kafka {
+                "kafka"
+            } else {
+                "memory"
+            },
+            "the shared registry lives on NATS: pass --url nats://HOST:4222 or set EVENT_BUS_TYPE=nats",
         ));
     }
     let client = event_bus::async_nats::connect(config.nats.urls.join(","))

@@ -28,7 +28,7 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
     // An in-memory bus lives inside one process: no command can reach a
     // service's through it. Only a benchmark, which runs both sides
     // itself, may use one, when asked for explicitly.
-    if config.bus_type != BusType::Nats
+    if config.bus_type == BusType::Memory
         && !(matches!(cli.command, Command::Bench(_)) && cli.memory_chosen())
     {
         return Err(no_backend(cli.memory_chosen()));
@@ -69,7 +69,10 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
             let h = match event_bus::connect(&config).await {
                 Ok(bus) => bus.health().await,
                 Err(e) => event_bus::HealthReport::new(
-                    "nats",
+                    match config.bus_type {
+                        BusType::Kafka => "kafka",
+                        _ => "nats",
+                    },
                     event_bus::HealthStatus::Unhealthy,
                     e.to_string(),
                 ),
@@ -114,10 +117,14 @@ pub async fn run(cli: &Cli) -> Result<ExitCode, BusError> {
 
 async fn nats(config: &event_bus::BusConfig) -> Result<NatsBus, BusError> {
     if config.bus_type != BusType::Nats {
+        let chosen = match config.bus_type {
+            BusType::Kafka => "kafka",
+            _ => "memory",
+        };
         return Err(BusError::config(
             "type",
-            "memory",
-            "streams and consumers exist on NATS only: pass --url or set EVENT_BUS_TYPE=nats",
+            chosen,
+            "streams and consumers exist on NATS only: pass --url nats://HOST:4222 or set EVENT_BUS_TYPE=nats",
         ));
     }
     NatsBus::connect(&config.nats).await
@@ -138,7 +145,7 @@ fn no_backend(memory_chosen: bool) -> BusError {
     BusError::new(
         ErrorKind::Config,
         format!(
-            "{what}; point `bus` at NATS with --url nats://HOST:4222, or EVENT_BUS_TYPE=nats and EVENT_BUS_NATS_URL=nats://HOST:4222, or a configuration file with type = \"nats\" (--config FILE or EVENT_BUS_CONFIG), or a saved context (--context NAME; `bus context save NAME --server nats://HOST:4222`)"
+            "{what}; point `bus` at NATS with --url nats://HOST:4222 (or Kafka with --url kafka://HOST:9092), or EVENT_BUS_TYPE=nats and EVENT_BUS_NATS_URL=nats://HOST:4222, or a configuration file with type = \"nats\" (--config FILE or EVENT_BUS_CONFIG), or a saved context (--context NAME; `bus context save NAME --server nats://HOST:4222`)"
         ),
     )
 }

@@ -42,7 +42,9 @@ pub struct Cli {
     /// the `EVENT_BUS_*` variables).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// NATS server URL(s), comma-separated: use NATS at these.
+    /// Server URL(s), comma-separated: `nats://HOST:4222` uses NATS at
+    /// these, `kafka://HOST:9092` Kafka (a `bus` built with the `kafka`
+    /// feature). All of one scheme; no scheme is NATS.
     #[arg(long, global = true)]
     url: Option<String>,
     /// The tenant to act as.
@@ -405,15 +407,41 @@ impl Cli {
             None => BusConfig::load()?,
         };
         if let Some(url) = self.url.as_ref().or(ctx.url.as_ref()) {
-            config.bus_type = BusType::Nats;
-            config.nats.urls = url.split(',').map(|u| u.trim().to_string()).collect();
+            apply_url(&mut config, url)?;
         }
         if let Some(t) = self.tenant.as_ref().or(ctx.tenant.as_ref()) {
-            config.nats.tenant = Some(t.clone());
+            match config.bus_type {
+                BusType::Kafka => config.kafka.tenant = Some(t.clone()),
+                _ => config.nats.tenant = Some(t.clone()),
+            }
         }
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `--url`: `kafka://` URLs choose Kafka, any other NATS; a list mixing
+/// the two is a `Config` error naming it.
+fn apply_url(config: &mut BusConfig, url: &str) -> Result<(), event_bus::BusError> {
+    let parts: Vec<&str> = url.split(',').map(str::trim).collect();
+    let kafka = parts
+        .iter()
+        .filter(|u| u.to_ascii_lowercase().starts_with("kafka://"))
+        .count();
+    if kafka == 0 {
+        config.bus_type = BusType::Nats;
+        config.nats.urls = parts.iter().map(|u| u.to_string()).collect();
+    } else if kafka == parts.len() {
+        config.bus_type = BusType::Kafka;
+        config.kafka.bootstrap_servers = event_bus::kafka::parse_bootstrap(url);
+    } else {
+        return Err(event_bus::BusError::config(
+            "--url",
+            url,
+            "mixes kafka:// with other servers: give one backend's URLs",
+        ));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -79,6 +79,32 @@ fn resolve(tried: Vec<PathBuf>) -> Result<PathBuf, KafkaHarnessError> {
     )))
 }
 
+/// tansu's PostgreSQL schema (its storage engine creates no tables): env
+/// `TANSU_PG_SCHEMA`, else the copy `./scripts/install-test-deps.sh kafka`
+/// fetches (pinned by SHA-256) next to the binary,
+/// `~/.cache/event-bus-test-deps/tansu-0.6.0/initdb/010-schema.sql`.
+pub fn tansu_pg_schema() -> Result<PathBuf, KafkaHarnessError> {
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os("TANSU_PG_SCHEMA").filter(|v| !v.is_empty()) {
+        tried.push(PathBuf::from(p));
+    }
+    if let Some(bin) = candidates().into_iter().find(|p| p.is_file()) {
+        if let Some(root) = bin.parent().and_then(Path::parent) {
+            tried.push(root.join("initdb/010-schema.sql"));
+        }
+    }
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        KafkaHarnessError(format!(
+            "no PostgreSQL schema for tansu {TANSU_VERSION} (its `postgres://` storage creates no tables): run `./scripts/install-test-deps.sh kafka` (fetches the tag's etc/initdb.d/010-schema.sql) or set TANSU_PG_SCHEMA. Looked at: {}",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
 /// A running tansu broker. Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct KafkaServer {
@@ -120,6 +146,28 @@ impl KafkaServer {
             }
         }
         Err(KafkaHarnessError(last))
+    }
+
+    /// A broker storing its topics, records and group offsets in `pg`'s
+    /// database (tansu's schema applied to it first): what it acknowledged
+    /// survives a [`kill`](Self::kill) and [`restart`](Self::restart).
+    pub async fn start_on_postgres(
+        pg: &crate::postgres::TestPostgres,
+    ) -> Result<Self, KafkaHarnessError> {
+        let path = tansu_pg_schema()?;
+        let schema = std::fs::read_to_string(&path)
+            .map_err(|e| KafkaHarnessError(format!("reading {}: {e}", path.display())))?;
+        pg.psql(&schema).await.map_err(|e| {
+            KafkaHarnessError(format!(
+                "applying tansu's schema ({}) to {}: {e}",
+                path.display(),
+                pg.database()
+            ))
+        })?;
+        // tansu's PostgreSQL client tries TLS unless told not to.
+        let url = pg.url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Self::start_with_storage(&format!("{url}{sep}sslmode=disable")).await
     }
 
     fn command(binary: &Path, dir: &Path, port: u16, storage: &str) -> Process {
