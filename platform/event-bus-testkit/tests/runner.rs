@@ -2,9 +2,7 @@
 //! with the in-memory inbox. PostgreSQL scenarios are in event-bus-postgres.
 
 use event_bus::dlq;
-use event_bus::runner::{
-    boxed, Event, Handler, MemoryInbox, Outcome, RetryPolicy, Runner, RunnerHandle, State,
-};
+use event_bus::runner::{boxed, Event, Handler, MemoryInbox, Outcome, RetryPolicy, Runner, State};
 use event_bus::{Envelope, EventBus, InMemoryBus, NatsBus};
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::wait;
@@ -29,34 +27,11 @@ fn job(id: u64, key: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A bus for one test; keeps the NATS server alive.
-struct Backend {
-    bus: Arc<dyn EventBus>,
-    _server: Option<NatsServer>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        bus: Arc::new(InMemoryBus::new()),
-        _server: None,
-    }
-}
-
-async fn nats() -> Backend {
-    let server = NatsServer::start().await.expect("start nats-server");
-    let client = async_nats::connect(server.url()).await.unwrap();
-    Backend {
-        bus: Arc::new(NatsBus::new(client)),
-        _server: Some(server),
-    }
-}
+mod common;
+use common::{memory, nats, start, Backend};
 
 fn fast_retries(n: u32) -> RetryPolicy {
-    RetryPolicy::new(n, Duration::from_millis(5)).max_backoff(Duration::from_millis(50))
-}
-
-async fn start<I: event_bus::runner::Inbox>(runner: Runner<I>) -> RunnerHandle {
-    runner.spawn().await.expect("start the runner")
+    common::fast_retries_up_to(n, Duration::from_millis(50))
 }
 
 async fn fails_twice_then_succeeds(b: Backend) {

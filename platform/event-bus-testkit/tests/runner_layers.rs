@@ -4,10 +4,9 @@
 
 use event_bus::runner::{
     Attempt, ConcurrencyLimit, Event, Handler, Layer, MemoryInbox, Next, Outcome, RateLimit,
-    RetryPolicy, Runner, RunnerHandle, Timeout,
+    RetryPolicy, Runner, Timeout,
 };
-use event_bus::{Envelope, EventBus, InMemoryBus, NatsBus};
-use event_bus_testkit::nats_server::NatsServer;
+use event_bus::Envelope;
 use event_bus_testkit::wait;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
@@ -15,34 +14,11 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A bus for one test; keeps the NATS server alive.
-struct Backend {
-    bus: Arc<dyn EventBus>,
-    _server: Option<NatsServer>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        bus: Arc::new(InMemoryBus::new()),
-        _server: None,
-    }
-}
-
-async fn nats() -> Backend {
-    let server = NatsServer::start().await.expect("start nats-server");
-    let client = async_nats::connect(server.url()).await.unwrap();
-    Backend {
-        bus: Arc::new(NatsBus::new(client)),
-        _server: Some(server),
-    }
-}
+mod common;
+use common::{memory, nats, start, Backend};
 
 fn fast_retries(n: u32) -> RetryPolicy {
-    RetryPolicy::new(n, Duration::from_millis(5)).max_backoff(Duration::from_millis(20))
-}
-
-async fn start<I: event_bus::runner::Inbox>(runner: Runner<I>) -> RunnerHandle {
-    runner.spawn().await.expect("start the runner")
+    common::fast_retries_up_to(n, Duration::from_millis(20))
 }
 
 /// Writes `<name>>` before the rest of the stack and `<name><` after.
