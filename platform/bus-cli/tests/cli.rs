@@ -14,25 +14,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::succeeded;
+
 /// Runs `bus` with `args` against `url` (no other configuration).
 fn bus(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bus"))
-        .args(args)
-        .env_remove("EVENT_BUS_CONFIG")
-        .env("EVENT_BUS_TYPE", "nats")
-        .env("EVENT_BUS_NATS_URL", url)
-        .output()
-        .expect("run bus")
-}
-
-/// Checks that a `bus` run succeeded (its output shown if not).
-fn succeeded(out: &Output) {
-    assert!(
-        out.status.success(),
-        "bus failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::bus_on_nats(url, args)
 }
 
 /// Publishes `{"i": i}` to `audit.login` for each `i`.

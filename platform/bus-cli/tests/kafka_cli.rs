@@ -8,12 +8,12 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 
+mod common;
+use common::succeeded;
+
 fn command(url: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bus"));
-    c.arg("--url")
-        .arg(url)
-        .args(args)
-        .env_remove("EVENT_BUS_CONFIG")
+    let mut c = common::command(&["--url", url]);
+    c.args(args)
         .env_remove("EVENT_BUS_TYPE")
         .env_remove("BUS_CONTEXT")
         .env(
@@ -25,15 +25,6 @@ fn command(url: &str, args: &[&str]) -> Command {
 
 fn bus(url: &str, args: &[&str]) -> Output {
     command(url, args).output().expect("run bus")
-}
-
-fn succeeded(out: &Output) {
-    assert!(
-        out.status.success(),
-        "bus failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn json_lines(out: &Output) -> Vec<Value> {

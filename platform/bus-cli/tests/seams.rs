@@ -27,7 +27,7 @@ use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
 use event_bus_testkit::wait;
 use serde_json::{json, Value};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,8 @@ const RUNNER: &str = "mailer";
 const DLQ: &str = "dlq.mailer";
 /// A bound for anything to happen on a loaded machine.
 const BOUND: Duration = Duration::from_secs(60);
+
+mod common;
 
 #[derive(serde::Deserialize)]
 struct UserCreated {
@@ -49,13 +51,8 @@ async fn bus_cli(url: &str, args: &[&str]) -> Output {
     let url = url.to_string();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_bus"))
-            .args(&args)
-            .env_remove("EVENT_BUS_CONFIG")
-            .env("EVENT_BUS_TYPE", "nats")
-            .env("EVENT_BUS_NATS_URL", url)
-            .output()
-            .expect("run bus")
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::bus_on_nats(&url, &args)
     })
     .await
     .expect("the bus run's thread")
