@@ -40,7 +40,7 @@ if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 	# tansu 0.6.0 (README, "On Kafka"); `-- --ignored` runs it.
 	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour --test kafka_durability
 	echo "== kafka: outbox → Kafka → runner → PgInbox, a consumer group losing a runner, bus --url kafka://, /readyz"
-	cargo test -p event-bus-postgres --features kafka --test kafka_chain
+	cargo test -p event-bus-postgres --features kafka --test kafka_chain --test tracing
 	cargo test -p event-bus-cli --features kafka --test kafka_cli
 	cargo test -p event-bus-http --features kafka --test readyz_kafka
 else

@@ -35,6 +35,17 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// The whole of a successful command's stdout, as one JSON value.
+fn whole_json(out: &Output) -> Value {
+    succeeded(out);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_sub_and_health_on_kafka() {
     let server = KafkaServer::start()
@@ -158,4 +169,94 @@ async fn pub_sub_and_health_on_kafka() {
     let v: Value = serde_json::from_slice(&down.stdout).unwrap();
     assert_eq!(v["backend"], "kafka", "{v}");
     assert_eq!(v["status"], "unhealthy", "{v}");
+}
+
+/// `bus dlq` on Kafka: dead letters written by a durable consumer (a
+/// consumer group) are listed, replayed onto their original subject and
+/// discarded by the binary; a removal is a marker record, so a listing
+/// afterwards (a new reader) no longer shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_ls_replay_and_discard_on_kafka() {
+    use event_bus::{ConsumerConfig, EventBus, EventBusExt};
+    use futures::StreamExt;
+    use std::time::Duration;
+    let server = KafkaServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("start the Kafka broker: {e}"));
+    let url = format!("kafka://{}", server.bootstrap());
+    let bus: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(server.bus().await);
+    let mut orders = bus
+        .consume(ConsumerConfig::new("billing", "orders.*").max_deliver(1))
+        .await
+        .expect("a consumer group");
+    for suffix in ["a", "b", "c"] {
+        bus.publish(&format!("orders.{suffix}"), suffix.as_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(30), orders.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("the stream goes on")
+            .expect("no error");
+        let reason = format!("bad {}", String::from_utf8_lossy(&d.payload));
+        d.nack_with_reason(None, reason)
+            .await
+            .expect("the last delivery's nack dead-letters it");
+    }
+    drop(orders);
+    // A live view of the original subjects, to see the replay arrive.
+    let mut replays = bus.subscribe("orders.*").await.unwrap();
+
+    let run = |args: &'static [&'static str]| {
+        let u = url.clone();
+        tokio::task::spawn_blocking(move || bus(&u, args))
+    };
+    let listed = whole_json(&run(&["dlq", "ls", "dlq.billing", "--json"]).await.unwrap());
+    let rows = listed.as_array().expect("a JSON array of dead letters");
+    let mut originals: Vec<&str> = rows
+        .iter()
+        .map(|r| r["original_subject"].as_str().unwrap())
+        .collect();
+    originals.sort();
+    assert_eq!(originals, ["orders.a", "orders.b", "orders.c"], "{}", listed);
+
+    let replayed = whole_json(
+        &run(&[
+            "dlq",
+            "replay",
+            "dlq.billing",
+            "--error-contains",
+            "bad b",
+            "--json",
+        ])
+        .await
+        .unwrap(),
+    );
+    assert_eq!(replayed["count"], 1, "{}", replayed);
+    let m = tokio::time::timeout(Duration::from_secs(30), replays.next())
+        .await
+        .expect("the replayed event within 30 s")
+        .unwrap();
+    assert_eq!(m.subject.as_str(), "orders.b");
+    assert_eq!(&m.payload[..], b"b");
+
+    let left = whole_json(&run(&["dlq", "ls", "dlq.billing", "--json"]).await.unwrap());
+    assert_eq!(left.as_array().unwrap().len(), 2, "{}", left);
+    let discarded = whole_json(
+        &run(&["dlq", "discard", "dlq.billing", "--json"])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(discarded["count"], 2, "{}", discarded);
+    let none = whole_json(&run(&["dlq", "ls", "dlq.>", "--json"]).await.unwrap());
+    assert_eq!(none.as_array().unwrap().len(), 0, "{}", none);
+    // Nothing left to act on: a failure that says so.
+    let again = run(&["dlq", "replay", "dlq.billing", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("nothing to replay"), "{err}");
 }

@@ -18,7 +18,9 @@
 //! Ctrl-C; `--once` exits after the scenario (exit code 1 if it did not go
 //! as expected). The bus comes from configuration (in-memory by default;
 //! `EVENT_BUS_TYPE=nats`, with `EVENT_BUS_NATS_URL` or else a throwaway
-//! nats-server); PostgreSQL is `DATABASE_URL` or a throwaway server.
+//! nats-server; `EVENT_BUS_TYPE=kafka` in a build with feature `kafka`,
+//! with `EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS` or else a throwaway tansu
+//! broker); PostgreSQL is `DATABASE_URL` or a throwaway server.
 
 mod auth;
 mod notifications;
@@ -79,6 +81,17 @@ async fn run(once: bool) -> Result<bool, Error> {
             .streams
             .push(StreamSpec::new("AUTH_EVENTS", ["auth.events.>"]));
         config.nats.streams.push(StreamSpec::new("DLQ", ["dlq.>"]));
+    }
+    #[cfg(feature = "kafka")]
+    let mut _kafka_server = None;
+    #[cfg(feature = "kafka")]
+    if config.bus_type == BusType::Kafka
+        && std::env::var_os("EVENT_BUS_KAFKA_BOOTSTRAP_SERVERS").is_none()
+        && std::env::var_os("EVENT_BUS_CONFIG").is_none()
+    {
+        let server = event_bus_testkit::kafka_server::KafkaServer::start().await?;
+        config.kafka.bootstrap_servers = vec![server.bootstrap()];
+        _kafka_server = Some(server);
     }
     let bus = event_bus::connect(&config).await?;
 

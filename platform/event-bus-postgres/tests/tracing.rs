@@ -173,6 +173,18 @@ async fn traced_runner(
     let bus: Arc<dyn EventBus> = Arc::new(NatsBus::new(
         async_nats::connect(server.url()).await.unwrap(),
     ));
+    traced_runner_on(bus, name, pattern).await
+}
+
+/// [`traced_runner`] on any bus.
+async fn traced_runner_on(
+    bus: Arc<dyn EventBus>,
+    name: &str,
+    pattern: &'static str,
+) -> (
+    event_bus::runner::RunnerHandle,
+    tokio::sync::mpsc::UnboundedReceiver<(String, opentelemetry::trace::TraceId)>,
+) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = Runner::builder(bus, name)
         .handler(Handler::new(
@@ -297,6 +309,60 @@ async fn a_handler_continues_the_publishers_trace_across_nats() {
     assert_eq!(
         attr(process, "messaging.operation.type").as_deref(),
         Some("process")
+    );
+    runner.shutdown().await;
+}
+
+/// The same trace across Kafka (feature `kafka`, a tansu broker): the
+/// publish span's context travels in the record's headers.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_continues_the_publishers_trace_across_kafka() {
+    let c = collector();
+    let server = event_bus_testkit::kafka_server::KafkaServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("start the Kafka broker: {e}"));
+    let producer = server.bus().await;
+    let (runner, mut seen) =
+        traced_runner_on(Arc::new(server.bus().await), "billing", "orders.>").await;
+
+    let request = tracing::info_span!("POST /orders", otel.kind = "server");
+    let trace = trace_id_of(&request);
+    async {
+        producer
+            .publish("orders.created", br#"{"id":1}"#.to_vec())
+            .await
+            .unwrap();
+    }
+    .instrument_in(&request)
+    .await;
+    drop(request);
+
+    let (subject, handler_trace) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .expect("the handler ran within 30 s")
+        .unwrap();
+    assert_eq!(subject, "orders.created");
+    assert_eq!(
+        handler_trace, trace,
+        "the handler runs in the request's trace"
+    );
+    let spans = c
+        .trace(
+            trace,
+            &["POST /orders", "publish orders.created", "process orders.>"],
+        )
+        .await;
+    let request = named(&spans, "POST /orders").unwrap();
+    let publish = named(&spans, "publish orders.created").unwrap();
+    let process = named(&spans, "process orders.>").unwrap();
+    assert_eq!(publish.parent_span_id, request.span_id);
+    assert_eq!(publish.kind, SpanKind::Producer as i32);
+    assert_eq!(process.parent_span_id, publish.span_id);
+    assert_eq!(attr(publish, "messaging.system").as_deref(), Some("kafka"));
+    assert!(
+        attr(publish, "messaging.message.id").is_some_and(|id| id.starts_with("orders/")),
+        "the stored position (topic/partition:sequence) is the span's message id"
     );
     runner.shutdown().await;
 }

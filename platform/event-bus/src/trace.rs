@@ -75,8 +75,8 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The header that carries the W3C trace state.
 pub const TRACESTATE: &str = "tracestate";
 
-/// Opens a span at `$level` (`Level::INFO` or `Level::DEBUG`) on NATS and
-/// `TRACE` otherwise; the fields are evaluated only if the span is enabled.
+/// Opens a span at `$level` (`Level::INFO` or `Level::DEBUG`) on the
+/// network backends (NATS, Kafka) and `TRACE` otherwise (in memory); the fields are evaluated only if the span is enabled.
 /// Without any `tracing` subscriber it is `Span::none()` at once:
 /// `tracing`'s fallback to the `log` crate (feature `log`, which
 /// dependencies often enable) would otherwise build each span's fields for
@@ -85,7 +85,7 @@ macro_rules! messaging_span {
     ($level:expr, $system:expr, $name:literal, $($fields:tt)*) => {
         if !tracing::dispatcher::has_been_set() {
             tracing::Span::none()
-        } else if $system == "nats" {
+        } else if $system == "nats" || $system == "kafka" {
             tracing::span!(target: concat!("event_bus::", $name), $level, $name, messaging.system = $system, $($fields)*)
         } else {
             tracing::trace_span!(target: concat!("event_bus::", $name), $name, messaging.system = $system, $($fields)*)

@@ -20,6 +20,10 @@
 //!   name; per-message answers are kept client-side and offsets committed
 //!   only up to the lowest unsettled offset of each partition.
 //!
+//! * **Stored messages** (`stored.rs`): the dead-letter queue reads a
+//!   topic's partitions as streams (`<topic>/<partition>`); removing a
+//!   message appends a marker record that readers skip it by.
+//!
 //! Sequences ([`BusMessage::sequence`](crate::BusMessage), `PublishAck`) are
 //! per partition: the record's offset + 1; `PublishAck::stream` is
 //! `<topic>/<partition>`.
@@ -27,6 +31,7 @@
 mod config;
 mod consumer;
 mod publish;
+mod stored;
 mod subscription;
 pub mod topic;
 
@@ -300,11 +305,31 @@ impl EventBus for KafkaBus {
         self.tenant_opt()
     }
 
+    /// One stream per partition of the pattern's topic, `<topic>/<partition>`.
+    async fn stored_streams(&self, pattern: &str) -> Result<Vec<String>, BusError> {
+        self.stored_partitions(pattern).await
+    }
+
+    async fn read_stored(
+        &self,
+        stream: &str,
+        pattern: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<crate::BusMessage>, BusError> {
+        self.read_partition(stream, pattern, from, max).await
+    }
+
+    /// Appends a marker to the partition that readers skip the message by
+    /// (a Kafka log cannot drop one record; see `stored.rs`).
+    async fn delete_stored(&self, stream: &str, sequence: u64) -> Result<(), BusError> {
+        self.remove_from_partition(stream, sequence).await
+    }
+
     fn capabilities(&self) -> crate::BusCapabilities {
         let mut c = crate::BusCapabilities::FULL;
         c.dedup_by_id = false;
         c.start_at_sequence = false;
-        c.stored_messages = false;
         c.consumer_state = false;
         c.order_across_subjects = false;
         c.shares_within_a_subject = false;

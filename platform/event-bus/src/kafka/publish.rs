@@ -17,12 +17,43 @@ pub(super) struct Prepared {
     topic: String,
     key: String,
     envelope: Envelope,
+    /// The publish span (not entered), whose context the headers carry.
+    span: tracing::Span,
 }
 
 impl KafkaBus {
     /// Validates `envelope` exactly as the other backends do, plus the
     /// topic-name and size limits of Kafka, and creates its topic if needed.
-    pub(super) async fn prepare(&self, envelope: Envelope) -> Result<Prepared, BusError> {
+    /// The publish span opens here (not entered): its context goes into
+    /// the headers, and a refusal is recorded on it.
+    pub(super) async fn prepare(&self, mut envelope: Envelope) -> Result<Prepared, BusError> {
+        let span = crate::trace::publish_span("kafka", &envelope.subject, envelope.payload.len());
+        if !span.is_disabled() {
+            for (name, value) in crate::trace::outgoing(&span, &envelope.headers)
+                .into_iter()
+                .flatten()
+            {
+                envelope.headers.insert(name, value);
+            }
+        }
+        match self.check(&envelope).await {
+            Ok((topic, key)) => Ok(Prepared {
+                topic,
+                key,
+                envelope,
+                span,
+            }),
+            Err(e) => {
+                let refused = Err(e);
+                crate::trace::record_publish(&span, &refused, None);
+                refused
+            }
+        }
+    }
+
+    /// The envelope's topic (created if needed) and record key, or why it
+    /// is refused.
+    async fn check(&self, envelope: &Envelope) -> Result<(String, String), BusError> {
         let subject = envelope.subject.as_str();
         validate_bus_subject(subject)?;
         crate::message::validate_parts(&envelope.headers, envelope.id.as_ref())?;
@@ -53,11 +84,7 @@ impl KafkaBus {
             .get(KEY_HEADER)
             .unwrap_or(subject)
             .to_string();
-        Ok(Prepared {
-            topic,
-            key,
-            envelope,
-        })
+        Ok((topic, key))
     }
 
     /// Sends a prepared envelope and waits for the acknowledgement.
@@ -85,14 +112,16 @@ impl KafkaBus {
             .key(p.key.as_bytes())
             .headers(headers);
         let timeout = self.inner.config.publish_timeout;
-        match self.inner.producer.send(record, timeout).await {
+        let result = match self.inner.producer.send(record, timeout).await {
             Ok(d) => Ok(PublishAck::new(
                 Some(format!("{}/{}", p.topic, d.partition)),
                 (d.offset as u64).saturating_add(1),
                 false,
             )),
             Err((e, _)) => Err(publish_error(&p.envelope.subject, &p.topic, e)),
-        }
+        };
+        crate::trace::record_publish(&p.span, &result, result.as_ref().ok());
+        result
     }
 
     pub(super) async fn publish_one(&self, envelope: Envelope) -> Result<PublishAck, BusError> {

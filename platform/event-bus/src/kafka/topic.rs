@@ -23,6 +23,10 @@ use std::fmt::Write;
 pub const SUBJECT_HEADER: &str = "bus-subject";
 /// The Kafka header carrying the publisher's message id.
 pub const ID_HEADER: &str = "bus-id";
+/// The header of a marker record (one without [`SUBJECT_HEADER`]) that
+/// removes a message from its partition for every reader: the sequence
+/// (offset + 1) of the message it removes (see `EventBus::delete_stored`).
+pub const DELETES_HEADER: &str = "bus-deletes";
 /// A header an envelope may set to choose the record key (the partition
 /// key) instead of its subject; it is delivered like any other header.
 pub const KEY_HEADER: &str = "Bus-Partition-Key";
