@@ -38,12 +38,8 @@ fn json_lines(out: &Output) -> Vec<Value> {
 /// The whole of a successful command's stdout, as one JSON value.
 fn whole_json(out: &Output) -> Value {
     succeeded(out);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,13 +180,14 @@ async fn dlq_ls_replay_and_discard_on_kafka() {
         .await
         .unwrap_or_else(|e| panic!("start the Kafka broker: {e}"));
     let url = format!("kafka://{}", server.bootstrap());
-    let bus: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(server.bus().await);
-    let mut orders = bus
+    let kafka: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(server.bus().await);
+    let mut orders = kafka
         .consume(ConsumerConfig::new("billing", "orders.*").max_deliver(1))
         .await
         .expect("a consumer group");
     for suffix in ["a", "b", "c"] {
-        bus.publish(&format!("orders.{suffix}"), suffix.as_bytes().to_vec())
+        kafka
+            .publish(&format!("orders.{suffix}"), suffix.as_bytes().to_vec())
             .await
             .unwrap();
     }
@@ -207,7 +204,7 @@ async fn dlq_ls_replay_and_discard_on_kafka() {
     }
     drop(orders);
     // A live view of the original subjects, to see the replay arrive.
-    let mut replays = bus.subscribe("orders.*").await.unwrap();
+    let mut replays = kafka.subscribe("orders.*").await.unwrap();
 
     let run = |args: &'static [&'static str]| {
         let u = url.clone();
@@ -220,7 +217,12 @@ async fn dlq_ls_replay_and_discard_on_kafka() {
         .map(|r| r["original_subject"].as_str().unwrap())
         .collect();
     originals.sort();
-    assert_eq!(originals, ["orders.a", "orders.b", "orders.c"], "{}", listed);
+    assert_eq!(
+        originals,
+        ["orders.a", "orders.b", "orders.c"],
+        "{}",
+        listed
+    );
 
     let replayed = whole_json(
         &run(&[

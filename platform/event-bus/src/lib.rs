@@ -198,9 +198,9 @@ pub use subject::Subject;
 /// The async-nats version this crate is built against (for `NatsBus::new(client)`).
 #[cfg(feature = "nats")]
 pub use async_nats;
+/// Re-exported so that payloads can be built without adding `bytes`.
+pub use bytes::Bytes;
 /// The rdkafka version `KafkaBus` is built against (for code that mixes it
 /// with raw Kafka clients, such as the comparison bench).
 #[cfg(feature = "kafka")]
 pub use rdkafka;
-/// Re-exported so that payloads can be built without adding `bytes`.
-pub use bytes::Bytes;

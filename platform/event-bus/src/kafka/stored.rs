@@ -25,7 +25,7 @@ use crate::message::BusMessage;
 use crate::subject::{matches, validate_bus_pattern};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -142,13 +142,16 @@ impl KafkaBus {
         let timeout = self.inner.config.publish_timeout;
         let t = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(Some(&t), timeout).map(|m| {
-                m.topics()
-                    .iter()
-                    .filter(|x| x.name() == t && x.error().is_none())
-                    .flat_map(|x| x.partitions().iter().map(|p| p.id()))
-                    .collect::<Vec<i32>>()
-            })
+            producer
+                .client()
+                .fetch_metadata(Some(&t), timeout)
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .filter(|x| x.name() == t && x.error().is_none())
+                        .flat_map(|x| x.partitions().iter().map(|p| p.id()))
+                        .collect::<Vec<i32>>()
+                })
         })
         .await
         .map_err(|e| backend_err("metadata task", e))?
