@@ -1,11 +1,36 @@
-//! Set-up shared by the runner test files (`runner.rs`, `runner_layers.rs`):
-//! a bus per test on each backend, fast retries, starting a runner.
+//! Set-up shared by the runner test files (`runner.rs`, `runner_failures.rs`,
+//! `runner_order.rs`, `runner_layers.rs`):
+//! a bus per test on each backend, fast retries, starting a runner, the
+//! `Job` event.
+#![allow(dead_code)] // each test file uses its own part
 
 use event_bus::runner::{Inbox, RetryPolicy, Runner, RunnerHandle};
 use event_bus::{EventBus, InMemoryBus, NatsBus};
 use event_bus_testkit::nats_server::NatsServer;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The event most runner tests publish: a job with a key.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Job {
+    pub id: u64,
+    pub key: String,
+}
+
+/// A job's JSON payload.
+pub fn job(id: u64, key: &str) -> Vec<u8> {
+    serde_json::to_vec(&Job {
+        id,
+        key: key.to_string(),
+    })
+    .unwrap()
+}
+
+/// `n` attempts, 5 ms apart at first, growing up to 50 ms.
+pub fn fast_retries(n: u32) -> RetryPolicy {
+    fast_retries_up_to(n, Duration::from_millis(50))
+}
 
 /// A bus for one test; keeps the NATS server alive.
 pub struct Backend {
