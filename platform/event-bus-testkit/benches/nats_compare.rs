@@ -381,7 +381,10 @@ fn header_pairs(set: HeaderSet, publisher: usize) -> Vec<(&'static str, String)>
         )],
         HeaderSet::CloudEvents => vec![
             ("ce-specversion", "1.0".into()),
-            ("ce-id", format!("9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f{publisher:04x}")),
+            (
+                "ce-id",
+                format!("9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f{publisher:04x}"),
+            ),
             ("ce-type", "orders.order.created".into()),
             ("ce-source", "/orders".into()),
             ("ce-time", "2026-12-07T14:03:27.123Z".into()),

@@ -164,10 +164,10 @@ pub(crate) async fn connect(
 /// The bus's headers as a NATS header map (validated beforehand).
 pub(crate) fn to_header_map(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for (i, (name, value)) in headers.iter().enumerate() {
+    for (name, value, repeat) in headers.iter_marked() {
         // `insert` hashes the name once, `append` twice (a look-up, then
         // the insert): append only a name that came before.
-        if headers.iter().take(i).any(|(earlier, _)| earlier == name) {
+        if repeat {
             map.append(name, value);
         } else {
             map.insert(name, value);
