@@ -21,6 +21,12 @@
 //!    publish until the subscriber has received all N, checking count, order
 //!    and the absence of extra deliveries, vs a raw ordered pull consumer
 //!    (`DeliverPolicy::New`) fed by a raw pipelined publisher.
+//! 4. Headers: scenario 1's shape (64 publishers, each awaiting every
+//!    publish) with every message carrying (a) one `traceparent` header, (b)
+//!    the seven CloudEvents `ce-*` headers as `event-bus-schema`'s
+//!    `ValidatingBus` writes them: `publish_envelope` with the headers in
+//!    the envelope vs raw `publish_with_headers` with the same headers in a
+//!    `HeaderMap` built per message (the 0.95x target).
 //!
 //! Every figure is the median of several runs in which bus and raw alternate
 //! (and swap who goes first); the ratio column is bus throughput / raw
@@ -36,7 +42,10 @@
 //! 50 000), `NATS_BENCH_REPS` (runs per figure, default 7) and
 //! `NATS_BENCH_ABLATION=1` (adds diagnostic rows for scenario 1: raw
 //! async-nats with the bus's per-publish overheads added step by step);
-//! `NATS_BENCH_ONLY=bus|raw` runs only scenario 1 of one side, for a profiler.
+//! `NATS_BENCH_ONLY=bus|raw|bus-tp|raw-tp|bus-ce|raw-ce` runs only scenario 1
+//! (or 4) of one side, for a profiler: callgrind's instructions per message
+//! are the difference of two runs of different `NATS_BENCH_MESSAGES` divided
+//! by the difference of messages (`scripts/callgrind-publish.sh`).
 
 use async_nats::jetstream::{self, consumer::pull, consumer::DeliverPolicy, stream};
 use bytes::Bytes;
@@ -351,6 +360,111 @@ async fn raw_concurrent_ablation(ctx: &Ctx, per_task: usize, level: u8) -> Res<S
 }
 
 // ---------------------------------------------------------------------------
+// 4. Scenario 1 with headers: one traceparent, or seven CloudEvents headers
+// ---------------------------------------------------------------------------
+
+/// Which headers every message of scenario 4 carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeaderSet {
+    /// One W3C `traceparent`.
+    Traceparent,
+    /// The seven `ce-*` headers `event-bus-schema` writes (binary mode).
+    CloudEvents,
+}
+
+/// The headers of scenario 4: the same names and values on both sides.
+fn header_pairs(set: HeaderSet, publisher: usize) -> Vec<(&'static str, String)> {
+    match set {
+        HeaderSet::Traceparent => vec![(
+            "traceparent",
+            format!("00-4bf92f3577b34da6a3ce929d0e0e{publisher:04x}-00f067aa0ba902b7-01"),
+        )],
+        HeaderSet::CloudEvents => vec![
+            ("ce-specversion", "1.0".into()),
+            (
+                "ce-id",
+                format!("9f1c2d3e-4b5a-6978-8a9b-0c1d2e3f{publisher:04x}"),
+            ),
+            ("ce-type", "orders.order.created".into()),
+            ("ce-source", "/orders".into()),
+            ("ce-time", "2026-12-07T14:03:27.123Z".into()),
+            ("ce-datacontenttype", "application/json".into()),
+            (
+                "ce-dataschema",
+                "urn:event-bus:schema:orders.order.created:v3".into(),
+            ),
+        ],
+    }
+}
+
+async fn bus_headers(ctx: &Ctx, per_task: usize, set: HeaderSet) -> Res<Sample> {
+    let (token, name) = ctx.bus_stream("bh").await?;
+    let body = payload(0);
+    let meter = Meter::start(ctx);
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|t| {
+            let bus = ctx.bus.clone();
+            let subject = format!("{token}.p{t}");
+            let body = body.clone();
+            let pairs = header_pairs(set, t);
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let mut env = Envelope::new(subject.as_str(), body.clone());
+                    for (n, v) in &pairs {
+                        env = env.header(*n, v.as_str());
+                    }
+                    bus.publish_envelope(env).await?;
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let sample = meter.stop();
+    ctx.finish(&name, (PUBLISHERS * per_task) as u64 + 1)
+        .await?;
+    Ok(sample)
+}
+
+async fn raw_headers(ctx: &Ctx, per_task: usize, set: HeaderSet) -> Res<Sample> {
+    let (token, stream) = ctx.raw_stream("rh").await?;
+    let body = payload(0);
+    let meter = Meter::start(ctx);
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|t| {
+            let js = ctx.js.clone();
+            let subject = async_nats::Subject::from(format!("{token}.p{t}"));
+            let body = body.clone();
+            let pairs = header_pairs(set, t);
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let mut headers = async_nats::HeaderMap::new();
+                    for (n, v) in &pairs {
+                        headers.insert(*n, v.as_str());
+                    }
+                    js.publish_with_headers(subject.clone(), headers, body.clone())
+                        .await?
+                        .await?;
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let sample = meter.stop();
+    ctx.finish(
+        &stream.cached_info().config.name,
+        (PUBLISHERS * per_task) as u64,
+    )
+    .await?;
+    Ok(sample)
+}
+
+// ---------------------------------------------------------------------------
 // 2. Pipelined (batch) publishing, windows of 512
 // ---------------------------------------------------------------------------
 
@@ -517,6 +631,7 @@ async fn alternate(ctx: &Ctx, reps: usize, scenario: Scenario) -> Res<Vec<Sample
 enum Scenario {
     Concurrent { per_task: usize },
     Ablation { per_task: usize },
+    Headers { per_task: usize, set: HeaderSet },
     Batch,
     Subscribe,
 }
@@ -526,7 +641,7 @@ impl Scenario {
         match self {
             Scenario::Concurrent { .. } => 3,
             Scenario::Ablation { .. } => 5,
-            Scenario::Batch | Scenario::Subscribe => 2,
+            Scenario::Headers { .. } | Scenario::Batch | Scenario::Subscribe => 2,
         }
     }
 
@@ -540,6 +655,8 @@ impl Scenario {
             (Scenario::Ablation { per_task }, v) => {
                 raw_concurrent_ablation(ctx, per_task, v as u8 - 1).await
             }
+            (Scenario::Headers { per_task, set }, 0) => bus_headers(ctx, per_task, set).await,
+            (Scenario::Headers { per_task, set }, _) => raw_headers(ctx, per_task, set).await,
             (Scenario::Batch, 0) => bus_batch(ctx).await,
             (Scenario::Batch, _) => raw_batch(ctx).await,
             (Scenario::Subscribe, 0) => bus_subscribe(ctx).await,
@@ -581,8 +698,15 @@ async fn run() -> Res<()> {
             let s = match only.as_str() {
                 "bus" => bus_concurrent(&ctx, per_task).await?,
                 "raw" => raw_concurrent_tasks(&ctx, per_task).await?,
+                "bus-tp" => bus_headers(&ctx, per_task, HeaderSet::Traceparent).await?,
+                "raw-tp" => raw_headers(&ctx, per_task, HeaderSet::Traceparent).await?,
+                "bus-ce" => bus_headers(&ctx, per_task, HeaderSet::CloudEvents).await?,
+                "raw-ce" => raw_headers(&ctx, per_task, HeaderSet::CloudEvents).await?,
                 other => {
-                    return Err(format!("NATS_BENCH_ONLY={other:?}: expected bus or raw").into())
+                    return Err(format!(
+                        "NATS_BENCH_ONLY={other:?}: expected bus, raw, bus-tp, raw-tp, bus-ce or raw-ce"
+                    )
+                    .into())
                 }
             };
             println!("{only}: {:.0} msg/s", rate(n1, s.wall));
@@ -615,6 +739,14 @@ async fn run() -> Res<()> {
     for scenario in [
         Scenario::Concurrent {
             per_task: warm_per_task,
+        },
+        Scenario::Headers {
+            per_task: warm_per_task,
+            set: HeaderSet::Traceparent,
+        },
+        Scenario::Headers {
+            per_task: warm_per_task,
+            set: HeaderSet::CloudEvents,
         },
         Scenario::Batch,
         Scenario::Subscribe,
@@ -675,6 +807,39 @@ async fn run() -> Res<()> {
         None,
     );
 
+    let tp = alternate(
+        &ctx,
+        reps,
+        Scenario::Headers {
+            per_task,
+            set: HeaderSet::Traceparent,
+        },
+    )
+    .await?;
+    row(
+        "4a. as 1. with traceparent: publish_envelope vs raw HeaderMap",
+        tp[0],
+        tp[1],
+        n1,
+        Some(0.95),
+    );
+    let ce = alternate(
+        &ctx,
+        reps,
+        Scenario::Headers {
+            per_task,
+            set: HeaderSet::CloudEvents,
+        },
+    )
+    .await?;
+    row(
+        "4b. as 1. with 7 ce-* headers: publish_envelope vs raw HeaderMap",
+        ce[0],
+        ce[1],
+        n1,
+        Some(0.95),
+    );
+
     let b = alternate(&ctx, reps, Scenario::Batch).await?;
     row(
         &format!("2. publish_batch vs raw send {WINDOW} / await {WINDOW} acks"),
@@ -694,10 +859,14 @@ async fn run() -> Res<()> {
     );
     println!();
     println!(
-        "wall medians (ms): 1. bus {:.1}, raw 64 tasks {:.1}, raw window {:.1} | 2. bus {:.1}, raw {:.1} | 3. time until all {n} received: bus {:.1}, raw {:.1}",
+        "wall medians (ms): 1. bus {:.1}, raw 64 tasks {:.1}, raw window {:.1} | 4a. bus {:.1}, raw {:.1} | 4b. bus {:.1}, raw {:.1} | 2. bus {:.1}, raw {:.1} | 3. time until all {n} received: bus {:.1}, raw {:.1}",
         bus.wall.as_secs_f64() * 1e3,
         tasks.wall.as_secs_f64() * 1e3,
         window.wall.as_secs_f64() * 1e3,
+        tp[0].wall.as_secs_f64() * 1e3,
+        tp[1].wall.as_secs_f64() * 1e3,
+        ce[0].wall.as_secs_f64() * 1e3,
+        ce[1].wall.as_secs_f64() * 1e3,
         b[0].wall.as_secs_f64() * 1e3,
         b[1].wall.as_secs_f64() * 1e3,
         s[0].wall.as_secs_f64() * 1e3,

@@ -164,8 +164,14 @@ pub(crate) async fn connect(
 /// The bus's headers as a NATS header map (validated beforehand).
 pub(crate) fn to_header_map(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
-    for (name, value) in headers.iter() {
-        map.append(name, value);
+    for (name, value, repeat) in headers.iter_marked() {
+        // `insert` hashes the name once, `append` twice (a look-up, then
+        // the insert): append only a name that came before.
+        if repeat {
+            map.append(name, value);
+        } else {
+            map.insert(name, value);
+        }
     }
     map
 }
@@ -290,6 +296,26 @@ mod tests {
     /// Headers from a publisher outside the bus that the bus could not
     /// publish again are dropped on receipt (found by the `convert` fuzz
     /// target): a received message can always be dead-lettered or replayed.
+    #[test]
+    fn repeated_header_names_keep_every_value() {
+        let headers: Headers = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("a", "5")]
+            .into_iter()
+            .collect();
+        let map = to_header_map(&headers);
+        let all = |name: &str| {
+            map.get_all(name)
+                .map(|v| v.as_str().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("a"), ["1", "3", "5"]);
+        assert_eq!(all("b"), ["2"]);
+        assert_eq!(all("c"), ["4"]);
+        let (back, id) = from_header_map(Some(&map));
+        assert_eq!(id, None);
+        assert_eq!(back.get_all("a").collect::<Vec<_>>(), ["1", "3", "5"]);
+        assert_eq!(back.len(), 5);
+    }
+
     #[test]
     fn received_headers_can_be_published_again() {
         let mut map = HeaderMap::new();
