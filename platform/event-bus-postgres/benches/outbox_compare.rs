@@ -24,8 +24,8 @@
 
 use event_bus::nats::StreamSpec;
 use event_bus::{Envelope, EventBus};
-use event_bus_testkit::cpu::cpu_time;
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_testkit::cpu::cpu_time;
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
 use futures::StreamExt;
@@ -83,7 +83,10 @@ fn pg_cpu(postmaster: u32) -> Duration {
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let name = e.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
