@@ -271,7 +271,10 @@ mod tests {
             .filter_map(|line| {
                 let after = line.split("actual").nth(1)?;
                 let n = after.split("rows=").nth(1)?;
-                n.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok()
+                n.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
             })
             .sum()
     }
