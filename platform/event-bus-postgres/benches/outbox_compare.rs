@@ -13,13 +13,19 @@
 //! * what an enqueue adds to a business transaction (an insert and a
 //!   commit) at the median.
 //!
+//! Each throughput run also prints the CPU it cost per event in this
+//! process (the relay or the direct publisher), nats-server and PostgreSQL
+//! (all its processes): the three share the machine's cores.
+//!
 //! `cargo bench -p event-bus-postgres --bench outbox_compare`
 //! (`OUTBOX_BENCH_EVENTS`, default 20,000; `OUTBOX_BENCH_REPS`, default 3;
-//! `OUTBOX_BENCH_LATENCY_SAMPLES`, default 300).
+//! `OUTBOX_BENCH_LATENCY_SAMPLES`, default 300; `OUTBOX_BENCH_ONLY=throughput`
+//! stops after the relay-vs-direct throughput).
 
 use event_bus::nats::StreamSpec;
 use event_bus::{Envelope, EventBus};
 use event_bus_postgres::{sqlx, Outbox, OutboxRelay};
+use event_bus_testkit::cpu::cpu_time;
 use event_bus_testkit::nats_server::NatsServer;
 use event_bus_testkit::postgres::TestPostgres;
 use futures::StreamExt;
@@ -38,6 +44,70 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn payload(i: usize) -> Vec<u8> {
     format!(r#"{{"id":{i},"name":"user-{i}","email":"user-{i}@example.com","padding":"........................"}}"#).into_bytes()
+}
+
+/// The processes whose CPU a run costs: this one (the client: relay or
+/// direct publisher), nats-server, and PostgreSQL (the postmaster and its
+/// children: backends, autovacuum, checkpointer, ...; not measured, zero,
+/// with `DATABASE_URL`).
+#[derive(Clone)]
+struct Procs {
+    nats: String,
+    pg: Option<u32>,
+}
+
+/// CPU used so far: (client, nats-server, PostgreSQL).
+fn cpu_now(p: &Procs) -> [Duration; 3] {
+    [
+        cpu_time("self"),
+        cpu_time(&p.nats),
+        p.pg.map_or(Duration::ZERO, pg_cpu),
+    ]
+}
+
+/// PostgreSQL's CPU: its live processes (postmaster and children, from
+/// schedstat) plus what its exited children used (the postmaster's
+/// cutime + cstime, in clock ticks).
+fn pg_cpu(postmaster: u32) -> Duration {
+    let mut total = cpu_time(&postmaster.to_string());
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{postmaster}/stat")) {
+        // Fields after the command's closing parenthesis: cutime and cstime
+        // are the 14th and 15th of them (fields 16 and 17 of the line).
+        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0)
+                + f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += Duration::from_millis(ticks * 10);
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok());
+            if ppid == Some(postmaster) {
+                total += cpu_time(pid);
+            }
+        }
+    }
+    total
+}
+
+/// CPU µs per event since `before`: client, nats-server, PostgreSQL.
+fn cpu_per_event(p: &Procs, before: [Duration; 3], n: usize) -> [f64; 3] {
+    let now = cpu_now(p);
+    [0, 1, 2].map(|i| now[i].saturating_sub(before[i]).as_secs_f64() * 1e6 / n as f64)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -68,17 +138,21 @@ async fn fill(outbox: &Outbox, pool: &PgPool, n: usize, subject: &str, keys: usi
     }
 }
 
-/// The relay publishing `n` committed rows: events per second.
+/// The relay publishing `n` committed rows: events per second, and the
+/// CPU µs per event (client, nats-server, PostgreSQL).
+#[allow(clippy::too_many_arguments)] // the bench's setup, spelled out at each call
 async fn relay_rate(
     outbox: &Outbox,
     pool: &PgPool,
     bus: &Arc<dyn EventBus>,
+    procs: &Procs,
     n: usize,
     subject: &str,
     keys: usize,
     strict: bool,
-) -> f64 {
+) -> (f64, [f64; 3]) {
     fill(outbox, pool, n, subject, keys).await;
+    let cpu = cpu_now(procs);
     let start = Instant::now();
     let relay = OutboxRelay::builder(outbox.clone(), bus.clone())
         .batch_size(BATCH)
@@ -91,17 +165,25 @@ async fn relay_rate(
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let took = start.elapsed();
+    let cpu = cpu_per_event(procs, cpu, n);
     let report = relay.shutdown().await;
     assert_eq!(report.published, n as u64, "{report:?}");
-    n as f64 / took.as_secs_f64()
+    (n as f64 / took.as_secs_f64(), cpu)
 }
 
 /// `publish_batch` of the same events, `BATCH` at a time, each with an id
-/// as the relay's are: events per second.
-async fn direct_rate(bus: &Arc<dyn EventBus>, n: usize, subject: &str) -> f64 {
+/// as the relay's are: events per second, and the CPU µs per event
+/// (client, nats-server, PostgreSQL).
+async fn direct_rate(
+    bus: &Arc<dyn EventBus>,
+    procs: &Procs,
+    n: usize,
+    subject: &str,
+) -> (f64, [f64; 3]) {
     let envelopes: Vec<Envelope> = (0..n)
         .map(|i| Envelope::new(subject, payload(i)).id(uuid::Uuid::now_v7().to_string()))
         .collect();
+    let cpu = cpu_now(procs);
     let start = Instant::now();
     let mut left = envelopes.into_iter();
     loop {
@@ -113,7 +195,8 @@ async fn direct_rate(bus: &Arc<dyn EventBus>, n: usize, subject: &str) -> f64 {
             r.unwrap();
         }
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let took = start.elapsed();
+    (n as f64 / took.as_secs_f64(), cpu_per_event(procs, cpu, n))
 }
 
 /// Commit-to-publish latencies of `samples` events, one at a time.
@@ -206,8 +289,12 @@ fn main() {
         let server = NatsServer::start().await.unwrap_or_else(|e| panic!("{e}"));
         let nats = server.bus(&[StreamSpec::new("BENCH", ["bench.>"])]).await.unwrap();
         let bus: Arc<dyn EventBus> = Arc::new(nats);
-        _server_keep = server;
         let pg = TestPostgres::start().await.unwrap_or_else(|e| panic!("{e}"));
+        let procs = Procs {
+            nats: server.pid().map_or("0".into(), |p| p.to_string()),
+            pg: pg.pid(),
+        };
+        _server_keep = server;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect(&pg.url())
@@ -218,24 +305,39 @@ fn main() {
         outbox.migrate().await.unwrap();
 
         println!("outbox bench: {n} events of ~{} bytes, batches of {BATCH}, {reps} runs each side (alternating), NatsBus on a local nats-server, PostgreSQL on this machine", payload(0).len());
-        let mut relay_rates = Vec::new();
-        let mut direct_rates = Vec::new();
+        let mut relay_runs = Vec::new();
+        let mut direct_runs = Vec::new();
         for rep in 0..reps {
             if rep % 2 == 0 {
-                direct_rates.push(direct_rate(&bus, n, "bench.direct").await);
-                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay", 1, false).await);
+                direct_runs.push(direct_rate(&bus, &procs, n, "bench.direct").await);
+                relay_runs.push(relay_rate(&outbox, &pool, &bus, &procs, n, "bench.relay", 1, false).await);
             } else {
-                relay_rates.push(relay_rate(&outbox, &pool, &bus, n, "bench.relay", 1, false).await);
-                direct_rates.push(direct_rate(&bus, n, "bench.direct").await);
+                relay_runs.push(relay_rate(&outbox, &pool, &bus, &procs, n, "bench.relay", 1, false).await);
+                direct_runs.push(direct_rate(&bus, &procs, n, "bench.direct").await);
             }
         }
+        let relay_rates: Vec<f64> = relay_runs.iter().map(|r| r.0).collect();
+        let direct_rates: Vec<f64> = direct_runs.iter().map(|r| r.0).collect();
+        let ratios: Vec<f64> = relay_rates.iter().zip(&direct_rates).map(|(r, d)| r / d).collect();
         let (r, d) = (median(relay_rates.clone()), median(direct_rates.clone()));
         println!("{:<44} {:>12} {:>12} {:>7}", "throughput (events/s, medians)", "relay", "direct", "ratio");
         println!("{:<44} {:>12.0} {:>12.0} {:>6.2}x", "publish_batch on NatsBus", r, d, r / d);
         println!("  runs: relay {relay_rates:.0?}, direct {direct_rates:.0?}");
+        let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
+        println!("  ratio per pair: {ratios:.2?}: median {:.2}x [{lo:.2}–{hi:.2}]", median(ratios.clone()));
+        let cpu = |runs: &[(f64, [f64; 3])], i: usize| median(runs.iter().map(|r| r.1[i]).collect());
+        println!("  CPU µs/event (medians)    client   nats-server   PostgreSQL   total");
+        for (name, runs) in [("relay", &relay_runs), ("direct", &direct_runs)] {
+            let [c, s, p] = [0, 1, 2].map(|i| cpu(runs, i));
+            println!("  {name:<24} {c:>8.1} {s:>13.1} {p:>12.1} {:>7.1}", c + s + p);
+        }
+        if std::env::var("OUTBOX_BENCH_ONLY").is_ok_and(|v| v == "throughput") {
+            return;
+        }
         let strict_n = (n / 4).max(1000);
         for keys in [1, 100] {
-            let rate = relay_rate(&outbox, &pool, &bus, strict_n, "bench.strict", keys, true).await;
+            let (rate, _) = relay_rate(&outbox, &pool, &bus, &procs, strict_n, "bench.strict", keys, true).await;
             println!(
                 "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
                 format!("strict_order, {keys} key(s), {strict_n} events"),
