@@ -3,40 +3,22 @@
 //! the command bodies take an `Arc<dyn EventBus>`, so listing, showing,
 //! replaying and discarding work on any backend, in process.
 
-use event_bus::{ConsumerConfig, ErrorKind, EventBus, EventBusExt};
+use event_bus::{ErrorKind, EventBus};
 use event_bus_cli::dlq::{self, DlqFilter};
 use event_bus_testkit::wrapped::WrappedBus;
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 /// A bound for anything to happen on a loaded machine.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// Three events on `orders.*`, each dead-lettered by the consumer `billing`
-/// (one delivery allowed) with the reason `bad <suffix>`.
+/// [`common::three_dead_letters`] on a [`WrappedBus`].
 async fn three_dead_letters() -> Arc<dyn EventBus> {
     let bus: Arc<dyn EventBus> = Arc::new(WrappedBus::new());
-    let mut orders = bus
-        .consume(ConsumerConfig::new("billing", "orders.*").max_deliver(1))
-        .await
-        .expect("consume on the wrapped bus");
-    for suffix in ["a", "b", "c"] {
-        bus.publish(&format!("orders.{suffix}"), suffix.as_bytes().to_vec())
-            .await
-            .unwrap();
-    }
-    for _ in 0..3 {
-        let d = tokio::time::timeout(BOUND, orders.next())
-            .await
-            .expect("a delivery")
-            .expect("the stream goes on")
-            .expect("no error");
-        let reason = format!("bad {}", String::from_utf8_lossy(&d.payload));
-        d.nack_with_reason(None, reason)
-            .await
-            .expect("the last delivery's nack dead-letters it");
-    }
+    common::three_dead_letters(&bus).await;
     bus
 }
 

@@ -173,7 +173,7 @@ async fn pub_sub_and_health_on_kafka() {
 /// afterwards (a new reader) no longer shows them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_ls_replay_and_discard_on_kafka() {
-    use event_bus::{ConsumerConfig, EventBus, EventBusExt};
+    use event_bus::EventBus;
     use futures::StreamExt;
     use std::time::Duration;
     let server = KafkaServer::start()
@@ -181,28 +181,7 @@ async fn dlq_ls_replay_and_discard_on_kafka() {
         .unwrap_or_else(|e| panic!("start the Kafka broker: {e}"));
     let url = format!("kafka://{}", server.bootstrap());
     let kafka: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(server.bus().await);
-    let mut orders = kafka
-        .consume(ConsumerConfig::new("billing", "orders.*").max_deliver(1))
-        .await
-        .expect("a consumer group");
-    for suffix in ["a", "b", "c"] {
-        kafka
-            .publish(&format!("orders.{suffix}"), suffix.as_bytes().to_vec())
-            .await
-            .unwrap();
-    }
-    for _ in 0..3 {
-        let d = tokio::time::timeout(Duration::from_secs(30), orders.next())
-            .await
-            .expect("a delivery within 30 s")
-            .expect("the stream goes on")
-            .expect("no error");
-        let reason = format!("bad {}", String::from_utf8_lossy(&d.payload));
-        d.nack_with_reason(None, reason)
-            .await
-            .expect("the last delivery's nack dead-letters it");
-    }
-    drop(orders);
+    common::three_dead_letters(&kafka).await;
     // A live view of the original subjects, to see the replay arrive.
     let mut replays = kafka.subscribe("orders.*").await.unwrap();
 

@@ -156,33 +156,22 @@ impl KafkaBus {
         })
     }
 
-    /// Partitions of `topic` (after [`ensure_topic`](Self::ensure_topic)).
+    /// Partitions of `topic` (after [`ensure_topic`](Self::ensure_topic)),
+    /// waiting until the metadata shows them.
     pub(crate) async fn partitions(&self, topic: &str) -> Result<Vec<i32>, BusError> {
-        let producer = self.inner.producer.clone();
         let timeout = self.inner.config.publish_timeout;
-        let t = topic.to_string();
         let deadline = Instant::now() + timeout;
         loop {
-            let (p, t2) = (producer.clone(), t.clone());
-            let parts = tokio::task::spawn_blocking(move || {
-                p.client().fetch_metadata(Some(&t2), timeout).map(|m| {
-                    m.topics()
-                        .iter()
-                        .filter(|x| x.name() == t2 && x.error().is_none())
-                        .flat_map(|x| x.partitions().iter().map(|p| p.id()))
-                        .collect::<Vec<i32>>()
-                })
-            })
-            .await
-            .map_err(|e| backend_err("metadata task", e))?
-            .map_err(|e| backend_err(&format!("metadata of topic {t}"), e))?;
+            let parts = self.existing_partitions(topic).await?;
             if !parts.is_empty() {
                 return Ok(parts);
             }
             if Instant::now() >= deadline {
                 return Err(BusError::new(
                     ErrorKind::Timeout,
-                    format!("kafka: topic {t} has no partitions in the metadata after {timeout:?}"),
+                    format!(
+                        "kafka: topic {topic} has no partitions in the metadata after {timeout:?}"
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

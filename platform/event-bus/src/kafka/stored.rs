@@ -136,8 +136,9 @@ impl KafkaBus {
         }
     }
 
-    /// The partitions of `topic` in the metadata, none when it does not exist.
-    async fn existing_partitions(&self, topic: &str) -> Result<Vec<i32>, BusError> {
+    /// The partitions of `topic` in the metadata now, none when it does not
+    /// exist.
+    pub(super) async fn existing_partitions(&self, topic: &str) -> Result<Vec<i32>, BusError> {
         let producer = self.inner.producer.clone();
         let timeout = self.inner.config.publish_timeout;
         let t = topic.to_string();
