@@ -50,10 +50,10 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// One fetched record of a partition.
@@ -61,26 +61,28 @@ struct Entry {
     /// The message while unsettled; `None` once settled.
     msg: Option<BusMessage>,
     count: u32,
-    /// When to deliver it again.
-    due: Option<Instant>,
+    /// When to deliver it again (while unsettled; its key in
+    /// [`State::deadlines`]).
+    due: Instant,
     /// Which delivery the current acker belongs to.
     gen: u64,
 }
 
+/// What the driver and the ackers share, behind one lock: an answer is
+/// applied by the acker itself, without a round trip to the driver.
 #[derive(Default)]
 struct State {
     /// partition → offset → entry.
     parts: HashMap<i32, BTreeMap<i64, Entry>>,
+    /// Entries with a message (not yet settled).
+    unsettled: usize,
+    /// When each unsettled entry is due again, earliest first.
+    deadlines: BTreeSet<(Instant, i32, i64)>,
+    /// Set when the consumer closed: later answers are refused.
+    closed: bool,
 }
 
 impl State {
-    fn unsettled(&self) -> usize {
-        self.parts
-            .values()
-            .map(|p| p.values().filter(|e| e.msg.is_some()).count())
-            .sum()
-    }
-
     /// Pops the settled prefix of `partition`; the offset to commit, if it moved.
     fn advance(&mut self, partition: i32) -> Option<i64> {
         let part = self.parts.get_mut(&partition)?;
@@ -93,6 +95,53 @@ impl State {
             entry.remove();
         }
         last.map(|o| o + 1)
+    }
+
+    /// Settles an unsettled entry.
+    fn settle(&mut self, partition: i32, offset: i64) {
+        let Some(entry) = self
+            .parts
+            .get_mut(&partition)
+            .and_then(|p| p.get_mut(&offset))
+        else {
+            return;
+        };
+        if entry.msg.take().is_some() {
+            self.deadlines.remove(&(entry.due, partition, offset));
+            self.unsettled -= 1;
+        }
+    }
+
+    /// Moves an unsettled entry's deadline; true if it is now the earliest.
+    fn reschedule(&mut self, partition: i32, offset: i64, due: Instant) -> bool {
+        let Some(entry) = self
+            .parts
+            .get_mut(&partition)
+            .and_then(|p| p.get_mut(&offset))
+        else {
+            return false;
+        };
+        if entry.msg.is_none() {
+            return false;
+        }
+        self.deadlines.remove(&(entry.due, partition, offset));
+        entry.due = due;
+        self.deadlines.insert((due, partition, offset));
+        self.deadlines.first() == Some(&(due, partition, offset))
+    }
+
+    /// Forgets a partition (revoked): its unsettled entries go to the next
+    /// owner.
+    fn forget(&mut self, partition: i32) {
+        let Some(part) = self.parts.remove(&partition) else {
+            return;
+        };
+        for (offset, entry) in part {
+            if entry.msg.is_some() {
+                self.deadlines.remove(&(entry.due, partition, offset));
+                self.unsettled -= 1;
+            }
+        }
     }
 }
 
@@ -124,7 +173,7 @@ impl ConsumerContext for Ctx {
                 let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
             }
             // Unsettled messages go to the partition's next owner.
-            state.parts.remove(&p);
+            state.forget(p);
         }
         drop(state);
         if commit.count() > 0 {
@@ -135,18 +184,93 @@ impl ConsumerContext for Ctx {
     }
 }
 
-enum Cmd {
-    Answer {
-        partition: i32,
-        offset: i64,
-        gen: u64,
-        kind: AckKind,
-        reply: oneshot::Sender<Result<(), BusError>>,
-    },
+/// One consumer instance, as its driver task and its ackers see it.
+struct Shared {
+    state: Arc<Mutex<State>>,
+    /// The driver owns the consumer (and closes it off the async threads);
+    /// an acker commits through it while the state says it is open.
+    consumer: Weak<StreamConsumer<Ctx>>,
+    topic: String,
+    name: String,
+    ack_wait: Duration,
+    /// `max_ack_pending`: the driver stops fetching at this many unsettled.
+    window: usize,
+    /// Wakes the driver: a deadline became the earliest, or the window has
+    /// room again.
+    wake: Notify,
+}
+
+impl Shared {
+    /// Applies an answer (under the state's lock, so commits go out in
+    /// offset order).
+    fn answer(&self, partition: i32, offset: i64, gen: u64, kind: AckKind) -> Result<(), BusError> {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Err(BusError::closed(format!(
+                "kafka consumer {:?} closed; the message is delivered again to the group",
+                self.name
+            )));
+        }
+        let Some(entry) = s.parts.get(&partition).and_then(|p| p.get(&offset)) else {
+            return Err(BusError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "kafka consumer {:?}: partition {partition} of {} was reassigned (or the message settled); the answer is not applied and the new owner delivers the message again",
+                    self.name, self.topic
+                ),
+            ));
+        };
+        if entry.msg.is_none() {
+            return Ok(());
+        }
+        let current = entry.gen == gen;
+        let now = Instant::now();
+        match kind {
+            AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
+                let was_full = s.unsettled >= self.window;
+                s.settle(partition, offset);
+                if let Some(next) = s.advance(partition) {
+                    self.commit(partition, next);
+                }
+                if was_full && s.unsettled < self.window {
+                    self.wake.notify_one();
+                }
+            }
+            AckKind::Nack { delay, .. } => {
+                let due = now + delay.unwrap_or_default().min(MAX_WAIT);
+                if current && s.reschedule(partition, offset, due) {
+                    self.wake.notify_one();
+                }
+            }
+            AckKind::InProgress => {
+                if current {
+                    s.reschedule(partition, offset, now + self.ack_wait);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `next` as the partition's offset, asynchronously (called
+    /// under the state's lock).
+    fn commit(&self, partition: i32, next: i64) {
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(&self.topic, partition, Offset::Offset(next))
+            .is_ok()
+        {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(error = %e, partition, "kafka consumer: commit failed");
+            }
+        }
+    }
 }
 
 struct KafkaAcker {
-    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
     partition: i32,
     offset: i64,
     gen: u64,
@@ -155,18 +279,8 @@ struct KafkaAcker {
 #[async_trait]
 impl Acker for KafkaAcker {
     async fn answer(&self, kind: AckKind) -> Result<(), BusError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Answer {
-                partition: self.partition,
-                offset: self.offset,
-                gen: self.gen,
-                kind,
-                reply,
-            })
-            .map_err(|_| BusError::closed("kafka consumer closed"))?;
-        rx.await
-            .map_err(|_| BusError::closed("kafka consumer closed"))?
+        self.shared
+            .answer(self.partition, self.offset, self.gen, kind)
     }
 }
 
@@ -254,16 +368,22 @@ pub(super) async fn open(
     let config_open_timeout = config.open_timeout;
     let name = config.name.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Result<Delivery, BusError>>();
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel::<Cmd>();
+    let shared = Arc::new(Shared {
+        state,
+        consumer: Arc::downgrade(&consumer),
+        topic,
+        name: config.name.clone(),
+        ack_wait: config.ack_wait,
+        window: config.max_ack_pending,
+        wake: Notify::new(),
+    });
     let driver = Driver {
         consumer,
-        topic,
-        config,
-        state,
+        filter: config.filter,
+        shared,
         out: out_tx,
-        cmd_tx,
     };
-    tokio::spawn(driver.run(cmd_rx));
+    tokio::spawn(driver.run());
     // Ready means a member with an assignment (possibly empty, with more
     // instances than partitions): events published after `consume`
     // returns are then shared by the instances opened so far.
@@ -286,65 +406,68 @@ pub(super) async fn open(
 
 struct Driver {
     consumer: Arc<StreamConsumer<Ctx>>,
-    topic: String,
-    config: ConsumerConfig,
-    state: Arc<Mutex<State>>,
+    filter: String,
+    shared: Arc<Shared>,
     out: mpsc::UnboundedSender<Result<Delivery, BusError>>,
-    cmd_tx: mpsc::UnboundedSender<Cmd>,
 }
 
 impl Driver {
-    async fn run(self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(self) {
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
+        let mut armed = None;
         loop {
-            let (next_due, unsettled) = {
-                let s = self.state.lock();
-                let due = s
-                    .parts
-                    .values()
-                    .flat_map(|p| p.values())
-                    .filter(|e| e.msg.is_some())
-                    .filter_map(|e| e.due)
-                    .min();
-                (due, s.unsettled())
+            let (next_due, can_fetch) = {
+                let s = self.shared.state.lock();
+                let due = s.deadlines.first().map(|d| d.0);
+                (due, s.unsettled < self.shared.window)
             };
-            let can_fetch = unsettled < self.config.max_ack_pending;
-            let far = Instant::now() + Duration::from_secs(3600);
+            // Re-arm the timer only when the earliest deadline moved.
+            if next_due != armed {
+                timer.as_mut().reset(next_due.unwrap_or_else(far));
+                armed = next_due;
+            }
             tokio::select! {
                 biased;
                 _ = self.out.closed() => break,
-                Some(cmd) = cmds.recv() => self.answer(cmd),
-                _ = tokio::time::sleep_until(next_due.unwrap_or(far)), if next_due.is_some() => {
+                _ = self.shared.wake.notified() => {}
+                _ = timer.as_mut(), if armed.is_some() => {
+                    armed = None;
                     self.redeliver_due();
                 }
                 r = self.consumer.recv(), if can_fetch => match r {
                     Ok(m) => {
                         let (p, o) = (rdkafka::Message::partition(&m), rdkafka::Message::offset(&m));
                         let msg = from_record(&m)
-                            .filter(|msg| crate::subject::matches(&self.config.filter, msg.subject.as_str()));
+                            .filter(|msg| crate::subject::matches(&self.filter, msg.subject.as_str()));
                         drop(m);
                         self.fetched(p, o, msg);
                     }
                     Err(e) => {
                         let _ = self.out.send(Err(BusError::new(
                             ErrorKind::Unavailable,
-                            format!("kafka consumer {:?}: {e}", self.config.name),
+                            format!("kafka consumer {:?}: {e}", self.shared.name),
                         )));
                     }
                 },
             }
         }
         // Closing: commit what is settled; the rest goes to the next owner.
+        // Answers from now on are refused, so this commit is the last.
+        let topic = &self.shared.topic;
         let mut commit = TopicPartitionList::new();
         {
-            let mut s = self.state.lock();
+            let mut s = self.shared.state.lock();
+            s.closed = true;
             let parts: Vec<i32> = s.parts.keys().copied().collect();
             for p in parts {
                 if let Some(next) = s.advance(p) {
-                    let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(next));
+                    let _ = commit.add_partition_offset(topic, p, Offset::Offset(next));
                 }
             }
         }
-        let consumer = self.consumer.clone();
+        let consumer = self.consumer;
         let _ = tokio::task::spawn_blocking(move || {
             if commit.count() > 0 {
                 if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
@@ -359,7 +482,7 @@ impl Driver {
 
     fn deliver(&self, partition: i32, offset: i64, msg: BusMessage, count: u32, gen: u64) {
         let acker = KafkaAcker {
-            tx: self.cmd_tx.clone(),
+            shared: self.shared.clone(),
             partition,
             offset,
             gen,
@@ -370,11 +493,12 @@ impl Driver {
     }
 
     fn fetched(&self, partition: i32, offset: i64, msg: Option<BusMessage>) {
-        let mut s = self.state.lock();
+        let mut s = self.shared.state.lock();
         let part = s.parts.entry(partition).or_default();
         if part.contains_key(&offset) {
             return; // fetched again (after a seek); already tracked
         }
+        let due = Instant::now() + self.shared.ack_wait;
         let Some(msg) = msg else {
             // Not ours (another subject of the topic): settled at once.
             part.insert(
@@ -382,13 +506,12 @@ impl Driver {
                 Entry {
                     msg: None,
                     count: 0,
-                    due: None,
+                    due,
                     gen: 0,
                 },
             );
             if let Some(next) = s.advance(partition) {
-                drop(s);
-                self.commit(partition, next);
+                self.shared.commit(partition, next);
             }
             return;
         };
@@ -397,10 +520,12 @@ impl Driver {
             Entry {
                 msg: Some(msg.clone()),
                 count: 1,
-                due: Some(Instant::now() + self.config.ack_wait),
+                due,
                 gen: 1,
             },
         );
+        s.unsettled += 1;
+        s.deadlines.insert((due, partition, offset));
         drop(s);
         self.deliver(partition, offset, msg, 1, 1);
     }
@@ -409,84 +534,26 @@ impl Driver {
         let now = Instant::now();
         let mut again = Vec::new();
         {
-            let mut s = self.state.lock();
-            for (p, part) in s.parts.iter_mut() {
-                for (o, e) in part.iter_mut() {
-                    if e.msg.is_some() && e.due.is_some_and(|d| d <= now) {
-                        e.count = e.count.saturating_add(1);
-                        e.gen += 1;
-                        e.due = Some(now + self.config.ack_wait);
-                        again.push((*p, *o, e.msg.clone().expect("unsettled"), e.count, e.gen));
-                    }
+            let mut s = self.shared.state.lock();
+            while let Some(&(due, p, o)) = s.deadlines.first() {
+                if due > now {
+                    break;
                 }
+                s.deadlines.pop_first();
+                let next_due = now + self.shared.ack_wait;
+                let Some(e) = s.parts.get_mut(&p).and_then(|part| part.get_mut(&o)) else {
+                    continue;
+                };
+                let Some(msg) = e.msg.clone() else { continue };
+                e.count = e.count.saturating_add(1);
+                e.gen += 1;
+                e.due = next_due;
+                again.push((p, o, msg, e.count, e.gen));
+                s.deadlines.insert((next_due, p, o));
             }
         }
         for (p, o, m, c, g) in again {
             self.deliver(p, o, m, c, g);
         }
-    }
-
-    fn commit(&self, partition: i32, next: i64) {
-        let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&self.topic, partition, Offset::Offset(next))
-            .is_ok()
-        {
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::warn!(error = %e, partition, "kafka consumer: commit failed");
-            }
-        }
-    }
-
-    fn answer(&self, cmd: Cmd) {
-        let Cmd::Answer {
-            partition,
-            offset,
-            gen,
-            kind,
-            reply,
-        } = cmd;
-        let mut s = self.state.lock();
-        let Some(entry) = s.parts.get_mut(&partition).and_then(|p| p.get_mut(&offset)) else {
-            drop(s);
-            let _ = reply.send(Err(BusError::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "kafka consumer {:?}: partition {partition} of {} was reassigned (or the message settled); the answer is not applied and the new owner delivers the message again",
-                    self.config.name, self.topic
-                ),
-            )));
-            return;
-        };
-        if entry.msg.is_none() {
-            drop(s);
-            let _ = reply.send(Ok(()));
-            return;
-        }
-        let now = Instant::now();
-        match kind {
-            AckKind::Ack | AckKind::Term { .. } | AckKind::DeadLetter { .. } => {
-                entry.msg = None;
-                entry.due = None;
-                let next = s.advance(partition);
-                drop(s);
-                if let Some(next) = next {
-                    self.commit(partition, next);
-                }
-            }
-            AckKind::Nack { delay, .. } => {
-                if entry.gen == gen {
-                    entry.due = Some(now + delay.unwrap_or_default().min(MAX_WAIT));
-                }
-                drop(s);
-            }
-            AckKind::InProgress => {
-                if entry.gen == gen {
-                    entry.due = Some(now + self.config.ack_wait);
-                }
-                drop(s);
-            }
-        }
-        let _ = reply.send(Ok(()));
     }
 }
