@@ -16,22 +16,26 @@ cd "$(dirname "$0")/.."
 # (a test or build that rewrites a tracked file, e.g. a lock file, fails).
 tree_before=$(git status --porcelain 2>/dev/null || true)
 
+# Each phase's heading carries the time since the start (CI keeps the whole
+# run under 20 minutes; this shows where the time goes).
+phase() { printf '== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+
 eval "$(./scripts/install-test-deps.sh)"
 export NATS_SERVER_BIN
-echo "== using nats-server $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
+phase "using nats-server $NATS_SERVER_BIN ($("$NATS_SERVER_BIN" --version))"
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
+phase "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== a backend author's build: event-bus without default features (no NATS, no network dependency)"
+phase "a backend author's build: event-bus without default features (no NATS, no network dependency)"
 cargo clippy -q -p event-bus --no-default-features -- -D warnings
-echo "== cargo test --workspace"
+phase "cargo test --workspace"
 cargo test --workspace --no-fail-fast
 if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 	eval "$(./scripts/install-test-deps.sh kafka | grep "^TANSU_BIN=")"
 	export TANSU_BIN
-	echo "== kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
+	phase "kafka feature: clippy, unit tests, conformance on tansu ($TANSU_BIN)"
 	cargo clippy -p event-bus -p event-bus-testkit -p event-bus-postgres -p event-bus-http -p event-bus-cli \
 		--features event-bus/kafka,event-bus-testkit/kafka,event-bus-postgres/kafka,event-bus-http/kafka,event-bus-cli/kafka \
 		--all-targets -- -D warnings
@@ -39,28 +43,36 @@ if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 	# kafka_durability is built and its ignored test listed: it fails on
 	# tansu 0.6.0 (README, "On Kafka"); `-- --ignored` runs it.
 	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour --test kafka_durability
-	echo "== kafka: outbox → Kafka → runner → PgInbox, a consumer group losing a runner, bus --url kafka://, /readyz"
+	phase "kafka: outbox → Kafka → runner → PgInbox, a consumer group losing a runner, bus --url kafka://, /readyz"
 	cargo test -p event-bus-postgres --features kafka --test kafka_chain --test tracing
 	cargo test -p event-bus-cli --features kafka --test kafka_cli
 	cargo test -p event-bus-http --features kafka --test readyz_kafka
 else
-	echo "== kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
+	phase "kafka feature: NOT RUN (KAFKA_TESTS=1 runs it)"
 fi
-echo "== quick-start example (in-memory default)"
-cargo run -q -p event-bus --example quickstart
-echo "== a user-written layer example (a correlation id on a span around each attempt)"
-cargo run -q -p event-bus --example correlation_layer
-echo "== outbox chain example (in-memory bus, throwaway PostgreSQL)"
-cargo run -q -p event-bus-postgres --example outbox_chain
-echo "== platform demo, --once (in-memory bus, throwaway PostgreSQL)"
-cargo run -q -p event-bus-demo -- --once
+# The examples and the demo run from the binaries `cargo test --workspace`
+# built (with the workspace's features): `cargo run -p <crate>` would build
+# each crate again with that crate's features alone.
+cargo build -q --workspace --examples --bins
+bin="${CARGO_TARGET_DIR:-target}/debug"
+phase "quick-start example (in-memory default)"
+"$bin/examples/quickstart"
+phase "a user-written layer example (a correlation id on a span around each attempt)"
+"$bin/examples/correlation_layer"
+phase "outbox chain example (in-memory bus, throwaway PostgreSQL)"
+"$bin/examples/outbox_chain"
+phase "platform demo, --once (in-memory bus, throwaway PostgreSQL)"
+"$bin/platform-demo" --once
 
-echo "== bench-peers (a crate of its own): formatted, lint-free, compiles"
-(cd bench-peers && cargo fmt --check && cargo clippy -q --all-targets -- -D warnings)
+phase "bench-peers (a crate of its own): formatted, lint-free, compiles"
+# In the workspace's target directory: the dependencies both share are
+# checked once.
+(cd bench-peers && cargo fmt --check &&
+	CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/../target}" cargo clippy -q --all-targets -- -D warnings)
 fuzz_seconds=${FUZZ_SECONDS:-15}
-if [ "$fuzz_seconds" -le 0 ]; then echo "== fuzz targets: NOT RUN (FUZZ_SECONDS=$fuzz_seconds)"; fi
+if [ "$fuzz_seconds" -le 0 ]; then phase "fuzz targets: NOT RUN (FUZZ_SECONDS=$fuzz_seconds)"; fi
 if [ "$fuzz_seconds" -gt 0 ]; then
-	echo "== fuzz targets: ${fuzz_seconds}s each from fuzz/corpus (cargo-fuzz, stable toolchain, no sanitizer)"
+	phase "fuzz targets: ${fuzz_seconds}s each from fuzz/corpus (cargo-fuzz, stable toolchain, no sanitizer)"
 	# --dev: a quick build with debug assertions (overflow is a crash).
 	# New inputs go to a scratch directory; the committed corpus is only read.
 	(cd fuzz && cargo fmt --check && cargo fuzz build --dev -s none)
@@ -85,4 +97,4 @@ if [ "$tree_after" != "$tree_before" ]; then
 	diff <(printf '%s\n' "$tree_before") <(printf '%s\n' "$tree_after") >&2 || true
 	exit 1
 fi
-echo "== work tree unchanged by the run"
+phase "work tree unchanged by the run"
