@@ -40,8 +40,8 @@ if [ "${KAFKA_TESTS:-0}" = 1 ]; then
 		--features event-bus/kafka,event-bus-testkit/kafka,event-bus-postgres/kafka,event-bus-http/kafka,event-bus-cli/kafka \
 		--all-targets -- -D warnings
 	cargo test -p event-bus --features kafka --lib --test spec_examples kafka
-	# kafka_durability is built and its ignored test listed: it fails on
-	# tansu 0.6.0 (README, "On Kafka"); `-- --ignored` runs it.
+	# kafka_durability: a broker kill on tansu's PostgreSQL storage; its
+	# ignored test fails on tansu 0.6.0 (README, "On Kafka").
 	cargo test -p event-bus-testkit --features kafka --lib --test conformance_kafka --test kafka_behaviour --test kafka_durability
 	phase "kafka: outbox → Kafka → runner → PgInbox, a consumer group losing a runner, bus --url kafka://, /readyz"
 	cargo test -p event-bus-postgres --features kafka --test kafka_chain --test tracing
