@@ -9,7 +9,7 @@
 //! `messaging.consumer.group.name`, `messaging.message.body.size` and, on a
 //! durable consumer, the delivery count.
 //!
-//! | operation | span | level on NATS | in memory | with a parent-based [`Sampling`] gate, in an unsampled trace |
+//! | operation | span | level on NATS | in memory | with a parent-based `Sampling` gate, in an unsampled trace |
 //! |---|---|---|---|---|
 //! | publish (each message) | `publish {subject}`, producer | `INFO` | `TRACE`, envelopes only | none; the message carries the unsampled context (flags `00`) |
 //! | a subscription hands a message over | `receive {pattern}` | `DEBUG` | none | none |
@@ -35,8 +35,8 @@
 //! OpenTelemetry layer, each span that is built costs a few microseconds
 //! of CPU (`tracing-opentelemetry` builds it, attributes and all, before
 //! the SDK's sampler decides on it), sampled or not: with the default
-//! [`Sampling::Sdk`] every span is built. With a parent-based sampler, tell
-//! the bus ([`set_sampling`], or [`sample_parent_based`] which also gives
+//! `Sampling::Sdk` every span is built. With a parent-based sampler, tell
+//! the bus (`set_sampling`, or `sample_parent_based` which also gives
 //! the SDK its sampler): the bus then reads the sampling decision first
 //! (the message's `traceparent`, the current context) and builds no span
 //! for an unsampled trace, whose message costs about what it costs with
@@ -47,7 +47,7 @@
 //!
 //! # Sampling before the span (feature `otel`)
 //!
-//! [`Sampling::ParentBased`]: a message whose `traceparent` says "not
+//! `Sampling::ParentBased`: a message whose `traceparent` says "not
 //! sampled" gets no receive, process or settle span, and the runner runs
 //! its handler in that unsampled remote context (made OpenTelemetry's
 //! current context while the handler's future is polled), so that the
@@ -57,13 +57,15 @@
 //! HTTP request's, or a handler's) gets no span and writes that context's
 //! `traceparent` (same trace id, flags `00`): the consumers know the trace
 //! is not sampled rather than starting a new root. Roots are built as
-//! before and the SDK decides. [`Sampling::ParentBasedRatio`] also decides
+//! before and the SDK decides. `Sampling::ParentBasedRatio` also decides
 //! the bus's own roots (a publish with no context at all) before building
 //! them, with OpenTelemetry's trace-id-ratio rule on a random trace id: a
 //! publish it does not keep carries a new unsampled `traceparent`; one it
 //! keeps gets its span through the usual path, marked so that the SDK
-//! sampler [`HeadSampler`] keeps it (the SDK cannot be handed a trace id
-//! for a root, so it would otherwise sample the root again). The gate is
+//! sampler `HeadSampler` keeps it (the SDK cannot be handed a trace id for
+//! a root, so it would otherwise sample the root again). The same goes for
+//! the runner's process span of a message that carries no `traceparent`
+//! (a producer that does not trace). The gate is
 //! process-wide, read with one relaxed atomic load per span it guards, and
 //! does nothing until it is set. [`process_span`], a public function for
 //! consumers that run their handling themselves, always builds its span.
@@ -313,8 +315,16 @@ pub(crate) fn process_trace(
 ) -> ProcessTrace {
     #[cfg(feature = "otel")]
     if sampling_gate_on() && level_on(system, tracing::Level::INFO) {
-        if let Some(cx) = sampling::unsampled_parent(&message.headers) {
-            return ProcessTrace::Unsampled(cx);
+        match sampling::process_decision(&message.headers) {
+            sampling::Decision::Skip(cx) => return ProcessTrace::Unsampled(cx),
+            sampling::Decision::Build { root_sampled: true } => {
+                let span = process_span(system, pattern, consumer, message, delivery_count);
+                sampling::mark_head_sampled(&span);
+                return ProcessTrace::Span(span);
+            }
+            sampling::Decision::Build {
+                root_sampled: false,
+            } => {}
         }
     }
     ProcessTrace::Span(process_span(
@@ -652,7 +662,10 @@ pub enum Sampling {
     /// root publishes (a publish with no trace context at all) itself,
     /// keeping this ratio of them: the others build no span and carry a new
     /// unsampled `traceparent` (a random trace id, flags `00`), so their
-    /// consumers stay unsampled too. The SDK must keep the roots the bus
+    /// consumers stay unsampled too. The same for the runner's process span
+    /// of a message with no (valid) `traceparent`, e.g. from a producer
+    /// that does not trace: kept, or run in a new unsampled context. The
+    /// SDK must keep the roots the bus
     /// sampled: give the tracer provider [`HeadSampler`] (what
     /// [`sample_parent_based`] returns), which is
     /// `ParentBased(TraceIdRatioBased(ratio))` for every other span.
@@ -710,7 +723,8 @@ pub fn sample_parent_based(ratio: f64) -> HeadSampler {
 
 /// The SDK sampler for [`Sampling::ParentBasedRatio`]: OpenTelemetry's
 /// `ParentBased(TraceIdRatioBased(ratio))`, except that it keeps a root
-/// publish span which the bus has sampled already (the bus marks its
+/// span (a publish, or the process span of a message without a
+/// `traceparent`) which the bus has sampled already (the bus marks its
 /// parent context). Without it the SDK would sample those roots again, and
 /// keep ratio² of them.
 #[cfg(feature = "otel")]
@@ -833,25 +847,50 @@ mod sampling {
                 root_sampled: false,
             },
             Some((false, cx)) => Decision::Skip(cx),
-            None if mode() == RATIO => {
-                let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Relaxed));
-                let (trace, span) = ids();
-                if sampled(ratio, trace) {
-                    Decision::Build { root_sampled: true }
+            None => root_decision(),
+        }
+    }
+
+    /// The gate's decision for a process span: follows the message's
+    /// `traceparent`; a message with none (or a malformed one) is a root,
+    /// decided by the ratio when one is set.
+    pub(super) fn process_decision(headers: &Headers) -> Decision {
+        if headers.get(super::TRACEPARENT).is_some() {
+            if let Some(cx) = super::extract(headers) {
+                return if cx.span().span_context().is_sampled() {
+                    Decision::Build {
+                        root_sampled: false,
+                    }
                 } else {
-                    let sc = SpanContext::new(
-                        TraceId::from(trace),
-                        SpanId::from(span),
-                        TraceFlags::default(),
-                        false,
-                        Default::default(),
-                    );
-                    Decision::Skip(opentelemetry::Context::new().with_remote_span_context(sc))
-                }
+                    Decision::Skip(cx)
+                };
             }
-            None => Decision::Build {
+        }
+        root_decision()
+    }
+
+    /// A root's decision: with a ratio, OpenTelemetry's trace-id-ratio rule
+    /// on a new random trace id (not kept: a new unsampled context with
+    /// that id); without one, the SDK decides on the built span.
+    fn root_decision() -> Decision {
+        if mode() != RATIO {
+            return Decision::Build {
                 root_sampled: false,
-            },
+            };
+        }
+        let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Relaxed));
+        let (trace, span) = ids();
+        if sampled(ratio, trace) {
+            Decision::Build { root_sampled: true }
+        } else {
+            let sc = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::default(),
+                false,
+                Default::default(),
+            );
+            Decision::Skip(opentelemetry::Context::new().with_remote_span_context(sc))
         }
     }
 

@@ -156,17 +156,36 @@ async fn setup() -> (
 /// then waits for the handler and for its `g.out`: what the handler saw,
 /// and the `traceparent` of `g.out`.
 async fn run_once(parent: opentelemetry::Context) -> (Seen, Option<String>) {
-    let (_server, bus, runner, mut seen, mut out) = setup().await;
-    let request = tracing::info_span!("POST /things");
-    let _ = request.set_parent(parent);
-    use tracing::Instrument;
-    async {
-        bus.publish_envelope(Envelope::new("g.in", b"{}".to_vec()))
+    run_once_with(Some(parent)).await
+}
+
+/// [`run_once`]; with no parent, `g.in` is published by a raw async-nats
+/// client, with no `traceparent` at all (a producer that does not trace).
+async fn run_once_with(parent: Option<opentelemetry::Context>) -> (Seen, Option<String>) {
+    let (server, bus, runner, mut seen, mut out) = setup().await;
+    match parent {
+        Some(parent) => {
+            let request = tracing::info_span!("POST /things");
+            let _ = request.set_parent(parent);
+            use tracing::Instrument;
+            async {
+                bus.publish_envelope(Envelope::new("g.in", b"{}".to_vec()))
+                    .await
+            }
+            .instrument(request)
             .await
+            .unwrap();
+        }
+        None => {
+            let client = async_nats::connect(server.url()).await.unwrap();
+            async_nats::jetstream::new(client)
+                .publish("g.in", b"{}".to_vec().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
     }
-    .instrument(request)
-    .await
-    .unwrap();
     let seen = tokio::time::timeout(Duration::from_secs(10), seen.recv())
         .await
         .expect("the handler ran within 10 s")
@@ -309,4 +328,37 @@ async fn root_publishes_are_decided_by_the_bus_ratio() {
         "the bus's sampled root is kept by the SDK"
     );
     assert_eq!(parsed[3].0, "01");
+}
+
+/// A message with no `traceparent` (its producer does not trace) under
+/// `ParentBasedRatio`: at ratio 0 the runner builds no process span and
+/// runs the handler in a new unsampled context, which the handler's
+/// publish carries on (flags `00`, that trace id); at ratio 1 the process
+/// span is built and the SDK keeps it (the bus's mark), although its own
+/// root ratio (`HeadSampler(0.0)`) would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_traceparent_is_a_root_the_bus_decides() {
+    let _turn = install().lock().await;
+    event_bus::trace::set_sampling(Sampling::ParentBasedRatio(0.0));
+    *COUNTS.lock().unwrap() = None;
+    let (seen, followed) = run_once_with(None).await;
+    let spans = counts();
+    event_bus::trace::set_sampling(Sampling::Sdk);
+    assert_eq!(seen.traceparent, None);
+    assert_ne!(seen.trace, TraceId::INVALID, "a new (unsampled) trace");
+    assert!(!seen.sampled);
+    let followed = followed.expect("the handler's publish carries a traceparent");
+    assert_eq!(flags_and_trace(&followed), ("00", &*seen.trace.to_string()));
+    assert_eq!(spans.get("process"), None, "{spans:?}");
+    assert_eq!(spans.get("publish"), None, "{spans:?}");
+
+    event_bus::trace::set_sampling(Sampling::ParentBasedRatio(1.0));
+    *COUNTS.lock().unwrap() = None;
+    let (seen, followed) = run_once_with(None).await;
+    let spans = counts();
+    event_bus::trace::set_sampling(Sampling::Sdk);
+    assert!(seen.sampled, "the bus's sampled root process span is kept");
+    let followed = followed.expect("the handler's publish carries a traceparent");
+    assert_eq!(flags_and_trace(&followed), ("01", &*seen.trace.to_string()));
+    assert_eq!(spans.get("process"), Some(&1), "{spans:?}");
 }
