@@ -32,7 +32,10 @@
 //! `OBS_BENCH_SIDES=off,on,off-tp,...` picks the sides (the first is the
 //! baseline): `metrics` (the recorder alone), `traces` (the layer alone),
 //! `on-lean` (the layer without code locations, thread names and busy/idle
-//! times), `on-1pct` (a parent-based sampler keeping 1 % of new traces),
+//! times), `on-1pct` (a parent-based sampler keeping 1 % of new traces,
+//! with the bus's sampling gate: `event_bus::trace::sample_parent_based(0.01)`,
+//! spans of unsampled traces not built), `on-1pct-sdk` (the same sampler
+//! without the gate: every span built, the SDK decides),
 //! `on-nopub` (publish spans filtered out), and `off-tp`: nothing
 //! installed, but every message published with a `traceparent` header, as
 //! a traced publish sends it: what NATS charges for propagation alone.
@@ -200,9 +203,11 @@ fn install(
     // times; `-1pct`: a parent-based sampler keeping 1 % of new traces.
     // `-nopub`: publish spans filtered out (`event_bus::publish=warn`).
     let lean = side.ends_with("-lean");
-    let one_percent = side.ends_with("-1pct");
+    let sdk_only = side.ends_with("-1pct-sdk");
+    let one_percent = side.ends_with("-1pct") || sdk_only;
     let no_publish_spans = side.ends_with("-nopub");
     let side = side
+        .trim_end_matches("-sdk")
         .trim_end_matches("-lean")
         .trim_end_matches("-1pct")
         .trim_end_matches("-nopub");
@@ -212,15 +217,18 @@ fn install(
         return (prometheus, None);
     }
     use opentelemetry_sdk::trace::Sampler;
-    let sampler = if one_percent {
-        Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.01)))
+    let builder = opentelemetry_sdk::trace::SdkTracerProvider::builder();
+    let builder = if one_percent && !sdk_only {
+        // The bus's gate and the SDK's sampler, agreeing (one call).
+        builder.with_sampler(event_bus::trace::sample_parent_based(0.01))
+    } else if one_percent {
+        builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            0.01,
+        ))))
     } else {
-        Sampler::AlwaysOn
+        builder.with_sampler(Sampler::AlwaysOn)
     };
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(sampler)
-        .with_batch_exporter(Discard)
-        .build();
+    let provider = builder.with_batch_exporter(Discard).build();
     let filter = tracing_subscriber::filter::Targets::new()
         .with_default(tracing::Level::INFO)
         .with_target(

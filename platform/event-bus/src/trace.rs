@@ -9,13 +9,13 @@
 //! `messaging.consumer.group.name`, `messaging.message.body.size` and, on a
 //! durable consumer, the delivery count.
 //!
-//! | operation | span | level on NATS | in memory |
-//! |---|---|---|---|
-//! | publish (each message) | `publish {subject}`, producer | `INFO` | `TRACE`, envelopes only |
-//! | a subscription hands a message over | `receive {pattern}` | `DEBUG` | none |
-//! | a durable consumer hands a message over | `receive {filter}` | `DEBUG` | `TRACE` |
-//! | the runner runs a handler (each attempt) | `process {pattern}`, consumer | `INFO` | `TRACE` |
-//! | ack, nack, term, dead letter | `ack {consumer}`, … | `DEBUG` | `TRACE` |
+//! | operation | span | level on NATS | in memory | with a parent-based `Sampling` gate, in an unsampled trace |
+//! |---|---|---|---|---|
+//! | publish (each message) | `publish {subject}`, producer | `INFO` | `TRACE`, envelopes only | none; the message carries the unsampled context (flags `00`) |
+//! | a subscription hands a message over | `receive {pattern}` | `DEBUG` | none | none |
+//! | a durable consumer hands a message over | `receive {filter}` | `DEBUG` | `TRACE` | none |
+//! | the runner runs a handler (each attempt) | `process {pattern}`, consumer | `INFO` | `TRACE` | none; the handler runs in the message's unsampled context |
+//! | ack, nack, term, dead letter | `ack {consumer}`, … | `DEBUG` | `TRACE` | none |
 //!
 //! The in-memory bus traces at `TRACE`, and its plain
 //! [`publish`](crate::EventBus::publish) and subscriptions not at all: a
@@ -32,9 +32,43 @@
 //!
 //! With no `tracing` subscriber, or one whose filter leaves these levels
 //! out, a span costs a check of a static (a nanosecond or two). With an
-//! OpenTelemetry layer, each span costs a few microseconds of CPU
-//! (`tracing-opentelemetry` and the SDK), sampled or not: see docs/performance.md's
-//! figures (`cargo bench -p event-bus-http --bench observability_overhead`).
+//! OpenTelemetry layer, each span that is built costs a few microseconds
+//! of CPU (`tracing-opentelemetry` builds it, attributes and all, before
+//! the SDK's sampler decides on it), sampled or not: with the default
+//! `Sampling::Sdk` every span is built. With a parent-based sampler, tell
+//! the bus (`set_sampling`, or `sample_parent_based` which also gives
+//! the SDK its sampler): the bus then reads the sampling decision first
+//! (the message's `traceparent`, the current context) and builds no span
+//! for an unsampled trace, whose message costs about what it costs with
+//! tracing off plus its `traceparent` header; only the sampled traces pay
+//! for spans. See docs/performance.md's figures (`cargo bench -p
+//! event-bus-http --bench observability_overhead`, sides `on-1pct` and
+//! `on-1pct-sdk`).
+//!
+//! # Sampling before the span (feature `otel`)
+//!
+//! `Sampling::ParentBased`: a message whose `traceparent` says "not
+//! sampled" gets no receive, process or settle span, and the runner runs
+//! its handler in that unsampled remote context (made OpenTelemetry's
+//! current context while the handler's future is polled), so that the
+//! spans the handler opens follow it (`tracing-opentelemetry` takes the
+//! current context as a new span's parent) and its publishes carry it. A
+//! publish in an unsampled context (the current span's, e.g. an unsampled
+//! HTTP request's, or a handler's) gets no span and writes that context's
+//! `traceparent` (same trace id, flags `00`): the consumers know the trace
+//! is not sampled rather than starting a new root. Roots are built as
+//! before and the SDK decides. `Sampling::ParentBasedRatio` also decides
+//! the bus's own roots (a publish with no context at all) before building
+//! them, with OpenTelemetry's trace-id-ratio rule on a random trace id: a
+//! publish it does not keep carries a new unsampled `traceparent`; one it
+//! keeps gets its span through the usual path, marked so that the SDK
+//! sampler `HeadSampler` keeps it (the SDK cannot be handed a trace id for
+//! a root, so it would otherwise sample the root again). The same goes for
+//! the runner's process span of a message that carries no `traceparent`
+//! (a producer that does not trace). The gate is
+//! process-wide, read with one relaxed atomic load per span it guards, and
+//! does nothing until it is set. [`process_span`], a public function for
+//! consumers that run their handling themselves, always builds its span.
 //!
 //! # Across the bus (feature `otel`)
 //!
@@ -106,8 +140,29 @@ fn span_name(operation: &str, destination: &str) -> String {
 
 /// The span of one publish: `publish {subject}`, a producer span. Its
 /// context is written into the message ([`outgoing`]); it is not entered.
-pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize) -> Span {
-    messaging_span!(
+///
+/// With [`Sampling`] set to a parent-based mode (feature `otel`), a publish
+/// whose trace is not sampled builds no span: the result then carries the
+/// unsampled context that [`outgoing`] writes into the message instead.
+pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize) -> PublishSpan {
+    if !tracing::dispatcher::has_been_set() {
+        return PublishSpan::none();
+    }
+    #[cfg(feature = "otel")]
+    let mut head_sampled = false;
+    #[cfg(feature = "otel")]
+    if sampling_gate_on() && level_on(system, tracing::Level::INFO) {
+        match sampling::publish_decision() {
+            sampling::Decision::Build { root_sampled } => head_sampled = root_sampled,
+            sampling::Decision::Skip(cx) => {
+                return PublishSpan {
+                    span: Span::none(),
+                    carried: Some(cx),
+                }
+            }
+        }
+    }
+    let span = messaging_span!(
         tracing::Level::INFO,
         system,
         "publish",
@@ -119,7 +174,62 @@ pub(crate) fn publish_span(system: &'static str, subject: &str, body_size: usize
         messaging.message.body.size = body_size as i64,
         messaging.message.id = tracing::field::Empty,
         error.type = tracing::field::Empty,
-    )
+    );
+    #[cfg(feature = "otel")]
+    if head_sampled {
+        sampling::mark_head_sampled(&span);
+    }
+    PublishSpan {
+        span,
+        #[cfg(feature = "otel")]
+        carried: None,
+    }
+}
+
+/// A publish's span, or, when the [`Sampling`] gate skipped it (an
+/// unsampled trace), the unsampled context its message carries instead.
+/// Dereferences to the span (disabled when skipped).
+#[derive(Debug)]
+pub(crate) struct PublishSpan {
+    span: Span,
+    /// The unsampled context written into the message in place of the
+    /// span's (feature `otel`, gate on).
+    #[cfg(feature = "otel")]
+    carried: Option<opentelemetry::Context>,
+}
+
+impl PublishSpan {
+    /// No span and no context (no `tracing` dispatcher).
+    pub(crate) fn none() -> Self {
+        PublishSpan {
+            span: Span::none(),
+            #[cfg(feature = "otel")]
+            carried: None,
+        }
+    }
+
+    /// Whether [`outgoing`] may have trace headers to add: a span, or an
+    /// unsampled context in its place.
+    pub(crate) fn carries(&self) -> bool {
+        #[cfg(feature = "otel")]
+        if self.carried.is_some() {
+            return true;
+        }
+        !self.span.is_disabled()
+    }
+
+    /// The span alone (disabled when the gate skipped it).
+    #[cfg(feature = "kafka")]
+    pub(crate) fn into_span(self) -> Span {
+        self.span
+    }
+}
+
+impl std::ops::Deref for PublishSpan {
+    type Target = Span;
+    fn deref(&self) -> &Span {
+        &self.span
+    }
 }
 
 /// Records the outcome of a publish (or an answer) on its span: the stored
@@ -182,6 +292,81 @@ pub fn process_span(
     span
 }
 
+/// What the runner runs a handler attempt in: its process span, or, when
+/// the [`Sampling`] gate skipped the span (the message's trace is not
+/// sampled), the unsampled remote context, made current while the handler
+/// runs so that its own spans and publishes stay in that unsampled trace.
+pub(crate) enum ProcessTrace {
+    /// The process span ([`process_span`]); disabled when filtered out.
+    Span(Span),
+    /// The message's unsampled context (feature `otel`, gate on).
+    #[cfg(feature = "otel")]
+    Unsampled(opentelemetry::Context),
+}
+
+/// [`process_span`], unless the [`Sampling`] gate is on and the message's
+/// `traceparent` says its trace is not sampled: then no span is built.
+pub(crate) fn process_trace(
+    system: &'static str,
+    pattern: &str,
+    consumer: Option<&str>,
+    message: &BusMessage,
+    delivery_count: u32,
+) -> ProcessTrace {
+    #[cfg(feature = "otel")]
+    if sampling_gate_on() && level_on(system, tracing::Level::INFO) {
+        match sampling::process_decision(&message.headers) {
+            sampling::Decision::Skip(cx) => return ProcessTrace::Unsampled(cx),
+            sampling::Decision::Build { root_sampled: true } => {
+                let span = process_span(system, pattern, consumer, message, delivery_count);
+                sampling::mark_head_sampled(&span);
+                return ProcessTrace::Span(span);
+            }
+            sampling::Decision::Build {
+                root_sampled: false,
+            } => {}
+        }
+    }
+    ProcessTrace::Span(process_span(
+        system,
+        pattern,
+        consumer,
+        message,
+        delivery_count,
+    ))
+}
+
+/// Whether spans of `level` on `system` may be enabled at all (the global
+/// maximum level; a static read): the gate's work is skipped otherwise.
+#[cfg(feature = "otel")]
+#[inline]
+fn level_on(system: &'static str, level: tracing::Level) -> bool {
+    if system == "nats" || system == "kafka" {
+        tracing::level_filters::LevelFilter::current() >= level
+    } else {
+        tracing::level_filters::LevelFilter::current() >= tracing::Level::TRACE
+    }
+}
+
+/// Whether the [`Sampling`] gate is on (a relaxed atomic read).
+#[cfg(feature = "otel")]
+#[inline]
+fn sampling_gate_on() -> bool {
+    sampling::mode() != sampling::OFF
+}
+
+/// Whether the gate skips a span whose parent is the context carried in
+/// `headers` (an unsampled `traceparent`), at `level`.
+#[inline]
+fn skipped_by_gate(system: &'static str, level: tracing::Level, headers: &Headers) -> bool {
+    #[cfg(feature = "otel")]
+    if sampling_gate_on() && level_on(system, level) {
+        return sampling::unsampled_parent(headers).is_some();
+    }
+    let _ = (system, level, headers);
+    false
+}
+
 /// Records a handler's failure (`error.type`) on its process span.
 pub(crate) fn record_failure(span: &Span, kind: &'static str) {
     if !span.is_disabled() {
@@ -195,7 +380,9 @@ pub(crate) fn record_failure(span: &Span, kind: &'static str) {
 /// span, whose drop is not free with `tracing`'s `log` feature on).
 #[inline]
 pub(crate) fn received(system: &'static str, pattern: &str, message: &BusMessage) {
-    if tracing::dispatcher::has_been_set() {
+    if tracing::dispatcher::has_been_set()
+        && !skipped_by_gate(system, tracing::Level::DEBUG, &message.headers)
+    {
         received_span(system, pattern, message);
     }
 }
@@ -226,6 +413,9 @@ pub(crate) fn settle_span(
     consumer: &str,
     message: &BusMessage,
 ) -> Span {
+    if skipped_by_gate(system, tracing::Level::DEBUG, &message.headers) {
+        return Span::none();
+    }
     let span = messaging_span!(
         tracing::Level::DEBUG,
         system,
@@ -259,15 +449,22 @@ fn continue_trace(span: &Span, headers: &Headers) {
 
 /// The trace headers to add to a message being published: the context of
 /// its publish `span` (the current span's when that one is disabled, e.g.
-/// filtered out), unless `headers` already carry a `traceparent` or there
-/// is no valid context (always none without the `otel` feature). The span
-/// is not entered for this.
-pub(crate) fn outgoing(span: &Span, headers: &Headers) -> Option<Vec<(String, String)>> {
+/// filtered out; the unsampled context the [`Sampling`] gate chose when it
+/// skipped the span), unless `headers` already carry a `traceparent` or
+/// there is no valid context (always none without the `otel` feature). The
+/// span is not entered for this.
+pub(crate) fn outgoing(span: &PublishSpan, headers: &Headers) -> Option<Vec<(String, String)>> {
     #[cfg(feature = "otel")]
     {
         if !tracing::dispatcher::has_been_set() || headers.get(TRACEPARENT).is_some() {
             return None;
         }
+        if let Some(cx) = &span.carried {
+            let mut out = Vec::with_capacity(1);
+            inject_into(cx, &mut out);
+            return (!out.is_empty()).then_some(out);
+        }
+        let span = &span.span;
         let cx = if span.is_disabled() {
             context_of(&Span::current())
         } else {
@@ -440,6 +637,312 @@ fn w3c_inject(cx: &opentelemetry::Context, out: &mut Vec<(String, String)>) {
     let state = sc.trace_state().header();
     if !state.is_empty() {
         out.push((TRACESTATE.to_string(), state));
+    }
+}
+
+/// How traces are sampled before the bus builds a span (feature `otel`):
+/// see [`set_sampling`].
+#[cfg(feature = "otel")]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Sampling {
+    /// Every span is built, and the SDK's sampler decides on each (the
+    /// default, and what a sampler that is not parent-based needs).
+    #[default]
+    Sdk,
+    /// Parent-based: a span whose parent is not sampled is not built. A
+    /// message whose `traceparent` says "not sampled" (flags `00`) gets no
+    /// receive, process or settle span, and its handler runs in that
+    /// unsampled context; a publish made in an unsampled context (the
+    /// current span's, e.g. an unsampled HTTP request's, or a handler's)
+    /// gets no span and carries that context (flags `00`). Roots are built
+    /// and the SDK decides. For an SDK sampler that drops the children of
+    /// unsampled parents: `Sampler::ParentBased(..)` with its defaults.
+    ParentBased,
+    /// [`ParentBased`](Sampling::ParentBased), and the bus also decides its
+    /// root publishes (a publish with no trace context at all) itself,
+    /// keeping this ratio of them: the others build no span and carry a new
+    /// unsampled `traceparent` (a random trace id, flags `00`), so their
+    /// consumers stay unsampled too. The same for the runner's process span
+    /// of a message with no (valid) `traceparent`, e.g. from a producer
+    /// that does not trace: kept, or run in a new unsampled context. The
+    /// SDK must keep the roots the bus
+    /// sampled: give the tracer provider [`HeadSampler`] (what
+    /// [`sample_parent_based`] returns), which is
+    /// `ParentBased(TraceIdRatioBased(ratio))` for every other span.
+    ParentBasedRatio(f64),
+}
+
+/// Sets the bus's [`Sampling`] for the whole process (default
+/// [`Sampling::Sdk`]: every span is built). Call it where the tracer
+/// provider is built, with the mode that its sampler agrees with: the SDK's
+/// sampler cannot be read from the `tracing` layer, so the bus is told.
+///
+/// With a parent-based sampler the bus then skips the spans of unsampled
+/// traces before building them (`tracing-opentelemetry` builds a span,
+/// attributes and all, before the SDK's sampler runs): a message of an
+/// unsampled trace costs about what it costs with tracing off, plus its
+/// `traceparent` header.
+///
+/// ```
+/// # #[cfg(feature = "otel")]
+/// # fn main() {
+/// // One call sets the bus's gate and gives the SDK the sampler that agrees:
+/// // 1 % of new traces, parents followed.
+/// let sampler = event_bus::trace::sample_parent_based(0.01);
+/// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+///     .with_sampler(sampler)
+///     .build();
+/// # let _ = provider;
+/// assert_eq!(
+///     event_bus::trace::sampling(),
+///     event_bus::trace::Sampling::ParentBasedRatio(0.01)
+/// );
+/// # event_bus::trace::set_sampling(event_bus::trace::Sampling::Sdk);
+/// # }
+/// # #[cfg(not(feature = "otel"))]
+/// # fn main() {}
+/// ```
+#[cfg(feature = "otel")]
+pub fn set_sampling(sampling: Sampling) {
+    sampling::set(sampling);
+}
+
+/// The bus's current [`Sampling`] ([`set_sampling`]).
+#[cfg(feature = "otel")]
+pub fn sampling() -> Sampling {
+    sampling::get()
+}
+
+/// Sets [`Sampling::ParentBasedRatio`]`(ratio)` and returns the sampler to
+/// give the SDK's tracer provider, so that both agree.
+#[cfg(feature = "otel")]
+pub fn sample_parent_based(ratio: f64) -> HeadSampler {
+    set_sampling(Sampling::ParentBasedRatio(ratio));
+    HeadSampler::new(ratio)
+}
+
+/// The SDK sampler for [`Sampling::ParentBasedRatio`]: OpenTelemetry's
+/// `ParentBased(TraceIdRatioBased(ratio))`, except that it keeps a root
+/// span (a publish, or the process span of a message without a
+/// `traceparent`) which the bus has sampled already (the bus marks its
+/// parent context). Without it the SDK would sample those roots again, and
+/// keep ratio² of them.
+#[cfg(feature = "otel")]
+#[derive(Clone, Debug)]
+pub struct HeadSampler {
+    inner: opentelemetry_sdk::trace::Sampler,
+}
+
+#[cfg(feature = "otel")]
+impl HeadSampler {
+    /// `ParentBased(TraceIdRatioBased(ratio))`, keeping the bus's sampled roots.
+    pub fn new(ratio: f64) -> Self {
+        use opentelemetry_sdk::trace::Sampler;
+        HeadSampler {
+            inner: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+impl opentelemetry_sdk::trace::ShouldSample for HeadSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::TraceContextExt;
+        if let Some(cx) = parent_context {
+            if cx.get::<sampling::HeadSampled>().is_some() && !cx.has_active_span() {
+                return opentelemetry_sdk::trace::SamplingResult {
+                    decision: opentelemetry_sdk::trace::SamplingDecision::RecordAndSample,
+                    attributes: Vec::new(),
+                    trace_state: Default::default(),
+                };
+            }
+        }
+        self.inner
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
+}
+
+/// The [`Sampling`] gate's state and decisions.
+#[cfg(feature = "otel")]
+mod sampling {
+    use super::{Sampling, Span};
+    use crate::message::Headers;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+    use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+    pub(super) const OFF: u8 = 0;
+    const PARENT: u8 = 1;
+    const RATIO: u8 = 2;
+    static MODE: AtomicU8 = AtomicU8::new(OFF);
+    /// The ratio, as its `f64` bits.
+    static RATIO_BITS: AtomicU64 = AtomicU64::new(0);
+
+    #[inline]
+    pub(super) fn mode() -> u8 {
+        MODE.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set(sampling: Sampling) {
+        let (mode, ratio) = match sampling {
+            Sampling::Sdk => (OFF, 0.0),
+            Sampling::ParentBased => (PARENT, 0.0),
+            Sampling::ParentBasedRatio(r) => (RATIO, r),
+        };
+        RATIO_BITS.store(ratio.to_bits(), Ordering::Relaxed);
+        MODE.store(mode, Ordering::Relaxed);
+    }
+
+    pub(super) fn get() -> Sampling {
+        match mode() {
+            OFF => Sampling::Sdk,
+            PARENT => Sampling::ParentBased,
+            _ => Sampling::ParentBasedRatio(f64::from_bits(RATIO_BITS.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Marks the parent context of a root publish span that the bus sampled
+    /// (read by [`HeadSampler`](super::HeadSampler)).
+    #[derive(Debug)]
+    pub(super) struct HeadSampled;
+
+    /// What a publish does under the gate.
+    pub(super) enum Decision {
+        /// Build the publish span (`root_sampled`: a root the bus sampled).
+        Build { root_sampled: bool },
+        /// No span: the message carries this unsampled context.
+        Skip(opentelemetry::Context),
+    }
+
+    /// The gate's decision for a publish: follows the current context
+    /// (the current span's, else OpenTelemetry's current one: a handler's
+    /// unsampled context); with no context, a root, decided by the ratio
+    /// when one is set.
+    pub(super) fn publish_decision() -> Decision {
+        let current = Span::current();
+        if !current.is_disabled() {
+            if let Some(cx) = super::context_of(&current) {
+                return if cx.span().span_context().is_sampled() {
+                    Decision::Build {
+                        root_sampled: false,
+                    }
+                } else {
+                    Decision::Skip(cx)
+                };
+            }
+        }
+        let otel_current = opentelemetry::Context::map_current(|cx| {
+            let sc = cx.span().span_context().clone();
+            sc.is_valid().then(|| (sc.is_sampled(), cx.clone()))
+        });
+        match otel_current {
+            Some((true, _)) => Decision::Build {
+                root_sampled: false,
+            },
+            Some((false, cx)) => Decision::Skip(cx),
+            None => root_decision(),
+        }
+    }
+
+    /// The gate's decision for a process span: follows the message's
+    /// `traceparent`; a message with none (or a malformed one) is a root,
+    /// decided by the ratio when one is set.
+    pub(super) fn process_decision(headers: &Headers) -> Decision {
+        if headers.get(super::TRACEPARENT).is_some() {
+            if let Some(cx) = super::extract(headers) {
+                return if cx.span().span_context().is_sampled() {
+                    Decision::Build {
+                        root_sampled: false,
+                    }
+                } else {
+                    Decision::Skip(cx)
+                };
+            }
+        }
+        root_decision()
+    }
+
+    /// A root's decision: with a ratio, OpenTelemetry's trace-id-ratio rule
+    /// on a new random trace id (not kept: a new unsampled context with
+    /// that id); without one, the SDK decides on the built span.
+    fn root_decision() -> Decision {
+        if mode() != RATIO {
+            return Decision::Build {
+                root_sampled: false,
+            };
+        }
+        let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Relaxed));
+        let (trace, span) = ids();
+        if sampled(ratio, trace) {
+            Decision::Build { root_sampled: true }
+        } else {
+            let sc = SpanContext::new(
+                TraceId::from(trace),
+                SpanId::from(span),
+                TraceFlags::default(),
+                false,
+                Default::default(),
+            );
+            Decision::Skip(opentelemetry::Context::new().with_remote_span_context(sc))
+        }
+    }
+
+    /// Makes `span` (a root publish span the bus sampled) kept by
+    /// [`HeadSampler`](super::HeadSampler).
+    pub(super) fn mark_head_sampled(span: &Span) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        if !span.is_disabled() {
+            let _ = span.set_parent(opentelemetry::Context::new().with_value(HeadSampled));
+        }
+    }
+
+    /// The valid, unsampled context carried in `headers`, if that is what
+    /// they carry.
+    #[inline]
+    pub(super) fn unsampled_parent(headers: &Headers) -> Option<opentelemetry::Context> {
+        headers.get(super::TRACEPARENT)?;
+        let cx = super::extract(headers)?;
+        (!cx.span().span_context().is_sampled()).then_some(cx)
+    }
+
+    /// OpenTelemetry's `TraceIdRatioBased` rule: the lower 64 bits of the
+    /// trace id, halved, below `ratio` × 2⁶³.
+    pub(super) fn sampled(ratio: f64, trace: u128) -> bool {
+        if ratio >= 1.0 {
+            return true;
+        }
+        let bound = (ratio.max(0.0) * (1u64 << 63) as f64) as u64;
+        ((trace as u64) >> 1) < bound
+    }
+
+    /// A random trace id and span id (non-zero), from a per-thread
+    /// SplitMix64 seeded by the standard library's random hasher keys.
+    fn ids() -> (u128, u64) {
+        use std::cell::Cell;
+        thread_local! {
+            static STATE: Cell<u64> = Cell::new({
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new().build_hasher().finish() | 1
+            });
+        }
+        STATE.with(|state| {
+            let next = || {
+                let mut z = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+                state.set(z);
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                z ^ (z >> 31)
+            };
+            let trace = (u128::from(next()) << 64 | u128::from(next())).max(1);
+            (trace, next().max(1))
+        })
     }
 }
 
@@ -646,7 +1149,7 @@ mod tests {
 
     #[test]
     fn nothing_is_injected_without_a_span() {
-        assert!(outgoing(&Span::none(), &Headers::new()).is_none());
+        assert!(outgoing(&PublishSpan::none(), &Headers::new()).is_none());
         let mut h = Headers::new();
         assert!(!inject_current(&mut h));
         assert!(h.is_empty());

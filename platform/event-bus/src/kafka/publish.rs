@@ -28,7 +28,7 @@ impl KafkaBus {
     /// the headers, and a refusal is recorded on it.
     pub(super) async fn prepare(&self, mut envelope: Envelope) -> Result<Prepared, BusError> {
         let span = crate::trace::publish_span("kafka", &envelope.subject, envelope.payload.len());
-        if !span.is_disabled() {
+        if span.carries() {
             for (name, value) in crate::trace::outgoing(&span, &envelope.headers)
                 .into_iter()
                 .flatten()
@@ -41,7 +41,7 @@ impl KafkaBus {
                 topic,
                 key,
                 envelope,
-                span,
+                span: span.into_span(),
             }),
             Err(e) => {
                 let refused = Err(e);

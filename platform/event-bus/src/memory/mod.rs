@@ -545,7 +545,7 @@ impl InMemoryBus {
         // Traced at TRACE level (see `crate::trace`); plain publishes are not.
         let span = crate::trace::publish_span("memory", &subject, payload.len());
         let mut headers = headers;
-        if !span.is_disabled() {
+        if span.carries() {
             for (name, value) in crate::trace::outgoing(&span, &headers)
                 .into_iter()
                 .flatten()

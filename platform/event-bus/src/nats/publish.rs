@@ -42,7 +42,7 @@ struct Sent {
     id: Option<MessageId>,
     sent: Result<PublishAckFuture, BusError>,
     /// The publish span, kept (not entered) until the acknowledgement.
-    span: tracing::Span,
+    span: crate::trace::PublishSpan,
 }
 
 impl NatsBus {
@@ -86,7 +86,7 @@ impl NatsBus {
         payload: Bytes,
         headers: &Headers,
         id: Option<&MessageId>,
-        span: &tracing::Span,
+        span: &crate::trace::PublishSpan,
     ) -> Result<(String, PublishMessage), BusError> {
         validate_bus_subject(subject)?;
         crate::message::validate_parts(headers, id)?;
@@ -167,7 +167,7 @@ impl NatsBus {
         subject: &str,
         (wire, msg): (String, PublishMessage),
         retry: Option<Retry<'_>>,
-        span: &tracing::Span,
+        span: &crate::trace::PublishSpan,
     ) -> Result<PublishAck, BusError> {
         let started = self.violations_clock();
         // async-nats' send future (~840 bytes) is boxed apart: both boxes
@@ -191,7 +191,7 @@ impl NatsBus {
         subject: &'a str,
         result: Result<PublishAck, BusError>,
         retry: Option<Retry<'a>>,
-        span: &'a tracing::Span,
+        span: &'a crate::trace::PublishSpan,
         started: Option<std::time::Instant>,
     ) -> Settled<'a> {
         match (result, retry) {
@@ -210,7 +210,7 @@ impl NatsBus {
         &self,
         subject: &str,
         retry: Retry<'_>,
-        span: &tracing::Span,
+        span: &crate::trace::PublishSpan,
     ) -> Result<PublishAck, BusError> {
         // The server said that no stream stores the subject: what the bus
         // remembers about its default stream is stale (deleted since).
@@ -231,7 +231,7 @@ impl NatsBus {
             };
             result.map_err(|e| self.explained(e, subject, started))
         }
-        .instrument(span.clone())
+        .instrument(tracing::Span::clone(span))
         .await
     }
 
@@ -353,7 +353,7 @@ mod tests {
             .await
             .expect("a client that connects in the background");
         let bus = NatsBus::new(client);
-        let span = tracing::Span::none();
+        let span = crate::trace::PublishSpan::none();
         let retry = Retry {
             payload: Bytes::new(),
             headers: &NO_HEADERS,

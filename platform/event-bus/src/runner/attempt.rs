@@ -478,29 +478,50 @@ fn call<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
 }
 
 /// The handler's [`call`] in the attempt's process span, and the span
-/// when it is enabled (the handler's future is then polled in it).
+/// when it is enabled (the handler's future is then polled in it). When
+/// the sampling gate skipped the span (an unsampled trace, feature
+/// `otel`), the call runs in the message's unsampled context instead, and
+/// that context is returned to poll the future in.
 #[inline(never)]
+#[allow(clippy::infallible_destructuring_match)] // one variant without `otel`
 fn invoke_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     h: &'a Registered<T, I, C>,
     delivery: &'a Delivery,
     decoded: &'a T,
     attempt: u32,
     tx: &'a mut I::Tx,
-) -> (Result<Call<C::Future<'a>>, Panic>, Option<tracing::Span>) {
-    let span = crate::trace::process_span(
+) -> (
+    Result<Call<C::Future<'a>>, Panic>,
+    Option<crate::trace::ProcessTrace>,
+) {
+    use crate::trace::ProcessTrace;
+    let span = match crate::trace::process_trace(
         h.system,
         &h.handler.pattern,
         Some(&h.consumer),
         delivery.message(),
         delivery.delivery_count(),
-    );
+    ) {
+        ProcessTrace::Span(span) => span,
+        #[cfg(feature = "otel")]
+        ProcessTrace::Unsampled(cx) => {
+            let called = {
+                let _attached = cx.clone().attach();
+                call(h, delivery, decoded, attempt, tx)
+            };
+            return (called, Some(ProcessTrace::Unsampled(cx)));
+        }
+    };
     let called = span.in_scope(|| call(h, delivery, decoded, attempt, tx));
     match &called {
         Ok(Call::Now(outcome)) => record_outcome(&span, Ok(outcome)),
         Err(_) => record_outcome(&span, Err(())),
         Ok(Call::Later(_)) => {}
     }
-    (called, (!span.is_disabled()).then_some(span))
+    (
+        called,
+        (!span.is_disabled()).then_some(ProcessTrace::Span(span)),
+    )
 }
 
 /// Records a failed attempt's kind (`error.type`) on its process span.
@@ -571,7 +592,22 @@ fn call_handler_traced<'a, T, I: Inbox, C: HandlerFn<T, I::Tx>>(
     use futures::future::Either;
     use futures::FutureExt;
     match invoke_traced(h, delivery, decoded, attempt, tx) {
-        (Ok(Call::Later(fut)), Some(span)) => {
+        #[cfg(feature = "otel")]
+        (Ok(Call::Later(fut)), Some(crate::trace::ProcessTrace::Unsampled(cx))) => {
+            // Polled in the message's unsampled context: the handler's own
+            // spans and publishes stay in that (unsampled) trace.
+            let traced = async move {
+                let mut fut = std::pin::pin!(fut);
+                AssertUnwindSafe(std::future::poll_fn(|task| {
+                    let _attached = cx.clone().attach();
+                    fut.as_mut().poll(task)
+                }))
+                .catch_unwind()
+                .await
+            };
+            Either::Right(Either::Right(Box::pin(traced)))
+        }
+        (Ok(Call::Later(fut)), Some(crate::trace::ProcessTrace::Span(span))) => {
             let traced = async move {
                 // Polled in the span (entered per poll, as `Instrument`
                 // does, but without a clone of the span, nor an entry to
