@@ -565,3 +565,21 @@ async fn the_readme_examples_compose_into_one_service() -> Result<(), Error> {
     relay.shutdown().await;
     Ok(())
 }
+
+/// docs/operations.md: the sampling gate turned on where the tracer
+/// provider is built. The gate is process-wide: set back to the default
+/// at the end (other tests of this binary may share the process).
+#[test]
+fn sampling_gate_with_the_tracer_provider() {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        // sets the bus's gate and returns ParentBased(TraceIdRatioBased(0.01)),
+        // keeping the root publishes the bus sampled itself
+        .with_sampler(event_bus::trace::sample_parent_based(0.01))
+        .build();
+    assert_eq!(
+        event_bus::trace::sampling(),
+        event_bus::trace::Sampling::ParentBasedRatio(0.01)
+    );
+    drop(provider);
+    event_bus::trace::set_sampling(event_bus::trace::Sampling::Sdk);
+}
