@@ -115,9 +115,7 @@ impl Inbox for PgInbox {
     ) -> Result<Option<Self::Tx>, BusError> {
         // The id's storage key: given and bus-assigned ids never collide.
         let message_id = message_id.key().into_owned();
-        let mut tx = self
-            .pool
-            .begin()
+        let mut tx = crate::transaction::begin(&self.pool, None)
             .await
             .map_err(|e| db_error("inbox: beginning a transaction", e))?;
         // A concurrent claim of the same pair waits on the primary key until

@@ -51,6 +51,7 @@ pub use sqlx;
 mod error;
 pub mod inbox;
 pub mod outbox;
+mod transaction;
 
 pub use inbox::PgInbox;
 pub use outbox::{Outbox, OutboxCheck, OutboxRelay, OutboxStatus, RelayHandle, RelayReport};

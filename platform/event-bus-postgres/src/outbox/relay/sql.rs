@@ -120,7 +120,9 @@ pub(super) async fn read_pending(
     skip: &[i64],
 ) -> Result<Vec<PendingRow>, BusError> {
     let err = |e| db_error("outbox relay: reading pending rows", e);
-    let mut tx = pool.begin_with(READ_TRANSACTION).await.map_err(err)?;
+    let mut tx = crate::transaction::begin(pool, Some(READ_TRANSACTION))
+        .await
+        .map_err(err)?;
     let rows = sqlx::query_as(sqlx::AssertSqlSafe(read_sql(tables)))
         .bind(held)
         .bind(limit as i64)
