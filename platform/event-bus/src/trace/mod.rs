@@ -318,27 +318,22 @@ pub(crate) fn process_trace(
     message: &BusMessage,
     delivery_count: u32,
 ) -> ProcessTrace {
+    // A root the bus sampled itself is marked for the SDK's `HeadSampler`.
+    #[cfg(feature = "otel")]
+    let mut root_sampled = false;
     #[cfg(feature = "otel")]
     if sampling_gate_on() && level_on(system, tracing::Level::INFO) {
         match sampling::process_decision(&message.headers) {
             sampling::Decision::Skip(cx) => return ProcessTrace::Unsampled(cx),
-            sampling::Decision::Build { root_sampled: true } => {
-                let span = process_span(system, pattern, consumer, message, delivery_count);
-                sampling::mark_head_sampled(&span);
-                return ProcessTrace::Span(span);
-            }
-            sampling::Decision::Build {
-                root_sampled: false,
-            } => {}
+            sampling::Decision::Build { root_sampled: r } => root_sampled = r,
         }
     }
-    ProcessTrace::Span(process_span(
-        system,
-        pattern,
-        consumer,
-        message,
-        delivery_count,
-    ))
+    let span = process_span(system, pattern, consumer, message, delivery_count);
+    #[cfg(feature = "otel")]
+    if root_sampled {
+        sampling::mark_head_sampled(&span);
+    }
+    ProcessTrace::Span(span)
 }
 
 /// Whether spans of `level` on `system` may be enabled at all (the global
